@@ -1,1 +1,19 @@
+//! Tollgate: a node agent that governs LLM token traffic. See ARCHITECTURE.md for the map;
+//! `pipeline.rs` is the request lifecycle, top to bottom.
 
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod kernel;
+pub mod ledger;
+pub mod local;
+pub mod metering;
+pub mod phase;
+pub mod pipeline;
+pub mod server;
+pub mod telemetry;
+pub mod upstream;
+pub mod worker;

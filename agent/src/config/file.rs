@@ -1,0 +1,93 @@
+//! The configuration file as the user writes it: serde structs that mirror the YAML, with
+//! `deny_unknown_fields` so a typo is an error, not a silently ignored key.
+//! Nothing here is interpreted; `validate.rs` turns these into runtime types.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<String>,
+    pub workers: Option<usize>,
+    #[serde(default)]
+    pub io: IoFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+    #[serde(default)]
+    pub upstream: UpstreamFile,
+    #[serde(default)]
+    pub ledger: LedgerFile,
+    #[serde(default)]
+    pub providers: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub models: Vec<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct IoFile {
+    /// `auto` (io_uring when the kernel allows it, else epoll), `io_uring` or `epoll`.
+    pub driver: Option<String>,
+    /// io_uring submission queue entries per worker.
+    pub uring_entries: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub max_head_bytes: Option<usize>,
+    pub max_headers: Option<usize>,
+    pub max_body_bytes: Option<u64>,
+    /// Time allowed to receive a whole request head once its first byte arrived.
+    pub header_timeout_ms: Option<u64>,
+    /// Time allowed between two reads of a request body.
+    pub body_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive client connection is kept.
+    pub idle_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    pub connect_timeout_ms: Option<u64>,
+    /// Time from sending the request to the provider's response head.
+    pub response_timeout_ms: Option<u64>,
+    /// Longest silence between two reads of a response body.
+    pub read_timeout_ms: Option<u64>,
+    pub pool_idle_timeout_ms: Option<u64>,
+    pub pool_max_idle_per_provider: Option<usize>,
+    /// After a client disconnects mid-stream, keep reading the provider this long for usage.
+    pub drain_timeout_ms: Option<u64>,
+    /// ... and at most this many bytes.
+    pub drain_max_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerFile {
+    /// Longest time a usage record waits in memory before it is committed.
+    pub flush_interval_ms: Option<u64>,
+    pub batch_max: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderFile {
+    pub name: String,
+    pub kind: String,
+    pub base_url: String,
+    pub api_key_env: Option<String>,
+    /// PEM file with extra trust anchors for https providers (private CAs).
+    pub ca_file: Option<String>,
+    /// Sent as `anthropic-version` when the client sent none (Anthropic providers).
+    pub anthropic_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub name: String,
+    pub provider: String,
+    pub model: Option<String>,
+}

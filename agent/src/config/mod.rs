@@ -1,0 +1,24 @@
+//! Configuration: parse the YAML file (`file.rs`), validate it into runtime types
+//! (`validate.rs`), and report every problem with its field path and line (`lines.rs`).
+//! Runtime config is immutable and shared by all workers as an `Arc<Config>`.
+
+mod file;
+mod lines;
+mod validate;
+
+pub use validate::{
+    Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits, Model, Provider,
+    ProviderKind, UpstreamSettings,
+};
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &std::path::Path) -> Result<Config, ConfigProblems> {
+    let src = std::fs::read_to_string(path).map_err(|e| {
+        ConfigProblems(vec![ConfigProblem {
+            path: String::new(),
+            line: None,
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    Config::from_yaml(&src, &|name| std::env::var(name).ok())
+}

@@ -1,0 +1,588 @@
+//! Turns the file structs into runtime types (parsed addresses, `Duration`s, resolved indices)
+//! and collects every problem instead of stopping at the first one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use super::file::{FileConfig, ModelFile, ProviderFile};
+use super::lines::LineIndex;
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigProblem {
+    pub path: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// All problems found in one file.
+#[derive(Debug)]
+pub struct ConfigProblems(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.path.is_empty()) {
+            (Some(l), false) => write!(f, "line {l}: {}: {}", self.path, self.message),
+            (None, false) => write!(f, "{}: {}", self.path, self.message),
+            (Some(l), true) => write!(f, "line {l}: {}", self.message),
+            (None, true) => write!(f, "{}", self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigProblems {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoDriver {
+    Auto,
+    IoUring,
+    Epoll,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+}
+
+/// Limits on what a client may send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub max_body_bytes: u64,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// How Tollgate talks to providers.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub read_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle: usize,
+    pub drain_timeout: Duration,
+    pub drain_max_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    pub flush_interval: Duration,
+    pub batch_max: usize,
+}
+
+/// A provider endpoint with everything the forward phase needs precomputed.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix of the base URL without a trailing slash (`""` or `/openai`).
+    pub base_path: String,
+    /// Value for the `Host` header (`host` or `host:port`).
+    pub host_header: String,
+    /// The secret, read from `api_key_env` at load time. Never logged.
+    pub api_key: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    pub anthropic_version: String,
+}
+
+/// A client-visible model name and where it goes.
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub name: String,
+    pub provider: usize,
+    /// What the provider receives as `model`.
+    pub upstream_model: String,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub workers: usize,
+    pub io_driver: IoDriver,
+    pub uring_entries: u32,
+    pub limits: Limits,
+    pub upstream: UpstreamSettings,
+    pub ledger: LedgerSettings,
+    pub providers: Vec<Provider>,
+    pub models: Vec<Model>,
+    model_index: HashMap<String, usize>,
+}
+
+impl Config {
+    pub fn model_by_name(&self, name: &str) -> Option<(usize, &Model)> {
+        let i = *self.model_index.get(name)?;
+        Some((i, &self.models[i]))
+    }
+
+    /// Parses and validates YAML. `env` resolves `api_key_env` names (injected for tests).
+    pub fn from_yaml(
+        src: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigProblems> {
+        let lines = LineIndex::build(src);
+        let mut v = Validator {
+            lines: &lines,
+            problems: Vec::new(),
+        };
+        let file: FileConfig = match v.deserialize_root(src) {
+            Some(f) => f,
+            None => return Err(ConfigProblems(v.problems)),
+        };
+        let cfg = v.build(file, env);
+        if v.problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigProblems(v.problems))
+        }
+    }
+}
+
+struct Validator<'a> {
+    lines: &'a LineIndex,
+    problems: Vec<ConfigProblem>,
+}
+
+fn ms(v: Option<u64>, default_ms: u64) -> Duration {
+    Duration::from_millis(v.unwrap_or(default_ms))
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        let path = path.into();
+        let line = self.lines.line_of(&path);
+        self.problems.push(ConfigProblem {
+            path,
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn deserialize_root(&mut self, src: &str) -> Option<FileConfig> {
+        if src.trim().is_empty() {
+            return Some(FileConfig::default());
+        }
+        let de = serde_yaml::Deserializer::from_str(src);
+        match serde_path_to_error::deserialize::<_, FileConfig>(de) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                let path = e.path().to_string();
+                let line = e
+                    .inner()
+                    .location()
+                    .map(|l| l.line())
+                    .or_else(|| self.lines.line_of(&path));
+                let path = if path == "." { String::new() } else { path };
+                self.problems.push(ConfigProblem {
+                    path,
+                    line,
+                    message: e.inner().to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Deserializes one list item on its own, so a bad item does not hide problems in others.
+    fn item<T: DeserializeOwned>(&mut self, path: &str, value: serde_yaml::Value) -> Option<T> {
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." {
+                    path.to_string()
+                } else {
+                    format!("{path}.{inner}")
+                };
+                let msg = e.inner().to_string();
+                self.problem(full, msg);
+                None
+            }
+        }
+    }
+
+    fn build(&mut self, f: FileConfig, env: &dyn Fn(&str) -> Option<String>) -> Config {
+        let listen_src = f.listen.as_deref().unwrap_or("127.0.0.1:4000");
+        let listen = match listen_src.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.problem(
+                    "listen",
+                    format!("`{listen_src}` is not an address like 127.0.0.1:4000 or [::1]:4000"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 4000))
+            }
+        };
+        let workers = match f.workers {
+            Some(0) => {
+                self.problem("workers", "must be at least 1");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        };
+        let io_driver = match f.io.driver.as_deref().unwrap_or("auto") {
+            "auto" => IoDriver::Auto,
+            "io_uring" | "iouring" | "uring" => IoDriver::IoUring,
+            "epoll" | "legacy" => IoDriver::Epoll,
+            other => {
+                self.problem(
+                    "io.driver",
+                    format!("`{other}` is not one of auto, io_uring, epoll"),
+                );
+                IoDriver::Auto
+            }
+        };
+        let l = &f.limits;
+        let limits = Limits {
+            max_head_bytes: l.max_head_bytes.unwrap_or(64 * 1024),
+            max_headers: l.max_headers.unwrap_or(100),
+            max_body_bytes: l.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+            header_timeout: ms(l.header_timeout_ms, 10_000),
+            body_timeout: ms(l.body_timeout_ms, 30_000),
+            idle_timeout: ms(l.idle_timeout_ms, 75_000),
+        };
+        if limits.max_head_bytes < 1024 {
+            self.problem("limits.max_head_bytes", "must be at least 1024");
+        }
+        if limits.max_headers == 0 || limits.max_headers > 1024 {
+            self.problem("limits.max_headers", "must be between 1 and 1024");
+        }
+        let u = &f.upstream;
+        let upstream = UpstreamSettings {
+            connect_timeout: ms(u.connect_timeout_ms, 5_000),
+            response_timeout: ms(u.response_timeout_ms, 600_000),
+            read_timeout: ms(u.read_timeout_ms, 300_000),
+            pool_idle_timeout: ms(u.pool_idle_timeout_ms, 60_000),
+            pool_max_idle: u.pool_max_idle_per_provider.unwrap_or(256),
+            drain_timeout: ms(u.drain_timeout_ms, 30_000),
+            drain_max_bytes: u.drain_max_bytes.unwrap_or(8 * 1024 * 1024),
+        };
+        let ledger = LedgerSettings {
+            flush_interval: ms(f.ledger.flush_interval_ms, 20),
+            batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
+        };
+
+        let providers = self.providers(f.providers, env);
+        let (models, model_index) = self.models(f.models, &providers);
+
+        Config {
+            listen,
+            data_dir: PathBuf::from(f.data_dir.as_deref().unwrap_or("./tollgate-data")),
+            workers,
+            io_driver,
+            uring_entries: f.io.uring_entries.unwrap_or(1024),
+            limits,
+            upstream,
+            ledger,
+            providers: providers.into_iter().map(|(p, _)| p).collect(),
+            models,
+            model_index,
+        }
+    }
+
+    fn providers(
+        &mut self,
+        items: Vec<serde_yaml::Value>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Vec<(Provider, String)> {
+        let mut out: Vec<(Provider, String)> = Vec::new();
+        for (i, raw) in items.into_iter().enumerate() {
+            let path = format!("providers[{i}]");
+            let Some(p) = self.item::<ProviderFile>(&path, raw) else {
+                continue;
+            };
+            if out.iter().any(|(o, _)| o.name == p.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("provider `{}` is defined twice", p.name),
+                );
+            }
+            let kind = match p.kind.as_str() {
+                "openai" => ProviderKind::OpenAi,
+                "anthropic" => ProviderKind::Anthropic,
+                other => {
+                    self.problem(
+                        format!("{path}.kind"),
+                        format!("`{other}` is not one of openai, anthropic"),
+                    );
+                    ProviderKind::OpenAi
+                }
+            };
+            let Some(url) = self.parse_base_url(&format!("{path}.base_url"), &p.base_url) else {
+                continue;
+            };
+            let api_key = match &p.api_key_env {
+                Some(var) => match env(var) {
+                    Some(k) if !k.is_empty() => Some(k),
+                    _ => {
+                        self.problem(
+                            format!("{path}.api_key_env"),
+                            format!("environment variable `{var}` is not set"),
+                        );
+                        None
+                    }
+                },
+                None => None,
+            };
+            if let Some(ca) = &p.ca_file {
+                if !std::path::Path::new(ca).is_file() {
+                    self.problem(
+                        format!("{path}.ca_file"),
+                        format!("`{ca}` is not a readable file"),
+                    );
+                }
+            }
+            out.push((
+                Provider {
+                    name: p.name.clone(),
+                    kind,
+                    tls: url.tls,
+                    host: url.host,
+                    port: url.port,
+                    base_path: url.base_path,
+                    host_header: url.host_header,
+                    api_key,
+                    ca_file: p.ca_file.map(PathBuf::from),
+                    anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
+                },
+                path,
+            ));
+        }
+        out
+    }
+
+    fn models(
+        &mut self,
+        items: Vec<serde_yaml::Value>,
+        providers: &[(Provider, String)],
+    ) -> (Vec<Model>, HashMap<String, usize>) {
+        let mut models = Vec::new();
+        let mut index = HashMap::new();
+        for (i, raw) in items.into_iter().enumerate() {
+            let path = format!("models[{i}]");
+            let Some(m) = self.item::<ModelFile>(&path, raw) else {
+                continue;
+            };
+            if m.name.is_empty() {
+                self.problem(format!("{path}.name"), "must not be empty");
+                continue;
+            }
+            let Some(provider) = providers.iter().position(|(p, _)| p.name == m.provider) else {
+                let known: Vec<&str> = providers.iter().map(|(p, _)| p.name.as_str()).collect();
+                self.problem(
+                    format!("{path}.provider"),
+                    format!(
+                        "unknown provider `{}` (defined: {})",
+                        m.provider,
+                        known.join(", ")
+                    ),
+                );
+                continue;
+            };
+            if index.contains_key(&m.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("model `{}` is defined twice", m.name),
+                );
+                continue;
+            }
+            index.insert(m.name.clone(), models.len());
+            models.push(Model {
+                upstream_model: m.model.unwrap_or_else(|| m.name.clone()),
+                name: m.name,
+                provider,
+            });
+        }
+        (models, index)
+    }
+
+    fn parse_base_url(&mut self, path: &str, url: &str) -> Option<BaseUrl> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            self.problem(path, format!("`{url}` must start with http:// or https://"));
+            return None;
+        };
+        let (authority, base_path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+            None => (rest, ""),
+        };
+        let base_path = base_path.strip_suffix("/v1").unwrap_or(base_path);
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let Some(end) = v6.find(']') else {
+                self.problem(path, format!("`{url}` has an unterminated IPv6 address"));
+                return None;
+            };
+            let port = match v6[end + 1..].strip_prefix(':') {
+                Some(p) => p.parse().ok(),
+                None => Some(default_port),
+            };
+            (v6[..end].to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().ok()),
+                None => (authority.to_string(), Some(default_port)),
+            }
+        };
+        let Some(port) = port else {
+            self.problem(path, format!("`{url}` has an invalid port"));
+            return None;
+        };
+        if host.is_empty() {
+            self.problem(path, format!("`{url}` has no host"));
+            return None;
+        }
+        Some(BaseUrl {
+            tls,
+            host_header: if port == default_port {
+                authority_host(&host)
+            } else {
+                format!("{}:{port}", authority_host(&host))
+            },
+            host,
+            port,
+            base_path: base_path.to_string(),
+        })
+    }
+}
+
+fn authority_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+struct BaseUrl {
+    tls: bool,
+    host: String,
+    port: u16,
+    base_path: String,
+    host_header: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    const GOOD: &str = "listen: 127.0.0.1:4000
+data_dir: ./d
+workers: 2
+providers:
+  - name: local
+    kind: openai
+    base_url: http://127.0.0.1:8000
+  - name: claude
+    kind: anthropic
+    base_url: https://api.anthropic.com/v1/
+    api_key_env: ANTHROPIC_KEY
+models:
+  - name: smol
+    provider: local
+    model: smollm2
+  - name: sonnet
+    provider: claude
+";
+
+    #[test]
+    fn parses_minimal_contract() {
+        let env = |k: &str| (k == "ANTHROPIC_KEY").then(|| "sk-test".to_string());
+        let c = Config::from_yaml(GOOD, &env).unwrap();
+        assert_eq!(c.workers, 2);
+        assert_eq!(c.providers[0].port, 8000);
+        assert!(!c.providers[0].tls);
+        assert_eq!(c.providers[1].port, 443);
+        assert_eq!(c.providers[1].base_path, "");
+        assert_eq!(c.providers[1].host_header, "api.anthropic.com");
+        assert_eq!(c.providers[1].api_key.as_deref(), Some("sk-test"));
+        let (_, m) = c.model_by_name("smol").unwrap();
+        assert_eq!(m.upstream_model, "smollm2");
+        assert_eq!(
+            c.model_by_name("sonnet").unwrap().1.upstream_model,
+            "sonnet"
+        );
+        assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);
+    }
+
+    #[test]
+    fn reports_every_problem_with_path_and_line() {
+        let src = "listen: nowhere
+providers:
+  - name: a
+    kind: grpc
+    base_url: ftp://x
+  - name: b
+    kind: openai
+    base_url: http://h:1
+    api_key_env: MISSING
+models:
+  - name: m
+    provider: zzz
+  - name: n
+    provider: b
+    colour: blue
+";
+        let errs = Config::from_yaml(src, &no_env).unwrap_err().0;
+        let find = |p: &str| {
+            errs.iter()
+                .find(|e| e.path == p)
+                .unwrap_or_else(|| panic!("no problem at {p}: {errs:?}"))
+        };
+        assert_eq!(find("listen").line, Some(1));
+        assert_eq!(find("providers[0].kind").line, Some(4));
+        assert_eq!(find("providers[0].base_url").line, Some(5));
+        assert_eq!(find("providers[1].api_key_env").line, Some(9));
+        assert!(find("models[0].provider").message.contains("zzz"));
+        assert_eq!(find("models[0].provider").line, Some(12));
+        assert!(errs
+            .iter()
+            .any(|e| e.path.starts_with("models[1]") && e.message.contains("colour")));
+        assert_eq!(errs.len(), 6, "{errs:?}");
+    }
+
+    #[test]
+    fn unknown_top_level_key_has_a_line() {
+        let errs = Config::from_yaml("listen: 127.0.0.1:1\nlisten_port: 3\n", &no_env)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1);
+        assert!(errs[0].message.contains("listen_port"));
+        assert_eq!(errs[0].line, Some(2));
+    }
+}

@@ -1,0 +1,225 @@
+//! The one error type the data plane answers with, and the only place that turns an error into
+//! an HTTP status and body.
+//!
+//! Subsystems keep their own `thiserror` enums; phases map them into [`GateError`] at their
+//! boundary. [`GateError::to_response`] decides status, body shape (OpenAI or Anthropic) and
+//! `Retry-After` with an exhaustive match, so a new error kind cannot ship without a status.
+//! Hot path: only on failures.
+
+use std::fmt;
+
+use crate::api::Wire;
+
+/// Which side of the proxy caused the failure (pingora's Upstream/Downstream/Internal split).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+    Internal,
+}
+
+/// Every way a request can fail. Each variant has exactly one status code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request head exceeded `limits.max_head_bytes`.
+    HeadTooLarge { limit: usize },
+    /// More header lines than `limits.max_headers`.
+    TooManyHeaders { limit: usize },
+    /// The body exceeded `limits.max_body_bytes`.
+    BodyTooLarge { limit: u64 },
+    /// The client was too slow to send its head or body.
+    ClientTimeout,
+    /// Bytes that are not HTTP/1.1.
+    MalformedHttp,
+    /// A POST with neither Content-Length nor chunked encoding.
+    LengthRequired,
+    /// The body is not valid JSON; `offset` is the parser's byte position.
+    InvalidJson {
+        line: usize,
+        column: usize,
+        offset: usize,
+    },
+    /// Valid JSON, but a field has the wrong type or a required field is missing.
+    InvalidRequest { param: Option<&'static str> },
+    /// No configured model has the requested name.
+    ModelNotFound,
+    /// The model exists but its provider does not speak this API (e.g. /v1/messages to OpenAI).
+    UnsupportedApi,
+    /// No route for this path.
+    NotFound,
+    /// Known path, wrong method.
+    MethodNotAllowed,
+    /// Could not connect to (or lost) the provider before any response byte.
+    UpstreamUnreachable,
+    /// The provider did not answer in time.
+    UpstreamTimeout,
+    /// The provider answered with something that is not HTTP/1.1.
+    UpstreamProtocol,
+    /// A bug or resource failure inside the agent.
+    Internal,
+}
+
+/// An error with its kind, the side that caused it, and a message for the client.
+#[derive(Debug, Clone)]
+pub struct GateError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// A fully rendered error response.
+pub struct ErrorResponse {
+    pub status: u16,
+    pub body: String,
+    pub retry_after_s: Option<u32>,
+}
+
+impl GateError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        use ErrorKind::*;
+        match self.kind {
+            HeadTooLarge { .. }
+            | TooManyHeaders { .. }
+            | BodyTooLarge { .. }
+            | ClientTimeout
+            | MalformedHttp
+            | LengthRequired
+            | InvalidJson { .. }
+            | InvalidRequest { .. }
+            | ModelNotFound
+            | UnsupportedApi
+            | NotFound
+            | MethodNotAllowed => Side::Client,
+            UpstreamUnreachable | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
+            Internal => Side::Internal,
+        }
+    }
+
+    /// Whether another attempt (another connection or target) could succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::UpstreamUnreachable)
+    }
+
+    /// HTTP status, OpenAI `type` and `code` for this error.
+    fn classify(&self) -> (u16, &'static str, &'static str) {
+        use ErrorKind::*;
+        match self.kind {
+            HeadTooLarge { .. } => (431, "invalid_request_error", "request_header_too_large"),
+            TooManyHeaders { .. } => (431, "invalid_request_error", "too_many_headers"),
+            BodyTooLarge { .. } => (413, "invalid_request_error", "request_too_large"),
+            ClientTimeout => (408, "invalid_request_error", "request_timeout"),
+            MalformedHttp => (400, "invalid_request_error", "malformed_http"),
+            LengthRequired => (411, "invalid_request_error", "length_required"),
+            InvalidJson { .. } => (400, "invalid_request_error", "invalid_json"),
+            InvalidRequest { .. } => (400, "invalid_request_error", "invalid_request"),
+            ModelNotFound => (404, "invalid_request_error", "model_not_found"),
+            UnsupportedApi => (400, "invalid_request_error", "unsupported_api_for_model"),
+            NotFound => (404, "invalid_request_error", "not_found"),
+            MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed"),
+            UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),
+            UpstreamTimeout => (504, "api_error", "upstream_timeout"),
+            UpstreamProtocol => (502, "api_error", "upstream_protocol_error"),
+            Internal => (500, "api_error", "internal_error"),
+        }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.classify().0
+    }
+
+    /// Short label for metrics and the ledger's `outcome` column.
+    pub fn metric_reason(&self) -> &'static str {
+        self.classify().2
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self.kind {
+            ErrorKind::InvalidRequest { param } => param,
+            ErrorKind::ModelNotFound | ErrorKind::UnsupportedApi => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// Renders the error in the wire format the client speaks.
+    pub fn to_response(&self, wire: Wire) -> ErrorResponse {
+        let (status, err_type, code) = self.classify();
+        let body = match wire {
+            Wire::OpenAi => serde_json::json!({
+                "error": {
+                    "message": self.message,
+                    "type": err_type,
+                    "code": code,
+                    "param": self.param(),
+                }
+            }),
+            Wire::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": { "type": anthropic_type(status), "message": self.message }
+            }),
+        };
+        let retry_after_s = match self.kind {
+            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout => Some(1),
+            _ => None,
+        };
+        ErrorResponse {
+            status,
+            body: body.to_string(),
+            retry_after_s,
+        }
+    }
+}
+
+/// Anthropic's error `type` names, by status.
+fn anthropic_type(status: u16) -> &'static str {
+    match status {
+        400 | 405 | 408 | 411 | 413 | 431 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        504 => "timeout_error",
+        _ => "api_error",
+    }
+}
+
+impl fmt::Display for GateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.metric_reason(), self.message)
+    }
+}
+
+impl std::error::Error for GateError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape_has_all_fields() {
+        let e = GateError::new(ErrorKind::ModelNotFound, "The model `x` does not exist");
+        let r = e.to_response(Wire::OpenAi);
+        assert_eq!(r.status, 404);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(v["error"]["message"], "The model `x` does not exist");
+    }
+
+    #[test]
+    fn anthropic_shape() {
+        let e = GateError::new(ErrorKind::UpstreamTimeout, "slow");
+        let r = e.to_response(Wire::Anthropic);
+        assert_eq!(r.status, 504);
+        assert_eq!(r.retry_after_s, Some(1));
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "timeout_error");
+    }
+}

@@ -1,0 +1,189 @@
+//! Client request heads: parsed once with httparse into offsets over the head's own `Bytes`,
+//! so header lookups borrow and nothing is copied per header.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::{has_token, parse_content_length, HttpError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Other,
+}
+
+/// How the request body is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// A parsed request head.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    raw: Bytes,
+    pub method: Method,
+    path: Range<usize>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    headers: Vec<(Range<usize>, Range<usize>)>,
+    pub framing: BodyFraming,
+    pub keep_alive: bool,
+    pub expect_continue: bool,
+}
+
+fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
+    let start = part.as_ptr() as usize - base.as_ptr() as usize;
+    start..start + part.len()
+}
+
+impl RequestHead {
+    /// Parses a complete head (`raw` ends with the blank line).
+    pub fn parse(raw: Bytes, max_headers: usize) -> Result<RequestHead, HttpError> {
+        let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
+        let mut req = httparse::Request::new(&mut storage);
+        match req.parse(&raw) {
+            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(HttpError::TooManyHeaders { limit: max_headers })
+            }
+            Err(_) => return Err(HttpError::Malformed("invalid request line or header")),
+        }
+        let method = match req.method {
+            Some("GET") => Method::Get,
+            Some("HEAD") => Method::Head,
+            Some("POST") => Method::Post,
+            _ => Method::Other,
+        };
+        let path = range_in(&raw, req.path.unwrap_or("/").as_bytes());
+        let minor_version = req.version.unwrap_or(1);
+        let mut headers = Vec::with_capacity(req.headers.len());
+        let mut content_length: Option<u64> = None;
+        let mut chunked = false;
+        let mut conn_close = minor_version == 0;
+        let mut expect_continue = false;
+        for h in req.headers.iter() {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let n = parse_content_length(h.value)
+                    .ok_or(HttpError::Malformed("invalid Content-Length"))?;
+                if content_length.is_some_and(|c| c != n) {
+                    return Err(HttpError::Malformed("conflicting Content-Length headers"));
+                }
+                content_length = Some(n);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                if !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(HttpError::Malformed("unsupported Transfer-Encoding"));
+                }
+                chunked = true;
+            } else if name.eq_ignore_ascii_case(b"connection") {
+                if has_token(h.value, b"close") {
+                    conn_close = true;
+                } else if has_token(h.value, b"keep-alive") {
+                    conn_close = false;
+                }
+            } else if name.eq_ignore_ascii_case(b"expect") {
+                expect_continue = has_token(h.value, b"100-continue");
+            }
+            headers.push((range_in(&raw, name), range_in(&raw, h.value)));
+        }
+        // RFC 9112 6.3: both present is a smuggling vector; refuse it.
+        let framing = match (chunked, content_length) {
+            (true, Some(_)) => {
+                return Err(HttpError::Malformed(
+                    "both Content-Length and Transfer-Encoding",
+                ))
+            }
+            (true, None) => BodyFraming::Chunked,
+            (false, Some(n)) => BodyFraming::Length(n),
+            (false, None) => BodyFraming::None,
+        };
+        Ok(RequestHead {
+            method,
+            path,
+            minor_version,
+            headers,
+            framing,
+            keep_alive: !conn_close,
+            expect_continue,
+            raw,
+        })
+    }
+
+    /// The request target without its query string.
+    pub fn path(&self) -> &str {
+        let p = &self.raw[self.path.clone()];
+        let p = p.split(|b| *b == b'?').next().unwrap_or(p);
+        // httparse only accepts visible ASCII in the target.
+        std::str::from_utf8(p).unwrap_or("/")
+    }
+
+    /// First value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| self.raw[n.clone()].eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| &self.raw[v.clone()])
+    }
+
+    /// First value of header `name` as UTF-8 text.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// All headers in order, as (name, value).
+    pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.headers
+            .iter()
+            .map(|(n, v)| (&self.raw[n.clone()], &self.raw[v.clone()]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<RequestHead, HttpError> {
+        RequestHead::parse(Bytes::copy_from_slice(s.as_bytes()), 16)
+    }
+
+    #[test]
+    fn parses_post_with_length() {
+        let h = parse("POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\nX-Tollgate-Team: ml\r\n\r\n").unwrap();
+        assert_eq!(h.method, Method::Post);
+        assert_eq!(h.path(), "/v1/chat/completions");
+        assert_eq!(h.framing, BodyFraming::Length(12));
+        assert!(h.keep_alive);
+        assert_eq!(h.header_str("x-tollgate-team"), Some("ml"));
+    }
+
+    #[test]
+    fn http10_closes_and_chunked_is_recognised() {
+        let h = parse("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").unwrap();
+        assert!(!h.keep_alive);
+        assert_eq!(h.framing, BodyFraming::Chunked);
+    }
+
+    #[test]
+    fn rejects_smuggling_and_garbage() {
+        assert!(parse(
+            "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_err());
+        assert!(
+            parse("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
+        );
+        assert!(parse("\x01\x02 nonsense\r\n\r\n").is_err());
+        let many: String = (0..20).map(|i| format!("H{i}: v\r\n")).collect();
+        assert_eq!(
+            parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
+            HttpError::TooManyHeaders { limit: 16 }
+        );
+    }
+}

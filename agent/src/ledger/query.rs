@@ -1,0 +1,196 @@
+//! Ledger summaries for `tollgate usage`: totals grouped by model, provider, day, team or
+//! project, rendered as a table, CSV or JSON.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    Model,
+    Provider,
+    Day,
+    Team,
+    Project,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub key: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub estimated: u64,
+}
+
+/// Sums the ledger grouped by `by`.
+pub fn summarize(conn: &Connection, by: GroupBy) -> rusqlite::Result<Vec<SummaryRow>> {
+    let key = match by {
+        GroupBy::Model => "COALESCE(requested_model, '-')",
+        GroupBy::Provider => "COALESCE(provider, '-')",
+        GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
+        GroupBy::Team => "COALESCE(team, '-')",
+        GroupBy::Project => "COALESCE(project, '-')",
+    };
+    let sql = format!(
+        "SELECT {key} AS k, COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
+                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated)
+         FROM usage GROUP BY k ORDER BY k"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([], |r| {
+        Ok(SummaryRow {
+            key: r.get(0)?,
+            requests: r.get::<_, i64>(1)? as u64,
+            errors: r.get::<_, i64>(2)? as u64,
+            input_tokens: r.get::<_, i64>(3)? as u64,
+            cached_tokens: r.get::<_, i64>(4)? as u64,
+            output_tokens: r.get::<_, i64>(5)? as u64,
+            reasoning_tokens: r.get::<_, i64>(6)? as u64,
+            estimated: r.get::<_, i64>(7)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+const HEADERS: [&str; 8] = [
+    "key",
+    "requests",
+    "errors",
+    "input",
+    "cached",
+    "output",
+    "reasoning",
+    "estimated",
+];
+
+fn cells(r: &SummaryRow) -> [String; 8] {
+    [
+        r.key.clone(),
+        r.requests.to_string(),
+        r.errors.to_string(),
+        r.input_tokens.to_string(),
+        r.cached_tokens.to_string(),
+        r.output_tokens.to_string(),
+        r.reasoning_tokens.to_string(),
+        r.estimated.to_string(),
+    ]
+}
+
+/// Renders rows in the chosen format. `key_name` titles the first column.
+pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
+    let mut headers = HEADERS.map(String::from);
+    headers[0] = key_name.to_string();
+    match format {
+        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
+        Format::Csv => {
+            let mut out = headers.join(",");
+            out.push('\n');
+            for r in rows {
+                let c = cells(r);
+                let key = if c[0].contains([',', '"', '\n']) {
+                    format!("\"{}\"", c[0].replace('"', "\"\""))
+                } else {
+                    c[0].clone()
+                };
+                out.push_str(&key);
+                for v in &c[1..] {
+                    out.push(',');
+                    out.push_str(v);
+                }
+                out.push('\n');
+            }
+            out
+        }
+        Format::Table => {
+            let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
+            let mut widths = headers.each_ref().map(|h| h.len());
+            for row in &all {
+                for (w, c) in widths.iter_mut().zip(row.iter()) {
+                    *w = (*w).max(c.len());
+                }
+            }
+            let line = |cols: &[String; 8]| {
+                let mut s = format!("{:<w$}", cols[0], w = widths[0]);
+                for (c, w) in cols.iter().zip(widths.iter()).skip(1) {
+                    s.push_str(&format!("  {c:>w$}", w = *w));
+                }
+                s.push('\n');
+                s
+            };
+            let mut out = line(&headers);
+            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
+            out.push_str(&"-".repeat(total));
+            out.push('\n');
+            for row in &all {
+                out.push_str(&line(row));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{insert_batch, UsageRecord, SCHEMA};
+    use crate::metering::Usage;
+
+    #[test]
+    fn groups_and_renders() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let mk = |id: &str, model: &str, out: u64, status: u16| UsageRecord {
+            id: id.into(),
+            ts_ms: 1_700_000_000_000,
+            status,
+            outcome: "ok".into(),
+            api: "chat",
+            requested_model: Some(model.into()),
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: out,
+                ..Usage::default()
+            },
+            ..UsageRecord::default()
+        };
+        insert_batch(
+            &mut c,
+            &[
+                mk("a", "m1", 1, 200),
+                mk("b", "m1", 2, 500),
+                mk("c", "m2", 4, 200),
+            ],
+        )
+        .unwrap();
+        let rows = summarize(&c, GroupBy::Model).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (
+                rows[0].key.as_str(),
+                rows[0].requests,
+                rows[0].errors,
+                rows[0].output_tokens
+            ),
+            ("m1", 2, 1, 3)
+        );
+        let days = summarize(&c, GroupBy::Day).unwrap();
+        assert_eq!(days[0].key, "2023-11-14");
+        let csv = render(&rows, Format::Csv, "model");
+        assert!(csv.starts_with("model,requests,errors,input,cached,output,reasoning,estimated\nm1,2,1,20,0,3,0,0\n"), "{csv}");
+        let table = render(&rows, Format::Table, "model");
+        assert!(table.lines().nth(2).unwrap().starts_with("m1"));
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&rows, Format::Json, "model")).unwrap();
+        assert_eq!(json[1]["output_tokens"], 4);
+    }
+}

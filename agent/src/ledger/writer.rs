@@ -1,0 +1,107 @@
+//! The ledger writer, running on the control thread: receives records (and requests to
+//! estimate usage first), commits them in batches, and flushes everything when the last sender
+//! is dropped. If a commit fails the batch is kept and retried, so spend is not dropped on a
+//! transient error (e.g. a locked database).
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+use super::{insert_batch, UsageRecord};
+use crate::config::LedgerSettings;
+use crate::metering::estimate::{estimate, EstimateInput};
+use crate::telemetry::metrics::{Metrics, SeriesKey};
+
+/// What workers send to the control thread.
+pub enum LedgerMsg {
+    /// A finished record with the provider's own usage.
+    Record(Box<UsageRecord>),
+    /// A record whose usage must be estimated before it is written.
+    Estimate {
+        record: Box<UsageRecord>,
+        input: Box<EstimateInput>,
+        series: SeriesKey,
+    },
+}
+
+/// Runs until every sender is gone, then flushes and returns.
+pub fn run(
+    mut conn: Connection,
+    rx: Receiver<LedgerMsg>,
+    settings: LedgerSettings,
+    metrics: Arc<Metrics>,
+) {
+    let control_shard = metrics.shards.len() - 1;
+    let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let msg = match deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        };
+        match msg {
+            Ok(m) => {
+                metrics.globals.ledger_queue.fetch_sub(1, Ordering::Relaxed);
+                let record = match m {
+                    LedgerMsg::Record(r) => *r,
+                    LedgerMsg::Estimate {
+                        mut record,
+                        input,
+                        series,
+                    } => {
+                        record.usage = estimate(&input);
+                        record.estimated = true;
+                        metrics.shards[control_shard].record_usage(series, &record.usage, true);
+                        *record
+                    }
+                };
+                batch.push(record);
+                deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
+                if batch.len() >= settings.batch_max {
+                    flush(&mut conn, &mut batch, &metrics);
+                    deadline =
+                        (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut conn, &mut batch, &metrics);
+                deadline = (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                for _ in 0..50 {
+                    flush(&mut conn, &mut batch, &metrics);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {
+    if batch.is_empty() {
+        return;
+    }
+    match insert_batch(conn, batch) {
+        Ok(()) => {
+            metrics
+                .globals
+                .ledger_written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            batch.clear();
+        }
+        Err(e) => {
+            metrics
+                .globals
+                .ledger_errors
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, records = batch.len(), "ledger commit failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Endpoints Tollgate answers itself: `/healthz`, `/readyz`, `/metrics`, `/v1/models`.
+//! Not on the proxy hot path.
+
+use std::sync::atomic::Ordering;
+
+use crate::api::Wire;
+use crate::client::ClientConn;
+use crate::error::{ErrorKind, GateError};
+use crate::http::request::{Method, RequestHead};
+use crate::worker::Worker;
+
+/// Serves a local endpoint; returns whether the connection stays open.
+pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> bool {
+    let keep = head.keep_alive;
+    let path = head.path();
+    let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/models")
+        || path.starts_with("/v1/models/");
+    let result = if !known {
+        let e = GateError::new(ErrorKind::NotFound, format!("Unknown request URL: {path}"));
+        client.respond_error(&e, Wire::OpenAi, keep, None).await
+    } else if head.method != Method::Get {
+        let e = GateError::new(
+            ErrorKind::MethodNotAllowed,
+            format!("{path} accepts GET only"),
+        );
+        client.respond_error(&e, Wire::OpenAi, keep, None).await
+    } else {
+        match path {
+            "/healthz" => {
+                client
+                    .respond(
+                        200,
+                        "application/json",
+                        br#"{"status":"ok"}"#.to_vec(),
+                        keep,
+                        "",
+                    )
+                    .await
+            }
+            "/readyz" => {
+                let (status, body) = readiness(w);
+                client
+                    .respond(status, "application/json", body.into_bytes(), keep, "")
+                    .await
+            }
+            "/metrics" => {
+                let text = w.shared.metrics.render();
+                client
+                    .respond(
+                        200,
+                        "text/plain; version=0.0.4",
+                        text.into_bytes(),
+                        keep,
+                        "",
+                    )
+                    .await
+            }
+            "/v1/models" => {
+                client
+                    .respond(
+                        200,
+                        "application/json",
+                        models(w, None).into_bytes(),
+                        keep,
+                        "",
+                    )
+                    .await
+            }
+            _ => {
+                let name = &path["/v1/models/".len()..];
+                if w.cfg.model_by_name(name).is_some() {
+                    client
+                        .respond(
+                            200,
+                            "application/json",
+                            models(w, Some(name)).into_bytes(),
+                            keep,
+                            "",
+                        )
+                        .await
+                } else {
+                    let e = GateError::new(
+                        ErrorKind::ModelNotFound,
+                        format!(
+                            "The model `{name}` does not exist or you do not have access to it."
+                        ),
+                    );
+                    client.respond_error(&e, Wire::OpenAi, keep, None).await
+                }
+            }
+        }
+    };
+    result.is_ok() && keep
+}
+
+fn readiness(w: &Worker) -> (u16, String) {
+    let s = &w.shared;
+    let stopping = s.shutting_down.load(Ordering::Relaxed);
+    let ready = s.workers_ready.load(Ordering::Acquire) == w.cfg.workers && !stopping;
+    let body = serde_json::json!({
+        "status": if ready { "ready" } else if stopping { "stopping" } else { "starting" },
+        "workers": w.cfg.workers,
+        "io_driver": w.driver,
+        "kernel": s.kernel_status,
+        "models": w.cfg.models.len(),
+    });
+    (if ready { 200 } else { 503 }, body.to_string())
+}
+
+fn models(w: &Worker, only: Option<&str>) -> String {
+    let entry = |m: &crate::config::Model| {
+        serde_json::json!({
+            "id": m.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": w.cfg.providers[m.provider].name,
+        })
+    };
+    match only {
+        Some(name) => w
+            .cfg
+            .model_by_name(name)
+            .map(|(_, m)| entry(m))
+            .unwrap_or_default()
+            .to_string(),
+        None => serde_json::json!({
+            "object": "list",
+            "data": w.cfg.models.iter().map(entry).collect::<Vec<_>>(),
+        })
+        .to_string(),
+    }
+}

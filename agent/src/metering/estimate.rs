@@ -1,0 +1,213 @@
+//! Token estimates for responses whose provider reported no usage. Exact BPE counting costs
+//! tens of microseconds per KB, so this never runs on a worker: settle hands the request body
+//! and the retained response payload to the control thread, which calls [`estimate`].
+//! Counts use OpenAI's o200k_base encoding; records made this way are flagged `estimated`.
+
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use sonic_rs::JsonValueTrait;
+use tiktoken_rs::CoreBPE;
+
+use super::sse::{frame_data, FrameSplitter};
+use super::Usage;
+use crate::api::Api;
+
+/// Per-message framing tokens, as OpenAI's chat format adds them.
+const TOKENS_PER_MESSAGE: u64 = 3;
+
+fn bpe() -> Option<&'static CoreBPE> {
+    static BPE: OnceLock<Option<CoreBPE>> = OnceLock::new();
+    BPE.get_or_init(|| tiktoken_rs::o200k_base().ok()).as_ref()
+}
+
+/// Counts the tokens of `text`; falls back to bytes/4 if the tokenizer failed to load.
+pub fn count_tokens(text: &str) -> u64 {
+    match bpe() {
+        Some(b) => b.encode_ordinary(text).len() as u64,
+        None => text.len().div_ceil(4) as u64,
+    }
+}
+
+/// What the estimator needs; moved to the control thread.
+pub struct EstimateInput {
+    pub api: Api,
+    pub stream: bool,
+    pub request_body: Bytes,
+    pub text_spans: Vec<std::ops::Range<usize>>,
+    /// The response payload as relayed (frames for streams, the body otherwise).
+    pub response: Vec<Bytes>,
+    /// Usage the provider did report (e.g. Anthropic's message_start before a reset).
+    pub partial: Option<Usage>,
+}
+
+/// Estimates usage, keeping any numbers the provider did report.
+pub fn estimate(input: &EstimateInput) -> Usage {
+    let mut u = input.partial.unwrap_or_default();
+    if u.input_tokens == 0 {
+        u.input_tokens = estimate_input(&input.request_body, &input.text_spans);
+    }
+    if u.output_tokens <= 1 {
+        u.output_tokens = count_tokens(&generated_text(input.api, input.stream, &input.response));
+    }
+    u
+}
+
+/// Prompt tokens: each text span unescaped and counted, plus per-message framing.
+pub fn estimate_input(body: &[u8], spans: &[std::ops::Range<usize>]) -> u64 {
+    let mut total = TOKENS_PER_MESSAGE;
+    for span in spans {
+        let Some(raw) = body.get(span.clone()) else {
+            continue;
+        };
+        let text: String = sonic_rs::from_slice(raw).unwrap_or_default();
+        total += count_tokens(&text) + TOKENS_PER_MESSAGE;
+    }
+    total
+}
+
+/// The text the model generated, pulled out of the relayed payload.
+pub fn generated_text(api: Api, stream: bool, payload: &[Bytes]) -> String {
+    let mut out = String::new();
+    if stream {
+        let mut splitter = FrameSplitter::default();
+        let mut frames = Vec::new();
+        for p in payload {
+            splitter.push(p.clone(), |f| frames.push(f));
+        }
+        frames.extend(splitter.take_rest());
+        for f in &frames {
+            if let Some(data) = frame_data(f) {
+                append_stream_text(api, &data, &mut out);
+            }
+        }
+    } else {
+        let body: Vec<u8> = payload.iter().flat_map(|b| b.iter().copied()).collect();
+        append_body_text(api, &body, &mut out);
+    }
+    out
+}
+
+fn push_str(v: Option<sonic_rs::LazyValue<'_>>, out: &mut String) {
+    if let Some(s) = v.as_ref().and_then(|v| v.as_str()) {
+        out.push_str(s);
+    }
+}
+
+fn append_stream_text(api: Api, data: &[u8], out: &mut String) {
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            let Ok(choices) = sonic_rs::get(data, &["choices"]) else {
+                return;
+            };
+            let Some(items) = choices.into_array_iter() else {
+                return;
+            };
+            for c in items.flatten() {
+                push_str(c.pointer(["delta", "content"]), out);
+                push_str(c.pointer(["delta", "reasoning_content"]), out);
+                push_str(c.get("text"), out);
+            }
+        }
+        Api::Responses => push_str(sonic_rs::get(data, &["delta"]).ok(), out),
+        Api::Messages => {
+            push_str(sonic_rs::get(data, &["delta", "text"]).ok(), out);
+            push_str(sonic_rs::get(data, &["delta", "thinking"]).ok(), out);
+        }
+        Api::Embeddings => {}
+    }
+}
+
+fn append_body_text(api: Api, body: &[u8], out: &mut String) {
+    match api {
+        Api::ChatCompletions | Api::Completions => {
+            let Ok(choices) = sonic_rs::get(body, &["choices"]) else {
+                return;
+            };
+            let Some(items) = choices.into_array_iter() else {
+                return;
+            };
+            for c in items.flatten() {
+                push_str(c.pointer(["message", "content"]), out);
+                push_str(c.get("text"), out);
+            }
+        }
+        Api::Responses => push_str(sonic_rs::get(body, &["output_text"]).ok(), out),
+        Api::Messages => {
+            let Ok(content) = sonic_rs::get(body, &["content"]) else {
+                return;
+            };
+            let Some(items) = content.into_array_iter() else {
+                return;
+            };
+            for c in items.flatten() {
+                push_str(c.get("text"), out);
+            }
+        }
+        Api::Embeddings => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_known_text() {
+        // "hello world" is two tokens in o200k_base.
+        assert_eq!(count_tokens("hello world"), 2);
+        assert_eq!(count_tokens(""), 0);
+    }
+
+    #[test]
+    fn output_from_chat_stream_split_anywhere() {
+        let s = b"data: {\"choices\":[{\"delta\":{\"content\":\"hello\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\" world\"}}]}\n\ndata: [DONE]\n\n";
+        let payload: Vec<Bytes> = s.chunks(7).map(Bytes::copy_from_slice).collect();
+        assert_eq!(
+            generated_text(Api::ChatCompletions, true, &payload),
+            "hello world"
+        );
+    }
+
+    #[test]
+    fn output_from_anthropic_stream() {
+        let s = b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n";
+        assert_eq!(
+            generated_text(Api::Messages, true, &[Bytes::from_static(s)]),
+            "hi"
+        );
+    }
+
+    #[test]
+    fn input_unescapes_spans() {
+        let body = br#"{"messages":[{"content":"hello world"},{"content":"a\nb"}]}"#;
+        let start = body
+            .windows(13)
+            .position(|w| w == b"\"hello world\"")
+            .unwrap();
+        let s1 = start..start + 13;
+        assert_eq!(&body[s1.clone()], b"\"hello world\"");
+        let n = estimate_input(body, &[s1]);
+        assert_eq!(n, TOKENS_PER_MESSAGE + 2 + TOKENS_PER_MESSAGE);
+    }
+
+    #[test]
+    fn estimate_keeps_reported_input() {
+        let input = EstimateInput {
+            api: Api::Messages,
+            stream: true,
+            request_body: Bytes::new(),
+            text_spans: vec![],
+            response: vec![Bytes::from_static(
+                b"data: {\"delta\":{\"text\":\"hello world\"}}\n\n",
+            )],
+            partial: Some(Usage {
+                input_tokens: 40,
+                output_tokens: 1,
+                ..Usage::default()
+            }),
+        };
+        let u = estimate(&input);
+        assert_eq!((u.input_tokens, u.output_tokens), (40, 2));
+    }
+}

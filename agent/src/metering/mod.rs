@@ -1,0 +1,9 @@
+//! Metering: what a request consumed. `usage` reads the provider's own numbers (plain bodies and
+//! stream frames), `sse` splits event streams into frames without copying, `estimate` counts
+//! tokens with a BPE tokenizer when the provider reported nothing (off the request path).
+
+pub mod estimate;
+pub mod sse;
+pub mod usage;
+
+pub use usage::{Usage, UsageAccumulator};

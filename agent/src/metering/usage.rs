@@ -1,0 +1,290 @@
+//! Usage extraction from provider responses, normalised across OpenAI and Anthropic.
+//!
+//! Normal form: `input_tokens` counts every prompt token including cached ones;
+//! `cached_tokens` are prompt tokens read from the provider's prefix cache;
+//! `cache_write_tokens` are prompt tokens written to it (Anthropic); `reasoning_tokens` are
+//! part of `output_tokens`. Anthropic reports `input_tokens` *excluding* cache reads and writes,
+//! so those are added back. Hot path for streams: `observe_frame` is called only on frames that
+//! contain the bytes `"usage"`.
+
+use sonic_rs::{JsonValueTrait, LazyValue};
+
+use crate::api::Api;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub cached_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub output_tokens: u64,
+    pub reasoning_tokens: u64,
+}
+
+fn u(v: &LazyValue<'_>, path: &[&str]) -> Option<u64> {
+    v.pointer(path.iter().copied()).and_then(|x| x.as_u64())
+}
+
+fn openai_usage(v: &LazyValue<'_>) -> Usage {
+    let input = u(v, &["prompt_tokens"])
+        .or_else(|| u(v, &["input_tokens"]))
+        .unwrap_or(0);
+    Usage {
+        input_tokens: input,
+        cached_tokens: u(v, &["prompt_tokens_details", "cached_tokens"])
+            .or_else(|| u(v, &["input_tokens_details", "cached_tokens"]))
+            .unwrap_or(0),
+        cache_write_tokens: 0,
+        output_tokens: u(v, &["completion_tokens"])
+            .or_else(|| u(v, &["output_tokens"]))
+            .unwrap_or(0),
+        reasoning_tokens: u(v, &["completion_tokens_details", "reasoning_tokens"])
+            .or_else(|| u(v, &["output_tokens_details", "reasoning_tokens"]))
+            .unwrap_or(0),
+    }
+}
+
+/// Partial Anthropic usage: every field is optional because message_start and message_delta
+/// each carry some of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct AnthropicUsage {
+    input: Option<u64>,
+    cache_read: Option<u64>,
+    cache_write: Option<u64>,
+    output: Option<u64>,
+}
+
+fn anthropic_usage(v: &LazyValue<'_>) -> AnthropicUsage {
+    AnthropicUsage {
+        input: u(v, &["input_tokens"]),
+        cache_read: u(v, &["cache_read_input_tokens"]),
+        cache_write: u(v, &["cache_creation_input_tokens"]),
+        output: u(v, &["output_tokens"]),
+    }
+}
+
+/// Reads usage from a complete non-streaming response body.
+pub fn extract_usage(api: Api, body: &[u8]) -> Option<Usage> {
+    let v = sonic_rs::get(body, &["usage"]).ok()?;
+    if !v.is_object() {
+        return None;
+    }
+    let mut acc = UsageAccumulator::default();
+    match api {
+        Api::Messages => acc.anthropic = Some(anthropic_usage(&v)),
+        _ => acc.openai = Some(openai_usage(&v)),
+    }
+    acc.finish()
+}
+
+/// Collects usage across the frames of one stream.
+#[derive(Debug, Default, Clone)]
+pub struct UsageAccumulator {
+    openai: Option<Usage>,
+    anthropic: Option<AnthropicUsage>,
+    /// Anthropic's message_delta (carrying the final output count) was seen.
+    anthropic_final: bool,
+}
+
+/// What a frame turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameUsage {
+    /// No usage in this frame.
+    None,
+    /// Usage, in a frame that also carries content (or in an Anthropic event).
+    Inline,
+    /// An OpenAI usage-only chunk (`"choices":[]`): the one `include_usage` adds.
+    UsageOnly,
+}
+
+impl UsageAccumulator {
+    /// Reads the usage carried by one SSE frame's `data` payload, if any.
+    pub fn observe_frame(&mut self, api: Api, data: &[u8]) -> FrameUsage {
+        if memchr::memmem::find(data, b"\"usage\"").is_none() {
+            return FrameUsage::None;
+        }
+        match api {
+            Api::Messages => {
+                // message_start: {"type":"message_start","message":{...,"usage":{...}}}
+                // message_delta: {"type":"message_delta",...,"usage":{"output_tokens":N}}
+                let (v, is_delta) = match sonic_rs::get(data, &["message", "usage"]) {
+                    Ok(v) => (v, false),
+                    Err(_) => match sonic_rs::get(data, &["usage"]) {
+                        Ok(v) => (v, true),
+                        Err(_) => return FrameUsage::None,
+                    },
+                };
+                if !v.is_object() {
+                    return FrameUsage::None;
+                }
+                let new = anthropic_usage(&v);
+                let cur = self.anthropic.get_or_insert_with(AnthropicUsage::default);
+                cur.input = new.input.or(cur.input);
+                cur.cache_read = new.cache_read.or(cur.cache_read);
+                cur.cache_write = new.cache_write.or(cur.cache_write);
+                cur.output = new.output.or(cur.output);
+                self.anthropic_final |= is_delta;
+                FrameUsage::Inline
+            }
+            Api::Responses => {
+                let Ok(v) = sonic_rs::get(data, &["response", "usage"]) else {
+                    return FrameUsage::None;
+                };
+                if !v.is_object() {
+                    return FrameUsage::None;
+                }
+                self.openai = Some(openai_usage(&v));
+                FrameUsage::Inline
+            }
+            _ => {
+                let Ok(v) = sonic_rs::get(data, &["usage"]) else {
+                    return FrameUsage::None;
+                };
+                if !v.is_object() {
+                    return FrameUsage::None;
+                }
+                self.openai = Some(openai_usage(&v));
+                let usage_only = sonic_rs::get(data, &["choices"])
+                    .ok()
+                    .and_then(|c| c.into_array_iter())
+                    .is_some_and(|mut it| it.next().is_none());
+                if usage_only {
+                    FrameUsage::UsageOnly
+                } else {
+                    FrameUsage::Inline
+                }
+            }
+        }
+    }
+
+    /// True when the stream has reported its final usage (not just the opening counts).
+    pub fn is_complete(&self) -> bool {
+        self.openai.is_some() || (self.anthropic.is_some() && self.anthropic_final)
+    }
+
+    /// True when some usage (possibly partial) was seen.
+    pub fn has_any(&self) -> bool {
+        self.openai.is_some() || self.anthropic.is_some()
+    }
+
+    /// The normalised usage seen so far.
+    pub fn finish(&self) -> Option<Usage> {
+        if let Some(u) = self.openai {
+            return Some(u);
+        }
+        let a = self.anthropic?;
+        let cache_read = a.cache_read.unwrap_or(0);
+        let cache_write = a.cache_write.unwrap_or(0);
+        Some(Usage {
+            input_tokens: a.input.unwrap_or(0) + cache_read + cache_write,
+            cached_tokens: cache_read,
+            cache_write_tokens: cache_write,
+            output_tokens: a.output.unwrap_or(0),
+            reasoning_tokens: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_chat_body() {
+        let b = br#"{"id":"x","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,"prompt_tokens_details":{"cached_tokens":4},"completion_tokens_details":{"reasoning_tokens":2}}}"#;
+        let u = extract_usage(Api::ChatCompletions, b).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 10,
+                cached_tokens: 4,
+                cache_write_tokens: 0,
+                output_tokens: 5,
+                reasoning_tokens: 2
+            }
+        );
+    }
+
+    #[test]
+    fn responses_body() {
+        let b = br#"{"object":"response","usage":{"input_tokens":7,"input_tokens_details":{"cached_tokens":1},"output_tokens":3,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":10}}"#;
+        let u = extract_usage(Api::Responses, b).unwrap();
+        assert_eq!(
+            (
+                u.input_tokens,
+                u.cached_tokens,
+                u.output_tokens,
+                u.reasoning_tokens
+            ),
+            (7, 1, 3, 1)
+        );
+    }
+
+    #[test]
+    fn anthropic_body_adds_cache_back() {
+        let b = br#"{"type":"message","usage":{"input_tokens":3,"cache_creation_input_tokens":16,"cache_read_input_tokens":32,"output_tokens":9}}"#;
+        let u = extract_usage(Api::Messages, b).unwrap();
+        assert_eq!(
+            u,
+            Usage {
+                input_tokens: 51,
+                cached_tokens: 32,
+                cache_write_tokens: 16,
+                output_tokens: 9,
+                reasoning_tokens: 0
+            }
+        );
+    }
+
+    #[test]
+    fn missing_or_null_usage() {
+        assert_eq!(
+            extract_usage(Api::ChatCompletions, br#"{"choices":[]}"#),
+            None
+        );
+        assert_eq!(
+            extract_usage(Api::ChatCompletions, br#"{"usage":null}"#),
+            None
+        );
+    }
+
+    #[test]
+    fn openai_stream_frames() {
+        let mut acc = UsageAccumulator::default();
+        assert_eq!(
+            acc.observe_frame(
+                Api::ChatCompletions,
+                br#"{"choices":[{"delta":{"content":"hi"}}]}"#
+            ),
+            FrameUsage::None
+        );
+        assert_eq!(
+            acc.observe_frame(
+                Api::ChatCompletions,
+                br#"{"choices":[{"delta":{}}],"usage":null}"#
+            ),
+            FrameUsage::None
+        );
+        assert!(!acc.is_complete());
+        let f = acc.observe_frame(
+            Api::ChatCompletions,
+            br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#,
+        );
+        assert_eq!(f, FrameUsage::UsageOnly);
+        assert!(acc.is_complete());
+        assert_eq!(acc.finish().unwrap().output_tokens, 2);
+    }
+
+    #[test]
+    fn anthropic_stream_merges_start_and_delta() {
+        let mut acc = UsageAccumulator::default();
+        acc.observe_frame(Api::Messages, br#"{"type":"message_start","message":{"usage":{"input_tokens":5,"cache_read_input_tokens":16,"cache_creation_input_tokens":0,"output_tokens":1}}}"#);
+        assert!(acc.has_any() && !acc.is_complete());
+        acc.observe_frame(Api::Messages, br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":12}}"#);
+        assert!(acc.is_complete());
+        let u = acc.finish().unwrap();
+        assert_eq!(
+            (u.input_tokens, u.cached_tokens, u.output_tokens),
+            (21, 16, 12)
+        );
+    }
+}

@@ -1,0 +1,416 @@
+//! Phase 7, forward: send the request to the provider over a per-core keep-alive connection.
+//!
+//! The body is sent as slices of the client's body with small edits spliced in (the provider's
+//! model name, `stream_options.include_usage`), so it is never re-serialised. Client
+//! credentials and Tollgate's own headers are dropped and the provider's key is added; the
+//! key never appears in a response. A failure before any response byte on a *reused*
+//! connection (a keep-alive the provider closed) is retried once on a fresh connection.
+//! Reads: `ctx.body`, `ctx.inspection`, `ctx.target`. Writes: `ctx.injected_usage`,
+//! `ctx.upstream_head_at`. Hot path.
+
+use std::io;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::api::Api;
+use crate::client::read_more;
+use crate::config::{Provider, ProviderKind};
+use crate::error::{ErrorKind, GateError};
+use crate::http::iovec::BytesVec;
+use crate::http::response::ResponseHead;
+use crate::http::{find_head_end, is_hop_by_hop};
+use crate::phase::inspect::Inspection;
+use crate::pipeline::RequestCtx;
+use crate::upstream::{self, UpstreamConn};
+use crate::worker::Worker;
+
+/// Largest response head accepted from a provider.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// A provider connection whose response head has been read.
+pub struct Forwarded {
+    pub conn: UpstreamConn,
+    pub head: ResponseHead,
+}
+
+/// Client headers never passed to a provider (besides hop-by-hop ones).
+fn is_dropped(name: &[u8]) -> bool {
+    const DROP: [&[u8]; 8] = [
+        b"host",
+        b"authorization",
+        b"x-api-key",
+        b"api-key",
+        b"content-type",
+        b"accept-encoding",
+        b"anthropic-version",
+        b"expect",
+    ];
+    is_hop_by_hop(name)
+        || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
+        || (name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-tollgate-"))
+}
+
+/// One edit of the client's body: replace `range` with `with`.
+struct Edit {
+    range: Range<usize>,
+    with: Bytes,
+}
+
+/// The edits that turn the client's body into the provider's, and whether the usage chunk
+/// was requested by us (and so must be hidden from the client).
+fn body_edits(api: Api, body: &[u8], ins: &Inspection, upstream_model: &str) -> (Vec<Edit>, bool) {
+    let mut edits = Vec::with_capacity(2);
+    if ins.model != upstream_model {
+        let quoted = serde_json::to_string(upstream_model)
+            .unwrap_or_else(|_| format!("\"{upstream_model}\""));
+        edits.push(Edit {
+            range: ins.model_span.clone(),
+            with: Bytes::from(quoted),
+        });
+    }
+    let mut injected = false;
+    if ins.stream && api.supports_include_usage() {
+        match (&ins.include_usage, &ins.stream_options_span) {
+            (Some((true, _)), _) => {}
+            (Some((false, span)), _) => {
+                edits.push(Edit {
+                    range: span.clone(),
+                    with: Bytes::from_static(b"true"),
+                });
+                injected = true;
+            }
+            (None, Some(opts)) => {
+                // Insert right after the object's `{`; a comma only if it has members.
+                let inner = &body[opts.start + 1..opts.end - 1];
+                let text: &'static [u8] = if inner.trim_ascii().is_empty() {
+                    b"\"include_usage\":true"
+                } else {
+                    b"\"include_usage\":true,"
+                };
+                edits.push(Edit {
+                    range: opts.start + 1..opts.start + 1,
+                    with: Bytes::from_static(text),
+                });
+                injected = true;
+            }
+            (None, None) => {
+                // The body is an object with at least `model`, so a trailing comma is valid.
+                let at = body.iter().position(|b| *b == b'{').map_or(0, |p| p + 1);
+                edits.push(Edit {
+                    range: at..at,
+                    with: Bytes::from_static(b"\"stream_options\":{\"include_usage\":true},"),
+                });
+                injected = true;
+            }
+        }
+    }
+    edits.sort_by_key(|e| e.range.start);
+    (edits, injected)
+}
+
+/// Builds the request head for the provider.
+fn request_head(ctx: &RequestCtx, provider: &Provider, body_len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(512);
+    h.extend_from_slice(b"POST ");
+    h.extend_from_slice(provider.base_path.as_bytes());
+    h.extend_from_slice(ctx.api.upstream_path().as_bytes());
+    h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    h.extend_from_slice(provider.host_header.as_bytes());
+    h.extend_from_slice(
+        b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ",
+    );
+    h.extend_from_slice(body_len.to_string().as_bytes());
+    h.extend_from_slice(b"\r\nx-tollgate-request-id: ");
+    h.extend_from_slice(ctx.id.as_bytes());
+    h.extend_from_slice(b"\r\n");
+    match provider.kind {
+        ProviderKind::OpenAi => {
+            if let Some(k) = &provider.api_key {
+                h.extend_from_slice(b"authorization: Bearer ");
+                h.extend_from_slice(k.as_bytes());
+                h.extend_from_slice(b"\r\n");
+            }
+        }
+        ProviderKind::Anthropic => {
+            if let Some(k) = &provider.api_key {
+                h.extend_from_slice(b"x-api-key: ");
+                h.extend_from_slice(k.as_bytes());
+                h.extend_from_slice(b"\r\n");
+            }
+            h.extend_from_slice(b"anthropic-version: ");
+            let v = ctx
+                .head
+                .header("anthropic-version")
+                .unwrap_or(provider.anthropic_version.as_bytes());
+            h.extend_from_slice(v);
+            h.extend_from_slice(b"\r\n");
+        }
+    }
+    for (name, value) in ctx.head.headers() {
+        if !is_dropped(name) {
+            h.extend_from_slice(name);
+            h.extend_from_slice(b": ");
+            h.extend_from_slice(value);
+            h.extend_from_slice(b"\r\n");
+        }
+    }
+    h.extend_from_slice(b"\r\n");
+    h
+}
+
+/// The request as a list of slices: head, then the body with edits applied.
+fn request_parts(ctx: &RequestCtx, provider: &Provider, edits: &[Edit]) -> BytesVec {
+    let delta: isize = edits
+        .iter()
+        .map(|e| e.with.len() as isize - e.range.len() as isize)
+        .sum();
+    let body_len = (ctx.body.len() as isize + delta) as usize;
+    let mut parts = BytesVec::with_capacity(2 + 2 * edits.len());
+    parts.push(Bytes::from(request_head(ctx, provider, body_len)));
+    let mut at = 0;
+    for e in edits {
+        parts.push(ctx.body.slice(at..e.range.start));
+        parts.push(e.with.clone());
+        at = e.range.end;
+    }
+    parts.push(ctx.body.slice(at..));
+    parts
+}
+
+enum AttemptError {
+    /// Nothing came back: worth a retry if the connection was reused.
+    BeforeResponse(io::Error),
+    Fatal(GateError),
+}
+
+pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateError> {
+    let target = ctx
+        .target
+        .ok_or_else(|| GateError::new(ErrorKind::Internal, "forward without a route"))?;
+    let cfg = &w.cfg;
+    let provider = &cfg.providers[target.provider];
+    let model = &cfg.models[target.model];
+    let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, &model.upstream_model);
+    ctx.injected_usage = injected;
+
+    let pooled = w.pool.borrow_mut().take(target.provider, Instant::now());
+    let mut conn = match pooled {
+        Some(c) => c,
+        None => connect(w, target.provider).await?,
+    };
+    let mut retried = false;
+    loop {
+        let parts = request_parts(ctx, provider, &edits);
+        match attempt(w, &mut conn, parts).await {
+            Ok(head) => {
+                ctx.upstream_head_at = Some(Instant::now());
+                return Ok(Forwarded { conn, head });
+            }
+            Err(AttemptError::BeforeResponse(e)) if conn.reused && !retried => {
+                tracing::debug!(error = %e, provider = %provider.name, "stale keep-alive connection; retrying on a new one");
+                w.shared
+                    .metrics
+                    .globals
+                    .upstream_retries
+                    .fetch_add(1, Ordering::Relaxed);
+                retried = true;
+                conn = connect(w, target.provider).await?;
+            }
+            Err(AttemptError::BeforeResponse(e)) => {
+                let kind = if e.kind() == io::ErrorKind::TimedOut {
+                    ErrorKind::UpstreamTimeout
+                } else {
+                    ErrorKind::UpstreamUnreachable
+                };
+                let msg = if kind == ErrorKind::UpstreamTimeout {
+                    format!(
+                        "provider `{}` did not respond within {:?}",
+                        provider.name, cfg.upstream.response_timeout
+                    )
+                } else {
+                    format!(
+                        "provider `{}` closed the connection before responding: {e}",
+                        provider.name
+                    )
+                };
+                return Err(GateError::new(kind, msg));
+            }
+            Err(AttemptError::Fatal(e)) => return Err(e),
+        }
+    }
+}
+
+async fn connect(w: &Worker, provider_idx: usize) -> Result<UpstreamConn, GateError> {
+    let provider = &w.cfg.providers[provider_idx];
+    let addrs = w.shared.resolved.get(provider_idx);
+    let tls = w.tls.get(provider_idx).and_then(Option::as_ref);
+    upstream::connect(
+        provider_idx,
+        &addrs,
+        &provider.host,
+        tls,
+        w.cfg.upstream.connect_timeout,
+    )
+    .await
+    .map_err(|e| {
+        let kind = match e {
+            upstream::UpstreamError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
+            _ => ErrorKind::UpstreamUnreachable,
+        };
+        GateError::new(
+            kind,
+            format!("provider `{}` is unreachable: {e}", provider.name),
+        )
+    })
+}
+
+/// Sends the request and reads the response head (skipping 1xx interim responses).
+async fn attempt(
+    w: &Worker,
+    conn: &mut UpstreamConn,
+    parts: BytesVec,
+) -> Result<ResponseHead, AttemptError> {
+    let (res, _) = conn.stream.write_vectored_all(parts).await;
+    res.map_err(AttemptError::BeforeResponse)?;
+    let timeout = w.cfg.upstream.response_timeout;
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = find_head_end(&conn.buf, scanned) {
+            let raw = conn.buf.split_to(end);
+            let head = ResponseHead::parse(&raw).map_err(|e| {
+                AttemptError::Fatal(GateError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("provider sent an invalid response: {e}"),
+                ))
+            })?;
+            if (100..200).contains(&head.status) {
+                scanned = 0;
+                continue;
+            }
+            return Ok(head);
+        }
+        scanned = conn.buf.len();
+        if scanned > MAX_RESPONSE_HEAD {
+            return Err(AttemptError::Fatal(GateError::new(
+                ErrorKind::UpstreamProtocol,
+                "provider response head is too large",
+            )));
+        }
+        let had_bytes = !conn.buf.is_empty();
+        match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+            Ok(0) if !had_bytes => {
+                return Err(AttemptError::BeforeResponse(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "connection closed",
+                )))
+            }
+            Ok(0) => {
+                return Err(AttemptError::Fatal(GateError::new(
+                    ErrorKind::UpstreamProtocol,
+                    "provider closed the connection mid-head",
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                return Err(AttemptError::Fatal(GateError::new(
+                    ErrorKind::UpstreamTimeout,
+                    format!("provider did not respond within {timeout:?}"),
+                )))
+            }
+            Err(e) if !had_bytes => return Err(AttemptError::BeforeResponse(e)),
+            Err(e) => {
+                return Err(AttemptError::Fatal(GateError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("reading the response failed: {e}"),
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::phase::inspect::inspect_body;
+
+    fn apply(body: &str, edits: &[Edit]) -> String {
+        let mut out = Vec::new();
+        let mut at = 0;
+        for e in edits {
+            out.extend_from_slice(&body.as_bytes()[at..e.range.start]);
+            out.extend_from_slice(&e.with);
+            at = e.range.end;
+        }
+        out.extend_from_slice(&body.as_bytes()[at..]);
+        String::from_utf8(out).unwrap()
+    }
+
+    fn rewrite(body: &str, upstream: &str) -> (serde_json::Value, bool) {
+        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        let (edits, injected) = body_edits(Api::ChatCompletions, body.as_bytes(), &ins, upstream);
+        let out = apply(body, &edits);
+        (
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}")),
+            injected,
+        )
+    }
+
+    #[test]
+    fn model_is_spliced_and_usage_injected() {
+        let (v, inj) = rewrite(r#"{"model":"smol","stream":true,"messages":[]}"#, "smollm2");
+        assert_eq!(v["model"], "smollm2");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(inj);
+    }
+
+    #[test]
+    fn existing_stream_options_are_extended_or_flipped() {
+        let (v, inj) = rewrite(r#"{"stream_options":{},"model":"m","stream":true}"#, "m");
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(inj);
+        let (v, inj) = rewrite(
+            r#"{"model":"m","stream":true,"stream_options":{"x":1}}"#,
+            "m",
+        );
+        assert_eq!(
+            (
+                v["stream_options"]["include_usage"].clone(),
+                v["stream_options"]["x"].clone()
+            ),
+            (true.into(), 1.into())
+        );
+        assert!(inj);
+        let (v, inj) = rewrite(
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+            "m",
+        );
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert!(inj);
+    }
+
+    #[test]
+    fn client_asked_for_usage_or_no_stream_means_no_edit() {
+        let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
+        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        let (edits, inj) = body_edits(Api::ChatCompletions, body.as_bytes(), &ins, "m");
+        assert!(edits.is_empty() && !inj);
+        let body = r#"{"model":"m","messages":[]}"#;
+        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        assert!(body_edits(Api::ChatCompletions, body.as_bytes(), &ins, "m")
+            .0
+            .is_empty());
+    }
+
+    #[test]
+    fn credentials_and_envelope_are_dropped() {
+        assert!(is_dropped(b"Authorization"));
+        assert!(is_dropped(b"X-Api-Key"));
+        assert!(is_dropped(b"x-tollgate-team"));
+        assert!(is_dropped(b"Transfer-Encoding"));
+        assert!(!is_dropped(b"openai-organization"));
+        assert!(!is_dropped(b"anthropic-beta"));
+    }
+}

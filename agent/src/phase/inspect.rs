@@ -1,0 +1,339 @@
+//! Phase 4, inspect: one pass of sonic-rs's lazy JSON iterator over the request body.
+//!
+//! Extracts what the later phases need (model, stream flag, output cap, n, tool count,
+//! `stream_options.include_usage`) and the byte spans of prompt text, borrowing from the body:
+//! nothing is copied or re-serialised. The spans let `forward` splice a new model name in and
+//! let metering estimate tokens later without parsing the body again.
+//! Reads: `ctx.body`, `ctx.api`. Writes: `ctx.inspection`. Hot path.
+
+use std::ops::Range;
+
+use sonic_rs::{JsonValueTrait, LazyValue};
+
+use crate::api::Api;
+use crate::error::{ErrorKind, GateError};
+use crate::pipeline::RequestCtx;
+
+/// What the gateway knows about a request body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inspection {
+    /// The model name, unescaped.
+    pub model: String,
+    /// Byte span of the `model` value including its quotes.
+    pub model_span: Range<usize>,
+    pub stream: bool,
+    /// Span of the `stream_options` object, if present.
+    pub stream_options_span: Option<Range<usize>>,
+    /// `stream_options.include_usage` and the span of its value, if present.
+    pub include_usage: Option<(bool, Range<usize>)>,
+    /// max_tokens / max_completion_tokens / max_output_tokens, whichever is set.
+    pub max_output_tokens: Option<u64>,
+    pub n: u32,
+    pub tool_count: u32,
+    /// Spans of prompt text values (raw JSON strings including quotes), in order.
+    pub text_spans: Vec<Range<usize>>,
+    /// Sum of the span lengths in bytes: the input for calibrated token estimates.
+    pub text_bytes: usize,
+}
+
+/// Errors the inspection pass reports.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InspectError {
+    #[error("invalid JSON at line {line} column {column} (byte {offset}): {msg}")]
+    Syntax {
+        line: usize,
+        column: usize,
+        offset: usize,
+        msg: String,
+    },
+    #[error("the request body must be a JSON object")]
+    NotAnObject,
+    #[error("`{0}` has the wrong type")]
+    WrongType(&'static str),
+    #[error("you must provide a model parameter")]
+    MissingModel,
+}
+
+/// Runs the inspect phase.
+pub fn run(ctx: &mut RequestCtx) -> Result<(), GateError> {
+    match inspect_body(&ctx.body, ctx.api) {
+        Ok(i) => {
+            ctx.inspection = i;
+            Ok(())
+        }
+        Err(e) => Err(map_error(e)),
+    }
+}
+
+fn map_error(e: InspectError) -> GateError {
+    let kind = match &e {
+        InspectError::Syntax {
+            line,
+            column,
+            offset,
+            ..
+        } => ErrorKind::InvalidJson {
+            line: *line,
+            column: *column,
+            offset: *offset,
+        },
+        InspectError::NotAnObject => ErrorKind::InvalidRequest { param: None },
+        InspectError::WrongType(p) => ErrorKind::InvalidRequest { param: Some(p) },
+        InspectError::MissingModel => ErrorKind::InvalidRequest {
+            param: Some("model"),
+        },
+    };
+    GateError::new(kind, e.to_string())
+}
+
+fn syntax(e: sonic_rs::Error) -> InspectError {
+    let msg = e.to_string();
+    // sonic-rs appends a caret drawing of the input; keep the first line only.
+    let msg = msg.lines().next().unwrap_or("").to_string();
+    InspectError::Syntax {
+        line: e.line(),
+        column: e.column(),
+        offset: e.offset(),
+        msg,
+    }
+}
+
+/// Byte span of a lazily parsed value within `body`.
+fn span_of(body: &[u8], v: &LazyValue<'_>) -> Range<usize> {
+    let raw = v.as_raw_str().as_bytes();
+    let start = raw.as_ptr() as usize - body.as_ptr() as usize;
+    debug_assert!(start + raw.len() <= body.len());
+    start..start + raw.len()
+}
+
+/// Inspects a request body of the given API.
+pub fn inspect_body(body: &[u8], api: Api) -> Result<Inspection, InspectError> {
+    let trimmed = body.trim_ascii_start();
+    if trimmed.first() != Some(&b'{') {
+        if trimmed.is_empty() {
+            return Err(InspectError::Syntax {
+                line: 1,
+                column: 0,
+                offset: 0,
+                msg: "empty body".into(),
+            });
+        }
+        return match sonic_rs::from_slice::<sonic_rs::Value>(body) {
+            Err(e) => Err(syntax(e)),
+            Ok(_) => Err(InspectError::NotAnObject),
+        };
+    }
+    let mut out = Inspection {
+        n: 1,
+        ..Inspection::default()
+    };
+    let mut have_model = false;
+    // End of the last member's value: the lazy iterator stops at the closing brace without
+    // looking further, so trailing bytes are checked from here.
+    let mut last_end = body.len() - trimmed.len() + 1;
+    for item in sonic_rs::to_object_iter(body) {
+        let (key, value) = item.map_err(syntax)?;
+        last_end = span_of(body, &value).end;
+        match &*key {
+            "model" => {
+                out.model = value
+                    .as_str()
+                    .ok_or(InspectError::WrongType("model"))?
+                    .to_string();
+                out.model_span = span_of(body, &value);
+                have_model = true;
+            }
+            "stream" => out.stream = value.as_bool().ok_or(InspectError::WrongType("stream"))?,
+            "stream_options" => {
+                if value.is_null() {
+                    continue;
+                }
+                out.stream_options_span = Some(span_of(body, &value));
+                let iter = value
+                    .into_object_iter()
+                    .ok_or(InspectError::WrongType("stream_options"))?;
+                for inner in iter {
+                    let (k, v) = inner.map_err(syntax)?;
+                    if &*k == "include_usage" {
+                        let b = v
+                            .as_bool()
+                            .ok_or(InspectError::WrongType("stream_options.include_usage"))?;
+                        out.include_usage = Some((b, span_of(body, &v)));
+                    }
+                }
+            }
+            "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
+                if !value.is_null() {
+                    out.max_output_tokens = Some(
+                        value
+                            .as_u64()
+                            .ok_or(InspectError::WrongType("max_tokens"))?,
+                    );
+                }
+            }
+            "n" => {
+                if !value.is_null() {
+                    let n = value.as_u64().ok_or(InspectError::WrongType("n"))?;
+                    out.n = u32::try_from(n).unwrap_or(u32::MAX);
+                }
+            }
+            "tools" => {
+                if let Some(arr) = value.into_array_iter() {
+                    for t in arr {
+                        t.map_err(syntax)?;
+                        out.tool_count += 1;
+                    }
+                }
+            }
+            "messages" | "prompt" | "input" | "system" | "instructions" => {
+                collect_text(body, api, value, &mut out.text_spans)?;
+            }
+            _ => {}
+        }
+    }
+    check_trailing(body, last_end)?;
+    if !have_model {
+        return Err(InspectError::MissingModel);
+    }
+    out.text_bytes = out.text_spans.iter().map(|r| r.len()).sum();
+    Ok(out)
+}
+
+/// After the last member only `}` and whitespace may follow.
+fn check_trailing(body: &[u8], from: usize) -> Result<(), InspectError> {
+    let rest = body.get(from..).unwrap_or_default();
+    let after = rest.trim_ascii_start();
+    let bad = match after.split_first() {
+        Some((b'}', tail)) => tail
+            .iter()
+            .position(|b| !b.is_ascii_whitespace())
+            .map(|p| body.len() - tail.len() + p),
+        _ => Some(body.len() - after.len()),
+    };
+    match bad {
+        None => Ok(()),
+        Some(offset) => {
+            let line = 1 + body[..offset].iter().filter(|b| **b == b'\n').count();
+            let column = offset
+                - body[..offset]
+                    .iter()
+                    .rposition(|b| *b == b'\n')
+                    .map_or(0, |p| p + 1);
+            Err(InspectError::Syntax {
+                line,
+                column,
+                offset,
+                msg: "trailing characters after the JSON object".into(),
+            })
+        }
+    }
+}
+
+/// Collects the spans of prompt text in `messages`, `prompt`, `input`, `system`, `instructions`:
+/// plain strings, arrays of strings, message objects with `content`, and content parts with
+/// `text`. Embedding inputs given as token arrays have no text and are skipped.
+fn collect_text(
+    body: &[u8],
+    api: Api,
+    value: LazyValue<'_>,
+    spans: &mut Vec<Range<usize>>,
+) -> Result<(), InspectError> {
+    if value.is_str() {
+        spans.push(span_of(body, &value));
+    } else if value.is_array() {
+        if let Some(items) = value.into_array_iter() {
+            for item in items {
+                let item = item.map_err(syntax)?;
+                collect_text(body, api, item, spans)?;
+            }
+        }
+    } else if value.is_object() {
+        if let Some(fields) = value.into_object_iter() {
+            for f in fields {
+                let (k, v) = f.map_err(syntax)?;
+                if matches!(&*k, "content" | "text") {
+                    collect_text(body, api, v, spans)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = r#"{"model":"smol","messages":[{"role":"system","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi \"there\""}]}],"stream":true,"max_tokens":32,"tools":[{"type":"function"},{"type":"function"}],"stream_options":{"include_usage":false}}"#;
+
+    #[test]
+    fn extracts_fields_and_spans() {
+        let i = inspect_body(CHAT.as_bytes(), Api::ChatCompletions).unwrap();
+        assert_eq!(i.model, "smol");
+        assert_eq!(&CHAT[i.model_span.clone()], "\"smol\"");
+        assert!(i.stream);
+        assert_eq!(i.max_output_tokens, Some(32));
+        assert_eq!(i.tool_count, 2);
+        let (inc, span) = i.include_usage.clone().unwrap();
+        assert!(!inc);
+        assert_eq!(&CHAT[span], "false");
+        assert_eq!(
+            &CHAT[i.stream_options_span.clone().unwrap()],
+            r#"{"include_usage":false}"#
+        );
+        let texts: Vec<&str> = i.text_spans.iter().map(|r| &CHAT[r.clone()]).collect();
+        assert_eq!(texts, vec!["\"be brief\"", r#""hi \"there\"""#]);
+    }
+
+    #[test]
+    fn anthropic_system_and_messages() {
+        let b = r#"{"model":"claude","system":"sys","max_tokens":5,"messages":[{"role":"user","content":"yo"}]}"#;
+        let i = inspect_body(b.as_bytes(), Api::Messages).unwrap();
+        assert_eq!(i.text_spans.len(), 2);
+        assert_eq!(i.max_output_tokens, Some(5));
+        assert!(!i.stream);
+    }
+
+    #[test]
+    fn escaped_model_is_unescaped() {
+        let b = r#"{"model":"a\u0062c","input":"x"}"#;
+        let i = inspect_body(b.as_bytes(), Api::Embeddings).unwrap();
+        assert_eq!(i.model, "abc");
+        assert_eq!(&b[i.model_span], r#""a\u0062c""#);
+    }
+
+    #[test]
+    fn errors_are_precise() {
+        let e =
+            inspect_body(br#"{"model": "x", "messages": [}"#, Api::ChatCompletions).unwrap_err();
+        assert!(
+            matches!(e, InspectError::Syntax { offset, .. } if offset > 20),
+            "{e:?}"
+        );
+        // Malformed JSON inside a field the pass does not read is still caught.
+        let e = inspect_body(
+            br#"{"model":"x","metadata":{"a":[1,2,}}"#,
+            Api::ChatCompletions,
+        )
+        .unwrap_err();
+        assert!(matches!(e, InspectError::Syntax { .. }), "{e:?}");
+        let e = inspect_body(br#"{"model":"x"} trailing"#, Api::ChatCompletions).unwrap_err();
+        assert!(matches!(e, InspectError::Syntax { .. }), "{e:?}");
+        assert_eq!(
+            inspect_body(br#"{"messages":[]}"#, Api::ChatCompletions).unwrap_err(),
+            InspectError::MissingModel
+        );
+        assert_eq!(
+            inspect_body(br#"[1]"#, Api::ChatCompletions).unwrap_err(),
+            InspectError::NotAnObject
+        );
+        assert_eq!(
+            inspect_body(br#"{"model":5}"#, Api::ChatCompletions).unwrap_err(),
+            InspectError::WrongType("model")
+        );
+        assert!(matches!(
+            inspect_body(b"", Api::ChatCompletions).unwrap_err(),
+            InspectError::Syntax { .. }
+        ));
+    }
+}

@@ -1,0 +1,10 @@
+//! The request lifecycle, one module per phase, called in order by `pipeline.rs`.
+//! `accept` happens in `worker.rs` (per-core listener); `admit` lands with governance.
+
+pub mod forward;
+pub mod identify;
+pub mod inspect;
+pub mod read;
+pub mod relay;
+pub mod route;
+pub mod settle;

@@ -1,0 +1,367 @@
+//! Phase 8, relay: the provider's response to the client, as it arrives.
+//!
+//! Plain bodies pass through piece by piece and are kept (by reference) to read `usage` at the
+//! end. Event streams are split into frames; every frame is forwarded byte for byte except the
+//! usage-only chunk Tollgate itself asked for (`include_usage` injection), which is metered and
+//! dropped. If the client goes away, the provider is still read (bounded by the drain time and
+//! byte limits) until usage arrives, so spend is never lost. If the provider resets mid-stream,
+//! the client gets an error event and a cut connection, and what was delivered is billed.
+//! Reads: the `Forwarded` response. Writes: `ctx.status`, `ctx.outcome`, `ctx.usage`,
+//! `ctx.partial_usage`, `ctx.response_payload`, `ctx.first_byte_at`. Hot path.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::api::Wire;
+use crate::client::{read_more, reason, ClientConn};
+use crate::error::{ErrorKind, GateError};
+use crate::http::chunked::{ChunkedDecoder, Decoded};
+use crate::http::iovec::BytesVec;
+use crate::http::response::ResponseFraming;
+use crate::http::HttpError;
+use crate::metering::sse::{frame_data, FrameSplitter};
+use crate::metering::usage::{extract_usage, FrameUsage};
+use crate::metering::UsageAccumulator;
+use crate::phase::forward::Forwarded;
+use crate::pipeline::{Outcome, RequestCtx};
+use crate::upstream::UpstreamConn;
+use crate::worker::Worker;
+
+/// Most response bytes kept for metering (usage parsing or estimates); past this, a response
+/// without usage is estimated from what was kept.
+const MAX_RETAINED: usize = 64 * 1024 * 1024;
+
+static CRLF: &[u8] = b"\r\n";
+static LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// How the client's copy of the body is framed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientFraming {
+    Length,
+    Chunked,
+    /// HTTP/1.0 client and unknown length: the body ends when we close.
+    Close,
+}
+
+/// Why the provider's body stopped early.
+enum PieceError {
+    Reset(io::Error),
+    Timeout,
+    Protocol(HttpError),
+}
+
+/// Pulls body pieces off a provider connection according to its framing.
+enum BodyReader {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl BodyReader {
+    fn new(framing: ResponseFraming) -> Self {
+        match framing {
+            ResponseFraming::Empty | ResponseFraming::Length(0) => BodyReader::Done,
+            ResponseFraming::Length(n) => BodyReader::Length(n),
+            ResponseFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::new()),
+            ResponseFraming::UntilClose => BodyReader::UntilClose,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, BodyReader::Done)
+    }
+
+    async fn next(
+        &mut self,
+        conn: &mut UpstreamConn,
+        timeout: Duration,
+    ) -> Result<Option<Bytes>, PieceError> {
+        loop {
+            match self {
+                BodyReader::Done => return Ok(None),
+                BodyReader::Length(rem) => {
+                    if conn.buf.is_empty() && fill(conn, timeout).await? == 0 {
+                        return Err(PieceError::Reset(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "closed before the end of the body",
+                        )));
+                    }
+                    let n = (*rem).min(conn.buf.len() as u64);
+                    *rem -= n;
+                    let piece = conn.buf.split_to(n as usize).freeze();
+                    if *rem == 0 {
+                        *self = BodyReader::Done;
+                    }
+                    return Ok(Some(piece));
+                }
+                BodyReader::Chunked(dec) => {
+                    match dec.next(&mut conn.buf).map_err(PieceError::Protocol)? {
+                        Decoded::Data(b) => return Ok(Some(b)),
+                        Decoded::Done => *self = BodyReader::Done,
+                        Decoded::NeedMore => {
+                            if fill(conn, timeout).await? == 0 {
+                                return Err(PieceError::Reset(io::Error::new(
+                                    io::ErrorKind::UnexpectedEof,
+                                    "closed before the last chunk",
+                                )));
+                            }
+                        }
+                    }
+                }
+                BodyReader::UntilClose => {
+                    if !conn.buf.is_empty() {
+                        return Ok(Some(conn.buf.split().freeze()));
+                    }
+                    if fill(conn, timeout).await? == 0 {
+                        *self = BodyReader::Done;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn fill(conn: &mut UpstreamConn, timeout: Duration) -> Result<usize, PieceError> {
+    match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(PieceError::Timeout),
+        Err(e) => Err(PieceError::Reset(e)),
+    }
+}
+
+/// Client-side state of the relay.
+struct Downstream<'a> {
+    client: &'a mut ClientConn,
+    framing: ClientFraming,
+    /// Set when a write failed: from then on we only drain the provider.
+    gone_at: Option<Instant>,
+    out: BytesVec,
+}
+
+impl Downstream<'_> {
+    /// Sends `parts` (payload slices) as one write, framed for the client.
+    async fn send(&mut self, parts: &mut Vec<Bytes>) {
+        if self.gone_at.is_some() || parts.is_empty() {
+            parts.clear();
+            return;
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        if self.framing == ClientFraming::Chunked {
+            let len: usize = parts.iter().map(Bytes::len).sum();
+            out.push(Bytes::from(format!("{len:x}\r\n")));
+            for p in parts.drain(..) {
+                out.push(p);
+            }
+            out.push(Bytes::from_static(CRLF));
+        } else {
+            for p in parts.drain(..) {
+                out.push(p);
+            }
+        }
+        let (res, mut out) = self.client.write_vectored(out).await;
+        out.clear();
+        self.out = out;
+        if res.is_err() {
+            self.gone_at = Some(Instant::now());
+        }
+    }
+}
+
+pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd: Forwarded) {
+    let Forwarded { mut conn, head } = fwd;
+    let cfg = &w.cfg.upstream;
+    ctx.status = head.status;
+    let sse = head.event_stream;
+    let framing = match head.framing {
+        ResponseFraming::Empty | ResponseFraming::Length(_) if !sse => ClientFraming::Length,
+        _ if ctx.head.minor_version >= 1 => ClientFraming::Chunked,
+        _ => ClientFraming::Close,
+    };
+    if framing == ClientFraming::Close {
+        ctx.client_keep_alive = false;
+    }
+
+    let mut head_bytes = Vec::with_capacity(256 + head.passthrough.len());
+    head_bytes.extend_from_slice(
+        format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status)).as_bytes(),
+    );
+    head_bytes.extend_from_slice(&head.passthrough);
+    head_bytes.extend_from_slice(b"x-tollgate-request-id: ");
+    head_bytes.extend_from_slice(ctx.id.as_bytes());
+    head_bytes.extend_from_slice(b"\r\n");
+    match (framing, head.framing) {
+        (ClientFraming::Length, ResponseFraming::Length(n)) => {
+            head_bytes.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        (ClientFraming::Length, _) => head_bytes.extend_from_slice(b"content-length: 0\r\n"),
+        (ClientFraming::Chunked, _) => {
+            head_bytes.extend_from_slice(b"transfer-encoding: chunked\r\n")
+        }
+        (ClientFraming::Close, _) => {}
+    }
+    if !ctx.client_keep_alive {
+        head_bytes.extend_from_slice(b"connection: close\r\n");
+    }
+    head_bytes.extend_from_slice(b"\r\n");
+
+    let mut down = Downstream {
+        client,
+        framing,
+        gone_at: None,
+        out: BytesVec::with_capacity(8),
+    };
+    if down.client.write_all(head_bytes).await.is_err() {
+        down.gone_at = Some(Instant::now());
+    }
+    ctx.response_started = true;
+
+    let mut reader = BodyReader::new(head.framing);
+    let mut splitter = FrameSplitter::default();
+    let mut acc = UsageAccumulator::default();
+    let mut frames: Vec<Bytes> = Vec::with_capacity(16);
+    let mut parts: Vec<Bytes> = Vec::with_capacity(16);
+    let mut retained_bytes = 0usize;
+    let mut drained_bytes = 0u64;
+    let mut failure: Option<(Outcome, String)> = None;
+
+    loop {
+        let timeout = match down.gone_at {
+            None => cfg.read_timeout,
+            Some(t) => {
+                let left = cfg.drain_timeout.saturating_sub(t.elapsed());
+                if left.is_zero()
+                    || drained_bytes > cfg.drain_max_bytes
+                    || (sse && acc.is_complete())
+                {
+                    break;
+                }
+                left.min(cfg.read_timeout)
+            }
+        };
+        let piece = match reader.next(&mut conn, timeout).await {
+            Ok(Some(p)) => p,
+            Ok(None) => break,
+            Err(e) => {
+                let (outcome, msg) = match e {
+                    PieceError::Reset(e) => (
+                        Outcome::UpstreamReset,
+                        format!("the provider connection failed mid-response: {e}"),
+                    ),
+                    PieceError::Timeout => (
+                        Outcome::UpstreamTimeout,
+                        format!("the provider sent nothing for {timeout:?} mid-response"),
+                    ),
+                    PieceError::Protocol(e) => (
+                        Outcome::UpstreamReset,
+                        format!("the provider sent an invalid body: {e}"),
+                    ),
+                };
+                failure = Some((outcome, msg));
+                break;
+            }
+        };
+        if ctx.first_byte_at.is_none() {
+            ctx.first_byte_at = Some(Instant::now());
+        }
+        if down.gone_at.is_some() {
+            drained_bytes += piece.len() as u64;
+        }
+        if !sse {
+            if retained_bytes + piece.len() <= MAX_RETAINED {
+                retained_bytes += piece.len();
+                ctx.response_payload.push(piece.clone());
+            }
+            parts.push(piece);
+            down.send(&mut parts).await;
+            continue;
+        }
+        splitter.push(piece, |f| frames.push(f));
+        for frame in frames.drain(..) {
+            let usage = match frame_data(&frame) {
+                Some(data) => acc.observe_frame(ctx.api, &data),
+                None => FrameUsage::None,
+            };
+            if ctx.injected_usage && usage == FrameUsage::UsageOnly {
+                continue;
+            }
+            if retained_bytes + frame.len() <= MAX_RETAINED {
+                retained_bytes += frame.len();
+                ctx.response_payload.push(frame.clone());
+            }
+            parts.push(frame);
+        }
+        down.send(&mut parts).await;
+    }
+
+    if let Some(rest) = splitter.take_rest() {
+        ctx.response_payload.push(rest.clone());
+        parts.push(rest);
+        down.send(&mut parts).await;
+    }
+
+    // Usage: the provider's numbers when complete, else what was seen (settle estimates the rest).
+    if sse {
+        if acc.is_complete() {
+            ctx.usage = acc.finish();
+        } else {
+            ctx.partial_usage = acc.finish();
+        }
+    } else if (200..300).contains(&ctx.status) {
+        let body: Bytes = match ctx.response_payload.as_slice() {
+            [one] => one.clone(),
+            many => Bytes::from(many.concat()),
+        };
+        ctx.usage = extract_usage(ctx.api, &body);
+    }
+    if ctx.usage.is_some() {
+        ctx.response_payload.clear();
+    }
+
+    match failure {
+        Some((outcome, msg)) => {
+            ctx.outcome = outcome;
+            ctx.client_keep_alive = false;
+            if down.gone_at.is_none() && sse {
+                let kind = if outcome == Outcome::UpstreamTimeout {
+                    ErrorKind::UpstreamTimeout
+                } else {
+                    ErrorKind::UpstreamUnreachable
+                };
+                let err = GateError::new(kind, msg).to_response(ctx.api.wire());
+                let frame = match ctx.api.wire() {
+                    Wire::OpenAi => format!("data: {}\n\n", err.body),
+                    Wire::Anthropic => format!("event: error\ndata: {}\n\n", err.body),
+                };
+                parts.push(Bytes::from(frame));
+                down.send(&mut parts).await;
+            }
+            // No terminating chunk: the cut connection tells the client the body is incomplete.
+        }
+        None => {
+            if down.gone_at.is_some() {
+                ctx.outcome = Outcome::ClientDisconnected;
+                ctx.client_keep_alive = false;
+            } else if framing == ClientFraming::Chunked {
+                if down.client.write_all(LAST_CHUNK).await.is_err() {
+                    ctx.outcome = Outcome::ClientDisconnected;
+                    ctx.client_keep_alive = false;
+                }
+            } else if framing == ClientFraming::Close {
+                ctx.client_keep_alive = false;
+            }
+        }
+    }
+    if down.gone_at.is_some() && ctx.outcome == Outcome::Ok {
+        ctx.outcome = Outcome::ClientDisconnected;
+        ctx.client_keep_alive = false;
+    }
+    ctx.last_byte_at = Some(Instant::now());
+
+    if reader.is_done() && head.keep_alive && ctx.outcome != Outcome::UpstreamReset {
+        w.pool.borrow_mut().put(conn, Instant::now());
+    }
+}

@@ -1,0 +1,163 @@
+//! The request lifecycle, top to bottom. A connection's requests come here one at a time;
+//! each goes through the phases of DESIGN.md in order, and `settle` always runs last so
+//! every proxied request is metered and recorded, whatever failed.
+//!
+//! ```text
+//! accept (worker.rs) → read → identify → inspect → [admit] → route → forward → relay → settle
+//! ```
+//! `admit` (keys, limits, budgets) joins between inspect and route with governance.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::api::Api;
+use crate::client::ClientConn;
+use crate::error::GateError;
+use crate::http::request::{Method, RequestHead};
+use crate::local;
+use crate::metering::Usage;
+use crate::phase::identify::Identity;
+use crate::phase::inspect::Inspection;
+use crate::phase::read::Request;
+use crate::phase::route::Target;
+use crate::phase::{forward, identify, inspect, relay, route, settle};
+use crate::worker::Worker;
+
+/// How a request ended, for the ledger and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// Tollgate answered with an error (see `error_code`).
+    Rejected,
+    ClientDisconnected,
+    UpstreamReset,
+    UpstreamTimeout,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Rejected => "rejected",
+            Outcome::ClientDisconnected => "client_disconnected",
+            Outcome::UpstreamReset => "upstream_reset",
+            Outcome::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+}
+
+/// Per-request state, created from the read request and passed `&mut` through the phases.
+pub struct RequestCtx {
+    pub id: String,
+    pub started: Instant,
+    pub api: Api,
+    pub head: RequestHead,
+    pub body: Bytes,
+    pub identity: Identity,
+    pub inspection: Inspection,
+    pub target: Option<Target>,
+    /// Tollgate added `include_usage`, so the usage-only chunk is hidden from the client.
+    pub injected_usage: bool,
+    pub upstream_head_at: Option<Instant>,
+    pub first_byte_at: Option<Instant>,
+    pub last_byte_at: Option<Instant>,
+    pub status: u16,
+    pub response_started: bool,
+    pub client_keep_alive: bool,
+    pub outcome: Outcome,
+    /// The error code when Tollgate itself answered with an error.
+    pub error_code: Option<&'static str>,
+    /// Complete usage as the provider reported it.
+    pub usage: Option<Usage>,
+    /// Usage seen in an incomplete stream (e.g. only Anthropic's message_start).
+    pub partial_usage: Option<Usage>,
+    /// Response bytes kept for metering when no usage has been seen (by reference).
+    pub response_payload: Vec<Bytes>,
+}
+
+impl RequestCtx {
+    pub fn new(id: String, started: Instant, api: Api, req: Request) -> Self {
+        let keep_alive = req.head.keep_alive;
+        RequestCtx {
+            id,
+            started,
+            api,
+            head: req.head,
+            body: req.body,
+            identity: Identity::default(),
+            inspection: Inspection::default(),
+            target: None,
+            injected_usage: false,
+            upstream_head_at: None,
+            first_byte_at: None,
+            last_byte_at: None,
+            status: 0,
+            response_started: false,
+            client_keep_alive: keep_alive,
+            outcome: Outcome::Ok,
+            error_code: None,
+            usage: None,
+            partial_usage: None,
+            response_payload: Vec::new(),
+        }
+    }
+}
+
+/// Handles one request; returns whether the connection may carry another.
+pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: Instant) -> bool {
+    let path = req.head.path();
+    let Some(api) = Api::from_path(path) else {
+        return local::serve(w, client, &req.head).await;
+    };
+    if req.head.method != Method::Post {
+        let e = GateError::new(
+            crate::error::ErrorKind::MethodNotAllowed,
+            format!("{path} accepts POST only"),
+        );
+        let keep = req.head.keep_alive;
+        return client
+            .respond_error(&e, api.wire(), keep, None)
+            .await
+            .is_ok()
+            && keep;
+    }
+    let mut ctx = RequestCtx::new(w.next_request_id(), started, api, req);
+    if let Err(e) = proxy(w, client, &mut ctx).await {
+        fail(client, &mut ctx, &e).await;
+    }
+    settle::run(w, &mut ctx);
+    ctx.client_keep_alive
+}
+
+/// The phases that can fail before the response starts.
+async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Result<(), GateError> {
+    identify::run(ctx);
+    inspect::run(ctx)?;
+    route::run(&w.cfg, ctx)?;
+    let forwarded = forward::run(w, ctx).await?;
+    relay::run(w, ctx, client, forwarded).await;
+    Ok(())
+}
+
+/// Answers a request that failed before its response started.
+pub async fn fail(client: &mut ClientConn, ctx: &mut RequestCtx, e: &GateError) {
+    ctx.status = e.status();
+    ctx.outcome = match e.kind {
+        crate::error::ErrorKind::UpstreamTimeout => Outcome::UpstreamTimeout,
+        _ => Outcome::Rejected,
+    };
+    ctx.error_code = Some(e.metric_reason());
+    if e.side() != crate::error::Side::Client {
+        tracing::warn!(id = %ctx.id, error = %e, "request failed");
+    }
+    let keep = ctx.client_keep_alive;
+    if client
+        .respond_error(e, ctx.api.wire(), keep, Some(&ctx.id))
+        .await
+        .is_err()
+    {
+        ctx.client_keep_alive = false;
+    }
+    ctx.last_byte_at = Some(Instant::now());
+}

@@ -1,0 +1,312 @@
+//! Request metrics in Prometheus text format.
+//!
+//! Each worker records into its own shard; the scrape merges shards. A shard's mutex is only
+//! ever contended by a scrape (once every few seconds), never by another worker, so the hot path
+//! pays an uncontended lock and a hash lookup per request. Label values come from configuration
+//! (model and provider names) or fixed sets, never from client input, so cardinality is bounded.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::metering::Usage;
+
+/// Histogram upper bounds in seconds.
+const BUCKETS_S: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+
+#[derive(Clone, Default)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    counts: [u64; BUCKETS_S.len() + 1],
+    sum_s: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS_S.len());
+        self.counts[i] += 1;
+        self.sum_s += s;
+    }
+
+    fn merge(&mut self, o: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(o.counts.iter()) {
+            *a += b;
+        }
+        self.sum_s += o.sum_s;
+    }
+}
+
+/// Labels of one series. `model`/`provider` are indices into the config (u32::MAX: none).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct SeriesKey {
+    pub model: u32,
+    pub provider: u32,
+    pub api: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Default)]
+struct Series {
+    requests: u64,
+    tokens: [u64; 5],
+    estimated: u64,
+    latency: Histogram,
+    ttft: Histogram,
+}
+
+const TOKEN_KINDS: [&str; 5] = ["input", "cached", "cache_write", "output", "reasoning"];
+
+/// One core's metrics.
+#[derive(Default)]
+pub struct Shard {
+    series: Mutex<BTreeMap<SeriesKey, Series>>,
+}
+
+impl Shard {
+    /// Records one finished request.
+    pub fn record_request(&self, key: SeriesKey, latency: Duration, ttft: Option<Duration>) {
+        let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.entry(key).or_default();
+        s.requests += 1;
+        s.latency.observe(latency);
+        if let Some(t) = ttft {
+            s.ttft.observe(t);
+        }
+    }
+
+    /// Adds token usage (possibly later than the request, for estimates).
+    pub fn record_usage(&self, key: SeriesKey, u: &Usage, estimated: bool) {
+        let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.entry(key).or_default();
+        let vals = [
+            u.input_tokens,
+            u.cached_tokens,
+            u.cache_write_tokens,
+            u.output_tokens,
+            u.reasoning_tokens,
+        ];
+        for (t, v) in s.tokens.iter_mut().zip(vals) {
+            *t += v;
+        }
+        if estimated {
+            s.estimated += 1;
+        }
+    }
+}
+
+/// Process-wide gauges and counters that are not per request series.
+#[derive(Default)]
+pub struct Globals {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub upstream_retries: AtomicU64,
+    pub ledger_written: AtomicU64,
+    pub ledger_errors: AtomicU64,
+    pub ledger_queue: AtomicU64,
+}
+
+/// All shards plus label names, owned by the server and shared with workers.
+pub struct Metrics {
+    pub shards: Vec<Shard>,
+    pub globals: Globals,
+    model_names: Vec<String>,
+    provider_names: Vec<String>,
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    pub fn new(shards: usize, model_names: Vec<String>, provider_names: Vec<String>) -> Metrics {
+        Metrics {
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            globals: Globals::default(),
+            model_names,
+            provider_names,
+        }
+    }
+
+    fn name(list: &[String], i: u32) -> &str {
+        list.get(i as usize).map(String::as_str).unwrap_or("none")
+    }
+
+    /// Renders the Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut merged: BTreeMap<SeriesKey, Series> = BTreeMap::new();
+        for shard in &self.shards {
+            let map = shard.series.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, s) in map.iter() {
+                let m = merged.entry(*k).or_default();
+                m.requests += s.requests;
+                for (a, b) in m.tokens.iter_mut().zip(s.tokens.iter()) {
+                    *a += b;
+                }
+                m.estimated += s.estimated;
+                m.latency.merge(&s.latency);
+                m.ttft.merge(&s.ttft);
+            }
+        }
+        let mut out = String::with_capacity(8192);
+        let labels = |k: &SeriesKey| {
+            format!(
+                "model=\"{}\",provider=\"{}\",api=\"{}\",status=\"{}\"",
+                escape(Self::name(&self.model_names, k.model)),
+                escape(Self::name(&self.provider_names, k.provider)),
+                k.api,
+                k.status
+            )
+        };
+        out.push_str("# HELP tollgate_requests_total Proxied requests by model, provider, API and status.\n# TYPE tollgate_requests_total counter\n");
+        for (k, s) in merged.iter().filter(|(_, s)| s.requests > 0) {
+            let _ = writeln!(
+                out,
+                "tollgate_requests_total{{{}}} {}",
+                labels(k),
+                s.requests
+            );
+        }
+        out.push_str("# HELP tollgate_tokens_total Tokens metered, by kind (cached and reasoning are subsets of input and output).\n# TYPE tollgate_tokens_total counter\n");
+        for (k, s) in &merged {
+            for (kind, v) in TOKEN_KINDS.iter().zip(s.tokens.iter()) {
+                if *v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_tokens_total{{{},kind=\"{kind}\"}} {v}",
+                        labels(k)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tollgate_usage_estimated_total Requests whose usage was estimated with the tokenizer.\n# TYPE tollgate_usage_estimated_total counter\n");
+        for (k, s) in merged.iter().filter(|(_, s)| s.estimated > 0) {
+            let _ = writeln!(
+                out,
+                "tollgate_usage_estimated_total{{{}}} {}",
+                labels(k),
+                s.estimated
+            );
+        }
+        for (name, help, pick) in [
+            (
+                "tollgate_request_duration_seconds",
+                "Time from request head to last response byte.",
+                0,
+            ),
+            (
+                "tollgate_ttft_seconds",
+                "Time from request head to the first response byte from the provider.",
+                1,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+            for (k, s) in &merged {
+                let h = if pick == 0 { &s.latency } else { &s.ttft };
+                let count: u64 = h.counts.iter().sum();
+                if count == 0 {
+                    continue;
+                }
+                let l = labels(k);
+                let mut cum = 0;
+                for (i, b) in BUCKETS_S.iter().enumerate() {
+                    cum += h.counts[i];
+                    let _ = writeln!(out, "{name}_bucket{{{l},le=\"{b}\"}} {cum}");
+                }
+                let _ = writeln!(out, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+                let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum_s);
+                let _ = writeln!(out, "{name}_count{{{l}}} {count}");
+            }
+        }
+        let g = &self.globals;
+        for (name, kind, help, v) in [
+            (
+                "tollgate_connections_open",
+                "gauge",
+                "Client connections open now.",
+                &g.connections_open,
+            ),
+            (
+                "tollgate_connections_total",
+                "counter",
+                "Client connections accepted.",
+                &g.connections_total,
+            ),
+            (
+                "tollgate_upstream_retries_total",
+                "counter",
+                "Requests retried on a fresh connection after a stale keep-alive.",
+                &g.upstream_retries,
+            ),
+            (
+                "tollgate_ledger_records_total",
+                "counter",
+                "Usage records committed to the ledger.",
+                &g.ledger_written,
+            ),
+            (
+                "tollgate_ledger_errors_total",
+                "counter",
+                "Ledger batches that failed to commit.",
+                &g.ledger_errors,
+            ),
+            (
+                "tollgate_ledger_queue",
+                "gauge",
+                "Usage records waiting to be committed.",
+                &g.ledger_queue,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_shards_and_renders() {
+        let m = Metrics::new(2, vec!["smol".into()], vec!["local".into()]);
+        let k = SeriesKey {
+            model: 0,
+            provider: 0,
+            api: "chat",
+            status: 200,
+        };
+        m.shards[0].record_request(k, Duration::from_millis(3), Some(Duration::from_millis(1)));
+        m.shards[1].record_request(k, Duration::from_millis(30), None);
+        m.shards[1].record_usage(
+            k,
+            &Usage {
+                input_tokens: 7,
+                output_tokens: 2,
+                ..Usage::default()
+            },
+            true,
+        );
+        let text = m.render();
+        assert!(text.contains("tollgate_requests_total{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 2"), "{text}");
+        assert!(text.contains("kind=\"input\"} 7"));
+        assert!(text.contains("tollgate_usage_estimated_total{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 1"));
+        assert!(text.contains("tollgate_request_duration_seconds_bucket{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\",le=\"0.005\"} 1"));
+        assert!(text.contains("tollgate_request_duration_seconds_count{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 2"));
+        assert!(text.contains("tollgate_ttft_seconds_count{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 1"));
+    }
+}

@@ -1,0 +1,14 @@
+//! Telemetry: Prometheus metrics (`metrics.rs`) and logging setup.
+
+pub mod metrics;
+
+/// Installs the log subscriber (RUST_LOG, default info) once per process.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

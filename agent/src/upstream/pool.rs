@@ -1,0 +1,51 @@
+//! Per-core keep-alive pool: a LIFO stack of idle connections per provider (the most recently
+//! used socket is the most likely to still be open and warm).
+
+use std::time::{Duration, Instant};
+
+use super::UpstreamConn;
+
+pub struct PoolLocal {
+    idle: Vec<Vec<UpstreamConn>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl PoolLocal {
+    pub fn new(providers: usize, max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: (0..providers).map(|_| Vec::new()).collect(),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// Takes the freshest idle connection to `provider` that has not expired.
+    pub fn take(&mut self, provider: usize, now: Instant) -> Option<UpstreamConn> {
+        let stack = self.idle.get_mut(provider)?;
+        while let Some(conn) = stack.pop() {
+            if now.duration_since(conn.idle_since) < self.idle_timeout {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection that finished a response cleanly.
+    pub fn put(&mut self, mut conn: UpstreamConn, now: Instant) {
+        let max = self.max_idle;
+        let Some(stack) = self.idle.get_mut(conn.provider) else {
+            return;
+        };
+        if stack.len() >= max {
+            stack.remove(0);
+        }
+        conn.reused = true;
+        conn.idle_since = now;
+        stack.push(conn);
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.iter().map(Vec::len).sum()
+    }
+}

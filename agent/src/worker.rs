@@ -1,0 +1,192 @@
+//! One data-plane worker per core: a single-threaded monoio runtime (io_uring, or epoll where
+//! io_uring is unavailable or disabled), its own SO_REUSEPORT listener, its own upstream pool
+//! and metrics shard. Nothing on this thread is shared with another worker except read-only
+//! config, atomics and the ledger channel.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::api::{Api, Wire};
+use crate::client::ClientConn;
+use crate::config::{Config, IoDriver};
+use crate::ledger::writer::LedgerMsg;
+use crate::phase::read::{self, ReadEnd, Request};
+use crate::phase::settle;
+use crate::pipeline::{self, RequestCtx};
+use crate::server::Shared;
+use crate::upstream::pool::PoolLocal;
+use crate::upstream::tls::Tls;
+
+/// Longest a stopping worker waits for in-flight requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Per-core state. Lives in an `Rc` on its worker thread.
+pub struct Worker {
+    pub index: usize,
+    pub cfg: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub pool: RefCell<PoolLocal>,
+    pub tls: Vec<Option<Tls>>,
+    pub ledger: Sender<LedgerMsg>,
+    /// "io_uring" or "epoll".
+    pub driver: &'static str,
+    next_id: Cell<u64>,
+    in_flight: Cell<usize>,
+}
+
+impl Worker {
+    pub fn next_request_id(&self) -> String {
+        let n = self.next_id.get();
+        self.next_id.set(n + 1);
+        format!("tg-{:x}-{}-{:x}", self.shared.boot_id, self.index, n)
+    }
+}
+
+/// Everything a worker thread is started with.
+pub struct WorkerSeed {
+    pub index: usize,
+    pub cfg: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub tls: Vec<Option<Tls>>,
+    pub ledger: Sender<LedgerMsg>,
+    pub listener: std::net::TcpListener,
+}
+
+/// Runs a worker on the current thread until shutdown.
+pub fn run(seed: WorkerSeed) -> std::io::Result<()> {
+    let driver = seed.cfg.io_driver;
+    let entries = seed.cfg.uring_entries;
+    block_on(driver, entries, move |name| serve(seed, name))
+}
+
+/// Builds the chosen runtime and runs `make(driver_name)` on it.
+fn block_on<F: Future<Output = std::io::Result<()>>>(
+    driver: IoDriver,
+    entries: u32,
+    make: impl FnOnce(&'static str) -> F,
+) -> std::io::Result<()> {
+    let want_uring = match driver {
+        IoDriver::IoUring => true,
+        IoDriver::Epoll => false,
+        IoDriver::Auto => monoio::utils::detect_uring(),
+    };
+    if want_uring {
+        match monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .with_entries(entries)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => return rt.block_on(make("io_uring")),
+            Err(e) if driver == IoDriver::Auto => {
+                tracing::warn!(error = %e, "io_uring runtime failed to start; using epoll")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+        .enable_timer()
+        .build()?;
+    rt.block_on(make("epoll"))
+}
+
+async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
+    let listener = monoio::net::TcpListener::from_std(seed.listener)?;
+    let cfg = seed.cfg;
+    let w = Rc::new(Worker {
+        index: seed.index,
+        pool: RefCell::new(PoolLocal::new(
+            cfg.providers.len(),
+            cfg.upstream.pool_max_idle,
+            cfg.upstream.pool_idle_timeout,
+        )),
+        cfg,
+        shared: seed.shared,
+        tls: seed.tls,
+        ledger: seed.ledger,
+        driver,
+        next_id: Cell::new(0),
+        in_flight: Cell::new(0),
+    });
+    tracing::info!(worker = w.index, driver, "worker started");
+    w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve_conn(w.clone(), ClientConn::new(stream, peer)));
+            }
+            Err(e) => {
+                if w.shared.shutting_down.load(Ordering::Acquire) {
+                    break;
+                }
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let stop = Instant::now();
+    while w.in_flight.get() > 0 && stop.elapsed() < SHUTDOWN_GRACE {
+        monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::info!(worker = w.index, "worker stopped");
+    Ok(())
+}
+
+/// Phase 1, accept, continues here: one task per client connection, serving its requests in order.
+async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
+    let globals = &w.shared.metrics.globals;
+    globals.connections_open.fetch_add(1, Ordering::Relaxed);
+    globals.connections_total.fetch_add(1, Ordering::Relaxed);
+    loop {
+        if w.shared.shutting_down.load(Ordering::Relaxed) {
+            break;
+        }
+        match read::read_request(&mut client, &w.cfg.limits).await {
+            Ok(req) => {
+                let started = Instant::now();
+                w.in_flight.set(w.in_flight.get() + 1);
+                let keep = pipeline::handle(&w, &mut client, req, started).await;
+                w.in_flight.set(w.in_flight.get() - 1);
+                if !keep {
+                    break;
+                }
+            }
+            Err(ReadEnd::Closed) => break,
+            Err(ReadEnd::Error(e)) => {
+                let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
+                break;
+            }
+            Err(ReadEnd::BodyError(head, e)) => {
+                match Api::from_path(head.path()) {
+                    Some(api) => {
+                        let mut ctx = RequestCtx::new(
+                            w.next_request_id(),
+                            Instant::now(),
+                            api,
+                            Request {
+                                head,
+                                body: Bytes::new(),
+                            },
+                        );
+                        ctx.client_keep_alive = false;
+                        pipeline::fail(&mut client, &mut ctx, &e).await;
+                        settle::run(&w, &mut ctx);
+                    }
+                    None => {
+                        let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
+                    }
+                }
+                break;
+            }
+        }
+    }
+    globals.connections_open.fetch_sub(1, Ordering::Relaxed);
+}
