@@ -24,6 +24,21 @@ fn bpftool() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+#[test]
+fn without_objects_load_says_how_to_get_them() {
+    if objects::built() {
+        eprintln!("skipping: the objects are built, so there is no fallback to check");
+        return;
+    }
+    let cfg = tollgate::kernel::KernelConfig::new(Vec::new(), Vec::new());
+    let err = tollgate::kernel::Kernel::load(&cfg)
+        .err()
+        .unwrap_or_else(|| panic!("loading stub objects succeeded"));
+    let msg = err.to_string();
+    assert!(msg.contains("kernel features are absent"), "{msg}");
+    assert!(msg.contains("apt-get install clang-19 libbpf-dev"), "{msg}");
+}
+
 mod layout {
     use super::*;
     use std::collections::HashMap;
@@ -108,6 +123,13 @@ mod layout {
                 String::from_utf8_lossy(&out.stderr)
             );
             let structs = parse_raw(&String::from_utf8_lossy(&out.stdout));
+            // Every shared struct in types.h must be in the table (cilium's alignchecker list).
+            for name in structs.keys().filter(|n| n.starts_with("tg_")) {
+                assert!(
+                    ALL.iter().any(|l| l.c_name == name),
+                    "struct {name} in {stem}.bpf.o is missing from tollgate_common::layout::ALL"
+                );
+            }
             for l in ALL {
                 let Some(btf) = structs.get(l.c_name) else {
                     continue;
@@ -498,6 +520,7 @@ mod privileged {
         if let Some(tool) = bpftool_or_skip() {
             let pin = cfg.pin_dir.join("tg_model_usage");
             let text = bpftool_out(&tool, &["map", "dump", "pinned", &pin.to_string_lossy()]);
+            eprintln!("bpftool map dump pinned {}:\n{text}", pin.display());
             let json: serde_json::Value = serde_json::from_str(&text)
                 .unwrap_or_else(|e| panic!("bpftool did not print JSON ({e}):\n{text}"));
             let entries = json
@@ -566,6 +589,44 @@ mod privileged {
             }
             _ => {}
         }
+    }
+
+    #[test]
+    fn an_exempt_cgroup_is_not_redirected() {
+        require_privilege!();
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let l4 = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let icpt = addr(&format!("127.0.0.1:{}", unused_port("127.0.0.1")));
+        let cg = ChildCgroup::new();
+        let mut cfg = config(
+            vec![l4.local_addr().unwrap_or_else(|e| panic!("{e}"))],
+            vec![icpt],
+        );
+        cfg.exempt_cgroup_id = Some(cg.id());
+        let kernel = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
+        const SCRIPT: &str = "import socket, sys\n\
+            try:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n    print('connected')\n\
+            except ConnectionRefusedError:\n    print('refused')\n";
+        let procs = cg.dir.join("cgroup.procs");
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > '{}' && exec {} -c \"$0\" \"$1\" \"$2\"",
+                procs.display(),
+                python()
+            ))
+            .arg(SCRIPT)
+            .arg(icpt.ip().to_string())
+            .arg(icpt.port().to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "refused",
+            "{out:?}"
+        );
+        assert!(accept_within(&l4, Duration::from_millis(200)).is_none());
+        assert_eq!(kernel.intercepts(), vec![(icpt, 0)]);
     }
 
     #[test]

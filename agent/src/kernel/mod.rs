@@ -54,6 +54,14 @@ pub fn start(cfg: &KernelConfig) -> (Option<Kernel>, Features) {
     }
 }
 
+// The handles are shared with worker and control threads; keep them so.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<AttributionReader>();
+    send_sync::<CounterWriter>();
+    send_sync::<Kernel>();
+};
+
 /// Where maps are pinned unless configured otherwise.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/tollgate";
 
