@@ -1,0 +1,145 @@
+//! Reads a server's CPU time and memory from /proc, summed over its whole process tree.
+//!
+//! Why it exists: on two vCPUs raw RPS mostly measures the load generator, so the bench reports what the
+//! server itself spent per request. CPU is the first field of `/proc/PID/task/TID/schedstat` (ns on CPU,
+//! finer than the tick-based `stat`), summed over every thread of the process and of its descendants (nginx
+//! serves from a worker child). Memory is `VmRSS` from `/proc/PID/status`. Threads that exit between two
+//! snapshots take their time with them, so deltas saturate at zero.
+
+use std::fs;
+use std::path::Path;
+
+/// First field of a schedstat line: time spent on the CPU, in ns.
+pub fn parse_schedstat_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// `VmRSS:    1234 kB` from a `/proc/PID/status` text, in KiB.
+pub fn parse_vmrss_kib(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line["VmRSS:".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Parent pid from a `/proc/PID/stat` text. The command name is in parentheses and may itself contain
+/// spaces and parentheses, so fields are counted after the *last* `)`.
+pub fn parse_stat_ppid(stat: &str) -> Option<u32> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let _state = fields.next()?;
+    fields.next()?.parse().ok()
+}
+
+/// `root` and every live descendant of it.
+pub fn process_tree(root: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if let Some(ppid) = fs::read_to_string(entry.path().join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse_stat_ppid)
+            {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|&&(_, ppid)| ppid == parent)
+                .map(|&(pid, _)| pid),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// CPU time of every live thread of one process, in ns; `None` if schedstat is unreadable.
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = fs::read_dir(Path::new("/proc").join(pid.to_string()).join("task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        // A thread may exit between listing and reading; skip it.
+        if let Some(ns) = fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .as_deref()
+            .and_then(parse_schedstat_ns)
+        {
+            total += ns;
+        }
+    }
+    Some(total)
+}
+
+/// CPU time of the whole tree under `root`, in ns; `None` if the root's schedstat is unreadable.
+pub fn tree_cpu_ns(root: u32) -> Option<u64> {
+    let mut total = process_cpu_ns(root)?;
+    for pid in process_tree(root).into_iter().skip(1) {
+        total += process_cpu_ns(pid).unwrap_or(0);
+    }
+    Some(total)
+}
+
+/// Resident memory of the whole tree under `root`, in KiB (shared pages count once per process).
+pub fn tree_rss_kib(root: u32) -> Option<u64> {
+    let read = |pid: u32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .as_deref()
+            .and_then(parse_vmrss_kib)
+    };
+    let mut total = read(root)?;
+    for pid in process_tree(root).into_iter().skip(1) {
+        total += read(pid).unwrap_or(0);
+    }
+    Some(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedstat_first_field() {
+        assert_eq!(parse_schedstat_ns("123456789 2000 42\n"), Some(123_456_789));
+        assert_eq!(parse_schedstat_ns(""), None);
+        assert_eq!(parse_schedstat_ns("x 1 2"), None);
+    }
+
+    #[test]
+    fn vmrss_from_status() {
+        let status = "Name:\tnginx\nVmPeak:\t  9000 kB\nVmRSS:\t    4321 kB\nThreads:\t1\n";
+        assert_eq!(parse_vmrss_kib(status), Some(4321));
+        assert_eq!(parse_vmrss_kib("Name:\tkthreadd\n"), None);
+    }
+
+    #[test]
+    fn ppid_survives_odd_command_names() {
+        assert_eq!(parse_stat_ppid("42 (nginx) S 7 42 42 0 -1"), Some(7));
+        assert_eq!(parse_stat_ppid("43 (a) b) (c) R 9 1 1"), Some(9));
+        assert_eq!(parse_stat_ppid("garbage"), None);
+    }
+
+    #[test]
+    fn own_process_is_readable() {
+        let me = std::process::id();
+        assert!(process_tree(me).contains(&me));
+        // Values depend on the machine; only check that /proc answers.
+        assert!(tree_rss_kib(me).is_some());
+    }
+}
