@@ -1,6 +1,7 @@
 //! Project helpers: `cargo xtask <command>`. One module and one variant per subcommand.
 
 mod bench;
+mod demo;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -16,6 +17,8 @@ struct Cli {
 enum Command {
     /// Install what the tests need (when missing) and run the whole test suite.
     Test(test::Args),
+    /// Build release binaries and run `tollgate demo` (two simulator replicas + the agent).
+    Demo(demo::Args),
     /// Run the end-to-end load harness and write a markdown table under benches/results/.
     Bench(bench::Args),
 }
@@ -24,5 +27,14 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => demo::run(args),
     }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> anyhow::Result<std::path::PathBuf> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    dir.parent()
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| anyhow::anyhow!("xtask has no parent directory"))
 }

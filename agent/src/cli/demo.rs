@@ -130,13 +130,16 @@ fn send(
     Ok((status, text))
 }
 
+/// One workload request: label, path, headers, body.
+type Job<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String);
+
 fn workload(agent: SocketAddr) -> anyhow::Result<()> {
     let chat = |model: &str, prompt: &str, stream: bool| {
         format!(
             r#"{{"model":"{model}","stream":{stream},"max_tokens":24,"messages":[{{"role":"system","content":"You are a terse assistant."}},{{"role":"user","content":"{prompt}"}}]}}"#
         )
     };
-    let jobs: Vec<(&str, &str, Vec<(&str, &str)>, String)> = vec![
+    let jobs: Vec<Job> = vec![
         ("chat", "/v1/chat/completions", vec![("x-tollgate-team", "search"), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", false)),
         ("chat stream", "/v1/chat/completions", vec![("x-tollgate-team", "search"), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", true)),
         ("chat stream", "/v1/chat/completions", vec![("x-tollgate-team", "agents"), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", true)),

@@ -34,7 +34,8 @@ pub struct EstimateInput {
     pub api: Api,
     pub stream: bool,
     pub request_body: Bytes,
-    pub text_spans: Vec<std::ops::Range<usize>>,
+    /// `Inspection::prompt_spans`: raw JSON values carrying the prompt.
+    pub prompt_spans: Vec<std::ops::Range<usize>>,
     /// The response payload as relayed (frames for streams, the body otherwise).
     pub response: Vec<Bytes>,
     /// Usage the provider did report (e.g. Anthropic's message_start before a reset).
@@ -45,7 +46,7 @@ pub struct EstimateInput {
 pub fn estimate(input: &EstimateInput) -> Usage {
     let mut u = input.partial.unwrap_or_default();
     if u.input_tokens == 0 {
-        u.input_tokens = estimate_input(&input.request_body, &input.text_spans);
+        u.input_tokens = estimate_input(&input.request_body, &input.prompt_spans);
     }
     if u.output_tokens <= 1 {
         u.output_tokens = count_tokens(&generated_text(input.api, input.stream, &input.response));
@@ -197,7 +198,7 @@ mod tests {
             api: Api::Messages,
             stream: true,
             request_body: Bytes::new(),
-            text_spans: vec![],
+            prompt_spans: vec![],
             response: vec![Bytes::from_static(
                 b"data: {\"delta\":{\"text\":\"hello world\"}}\n\n",
             )],

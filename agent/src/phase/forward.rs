@@ -349,7 +349,7 @@ mod tests {
     }
 
     fn rewrite(body: &str, upstream: &str) -> (serde_json::Value, bool) {
-        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        let ins = inspect_body(body.as_bytes()).unwrap();
         let (edits, injected) = body_edits(Api::ChatCompletions, body.as_bytes(), &ins, upstream);
         let out = apply(body, &edits);
         (
@@ -394,11 +394,11 @@ mod tests {
     #[test]
     fn client_asked_for_usage_or_no_stream_means_no_edit() {
         let body = r#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#;
-        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        let ins = inspect_body(body.as_bytes()).unwrap();
         let (edits, inj) = body_edits(Api::ChatCompletions, body.as_bytes(), &ins, "m");
         assert!(edits.is_empty() && !inj);
         let body = r#"{"model":"m","messages":[]}"#;
-        let ins = inspect_body(body.as_bytes(), Api::ChatCompletions).unwrap();
+        let ins = inspect_body(body.as_bytes()).unwrap();
         assert!(body_edits(Api::ChatCompletions, body.as_bytes(), &ins, "m")
             .0
             .is_empty());

@@ -10,7 +10,6 @@ use std::ops::Range;
 
 use sonic_rs::{JsonValueTrait, LazyValue};
 
-use crate::api::Api;
 use crate::error::{ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
 
@@ -30,10 +29,12 @@ pub struct Inspection {
     pub max_output_tokens: Option<u64>,
     pub n: u32,
     pub tool_count: u32,
-    /// Spans of prompt text values (raw JSON strings including quotes), in order.
-    pub text_spans: Vec<Range<usize>>,
+    /// Spans of the raw JSON values that carry the prompt (`messages`, `prompt`, `input`,
+    /// `system`, `instructions`), in order. Their text is pulled out only when needed (token
+    /// estimates, off the request path), so the hot path does not walk every message.
+    pub prompt_spans: Vec<Range<usize>>,
     /// Sum of the span lengths in bytes: the input for calibrated token estimates.
-    pub text_bytes: usize,
+    pub prompt_bytes: usize,
 }
 
 /// Errors the inspection pass reports.
@@ -56,7 +57,7 @@ pub enum InspectError {
 
 /// Runs the inspect phase.
 pub fn run(ctx: &mut RequestCtx) -> Result<(), GateError> {
-    match inspect_body(&ctx.body, ctx.api) {
+    match inspect_body(&ctx.body) {
         Ok(i) => {
             ctx.inspection = i;
             Ok(())
@@ -107,7 +108,7 @@ fn span_of(body: &[u8], v: &LazyValue<'_>) -> Range<usize> {
 }
 
 /// Inspects a request body of the given API.
-pub fn inspect_body(body: &[u8], api: Api) -> Result<Inspection, InspectError> {
+pub fn inspect_body(body: &[u8]) -> Result<Inspection, InspectError> {
     let trimmed = body.trim_ascii_start();
     if trimmed.first() != Some(&b'{') {
         if trimmed.is_empty() {
@@ -162,20 +163,16 @@ pub fn inspect_body(body: &[u8], api: Api) -> Result<Inspection, InspectError> {
                     }
                 }
             }
-            "max_tokens" | "max_completion_tokens" | "max_output_tokens" => {
-                if !value.is_null() {
-                    out.max_output_tokens = Some(
-                        value
-                            .as_u64()
-                            .ok_or(InspectError::WrongType("max_tokens"))?,
-                    );
-                }
+            "max_tokens" | "max_completion_tokens" | "max_output_tokens" if !value.is_null() => {
+                out.max_output_tokens = Some(
+                    value
+                        .as_u64()
+                        .ok_or(InspectError::WrongType("max_tokens"))?,
+                );
             }
-            "n" => {
-                if !value.is_null() {
-                    let n = value.as_u64().ok_or(InspectError::WrongType("n"))?;
-                    out.n = u32::try_from(n).unwrap_or(u32::MAX);
-                }
+            "n" if !value.is_null() => {
+                let n = value.as_u64().ok_or(InspectError::WrongType("n"))?;
+                out.n = u32::try_from(n).unwrap_or(u32::MAX);
             }
             "tools" => {
                 if let Some(arr) = value.into_array_iter() {
@@ -186,7 +183,7 @@ pub fn inspect_body(body: &[u8], api: Api) -> Result<Inspection, InspectError> {
                 }
             }
             "messages" | "prompt" | "input" | "system" | "instructions" => {
-                collect_text(body, api, value, &mut out.text_spans)?;
+                out.prompt_spans.push(span_of(body, &value))
             }
             _ => {}
         }
@@ -195,7 +192,7 @@ pub fn inspect_body(body: &[u8], api: Api) -> Result<Inspection, InspectError> {
     if !have_model {
         return Err(InspectError::MissingModel);
     }
-    out.text_bytes = out.text_spans.iter().map(|r| r.len()).sum();
+    out.prompt_bytes = out.prompt_spans.iter().map(|r| r.len()).sum();
     Ok(out)
 }
 
@@ -229,37 +226,6 @@ fn check_trailing(body: &[u8], from: usize) -> Result<(), InspectError> {
     }
 }
 
-/// Collects the spans of prompt text in `messages`, `prompt`, `input`, `system`, `instructions`:
-/// plain strings, arrays of strings, message objects with `content`, and content parts with
-/// `text`. Embedding inputs given as token arrays have no text and are skipped.
-fn collect_text(
-    body: &[u8],
-    api: Api,
-    value: LazyValue<'_>,
-    spans: &mut Vec<Range<usize>>,
-) -> Result<(), InspectError> {
-    if value.is_str() {
-        spans.push(span_of(body, &value));
-    } else if value.is_array() {
-        if let Some(items) = value.into_array_iter() {
-            for item in items {
-                let item = item.map_err(syntax)?;
-                collect_text(body, api, item, spans)?;
-            }
-        }
-    } else if value.is_object() {
-        if let Some(fields) = value.into_object_iter() {
-            for f in fields {
-                let (k, v) = f.map_err(syntax)?;
-                if matches!(&*k, "content" | "text") {
-                    collect_text(body, api, v, spans)?;
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,7 +234,7 @@ mod tests {
 
     #[test]
     fn extracts_fields_and_spans() {
-        let i = inspect_body(CHAT.as_bytes(), Api::ChatCompletions).unwrap();
+        let i = inspect_body(CHAT.as_bytes()).unwrap();
         assert_eq!(i.model, "smol");
         assert_eq!(&CHAT[i.model_span.clone()], "\"smol\"");
         assert!(i.stream);
@@ -281,15 +247,19 @@ mod tests {
             &CHAT[i.stream_options_span.clone().unwrap()],
             r#"{"include_usage":false}"#
         );
-        let texts: Vec<&str> = i.text_spans.iter().map(|r| &CHAT[r.clone()]).collect();
-        assert_eq!(texts, vec!["\"be brief\"", r#""hi \"there\"""#]);
+        let spans: Vec<&str> = i.prompt_spans.iter().map(|r| &CHAT[r.clone()]).collect();
+        assert_eq!(spans.len(), 1);
+        assert!(
+            spans[0].starts_with(r#"[{"role":"system""#) && spans[0].ends_with("}]}]"),
+            "{spans:?}"
+        );
     }
 
     #[test]
     fn anthropic_system_and_messages() {
         let b = r#"{"model":"claude","system":"sys","max_tokens":5,"messages":[{"role":"user","content":"yo"}]}"#;
-        let i = inspect_body(b.as_bytes(), Api::Messages).unwrap();
-        assert_eq!(i.text_spans.len(), 2);
+        let i = inspect_body(b.as_bytes()).unwrap();
+        assert_eq!(i.prompt_spans.len(), 2);
         assert_eq!(i.max_output_tokens, Some(5));
         assert!(!i.stream);
     }
@@ -297,42 +267,37 @@ mod tests {
     #[test]
     fn escaped_model_is_unescaped() {
         let b = r#"{"model":"a\u0062c","input":"x"}"#;
-        let i = inspect_body(b.as_bytes(), Api::Embeddings).unwrap();
+        let i = inspect_body(b.as_bytes()).unwrap();
         assert_eq!(i.model, "abc");
         assert_eq!(&b[i.model_span], r#""a\u0062c""#);
     }
 
     #[test]
     fn errors_are_precise() {
-        let e =
-            inspect_body(br#"{"model": "x", "messages": [}"#, Api::ChatCompletions).unwrap_err();
+        let e = inspect_body(br#"{"model": "x", "messages": [}"#).unwrap_err();
         assert!(
             matches!(e, InspectError::Syntax { offset, .. } if offset > 20),
             "{e:?}"
         );
         // Malformed JSON inside a field the pass does not read is still caught.
-        let e = inspect_body(
-            br#"{"model":"x","metadata":{"a":[1,2,}}"#,
-            Api::ChatCompletions,
-        )
-        .unwrap_err();
+        let e = inspect_body(br#"{"model":"x","metadata":{"a":[1,2,}}"#).unwrap_err();
         assert!(matches!(e, InspectError::Syntax { .. }), "{e:?}");
-        let e = inspect_body(br#"{"model":"x"} trailing"#, Api::ChatCompletions).unwrap_err();
+        let e = inspect_body(br#"{"model":"x"} trailing"#).unwrap_err();
         assert!(matches!(e, InspectError::Syntax { .. }), "{e:?}");
         assert_eq!(
-            inspect_body(br#"{"messages":[]}"#, Api::ChatCompletions).unwrap_err(),
+            inspect_body(br#"{"messages":[]}"#).unwrap_err(),
             InspectError::MissingModel
         );
         assert_eq!(
-            inspect_body(br#"[1]"#, Api::ChatCompletions).unwrap_err(),
+            inspect_body(br#"[1]"#).unwrap_err(),
             InspectError::NotAnObject
         );
         assert_eq!(
-            inspect_body(br#"{"model":5}"#, Api::ChatCompletions).unwrap_err(),
+            inspect_body(br#"{"model":5}"#).unwrap_err(),
             InspectError::WrongType("model")
         );
         assert!(matches!(
-            inspect_body(b"", Api::ChatCompletions).unwrap_err(),
+            inspect_body(b"").unwrap_err(),
             InspectError::Syntax { .. }
         ));
     }

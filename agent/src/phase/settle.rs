@@ -62,7 +62,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx) {
                 api: ctx.api,
                 stream: ctx.inspection.stream,
                 request_body: ctx.body.clone(),
-                text_spans: std::mem::take(&mut ctx.inspection.text_spans),
+                prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
                 response: std::mem::take(&mut ctx.response_payload),
                 partial: ctx.partial_usage,
             }),
