@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use bytes::Bytes;
-use sonic_rs::JsonValueTrait;
+use sonic_rs::{JsonContainerTrait, JsonValueTrait};
 use tiktoken_rs::CoreBPE;
 
 use super::sse::{frame_data, FrameSplitter};
@@ -54,17 +54,40 @@ pub fn estimate(input: &EstimateInput) -> Usage {
     u
 }
 
-/// Prompt tokens: each text span unescaped and counted, plus per-message framing.
+/// Prompt tokens: every text in the prompt values counted, plus per-message framing.
 pub fn estimate_input(body: &[u8], spans: &[std::ops::Range<usize>]) -> u64 {
-    let mut total = TOKENS_PER_MESSAGE;
-    for span in spans {
-        let Some(raw) = body.get(span.clone()) else {
-            continue;
-        };
-        let text: String = sonic_rs::from_slice(raw).unwrap_or_default();
-        total += count_tokens(&text) + TOKENS_PER_MESSAGE;
+    let mut texts = Vec::new();
+    let values: Vec<sonic_rs::Value> = spans
+        .iter()
+        .filter_map(|span| body.get(span.clone()))
+        .filter_map(|raw| sonic_rs::from_slice(raw).ok())
+        .collect();
+    for v in &values {
+        collect_texts(v, &mut texts);
     }
-    total
+    TOKENS_PER_MESSAGE
+        + texts
+            .iter()
+            .map(|t| count_tokens(t) + TOKENS_PER_MESSAGE)
+            .sum::<u64>()
+}
+
+/// Strings, arrays of strings, message objects' `content` and content parts' `text`. Token-id
+/// arrays (embeddings) carry no text and are skipped.
+fn collect_texts<'a>(v: &'a sonic_rs::Value, out: &mut Vec<&'a str>) {
+    if let Some(s) = v.as_str() {
+        out.push(s);
+    } else if let Some(items) = v.as_array() {
+        for item in items.iter() {
+            collect_texts(item, out);
+        }
+    } else if let Some(obj) = v.as_object() {
+        for key in ["content", "text"] {
+            if let Some(inner) = obj.get(&key) {
+                collect_texts(inner, out);
+            }
+        }
+    }
 }
 
 /// The text the model generated, pulled out of the relayed payload.
@@ -180,16 +203,19 @@ mod tests {
     }
 
     #[test]
-    fn input_unescapes_spans() {
-        let body = br#"{"messages":[{"content":"hello world"},{"content":"a\nb"}]}"#;
-        let start = body
-            .windows(13)
-            .position(|w| w == b"\"hello world\"")
-            .unwrap();
-        let s1 = start..start + 13;
-        assert_eq!(&body[s1.clone()], b"\"hello world\"");
-        let n = estimate_input(body, &[s1]);
-        assert_eq!(n, TOKENS_PER_MESSAGE + 2 + TOKENS_PER_MESSAGE);
+    fn input_walks_messages_and_parts() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hello world"},{"role":"user","content":[{"type":"text","text":"hello world"}]}],"system":"a\nb"}"#;
+        let ins = crate::phase::inspect::inspect_body(body).unwrap();
+        assert_eq!(ins.prompt_spans.len(), 2);
+        let n = estimate_input(body, &ins.prompt_spans);
+        // Three texts: "hello world" twice (2 tokens each) and "a\nb" (3 tokens), each with framing.
+        assert_eq!(
+            n,
+            TOKENS_PER_MESSAGE
+                + 2 * (2 + TOKENS_PER_MESSAGE)
+                + count_tokens("a\nb")
+                + TOKENS_PER_MESSAGE
+        );
     }
 
     #[test]
