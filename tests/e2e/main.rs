@@ -1,1 +1,49 @@
+//! Tollgate end-to-end tests: the real agent (`tollgate serve`) in front of the real simulator
+//! (`tollgate-sim`) on loopback, driven over raw HTTP/1.1, with the SQLite ledger read back.
+//!
+//! One module per behaviour; `harness` holds the shared machinery. The binaries must be built
+//! first (`cargo build -p tollgate -p tollgate-sim`); `cargo xtask test` does that and runs
+//! everything, the Python SDK tests included.
 
+mod harness;
+
+/// Repeated long prompts: cached tokens, and Anthropic cache read/creation normalisation.
+mod cached_tokens;
+/// `tollgate demo --no-wait` runs and prints usage.
+mod cli_demo;
+/// `tollgate validate` reports every problem with its line.
+mod cli_validate;
+/// Pipelining, chunked request bodies, keep-alive and connection: close.
+mod connection;
+/// A client that hangs up mid-stream is billed the full completion.
+mod disconnect_billing;
+/// Protocol errors: 431, 413, 408, 400 malformed, 404, 405.
+mod errors_http;
+/// Request errors: invalid JSON, missing or unknown model, unsupported API.
+mod errors_request;
+/// Provider errors: 502 unreachable, 504 timeout, provider statuses passed through.
+mod errors_upstream;
+/// Model rewrite, credential replacement and identity headers, seen from the provider.
+mod forwarding;
+/// `stream_options.include_usage` injection and removal of the extra usage chunk.
+mod include_usage;
+/// The epoll and io_uring drivers serve the same traffic.
+mod io_drivers;
+/// Large responses and long streams pass through intact.
+mod large_responses;
+/// The ledger survives a graceful restart; `tollgate usage` sums it.
+mod ledger_restart;
+/// `/v1/models`, health, readiness and Prometheus counters.
+mod models_and_metrics;
+/// Reasoning tokens on chat and the Responses API.
+mod reasoning_tokens;
+/// Requests that arrive over several reads: split heads and bodies, large bodies.
+mod request_reading;
+/// Streams without usage are estimated and flagged.
+mod stream_without_usage;
+/// A provider reset mid-stream: error event, cut connection, estimated usage.
+mod upstream_reset;
+/// Every POST endpoint without streaming: ledger usage equals the simulator's report.
+mod usage_plain;
+/// Every streaming endpoint: complete streams, ledger usage equals the simulator's report.
+mod usage_stream;

@@ -1,8 +1,435 @@
-//! `cargo xtask test`: installs what the suite needs, then runs it.
+//! `cargo xtask test`: the one test command (`.ci/run` runs it).
+//!
+//! 1. Installs what the suite needs, only when it is missing, so a second run installs nothing:
+//!    Debian packages (`apt-get update` once, then `apt-get install -y`): `python3-venv` when
+//!    Python cannot make a virtual environment, `clang-19 llvm-19 libbpf-dev bpftool` for the
+//!    kernel programs and their tests, and `nginx` (the bench's floor; optional, a failure only
+//!    warns). A first install that stops on dpkg's "interrupted" error is repaired with
+//!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
+//!    `tests/python/requirements.txt` (reinstalled when that file changes).
+//! 2. `cargo build -p tollgate -p tollgate-sim`: the binaries the end-to-end tests spawn.
+//! 3. `cargo test --workspace --no-fail-fast`: unit, simulator, kernel and end-to-end tests.
+//! 4. `.venv/bin/python -m pytest tests/python`: the OpenAI and Anthropic SDK tests.
+//!
+//! Every step's counts are summed and the last line printed is exactly `N passed, N failed`.
+//! The exit status is non-zero when anything failed, including a step that could not run (a
+//! build error counts as one failure). `--no-install` skips step 1 (for machines where the
+//! packages are known to be there or root is not available).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+
+/// Packages the kernel build and tests need.
+const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
+/// Packages that are nice to have; failing to install them only warns.
+const OPTIONAL_PACKAGES: [&str; 1] = ["nginx"];
+/// The Python SDK tests' requirements, relative to the workspace root.
+const REQUIREMENTS: &str = "tests/python/requirements.txt";
+/// Written into the venv after a successful install: the requirements it was made from.
+const VENV_MARKER: &str = ".tollgate-requirements";
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Do not install anything (Debian packages, Python venv); run with what is there.
+    #[arg(long)]
+    no_install: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not yet built")
+/// Passed and failed counts of one step.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let root = crate::workspace_root()?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut steps: Vec<(&str, Counts)> = Vec::new();
+
+    let python = if args.no_install {
+        Ok(root.join(".venv/bin/python"))
+    } else {
+        install(&root)
+    };
+
+    section("cargo build -p tollgate -p tollgate-sim");
+    let built = Command::new(&cargo)
+        .current_dir(&root)
+        .args(["build", "-p", "tollgate", "-p", "tollgate-sim"])
+        .stdin(Stdio::null())
+        .status()
+        .context("running cargo build")?
+        .success();
+    if !built {
+        eprintln!("xtask test: building the binaries failed; the end-to-end tests will fail too");
+        steps.push((
+            "build",
+            Counts {
+                failed: 1,
+                ..Counts::default()
+            },
+        ));
+    }
+
+    section("cargo test --workspace --no-fail-fast");
+    steps.push(("cargo test", cargo_test(&cargo, &root)?));
+
+    section("pytest tests/python");
+    steps.push(("python SDK tests", pytest(&root, python)));
+
+    let mut total = Counts::default();
+    println!();
+    for (name, counts) in &steps {
+        println!(
+            "xtask test: {name}: {} passed, {} failed, {} ignored",
+            counts.passed, counts.failed, counts.ignored
+        );
+        total += *counts;
+    }
+    println!(
+        "xtask test: finished in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{} passed, {} failed", total.passed, total.failed);
+    if total.failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn section(title: &str) {
+    println!("\n==> {title}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Installation
+
+/// Installs missing Debian packages and the Python venv. Returns the venv's python, or why
+/// there is none (the Python step then fails with that reason).
+fn install(root: &Path) -> Result<PathBuf, String> {
+    section("installing what is missing");
+    let python = find_python();
+    let mut required: Vec<&str> = KERNEL_PACKAGES.to_vec();
+    if python.is_none() {
+        required.insert(0, "python3-venv");
+    }
+    let missing_required: Vec<&str> = required.into_iter().filter(|p| !installed(p)).collect();
+    let missing_optional: Vec<&str> = OPTIONAL_PACKAGES
+        .into_iter()
+        .filter(|p| !installed(p))
+        .collect();
+    if missing_required.is_empty() && missing_optional.is_empty() {
+        println!("xtask test: Debian packages: all present");
+    } else {
+        let mut apt = Apt::new();
+        if let Err(e) = apt.install(&missing_required) {
+            // The kernel tests skip without clang, so the run goes on, but loudly.
+            eprintln!("xtask test: WARNING: could not install {missing_required:?}: {e:#}");
+        }
+        if let Err(e) = apt.install(&missing_optional) {
+            eprintln!("xtask test: warning: optional {missing_optional:?} not installed: {e:#}");
+        }
+    }
+    let python = python.or_else(find_python).ok_or_else(|| {
+        "no python3 that can create a virtual environment (python3-venv)".to_string()
+    })?;
+    venv(root, &python).map_err(|e| format!("{e:#}"))
+}
+
+/// Whether dpkg has the package installed (false where there is no dpkg).
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"install ok installed"))
+}
+
+/// A python3 that can make a venv with pip: the one on PATH, else Debian's.
+fn find_python() -> Option<PathBuf> {
+    ["python3", "/usr/bin/python3"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import venv, ensurepip"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+}
+
+/// apt-get, run as root directly or through `sudo -n`; `apt-get update` at most once.
+struct Apt {
+    updated: bool,
+    sudo: bool,
+}
+
+impl Apt {
+    fn new() -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        Apt {
+            updated: false,
+            sudo: !root,
+        }
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = if self.sudo {
+            let mut c = Command::new("sudo");
+            c.args(["-n", program]);
+            c
+        } else {
+            Command::new(program)
+        };
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> anyhow::Result<()> {
+        println!("xtask test: {program} {}", args.join(" "));
+        let status = self
+            .command(program)
+            .args(args)
+            .status()
+            .with_context(|| format!("running {program}"))?;
+        if !status.success() {
+            bail!("`{program} {}` failed ({status})", args.join(" "));
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, packages: &[&str]) -> anyhow::Result<()> {
+        if packages.is_empty() {
+            return Ok(());
+        }
+        if !self.updated {
+            self.run("apt-get", &["update"])?;
+            self.updated = true;
+        }
+        let mut args = vec!["install", "-y"];
+        args.extend_from_slice(packages);
+        if let Err(first) = self.run("apt-get", &args) {
+            // A first install on a fresh machine can stop with "dpkg was interrupted, you must
+            // manually run 'dpkg --configure -a'": repair and try once more.
+            eprintln!("xtask test: {first:#}; running `dpkg --configure -a` and retrying");
+            self.run("dpkg", &["--configure", "-a"])?;
+            self.run("apt-get", &args)?;
+        }
+        Ok(())
+    }
+}
+
+/// Makes `.venv` with the SDK test requirements unless it already has exactly those.
+fn venv(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+    let venv = root.join(".venv");
+    let venv_python = venv.join("bin/python");
+    let requirements = std::fs::read_to_string(root.join(REQUIREMENTS))
+        .with_context(|| format!("reading {REQUIREMENTS}"))?;
+    let marker = venv.join(VENV_MARKER);
+    if venv_python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == requirements) {
+        println!("xtask test: .venv: up to date");
+        return Ok(venv_python);
+    }
+    if !venv_python.exists() {
+        if venv.exists() {
+            std::fs::remove_dir_all(&venv).context("removing a broken .venv")?;
+        }
+        println!("xtask test: creating .venv with {}", python.display());
+        let status = Command::new(python)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .stdin(Stdio::null())
+            .status()
+            .context("running python3 -m venv")?;
+        if !status.success() {
+            bail!("`{} -m venv .venv` failed ({status})", python.display());
+        }
+    }
+    println!("xtask test: installing {REQUIREMENTS} into .venv");
+    let status = Command::new(&venv_python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(root.join(REQUIREMENTS))
+        .stdin(Stdio::null())
+        .status()
+        .context("running pip install")?;
+    if !status.success() {
+        bail!("pip install -r {REQUIREMENTS} failed ({status})");
+    }
+    std::fs::write(&marker, requirements).context("writing the venv marker")?;
+    Ok(venv_python)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running the suites
+
+/// Runs a command, echoing its stdout line by line, and returns (success, stdout lines).
+fn run_echoing(mut cmd: Command) -> anyhow::Result<(bool, Vec<String>)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {cmd:?}"))?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading child output")?;
+        println!("{line}");
+        lines.push(line);
+    }
+    let status = child.wait().context("waiting for the child")?;
+    Ok((status.success(), lines))
+}
+
+fn cargo_test(cargo: &std::ffi::OsStr, root: &Path) -> anyhow::Result<Counts> {
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
+        .args(["test", "--workspace", "--no-fail-fast"]);
+    let (success, lines) = run_echoing(cmd)?;
+    let mut counts = Counts::default();
+    for line in &lines {
+        if let Some(c) = parse_cargo_result(line) {
+            counts += c;
+        }
+    }
+    if !success && counts.failed == 0 {
+        // A build error or a crashed test binary: nothing was counted as failed, yet it failed.
+        eprintln!("xtask test: cargo test failed without a failing test (build error?)");
+        counts.failed += 1;
+    }
+    Ok(counts)
+}
+
+/// `test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; ...`
+fn parse_cargo_result(line: &str) -> Option<Counts> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let (_, fields) = rest.split_once(". ")?;
+    let mut counts = Counts::default();
+    for field in fields.split(';') {
+        let mut words = field.split_whitespace();
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => counts.passed = n,
+            "failed" => counts.failed = n,
+            "ignored" => counts.ignored = n,
+            _ => {}
+        }
+    }
+    Some(counts)
+}
+
+fn pytest(root: &Path, python: Result<PathBuf, String>) -> Counts {
+    let failed_step = |why: &str| {
+        eprintln!("xtask test: the Python SDK tests could not run: {why}");
+        Counts {
+            failed: 1,
+            ..Counts::default()
+        }
+    };
+    let python = match python {
+        Ok(p) if p.exists() => p,
+        Ok(p) => return failed_step(&format!("{} does not exist", p.display())),
+        Err(why) => return failed_step(&why),
+    };
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(|| root.join("target"), |t| root.join(t));
+    let mut cmd = Command::new(&python);
+    cmd.current_dir(root)
+        .args([
+            "-m",
+            "pytest",
+            "tests/python",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ])
+        .env("TOLLGATE_BIN_DIR", target.join("debug"));
+    let (success, lines) = match run_echoing(cmd) {
+        Ok(r) => r,
+        Err(e) => return failed_step(&format!("{e:#}")),
+    };
+    let mut counts = lines
+        .iter()
+        .rev()
+        .find_map(|l| parse_pytest_summary(l))
+        .unwrap_or_default();
+    if !success && counts.failed == 0 {
+        // Exit 5 (no tests collected), a collection error, or a crash.
+        eprintln!("xtask test: pytest failed without a failing test");
+        counts.failed += 1;
+    }
+    counts
+}
+
+/// pytest's last line: `3 failed, 11 passed, 1 skipped in 2.1s` (errors count as failures).
+fn parse_pytest_summary(line: &str) -> Option<Counts> {
+    let line = line.trim().trim_matches('=').trim();
+    let (fields, _) = line.rsplit_once(" in ")?;
+    let mut counts = Counts::default();
+    let mut any = false;
+    for field in fields.split(", ") {
+        let mut words = field.split_whitespace();
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        any = true;
+        match what {
+            "passed" => counts.passed += n,
+            "failed" | "error" | "errors" => counts.failed += n,
+            "skipped" | "xfailed" | "deselected" => counts.ignored += n,
+            _ => {}
+        }
+    }
+    any.then_some(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_cargo_results() {
+        let c = parse_cargo_result(
+            "test result: FAILED. 56 passed; 2 failed; 7 ignored; 0 measured; 0 filtered out; finished in 7.63s",
+        )
+        .expect("a result line");
+        assert_eq!((c.passed, c.failed, c.ignored), (56, 2, 7));
+        assert!(parse_cargo_result("test foo ... ok").is_none());
+    }
+
+    #[test]
+    fn parses_pytest_summaries() {
+        let c = parse_pytest_summary("1 failed, 13 passed, 2 skipped in 3.87s").expect("summary");
+        assert_eq!((c.passed, c.failed, c.ignored), (13, 1, 2));
+        let c = parse_pytest_summary("===== 14 passed in 2.68s =====").expect("summary");
+        assert_eq!((c.passed, c.failed), (14, 0));
+        let c = parse_pytest_summary("2 passed, 1 error in 1.00s").expect("summary");
+        assert_eq!((c.passed, c.failed), (2, 1));
+        assert!(parse_pytest_summary("no tests ran in 0.01s").is_none());
+    }
 }

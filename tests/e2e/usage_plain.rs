@@ -1,0 +1,145 @@
+//! Every POST endpoint without streaming: the client gets the simulator's answer, and the ledger
+//! row holds exactly the usage the simulator reported (`ceil(bytes/4)` prompt tokens, `max_tokens`
+//! completion tokens), with the requested model, served model and provider.
+
+use serde_json::json;
+
+use crate::harness::{
+    assert_ok_row, chat_body, messages_body, post_json, prompt_tokens, Stack, Tokens,
+};
+
+#[test]
+fn chat_completions() {
+    let stack = Stack::start();
+    let prompt = "Say hello to the end-to-end tests.";
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("smol", prompt, 7, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let content = body["choices"][0]["message"]["content"]
+        .as_str()
+        .expect("choices[0].message.content");
+    assert!(!content.is_empty(), "empty completion: {body}");
+    let reported = Tokens::from_openai(&body["usage"]);
+    let expected = Tokens {
+        input: prompt_tokens(prompt),
+        output: 7,
+        ..Tokens::default()
+    };
+    assert_eq!(reported, expected, "simulator usage: {body}");
+    let row = stack.agent.row_of(&r);
+    assert_ok_row(&row, "chat", "smol", "sim");
+    assert_eq!(row.tokens(), reported);
+    assert!(!row.estimated);
+}
+
+#[test]
+fn completions() {
+    let stack = Stack::start();
+    let prompt = "Once upon a time, in a gateway";
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/completions",
+        &json!({"model": "smol", "prompt": prompt, "max_tokens": 5}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert!(!body["choices"][0]["text"]
+        .as_str()
+        .expect("choices[0].text")
+        .is_empty());
+    let reported = Tokens::from_openai(&body["usage"]);
+    assert_eq!(
+        reported,
+        Tokens {
+            input: prompt_tokens(prompt),
+            output: 5,
+            ..Tokens::default()
+        }
+    );
+    let row = stack.agent.row_of(&r);
+    assert_ok_row(&row, "completions", "smol", "sim");
+    assert_eq!(row.tokens(), reported);
+}
+
+#[test]
+fn embeddings() {
+    let stack = Stack::start();
+    let inputs = [
+        "first input to embed",
+        "second, somewhat longer, input to embed",
+    ];
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/embeddings",
+        &json!({"model": "smol", "input": inputs}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+    let reported = Tokens::from_embeddings(&body["usage"]);
+    assert_eq!(
+        reported.input,
+        inputs.iter().map(|i| prompt_tokens(i)).sum::<i64>()
+    );
+    let row = stack.agent.row_of(&r);
+    assert_ok_row(&row, "embeddings", "smol", "sim");
+    assert_eq!(row.tokens(), reported);
+}
+
+#[test]
+fn responses() {
+    let stack = Stack::start();
+    let input = "Summarise the gateway's job in one line.";
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/responses",
+        &json!({"model": "smol", "input": input, "max_output_tokens": 6}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "completed", "{body}");
+    let text = body["output"][0]["content"][0]["text"]
+        .as_str()
+        .expect("output[0].content[0].text");
+    assert!(!text.is_empty());
+    let reported = Tokens::from_responses(&body["usage"]);
+    assert_eq!(
+        reported,
+        Tokens {
+            input: prompt_tokens(input),
+            output: 6,
+            ..Tokens::default()
+        }
+    );
+    let row = stack.agent.row_of(&r);
+    assert_ok_row(&row, "responses", "smol", "sim");
+    assert_eq!(row.tokens(), reported);
+}
+
+#[test]
+fn anthropic_messages() {
+    let stack = Stack::start();
+    let (system, prompt) = ("You are terse.", "Name one colour.");
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/messages",
+        &messages_body(system, prompt, 4, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["type"], "message", "{body}");
+    assert!(!body["content"][0]["text"]
+        .as_str()
+        .expect("content[0].text")
+        .is_empty());
+    let reported = Tokens::from_anthropic(&body["usage"]);
+    assert_eq!(reported.input, prompt_tokens(&format!("{system}{prompt}")));
+    assert_eq!(reported.output, 4);
+    let row = stack.agent.row_of(&r);
+    assert_ok_row(&row, "messages", "claude", "sim-anthropic");
+    assert_eq!(row.tokens(), reported);
+}
