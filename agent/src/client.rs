@@ -1,27 +1,45 @@
 //! The client side of a connection: the socket, its read buffer (which may already hold the
-//! next pipelined request) and the few ways Tollgate writes responses of its own.
+//! next pipelined request), what the kernel knows about the process behind it (looked up once
+//! at accept), and the few ways Tollgate writes responses of its own.
 //! Hot path.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::{IoBuf, IoVecBuf};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::api::Wire;
 use crate::error::GateError;
+use crate::kernel::ConnAttribution;
 
 pub struct ClientConn {
     pub stream: TcpStream,
     pub buf: BytesMut,
     pub peer: SocketAddr,
+    /// pid, uid, comm, cgroup and original destination of a local client, from the kernel's
+    /// attribution map at accept; `None` for remote clients or without the kernel side.
+    /// Shared by reference with the records of this connection's requests.
+    pub attribution: Option<Arc<ConnAttribution>>,
 }
 
-/// Reads more bytes from `stream` into `buf`, waiting at most `timeout`.
+impl ClientConn {
+    /// Where the client meant to connect, when the kernel redirected it to the agent.
+    pub fn original_dst(&self) -> Option<SocketAddr> {
+        self.attribution.as_ref().and_then(|a| a.original_dst)
+    }
+}
+
+/// Reads more bytes from `stream` and appends them to `buf`, waiting at most `timeout`.
 /// A timeout is reported as `ErrorKind::TimedOut`; the caller then closes the connection.
+///
+/// The read goes into the spare capacity after `buf.len()` (a `SliceMut`): monoio's
+/// `IoBufMut` for `BytesMut` writes at the start of the buffer, so reading into `buf` itself
+/// would overwrite bytes already there (a head or chunk split across reads).
 pub async fn read_more<R: AsyncReadRent>(
     stream: &mut R,
     buf: &mut BytesMut,
@@ -30,10 +48,11 @@ pub async fn read_more<R: AsyncReadRent>(
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(16 * 1024);
     }
-    let owned = std::mem::take(buf);
-    match monoio::time::timeout(timeout, stream.read(owned)).await {
-        Ok((res, owned)) => {
-            *buf = owned;
+    let (len, cap) = (buf.len(), buf.capacity());
+    let spare = std::mem::take(buf).slice_mut(len..cap);
+    match monoio::time::timeout(timeout, stream.read(spare)).await {
+        Ok((res, spare)) => {
+            *buf = spare.into_inner();
             res
         }
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
@@ -46,6 +65,7 @@ impl ClientConn {
             stream,
             buf: BytesMut::with_capacity(16 * 1024),
             peer,
+            attribution: None,
         }
     }
 
@@ -130,5 +150,44 @@ pub fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         _ => "Status",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// A head that arrives in several reads is appended, not overwritten.
+    #[test]
+    fn read_more_appends_across_reads() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let writer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap_or_else(|e| panic!("{e}"));
+            for piece in [&b"GET "[..], b"/readyz", b" HTTP/1.1\r\n\r\n"] {
+                s.write_all(piece).unwrap_or_else(|e| panic!("{e}"));
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let got = rt.block_on(async move {
+            let mut stream = TcpStream::connect_addr(addr)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let mut buf = BytesMut::with_capacity(64);
+            while !buf.ends_with(b"\r\n\r\n") {
+                let n = read_more(&mut stream, &mut buf, Duration::from_secs(5))
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                assert!(n > 0, "closed early with {buf:?}");
+            }
+            buf
+        });
+        writer.join().unwrap_or_else(|_| panic!("writer"));
+        assert_eq!(&got[..], b"GET /readyz HTTP/1.1\r\n\r\n");
     }
 }

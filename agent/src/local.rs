@@ -101,7 +101,7 @@ fn readiness(w: &Worker) -> (u16, String) {
         "status": if ready { "ready" } else if stopping { "stopping" } else { "starting" },
         "workers": w.cfg.workers,
         "io_driver": w.driver,
-        "kernel": s.kernel_status,
+        "kernel": s.kernel.to_json(),
         "models": w.cfg.models.len(),
     });
     (if ready { 200 } else { 503 }, body.to_string())

@@ -6,6 +6,10 @@
 //! accept (worker.rs) → read → identify → inspect → [admit] → route → forward → relay → settle
 //! ```
 //! `admit` (keys, limits, budgets) joins between inspect and route with governance.
+//! Kernel attribution was looked up once at accept and lives on the `ClientConn`: route reads
+//! its original destination (intercepted connections), settle hands it to the ledger. On an
+//! intercepted connection, requests that are not inference calls bypass the phases and are
+//! relayed to the original server as they are (`phase/passthrough.rs`).
 
 use std::time::Instant;
 
@@ -21,7 +25,7 @@ use crate::phase::identify::Identity;
 use crate::phase::inspect::Inspection;
 use crate::phase::read::Request;
 use crate::phase::route::Target;
-use crate::phase::{forward, identify, inspect, relay, route, settle};
+use crate::phase::{forward, identify, inspect, passthrough, relay, route, settle};
 use crate::worker::Worker;
 
 /// How a request ended, for the ledger and metrics.
@@ -107,6 +111,11 @@ impl RequestCtx {
 /// Handles one request; returns whether the connection may carry another.
 pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: Instant) -> bool {
     let path = req.head.path();
+    let metered = Api::from_path(path).is_some() && req.head.method == Method::Post;
+    if let (false, Some(dst)) = (metered, client.original_dst()) {
+        // Intercepted, but not an inference call: the original server answers it.
+        return passthrough::run(w, client, req, dst).await;
+    }
     let Some(api) = Api::from_path(path) else {
         return local::serve(w, client, &req.head).await;
     };
@@ -126,7 +135,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
     if let Err(e) = proxy(w, client, &mut ctx).await {
         fail(client, &mut ctx, &e).await;
     }
-    settle::run(w, &mut ctx);
+    settle::run(w, &mut ctx, client.attribution.as_ref());
     ctx.client_keep_alive
 }
 
@@ -134,7 +143,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
 async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Result<(), GateError> {
     identify::run(ctx);
     inspect::run(ctx)?;
-    route::run(&w.cfg, ctx)?;
+    route::run(&w.cfg, ctx, client.original_dst())?;
     let forwarded = forward::run(w, ctx).await?;
     relay::run(w, ctx, client, forwarded).await;
     Ok(())

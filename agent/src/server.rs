@@ -1,6 +1,9 @@
-//! Starts and stops the agent: binds the per-core listeners, starts one worker thread per core
-//! and the control thread (ledger writer, estimates, DNS refresh), waits for SIGINT/SIGTERM,
-//! then drains workers and flushes the ledger before returning.
+//! Starts and stops the agent: binds the per-core listeners, loads the kernel side (eBPF
+//! interception, attribution and node counters; `kernel.enabled: auto` runs without it when the
+//! host refuses, saying so once), starts one worker thread per core and the control thread
+//! (ledger writer, estimates, cgroup resolution, node counters, DNS refresh), waits for
+//! SIGINT/SIGTERM, then drains workers, flushes the ledger and detaches the kernel programs
+//! before returning. Nothing here is on the request path.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
@@ -12,8 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
+use crate::config::{Config, KernelMode};
+use crate::kernel::cgroup::CgroupResolver;
+use crate::kernel::{self, AttributionReader, Features, Kernel, KernelConfig};
 use crate::ledger;
+use crate::ledger::enrich::Enricher;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::resolve::Resolved;
 use crate::upstream::tls;
@@ -28,7 +34,79 @@ pub struct Shared {
     pub workers_ready: AtomicUsize,
     pub shutting_down: AtomicBool,
     /// What the kernel side is doing, for /readyz.
-    pub kernel_status: String,
+    pub kernel: KernelReport,
+    /// Looks up accepted connections in the kernel's attribution map (once per connection).
+    pub attribution: Option<AttributionReader>,
+}
+
+/// What the kernel side is doing, for `/readyz` and `tollgate status`.
+#[derive(Debug, Clone)]
+pub struct KernelReport {
+    pub mode: KernelMode,
+    pub loaded: bool,
+    pub pin_dir: std::path::PathBuf,
+    pub features: Features,
+    /// Program names and kernel ids (as `bpftool prog show` lists them).
+    pub programs: Vec<(&'static str, u32)>,
+    pub intercept: Vec<SocketAddr>,
+}
+
+impl KernelReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        let features: serde_json::Map<String, serde_json::Value> = self
+            .features
+            .iter()
+            .map(|(name, state)| {
+                let v = match state {
+                    kernel::FeatureState::Active => serde_json::json!({ "active": true }),
+                    kernel::FeatureState::Inactive { reason } => {
+                        serde_json::json!({ "active": false, "reason": reason })
+                    }
+                };
+                (name.to_string(), v)
+            })
+            .collect();
+        serde_json::json!({
+            "enabled": self.mode.as_str(),
+            "loaded": self.loaded,
+            "pin_dir": self.pin_dir.display().to_string(),
+            "summary": self.features.to_string(),
+            "features": features,
+            "programs": self.programs.iter().map(|(name, id)| serde_json::json!({ "name": name, "id": id })).collect::<Vec<_>>(),
+            "intercept": self.intercept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Loads the kernel side for an agent listening on `addr`, unless the configuration turns it
+/// off. A refusal is logged once (by `kernel::start`) and the agent runs without it.
+fn start_kernel(cfg: &Config, addr: SocketAddr) -> (Option<Kernel>, KernelReport) {
+    let mut report = KernelReport {
+        mode: cfg.kernel.enabled,
+        loaded: false,
+        pin_dir: cfg.kernel.pin_dir.clone(),
+        features: Features::unavailable("kernel.enabled is off in the configuration"),
+        programs: Vec::new(),
+        intercept: cfg.intercept.clone(),
+    };
+    if cfg.kernel.enabled == KernelMode::Off {
+        if !cfg.intercept.is_empty() {
+            tracing::warn!(
+                "kernel.enabled is off, so the {} intercept address(es) are not intercepted",
+                cfg.intercept.len()
+            );
+        }
+        return (None, report);
+    }
+    let mut kcfg = KernelConfig::new(vec![addr], cfg.intercept.clone());
+    kcfg.pin_dir = cfg.kernel.pin_dir.clone();
+    let (k, features) = kernel::start(&kcfg);
+    report.features = features;
+    if let Some(k) = &k {
+        report.loaded = true;
+        report.programs = k.program_ids().to_vec();
+    }
+    (k, report)
 }
 
 /// A listener bound with SO_REUSEPORT so every worker can bind the same address.
@@ -71,10 +149,18 @@ pub struct Running {
     workers: Vec<std::thread::JoinHandle<()>>,
     control: std::thread::JoinHandle<()>,
     dns: std::thread::JoinHandle<()>,
+    /// Detached last, after the ledger (which writes the counters) is flushed.
+    kernel: Option<Kernel>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, flushes the ledger.
+    /// What the kernel side is doing.
+    pub fn kernel_report(&self) -> &KernelReport {
+        &self.shared.kernel
+    }
+
+    /// Stops accepting, lets in-flight requests finish, flushes the ledger, detaches the
+    /// kernel programs and removes their pins.
     pub fn stop(self) {
         self.shared.shutting_down.store(true, Ordering::Release);
         for fd in &self.listener_fds {
@@ -88,11 +174,17 @@ impl Running {
         // Workers held the only senders: the writer now flushes and exits.
         let _ = self.control.join();
         let _ = self.dns.join();
+        if let Some(k) = self.kernel {
+            match k.detach() {
+                Ok(()) => tracing::info!("kernel programs detached and pins removed"),
+                Err(e) => tracing::warn!("detaching the kernel programs: {e}"),
+            }
+        }
     }
 }
 
 /// Starts the agent and returns once every worker is accepting.
-pub fn start(cfg: Config, kernel_status: String) -> anyhow::Result<Running> {
+pub fn start(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let conn = ledger::open(&cfg.data_dir)
         .with_context(|| format!("opening the ledger in {}", cfg.data_dir.display()))?;
@@ -113,21 +205,6 @@ pub fn start(cfg: Config, kernel_status: String) -> anyhow::Result<Running> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
         ^ (u64::from(std::process::id()) << 44);
-    let shared = Arc::new(Shared {
-        metrics: metrics.clone(),
-        resolved: Resolved::new(&cfg.providers),
-        boot_id,
-        workers_ready: AtomicUsize::new(0),
-        shutting_down: AtomicBool::new(false),
-        kernel_status,
-    });
-
-    let (tx, rx) = mpsc::channel();
-    let settings = cfg.ledger.clone();
-    let control_metrics = metrics.clone();
-    let control = std::thread::Builder::new()
-        .name("tollgate-control".into())
-        .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics))?;
 
     let first = bind_reuseport(cfg.listen).with_context(|| format!("binding {}", cfg.listen))?;
     let addr = first.local_addr()?;
@@ -136,6 +213,38 @@ pub fn start(cfg: Config, kernel_status: String) -> anyhow::Result<Running> {
         listeners.push(bind_reuseport(addr).with_context(|| format!("binding {addr}"))?);
     }
     let listener_fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+
+    // The kernel side needs the bound address (port 0 resolved) to redirect to.
+    let (kernel, kernel_report) = start_kernel(&cfg, addr);
+    let enricher = Enricher::new(
+        kernel
+            .as_ref()
+            .map(|k| CgroupResolver::new(k.cgroup_root())),
+        kernel
+            .as_ref()
+            .filter(|k| k.features().counters.is_active())
+            .map(Kernel::counter_writer),
+        cfg.attribution.clone(),
+    );
+    let shared = Arc::new(Shared {
+        metrics: metrics.clone(),
+        resolved: Resolved::new(&cfg.providers),
+        boot_id,
+        workers_ready: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+        attribution: kernel
+            .as_ref()
+            .filter(|k| k.features().attribution.is_active())
+            .map(Kernel::attribution_reader),
+        kernel: kernel_report,
+    });
+
+    let (tx, rx) = mpsc::channel();
+    let settings = cfg.ledger.clone();
+    let control_metrics = metrics.clone();
+    let control = std::thread::Builder::new()
+        .name("tollgate-control".into())
+        .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics, enricher))?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let seed = WorkerSeed {
@@ -181,6 +290,7 @@ pub fn start(cfg: Config, kernel_status: String) -> anyhow::Result<Running> {
         workers,
         control,
         dns,
+        kernel,
     };
     for _ in 0..500 {
         if running.shared.workers_ready.load(Ordering::Acquire) == cfg.workers {
@@ -197,10 +307,10 @@ pub fn start(cfg: Config, kernel_status: String) -> anyhow::Result<Running> {
 }
 
 /// `tollgate serve`: runs until SIGINT or SIGTERM.
-pub fn serve(cfg: Config, kernel_status: String) -> anyhow::Result<()> {
+pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let set = block_signals();
     let workers = cfg.workers;
-    let running = start(cfg, kernel_status)?;
+    let running = start(cfg)?;
     tracing::info!(addr = %running.addr, workers, "tollgate listening");
     println!("tollgate listening on {}", running.addr);
     let sig = wait_for_signal(&set);

@@ -1,7 +1,8 @@
 //! One data-plane worker per core: a single-threaded monoio runtime (io_uring, or epoll where
 //! io_uring is unavailable or disabled), its own SO_REUSEPORT listener, its own upstream pool
 //! and metrics shard. Nothing on this thread is shared with another worker except read-only
-//! config, atomics and the ledger channel.
+//! config, atomics, the ledger channel and the kernel's attribution map (read once per accepted
+//! connection).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -140,8 +141,13 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Phase 1, accept, continues here: one task per client connection, serving its requests in order.
+/// Phase 1, accept, continues here: one task per client connection, serving its requests in
+/// order. A local client's kernel attribution (pid, comm, cgroup, original destination) is
+/// looked up here, once per connection (one map lookup syscall), never per request.
 async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
+    if let Some(reader) = &w.shared.attribution {
+        client.attribution = reader.lookup(client.peer).map(Arc::new);
+    }
     let globals = &w.shared.metrics.globals;
     globals.connections_open.fetch_add(1, Ordering::Relaxed);
     globals.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -178,7 +184,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
                         );
                         ctx.client_keep_alive = false;
                         pipeline::fail(&mut client, &mut ctx, &e).await;
-                        settle::run(&w, &mut ctx);
+                        settle::run(&w, &mut ctx, client.attribution.as_ref());
                     }
                     None => {
                         let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;

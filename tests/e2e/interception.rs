@@ -346,7 +346,11 @@ fn intercepted_case(agent: &KernelAgent, dst: SocketAddr, provider: &str) -> Str
     assert_eq!(row.requested_model.as_deref(), Some(SIM_MODEL), "{row:#?}");
     assert_eq!(row.served_model.as_deref(), Some(SIM_MODEL), "{row:#?}");
     assert_eq!(row.provider.as_deref(), Some(provider), "{row:#?}");
-    assert_eq!(row.tokens(), Tokens::from_openai(&run.body["usage"]), "{row:#?}");
+    assert_eq!(
+        row.tokens(),
+        Tokens::from_openai(&run.body["usage"]),
+        "{row:#?}"
+    );
     assert!(!row.estimated, "{row:#?}");
     // The attribution rule matched the client's cgroup (it sent no identity headers).
     assert_eq!(row.team.as_deref(), Some("kernel-attributed"), "{row:#?}");
@@ -667,5 +671,9 @@ fn kernel_off_is_a_plain_proxy_and_says_so() {
         br#"{"model":"smollm2","messages":[{"role":"user","content":"direct"}],"max_tokens":3}"#,
     );
     assert_eq!(d.status, 200, "{}", d.text());
-    assert!(d.header("x-tollgate-request-id").is_none(), "{:?}", d.headers);
+    assert!(
+        d.header("x-tollgate-request-id").is_none(),
+        "{:?}",
+        d.headers
+    );
 }

@@ -27,6 +27,8 @@ mod errors_upstream;
 mod forwarding;
 /// `stream_options.include_usage` injection and removal of the extra usage chunk.
 mod include_usage;
+/// Kernel interception and attribution: unmodified clients metered and attributed, detach.
+mod interception;
 /// The epoll and io_uring drivers serve the same traffic.
 mod io_drivers;
 /// Large responses and long streams pass through intact.

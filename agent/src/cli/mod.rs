@@ -1,7 +1,12 @@
-//! Subcommands: `serve`, `validate`, `usage`, `demo`. The CLI edge is the only place that uses
+//! Subcommands: `serve`, `validate`, `usage`, `demo`, and the node-side views of the kernel
+//! part: `status` (an agent's /readyz, readably), `top` (the pinned counter maps, live) and
+//! `kernel detach` (clean up after a killed agent). The CLI edge is the only place that uses
 //! `anyhow`; everything below returns typed errors.
 
 pub mod demo;
+pub mod kernel;
+pub mod status;
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -55,6 +60,22 @@ pub enum Command {
     },
     /// Start two simulator replicas and the agent, send a mixed workload, and stay up.
     Demo(demo::Args),
+    /// Ask a running agent how it is doing (its /readyz, kernel features included).
+    Status {
+        /// The agent's listen address.
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        addr: String,
+        /// Print the raw JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live token totals per model, cgroup and replica from the pinned kernel maps (like top).
+    Top(top::Args),
+    /// The kernel side of a node.
+    Kernel {
+        #[command(subcommand)]
+        command: kernel::Command,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -76,16 +97,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
-            crate::server::serve(cfg, crate::cli::kernel_status())
+            crate::server::serve(cfg)
         }
         Command::Validate { config } => {
             let cfg = load(&config)?;
             println!(
-                "{}: ok ({} providers, {} models, listen {})",
+                "{}: ok ({} providers, {} models, listen {}, kernel {}, {} intercepted, {} attribution rules)",
                 config.display(),
-                cfg.providers.len(),
+                cfg.configured_providers().count(),
                 cfg.models.len(),
-                cfg.listen
+                cfg.listen,
+                cfg.kernel.enabled.as_str(),
+                cfg.intercept.len(),
+                cfg.attribution.rules.len(),
             );
             Ok(())
         }
@@ -111,6 +135,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo::run(args),
+        Command::Status { addr, json } => status::run(&addr, json),
+        Command::Top(args) => top::run(args),
+        Command::Kernel { command } => kernel::run(command),
     }
 }
 
@@ -123,9 +150,4 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<Config> {
             problems.0.len()
         )
     })
-}
-
-/// What the kernel side is doing, for start-up logs and /readyz.
-pub fn kernel_status() -> String {
-    "not loaded (eBPF attribution is not wired into the data plane yet)".to_string()
 }

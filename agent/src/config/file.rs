@@ -1,6 +1,8 @@
 //! The configuration file as the user writes it: serde structs that mirror the YAML, with
 //! `deny_unknown_fields` so a typo is an error, not a silently ignored key.
-//! Nothing here is interpreted; `validate.rs` turns these into runtime types.
+//! Nothing here is interpreted; `validate.rs` turns these into runtime types. Fields whose items
+//! are validated one by one (providers, models, intercepts, attribution rules) stay
+//! `serde_yaml::Value` here so a bad item does not hide the problems of the others.
 
 use serde::Deserialize;
 
@@ -22,6 +24,60 @@ pub struct FileConfig {
     pub providers: Vec<serde_yaml::Value>,
     #[serde(default)]
     pub models: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub kernel: KernelFile,
+    /// Destinations (`IP:PORT`) whose TCP connects the kernel redirects to the agent.
+    #[serde(default)]
+    pub intercept: Vec<serde_yaml::Value>,
+    /// Either a list of rules or `{ anonymous, rules }`; see [`AttributionFile`].
+    pub attribution: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct KernelFile {
+    /// `auto` (load the eBPF programs when the host allows it) or `off`; `true`/`false` too.
+    pub enabled: Option<serde_yaml::Value>,
+    /// Where the maps are pinned (on bpffs).
+    pub pin_dir: Option<String>,
+}
+
+/// `attribution:` in its map form.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AttributionFile {
+    /// `attribute_by_kernel` (default) or `leave_anonymous`.
+    pub anonymous: Option<String>,
+    #[serde(default)]
+    pub rules: Vec<serde_yaml::Value>,
+}
+
+/// One attribution rule: kernel facts to match, identity fields to fill.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    #[serde(rename = "match")]
+    pub matches: MatchFile,
+    pub team: Option<String>,
+    pub project: Option<String>,
+    pub user: Option<String>,
+    pub session: Option<String>,
+    pub workflow: Option<String>,
+    pub cost_center: Option<String>,
+}
+
+/// Globs (`*`, `?`) on what the kernel knows about a client; every given one must match.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// cgroup v2 path, e.g. `/system.slice/batch-*.scope`.
+    pub cgroup: Option<String>,
+    /// Thread name at connect time (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Container id (64 hex) parsed from the cgroup path.
+    pub container: Option<String>,
+    /// Kubernetes pod UID parsed from the cgroup path.
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

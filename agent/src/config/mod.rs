@@ -1,14 +1,20 @@
 //! Configuration: parse the YAML file (`file.rs`), validate it into runtime types
-//! (`validate.rs`), and report every problem with its field path and line (`lines.rs`).
+//! (`validate.rs`, with the kernel, intercept and attribution types in `kernel.rs`), and report
+//! every problem with its field path and line (`lines.rs`).
 //! Runtime config is immutable and shared by all workers as an `Arc<Config>`.
 
 mod file;
+pub mod kernel;
 mod lines;
 mod validate;
 
+pub use kernel::{
+    Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelFacts, KernelMode,
+    KernelSettings,
+};
 pub use validate::{
     Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits, Model, Provider,
-    ProviderKind, UpstreamSettings,
+    ProviderKind, UpstreamSettings, INTERCEPTED,
 };
 
 /// Reads, parses and validates a configuration file.

@@ -1,16 +1,27 @@
 //! Turns the file structs into runtime types (parsed addresses, `Duration`s, resolved indices)
 //! and collects every problem instead of stopping at the first one.
+//!
+//! Intercepted destinations are routed here, once: each gets a provider per wire family, a
+//! configured one at exactly that address when there is one, else an implicit passthrough
+//! provider appended to `Config::providers` (so pools, TLS and DNS slots exist for it).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::file::{FileConfig, ModelFile, ProviderFile};
+use super::file::{AttributionFile, FileConfig, KernelFile, ModelFile, ProviderFile, RuleFile};
+use super::kernel::{
+    Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelMode,
+    KernelSettings,
+};
 use super::lines::LineIndex;
+
+/// Name of the implicit providers created for intercepted destinations; reserved.
+pub const INTERCEPTED: &str = "intercepted";
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,6 +118,9 @@ pub struct Provider {
     pub api_key: Option<String>,
     pub ca_file: Option<PathBuf>,
     pub anthropic_version: String,
+    /// Created for an intercepted destination that no configured provider serves: plain
+    /// HTTP, no provider key, and the client's own credentials are forwarded.
+    pub implicit: bool,
 }
 
 /// A client-visible model name and where it goes.
@@ -129,15 +143,33 @@ pub struct Config {
     pub limits: Limits,
     pub upstream: UpstreamSettings,
     pub ledger: LedgerSettings,
+    /// Configured providers, then the implicit ones of `intercept_routes`.
     pub providers: Vec<Provider>,
     pub models: Vec<Model>,
     model_index: HashMap<String, usize>,
+    pub kernel: KernelSettings,
+    /// Destinations the kernel redirects to the agent.
+    pub intercept: Vec<SocketAddr>,
+    /// How requests redirected from each of `intercept` are routed (same order).
+    pub intercept_routes: Vec<InterceptRoute>,
+    pub attribution: AttributionSettings,
 }
 
 impl Config {
     pub fn model_by_name(&self, name: &str) -> Option<(usize, &Model)> {
         let i = *self.model_index.get(name)?;
         Some((i, &self.models[i]))
+    }
+
+    /// The route for connections redirected from `dst`, if `dst` is intercepted.
+    pub fn intercept_route(&self, dst: SocketAddr) -> Option<&InterceptRoute> {
+        let dst = canonical(dst);
+        self.intercept_routes.iter().find(|r| r.dst == dst)
+    }
+
+    /// Providers from the configuration file (the implicit ones excluded).
+    pub fn configured_providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.iter().filter(|p| !p.implicit)
     }
 
     /// Parses and validates YAML. `env` resolves `api_key_env` names (injected for tests).
@@ -198,10 +230,17 @@ impl Validator<'_> {
                     .map(|l| l.line())
                     .or_else(|| self.lines.line_of(&path));
                 let path = if path == "." { String::new() } else { path };
+                let mut message = e.inner().to_string();
+                let text = line.and_then(|l| src.lines().nth(l.saturating_sub(1)));
+                if text.is_some_and(|t| t.contains('[') && t.contains("]:")) {
+                    message.push_str(
+                        " (an IPv6 address with a port must be quoted in YAML: \"[::1]:8000\")",
+                    );
+                }
                 self.problems.push(ConfigProblem {
                     path,
                     line,
-                    message: e.inner().to_string(),
+                    message,
                 });
                 None
             }
@@ -290,8 +329,12 @@ impl Validator<'_> {
             batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
         };
 
-        let providers = self.providers(f.providers, env);
+        let mut providers = self.providers(f.providers, env);
         let (models, model_index) = self.models(f.models, &providers);
+        let kernel = self.kernel(&f.kernel);
+        let intercept = self.intercepts(f.intercept, listen);
+        let intercept_routes = intercept_routes(&intercept, &mut providers);
+        let attribution = self.attribution(f.attribution);
 
         Config {
             listen,
@@ -305,7 +348,167 @@ impl Validator<'_> {
             providers: providers.into_iter().map(|(p, _)| p).collect(),
             models,
             model_index,
+            kernel,
+            intercept,
+            intercept_routes,
+            attribution,
         }
+    }
+
+    fn kernel(&mut self, k: &KernelFile) -> KernelSettings {
+        let mut out = KernelSettings::default();
+        match &k.enabled {
+            None => {}
+            Some(serde_yaml::Value::Bool(true)) => out.enabled = KernelMode::Auto,
+            Some(serde_yaml::Value::Bool(false)) => out.enabled = KernelMode::Off,
+            Some(serde_yaml::Value::String(s)) if s == "auto" => out.enabled = KernelMode::Auto,
+            Some(serde_yaml::Value::String(s)) if s == "off" => out.enabled = KernelMode::Off,
+            Some(other) => {
+                let shown = serde_yaml::to_string(other).unwrap_or_default();
+                self.problem(
+                    "kernel.enabled",
+                    format!("`{}` is not one of auto, off", shown.trim()),
+                );
+            }
+        }
+        if let Some(dir) = &k.pin_dir {
+            let path = PathBuf::from(dir);
+            if !path.is_absolute() {
+                self.problem(
+                    "kernel.pin_dir",
+                    format!("`{dir}` must be an absolute path on bpffs, like /sys/fs/bpf/tollgate"),
+                );
+            }
+            out.pin_dir = path;
+        }
+        out
+    }
+
+    fn intercepts(&mut self, items: Vec<serde_yaml::Value>, listen: SocketAddr) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for (i, raw) in items.into_iter().enumerate() {
+            let path = format!("intercept[{i}]");
+            let text = match &raw {
+                serde_yaml::Value::String(s) => s.clone(),
+                serde_yaml::Value::Sequence(_) => {
+                    self.problem(
+                        path,
+                        "an IPv6 address must be quoted in YAML: \"[::1]:8000\"",
+                    );
+                    continue;
+                }
+                other => serde_yaml::to_string(other)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            };
+            let Ok(addr) = text.parse::<SocketAddr>() else {
+                self.problem(
+                    path,
+                    format!("`{text}` is not an address like 127.0.0.1:8000 or \"[::1]:8000\""),
+                );
+                continue;
+            };
+            let addr = canonical(addr);
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                self.problem(
+                    path,
+                    format!("`{text}` must name one address and port, not a wildcard"),
+                );
+                continue;
+            }
+            let loops = addr == canonical(listen)
+                || (listen.ip().is_unspecified()
+                    && listen.port() == addr.port()
+                    && (listen.is_ipv6() || addr.is_ipv4()));
+            if loops {
+                self.problem(
+                    path,
+                    format!(
+                        "`{text}` is the agent's own listen address; redirecting it would loop"
+                    ),
+                );
+                continue;
+            }
+            if out.contains(&addr) {
+                self.problem(path, format!("`{text}` is listed twice"));
+                continue;
+            }
+            out.push(addr);
+        }
+        out
+    }
+
+    fn attribution(&mut self, raw: Option<serde_yaml::Value>) -> AttributionSettings {
+        let mut out = AttributionSettings::default();
+        let (rules, rules_path) = match raw {
+            None | Some(serde_yaml::Value::Null) => return out,
+            Some(serde_yaml::Value::Sequence(items)) => (items, "attribution".to_string()),
+            Some(v @ serde_yaml::Value::Mapping(_)) => {
+                let Some(f) = self.item::<AttributionFile>("attribution", v) else {
+                    return out;
+                };
+                match f.anonymous.as_deref() {
+                    None | Some("attribute_by_kernel") => {}
+                    Some("leave_anonymous") => out.anonymous = Anonymous::LeaveAnonymous,
+                    Some(other) => self.problem(
+                        "attribution.anonymous",
+                        format!("`{other}` is not one of attribute_by_kernel, leave_anonymous"),
+                    ),
+                }
+                (f.rules, "attribution.rules".to_string())
+            }
+            Some(_) => {
+                self.problem(
+                    "attribution",
+                    "must be a list of rules or a map with `anonymous` and `rules`",
+                );
+                return out;
+            }
+        };
+        for (i, raw) in rules.into_iter().enumerate() {
+            let path = format!("{rules_path}[{i}]");
+            let Some(r) = self.item::<RuleFile>(&path, raw) else {
+                continue;
+            };
+            let m = &r.matches;
+            if m.cgroup.is_none() && m.comm.is_none() && m.container.is_none() && m.pod.is_none() {
+                self.problem(
+                    format!("{path}.match"),
+                    "needs at least one of cgroup, comm, container, pod",
+                );
+                continue;
+            }
+            let fills = [
+                &r.team,
+                &r.project,
+                &r.user,
+                &r.session,
+                &r.workflow,
+                &r.cost_center,
+            ];
+            if fills.iter().all(|f| f.as_deref().is_none_or(str::is_empty)) {
+                self.problem(
+                    path,
+                    "sets no identity field (team, project, user, session, workflow, cost_center)",
+                );
+                continue;
+            }
+            let glob = |g: &Option<String>| g.as_deref().map(Glob::new);
+            out.rules.push(AttributionRule {
+                cgroup: glob(&m.cgroup),
+                comm: glob(&m.comm),
+                container: glob(&m.container),
+                pod: glob(&m.pod),
+                team: r.team,
+                project: r.project,
+                user: r.user,
+                session: r.session,
+                workflow: r.workflow,
+                cost_center: r.cost_center,
+            });
+        }
+        out
     }
 
     fn providers(
@@ -319,6 +522,12 @@ impl Validator<'_> {
             let Some(p) = self.item::<ProviderFile>(&path, raw) else {
                 continue;
             };
+            if p.name == INTERCEPTED {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("`{INTERCEPTED}` is reserved for the implicit providers of intercepted destinations"),
+                );
+            }
             if out.iter().any(|(o, _)| o.name == p.name) {
                 self.problem(
                     format!("{path}.name"),
@@ -372,6 +581,7 @@ impl Validator<'_> {
                     api_key,
                     ca_file: p.ca_file.map(PathBuf::from),
                     anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
+                    implicit: false,
                 },
                 path,
             ));
@@ -475,6 +685,73 @@ impl Validator<'_> {
             base_path: base_path.to_string(),
         })
     }
+}
+
+/// IPv4-mapped IPv6 addresses as IPv4, the way the kernel programs key them.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Whether a configured provider's address is exactly `dst` (an IP literal, or `localhost`
+/// for a loopback destination; other host names are not resolved for this).
+fn provider_at(p: &Provider, dst: SocketAddr) -> bool {
+    if p.port != dst.port() {
+        return false;
+    }
+    match p.host.parse::<IpAddr>() {
+        Ok(ip) => canonical(SocketAddr::new(ip, p.port)) == dst,
+        Err(_) => p.host.eq_ignore_ascii_case("localhost") && dst.ip().is_loopback(),
+    }
+}
+
+/// Routes every intercepted destination, appending implicit providers where needed.
+fn intercept_routes(
+    intercept: &[SocketAddr],
+    providers: &mut Vec<(Provider, String)>,
+) -> Vec<InterceptRoute> {
+    let mut routes = Vec::with_capacity(intercept.len());
+    for dst in intercept {
+        let mut pick = |kind: ProviderKind| {
+            if let Some(i) = providers
+                .iter()
+                .position(|(p, _)| !p.implicit && p.kind == kind && provider_at(p, *dst))
+            {
+                return i;
+            }
+            let host = dst.ip().to_string();
+            providers.push((
+                Provider {
+                    name: INTERCEPTED.to_string(),
+                    kind,
+                    tls: false,
+                    host_header: format!("{}:{}", authority_host(&host), dst.port()),
+                    host,
+                    port: dst.port(),
+                    base_path: String::new(),
+                    api_key: None,
+                    ca_file: None,
+                    anthropic_version: "2023-06-01".into(),
+                    implicit: true,
+                },
+                format!("intercept[{dst}]"),
+            ));
+            providers.len() - 1
+        };
+        let openai = pick(ProviderKind::OpenAi);
+        let anthropic = pick(ProviderKind::Anthropic);
+        routes.push(InterceptRoute {
+            dst: *dst,
+            openai,
+            anthropic,
+        });
+    }
+    routes
 }
 
 fn authority_host(host: &str) -> String {
@@ -584,5 +861,156 @@ models:
         assert_eq!(errs.len(), 1);
         assert!(errs[0].message.contains("listen_port"));
         assert_eq!(errs[0].line, Some(2));
+    }
+
+    const KERNEL: &str = "listen: 127.0.0.1:4000
+providers:
+  - name: local
+    kind: openai
+    base_url: http://127.0.0.1:8000
+models:
+  - name: smol
+    provider: local
+    model: smollm2
+kernel:
+  enabled: auto
+  pin_dir: /sys/fs/bpf/tg-test
+intercept:
+  - 127.0.0.1:8000
+  - \"[::1]:8000\"
+attribution:
+  anonymous: attribute_by_kernel
+  rules:
+    - match: { cgroup: \"/system.slice/batch-*.scope\" }
+      team: batch
+      project: nightly
+    - match: { comm: \"python*\", pod: \"*\" }
+      team: pods
+";
+
+    #[test]
+    fn kernel_intercept_and_attribution() {
+        let c = Config::from_yaml(KERNEL, &no_env).unwrap();
+        assert_eq!(c.kernel.enabled, KernelMode::Auto);
+        assert_eq!(c.kernel.pin_dir, PathBuf::from("/sys/fs/bpf/tg-test"));
+        let v4: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+        let v6: SocketAddr = "[::1]:8000".parse().unwrap();
+        assert_eq!(c.intercept, vec![v4, v6]);
+        // 127.0.0.1:8000 is the configured openai provider; the rest are implicit.
+        let r4 = c.intercept_route(v4).unwrap();
+        assert_eq!(r4.openai, 0);
+        let a4 = &c.providers[r4.anthropic];
+        assert!(a4.implicit && a4.kind == ProviderKind::Anthropic && a4.api_key.is_none());
+        let r6 = c.intercept_route(v6).unwrap();
+        let o6 = &c.providers[r6.openai];
+        assert!(o6.implicit && !o6.tls);
+        assert_eq!((o6.host.as_str(), o6.port), ("::1", 8000));
+        assert_eq!(o6.host_header, "[::1]:8000");
+        assert_eq!(o6.name, INTERCEPTED);
+        assert_eq!(c.providers.len(), 4);
+        assert_eq!(c.configured_providers().count(), 1);
+        // An IPv4-mapped destination is the IPv4 one.
+        assert!(c
+            .intercept_route("[::ffff:127.0.0.1]:8000".parse().unwrap())
+            .is_some());
+        assert!(c
+            .intercept_route("127.0.0.1:8001".parse().unwrap())
+            .is_none());
+
+        assert_eq!(c.attribution.anonymous, Anonymous::AttributeByKernel);
+        assert_eq!(c.attribution.rules.len(), 2);
+        let r = &c.attribution.rules[0];
+        assert_eq!(r.team.as_deref(), Some("batch"));
+        assert_eq!(r.project.as_deref(), Some("nightly"));
+        assert_eq!(
+            r.cgroup.as_ref().map(Glob::as_str),
+            Some("/system.slice/batch-*.scope")
+        );
+    }
+
+    #[test]
+    fn kernel_defaults_and_list_form() {
+        let c = Config::from_yaml("listen: 127.0.0.1:4000\n", &no_env).unwrap();
+        assert_eq!(c.kernel.enabled, KernelMode::Auto);
+        assert_eq!(
+            c.kernel.pin_dir,
+            PathBuf::from(crate::kernel::DEFAULT_PIN_DIR)
+        );
+        assert!(c.intercept.is_empty() && c.attribution.rules.is_empty());
+
+        let src = "kernel: { enabled: off }
+attribution:
+  - match: { container: \"4c8d*\" }
+    user: svc
+";
+        let c = Config::from_yaml(src, &no_env).unwrap();
+        assert_eq!(c.kernel.enabled, KernelMode::Off);
+        assert_eq!(c.attribution.rules.len(), 1);
+        let c = Config::from_yaml("kernel: { enabled: false }\n", &no_env).unwrap();
+        assert_eq!(c.kernel.enabled, KernelMode::Off);
+    }
+
+    #[test]
+    fn kernel_problems_have_lines() {
+        let src = "listen: 0.0.0.0:4000
+providers:
+  - name: intercepted
+    kind: openai
+    base_url: http://127.0.0.1:1
+kernel:
+  enabled: sometimes
+  pin_dir: relative/dir
+intercept:
+  - nowhere
+  - 0.0.0.0:80
+  - 127.0.0.1:4000
+  - [a, b]
+  - 10.0.0.1:80
+  - 10.0.0.1:80
+attribution:
+  anonymous: maybe
+  rules:
+    - match: {}
+      team: t
+    - match: { comm: curl }
+    - match: { comm: curl, colour: blue }
+      team: t
+";
+        let errs = Config::from_yaml(src, &no_env).unwrap_err().0;
+        let find = |p: &str| {
+            errs.iter()
+                .find(|e| e.path == p)
+                .unwrap_or_else(|| panic!("no problem at {p}: {errs:#?}"))
+        };
+        assert_eq!(find("providers[0].name").line, Some(3));
+        assert!(find("providers[0].name").message.contains("reserved"));
+        assert_eq!(find("kernel.enabled").line, Some(7));
+        assert!(find("kernel.enabled").message.contains("sometimes"));
+        assert_eq!(find("kernel.pin_dir").line, Some(8));
+        assert_eq!(find("intercept[0]").line, Some(10));
+        assert!(find("intercept[1]").message.contains("wildcard"));
+        assert!(find("intercept[2]").message.contains("loop"));
+        assert!(find("intercept[3]").message.contains("quoted"));
+        assert_eq!(find("intercept[3]").line, Some(13));
+        assert!(find("intercept[5]").message.contains("twice"));
+        assert_eq!(find("intercept[5]").line, Some(15));
+        assert_eq!(find("attribution.anonymous").line, Some(17));
+        assert_eq!(find("attribution.rules[0].match").line, Some(19));
+        assert!(find("attribution.rules[1]")
+            .message
+            .contains("no identity field"));
+        assert_eq!(find("attribution.rules[1]").line, Some(21));
+        assert!(errs
+            .iter()
+            .any(|e| e.path.starts_with("attribution.rules[2]") && e.message.contains("colour")));
+        assert_eq!(errs.len(), 12, "{errs:#?}");
+
+        // An unquoted IPv6 address with a port is a YAML syntax error; the message says why.
+        let errs = Config::from_yaml("intercept:\n  - [::1]:8000\n", &no_env)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].line, Some(2));
+        assert!(errs[0].message.contains("quote"), "{errs:?}");
     }
 }

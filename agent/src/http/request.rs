@@ -124,6 +124,21 @@ impl RequestHead {
         std::str::from_utf8(p).unwrap_or("/")
     }
 
+    /// The method token as sent (`GET`, `DELETE`, ...).
+    pub fn method_bytes(&self) -> &[u8] {
+        let end = self
+            .raw
+            .iter()
+            .position(|b| *b == b' ')
+            .unwrap_or(self.raw.len());
+        &self.raw[..end]
+    }
+
+    /// The request target as sent, query string included.
+    pub fn target(&self) -> &[u8] {
+        &self.raw[self.path.clone()]
+    }
+
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
         self.headers

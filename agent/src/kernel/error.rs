@@ -36,6 +36,14 @@ pub enum KernelError {
     #[error("cannot pin maps under {}: {detail}", path.display())]
     Bpffs { path: PathBuf, detail: String },
 
+    /// Another running agent holds the pin directory's lock.
+    #[error(
+        "{} is in use by another running agent{}; give each agent its own kernel.pin_dir",
+        path.display(),
+        owner.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy { path: PathBuf, owner: Option<u32> },
+
     /// The configuration cannot be expressed in the maps.
     #[error("invalid kernel configuration: {0}")]
     Config(String),

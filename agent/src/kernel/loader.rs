@@ -10,6 +10,10 @@
 //! namespace), and only then are intercepts enabled: a redirect must never catch the agent's
 //! own upstream connections.
 //!
+//! The pin directory is locked (`flock`) for the agent's lifetime, so a second agent on the same
+//! directory runs without kernel features instead of replacing the first one's pins, and
+//! `tollgate kernel detach` can tell a stale directory from a live one.
+//!
 //! Teardown (explicit [`Kernel::detach`] or `Drop`, also on a failed load): disable the programs
 //! through `tg_config`, drop the links (cgroup and tracing links are fd-based, so a killed agent
 //! detaches too), unload, remove the pins and the pin directory when empty. Not on the hot path.
@@ -35,7 +39,7 @@ use super::counters::{CounterMaps, CounterWriter};
 use super::{objects, sys, FeatureState, Features, KernelConfig, KernelError};
 
 /// Every map maps.h declares, i.e. every pin this loader creates and removes.
-const MAP_NAMES: &[&str] = &[
+pub(crate) const MAP_NAMES: &[&str] = &[
     config::MAP_NAME,
     intercept::MAP_NAME,
     listen::MAP_NAME,
@@ -88,6 +92,8 @@ struct Attached {
     programs: Vec<(&'static str, Ebpf)>,
     pin_dir: PathBuf,
     pins: Vec<PathBuf>,
+    /// The exclusive lock on `pin_dir` (see [`super::pins::lock`]); released after teardown.
+    _lock: File,
 }
 
 impl Attached {
@@ -169,12 +175,15 @@ impl Kernel {
         let cgroup = File::open(&cgroup_root)
             .map_err(|e| KernelError::io(format!("opening cgroup {}", cgroup_root.display()), e))?;
         prepare_pin_dir(&cfg.pin_dir)?;
+        // One agent per pin directory: a second one would replace the first one's pins.
+        let lock = super::pins::lock(&cfg.pin_dir)?;
         remove_stale_pins(&cfg.pin_dir)?;
 
         let mut attached = Attached {
             programs: Vec::new(),
             pin_dir: cfg.pin_dir.clone(),
             pins: Vec::new(),
+            _lock: lock,
         };
         let btf = if sys::kernel_btf_present() {
             Btf::from_sys_fs().ok()

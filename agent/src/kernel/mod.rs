@@ -5,7 +5,8 @@
 //! their links and pins ([`Kernel`]), the per-connection attribution lookup used by the accept
 //! phase ([`AttributionReader`], hot path: one map lookup per accepted connection), the node
 //! counters written by settle through the control thread ([`CounterWriter`]), and cgroup id to
-//! container/pod resolution ([`cgroup`]).
+//! container/pod resolution ([`cgroup`]), and read-only access to the pins for node tools and
+//! the CLI ([`pins`]: `tollgate top`, `tollgate kernel detach`).
 //!
 //! What it must never do: leave programs attached or pins behind after the agent exits (links
 //! are fd-based, so even a killed agent detaches; [`Kernel::detach`] and `Drop` remove the
@@ -22,6 +23,7 @@ pub mod counters;
 pub mod error;
 pub mod loader;
 pub mod objects;
+pub mod pins;
 pub mod sys;
 
 use std::fmt;

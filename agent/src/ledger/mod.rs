@@ -4,14 +4,25 @@
 //! thread's writer (`writer.rs`), which commits them in batches (default: every 20 ms or 512
 //! records, whichever comes first). A graceful stop flushes everything; a hard kill can lose at
 //! most the records of the last flush interval. `query.rs` summarises the ledger for the CLI.
+//!
+//! Kernel attribution (who connected: pid, comm, uid, cgroup, and the original destination of
+//! an intercepted connection) travels with a record as the connection's shared
+//! `ConnAttribution`; the control thread adds the cgroup path, container and pod (`enrich.rs`)
+//! before the row is written. Ledgers created before those columns existed are migrated in
+//! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
+pub mod enrich;
 pub mod query;
 pub mod writer;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
+use crate::kernel::cgroup::CgroupInfo;
+use crate::kernel::ConnAttribution;
 use crate::metering::Usage;
 use crate::phase::identify::Identity;
 
@@ -33,6 +44,10 @@ pub struct UsageRecord {
     pub provider: Option<String>,
     pub usage: Usage,
     pub estimated: bool,
+    /// What the kernel recorded about the client's connection (shared by its requests).
+    pub conn: Option<Arc<ConnAttribution>>,
+    /// The client's cgroup, resolved on the control thread.
+    pub cgroup: Option<Arc<CgroupInfo>>,
 }
 
 pub const SCHEMA: &str = "
@@ -51,10 +66,41 @@ CREATE TABLE IF NOT EXISTS usage (
     cache_write_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     reasoning_tokens INTEGER NOT NULL,
-    estimated INTEGER NOT NULL
+    estimated INTEGER NOT NULL,
+    pid INTEGER, comm TEXT, uid INTEGER, cgroup_id INTEGER, cgroup_path TEXT,
+    container_id TEXT, pod_uid TEXT, original_dst TEXT
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
+
+/// Columns added after the first schema, with their types: [`migrate`] adds the ones an
+/// existing ledger lacks.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("pid", "INTEGER"),
+    ("comm", "TEXT"),
+    ("uid", "INTEGER"),
+    ("cgroup_id", "INTEGER"),
+    ("cgroup_path", "TEXT"),
+    ("container_id", "TEXT"),
+    ("pod_uid", "TEXT"),
+    ("original_dst", "TEXT"),
+];
+
+/// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let have: HashSet<String> = {
+        let mut stmt = conn.prepare("PRAGMA table_info(usage)")?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        names.collect::<rusqlite::Result<_>>()?
+    };
+    for (name, ty) in ADDED_COLUMNS {
+        if !have.contains(*name) {
+            conn.execute_batch(&format!("ALTER TABLE usage ADD COLUMN {name} {ty}"))?;
+            tracing::info!(column = name, "ledger migrated: added a column");
+        }
+    }
+    Ok(())
+}
 
 /// Path of the ledger database inside a data directory.
 pub fn db_path(data_dir: &Path) -> PathBuf {
@@ -75,6 +121,7 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    migrate(&conn)?;
     Ok(conn)
 }
 
@@ -86,11 +133,15 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite:
             "INSERT OR REPLACE INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
              team, project, user_id, session_id, workflow, cost_center,
              requested_model, served_model, provider,
-             input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)",
+             input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
+             pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
         )?;
         for r in records {
             let i = &r.identity;
+            let k = r.conn.as_deref();
+            let cg = r.cgroup.as_deref();
             stmt.execute(params![
                 r.id,
                 r.ts_ms,
@@ -114,6 +165,14 @@ pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite:
                 r.usage.output_tokens as i64,
                 r.usage.reasoning_tokens as i64,
                 r.estimated as i64,
+                k.map(|k| k.tgid),
+                k.map(|k| k.comm.as_str()),
+                k.map(|k| k.uid),
+                k.map(|k| k.cgroup_id as i64),
+                cg.map(|c| c.path.as_str()),
+                cg.and_then(|c| c.identity.container_id.as_deref()),
+                cg.and_then(|c| c.identity.pod_uid.as_deref()),
+                k.and_then(|k| k.original_dst).map(|a| a.to_string()),
             ])?;
         }
     }
@@ -151,6 +210,99 @@ mod tests {
             })
             .unwrap();
         assert_eq!((n, out), (1, 3));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The schema before kernel attribution, as the first release created it.
+    const OLD_SCHEMA: &str = "
+CREATE TABLE usage (
+    id TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL, latency_us INTEGER NOT NULL, ttft_us INTEGER,
+    status INTEGER NOT NULL, outcome TEXT NOT NULL, api TEXT NOT NULL,
+    team TEXT, project TEXT, user_id TEXT, session_id TEXT, workflow TEXT, cost_center TEXT,
+    requested_model TEXT, served_model TEXT, provider TEXT,
+    input_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, estimated INTEGER NOT NULL
+);
+INSERT INTO usage VALUES ('old', 1, 2, NULL, 200, 'ok', 'chat', 'team-a', NULL, NULL, NULL,
+    NULL, NULL, 'm', 'm', 'p', 10, 0, 0, 5, 0, 0);
+";
+
+    #[test]
+    fn old_ledgers_are_migrated_in_place() {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-ledger-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Connection::open(db_path(&dir))
+            .unwrap()
+            .execute_batch(OLD_SCHEMA)
+            .unwrap();
+        let mut c = open(&dir).unwrap();
+        let attribution = ConnAttribution {
+            pid: 41,
+            tgid: 42,
+            uid: 1000,
+            gid: 1000,
+            comm: "python3".into(),
+            cgroup_id: 777,
+            original_dst: Some("127.0.0.1:8000".parse().unwrap()),
+            connect_ns: 1,
+        };
+        let r = UsageRecord {
+            id: "new".into(),
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            conn: Some(Arc::new(attribution)),
+            cgroup: Some(Arc::new(CgroupInfo {
+                id: 777,
+                path: "/batch/job".into(),
+                identity: crate::kernel::cgroup::parse_cgroup_path("/batch/job"),
+            })),
+            ..UsageRecord::default()
+        };
+        insert_batch(&mut c, &[r]).unwrap();
+        drop(c);
+        // A second open finds nothing to add.
+        let c = open(&dir).unwrap();
+        let row = |id: &str| {
+            c.query_row(
+                "SELECT team, output_tokens, pid, comm, uid, cgroup_id, cgroup_path, original_dst
+                 FROM usage WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<i64>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                        r.get::<_, Option<String>>(7)?,
+                    ))
+                },
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            row("old"),
+            (Some("team-a".into()), 5, None, None, None, None, None, None)
+        );
+        assert_eq!(
+            row("new"),
+            (
+                None,
+                0,
+                Some(42),
+                Some("python3".into()),
+                Some(1000),
+                Some(777),
+                Some("/batch/job".into()),
+                Some("127.0.0.1:8000".into())
+            )
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

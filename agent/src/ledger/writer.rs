@@ -1,7 +1,8 @@
 //! The ledger writer, running on the control thread: receives records (and requests to
-//! estimate usage first), commits them in batches, and flushes everything when the last sender
-//! is dropped. If a commit fails the batch is kept and retried, so spend is not dropped on a
-//! transient error (e.g. a locked database).
+//! estimate usage first), enriches each with kernel facts (cgroup path, container, pod,
+//! attribution rules) and adds it to the node counters (`enrich.rs`), commits them in batches,
+//! and flushes everything when the last sender is dropped. If a commit fails the batch is kept
+//! and retried, so spend is not dropped on a transient error (e.g. a locked database).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+use super::enrich::Enricher;
 use super::{insert_batch, UsageRecord};
 use crate::config::LedgerSettings;
 use crate::metering::estimate::{estimate, EstimateInput};
@@ -33,6 +35,7 @@ pub fn run(
     rx: Receiver<LedgerMsg>,
     settings: LedgerSettings,
     metrics: Arc<Metrics>,
+    mut enricher: Enricher,
 ) {
     let control_shard = metrics.shards.len() - 1;
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
@@ -45,7 +48,7 @@ pub fn run(
         match msg {
             Ok(m) => {
                 metrics.globals.ledger_queue.fetch_sub(1, Ordering::Relaxed);
-                let record = match m {
+                let mut record = match m {
                     LedgerMsg::Record(r) => *r,
                     LedgerMsg::Estimate {
                         mut record,
@@ -58,6 +61,7 @@ pub fn run(
                         *record
                     }
                 };
+                enricher.apply(&mut record);
                 batch.push(record);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {

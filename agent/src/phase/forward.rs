@@ -3,7 +3,9 @@
 //! The body is sent as slices of the client's body with small edits spliced in (the provider's
 //! model name, `stream_options.include_usage`), so it is never re-serialised. Client
 //! credentials and Tollgate's own headers are dropped and the provider's key is added; the
-//! key never appears in a response. A failure before any response byte on a *reused*
+//! key never appears in a response. The exception is an implicit passthrough provider (an
+//! intercepted destination no configured provider serves): it has no key, and the client's own
+//! `authorization`/`x-api-key` are forwarded, because the client addressed that server itself. A failure before any response byte on a *reused*
 //! connection (a keep-alive the provider closed) is retried once on a fresh connection.
 //! Reads: `ctx.body`, `ctx.inspection`, `ctx.target`. Writes: `ctx.injected_usage`,
 //! `ctx.upstream_head_at`. Hot path.
@@ -51,6 +53,13 @@ fn is_dropped(name: &[u8]) -> bool {
     is_hop_by_hop(name)
         || DROP.iter().any(|d| d.eq_ignore_ascii_case(name))
         || (name.len() >= 11 && name[..11].eq_ignore_ascii_case(b"x-tollgate-"))
+}
+
+/// Client credentials, forwarded only to implicit passthrough providers.
+fn is_client_credential(name: &[u8]) -> bool {
+    [&b"authorization"[..], b"x-api-key", b"api-key"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(name))
 }
 
 /// One edit of the client's body: replace `range` with `with`.
@@ -150,7 +159,7 @@ fn request_head(ctx: &RequestCtx, provider: &Provider, body_len: usize) -> Vec<u
         }
     }
     for (name, value) in ctx.head.headers() {
-        if !is_dropped(name) {
+        if !is_dropped(name) || (provider.implicit && is_client_credential(name)) {
             h.extend_from_slice(name);
             h.extend_from_slice(b": ");
             h.extend_from_slice(value);
@@ -192,23 +201,32 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
         .ok_or_else(|| GateError::new(ErrorKind::Internal, "forward without a route"))?;
     let cfg = &w.cfg;
     let provider = &cfg.providers[target.provider];
-    let model = &cfg.models[target.model];
-    let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, &model.upstream_model);
+    let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
+    let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
     ctx.injected_usage = injected;
+    let fwd = exchange(w, target.provider, || request_parts(ctx, provider, &edits)).await?;
+    ctx.upstream_head_at = Some(Instant::now());
+    Ok(fwd)
+}
 
-    let pooled = w.pool.borrow_mut().take(target.provider, Instant::now());
+/// Sends a request built by `parts` to provider `provider_idx` on a pooled or new connection
+/// and reads the response head; a stale pooled connection is retried once on a fresh one.
+pub(crate) async fn exchange(
+    w: &Worker,
+    provider_idx: usize,
+    parts: impl Fn() -> BytesVec,
+) -> Result<Forwarded, GateError> {
+    let cfg = &w.cfg;
+    let provider = &cfg.providers[provider_idx];
+    let pooled = w.pool.borrow_mut().take(provider_idx, Instant::now());
     let mut conn = match pooled {
         Some(c) => c,
-        None => connect(w, target.provider).await?,
+        None => connect(w, provider_idx).await?,
     };
     let mut retried = false;
     loop {
-        let parts = request_parts(ctx, provider, &edits);
-        match attempt(w, &mut conn, parts).await {
-            Ok(head) => {
-                ctx.upstream_head_at = Some(Instant::now());
-                return Ok(Forwarded { conn, head });
-            }
+        match attempt(w, &mut conn, parts()).await {
+            Ok(head) => return Ok(Forwarded { conn, head }),
             Err(AttemptError::BeforeResponse(e)) if conn.reused && !retried => {
                 tracing::debug!(error = %e, provider = %provider.name, "stale keep-alive connection; retrying on a new one");
                 w.shared
@@ -217,7 +235,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
                 retried = true;
-                conn = connect(w, target.provider).await?;
+                conn = connect(w, provider_idx).await?;
             }
             Err(AttemptError::BeforeResponse(e)) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -412,5 +430,7 @@ mod tests {
         assert!(is_dropped(b"Transfer-Encoding"));
         assert!(!is_dropped(b"openai-organization"));
         assert!(!is_dropped(b"anthropic-beta"));
+        assert!(is_client_credential(b"Authorization") && is_client_credential(b"x-api-key"));
+        assert!(!is_client_credential(b"x-tollgate-team"));
     }
 }

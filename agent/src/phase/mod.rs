@@ -4,6 +4,7 @@
 pub mod forward;
 pub mod identify;
 pub mod inspect;
+pub mod passthrough;
 pub mod read;
 pub mod relay;
 pub mod route;

@@ -46,14 +46,14 @@ enum ClientFraming {
 }
 
 /// Why the provider's body stopped early.
-enum PieceError {
+pub(crate) enum PieceError {
     Reset(io::Error),
     Timeout,
     Protocol(HttpError),
 }
 
 /// Pulls body pieces off a provider connection according to its framing.
-enum BodyReader {
+pub(crate) enum BodyReader {
     Length(u64),
     Chunked(ChunkedDecoder),
     UntilClose,
@@ -61,7 +61,7 @@ enum BodyReader {
 }
 
 impl BodyReader {
-    fn new(framing: ResponseFraming) -> Self {
+    pub(crate) fn new(framing: ResponseFraming) -> Self {
         match framing {
             ResponseFraming::Empty | ResponseFraming::Length(0) => BodyReader::Done,
             ResponseFraming::Length(n) => BodyReader::Length(n),
@@ -70,11 +70,11 @@ impl BodyReader {
         }
     }
 
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, BodyReader::Done)
     }
 
-    async fn next(
+    pub(crate) async fn next(
         &mut self,
         conn: &mut UpstreamConn,
         timeout: Duration,

@@ -1,27 +1,34 @@
 //! Phase 9, settle: runs for every proxied request, failed or not. Records metrics and
 //! hands one usage record to the ledger writer. When the provider reported no usage for a
 //! successful response, the record goes to the control thread to be estimated with the
-//! tokenizer first (never on this thread), and is flagged `estimated`.
-//! Reads: the whole `ctx`. Writes: nothing on the ctx; metrics and the ledger channel.
+//! tokenizer first (never on this thread), and is flagged `estimated`. The connection's kernel
+//! attribution rides along by reference (an `Arc` clone); the control thread resolves its
+//! cgroup and applies attribution rules (`ledger/enrich.rs`).
+//! Reads: the whole `ctx` and the connection's attribution. Writes: nothing on the ctx;
+//! metrics and the ledger channel.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::kernel::ConnAttribution;
 use crate::ledger::writer::LedgerMsg;
 use crate::ledger::UsageRecord;
 use crate::metering::estimate::EstimateInput;
 use crate::pipeline::{Outcome, RequestCtx};
-use crate::telemetry::metrics::SeriesKey;
+use crate::telemetry::metrics::{SeriesKey, MODEL_INTERCEPTED};
 use crate::worker::Worker;
 
-pub fn run(w: &Worker, ctx: &mut RequestCtx) {
+pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
     let cfg = &w.cfg;
     let end = ctx.last_byte_at.unwrap_or_else(std::time::Instant::now);
     let latency = end.duration_since(ctx.started);
     let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.started));
     let target = ctx.target;
     let series = SeriesKey {
-        model: target.map_or(u32::MAX, |t| t.model as u32),
+        model: target.map_or(u32::MAX, |t| {
+            t.model.map_or(MODEL_INTERCEPTED, |m| m as u32)
+        }),
         provider: target.map_or(u32::MAX, |t| t.provider as u32),
         api: ctx.api.label(),
         status: ctx.status,
@@ -46,10 +53,12 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx) {
         api: ctx.api.label(),
         identity: std::mem::take(&mut ctx.identity),
         requested_model: (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone()),
-        served_model: target.map(|t| cfg.models[t.model].upstream_model.clone()),
+        served_model: target.map(|t| t.upstream_model(cfg, &ctx.inspection.model).to_string()),
         provider: target.map(|t| cfg.providers[t.provider].name.clone()),
         usage: ctx.usage.unwrap_or_default(),
         estimated: false,
+        conn: conn.cloned(),
+        cgroup: None,
     };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.

@@ -45,7 +45,12 @@ impl Histogram {
     }
 }
 
-/// Labels of one series. `model`/`provider` are indices into the config (u32::MAX: none).
+/// `SeriesKey::model` of an intercepted request whose model passed through unconfigured:
+/// labelled `intercepted`, so client-chosen names never become label values.
+pub const MODEL_INTERCEPTED: u32 = u32::MAX - 1;
+
+/// Labels of one series. `model`/`provider` are indices into the config (u32::MAX: none;
+/// [`MODEL_INTERCEPTED`]: an intercepted passthrough).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SeriesKey {
     pub model: u32,
@@ -139,6 +144,9 @@ impl Metrics {
     }
 
     fn name(list: &[String], i: u32) -> &str {
+        if i == MODEL_INTERCEPTED {
+            return crate::config::INTERCEPTED;
+        }
         list.get(i as usize).map(String::as_str).unwrap_or("none")
     }
 

@@ -1,0 +1,190 @@
+//! What the control thread adds to a record before it is written: the client's cgroup path,
+//! container and pod (from the kernel's cgroup id, through [`CgroupResolver`]'s cache), the
+//! identity fields the attribution rules fill for requests that did not send them, and the
+//! node counters (`tg_model_usage`, `tg_cg_usage`) that node tools read from bpffs.
+//!
+//! Why here and not on a worker: resolving a cgroup id can walk the whole cgroup hierarchy on
+//! a cache miss (milliseconds), and counter updates are map syscalls; neither belongs on the
+//! request path. The cost is that kernel-derived identity reaches the ledger, not the request:
+//! governance that needs it on the hot path (limits per team of an unlabelled client) will
+//! resolve and cache it per connection when it lands.
+
+use crate::config::{AttributionRule, AttributionSettings, KernelFacts};
+use crate::kernel::cgroup::CgroupResolver;
+use crate::kernel::CounterWriter;
+use crate::phase::identify::Identity;
+
+use super::UsageRecord;
+
+/// Control-thread state for enriching records. Everything is optional: without the kernel
+/// side there is nothing to resolve or count, and records pass through unchanged.
+#[derive(Debug, Default)]
+pub struct Enricher {
+    resolver: Option<CgroupResolver>,
+    counters: Option<CounterWriter>,
+    attribution: AttributionSettings,
+    /// Whether a counter update already failed (logged once, then counted silently).
+    counter_failed: bool,
+}
+
+impl Enricher {
+    pub fn new(
+        resolver: Option<CgroupResolver>,
+        counters: Option<CounterWriter>,
+        attribution: AttributionSettings,
+    ) -> Self {
+        Enricher {
+            resolver,
+            counters,
+            attribution,
+            counter_failed: false,
+        }
+    }
+
+    /// Resolves the cgroup, applies the attribution rules, and adds to the node counters.
+    pub fn apply(&mut self, r: &mut UsageRecord) {
+        if let Some(conn) = r.conn.clone() {
+            if let Some(resolver) = &self.resolver {
+                r.cgroup = resolver.resolve(conn.cgroup_id);
+            }
+            let cg = r.cgroup.as_deref();
+            let facts = KernelFacts {
+                cgroup_path: cg.map(|c| c.path.as_str()),
+                comm: Some(conn.comm.as_str()),
+                container_id: cg.and_then(|c| c.identity.container_id.as_deref()),
+                pod_uid: cg.and_then(|c| c.identity.pod_uid.as_deref()),
+            };
+            if let Some(rule) = self.attribution.rule_for(&facts) {
+                fill(&mut r.identity, rule);
+            }
+        }
+        self.count(r);
+    }
+
+    fn count(&mut self, r: &UsageRecord) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        let delta = tollgate_common::Usage {
+            input_tokens: r.usage.input_tokens,
+            cached_tokens: r.usage.cached_tokens,
+            output_tokens: r.usage.output_tokens,
+            requests: 1,
+            cost_micro_usd: 0,
+        };
+        let mut result = Ok(());
+        if let Some(model) = &r.requested_model {
+            result = counters.add_model_usage(model, &delta);
+        }
+        if let (Ok(()), Some(conn)) = (&result, &r.conn) {
+            result = counters.add_cgroup_usage(conn.cgroup_id, &delta);
+        }
+        if let Err(e) = result {
+            if !self.counter_failed {
+                tracing::warn!(error = %e, "updating the node counters failed (logged once)");
+                self.counter_failed = true;
+            }
+        }
+    }
+}
+
+/// Fills the identity fields the request's headers left empty (headers win).
+fn fill(identity: &mut Identity, rule: &AttributionRule) {
+    let pairs = [
+        (&mut identity.team, &rule.team),
+        (&mut identity.project, &rule.project),
+        (&mut identity.user, &rule.user),
+        (&mut identity.session, &rule.session),
+        (&mut identity.workflow, &rule.workflow),
+        (&mut identity.cost_center, &rule.cost_center),
+    ];
+    for (field, value) in pairs {
+        if field.is_none() {
+            field.clone_from(value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Anonymous, Glob};
+    use crate::kernel::ConnAttribution;
+    use std::sync::Arc;
+
+    fn conn(comm: &str, cgroup_id: u64) -> Arc<ConnAttribution> {
+        Arc::new(ConnAttribution {
+            pid: 7,
+            tgid: 7,
+            uid: 0,
+            gid: 0,
+            comm: comm.into(),
+            cgroup_id,
+            original_dst: None,
+            connect_ns: 0,
+        })
+    }
+
+    fn settings(rules: Vec<AttributionRule>) -> AttributionSettings {
+        AttributionSettings {
+            anonymous: Anonymous::AttributeByKernel,
+            rules,
+        }
+    }
+
+    #[test]
+    fn headers_win_and_rules_fill_the_rest() {
+        let rule = AttributionRule {
+            comm: Some(Glob::new("python*")),
+            team: Some("batch".into()),
+            project: Some("nightly".into()),
+            ..AttributionRule::default()
+        };
+        let mut e = Enricher::new(None, None, settings(vec![rule]));
+        let mut r = UsageRecord {
+            conn: Some(conn("python3", 1)),
+            ..UsageRecord::default()
+        };
+        r.identity.team = Some("from-header".into());
+        e.apply(&mut r);
+        assert_eq!(r.identity.team.as_deref(), Some("from-header"));
+        assert_eq!(r.identity.project.as_deref(), Some("nightly"));
+
+        // No kernel attribution (a remote client): nothing to match.
+        let mut r = UsageRecord::default();
+        e.apply(&mut r);
+        assert_eq!(r.identity, Identity::default());
+        // Another process: no rule matches.
+        let mut r = UsageRecord {
+            conn: Some(conn("curl", 1)),
+            ..UsageRecord::default()
+        };
+        e.apply(&mut r);
+        assert_eq!(r.identity, Identity::default());
+    }
+
+    #[test]
+    fn cgroup_rules_use_the_resolved_path() {
+        let base = std::env::temp_dir().join(format!("tg-enrich-{}", std::process::id()));
+        let leaf = base.join("system.slice/batch-42.scope");
+        std::fs::create_dir_all(&leaf).unwrap_or_else(|e| panic!("{e}"));
+        let id = crate::kernel::cgroup::cgroup_id_of(&leaf).unwrap_or_else(|e| panic!("{e}"));
+        let rule = AttributionRule {
+            cgroup: Some(Glob::new("/system.slice/batch-*.scope")),
+            team: Some("batch".into()),
+            ..AttributionRule::default()
+        };
+        let mut e = Enricher::new(Some(CgroupResolver::new(&base)), None, settings(vec![rule]));
+        let mut r = UsageRecord {
+            conn: Some(conn("sh", id)),
+            ..UsageRecord::default()
+        };
+        e.apply(&mut r);
+        assert_eq!(
+            r.cgroup.as_deref().map(|c| c.path.as_str()),
+            Some("/system.slice/batch-42.scope")
+        );
+        assert_eq!(r.identity.team.as_deref(), Some("batch"));
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}
