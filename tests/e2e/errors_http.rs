@@ -25,8 +25,6 @@ fn head_far_over_the_limit_is_431() {
 }
 
 #[test]
-#[ignore = "agent bug: a head that needs more than one read is corrupted (client.rs read_more), so a \
-            70 KB head times out with 408 instead of 431"]
 fn head_just_over_the_limit_is_431() {
     let stack = Stack::start();
     let r = request_with_header_of(&stack, 70_000);

@@ -25,6 +25,8 @@ mod errors_request;
 mod errors_upstream;
 /// Model rewrite, credential replacement and identity headers, seen from the provider.
 mod forwarding;
+/// Golden client-visible bodies and streams per API (tests/fixtures/<api>/<case>.snap).
+mod golden;
 /// `stream_options.include_usage` injection and removal of the extra usage chunk.
 mod include_usage;
 /// Kernel interception and attribution: unmodified clients metered and attributed, detach.
