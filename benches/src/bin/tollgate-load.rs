@@ -63,6 +63,10 @@ struct Args {
     /// Approximate prompt size in bytes.
     #[arg(long, default_value_t = 64)]
     prompt_bytes: usize,
+    /// Open loop: busy-poll this many µs before each due send instead of sleeping (0: never spin). Trades
+    /// generator CPU for send-time precision on machines with slow timer wake-ups.
+    #[arg(long, default_value_t = 0)]
+    spin_us: u64,
     /// Ask for an SSE stream (`stream: true`).
     #[arg(long)]
     stream: bool,
@@ -110,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         duration: seconds(args.duration, "duration")?,
         drain: seconds(args.drain, "drain")?,
         connect_timeout: Duration::from_secs(2),
+        spin: Duration::from_micros(args.spin_us),
     };
     let outcome = engine::run(&plan)?;
     println!("{}", report::to_json(&plan, &outcome));
