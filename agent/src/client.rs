@@ -148,8 +148,24 @@ pub fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
+        402 => "Payment Required",
+        406 => "Not Acceptable",
+        409 => "Conflict",
+        410 => "Gone",
+        415 => "Unsupported Media Type",
+        422 => "Unprocessable Entity",
+        501 => "Not Implemented",
         504 => "Gateway Timeout",
-        _ => "Status",
+        529 => "Overloaded",
+        // The reason phrase is informational (RFC 9112 4); an unknown code gets its class name.
+        _ => match status / 100 {
+            1 => "Informational",
+            2 => "Success",
+            3 => "Redirection",
+            4 => "Client Error",
+            5 => "Server Error",
+            _ => "Unknown",
+        },
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Outcome {
     ClientDisconnected,
     UpstreamReset,
     UpstreamTimeout,
+    /// The provider answered with an error status (relayed to the client as it was).
+    UpstreamError,
 }
 
 impl Outcome {
@@ -47,6 +49,7 @@ impl Outcome {
             Outcome::ClientDisconnected => "client_disconnected",
             Outcome::UpstreamReset => "upstream_reset",
             Outcome::UpstreamTimeout => "upstream_timeout",
+            Outcome::UpstreamError => "upstream_error",
         }
     }
 }

@@ -148,6 +148,8 @@ pub struct Running {
     listener_fds: Vec<i32>,
     workers: Vec<std::thread::JoinHandle<()>>,
     control: std::thread::JoinHandle<()>,
+    /// Tells the ledger writer to commit and exit once the workers are gone.
+    writer_tx: std::sync::mpsc::Sender<ledger::writer::ToWriter>,
     dns: std::thread::JoinHandle<()>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
@@ -171,7 +173,8 @@ impl Running {
         for w in self.workers {
             let _ = w.join();
         }
-        // Workers held the only senders: the writer now flushes and exits.
+        // Every worker has flushed its records; the writer commits them and exits.
+        let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
         let _ = self.dns.join();
         if let Some(k) = self.kernel {
@@ -265,7 +268,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
                 })?,
         );
     }
-    drop(tx);
+    let writer_tx = tx;
 
     let dns_shared = shared.clone();
     let dns_cfg = cfg.clone();
@@ -289,6 +292,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         listener_fds,
         workers,
         control,
+        writer_tx,
         dns,
         kernel,
     };

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use crate::api::{Api, Wire};
 use crate::client::ClientConn;
 use crate::config::{Config, IoDriver};
-use crate::ledger::writer::LedgerMsg;
+use crate::ledger::local::LedgerLocal;
+use crate::ledger::writer::ToWriter;
 use crate::phase::read::{self, ReadEnd, Request};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
@@ -35,7 +36,7 @@ pub struct Worker {
     pub shared: Arc<Shared>,
     pub pool: RefCell<PoolLocal>,
     pub tls: Vec<Option<Tls>>,
-    pub ledger: Sender<LedgerMsg>,
+    pub ledger: Rc<LedgerLocal>,
     /// "io_uring" or "epoll".
     pub driver: &'static str,
     next_id: Cell<u64>,
@@ -56,7 +57,7 @@ pub struct WorkerSeed {
     pub cfg: Arc<Config>,
     pub shared: Arc<Shared>,
     pub tls: Vec<Option<Tls>>,
-    pub ledger: Sender<LedgerMsg>,
+    pub ledger: Sender<ToWriter>,
     pub listener: std::net::TcpListener,
 }
 
@@ -110,7 +111,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         cfg,
         shared: seed.shared,
         tls: seed.tls,
-        ledger: seed.ledger,
+        ledger: LedgerLocal::new(seed.ledger),
         driver,
         next_id: Cell::new(0),
         in_flight: Cell::new(0),
@@ -137,6 +138,8 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     while w.in_flight.get() > 0 && stop.elapsed() < SHUTDOWN_GRACE {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Records still gathered on this core go to the writer before the runtime is dropped.
+    w.ledger.flush();
     tracing::info!(worker = w.index, "worker stopped");
     Ok(())
 }

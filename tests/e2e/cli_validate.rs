@@ -150,8 +150,6 @@ fn unset_key_variable_is_reported_with_its_line() {
 }
 
 #[test]
-#[ignore = "agent bug: validate skips api_key_env when the same provider's base_url is invalid, so \
-            not every problem is reported in one run"]
 fn unset_key_variable_is_reported_beside_other_problems() {
     let dir = TempDir::new("validate");
     let path = dir.path().join("both.yaml");

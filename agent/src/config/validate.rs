@@ -545,9 +545,17 @@ impl Validator<'_> {
                     ProviderKind::OpenAi
                 }
             };
-            let Some(url) = self.parse_base_url(&format!("{path}.base_url"), &p.base_url) else {
-                continue;
-            };
+            // An invalid URL is reported but the provider is still registered, so every other
+            // problem is found and models naming it are not reported as unknown.
+            let url = self
+                .parse_base_url(&format!("{path}.base_url"), &p.base_url)
+                .unwrap_or(BaseUrl {
+                    tls: false,
+                    host: String::new(),
+                    port: 0,
+                    base_path: String::new(),
+                    host_header: String::new(),
+                });
             let api_key = match &p.api_key_env {
                 Some(var) => match env(var) {
                     Some(k) if !k.is_empty() => Some(k),

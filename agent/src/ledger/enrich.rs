@@ -9,6 +9,8 @@
 //! governance that needs it on the hot path (limits per team of an unlabelled client) will
 //! resolve and cache it per connection when it lands.
 
+use std::collections::HashMap;
+
 use crate::config::{AttributionRule, AttributionSettings, KernelFacts};
 use crate::kernel::cgroup::CgroupResolver;
 use crate::kernel::CounterWriter;
@@ -25,6 +27,18 @@ pub struct Enricher {
     attribution: AttributionSettings,
     /// Whether a counter update already failed (logged once, then counted silently).
     counter_failed: bool,
+    /// Counter deltas gathered over one batch, written by `flush_counters` with one map update
+    /// per model and cgroup instead of one per record.
+    pending_models: HashMap<String, tollgate_common::Usage>,
+    pending_cgroups: HashMap<u64, tollgate_common::Usage>,
+}
+
+fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
+    into.input_tokens += d.input_tokens;
+    into.cached_tokens += d.cached_tokens;
+    into.output_tokens += d.output_tokens;
+    into.requests += d.requests;
+    into.cost_micro_usd += d.cost_micro_usd;
 }
 
 impl Enricher {
@@ -38,6 +52,8 @@ impl Enricher {
             counters,
             attribution,
             counter_failed: false,
+            pending_models: HashMap::new(),
+            pending_cgroups: HashMap::new(),
         }
     }
 
@@ -62,9 +78,9 @@ impl Enricher {
     }
 
     fn count(&mut self, r: &UsageRecord) {
-        let Some(counters) = &self.counters else {
+        if self.counters.is_none() {
             return;
-        };
+        }
         let delta = tollgate_common::Usage {
             input_tokens: r.usage.input_tokens,
             cached_tokens: r.usage.cached_tokens,
@@ -72,12 +88,33 @@ impl Enricher {
             requests: 1,
             cost_micro_usd: 0,
         };
-        let mut result = Ok(());
         if let Some(model) = &r.requested_model {
-            result = counters.add_model_usage(model, &delta);
+            match self.pending_models.get_mut(model) {
+                Some(u) => add(u, &delta),
+                None => {
+                    self.pending_models.insert(model.clone(), delta);
+                }
+            }
         }
-        if let (Ok(()), Some(conn)) = (&result, &r.conn) {
-            result = counters.add_cgroup_usage(conn.cgroup_id, &delta);
+        if let Some(conn) = &r.conn {
+            add(
+                self.pending_cgroups.entry(conn.cgroup_id).or_default(),
+                &delta,
+            );
+        }
+    }
+
+    /// Writes the counter deltas gathered since the last call (one map update per key).
+    pub fn flush_counters(&mut self) {
+        let Some(counters) = &self.counters else {
+            return;
+        };
+        let mut result = Ok(());
+        for (model, delta) in self.pending_models.drain() {
+            result = result.and(counters.add_model_usage(&model, &delta));
+        }
+        for (cgroup, delta) in self.pending_cgroups.drain() {
+            result = result.and(counters.add_cgroup_usage(cgroup, &delta));
         }
         if let Err(e) = result {
             if !self.counter_failed {

@@ -12,6 +12,7 @@
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
 pub mod enrich;
+pub mod local;
 pub mod query;
 pub mod writer;
 

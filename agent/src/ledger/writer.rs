@@ -29,10 +29,20 @@ pub enum LedgerMsg {
     },
 }
 
-/// Runs until every sender is gone, then flushes and returns.
+/// What arrives on the writer's channel.
+pub enum ToWriter {
+    /// Records gathered by one worker.
+    Batch(Vec<LedgerMsg>),
+    /// Sent by the server once every worker has stopped and flushed: commit and return.
+    /// (Waiting for the senders to drop is not enough: a task left on a stopped worker's
+    /// runtime may still own one.)
+    Stop,
+}
+
+/// Runs until told to stop (or every sender is gone), then flushes and returns.
 pub fn run(
     mut conn: Connection,
-    rx: Receiver<LedgerMsg>,
+    rx: Receiver<ToWriter>,
     settings: LedgerSettings,
     metrics: Arc<Metrics>,
     mut enricher: Enricher,
@@ -46,23 +56,36 @@ pub fn run(
             Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
         };
         match msg {
-            Ok(m) => {
-                metrics.globals.ledger_queue.fetch_sub(1, Ordering::Relaxed);
-                let mut record = match m {
-                    LedgerMsg::Record(r) => *r,
-                    LedgerMsg::Estimate {
-                        mut record,
-                        input,
-                        series,
-                    } => {
-                        record.usage = estimate(&input);
-                        record.estimated = true;
-                        metrics.shards[control_shard].record_usage(series, &record.usage, true);
-                        *record
+            Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                // Whatever is still queued was sent before the stop.
+                while let Ok(ToWriter::Batch(msgs)) = rx.try_recv() {
+                    metrics
+                        .globals
+                        .ledger_queue
+                        .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
+                    for m in msgs {
+                        batch.push(prepare(m, &metrics, control_shard, &mut enricher));
                     }
-                };
-                enricher.apply(&mut record);
-                batch.push(record);
+                }
+                enricher.flush_counters();
+                for _ in 0..50 {
+                    flush(&mut conn, &mut batch, &metrics);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                return;
+            }
+            Ok(ToWriter::Batch(msgs)) => {
+                metrics
+                    .globals
+                    .ledger_queue
+                    .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
+                for m in msgs {
+                    batch.push(prepare(m, &metrics, control_shard, &mut enricher));
+                }
+                enricher.flush_counters();
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
@@ -74,18 +97,32 @@ pub fn run(
                 flush(&mut conn, &mut batch, &metrics);
                 deadline = (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
             }
-            Err(RecvTimeoutError::Disconnected) => {
-                for _ in 0..50 {
-                    flush(&mut conn, &mut batch, &metrics);
-                    if batch.is_empty() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                return;
-            }
         }
     }
+}
+
+/// Estimates usage where needed and enriches the record.
+fn prepare(
+    m: LedgerMsg,
+    metrics: &Metrics,
+    control_shard: usize,
+    enricher: &mut Enricher,
+) -> UsageRecord {
+    let mut record = match m {
+        LedgerMsg::Record(r) => *r,
+        LedgerMsg::Estimate {
+            mut record,
+            input,
+            series,
+        } => {
+            record.usage = estimate(&input);
+            record.estimated = true;
+            metrics.shards[control_shard].record_usage(series, &record.usage, true);
+            *record
+        }
+    };
+    enricher.apply(&mut record);
+    record
 }
 
 fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {

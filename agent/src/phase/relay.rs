@@ -124,6 +124,100 @@ impl BodyReader {
     }
 }
 
+impl BodyReader {
+    /// The next piece already in the read buffer, without touching the socket: lets the relay
+    /// forward everything that has arrived in one write instead of one write per chunk.
+    fn buffered(&mut self, conn: &mut UpstreamConn) -> Result<Option<Bytes>, PieceError> {
+        match self {
+            BodyReader::Done => Ok(None),
+            BodyReader::Length(rem) => {
+                if conn.buf.is_empty() {
+                    return Ok(None);
+                }
+                let n = (*rem).min(conn.buf.len() as u64);
+                *rem -= n;
+                let piece = conn.buf.split_to(n as usize).freeze();
+                if *rem == 0 {
+                    *self = BodyReader::Done;
+                }
+                Ok(Some(piece))
+            }
+            BodyReader::Chunked(dec) => {
+                match dec.next(&mut conn.buf).map_err(PieceError::Protocol)? {
+                    Decoded::Data(b) => Ok(Some(b)),
+                    Decoded::Done => {
+                        *self = BodyReader::Done;
+                        Ok(None)
+                    }
+                    Decoded::NeedMore => Ok(None),
+                }
+            }
+            BodyReader::UntilClose => Ok((!conn.buf.is_empty()).then(|| conn.buf.split().freeze())),
+        }
+    }
+}
+
+/// How a failed read ends the request: outcome, error kind for the client, message.
+fn piece_failure(e: PieceError, timeout: Duration) -> (Outcome, ErrorKind, String) {
+    match e {
+        PieceError::Reset(e) => (
+            Outcome::UpstreamReset,
+            ErrorKind::UpstreamUnreachable,
+            format!("the provider connection failed mid-response: {e}"),
+        ),
+        PieceError::Timeout => (
+            Outcome::UpstreamTimeout,
+            ErrorKind::UpstreamTimeout,
+            format!("the provider sent nothing for {timeout:?} mid-response"),
+        ),
+        PieceError::Protocol(e) => (
+            Outcome::UpstreamReset,
+            ErrorKind::UpstreamProtocol,
+            format!("the provider sent an invalid body: {e}"),
+        ),
+    }
+}
+
+/// Meters each body piece and queues what the client should receive.
+struct Meter {
+    sse: bool,
+    api: crate::api::Api,
+    hide_usage_chunk: bool,
+    splitter: FrameSplitter,
+    acc: UsageAccumulator,
+    frames: Vec<Bytes>,
+    retained_bytes: usize,
+}
+
+impl Meter {
+    fn take(&mut self, piece: Bytes, retained: &mut Vec<Bytes>, parts: &mut Vec<Bytes>) {
+        if !self.sse {
+            if self.retained_bytes + piece.len() <= MAX_RETAINED {
+                self.retained_bytes += piece.len();
+                retained.push(piece.clone());
+            }
+            parts.push(piece);
+            return;
+        }
+        let frames = &mut self.frames;
+        self.splitter.push(piece, |f| frames.push(f));
+        for frame in self.frames.drain(..) {
+            let usage = match frame_data(&frame) {
+                Some(data) => self.acc.observe_frame(self.api, &data),
+                None => FrameUsage::None,
+            };
+            if self.hide_usage_chunk && usage == FrameUsage::UsageOnly {
+                continue;
+            }
+            if self.retained_bytes + frame.len() <= MAX_RETAINED {
+                self.retained_bytes += frame.len();
+                retained.push(frame.clone());
+            }
+            parts.push(frame);
+        }
+    }
+}
+
 async fn fill(conn: &mut UpstreamConn, timeout: Duration) -> Result<usize, PieceError> {
     match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
         Ok(n) => Ok(n),
@@ -139,9 +233,21 @@ struct Downstream<'a> {
     /// Set when a write failed: from then on we only drain the provider.
     gone_at: Option<Instant>,
     out: BytesVec,
+    /// The response head, held back so it leaves in the same write as the first body bytes
+    /// when those are already here (one segment instead of two for most non-streaming replies).
+    pending_head: Option<Bytes>,
 }
 
 impl Downstream<'_> {
+    /// Sends the held-back head on its own (no body bytes are ready to go with it).
+    async fn flush_head(&mut self) {
+        if let Some(h) = self.pending_head.take() {
+            if self.gone_at.is_none() && self.client.write_all(h).await.is_err() {
+                self.gone_at = Some(Instant::now());
+            }
+        }
+    }
+
     /// Sends `parts` (payload slices) as one write, framed for the client.
     async fn send(&mut self, parts: &mut Vec<Bytes>) {
         if self.gone_at.is_some() || parts.is_empty() {
@@ -150,6 +256,9 @@ impl Downstream<'_> {
         }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
+        if let Some(h) = self.pending_head.take() {
+            out.push(h);
+        }
         if self.framing == ClientFraming::Chunked {
             let len: usize = parts.iter().map(Bytes::len).sum();
             out.push(Bytes::from(format!("{len:x}\r\n")));
@@ -175,6 +284,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let Forwarded { mut conn, head } = fwd;
     let cfg = &w.cfg.upstream;
     ctx.status = head.status;
+    if head.status >= 400 {
+        ctx.outcome = Outcome::UpstreamError;
+    }
     let sse = head.event_stream;
     let framing = match head.framing {
         ResponseFraming::Empty | ResponseFraming::Length(_) if !sse => ClientFraming::Length,
@@ -213,29 +325,41 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         framing,
         gone_at: None,
         out: BytesVec::with_capacity(8),
+        pending_head: Some(Bytes::from(head_bytes)),
     };
-    if down.client.write_all(head_bytes).await.is_err() {
-        down.gone_at = Some(Instant::now());
+    // Body bytes that came with the head go out with it; otherwise the client gets the head now.
+    if conn.buf.is_empty()
+        || matches!(
+            head.framing,
+            ResponseFraming::Empty | ResponseFraming::Length(0)
+        )
+    {
+        down.flush_head().await;
     }
     ctx.response_started = true;
 
     let mut reader = BodyReader::new(head.framing);
-    let mut splitter = FrameSplitter::default();
-    let mut acc = UsageAccumulator::default();
-    let mut frames: Vec<Bytes> = Vec::with_capacity(16);
+    let mut meter = Meter {
+        sse,
+        api: ctx.api,
+        hide_usage_chunk: ctx.injected_usage,
+        splitter: FrameSplitter::default(),
+        acc: UsageAccumulator::default(),
+        frames: Vec::with_capacity(16),
+        retained_bytes: 0,
+    };
     let mut parts: Vec<Bytes> = Vec::with_capacity(16);
-    let mut retained_bytes = 0usize;
     let mut drained_bytes = 0u64;
-    let mut failure: Option<(Outcome, String)> = None;
+    let mut failure: Option<(Outcome, ErrorKind, String)> = None;
 
-    loop {
+    while failure.is_none() {
         let timeout = match down.gone_at {
             None => cfg.read_timeout,
             Some(t) => {
                 let left = cfg.drain_timeout.saturating_sub(t.elapsed());
                 if left.is_zero()
                     || drained_bytes > cfg.drain_max_bytes
-                    || (sse && acc.is_complete())
+                    || (sse && meter.acc.is_complete())
                 {
                     break;
                 }
@@ -246,56 +370,42 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             Ok(Some(p)) => p,
             Ok(None) => break,
             Err(e) => {
-                let (outcome, msg) = match e {
-                    PieceError::Reset(e) => (
-                        Outcome::UpstreamReset,
-                        format!("the provider connection failed mid-response: {e}"),
-                    ),
-                    PieceError::Timeout => (
-                        Outcome::UpstreamTimeout,
-                        format!("the provider sent nothing for {timeout:?} mid-response"),
-                    ),
-                    PieceError::Protocol(e) => (
-                        Outcome::UpstreamReset,
-                        format!("the provider sent an invalid body: {e}"),
-                    ),
-                };
-                failure = Some((outcome, msg));
+                failure = Some(piece_failure(e, timeout));
                 break;
             }
         };
         if ctx.first_byte_at.is_none() {
             ctx.first_byte_at = Some(Instant::now());
         }
-        if down.gone_at.is_some() {
-            drained_bytes += piece.len() as u64;
-        }
-        if !sse {
-            if retained_bytes + piece.len() <= MAX_RETAINED {
-                retained_bytes += piece.len();
-                ctx.response_payload.push(piece.clone());
+        drained_bytes += if down.gone_at.is_some() {
+            piece.len() as u64
+        } else {
+            0
+        };
+        meter.take(piece, &mut ctx.response_payload, &mut parts);
+        // Everything else that has already arrived goes out in the same write.
+        loop {
+            match reader.buffered(&mut conn) {
+                Ok(Some(p)) => {
+                    drained_bytes += if down.gone_at.is_some() {
+                        p.len() as u64
+                    } else {
+                        0
+                    };
+                    meter.take(p, &mut ctx.response_payload, &mut parts);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(piece_failure(e, timeout));
+                    break;
+                }
             }
-            parts.push(piece);
-            down.send(&mut parts).await;
-            continue;
-        }
-        splitter.push(piece, |f| frames.push(f));
-        for frame in frames.drain(..) {
-            let usage = match frame_data(&frame) {
-                Some(data) => acc.observe_frame(ctx.api, &data),
-                None => FrameUsage::None,
-            };
-            if ctx.injected_usage && usage == FrameUsage::UsageOnly {
-                continue;
-            }
-            if retained_bytes + frame.len() <= MAX_RETAINED {
-                retained_bytes += frame.len();
-                ctx.response_payload.push(frame.clone());
-            }
-            parts.push(frame);
         }
         down.send(&mut parts).await;
     }
+    let Meter {
+        mut splitter, acc, ..
+    } = meter;
 
     if let Some(rest) = splitter.take_rest() {
         ctx.response_payload.push(rest.clone());
@@ -322,15 +432,19 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     }
 
     match failure {
-        Some((outcome, msg)) => {
+        Some((outcome, kind, msg)) => {
             ctx.outcome = outcome;
             ctx.client_keep_alive = false;
-            if down.gone_at.is_none() && sse {
-                let kind = if outcome == Outcome::UpstreamTimeout {
-                    ErrorKind::UpstreamTimeout
-                } else {
-                    ErrorKind::UpstreamUnreachable
-                };
+            if down.pending_head.take().is_some() && down.gone_at.is_none() {
+                // Nothing reached the client yet: a precise error instead of a cut connection.
+                let e = GateError::new(kind, msg);
+                ctx.status = e.status();
+                ctx.error_code = Some(e.metric_reason());
+                let _ = down
+                    .client
+                    .respond_error(&e, ctx.api.wire(), false, Some(&ctx.id))
+                    .await;
+            } else if down.gone_at.is_none() && sse {
                 let err = GateError::new(kind, msg).to_response(ctx.api.wire());
                 let frame = match ctx.api.wire() {
                     Wire::OpenAi => format!("data: {}\n\n", err.body),
@@ -342,6 +456,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             // No terminating chunk: the cut connection tells the client the body is incomplete.
         }
         None => {
+            down.flush_head().await;
             if down.gone_at.is_some() {
                 ctx.outcome = Outcome::ClientDisconnected;
                 ctx.client_keep_alive = false;
@@ -355,7 +470,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             }
         }
     }
-    if down.gone_at.is_some() && ctx.outcome == Outcome::Ok {
+    if down.gone_at.is_some() && matches!(ctx.outcome, Outcome::Ok | Outcome::UpstreamError) {
         ctx.outcome = Outcome::ClientDisconnected;
         ctx.client_keep_alive = false;
     }

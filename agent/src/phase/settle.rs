@@ -88,7 +88,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
         .globals
         .ledger_queue
         .fetch_add(1, Ordering::Relaxed);
-    if w.ledger.send(msg).is_err() {
+    if !w.ledger.push(msg) {
         w.shared
             .metrics
             .globals
