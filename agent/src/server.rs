@@ -219,6 +219,10 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
 
     // The kernel side needs the bound address (port 0 resolved) to redirect to.
     let (kernel, kernel_report) = start_kernel(&cfg, addr);
+    // Loading parses the kernel's BTF (tens of MB of small allocations, all freed by now);
+    // hand that memory back so the idle agent stays small.
+    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let enricher = Enricher::new(
         kernel
             .as_ref()
