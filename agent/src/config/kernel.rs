@@ -7,6 +7,7 @@
 //! [`InterceptRoute`] on the hot path (a scan of a list as long as `intercept`, usually one or
 //! two entries), and the control thread evaluates [`AttributionRule`]s off the hot path.
 
+use crate::phase::identify::Identity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -108,12 +109,8 @@ pub struct AttributionRule {
     pub comm: Option<Glob>,
     pub container: Option<Glob>,
     pub pod: Option<Glob>,
-    pub team: Option<String>,
-    pub project: Option<String>,
-    pub user: Option<String>,
-    pub session: Option<String>,
-    pub workflow: Option<String>,
-    pub cost_center: Option<String>,
+    /// The identity fields this rule fills (only those the request left empty).
+    pub fills: Identity,
 }
 
 impl AttributionRule {
@@ -219,7 +216,10 @@ mod tests {
         let rule = AttributionRule {
             cgroup: Some(Glob::new("/batch/*")),
             comm: Some(Glob::new("python*")),
-            team: Some("batch".into()),
+            fills: Identity {
+                team: Some("batch".into()),
+                ..Identity::default()
+            },
             ..AttributionRule::default()
         };
         let mut facts = KernelFacts {
@@ -239,7 +239,10 @@ mod tests {
             rules: vec![
                 AttributionRule {
                     pod: Some(Glob::new("*")),
-                    team: Some("pods".into()),
+                    fills: Identity {
+                        team: Some("pods".into()),
+                        ..Identity::default()
+                    },
                     ..AttributionRule::default()
                 },
                 rule.clone(),
@@ -247,7 +250,9 @@ mod tests {
         };
         facts.cgroup_path = Some("/batch/job-1");
         assert_eq!(
-            settings.rule_for(&facts).and_then(|r| r.team.as_deref()),
+            settings
+                .rule_for(&facts)
+                .and_then(|r| r.fills.team.as_deref()),
             Some("batch")
         );
         let off = AttributionSettings {

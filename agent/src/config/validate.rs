@@ -5,6 +5,7 @@
 //! configured one at exactly that address when there is one, else an implicit passthrough
 //! provider appended to `Config::providers` (so pools, TLS and DNS slots exist for it).
 
+use crate::phase::identify::Identity;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -479,15 +480,15 @@ impl Validator<'_> {
                 );
                 continue;
             }
-            let fills = [
-                &r.team,
-                &r.project,
-                &r.user,
-                &r.session,
-                &r.workflow,
-                &r.cost_center,
-            ];
-            if fills.iter().all(|f| f.as_deref().is_none_or(str::is_empty)) {
+            let fills = Identity {
+                team: r.team,
+                project: r.project,
+                user: r.user,
+                session: r.session,
+                workflow: r.workflow,
+                cost_center: r.cost_center,
+            };
+            if fills.is_empty() {
                 self.problem(
                     path,
                     "sets no identity field (team, project, user, session, workflow, cost_center)",
@@ -500,12 +501,7 @@ impl Validator<'_> {
                 comm: glob(&m.comm),
                 container: glob(&m.container),
                 pod: glob(&m.pod),
-                team: r.team,
-                project: r.project,
-                user: r.user,
-                session: r.session,
-                workflow: r.workflow,
-                cost_center: r.cost_center,
+                fills,
             });
         }
         out
@@ -928,8 +924,8 @@ attribution:
         assert_eq!(c.attribution.anonymous, Anonymous::AttributeByKernel);
         assert_eq!(c.attribution.rules.len(), 2);
         let r = &c.attribution.rules[0];
-        assert_eq!(r.team.as_deref(), Some("batch"));
-        assert_eq!(r.project.as_deref(), Some("nightly"));
+        assert_eq!(r.fills.team.as_deref(), Some("batch"));
+        assert_eq!(r.fills.project.as_deref(), Some("nightly"));
         assert_eq!(
             r.cgroup.as_ref().map(Glob::as_str),
             Some("/system.slice/batch-*.scope")

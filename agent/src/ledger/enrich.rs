@@ -11,10 +11,9 @@
 
 use std::collections::HashMap;
 
-use crate::config::{AttributionRule, AttributionSettings, KernelFacts};
+use crate::config::{AttributionSettings, KernelFacts};
 use crate::kernel::cgroup::CgroupResolver;
 use crate::kernel::CounterWriter;
-use crate::phase::identify::Identity;
 
 use super::UsageRecord;
 
@@ -71,7 +70,7 @@ impl Enricher {
                 pod_uid: cg.and_then(|c| c.identity.pod_uid.as_deref()),
             };
             if let Some(rule) = self.attribution.rule_for(&facts) {
-                fill(&mut r.identity, rule);
+                r.identity.fill_missing_from(&rule.fills);
             }
         }
         self.count(r);
@@ -125,28 +124,12 @@ impl Enricher {
     }
 }
 
-/// Fills the identity fields the request's headers left empty (headers win).
-fn fill(identity: &mut Identity, rule: &AttributionRule) {
-    let pairs = [
-        (&mut identity.team, &rule.team),
-        (&mut identity.project, &rule.project),
-        (&mut identity.user, &rule.user),
-        (&mut identity.session, &rule.session),
-        (&mut identity.workflow, &rule.workflow),
-        (&mut identity.cost_center, &rule.cost_center),
-    ];
-    for (field, value) in pairs {
-        if field.is_none() {
-            field.clone_from(value);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{Anonymous, Glob};
+    use crate::config::{Anonymous, AttributionRule, Glob};
     use crate::kernel::ConnAttribution;
+    use crate::phase::identify::Identity;
     use std::sync::Arc;
 
     fn conn(comm: &str, cgroup_id: u64) -> Arc<ConnAttribution> {
@@ -173,8 +156,11 @@ mod tests {
     fn headers_win_and_rules_fill_the_rest() {
         let rule = AttributionRule {
             comm: Some(Glob::new("python*")),
-            team: Some("batch".into()),
-            project: Some("nightly".into()),
+            fills: Identity {
+                team: Some("batch".into()),
+                project: Some("nightly".into()),
+                ..Identity::default()
+            },
             ..AttributionRule::default()
         };
         let mut e = Enricher::new(None, None, settings(vec![rule]));
@@ -208,7 +194,10 @@ mod tests {
         let id = crate::kernel::cgroup::cgroup_id_of(&leaf).unwrap_or_else(|e| panic!("{e}"));
         let rule = AttributionRule {
             cgroup: Some(Glob::new("/system.slice/batch-*.scope")),
-            team: Some("batch".into()),
+            fills: Identity {
+                team: Some("batch".into()),
+                ..Identity::default()
+            },
             ..AttributionRule::default()
         };
         let mut e = Enricher::new(Some(CgroupResolver::new(&base)), None, settings(vec![rule]));

@@ -59,15 +59,8 @@ pub fn run(
             Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 // Whatever is still queued was sent before the stop.
                 while let Ok(ToWriter::Batch(msgs)) = rx.try_recv() {
-                    metrics
-                        .globals
-                        .ledger_queue
-                        .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
-                    for m in msgs {
-                        batch.push(prepare(m, &metrics, control_shard, &mut enricher));
-                    }
+                    absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher);
                 }
-                enricher.flush_counters();
                 for _ in 0..50 {
                     flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
@@ -78,14 +71,7 @@ pub fn run(
                 return;
             }
             Ok(ToWriter::Batch(msgs)) => {
-                metrics
-                    .globals
-                    .ledger_queue
-                    .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
-                for m in msgs {
-                    batch.push(prepare(m, &metrics, control_shard, &mut enricher));
-                }
-                enricher.flush_counters();
+                absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
@@ -99,6 +85,24 @@ pub fn run(
             }
         }
     }
+}
+
+/// Takes one worker batch into the pending commit, and adds its node-counter deltas.
+fn absorb(
+    msgs: Vec<LedgerMsg>,
+    batch: &mut Vec<UsageRecord>,
+    metrics: &Metrics,
+    control_shard: usize,
+    enricher: &mut Enricher,
+) {
+    metrics
+        .globals
+        .ledger_queue
+        .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
+    for m in msgs {
+        batch.push(prepare(m, metrics, control_shard, enricher));
+    }
+    enricher.flush_counters();
 }
 
 /// Estimates usage where needed and enriches the record.

@@ -18,6 +18,39 @@ pub struct Identity {
     pub cost_center: Option<String>,
 }
 
+impl Identity {
+    /// Fills the fields that are still empty from `other` (what was set first wins).
+    pub fn fill_missing_from(&mut self, other: &Identity) {
+        let pairs = [
+            (&mut self.team, &other.team),
+            (&mut self.project, &other.project),
+            (&mut self.user, &other.user),
+            (&mut self.session, &other.session),
+            (&mut self.workflow, &other.workflow),
+            (&mut self.cost_center, &other.cost_center),
+        ];
+        for (field, value) in pairs {
+            if field.is_none() {
+                field.clone_from(value);
+            }
+        }
+    }
+
+    /// True when no field carries a value.
+    pub fn is_empty(&self) -> bool {
+        [
+            &self.team,
+            &self.project,
+            &self.user,
+            &self.session,
+            &self.workflow,
+            &self.cost_center,
+        ]
+        .iter()
+        .all(|f| f.as_deref().is_none_or(str::is_empty))
+    }
+}
+
 /// Longest identity value kept; longer values are cut (they are labels, not payloads).
 const MAX_VALUE: usize = 256;
 
