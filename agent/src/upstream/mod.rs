@@ -120,7 +120,8 @@ pub async fn connect(
                     Ok(Err(e)) => {
                         return Err(UpstreamError::Tls {
                             host: host.to_string(),
-                            // monoio-rustls displays only "io error"/"rustls error"; the io::Error form keeps the cause.
+                            // monoio-rustls shows only "io error"/"rustls error";
+                            // its io::Error form keeps the cause.
                             detail: io::Error::from(e).to_string(),
                         })
                     }
