@@ -123,7 +123,7 @@ pub async fn connect(
                             // monoio-rustls shows only "io error"/"rustls error";
                             // its io::Error form keeps the cause.
                             detail: io::Error::from(e).to_string(),
-                        })
+                        });
                     }
                     Err(_) => {
                         return Err(UpstreamError::Tls {
