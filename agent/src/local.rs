@@ -102,6 +102,7 @@ fn readiness(w: &Worker) -> (u16, String) {
         "workers": w.cfg.workers,
         "io_driver": w.driver,
         "kernel": s.kernel.to_json(),
+        "gpu": s.gpus.status().to_json(),
         "models": w.cfg.models.len(),
     });
     (if ready { 200 } else { 503 }, body.to_string())

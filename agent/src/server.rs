@@ -1,7 +1,8 @@
 //! Starts and stops the agent: binds the per-core listeners, loads the kernel side (eBPF
 //! interception, attribution and node counters; `kernel.enabled: auto` runs without it when the
 //! host refuses, saying so once), starts one worker thread per core and the control thread
-//! (ledger writer, estimates, cgroup resolution, node counters, DNS refresh), waits for
+//! (ledger writer, estimates, cgroup resolution, node counters), the DNS refresh thread and the
+//! telemetry thread (replica load scrapes, GPU samples; `telemetry::control`), waits for
 //! SIGINT/SIGTERM, then drains workers, flushes the ledger and detaches the kernel programs
 //! before returning. Nothing here is on the request path.
 
@@ -20,7 +21,10 @@ use crate::kernel::cgroup::CgroupResolver;
 use crate::kernel::{self, AttributionReader, Features, Kernel, KernelConfig};
 use crate::ledger;
 use crate::ledger::enrich::Enricher;
+use crate::telemetry::control as telemetry_thread;
+use crate::telemetry::gpu::GpuBoard;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::replicas::ReplicaBoard;
 use crate::upstream::resolve::Resolved;
 use crate::upstream::tls;
 use crate::worker::{self, WorkerSeed};
@@ -37,6 +41,10 @@ pub struct Shared {
     pub kernel: KernelReport,
     /// Looks up accepted connections in the kernel's attribution map (once per connection).
     pub attribution: Option<AttributionReader>,
+    /// The latest load of each scraped replica (lock-free reads), for load-aware routing.
+    pub replicas: Arc<ReplicaBoard>,
+    /// Whether GPU figures are read, and the latest ones (lock-free reads).
+    pub gpus: Arc<GpuBoard>,
 }
 
 /// What the kernel side is doing, for `/readyz` and `tollgate status`.
@@ -151,6 +159,8 @@ pub struct Running {
     /// Tells the ledger writer to commit and exit once the workers are gone.
     writer_tx: std::sync::mpsc::Sender<ledger::writer::ToWriter>,
     dns: std::thread::JoinHandle<()>,
+    /// Replica scrapes and GPU samples.
+    telemetry: std::thread::JoinHandle<()>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
 }
@@ -177,6 +187,7 @@ impl Running {
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
         let _ = self.dns.join();
+        let _ = self.telemetry.join();
         if let Some(k) = self.kernel {
             match k.detach() {
                 Ok(()) => tracing::info!("kernel programs detached and pins removed"),
@@ -223,14 +234,15 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     // hand that memory back so the idle agent stays small.
     // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
     unsafe { libc::malloc_trim(0) };
+    let counters = kernel
+        .as_ref()
+        .filter(|k| k.features().counters.is_active())
+        .map(Kernel::counter_writer);
     let enricher = Enricher::new(
         kernel
             .as_ref()
             .map(|k| CgroupResolver::new(k.cgroup_root())),
-        kernel
-            .as_ref()
-            .filter(|k| k.features().counters.is_active())
-            .map(Kernel::counter_writer),
+        counters.clone(),
         cfg.attribution.clone(),
     );
     let shared = Arc::new(Shared {
@@ -244,7 +256,11 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
             .filter(|k| k.features().attribution.is_active())
             .map(Kernel::attribution_reader),
         kernel: kernel_report,
+        replicas: metrics.replicas.clone(),
+        gpus: metrics.gpus.clone(),
     });
+    // NVML is opened here so `/readyz` says from the start whether GPU counters are on.
+    let gpu = telemetry_thread::open_gpu(&shared.gpus);
 
     let (tx, rx) = mpsc::channel();
     let settings = cfg.ledger.clone();
@@ -290,6 +306,12 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
             }
         })?;
 
+    let tel_shared = shared.clone();
+    let tel_cfg = cfg.clone();
+    let telemetry = std::thread::Builder::new()
+        .name("tollgate-telemetry".into())
+        .spawn(move || telemetry_thread::run(tel_shared, tel_cfg, counters, gpu))?;
+
     let running = Running {
         addr,
         shared,
@@ -298,6 +320,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         control,
         writer_tx,
         dns,
+        telemetry,
         kernel,
     };
     for _ in 0..500 {

@@ -41,6 +41,8 @@ mod ledger_restart;
 mod models_and_metrics;
 /// Reasoning tokens on chat and the Responses API.
 mod reasoning_tokens;
+/// Replica load scraped from the engine's /metrics: agent gauges and the pinned tg_replica map.
+mod replica_load;
 /// Requests that arrive over several reads: split heads and bodies, large bodies.
 mod request_reading;
 /// Streams without usage are estimated and flagged.

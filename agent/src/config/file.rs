@@ -31,6 +31,20 @@ pub struct FileConfig {
     pub intercept: Vec<serde_yaml::Value>,
     /// Either a list of rules or `{ anonymous, rules }`; see [`AttributionFile`].
     pub attribution: Option<serde_yaml::Value>,
+    /// Scraping the replicas' own `/metrics` for their load.
+    #[serde(default)]
+    pub replicas: ReplicasFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicasFile {
+    /// Scrape `<base_url>/metrics` of every plain-http `kind: openai` provider (default true).
+    pub scrape: Option<bool>,
+    /// How often, in milliseconds (default 1000).
+    pub scrape_interval_ms: Option<u64>,
+    /// Time allowed for one scrape, connect to last byte, in milliseconds (default 500).
+    pub timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -14,7 +14,7 @@ pub use kernel::{
 };
 pub use validate::{
     Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits, Model, Provider,
-    ProviderKind, UpstreamSettings, INTERCEPTED,
+    ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
 
 /// Reads, parses and validates a configuration file.

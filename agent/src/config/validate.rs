@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::file::{AttributionFile, FileConfig, KernelFile, ModelFile, ProviderFile, RuleFile};
+use super::file::{
+    AttributionFile, FileConfig, KernelFile, ModelFile, ProviderFile, ReplicasFile, RuleFile,
+};
 use super::kernel::{
     Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelMode,
     KernelSettings,
@@ -103,6 +105,24 @@ pub struct LedgerSettings {
     pub batch_max: usize,
 }
 
+/// Scraping the replicas' `/metrics` for their load (`replicas:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaSettings {
+    pub scrape: bool,
+    pub scrape_interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for ReplicaSettings {
+    fn default() -> Self {
+        Self {
+            scrape: true,
+            scrape_interval: Duration::from_millis(1000),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
 /// A provider endpoint with everything the forward phase needs precomputed.
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -154,6 +174,7 @@ pub struct Config {
     /// How requests redirected from each of `intercept` are routed (same order).
     pub intercept_routes: Vec<InterceptRoute>,
     pub attribution: AttributionSettings,
+    pub replicas: ReplicaSettings,
 }
 
 impl Config {
@@ -336,6 +357,7 @@ impl Validator<'_> {
         let intercept = self.intercepts(f.intercept, listen);
         let intercept_routes = intercept_routes(&intercept, &mut providers);
         let attribution = self.attribution(f.attribution);
+        let replicas = self.replicas(&f.replicas);
 
         Config {
             listen,
@@ -353,7 +375,31 @@ impl Validator<'_> {
             intercept,
             intercept_routes,
             attribution,
+            replicas,
         }
+    }
+
+    fn replicas(&mut self, r: &ReplicasFile) -> ReplicaSettings {
+        let d = ReplicaSettings::default();
+        let out = ReplicaSettings {
+            scrape: r.scrape.unwrap_or(d.scrape),
+            scrape_interval: r
+                .scrape_interval_ms
+                .map_or(d.scrape_interval, Duration::from_millis),
+            timeout: r.timeout_ms.map_or(d.timeout, Duration::from_millis),
+        };
+        if r.scrape_interval_ms
+            .is_some_and(|v| !(10..=3_600_000).contains(&v))
+        {
+            self.problem(
+                "replicas.scrape_interval_ms",
+                "must be between 10 and 3600000 (one hour)",
+            );
+        }
+        if r.timeout_ms.is_some_and(|v| !(1..=60_000).contains(&v)) {
+            self.problem("replicas.timeout_ms", "must be between 1 and 60000");
+        }
+        out
     }
 
     fn kernel(&mut self, k: &KernelFile) -> KernelSettings {
@@ -1016,5 +1062,34 @@ attribution:
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].message.contains("quote"), "{errs:?}");
+    }
+
+    #[test]
+    fn replicas_section() {
+        let c = Config::from_yaml("listen: 127.0.0.1:4000\n", &no_env).unwrap();
+        assert_eq!(c.replicas, ReplicaSettings::default());
+        assert!(c.replicas.scrape);
+        assert_eq!(c.replicas.scrape_interval, Duration::from_millis(1000));
+        let c = Config::from_yaml(
+            "replicas: { scrape: false, scrape_interval_ms: 250, timeout_ms: 100 }\n",
+            &no_env,
+        )
+        .unwrap();
+        assert!(!c.replicas.scrape);
+        assert_eq!(c.replicas.scrape_interval, Duration::from_millis(250));
+        assert_eq!(c.replicas.timeout, Duration::from_millis(100));
+
+        let src = "listen: 127.0.0.1:4000\nreplicas:\n  scrape_interval_ms: 0\n  timeout_ms: 0\n";
+        let errs = Config::from_yaml(src, &no_env).unwrap_err().0;
+        assert_eq!(errs.len(), 2, "{errs:#?}");
+        assert_eq!(errs[0].path, "replicas.scrape_interval_ms");
+        assert_eq!(errs[0].line, Some(3));
+        assert_eq!(errs[1].path, "replicas.timeout_ms");
+        assert_eq!(errs[1].line, Some(4));
+        let errs = Config::from_yaml("replicas: { scrap: true }\n", &no_env)
+            .unwrap_err()
+            .0;
+        assert!(errs[0].message.contains("scrap"), "{errs:#?}");
+        assert_eq!(errs[0].line, Some(1));
     }
 }

@@ -8,8 +8,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::gpu::GpuBoard;
+use super::replicas::ReplicaBoard;
 
 use crate::metering::Usage;
 
@@ -123,6 +126,10 @@ pub struct Globals {
 pub struct Metrics {
     pub shards: Vec<Shard>,
     pub globals: Globals,
+    /// Replica load, published by the telemetry thread (rendered as `tollgate_replica_*`).
+    pub replicas: Arc<ReplicaBoard>,
+    /// GPU figures, published by the telemetry thread (rendered as `tollgate_gpu_*`).
+    pub gpus: Arc<GpuBoard>,
     model_names: Vec<String>,
     provider_names: Vec<String>,
 }
@@ -138,6 +145,8 @@ impl Metrics {
         Metrics {
             shards: (0..shards).map(|_| Shard::default()).collect(),
             globals: Globals::default(),
+            replicas: Arc::default(),
+            gpus: Arc::default(),
             model_names,
             provider_names,
         }
@@ -281,7 +290,89 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
+        self.render_replicas(&mut out);
+        self.render_gpus(&mut out);
         out
+    }
+
+    /// `tollgate_replica_*`: the latest scrape of each replica. A replica whose latest scrape
+    /// failed has no load series (stale figures would mislead), only its error count.
+    fn render_replicas(&self, out: &mut String) {
+        let states = self.replicas.load();
+        if states.is_empty() {
+            return;
+        }
+        type Pick = fn(&super::replicas::EngineLoad) -> Option<f64>;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "tollgate_replica_requests_running",
+                "Requests the replica reports running (vllm:num_requests_running, sglang:num_running_reqs).",
+                |l| Some(l.running),
+            ),
+            (
+                "tollgate_replica_requests_waiting",
+                "Requests the replica reports queued (vllm:num_requests_waiting, sglang:num_queue_reqs).",
+                |l| Some(l.waiting),
+            ),
+            (
+                "tollgate_replica_kv_cache_usage_ratio",
+                "KV cache in use as the replica reports it, 0 to 1.",
+                |l| l.kv_cache_ratio,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for st in states.iter() {
+                if let Some(v) = st.load.as_ref().and_then(pick) {
+                    let _ = writeln!(out, "{name}{{provider=\"{}\"}} {v}", escape(&st.provider));
+                }
+            }
+        }
+        let name = "tollgate_replica_scrape_errors_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Failed scrapes of the replica's /metrics.\n# TYPE {name} counter"
+        );
+        for st in states.iter() {
+            let _ = writeln!(
+                out,
+                "{name}{{provider=\"{}\"}} {}",
+                escape(&st.provider),
+                st.errors_total
+            );
+        }
+    }
+
+    /// `tollgate_gpu_*`: the latest NVML sample of each GPU (nothing without a GPU).
+    fn render_gpus(&self, out: &mut String) {
+        let samples = self.gpus.samples();
+        if samples.is_empty() {
+            return;
+        }
+        type Pick = fn(&super::gpu::GpuSample) -> f64;
+        let gauges: [(&str, &str, Pick); 3] = [
+            (
+                "tollgate_gpu_utilization_ratio",
+                "Share of the last sample period a kernel ran on the GPU, 0 to 1 (NVML).",
+                |s| f64::from(s.utilization_pct.min(100)) / 100.0,
+            ),
+            (
+                "tollgate_gpu_memory_used_bytes",
+                "GPU memory in use (NVML).",
+                |s| s.memory_used_bytes as f64,
+            ),
+            (
+                "tollgate_gpu_memory_total_bytes",
+                "GPU memory in total (NVML).",
+                |s| s.memory_total_bytes as f64,
+            ),
+        ];
+        for (name, help, pick) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for s in samples.iter() {
+                let _ = writeln!(out, "{name}{{gpu=\"{}\"}} {}", s.index, pick(s));
+            }
+        }
     }
 }
 

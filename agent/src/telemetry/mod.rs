@@ -1,6 +1,12 @@
-//! Telemetry: Prometheus metrics (`metrics.rs`) and logging setup.
+//! Telemetry: Prometheus metrics (`metrics.rs`), logging setup, and the control-plane telemetry
+//! thread (`control.rs`) that reads replica load (`replicas.rs`, from the engines' Prometheus
+//! text, `prom.rs`) and GPU figures (`gpu.rs`, NVML) off the request path.
 
+pub mod control;
+pub mod gpu;
 pub mod metrics;
+pub mod prom;
+pub mod replicas;
 
 /// Installs the log subscriber (RUST_LOG, default info) once per process.
 pub fn init_logging() {
