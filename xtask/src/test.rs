@@ -3,8 +3,8 @@
 //! 1. Installs what the suite needs, only when it is missing, so a second run installs nothing:
 //!    Debian packages (`apt-get update` once, then `apt-get install -y`): `python3-venv` when
 //!    Python cannot make a virtual environment, `clang-19 llvm-19 libbpf-dev bpftool` for the
-//!    kernel programs and their tests, and `nginx` (the bench's floor; optional, a failure only
-//!    warns). A first install that stops on dpkg's "interrupted" error is repaired with
+//!    kernel programs and their tests, `nginx` and `openssl` (the bench floor and the TLS
+//!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
 //!    `tests/python/requirements.txt` (reinstalled when that file changes).
 //! 2. `cargo build -p tollgate -p tollgate-sim`: the binaries the end-to-end tests spawn.
@@ -26,7 +26,7 @@ use anyhow::{bail, Context};
 /// Packages the kernel build and tests need.
 const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 /// Packages that are nice to have; failing to install them only warns.
-const OPTIONAL_PACKAGES: [&str; 1] = ["nginx"];
+const OPTIONAL_PACKAGES: [&str; 2] = ["nginx", "openssl"];
 /// The Python SDK tests' requirements, relative to the workspace root.
 const REQUIREMENTS: &str = "tests/python/requirements.txt";
 /// Written into the venv after a successful install: the requirements it was made from.
