@@ -694,4 +694,85 @@ mod privileged {
             }
         }
     }
+
+    /// The vendor-library boundary for GPU figures: yields fixed samples.
+    struct FakeGpus(Vec<tollgate::telemetry::gpu::GpuSample>);
+
+    impl tollgate::telemetry::gpu::GpuSource for FakeGpus {
+        fn devices(
+            &mut self,
+        ) -> Result<Vec<tollgate::telemetry::gpu::GpuSample>, tollgate::telemetry::gpu::GpuError>
+        {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn gpu_samples_reach_the_pinned_tg_gpu_map() {
+        use std::sync::Arc;
+        use tollgate::telemetry::control::GpuSampler;
+        use tollgate::telemetry::gpu::{GpuBoard, GpuSample};
+        require_privilege!();
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let cfg = config(
+            vec![l.local_addr().unwrap_or_else(|e| panic!("{e}"))],
+            Vec::new(),
+        );
+        let kernel = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(
+            kernel.features().counters.is_active(),
+            "{}",
+            kernel.features()
+        );
+        let samples = vec![
+            GpuSample {
+                index: 0,
+                utilization_pct: 87,
+                memory_used_bytes: 1 << 30,
+                memory_total_bytes: 80 << 30,
+            },
+            GpuSample {
+                index: 3,
+                utilization_pct: 12,
+                memory_used_bytes: 5 << 30,
+                memory_total_bytes: 80 << 30,
+            },
+        ];
+        let board = Arc::new(GpuBoard::default());
+        let mut sampler = GpuSampler::new(
+            Box::new(FakeGpus(samples)),
+            board.clone(),
+            Some(kernel.counter_writer()),
+        );
+        assert_eq!(sampler.sample_once().unwrap_or_else(|e| panic!("{e}")), 2);
+        assert_eq!(board.samples().len(), 2);
+
+        let Some(tool) = bpftool_or_skip() else {
+            return;
+        };
+        let pin = cfg.pin_dir.join("tg_gpu");
+        let text = bpftool_out(&tool, &["map", "dump", "pinned", &pin.to_string_lossy()]);
+        let v: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("bpftool did not print JSON ({e}):\n{text}"));
+        let entries = v.as_array().unwrap_or_else(|| panic!("{text}"));
+        let slot = |i: u64| {
+            entries
+                .iter()
+                .find(|e| e["key"] == i)
+                .map(|e| e["value"].clone())
+                .unwrap_or_else(|| panic!("no slot {i}:\n{text}"))
+        };
+        let g0 = slot(0);
+        assert_eq!(g0["util_pct"], 87, "{g0}");
+        assert_eq!(g0["mem_used_bytes"], 1u64 << 30, "{g0}");
+        assert_eq!(g0["mem_total_bytes"], 80u64 << 30, "{g0}");
+        assert!(
+            g0["updated_unix_ms"].as_u64().is_some_and(|t| t > 0),
+            "{g0}"
+        );
+        assert_eq!(slot(3)["util_pct"], 12);
+        assert_eq!(slot(1)["updated_unix_ms"], 0, "slot 1 is no GPU");
+        kernel.detach().unwrap_or_else(|e| panic!("detach: {e}"));
+    }
 }
