@@ -59,10 +59,17 @@ pub fn start(
 /// back to epoll where io_uring is forbidden): `driver=io_uring` from a structured field when there is one,
 /// else the first line naming a driver, without its timestamp.
 pub fn driver_line(log: &str) -> Option<String> {
-    let line = log.lines().map(strip_ansi).find(|line| {
-        let lower = line.to_ascii_lowercase();
-        lower.contains("driver") || lower.contains("io_uring") || lower.contains("epoll")
-    })?;
+    let lines: Vec<String> = log.lines().map(strip_ansi).collect();
+    // The structured field first: other lines may mention a driver in passing (e.g. "no NVIDIA driver").
+    let line = lines
+        .iter()
+        .find(|line| line.contains("driver="))
+        .or_else(|| {
+            lines.iter().find(|line| {
+                let lower = line.to_ascii_lowercase();
+                lower.contains("io_uring") || lower.contains("epoll")
+            })
+        })?;
     if let Some((_, rest)) = line.split_once("driver=") {
         let value: String = rest
             .trim_start_matches('"')
@@ -137,6 +144,9 @@ mod tests {
         let structured =
             "2026-01-01T00:00:00.000001Z  INFO worker started worker=0 driver=\"epoll\"";
         assert_eq!(driver_line(structured).as_deref(), Some("driver=epoll"));
+        let gpu_first = "2026-01-01T00:00:00Z  INFO GPU counters are off: no NVIDIA driver on this host\n\
+                         2026-01-01T00:00:00Z  INFO worker started worker=0 driver=\"io_uring\"";
+        assert_eq!(driver_line(gpu_first).as_deref(), Some("driver=io_uring"));
         let fallback = "2026-01-01T00:00:00.000001Z  WARN io_uring unavailable, using epoll";
         assert_eq!(
             driver_line(fallback).as_deref(),
