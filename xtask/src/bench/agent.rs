@@ -144,7 +144,8 @@ mod tests {
         let structured =
             "2026-01-01T00:00:00.000001Z  INFO worker started worker=0 driver=\"epoll\"";
         assert_eq!(driver_line(structured).as_deref(), Some("driver=epoll"));
-        let gpu_first = "2026-01-01T00:00:00Z  INFO GPU counters are off: no NVIDIA driver on this host\n\
+        let gpu_first =
+            "2026-01-01T00:00:00Z  INFO GPU counters are off: no NVIDIA driver on this host\n\
                          2026-01-01T00:00:00Z  INFO worker started worker=0 driver=\"io_uring\"";
         assert_eq!(driver_line(gpu_first).as_deref(), Some("driver=io_uring"));
         let fallback = "2026-01-01T00:00:00.000001Z  WARN io_uring unavailable, using epoll";
