@@ -25,7 +25,7 @@ use crate::http::request::{Method, RequestHead};
 use crate::http::response::ResponseFraming;
 use crate::phase::forward::{self, Forwarded};
 use crate::phase::read::Request;
-use crate::phase::relay::BodyReader;
+use crate::upstream::body::BodyReader;
 use crate::worker::Worker;
 
 /// The request head for the original destination.

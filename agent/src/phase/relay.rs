@@ -9,24 +9,21 @@
 //! Reads: the `Forwarded` response. Writes: `ctx.status`, `ctx.outcome`, `ctx.usage`,
 //! `ctx.partial_usage`, `ctx.response_payload`, `ctx.first_byte_at`. Hot path.
 
-use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::api::Wire;
-use crate::client::{read_more, reason, ClientConn};
+use crate::client::{reason, ClientConn};
 use crate::error::{ErrorKind, GateError};
-use crate::http::chunked::{ChunkedDecoder, Decoded};
 use crate::http::iovec::BytesVec;
 use crate::http::response::ResponseFraming;
-use crate::http::HttpError;
 use crate::metering::sse::{frame_data, FrameSplitter};
 use crate::metering::usage::{extract_usage, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
 use crate::pipeline::{Outcome, RequestCtx};
-use crate::upstream::UpstreamConn;
+use crate::upstream::body::{BodyReader, PieceError};
 use crate::worker::Worker;
 
 /// Most response bytes kept for metering (usage parsing or estimates); past this, a response
@@ -43,118 +40,6 @@ enum ClientFraming {
     Chunked,
     /// HTTP/1.0 client and unknown length: the body ends when we close.
     Close,
-}
-
-/// Why the provider's body stopped early.
-pub(crate) enum PieceError {
-    Reset(io::Error),
-    Timeout,
-    Protocol(HttpError),
-}
-
-/// Pulls body pieces off a provider connection according to its framing.
-pub(crate) enum BodyReader {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    UntilClose,
-    Done,
-}
-
-impl BodyReader {
-    pub(crate) fn new(framing: ResponseFraming) -> Self {
-        match framing {
-            ResponseFraming::Empty | ResponseFraming::Length(0) => BodyReader::Done,
-            ResponseFraming::Length(n) => BodyReader::Length(n),
-            ResponseFraming::Chunked => BodyReader::Chunked(ChunkedDecoder::new()),
-            ResponseFraming::UntilClose => BodyReader::UntilClose,
-        }
-    }
-
-    pub(crate) fn is_done(&self) -> bool {
-        matches!(self, BodyReader::Done)
-    }
-
-    pub(crate) async fn next(
-        &mut self,
-        conn: &mut UpstreamConn,
-        timeout: Duration,
-    ) -> Result<Option<Bytes>, PieceError> {
-        loop {
-            match self {
-                BodyReader::Done => return Ok(None),
-                BodyReader::Length(rem) => {
-                    if conn.buf.is_empty() && fill(conn, timeout).await? == 0 {
-                        return Err(PieceError::Reset(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "closed before the end of the body",
-                        )));
-                    }
-                    let n = (*rem).min(conn.buf.len() as u64);
-                    *rem -= n;
-                    let piece = conn.buf.split_to(n as usize).freeze();
-                    if *rem == 0 {
-                        *self = BodyReader::Done;
-                    }
-                    return Ok(Some(piece));
-                }
-                BodyReader::Chunked(dec) => {
-                    match dec.next(&mut conn.buf).map_err(PieceError::Protocol)? {
-                        Decoded::Data(b) => return Ok(Some(b)),
-                        Decoded::Done => *self = BodyReader::Done,
-                        Decoded::NeedMore => {
-                            if fill(conn, timeout).await? == 0 {
-                                return Err(PieceError::Reset(io::Error::new(
-                                    io::ErrorKind::UnexpectedEof,
-                                    "closed before the last chunk",
-                                )));
-                            }
-                        }
-                    }
-                }
-                BodyReader::UntilClose => {
-                    if !conn.buf.is_empty() {
-                        return Ok(Some(conn.buf.split().freeze()));
-                    }
-                    if fill(conn, timeout).await? == 0 {
-                        *self = BodyReader::Done;
-                    }
-                }
-            }
-        }
-    }
-}
-
-impl BodyReader {
-    /// The next piece already in the read buffer, without touching the socket: lets the relay
-    /// forward everything that has arrived in one write instead of one write per chunk.
-    fn buffered(&mut self, conn: &mut UpstreamConn) -> Result<Option<Bytes>, PieceError> {
-        match self {
-            BodyReader::Done => Ok(None),
-            BodyReader::Length(rem) => {
-                if conn.buf.is_empty() {
-                    return Ok(None);
-                }
-                let n = (*rem).min(conn.buf.len() as u64);
-                *rem -= n;
-                let piece = conn.buf.split_to(n as usize).freeze();
-                if *rem == 0 {
-                    *self = BodyReader::Done;
-                }
-                Ok(Some(piece))
-            }
-            BodyReader::Chunked(dec) => {
-                match dec.next(&mut conn.buf).map_err(PieceError::Protocol)? {
-                    Decoded::Data(b) => Ok(Some(b)),
-                    Decoded::Done => {
-                        *self = BodyReader::Done;
-                        Ok(None)
-                    }
-                    Decoded::NeedMore => Ok(None),
-                }
-            }
-            BodyReader::UntilClose => Ok((!conn.buf.is_empty()).then(|| conn.buf.split().freeze())),
-        }
-    }
 }
 
 /// How a failed read ends the request: outcome, error kind for the client, message.
@@ -215,14 +100,6 @@ impl Meter {
             }
             parts.push(frame);
         }
-    }
-}
-
-async fn fill(conn: &mut UpstreamConn, timeout: Duration) -> Result<usize, PieceError> {
-    match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
-        Ok(n) => Ok(n),
-        Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(PieceError::Timeout),
-        Err(e) => Err(PieceError::Reset(e)),
     }
 }
 

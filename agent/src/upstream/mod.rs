@@ -2,6 +2,7 @@
 //! Each worker owns its pool (`PoolLocal`, `!Send` on purpose): no lock, no cross-core traffic.
 //! Addresses are resolved on the control thread (`resolve.rs`) so a worker never blocks on DNS.
 
+pub mod body;
 pub mod pool;
 pub mod resolve;
 pub mod tls;
