@@ -200,8 +200,17 @@ impl Running {
 /// Starts the agent and returns once every worker is accepting.
 pub fn start(cfg: Config) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
-    let conn = ledger::open(&cfg.data_dir)
+    let mut conn = ledger::open(&cfg.data_dir)
         .with_context(|| format!("opening the ledger in {}", cfg.data_dir.display()))?;
+    // Records a crashed run journalled but never committed are committed before serving.
+    let replayed = ledger::journal::replay(&cfg.data_dir, &mut conn)
+        .with_context(|| format!("replaying the usage journal in {}", cfg.data_dir.display()))?;
+    if replayed > 0 {
+        tracing::warn!(
+            records = replayed,
+            "recovered usage records from the journal of a run that did not stop cleanly"
+        );
+    }
     let metrics = Arc::new(Metrics::new(
         cfg.workers + 1,
         cfg.models.iter().map(|m| m.name.clone()).collect(),

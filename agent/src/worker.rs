@@ -17,6 +17,7 @@ use bytes::Bytes;
 use crate::api::{Api, Wire};
 use crate::client::ClientConn;
 use crate::config::{Config, IoDriver};
+use crate::ledger::journal::Journal;
 use crate::ledger::local::LedgerLocal;
 use crate::ledger::writer::ToWriter;
 use crate::phase::read::{self, ReadEnd, Request};
@@ -101,6 +102,17 @@ fn block_on<F: Future<Output = std::io::Result<()>>>(
 async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     let listener = monoio::net::TcpListener::from_std(seed.listener)?;
     let cfg = seed.cfg;
+    let journal = if cfg.ledger.journal {
+        match Journal::open(&cfg.data_dir, seed.index, seed.shared.boot_id) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                tracing::error!(worker = seed.index, error = %e, "cannot open the usage journal; this worker's records are not crash-safe");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let w = Rc::new(Worker {
         index: seed.index,
         pool: RefCell::new(PoolLocal::new(
@@ -111,7 +123,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         cfg,
         shared: seed.shared,
         tls: seed.tls,
-        ledger: LedgerLocal::new(seed.ledger),
+        ledger: LedgerLocal::new(seed.ledger, journal),
         driver,
         next_id: Cell::new(0),
         in_flight: Cell::new(0),
@@ -139,7 +151,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     // Records still gathered on this core go to the writer before the runtime is dropped.
-    w.ledger.flush();
+    w.ledger.close();
     tracing::info!(worker = w.index, "worker stopped");
     Ok(())
 }

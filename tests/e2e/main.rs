@@ -15,6 +15,8 @@ mod cli_demo;
 mod cli_validate;
 /// Pipelining, chunked request bodies, keep-alive and connection: close.
 mod connection;
+/// SIGKILL before the ledger commit: the journal brings every record back on restart.
+mod crash_recovery;
 /// A client that hangs up mid-stream is billed the full completion.
 mod disconnect_billing;
 /// Protocol errors: 431, 413, 408, 400 malformed, 404, 405.

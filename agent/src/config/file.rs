@@ -139,6 +139,8 @@ pub struct LedgerFile {
     /// Longest time a usage record waits in memory before it is committed.
     pub flush_interval_ms: Option<u64>,
     pub batch_max: Option<usize>,
+    /// Append every record to a per-worker journal before queueing it (crash safety).
+    pub journal: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

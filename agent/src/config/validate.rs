@@ -103,6 +103,8 @@ pub struct UpstreamSettings {
 pub struct LedgerSettings {
     pub flush_interval: Duration,
     pub batch_max: usize,
+    /// Per-worker journals make records crash-safe before they are committed (default on).
+    pub journal: bool,
 }
 
 /// Scraping the replicas' `/metrics` for their load (`replicas:`).
@@ -349,6 +351,7 @@ impl Validator<'_> {
         let ledger = LedgerSettings {
             flush_interval: ms(f.ledger.flush_interval_ms, 20),
             batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
+            journal: f.ledger.journal.unwrap_or(true),
         };
 
         let mut providers = self.providers(f.providers, env);

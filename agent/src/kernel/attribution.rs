@@ -14,7 +14,7 @@ use tollgate_common::attribution::FLAG_REDIRECTED;
 use tollgate_common::{AddrKey, Attribution, AF_INET, AF_INET6};
 
 /// What the kernel recorded about the process behind a connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnAttribution {
     /// Thread id of the connecting thread, as the host's pid namespace numbers it.
     pub pid: u32,

@@ -2,14 +2,18 @@
 //! writer in batches (at most `BATCH` records, or after `DELAY`), so the control thread is woken
 //! once per batch instead of once per request: a cross-core futex wake per request was a
 //! measurable share of the agent's CPU. `!Send` on purpose: one per worker.
-//! Hot path (a `Vec::push`).
+//! With the journal on (the default), each record is first appended to this worker's journal
+//! (`journal.rs`), so a crash before the writer commits it loses nothing.
+//! Hot path (a journal `write` and a `Vec::push`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
+use super::journal::Journal;
 use super::writer::{LedgerMsg, ToWriter};
+use crate::metering::Usage;
 
 /// Most records held by a worker before they are sent.
 const BATCH: usize = 64;
@@ -20,19 +24,54 @@ pub struct LedgerLocal {
     pending: RefCell<Vec<LedgerMsg>>,
     armed: Cell<bool>,
     tx: Sender<ToWriter>,
+    journal: RefCell<Option<Journal>>,
 }
 
 impl LedgerLocal {
-    pub fn new(tx: Sender<ToWriter>) -> Rc<Self> {
+    pub fn new(tx: Sender<ToWriter>, journal: Option<Journal>) -> Rc<Self> {
         Rc::new(Self {
             pending: RefCell::new(Vec::with_capacity(BATCH)),
             armed: Cell::new(false),
             tx,
+            journal: RefCell::new(journal),
         })
+    }
+
+    /// Journals the record; on a full segment, hands the writer everything pending and then
+    /// the retired segment (in that order, on one FIFO channel) so it can delete it once committed.
+    fn journal(&self, msg: &LedgerMsg) {
+        let mut slot = self.journal.borrow_mut();
+        let Some(j) = slot.as_mut() else { return };
+        let written = match msg {
+            LedgerMsg::Record(r) => j.append(r, None),
+            LedgerMsg::Estimate { record, input, .. } => j.append(record, Some(approximate(input))),
+        };
+        let rotated = written.and_then(|()| j.rotate_if_full());
+        match rotated {
+            Ok(None) => {}
+            Ok(Some(retired)) => {
+                drop(slot);
+                self.flush();
+                let _ = self.tx.send(ToWriter::Retire(retired));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "usage journal write failed; records are no longer crash-safe on this worker");
+                *slot = None;
+            }
+        }
+    }
+
+    /// Sends what is pending and retires the current journal segment (the worker is stopping).
+    pub fn close(&self) {
+        self.flush();
+        if let Some(j) = self.journal.borrow_mut().take() {
+            let _ = self.tx.send(ToWriter::Retire(j.current().to_path_buf()));
+        }
     }
 
     /// Queues one message; returns false if the writer is gone (the record is then lost).
     pub fn push(self: &Rc<Self>, msg: LedgerMsg) -> bool {
+        self.journal(&msg);
         let full = {
             let mut p = self.pending.borrow_mut();
             p.push(msg);
@@ -56,5 +95,23 @@ impl LedgerLocal {
     pub fn flush(&self) -> bool {
         let batch = std::mem::take(&mut *self.pending.borrow_mut());
         batch.is_empty() || self.tx.send(ToWriter::Batch(batch)).is_ok()
+    }
+}
+
+/// Usage for a journalled record that still needs a tokenizer estimate, from what settle has
+/// without tokenizing: prompt bytes / 4, and one token per relayed stream frame (providers send
+/// about one token per content frame) or body bytes / 4. Only used if the agent crashes first.
+fn approximate(input: &crate::metering::estimate::EstimateInput) -> Usage {
+    let partial = input.partial.unwrap_or_default();
+    let prompt_bytes: usize = input.prompt_spans.iter().map(|r| r.len()).sum();
+    let output = if input.stream {
+        input.response.len() as u64
+    } else {
+        (input.response.iter().map(|b| b.len()).sum::<usize>() / 4) as u64
+    };
+    Usage {
+        input_tokens: partial.input_tokens.max((prompt_bytes / 4) as u64),
+        output_tokens: partial.output_tokens.max(output),
+        ..partial
     }
 }

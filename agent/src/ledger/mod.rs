@@ -12,6 +12,7 @@
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
 pub mod enrich;
+pub mod journal;
 pub mod local;
 pub mod query;
 pub mod writer;
@@ -126,19 +127,32 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-/// Inserts records in one transaction.
+/// Inserts records in one transaction (a record with an id already present replaces it).
 pub fn insert_batch(conn: &mut Connection, records: &[UsageRecord]) -> rusqlite::Result<()> {
+    insert(conn, records, "INSERT OR REPLACE")
+}
+
+/// Inserts records whose id is not in the ledger yet (journal replay: a committed row, enriched
+/// on the control thread, wins over its journalled copy).
+pub fn insert_batch_keep_existing(
+    conn: &mut Connection,
+    records: &[UsageRecord],
+) -> rusqlite::Result<()> {
+    insert(conn, records, "INSERT OR IGNORE")
+}
+
+fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
+        let mut stmt = tx.prepare_cached(&format!(
+            "{verb} INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
              team, project, user_id, session_id, workflow, cost_center,
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)",
-        )?;
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+        ))?;
         for r in records {
             let i = &r.identity;
             let k = r.conn.as_deref();

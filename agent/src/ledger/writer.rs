@@ -33,6 +33,8 @@ pub enum LedgerMsg {
 pub enum ToWriter {
     /// Records gathered by one worker.
     Batch(Vec<LedgerMsg>),
+    /// A journal segment whose records have all been sent: delete it after the next commit.
+    Retire(std::path::PathBuf),
     /// Sent by the server once every worker has stopped and flushed: commit and return.
     /// (Waiting for the senders to drop is not enough: a task left on a stopped worker's
     /// runtime may still own one.)
@@ -50,6 +52,8 @@ pub fn run(
     let control_shard = metrics.shards.len() - 1;
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
+    // Journal segments whose records are all in `batch` or committed; deleted once `batch` is empty.
+    let mut retired: Vec<std::path::PathBuf> = Vec::new();
     loop {
         let msg = match deadline {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -58,29 +62,46 @@ pub fn run(
         match msg {
             Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
                 // Whatever is still queued was sent before the stop.
-                while let Ok(ToWriter::Batch(msgs)) = rx.try_recv() {
-                    absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher);
+                while let Ok(m) = rx.try_recv() {
+                    match m {
+                        ToWriter::Batch(msgs) => {
+                            absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher)
+                        }
+                        ToWriter::Retire(path) => retired.push(path),
+                        ToWriter::Stop => {}
+                    }
                 }
                 for _ in 0..50 {
                     flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
+                        remove_retired(&mut retired);
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 return;
             }
+            Ok(ToWriter::Retire(path)) => {
+                retired.push(path);
+                deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
+            }
             Ok(ToWriter::Batch(msgs)) => {
                 absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
+                    if batch.is_empty() {
+                        remove_retired(&mut retired);
+                    }
                     deadline =
                         (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
                 flush(&mut conn, &mut batch, &metrics);
+                if batch.is_empty() {
+                    remove_retired(&mut retired);
+                }
                 deadline = (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
             }
         }
@@ -127,6 +148,15 @@ fn prepare(
     };
     enricher.apply(&mut record);
     record
+}
+
+/// Deletes journal segments whose every record is committed.
+fn remove_retired(retired: &mut Vec<std::path::PathBuf>) {
+    for path in retired.drain(..) {
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove a committed journal segment");
+        }
+    }
 }
 
 fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {

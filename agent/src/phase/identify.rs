@@ -3,12 +3,12 @@
 //! keys and kernel attribution fill the same `Identity` as they land.
 //! Reads: `ctx.head`. Writes: `ctx.identity`. Hot path (a few header lookups).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pipeline::RequestCtx;
 
 /// The identity envelope recorded with every request.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Identity {
     pub team: Option<String>,
     pub project: Option<String>,

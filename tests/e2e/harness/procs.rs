@@ -279,6 +279,8 @@ pub struct AgentConfig {
     pub response_timeout_ms: u64,
     pub read_timeout_ms: u64,
     pub drain_timeout_ms: u64,
+    /// How long the ledger writer may hold records before committing them.
+    pub ledger_flush_interval_ms: u64,
     pub providers: Vec<Provider>,
     /// (client name, provider, provider model).
     pub models: Vec<(String, String, String)>,
@@ -304,6 +306,7 @@ impl AgentConfig {
             response_timeout_ms: 2000,
             read_timeout_ms: 2000,
             drain_timeout_ms: 5000,
+            ledger_flush_interval_ms: 20,
             providers: vec![
                 Provider {
                     name: "sim".into(),
@@ -334,7 +337,7 @@ impl AgentConfig {
              io: {{ driver: {} }}\n\
              limits: {{ max_body_bytes: {}, header_timeout_ms: {}, body_timeout_ms: {}, idle_timeout_ms: {}, max_head_bytes: {}, max_headers: {} }}\n\
              upstream: {{ connect_timeout_ms: {}, response_timeout_ms: {}, read_timeout_ms: {}, drain_timeout_ms: {} }}\n\
-             ledger: {{ flush_interval_ms: 20 }}\n\
+             ledger: {{ flush_interval_ms: {} }}\n\
              providers:\n",
             data_dir.display(),
             self.workers,
@@ -349,6 +352,7 @@ impl AgentConfig {
             self.response_timeout_ms,
             self.read_timeout_ms,
             self.drain_timeout_ms,
+            self.ledger_flush_interval_ms,
         );
         for p in &self.providers {
             y.push_str(&format!(
@@ -437,6 +441,16 @@ impl Agent {
         }
         let (proc, addr) = spawn_agent(&self.config_path, self.dir.path(), generation)
             .expect("restarting tollgate");
+        self.proc = proc;
+        self.addr = addr;
+    }
+
+    /// SIGKILL (no chance to flush anything), then start again on the same config and data dir.
+    pub fn crash_and_restart(&mut self, generation: usize) {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let (proc, addr) = spawn_agent(&self.config_path, self.dir.path(), generation)
+            .expect("restarting tollgate after a crash");
         self.proc = proc;
         self.addr = addr;
     }

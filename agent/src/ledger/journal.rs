@@ -1,0 +1,320 @@
+//! Crash safety for spend: every usage record is appended to its worker's journal file before
+//! it is queued for the ledger, so a crash (SIGKILL, OOM, panic) between a response and the
+//! SQLite commit loses nothing. On start, [`replay`] commits whatever journals a previous run
+//! left behind (idempotent: rows are keyed by request id) and removes them.
+//!
+//! Each worker writes its own segment files, `journal/w<worker>-<boot>-<seq>.log`, one JSON line
+//! per record, with one `write` per record (page cache: it survives a process crash, not a power
+//! loss, like the ledger's `synchronous=NORMAL`). After `SEGMENT_RECORDS` records the worker
+//! starts a new segment and tells the writer, over the same FIFO channel, that the old one is
+//! retired; the writer deletes it after its next successful commit, when every record in it is
+//! in SQLite. Records that still needed a tokenizer estimate are journalled with a byte-based
+//! approximation and flagged `estimated`, since the response payload is not journalled.
+//! Hot path: one serialisation into a reused buffer and one `write` per request.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::UsageRecord;
+use crate::api::Api;
+use crate::kernel::ConnAttribution;
+use crate::metering::Usage;
+use crate::phase::identify::Identity;
+
+/// Records per segment before a worker rotates to a new file.
+const SEGMENT_RECORDS: usize = 4096;
+
+/// The journal directory inside a data directory.
+pub fn dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+/// One journalled record: the ledger row as settle knew it.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    id: String,
+    ts_ms: i64,
+    latency_us: u64,
+    ttft_us: Option<u64>,
+    status: u16,
+    outcome: String,
+    api: String,
+    identity: Identity,
+    requested_model: Option<String>,
+    served_model: Option<String>,
+    provider: Option<String>,
+    input_tokens: u64,
+    cached_tokens: u64,
+    cache_write_tokens: u64,
+    output_tokens: u64,
+    reasoning_tokens: u64,
+    estimated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    conn: Option<ConnEntry>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConnEntry {
+    pid: u32,
+    tgid: u32,
+    uid: u32,
+    comm: String,
+    cgroup_id: u64,
+    original_dst: Option<SocketAddr>,
+}
+
+impl Entry {
+    fn of(r: &UsageRecord, approx: Option<Usage>) -> Entry {
+        let (u, estimated) = match approx {
+            Some(a) => (a, true),
+            None => (r.usage, r.estimated),
+        };
+        Entry {
+            id: r.id.clone(),
+            ts_ms: r.ts_ms,
+            latency_us: r.latency_us,
+            ttft_us: r.ttft_us,
+            status: r.status,
+            outcome: r.outcome.clone(),
+            api: r.api.to_string(),
+            identity: r.identity.clone(),
+            requested_model: r.requested_model.clone(),
+            served_model: r.served_model.clone(),
+            provider: r.provider.clone(),
+            input_tokens: u.input_tokens,
+            cached_tokens: u.cached_tokens,
+            cache_write_tokens: u.cache_write_tokens,
+            output_tokens: u.output_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+            estimated,
+            conn: r.conn.as_ref().map(|c| ConnEntry {
+                pid: c.pid,
+                tgid: c.tgid,
+                uid: c.uid,
+                comm: c.comm.clone(),
+                cgroup_id: c.cgroup_id,
+                original_dst: c.original_dst,
+            }),
+        }
+    }
+
+    fn into_record(self) -> UsageRecord {
+        let api = Api::ALL
+            .iter()
+            .map(|a| a.label())
+            .find(|l| *l == self.api)
+            .unwrap_or("unknown");
+        UsageRecord {
+            id: self.id,
+            ts_ms: self.ts_ms,
+            latency_us: self.latency_us,
+            ttft_us: self.ttft_us,
+            status: self.status,
+            outcome: self.outcome,
+            api,
+            identity: self.identity,
+            requested_model: self.requested_model,
+            served_model: self.served_model,
+            provider: self.provider,
+            usage: Usage {
+                input_tokens: self.input_tokens,
+                cached_tokens: self.cached_tokens,
+                cache_write_tokens: self.cache_write_tokens,
+                output_tokens: self.output_tokens,
+                reasoning_tokens: self.reasoning_tokens,
+            },
+            estimated: self.estimated,
+            conn: self.conn.map(|c| {
+                Arc::new(ConnAttribution {
+                    pid: c.pid,
+                    tgid: c.tgid,
+                    uid: c.uid,
+                    comm: c.comm,
+                    cgroup_id: c.cgroup_id,
+                    original_dst: c.original_dst,
+                    ..ConnAttribution::default()
+                })
+            }),
+            cgroup: None,
+        }
+    }
+}
+
+/// A worker's journal. `!Sync` by use: one per worker thread.
+pub struct Journal {
+    dir: PathBuf,
+    prefix: String,
+    seq: u32,
+    file: File,
+    path: PathBuf,
+    records: usize,
+    line: Vec<u8>,
+}
+
+impl Journal {
+    /// Opens the first segment for `worker` of the run identified by `boot`.
+    pub fn open(data_dir: &Path, worker: usize, boot: u64) -> std::io::Result<Journal> {
+        let dir = dir(data_dir);
+        std::fs::create_dir_all(&dir)?;
+        let prefix = format!("w{worker}-{boot:x}");
+        let (file, path) = Self::segment(&dir, &prefix, 0)?;
+        Ok(Journal {
+            dir,
+            prefix,
+            seq: 0,
+            file,
+            path,
+            records: 0,
+            line: Vec::with_capacity(1024),
+        })
+    }
+
+    fn segment(dir: &Path, prefix: &str, seq: u32) -> std::io::Result<(File, PathBuf)> {
+        let path = dir.join(format!("{prefix}-{seq:06}.log"));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok((file, path))
+    }
+
+    /// Appends one record. `approx` is the byte-based usage for records still to be estimated.
+    pub fn append(&mut self, r: &UsageRecord, approx: Option<Usage>) -> std::io::Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &Entry::of(r, approx))
+            .map_err(std::io::Error::other)?;
+        self.line.push(b'\n');
+        self.file.write_all(&self.line)?;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Starts a new segment when the current one is full; returns the retired segment's path.
+    pub fn rotate_if_full(&mut self) -> std::io::Result<Option<PathBuf>> {
+        if self.records < SEGMENT_RECORDS {
+            return Ok(None);
+        }
+        let (file, path) = Self::segment(&self.dir, &self.prefix, self.seq + 1)?;
+        self.seq += 1;
+        self.file = file;
+        self.records = 0;
+        Ok(Some(std::mem::replace(&mut self.path, path)))
+    }
+
+    /// The segment being written.
+    pub fn current(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Commits every journalled record that a previous run left behind, then removes the journals.
+/// Returns how many records were read. Rows already in the ledger are left as they are.
+pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Result<usize> {
+    let dir = dir(data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Ok(0);
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    let mut records = Vec::new();
+    for f in &files {
+        for line in BufReader::new(File::open(f)?).lines() {
+            // A torn last line (the crash hit mid-write) is skipped: its request never finished settling.
+            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+                records.push(entry.into_record());
+            }
+        }
+    }
+    if !records.is_empty() {
+        super::insert_batch_keep_existing(conn, &records).map_err(std::io::Error::other)?;
+    }
+    for f in &files {
+        std::fs::remove_file(f)?;
+    }
+    Ok(records.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journalled_records_are_replayed_once() {
+        let data =
+            std::env::temp_dir().join(format!("tollgate-journal-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut conn = crate::ledger::open(&data).unwrap();
+        let mut j = Journal::open(&data, 0, 7).unwrap();
+        let mut r = UsageRecord {
+            id: "a".into(),
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            usage: Usage {
+                input_tokens: 5,
+                output_tokens: 3,
+                ..Usage::default()
+            },
+            conn: Some(Arc::new(ConnAttribution {
+                tgid: 42,
+                comm: "python3".into(),
+                cgroup_id: 9,
+                ..ConnAttribution::default()
+            })),
+            ..UsageRecord::default()
+        };
+        j.append(&r, None).unwrap();
+        r.id = "b".into();
+        j.append(
+            &r,
+            Some(Usage {
+                input_tokens: 10,
+                output_tokens: 20,
+                ..Usage::default()
+            }),
+        )
+        .unwrap();
+        // A torn line from a crash mid-write.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(j.current())
+            .unwrap()
+            .write_all(b"{\"id\":\"c\",\"ts")
+            .unwrap();
+        // "a" was already committed, with enrichment the journal does not have.
+        let mut committed = r.clone();
+        committed.id = "a".into();
+        committed.outcome = "ok-enriched".into();
+        crate::ledger::insert_batch(&mut conn, &[committed]).unwrap();
+
+        assert_eq!(replay(&data, &mut conn).unwrap(), 2);
+        let rows: Vec<(String, String, i64, i64, i64)> = conn
+            .prepare("SELECT id, outcome, output_tokens, estimated, pid FROM usage ORDER BY id")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                ("a".into(), "ok-enriched".into(), 3, 0, 42),
+                ("b".into(), "ok".into(), 20, 1, 42)
+            ]
+        );
+        assert_eq!(
+            std::fs::read_dir(dir(&data)).unwrap().count(),
+            0,
+            "journals are removed"
+        );
+        assert_eq!(replay(&data, &mut conn).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}
