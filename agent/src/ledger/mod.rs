@@ -2,8 +2,9 @@
 //!
 //! Workers never touch SQLite. They send finished records over a channel to the control
 //! thread's writer (`writer.rs`), which commits them in batches (default: every 20 ms or 512
-//! records, whichever comes first). A graceful stop flushes everything; a hard kill can lose at
-//! most the records of the last flush interval. `query.rs` summarises the ledger for the CLI.
+//! records, whichever comes first). Each record is journalled first (`journal.rs`), so a crash
+//! before the commit loses nothing: the next start replays the journal. `query.rs` summarises
+//! the ledger for the CLI.
 //!
 //! Kernel attribution (who connected: pid, comm, uid, cgroup, and the original destination of
 //! an intercepted connection) travels with a record as the connection's shared
