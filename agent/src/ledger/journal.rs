@@ -3,17 +3,17 @@
 //! SQLite commit loses nothing. On start, [`replay`] commits whatever journals a previous run
 //! left behind (idempotent: rows are keyed by request id) and removes them.
 //!
-//! Each worker writes its own segment files, `journal/w<worker>-<boot>-<seq>.log`, one JSON line
-//! per record, with one `write` per record (page cache: it survives a process crash, not a power
-//! loss, like the ledger's `synchronous=NORMAL`). After `SEGMENT_RECORDS` records the worker
-//! starts a new segment and tells the writer, over the same FIFO channel, that the old one is
-//! retired; the writer deletes it after its next successful commit, when every record in it is
-//! in SQLite. Records that still needed a tokenizer estimate are journalled with a byte-based
+//! Each worker writes its own segment files, `journal/w<worker>-<boot>-<seq>.log`: fixed-size
+//! files mapped shared into memory, one JSON line per record copied in (no syscall per request;
+//! the dirty pages belong to the page cache, so they survive a process crash, not a power loss,
+//! like the ledger's `synchronous=NORMAL`). The unused tail stays zero-filled. When a line does
+//! not fit, the worker starts a new segment and tells the writer, over the same FIFO channel,
+//! that the old one is retired; the writer deletes it after its next successful commit, when
+//! every record in it is in SQLite. (A `write` per record measured ~2.5 µs of CPU per request.) Records that still needed a tokenizer estimate are journalled with a byte-based
 //! approximation and flagged `estimated`, since the response payload is not journalled.
-//! Hot path: one serialisation into a reused buffer and one `write` per request.
+//! Hot path: one serialisation into a reused buffer and one copy into the mapping per request.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::fs::OpenOptions;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +26,8 @@ use crate::kernel::ConnAttribution;
 use crate::metering::Usage;
 use crate::phase::identify::Identity;
 
-/// Records per segment before a worker rotates to a new file.
-const SEGMENT_RECORDS: usize = 4096;
+/// Size of one segment file (a few thousand records).
+const SEGMENT_BYTES: usize = 1 << 20;
 
 /// The journal directory inside a data directory.
 pub fn dir(data_dir: &Path) -> PathBuf {
@@ -145,15 +145,17 @@ impl Entry {
     }
 }
 
-/// A worker's journal. `!Sync` by use: one per worker thread.
+/// A worker's journal. One per worker thread.
 pub struct Journal {
     dir: PathBuf,
     prefix: String,
     seq: u32,
-    file: File,
+    map: memmap2::MmapMut,
+    at: usize,
     path: PathBuf,
-    records: usize,
     line: Vec<u8>,
+    /// A segment filled up and was replaced: the writer may delete it once it has committed.
+    retired: Option<PathBuf>,
 }
 
 impl Journal {
@@ -162,22 +164,31 @@ impl Journal {
         let dir = dir(data_dir);
         std::fs::create_dir_all(&dir)?;
         let prefix = format!("w{worker}-{boot:x}");
-        let (file, path) = Self::segment(&dir, &prefix, 0)?;
+        let (map, path) = Self::segment(&dir, &prefix, 0)?;
         Ok(Journal {
             dir,
             prefix,
             seq: 0,
-            file,
+            map,
+            at: 0,
             path,
-            records: 0,
             line: Vec::with_capacity(1024),
+            retired: None,
         })
     }
 
-    fn segment(dir: &Path, prefix: &str, seq: u32) -> std::io::Result<(File, PathBuf)> {
+    fn segment(dir: &Path, prefix: &str, seq: u32) -> std::io::Result<(memmap2::MmapMut, PathBuf)> {
         let path = dir.join(format!("{prefix}-{seq:06}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
-        Ok((file, path))
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        file.set_len(SEGMENT_BYTES as u64)?;
+        // SAFETY: the file was just created by this worker (create_new) and is mapped only here;
+        // nothing else writes it while it is mapped (replay reads journals of earlier runs only).
+        let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        Ok((map, path))
     }
 
     /// Appends one record. `approx` is the byte-based usage for records still to be estimated.
@@ -186,21 +197,26 @@ impl Journal {
         serde_json::to_writer(&mut self.line, &Entry::of(r, approx))
             .map_err(std::io::Error::other)?;
         self.line.push(b'\n');
-        self.file.write_all(&self.line)?;
-        self.records += 1;
+        if self.line.len() > SEGMENT_BYTES {
+            return Err(std::io::Error::other(
+                "usage record larger than a journal segment",
+            ));
+        }
+        if self.at + self.line.len() > SEGMENT_BYTES {
+            let (map, path) = Self::segment(&self.dir, &self.prefix, self.seq + 1)?;
+            self.seq += 1;
+            self.map = map;
+            self.at = 0;
+            self.retired = Some(std::mem::replace(&mut self.path, path));
+        }
+        self.map[self.at..self.at + self.line.len()].copy_from_slice(&self.line);
+        self.at += self.line.len();
         Ok(())
     }
 
-    /// Starts a new segment when the current one is full; returns the retired segment's path.
-    pub fn rotate_if_full(&mut self) -> std::io::Result<Option<PathBuf>> {
-        if self.records < SEGMENT_RECORDS {
-            return Ok(None);
-        }
-        let (file, path) = Self::segment(&self.dir, &self.prefix, self.seq + 1)?;
-        self.seq += 1;
-        self.file = file;
-        self.records = 0;
-        Ok(Some(std::mem::replace(&mut self.path, path)))
+    /// The segment that filled up since the last call, if any.
+    pub fn take_retired(&mut self) -> Option<PathBuf> {
+        self.retired.take()
     }
 
     /// The segment being written.
@@ -223,9 +239,12 @@ pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Resu
     files.sort();
     let mut records = Vec::new();
     for f in &files {
-        for line in BufReader::new(File::open(f)?).lines() {
-            // A torn last line (the crash hit mid-write) is skipped: its request never finished settling.
-            if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+        let bytes = std::fs::read(f)?;
+        // The zero-filled tail is unused space; a torn last line (the crash hit mid-copy) fails to
+        // parse and is skipped: its request never finished settling.
+        let used = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+        for line in bytes[..used].split(|b| *b == b'\n') {
+            if let Ok(entry) = serde_json::from_slice::<Entry>(line) {
                 records.push(entry.into_record());
             }
         }
@@ -279,13 +298,9 @@ mod tests {
             }),
         )
         .unwrap();
-        // A torn line from a crash mid-write.
-        std::fs::OpenOptions::new()
-            .append(true)
-            .open(j.current())
-            .unwrap()
-            .write_all(b"{\"id\":\"c\",\"ts")
-            .unwrap();
+        // A torn line from a crash mid-copy.
+        let torn = b"{\"id\":\"c\",\"ts";
+        j.map[j.at..j.at + torn.len()].copy_from_slice(torn);
         // "a" was already committed, with enrichment the journal does not have.
         let mut committed = r.clone();
         committed.id = "a".into();
@@ -315,6 +330,40 @@ mod tests {
             "journals are removed"
         );
         assert_eq!(replay(&data, &mut conn).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    #[test]
+    fn a_full_segment_is_retired_and_both_replay() {
+        let data =
+            std::env::temp_dir().join(format!("tollgate-journal-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut conn = crate::ledger::open(&data).unwrap();
+        let mut j = Journal::open(&data, 1, 9).unwrap();
+        let first = j.current().to_path_buf();
+        let mut r = UsageRecord {
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            ..UsageRecord::default()
+        };
+        let mut n = 0;
+        let retired = loop {
+            r.id = format!("r{n}");
+            j.append(&r, None).unwrap();
+            n += 1;
+            if let Some(p) = j.take_retired() {
+                break p;
+            }
+            assert!(n < 100_000, "never rotated");
+        };
+        assert_eq!(retired, first);
+        assert_ne!(j.current(), first.as_path());
+        assert_eq!(replay(&data, &mut conn).unwrap(), n);
+        let count: i64 = conn
+            .query_row("SELECT COUNT(*) FROM usage", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(count as usize, n);
         let _ = std::fs::remove_dir_all(&data);
     }
 }

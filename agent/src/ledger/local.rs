@@ -46,8 +46,7 @@ impl LedgerLocal {
             LedgerMsg::Record(r) => j.append(r, None),
             LedgerMsg::Estimate { record, input, .. } => j.append(record, Some(approximate(input))),
         };
-        let rotated = written.and_then(|()| j.rotate_if_full());
-        match rotated {
+        match written.map(|()| j.take_retired()) {
             Ok(None) => {}
             Ok(Some(retired)) => {
                 drop(slot);
