@@ -9,9 +9,10 @@
 //! Reads: the `Forwarded` response. Writes: `ctx.status`, `ctx.outcome`, `ctx.usage`,
 //! `ctx.partial_usage`, `ctx.response_payload`, `ctx.first_byte_at`. Hot path.
 
+use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::api::Wire;
 use crate::client::{reason, ClientConn};
@@ -113,6 +114,9 @@ struct Downstream<'a> {
     /// The response head, held back so it leaves in the same write as the first body bytes
     /// when those are already here (one segment instead of two for most non-streaming replies).
     pending_head: Option<Bytes>,
+    /// Chunk-size lines are written here and split off as `Bytes`, so a chunk costs no allocation
+    /// until the scratch buffer's capacity is used up.
+    scratch: BytesMut,
 }
 
 impl Downstream<'_> {
@@ -138,7 +142,11 @@ impl Downstream<'_> {
         }
         if self.framing == ClientFraming::Chunked {
             let len: usize = parts.iter().map(Bytes::len).sum();
-            out.push(Bytes::from(format!("{len:x}\r\n")));
+            if self.scratch.capacity() - self.scratch.len() < 24 {
+                self.scratch.reserve(4096);
+            }
+            let _ = write!(self.scratch, "{len:x}\r\n");
+            out.push(self.scratch.split().freeze());
             for p in parts.drain(..) {
                 out.push(p);
             }
@@ -202,6 +210,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         framing,
         gone_at: None,
         out: BytesVec::with_capacity(8),
+        scratch: BytesMut::with_capacity(4096),
         pending_head: Some(Bytes::from(head_bytes)),
     };
     // Body bytes that came with the head go out with it; otherwise the client gets the head now.
