@@ -7,6 +7,7 @@ mod file;
 pub mod kernel;
 mod lines;
 mod validate;
+mod validate_kernel;
 
 pub use kernel::{
     Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelFacts, KernelMode,

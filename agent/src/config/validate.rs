@@ -5,23 +5,18 @@
 //! configured one at exactly that address when there is one, else an implicit passthrough
 //! provider appended to `Config::providers` (so pools, TLS and DNS slots exist for it).
 
-use crate::phase::identify::Identity;
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use super::file::{
-    AttributionFile, FileConfig, KernelFile, ModelFile, ProviderFile, ReplicasFile, RuleFile,
-};
-use super::kernel::{
-    Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelMode,
-    KernelSettings,
-};
+use super::file::{FileConfig, ModelFile, ProviderFile, ReplicasFile};
+use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
+use super::validate_kernel::{canonical, intercept_routes};
 
 /// Name of the implicit providers created for intercepted destinations; reserved.
 pub const INTERCEPTED: &str = "intercepted";
@@ -219,7 +214,7 @@ impl Config {
     }
 }
 
-struct Validator<'a> {
+pub(super) struct Validator<'a> {
     lines: &'a LineIndex,
     problems: Vec<ConfigProblem>,
 }
@@ -229,7 +224,7 @@ fn ms(v: Option<u64>, default_ms: u64) -> Duration {
 }
 
 impl Validator<'_> {
-    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
         let path = path.into();
         let line = self.lines.line_of(&path);
         self.problems.push(ConfigProblem {
@@ -272,7 +267,11 @@ impl Validator<'_> {
     }
 
     /// Deserializes one list item on its own, so a bad item does not hide problems in others.
-    fn item<T: DeserializeOwned>(&mut self, path: &str, value: serde_yaml::Value) -> Option<T> {
+    pub(super) fn item<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        value: serde_yaml::Value,
+    ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -401,157 +400,6 @@ impl Validator<'_> {
         }
         if r.timeout_ms.is_some_and(|v| !(1..=60_000).contains(&v)) {
             self.problem("replicas.timeout_ms", "must be between 1 and 60000");
-        }
-        out
-    }
-
-    fn kernel(&mut self, k: &KernelFile) -> KernelSettings {
-        let mut out = KernelSettings::default();
-        match &k.enabled {
-            None => {}
-            Some(serde_yaml::Value::Bool(true)) => out.enabled = KernelMode::Auto,
-            Some(serde_yaml::Value::Bool(false)) => out.enabled = KernelMode::Off,
-            Some(serde_yaml::Value::String(s)) if s == "auto" => out.enabled = KernelMode::Auto,
-            Some(serde_yaml::Value::String(s)) if s == "off" => out.enabled = KernelMode::Off,
-            Some(other) => {
-                let shown = serde_yaml::to_string(other).unwrap_or_default();
-                self.problem(
-                    "kernel.enabled",
-                    format!("`{}` is not one of auto, off", shown.trim()),
-                );
-            }
-        }
-        if let Some(dir) = &k.pin_dir {
-            let path = PathBuf::from(dir);
-            if !path.is_absolute() {
-                self.problem(
-                    "kernel.pin_dir",
-                    format!("`{dir}` must be an absolute path on bpffs, like /sys/fs/bpf/tollgate"),
-                );
-            }
-            out.pin_dir = path;
-        }
-        out
-    }
-
-    fn intercepts(&mut self, items: Vec<serde_yaml::Value>, listen: SocketAddr) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = Vec::new();
-        for (i, raw) in items.into_iter().enumerate() {
-            let path = format!("intercept[{i}]");
-            let text = match &raw {
-                serde_yaml::Value::String(s) => s.clone(),
-                serde_yaml::Value::Sequence(_) => {
-                    self.problem(
-                        path,
-                        "an IPv6 address must be quoted in YAML: \"[::1]:8000\"",
-                    );
-                    continue;
-                }
-                other => serde_yaml::to_string(other)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-            };
-            let Ok(addr) = text.parse::<SocketAddr>() else {
-                self.problem(
-                    path,
-                    format!("`{text}` is not an address like 127.0.0.1:8000 or \"[::1]:8000\""),
-                );
-                continue;
-            };
-            let addr = canonical(addr);
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                self.problem(
-                    path,
-                    format!("`{text}` must name one address and port, not a wildcard"),
-                );
-                continue;
-            }
-            let loops = addr == canonical(listen)
-                || (listen.ip().is_unspecified()
-                    && listen.port() == addr.port()
-                    && (listen.is_ipv6() || addr.is_ipv4()));
-            if loops {
-                self.problem(
-                    path,
-                    format!(
-                        "`{text}` is the agent's own listen address; redirecting it would loop"
-                    ),
-                );
-                continue;
-            }
-            if out.contains(&addr) {
-                self.problem(path, format!("`{text}` is listed twice"));
-                continue;
-            }
-            out.push(addr);
-        }
-        out
-    }
-
-    fn attribution(&mut self, raw: Option<serde_yaml::Value>) -> AttributionSettings {
-        let mut out = AttributionSettings::default();
-        let (rules, rules_path) = match raw {
-            None | Some(serde_yaml::Value::Null) => return out,
-            Some(serde_yaml::Value::Sequence(items)) => (items, "attribution".to_string()),
-            Some(v @ serde_yaml::Value::Mapping(_)) => {
-                let Some(f) = self.item::<AttributionFile>("attribution", v) else {
-                    return out;
-                };
-                match f.anonymous.as_deref() {
-                    None | Some("attribute_by_kernel") => {}
-                    Some("leave_anonymous") => out.anonymous = Anonymous::LeaveAnonymous,
-                    Some(other) => self.problem(
-                        "attribution.anonymous",
-                        format!("`{other}` is not one of attribute_by_kernel, leave_anonymous"),
-                    ),
-                }
-                (f.rules, "attribution.rules".to_string())
-            }
-            Some(_) => {
-                self.problem(
-                    "attribution",
-                    "must be a list of rules or a map with `anonymous` and `rules`",
-                );
-                return out;
-            }
-        };
-        for (i, raw) in rules.into_iter().enumerate() {
-            let path = format!("{rules_path}[{i}]");
-            let Some(r) = self.item::<RuleFile>(&path, raw) else {
-                continue;
-            };
-            let m = &r.matches;
-            if m.cgroup.is_none() && m.comm.is_none() && m.container.is_none() && m.pod.is_none() {
-                self.problem(
-                    format!("{path}.match"),
-                    "needs at least one of cgroup, comm, container, pod",
-                );
-                continue;
-            }
-            let fills = Identity {
-                team: r.team,
-                project: r.project,
-                user: r.user,
-                session: r.session,
-                workflow: r.workflow,
-                cost_center: r.cost_center,
-            };
-            if fills.is_empty() {
-                self.problem(
-                    path,
-                    "sets no identity field (team, project, user, session, workflow, cost_center)",
-                );
-                continue;
-            }
-            let glob = |g: &Option<String>| g.as_deref().map(Glob::new);
-            out.rules.push(AttributionRule {
-                cgroup: glob(&m.cgroup),
-                comm: glob(&m.comm),
-                container: glob(&m.container),
-                pod: glob(&m.pod),
-                fills,
-            });
         }
         out
     }
@@ -740,74 +588,7 @@ impl Validator<'_> {
     }
 }
 
-/// IPv4-mapped IPv6 addresses as IPv4, the way the kernel programs key them.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
-    }
-}
-
-/// Whether a configured provider's address is exactly `dst` (an IP literal, or `localhost`
-/// for a loopback destination; other host names are not resolved for this).
-fn provider_at(p: &Provider, dst: SocketAddr) -> bool {
-    if p.port != dst.port() {
-        return false;
-    }
-    match p.host.parse::<IpAddr>() {
-        Ok(ip) => canonical(SocketAddr::new(ip, p.port)) == dst,
-        Err(_) => p.host.eq_ignore_ascii_case("localhost") && dst.ip().is_loopback(),
-    }
-}
-
-/// Routes every intercepted destination, appending implicit providers where needed.
-fn intercept_routes(
-    intercept: &[SocketAddr],
-    providers: &mut Vec<(Provider, String)>,
-) -> Vec<InterceptRoute> {
-    let mut routes = Vec::with_capacity(intercept.len());
-    for dst in intercept {
-        let mut pick = |kind: ProviderKind| {
-            if let Some(i) = providers
-                .iter()
-                .position(|(p, _)| !p.implicit && p.kind == kind && provider_at(p, *dst))
-            {
-                return i;
-            }
-            let host = dst.ip().to_string();
-            providers.push((
-                Provider {
-                    name: INTERCEPTED.to_string(),
-                    kind,
-                    tls: false,
-                    host_header: format!("{}:{}", authority_host(&host), dst.port()),
-                    host,
-                    port: dst.port(),
-                    base_path: String::new(),
-                    api_key: None,
-                    ca_file: None,
-                    anthropic_version: "2023-06-01".into(),
-                    implicit: true,
-                },
-                format!("intercept[{dst}]"),
-            ));
-            providers.len() - 1
-        };
-        let openai = pick(ProviderKind::OpenAi);
-        let anthropic = pick(ProviderKind::Anthropic);
-        routes.push(InterceptRoute {
-            dst: *dst,
-            openai,
-            anthropic,
-        });
-    }
-    routes
-}
-
-fn authority_host(host: &str) -> String {
+pub(super) fn authority_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -826,6 +607,7 @@ struct BaseUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::kernel::{Anonymous, Glob, KernelMode};
 
     fn no_env(_: &str) -> Option<String> {
         None
