@@ -101,11 +101,6 @@ impl GateError {
         }
     }
 
-    /// Whether another attempt (another connection or target) could succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, ErrorKind::UpstreamUnreachable)
-    }
-
     /// HTTP status, OpenAI `type` and `code` for this error.
     fn classify(&self) -> (u16, &'static str, &'static str) {
         use ErrorKind::*;

@@ -32,9 +32,11 @@ fn assert_forwarded_intact(stack: &Stack, body: &Value) {
     );
 }
 
-fn split_request(cuts_in_head: bool) {
+/// Sends a chat request in pieces, cut at the offsets `cuts` returns for the head's length,
+/// and checks it is answered and forwarded intact.
+fn split_request(prompt: &str, cuts: impl Fn(usize) -> Vec<usize>) {
     let stack = Stack::start();
-    let body = chat_body("smol", "sent in pieces", 2, false);
+    let body = chat_body("smol", prompt, 2, false);
     let bytes = request_bytes(
         "POST",
         "/v1/chat/completions",
@@ -46,13 +48,8 @@ fn split_request(cuts_in_head: bool) {
         .position(|w| w == b"\r\n\r\n")
         .expect("head end")
         + 4;
-    let cuts = if cuts_in_head {
-        vec![10, 30, head_end - 1]
-    } else {
-        vec![head_end, head_end + 5, head_end + 20]
-    };
     let mut client = Client::connect(stack.agent.addr);
-    send_in_pieces(&mut client, &bytes, &cuts);
+    send_in_pieces(&mut client, &bytes, &cuts(head_end));
     let r = client.read_response().expect("response");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_forwarded_intact(&stack, &body);
@@ -60,34 +57,19 @@ fn split_request(cuts_in_head: bool) {
 
 #[test]
 fn head_split_over_several_writes() {
-    split_request(true);
+    split_request("sent in pieces", |head_end| vec![10, 30, head_end - 1]);
 }
 
 #[test]
 fn body_split_over_several_writes() {
-    split_request(false);
+    split_request("sent in pieces", |head_end| {
+        vec![head_end, head_end + 5, head_end + 20]
+    });
 }
 
 #[test]
 fn head_and_body_in_separate_writes() {
-    let stack = Stack::start();
-    let body = chat_body("smol", "head first, then body", 2, false);
-    let bytes = request_bytes(
-        "POST",
-        "/v1/chat/completions",
-        &[],
-        body.to_string().as_bytes(),
-    );
-    let head_end = bytes
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("head end")
-        + 4;
-    let mut client = Client::connect(stack.agent.addr);
-    send_in_pieces(&mut client, &bytes, &[head_end]);
-    let r = client.read_response().expect("response");
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_forwarded_intact(&stack, &body);
+    split_request("head first, then body", |head_end| vec![head_end]);
 }
 
 /// A prompt of `len` bytes that never repeats a 16-byte block, so a misplaced byte shows.

@@ -133,12 +133,6 @@ fn parse_size(line: &[u8]) -> Result<u64, HttpError> {
     })
 }
 
-/// Writes a chunk-size line for `len` payload bytes into `out`.
-pub fn chunk_header(len: usize, out: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(out, "{len:x}\r\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,12 +170,5 @@ mod tests {
         assert!(decode_all(b"2\r\nabXY", 100).is_err());
         let long = vec![b'1'; MAX_LINE + 10];
         assert!(decode_all(&long, 100_000).is_err());
-    }
-
-    #[test]
-    fn header_format() {
-        let mut v = Vec::new();
-        chunk_header(255, &mut v);
-        assert_eq!(v, b"ff\r\n");
     }
 }

@@ -30,14 +30,6 @@ impl BytesVec {
         self.parts.push(b);
     }
 
-    pub fn len_bytes(&self) -> usize {
-        self.parts.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.parts.is_empty()
-    }
-
     /// Empties the list, keeping its capacity for the next write.
     pub fn clear(&mut self) {
         self.parts.clear();

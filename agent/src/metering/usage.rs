@@ -161,11 +161,6 @@ impl UsageAccumulator {
         self.openai.is_some() || (self.anthropic.is_some() && self.anthropic_final)
     }
 
-    /// True when some usage (possibly partial) was seen.
-    pub fn has_any(&self) -> bool {
-        self.openai.is_some() || self.anthropic.is_some()
-    }
-
     /// The normalised usage seen so far.
     pub fn finish(&self) -> Option<Usage> {
         if let Some(u) = self.openai {
@@ -278,7 +273,7 @@ mod tests {
     fn anthropic_stream_merges_start_and_delta() {
         let mut acc = UsageAccumulator::default();
         acc.observe_frame(Api::Messages, br#"{"type":"message_start","message":{"usage":{"input_tokens":5,"cache_read_input_tokens":16,"cache_creation_input_tokens":0,"output_tokens":1}}}"#);
-        assert!(acc.has_any() && !acc.is_complete());
+        assert!(acc.finish().is_some() && !acc.is_complete());
         acc.observe_frame(Api::Messages, br#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":12}}"#);
         assert!(acc.is_complete());
         let u = acc.finish().unwrap();

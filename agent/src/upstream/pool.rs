@@ -44,8 +44,4 @@ impl PoolLocal {
         conn.idle_since = now;
         stack.push(conn);
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(Vec::len).sum()
-    }
 }
