@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf};
+use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
 use crate::api::Wire;
 use crate::error::GateError;
+use crate::http::iovec::BytesVec;
 use crate::kernel::ConnAttribution;
 
 pub struct ClientConn {
@@ -73,9 +74,9 @@ impl ClientConn {
         self.stream.write_all(buf).await.0.map(|_| ())
     }
 
-    pub async fn write_vectored<T: IoVecBuf + 'static>(&mut self, buf: T) -> (io::Result<()>, T) {
-        let (r, b) = self.stream.write_vectored_all(buf).await;
-        (r.map(|_| ()), b)
+    /// Writes all of `buf`, across partial writes; returns it for reuse.
+    pub async fn write_vectored(&mut self, buf: BytesVec) -> (io::Result<()>, BytesVec) {
+        crate::http::iovec::write_all(&mut self.stream, buf).await
     }
 
     /// Writes a complete response with a body of our own.

@@ -39,6 +39,11 @@ pub enum ErrorKind {
         column: usize,
         offset: usize,
     },
+    /// JSON nested deeper than `limits.max_json_depth` (refused before any recursive parser).
+    JsonTooDeep { limit: usize },
+    /// A top-level field Tollgate reads or rewrites appears twice: providers disagree on which
+    /// one wins, so billing and routing could read a different value than the provider.
+    DuplicateKey { param: &'static str },
     /// Valid JSON, but a field has the wrong type or a required field is missing.
     InvalidRequest { param: Option<&'static str> },
     /// No configured model has the requested name.
@@ -55,6 +60,10 @@ pub enum ErrorKind {
     UpstreamTimeout,
     /// The provider answered with something that is not HTTP/1.1.
     UpstreamProtocol,
+    /// The provider answered an error status with an empty body; its status is kept.
+    UpstreamEmptyError { status: u16 },
+    /// The worker is at its connection or buffered-bytes cap; the client should retry later.
+    Overloaded { retry_after_s: u32 },
     /// A bug or resource failure inside the agent.
     Internal,
 }
@@ -91,13 +100,18 @@ impl GateError {
             | MalformedHttp
             | LengthRequired
             | InvalidJson { .. }
+            | JsonTooDeep { .. }
+            | DuplicateKey { .. }
             | InvalidRequest { .. }
             | ModelNotFound
             | UnsupportedApi
             | NotFound
             | MethodNotAllowed => Side::Client,
-            UpstreamUnreachable | UpstreamTimeout | UpstreamProtocol => Side::Upstream,
-            Internal => Side::Internal,
+            UpstreamUnreachable
+            | UpstreamTimeout
+            | UpstreamProtocol
+            | UpstreamEmptyError { .. } => Side::Upstream,
+            Overloaded { .. } | Internal => Side::Internal,
         }
     }
 
@@ -112,6 +126,8 @@ impl GateError {
             MalformedHttp => (400, "invalid_request_error", "malformed_http"),
             LengthRequired => (411, "invalid_request_error", "length_required"),
             InvalidJson { .. } => (400, "invalid_request_error", "invalid_json"),
+            JsonTooDeep { .. } => (400, "invalid_request_error", "json_too_deep"),
+            DuplicateKey { .. } => (400, "invalid_request_error", "duplicate_key"),
             InvalidRequest { .. } => (400, "invalid_request_error", "invalid_request"),
             ModelNotFound => (404, "invalid_request_error", "model_not_found"),
             UnsupportedApi => (400, "invalid_request_error", "unsupported_api_for_model"),
@@ -120,6 +136,11 @@ impl GateError {
             UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),
             UpstreamTimeout => (504, "api_error", "upstream_timeout"),
             UpstreamProtocol => (502, "api_error", "upstream_protocol_error"),
+            UpstreamEmptyError { status } if status < 500 => {
+                (status, "invalid_request_error", "upstream_error")
+            }
+            UpstreamEmptyError { status } => (status, "api_error", "upstream_error"),
+            Overloaded { .. } => (503, "api_error", "overloaded"),
             Internal => (500, "api_error", "internal_error"),
         }
     }
@@ -136,6 +157,7 @@ impl GateError {
     fn param(&self) -> Option<&'static str> {
         match self.kind {
             ErrorKind::InvalidRequest { param } => param,
+            ErrorKind::DuplicateKey { param } => Some(param),
             ErrorKind::ModelNotFound | ErrorKind::UnsupportedApi => Some("model"),
             _ => None,
         }
@@ -160,6 +182,7 @@ impl GateError {
         };
         let retry_after_s = match self.kind {
             ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout => Some(1),
+            ErrorKind::Overloaded { retry_after_s } => Some(retry_after_s),
             _ => None,
         };
         ErrorResponse {
@@ -178,6 +201,7 @@ fn anthropic_type(status: u16) -> &'static str {
         403 => "permission_error",
         404 => "not_found_error",
         429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
         504 => "timeout_error",
         _ => "api_error",
     }

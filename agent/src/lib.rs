@@ -7,6 +7,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod json;
 pub mod kernel;
 pub mod ledger;
 pub mod local;

@@ -23,7 +23,7 @@ use crate::local;
 use crate::metering::Usage;
 use crate::phase::identify::Identity;
 use crate::phase::inspect::Inspection;
-use crate::phase::read::Request;
+use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
 use crate::phase::{forward, identify, inspect, passthrough, relay, route, settle};
 use crate::worker::Worker;
@@ -81,6 +81,10 @@ pub struct RequestCtx {
     pub partial_usage: Option<Usage>,
     /// Response bytes kept for metering when no usage has been seen (by reference).
     pub response_payload: Vec<Bytes>,
+    /// The record, journalled before the response's last byte (see `settle::seal`).
+    pub sealed: Option<settle::Sealed>,
+    /// The body's share of the worker's buffer budget, held until the request is done.
+    pub reservation: Reservation,
 }
 
 impl RequestCtx {
@@ -107,6 +111,8 @@ impl RequestCtx {
             usage: None,
             partial_usage: None,
             response_payload: Vec::new(),
+            sealed: None,
+            reservation: req.reservation,
         }
     }
 }
@@ -136,7 +142,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
     }
     let mut ctx = RequestCtx::new(w.next_request_id(), started, api, req);
     if let Err(e) = proxy(w, client, &mut ctx).await {
-        fail(client, &mut ctx, &e).await;
+        fail(w, client, &mut ctx, &e).await;
     }
     settle::run(w, &mut ctx, client.attribution.as_ref());
     ctx.client_keep_alive
@@ -145,15 +151,16 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
 /// The phases that can fail before the response starts.
 async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Result<(), GateError> {
     identify::run(ctx);
-    inspect::run(ctx)?;
+    inspect::run(ctx, w.cfg.limits.max_json_depth)?;
     route::run(&w.cfg, ctx, client.original_dst())?;
     let forwarded = forward::run(w, ctx).await?;
     relay::run(w, ctx, client, forwarded).await;
     Ok(())
 }
 
-/// Answers a request that failed before its response started.
-pub async fn fail(client: &mut ClientConn, ctx: &mut RequestCtx, e: &GateError) {
+/// Answers a request that failed before its response started. The record is journalled
+/// before the error goes out, like any other response.
+pub async fn fail(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx, e: &GateError) {
     ctx.status = e.status();
     ctx.outcome = match e.kind {
         crate::error::ErrorKind::UpstreamTimeout => Outcome::UpstreamTimeout,
@@ -163,6 +170,7 @@ pub async fn fail(client: &mut ClientConn, ctx: &mut RequestCtx, e: &GateError) 
     if e.side() != crate::error::Side::Client {
         tracing::warn!(id = %ctx.id, error = %e, "request failed");
     }
+    settle::seal(w, ctx, client.attribution.as_ref());
     let keep = ctx.client_keep_alive;
     if client
         .respond_error(e, ctx.api.wire(), keep, Some(&ctx.id))

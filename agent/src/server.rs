@@ -276,6 +276,8 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     let control_metrics = metrics.clone();
     let control = std::thread::Builder::new()
         .name("tollgate-control".into())
+        // Estimates parse prompt JSON (depth-checked, recursive) on this thread too.
+        .stack_size(worker::STACK_BYTES)
         .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics, enricher))?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
@@ -290,6 +292,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         workers.push(
             std::thread::Builder::new()
                 .name(format!("tollgate-w{index}"))
+                .stack_size(worker::STACK_BYTES)
                 .spawn(move || {
                     if let Err(e) = worker::run(seed) {
                         tracing::error!(worker = index, error = %e, "worker failed to start");

@@ -20,12 +20,17 @@ use crate::config::{Config, IoDriver};
 use crate::ledger::journal::Journal;
 use crate::ledger::local::LedgerLocal;
 use crate::ledger::writer::ToWriter;
-use crate::phase::read::{self, ReadEnd, Request};
+use crate::phase::read::{self, BodyBudget, ReadEnd, Request, Reservation};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
 use crate::server::Shared;
 use crate::upstream::pool::PoolLocal;
 use crate::upstream::tls::Tls;
+
+/// Stack of a worker thread. JSON is only handed to sonic-rs (recursive) after the depth guard
+/// (`json.rs`), and at the largest `limits.max_json_depth` (1024) that needs ~250 KB in a
+/// release build; the rest is headroom (the pages are only committed when touched).
+pub const STACK_BYTES: usize = 8 * 1024 * 1024;
 
 /// Longest a stopping worker waits for in-flight requests.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -42,6 +47,10 @@ pub struct Worker {
     pub driver: &'static str,
     next_id: Cell<u64>,
     in_flight: Cell<usize>,
+    /// Client connections this worker holds (capped by `limits.max_connections_per_worker`).
+    connections: Cell<usize>,
+    /// Request-body bytes this worker buffers (capped by `limits.max_buffered_bytes_per_worker`).
+    pub body_budget: Rc<BodyBudget>,
 }
 
 impl Worker {
@@ -113,6 +122,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     } else {
         None
     };
+    let cfg_budget = cfg.limits.max_buffered_bytes_per_worker;
     let w = Rc::new(Worker {
         index: seed.index,
         pool: RefCell::new(PoolLocal::new(
@@ -127,6 +137,8 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         driver,
         next_id: Cell::new(0),
         in_flight: Cell::new(0),
+        connections: Cell::new(0),
+        body_budget: BodyBudget::new(cfg_budget),
     });
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
@@ -134,6 +146,11 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                if w.connections.get() >= w.cfg.limits.max_connections_per_worker {
+                    monoio::spawn(refuse(w.clone(), stream));
+                    continue;
+                }
+                w.connections.set(w.connections.get() + 1);
                 monoio::spawn(serve_conn(w.clone(), ClientConn::new(stream, peer)));
             }
             Err(e) => {
@@ -170,7 +187,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         if w.shared.shutting_down.load(Ordering::Relaxed) {
             break;
         }
-        match read::read_request(&mut client, &w.cfg.limits).await {
+        match read::read_request(&mut client, &w.cfg.limits, &w.body_budget).await {
             Ok(req) => {
                 let started = Instant::now();
                 w.in_flight.set(w.in_flight.get() + 1);
@@ -195,10 +212,11 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
                             Request {
                                 head,
                                 body: Bytes::new(),
+                                reservation: Reservation::none(),
                             },
                         );
                         ctx.client_keep_alive = false;
-                        pipeline::fail(&mut client, &mut ctx, &e).await;
+                        pipeline::fail(&w, &mut client, &mut ctx, &e).await;
                         settle::run(&w, &mut ctx, client.attribution.as_ref());
                     }
                     None => {
@@ -210,4 +228,25 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         }
     }
     globals.connections_open.fetch_sub(1, Ordering::Relaxed);
+    w.connections.set(w.connections.get() - 1);
+}
+
+/// Answers a connection over the worker's cap with a 503 and closes it, without reading its
+/// request: holding it open to read would spend what the cap protects.
+async fn refuse(w: Rc<Worker>, stream: monoio::net::TcpStream) {
+    w.shared
+        .metrics
+        .globals
+        .connections_refused
+        .fetch_add(1, Ordering::Relaxed);
+    let e = crate::error::GateError::new(
+        crate::error::ErrorKind::Overloaded { retry_after_s: 1 },
+        "the gateway holds too many connections right now; retry shortly",
+    );
+    let mut client = ClientConn::new(stream, std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let _ = monoio::time::timeout(
+        Duration::from_secs(1),
+        client.respond_error(&e, Wire::OpenAi, false, None),
+    )
+    .await;
 }

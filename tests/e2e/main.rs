@@ -29,6 +29,8 @@ mod errors_upstream;
 mod forwarding;
 /// Golden client-visible bodies and streams per API (tests/fixtures/<api>/<case>.snap).
 mod golden;
+/// Hostile clients and providers: each defect the hardening review found, reproduced and fixed.
+mod hardening;
 /// `stream_options.include_usage` injection and removal of the extra usage chunk.
 mod include_usage;
 /// Kernel interception and attribution: unmodified clients metered and attributed, detach.

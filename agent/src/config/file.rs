@@ -109,10 +109,16 @@ pub struct LimitsFile {
     pub max_head_bytes: Option<usize>,
     pub max_headers: Option<usize>,
     pub max_body_bytes: Option<u64>,
-    /// Time allowed to receive a whole request head once its first byte arrived.
+    /// Deepest JSON nesting accepted in a request body.
+    pub max_json_depth: Option<usize>,
+    /// Time allowed to receive a whole request head once its first byte arrived (absolute).
     pub header_timeout_ms: Option<u64>,
-    /// Time allowed between two reads of a request body.
+    /// Time allowed to receive a whole request body once its head was read (absolute).
     pub body_timeout_ms: Option<u64>,
+    /// Most client connections one worker holds; more are answered 503 and closed.
+    pub max_connections_per_worker: Option<usize>,
+    /// Most request-body bytes one worker buffers at once across its connections.
+    pub max_buffered_bytes_per_worker: Option<u64>,
     /// How long an idle keep-alive client connection is kept.
     pub idle_timeout_ms: Option<u64>,
 }
@@ -154,6 +160,11 @@ pub struct ProviderFile {
     pub ca_file: Option<String>,
     /// Sent as `anthropic-version` when the client sent none (Anthropic providers).
     pub anthropic_version: Option<String>,
+    /// Pass the client's `OpenAI-Organization` and `OpenAI-Project` headers on (default: drop
+    /// them; they would apply the client's organization to the provider key's account).
+    pub forward_organization_headers: Option<bool>,
+    /// Most header lines the provider accepts in a request (default 100, as OpenAI's servers).
+    pub max_request_headers: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -77,9 +77,14 @@ pub struct Limits {
     pub max_head_bytes: usize,
     pub max_headers: usize,
     pub max_body_bytes: u64,
+    pub max_json_depth: usize,
+    /// Deadline for a whole head, from its first byte.
     pub header_timeout: Duration,
+    /// Deadline for a whole body, from the end of its head.
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    pub max_connections_per_worker: usize,
+    pub max_buffered_bytes_per_worker: u64,
 }
 
 /// How Tollgate talks to providers.
@@ -139,7 +144,15 @@ pub struct Provider {
     /// Created for an intercepted destination that no configured provider serves: plain
     /// HTTP, no provider key, and the client's own credentials are forwarded.
     pub implicit: bool,
+    /// Pass the client's `OpenAI-Organization`/`OpenAI-Project` on.
+    pub forward_organization_headers: bool,
+    /// Most header lines the provider accepts; a request that would carry more is refused
+    /// with 431 before it is sent.
+    pub max_request_headers: usize,
 }
+
+/// OpenAI's servers answer 431 past 100 request headers.
+pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
 
 /// A client-visible model name and where it goes.
 #[derive(Debug, Clone)]
@@ -327,10 +340,27 @@ impl Validator<'_> {
             max_head_bytes: l.max_head_bytes.unwrap_or(64 * 1024),
             max_headers: l.max_headers.unwrap_or(100),
             max_body_bytes: l.max_body_bytes.unwrap_or(32 * 1024 * 1024),
+            max_json_depth: l.max_json_depth.unwrap_or(crate::json::DEFAULT_MAX_DEPTH),
             header_timeout: ms(l.header_timeout_ms, 10_000),
-            body_timeout: ms(l.body_timeout_ms, 30_000),
+            body_timeout: ms(l.body_timeout_ms, 60_000),
             idle_timeout: ms(l.idle_timeout_ms, 75_000),
+            max_connections_per_worker: l.max_connections_per_worker.unwrap_or(16_384),
+            max_buffered_bytes_per_worker: l
+                .max_buffered_bytes_per_worker
+                .unwrap_or(256 * 1024 * 1024),
         };
+        if limits.max_json_depth == 0 || limits.max_json_depth > 1024 {
+            self.problem("limits.max_json_depth", "must be between 1 and 1024");
+        }
+        if limits.max_connections_per_worker == 0 {
+            self.problem("limits.max_connections_per_worker", "must be at least 1");
+        }
+        if limits.max_buffered_bytes_per_worker < limits.max_body_bytes {
+            self.problem(
+                "limits.max_buffered_bytes_per_worker",
+                "must be at least limits.max_body_bytes (one request must fit)",
+            );
+        }
         if limits.max_head_bytes < 1024 {
             self.problem("limits.max_head_bytes", "must be at least 1024");
         }
@@ -483,6 +513,10 @@ impl Validator<'_> {
                     ca_file: p.ca_file.map(PathBuf::from),
                     anthropic_version: p.anthropic_version.unwrap_or_else(|| "2023-06-01".into()),
                     implicit: false,
+                    forward_organization_headers: p.forward_organization_headers.unwrap_or(false),
+                    max_request_headers: p
+                        .max_request_headers
+                        .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
                 },
                 path,
             ));

@@ -221,6 +221,9 @@ pub(super) fn intercept_routes(
                     ca_file: None,
                     anthropic_version: "2023-06-01".into(),
                     implicit: true,
+                    // The client's own credentials go there, so its organization headers do too.
+                    forward_organization_headers: true,
+                    max_request_headers: super::validate::DEFAULT_MAX_REQUEST_HEADERS,
                 },
                 format!("intercept[{dst}]"),
             ));

@@ -43,12 +43,23 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
 }
 
 impl RequestHead {
-    /// Parses a complete head (`raw` ends with the blank line).
+    /// Parses a complete head (`raw` ends with the blank line, as `find_head_end` found it).
+    ///
+    /// The reader finds the end of a head by `CRLF CRLF`, while httparse also accepts a bare LF
+    /// as a line end; a head where the two would disagree (`Host: x\n\r\n...`) could hide a
+    /// second request inside the first one's headers. So a bare LF is refused, and httparse
+    /// must end the head exactly where the reader did.
     pub fn parse(raw: Bytes, max_headers: usize) -> Result<RequestHead, HttpError> {
+        if memchr::memchr_iter(b'\n', &raw).any(|i| i == 0 || raw[i - 1] != b'\r') {
+            return Err(HttpError::Malformed("bare LF in the request head"));
+        }
         let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
         let mut req = httparse::Request::new(&mut storage);
         match req.parse(&raw) {
-            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(HttpError::Malformed("the request head ends early"))
+            }
             Ok(httparse::Status::Partial) => return Err(HttpError::Malformed("incomplete head")),
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(HttpError::TooManyHeaders { limit: max_headers })
@@ -195,6 +206,12 @@ mod tests {
             parse("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n").is_err()
         );
         assert!(parse("\x01\x02 nonsense\r\n\r\n").is_err());
+        // A bare LF before CRLF would end the head early for httparse but not for the reader.
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: x\n\r\nContent-Length: 5\r\n\r\n").unwrap_err(),
+            HttpError::Malformed("bare LF in the request head")
+        );
+        assert!(parse("GET / HTTP/1.1\nHost: x\r\n\r\n").is_err());
         let many: String = (0..20).map(|i| format!("H{i}: v\r\n")).collect();
         assert_eq!(
             parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),

@@ -26,12 +26,20 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
-    /// Parses a complete response head.
+    /// Parses a complete response head (`raw` ends where `find_head_end` found `CRLF CRLF`).
+    /// As for requests, a bare LF is refused and httparse must end the head exactly there, so
+    /// the body boundary on a pooled connection cannot be read two ways.
     pub fn parse(raw: &[u8]) -> Result<ResponseHead, HttpError> {
+        if memchr::memchr_iter(b'\n', raw).any(|i| i == 0 || raw[i - 1] != b'\r') {
+            return Err(HttpError::Malformed("bare LF in the response head"));
+        }
         let mut storage = [httparse::EMPTY_HEADER; 128];
         let mut resp = httparse::Response::new(&mut storage);
         match resp.parse(raw) {
-            Ok(httparse::Status::Complete(_)) => {}
+            Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
+            Ok(httparse::Status::Complete(_)) => {
+                return Err(HttpError::Malformed("the response head ends early"))
+            }
             Ok(httparse::Status::Partial) => {
                 return Err(HttpError::Malformed("incomplete response head"))
             }
@@ -46,10 +54,12 @@ impl ResponseHead {
         for h in resp.headers.iter() {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
-                length = Some(
-                    parse_content_length(h.value)
-                        .ok_or(HttpError::Malformed("invalid Content-Length"))?,
-                );
+                let n = parse_content_length(h.value)
+                    .ok_or(HttpError::Malformed("invalid Content-Length"))?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(HttpError::Malformed("conflicting Content-Length headers"));
+                }
+                length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 chunked = has_token(h.value, b"chunked");
             } else if name.eq_ignore_ascii_case(b"connection") {
@@ -75,6 +85,11 @@ impl ResponseHead {
         let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
             ResponseFraming::Empty
         } else if chunked {
+            // With Content-Length too, chunked wins (RFC 9112 6.3), but the connection is not
+            // trusted with another response.
+            if length.is_some() {
+                keep_alive = false;
+            }
             ResponseFraming::Chunked
         } else if let Some(n) = length {
             ResponseFraming::Length(n)

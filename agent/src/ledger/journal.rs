@@ -182,10 +182,13 @@ impl Journal {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
-            .create_new(true)
+            // The boot id in the name keeps runs apart; truncate reuses a file that a failed
+            // earlier attempt (a full disk) left behind.
+            .create(true)
+            .truncate(true)
             .open(&path)?;
         file.set_len(SEGMENT_BYTES as u64)?;
-        // SAFETY: the file was just created by this worker (create_new) and is mapped only here;
+        // SAFETY: the file was just created (or truncated) by this worker and is mapped only here;
         // nothing else writes it while it is mapped (replay reads journals of earlier runs only).
         let map = unsafe { memmap2::MmapMut::map_mut(&file)? };
         Ok((map, path))
@@ -237,7 +240,10 @@ pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Resu
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     files.sort();
-    let mut records = Vec::new();
+    let mut records: Vec<UsageRecord> = Vec::new();
+    // A request journalled twice (sealed before its last byte, then its outcome changed) keeps
+    // its last line.
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for f in &files {
         let bytes = std::fs::read(f)?;
         // The zero-filled tail is unused space; a torn last line (the crash hit mid-copy) fails to
@@ -245,7 +251,14 @@ pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Resu
         let used = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
         for line in bytes[..used].split(|b| *b == b'\n') {
             if let Ok(entry) = serde_json::from_slice::<Entry>(line) {
-                records.push(entry.into_record());
+                let record = entry.into_record();
+                match index.get(&record.id) {
+                    Some(&i) => records[i] = record,
+                    None => {
+                        index.insert(record.id.clone(), records.len());
+                        records.push(record);
+                    }
+                }
             }
         }
     }

@@ -25,6 +25,8 @@ pub struct LedgerLocal {
     armed: Cell<bool>,
     tx: Sender<ToWriter>,
     journal: RefCell<Option<Journal>>,
+    /// The last journal write failed (logged once until one succeeds again).
+    failing: Cell<bool>,
 }
 
 impl LedgerLocal {
@@ -34,12 +36,15 @@ impl LedgerLocal {
             armed: Cell::new(false),
             tx,
             journal: RefCell::new(journal),
+            failing: Cell::new(false),
         })
     }
 
     /// Journals the record; on a full segment, hands the writer everything pending and then
     /// the retired segment (in that order, on one FIFO channel) so it can delete it once committed.
-    fn journal(&self, msg: &LedgerMsg) {
+    /// A failed write loses crash safety for this record only: the next record tries again (a
+    /// full disk may clear), and the failure is logged once per streak, not per record.
+    pub fn journal(&self, msg: &LedgerMsg) {
         let mut slot = self.journal.borrow_mut();
         let Some(j) = slot.as_mut() else { return };
         let written = match msg {
@@ -47,15 +52,20 @@ impl LedgerLocal {
             LedgerMsg::Estimate { record, input, .. } => j.append(record, Some(approximate(input))),
         };
         match written.map(|()| j.take_retired()) {
-            Ok(None) => {}
-            Ok(Some(retired)) => {
-                drop(slot);
-                self.flush();
-                let _ = self.tx.send(ToWriter::Retire(retired));
+            Ok(retired) => {
+                if self.failing.replace(false) {
+                    tracing::info!("usage journal writes succeed again");
+                }
+                if let Some(retired) = retired {
+                    drop(slot);
+                    self.flush();
+                    let _ = self.tx.send(ToWriter::Retire(retired));
+                }
             }
             Err(e) => {
-                tracing::error!(error = %e, "usage journal write failed; records are no longer crash-safe on this worker");
-                *slot = None;
+                if !self.failing.replace(true) {
+                    tracing::error!(error = %e, "usage journal write failed; this record is not crash-safe (later records are retried)");
+                }
             }
         }
     }
@@ -68,9 +78,12 @@ impl LedgerLocal {
         }
     }
 
-    /// Queues one message; returns false if the writer is gone (the record is then lost).
-    pub fn push(self: &Rc<Self>, msg: LedgerMsg) -> bool {
-        self.journal(&msg);
+    /// Queues one message, journalling it first unless `journal` is false (settle already
+    /// journalled it before the response's last byte); returns false if the writer is gone.
+    pub fn push(self: &Rc<Self>, msg: LedgerMsg, journal: bool) -> bool {
+        if journal {
+            self.journal(&msg);
+        }
         let full = {
             let mut p = self.pending.borrow_mut();
             p.push(msg);

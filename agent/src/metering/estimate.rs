@@ -119,6 +119,9 @@ fn push_str(v: Option<sonic_rs::LazyValue<'_>>, out: &mut String) {
 }
 
 fn append_stream_text(api: Api, data: &[u8], out: &mut String) {
+    if super::usage::too_deep(data) {
+        return;
+    }
     match api {
         Api::ChatCompletions | Api::Completions => {
             let Ok(choices) = sonic_rs::get(data, &["choices"]) else {
@@ -143,6 +146,9 @@ fn append_stream_text(api: Api, data: &[u8], out: &mut String) {
 }
 
 fn append_body_text(api: Api, body: &[u8], out: &mut String) {
+    if super::usage::too_deep(body) {
+        return;
+    }
     match api {
         Api::ChatCompletions | Api::Completions => {
             let Ok(choices) = sonic_rs::get(body, &["choices"]) else {

@@ -62,8 +62,18 @@ fn anthropic_usage(v: &LazyValue<'_>) -> AnthropicUsage {
     }
 }
 
+/// True for provider JSON nested too deeply to hand to a recursive parser. No real response
+/// comes near the limit; one that does is metered as if it reported no usage (estimated).
+pub(crate) fn too_deep(json: &[u8]) -> bool {
+    crate::json::depth_exceeds(json, crate::json::DEFAULT_MAX_DEPTH).is_some()
+}
+
 /// Reads usage from a complete non-streaming response body.
 pub fn extract_usage(api: Api, body: &[u8]) -> Option<Usage> {
+    // sonic-rs validates skipped values by recursion: refuse what could overflow the stack.
+    if too_deep(body) {
+        return None;
+    }
     let v = sonic_rs::get(body, &["usage"]).ok()?;
     if !v.is_object() {
         return None;
@@ -99,7 +109,7 @@ pub enum FrameUsage {
 impl UsageAccumulator {
     /// Reads the usage carried by one SSE frame's `data` payload, if any.
     pub fn observe_frame(&mut self, api: Api, data: &[u8]) -> FrameUsage {
-        if memchr::memmem::find(data, b"\"usage\"").is_none() {
+        if memchr::memmem::find(data, b"\"usage\"").is_none() || too_deep(data) {
             return FrameUsage::None;
         }
         match api {

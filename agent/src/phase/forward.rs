@@ -5,8 +5,14 @@
 //! credentials and Tollgate's own headers are dropped and the provider's key is added; the
 //! key never appears in a response. The exception is an implicit passthrough provider (an
 //! intercepted destination no configured provider serves): it has no key, and the client's own
-//! `authorization`/`x-api-key` are forwarded, because the client addressed that server itself. A failure before any response byte on a *reused*
-//! connection (a keep-alive the provider closed) is retried once on a fresh connection.
+//! `authorization`/`x-api-key` are forwarded, because the client addressed that server itself.
+//! `OpenAI-Organization`/`-Project` are dropped unless the provider is configured to take them.
+//! A request that would exceed the provider's header limit is refused here with 431.
+//!
+//! Retries: a pooled connection the provider has closed is noticed before use (the pool peeks
+//! at it). A request whose write fails on a reused connection is retried once on a fresh one;
+//! a request that was written completely is never sent again, even if the connection then
+//! ends without a response byte, because the provider may have processed and billed it.
 //! Reads: `ctx.body`, `ctx.inspection`, `ctx.target`. Writes: `ctx.injected_usage`,
 //! `ctx.upstream_head_at`. Hot path.
 
@@ -62,6 +68,50 @@ fn is_client_credential(name: &[u8]) -> bool {
         .any(|c| c.eq_ignore_ascii_case(name))
 }
 
+/// OpenAI's organization and project selectors: with the provider's key they would bill the
+/// client's choice of the key owner's organizations, so they pass only where configured.
+fn is_organization_header(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"openai-organization")
+        || name.eq_ignore_ascii_case(b"openai-project")
+}
+
+/// Whether a client header goes on to `provider`.
+fn forwarded(provider: &Provider, name: &[u8]) -> bool {
+    if provider.implicit && is_client_credential(name) {
+        return true;
+    }
+    !is_dropped(name) && (provider.forward_organization_headers || !is_organization_header(name))
+}
+
+/// Header lines Tollgate itself writes: host, content-type, accept-encoding, content-length,
+/// x-tollgate-request-id, the key, anthropic-version.
+const OWN_HEADERS: usize = 7;
+
+/// Refuses a request that would reach the provider with more header lines than it accepts
+/// (it would answer 431, often with an empty body).
+fn check_header_count(ctx: &RequestCtx, provider: &Provider) -> Result<(), GateError> {
+    let client = ctx
+        .head
+        .headers()
+        .filter(|(n, _)| forwarded(provider, n))
+        .count();
+    let limit = provider.max_request_headers;
+    if client + OWN_HEADERS > limit {
+        return Err(GateError::new(
+            ErrorKind::TooManyHeaders {
+                limit: limit.saturating_sub(OWN_HEADERS),
+            },
+            format!(
+                "the request carries {client} headers for the provider; with Tollgate's own it \
+                 would exceed the {limit} that provider `{}` accepts (send at most {})",
+                provider.name,
+                limit.saturating_sub(OWN_HEADERS)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// One edit of the client's body: replace `range` with `with`.
 struct Edit {
     range: Range<usize>,
@@ -106,11 +156,22 @@ fn body_edits(api: Api, body: &[u8], ins: &Inspection, upstream_model: &str) -> 
                 injected = true;
             }
             (None, None) => {
-                // The body is an object with at least `model`, so a trailing comma is valid.
-                let at = body.iter().position(|b| *b == b'{').map_or(0, |p| p + 1);
-                edits.push(Edit {
-                    range: at..at,
-                    with: Bytes::from_static(b"\"stream_options\":{\"include_usage\":true},"),
+                edits.push(match &ins.stream_options_null {
+                    // `"stream_options": null` is replaced: a second key would be a duplicate.
+                    Some(null) => Edit {
+                        range: null.clone(),
+                        with: Bytes::from_static(b"{\"include_usage\":true}"),
+                    },
+                    None => {
+                        // The body is an object with at least `model`, so a trailing comma is valid.
+                        let at = body.iter().position(|b| *b == b'{').map_or(0, |p| p + 1);
+                        Edit {
+                            range: at..at,
+                            with: Bytes::from_static(
+                                b"\"stream_options\":{\"include_usage\":true},",
+                            ),
+                        }
+                    }
                 });
                 injected = true;
             }
@@ -118,6 +179,26 @@ fn body_edits(api: Api, body: &[u8], ins: &Inspection, upstream_model: &str) -> 
     }
     edits.sort_by_key(|e| e.range.start);
     (edits, injected)
+}
+
+/// The provider's body for `body` as one buffer: what `forward` sends as slices, for tests and
+/// fuzzing (the data path never builds it). Returns the body and whether usage was injected.
+pub fn rewrite_body(
+    api: Api,
+    body: &[u8],
+    ins: &Inspection,
+    upstream_model: &str,
+) -> (Vec<u8>, bool) {
+    let (edits, injected) = body_edits(api, body, ins, upstream_model);
+    let mut out = Vec::with_capacity(body.len() + 64);
+    let mut at = 0;
+    for e in &edits {
+        out.extend_from_slice(&body[at..e.range.start]);
+        out.extend_from_slice(&e.with);
+        at = e.range.end;
+    }
+    out.extend_from_slice(&body[at..]);
+    (out, injected)
 }
 
 /// Builds the request head for the provider.
@@ -159,7 +240,7 @@ fn request_head(ctx: &RequestCtx, provider: &Provider, body_len: usize) -> Vec<u
         }
     }
     for (name, value) in ctx.head.headers() {
-        if !is_dropped(name) || (provider.implicit && is_client_credential(name)) {
+        if forwarded(provider, name) {
             h.extend_from_slice(name);
             h.extend_from_slice(b": ");
             h.extend_from_slice(value);
@@ -190,8 +271,12 @@ fn request_parts(ctx: &RequestCtx, provider: &Provider, edits: &[Edit]) -> Bytes
 }
 
 enum AttemptError {
-    /// Nothing came back: worth a retry if the connection was reused.
-    BeforeResponse(io::Error),
+    /// The request could not be written: the provider cannot have acted on it (a partial
+    /// request is never processed), so a retry on a fresh connection is safe.
+    NotSent(io::Error),
+    /// The request was written, then the connection ended before any response byte. The
+    /// provider may have processed (and billed) it, so it is never sent again.
+    NoResponse(io::Error),
     Fatal(GateError),
 }
 
@@ -201,6 +286,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
         .ok_or_else(|| GateError::new(ErrorKind::Internal, "forward without a route"))?;
     let cfg = &w.cfg;
     let provider = &cfg.providers[target.provider];
+    check_header_count(ctx, provider)?;
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
     ctx.injected_usage = injected;
@@ -227,7 +313,7 @@ pub(crate) async fn exchange(
     loop {
         match attempt(w, &mut conn, parts()).await {
             Ok(head) => return Ok(Forwarded { conn, head }),
-            Err(AttemptError::BeforeResponse(e)) if conn.reused && !retried => {
+            Err(AttemptError::NotSent(e)) if conn.reused && !retried => {
                 tracing::debug!(error = %e, provider = %provider.name, "stale keep-alive connection; retrying on a new one");
                 w.shared
                     .metrics
@@ -237,24 +323,30 @@ pub(crate) async fn exchange(
                 retried = true;
                 conn = connect(w, provider_idx).await?;
             }
-            Err(AttemptError::BeforeResponse(e)) => {
+            Err(AttemptError::NotSent(e)) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
                     ErrorKind::UpstreamTimeout
                 } else {
                     ErrorKind::UpstreamUnreachable
                 };
-                let msg = if kind == ErrorKind::UpstreamTimeout {
+                return Err(GateError::new(
+                    kind,
                     format!(
-                        "provider `{}` did not respond within {:?}",
-                        provider.name, cfg.upstream.response_timeout
-                    )
-                } else {
-                    format!(
-                        "provider `{}` closed the connection before responding: {e}",
+                        "sending the request to provider `{}` failed: {e}",
                         provider.name
-                    )
-                };
-                return Err(GateError::new(kind, msg));
+                    ),
+                ));
+            }
+            Err(AttemptError::NoResponse(e)) => {
+                return Err(GateError::new(
+                    ErrorKind::UpstreamUnreachable,
+                    format!(
+                        "provider `{}` closed the connection after receiving the request, before \
+                         responding ({e}); it was not re-sent because the provider may have \
+                         processed it",
+                        provider.name
+                    ),
+                ));
             }
             Err(AttemptError::Fatal(e)) => return Err(e),
         }
@@ -292,7 +384,7 @@ async fn attempt(
     parts: BytesVec,
 ) -> Result<ResponseHead, AttemptError> {
     let (res, _) = conn.stream.write_vectored_all(parts).await;
-    res.map_err(AttemptError::BeforeResponse)?;
+    res.map_err(AttemptError::NotSent)?;
     let timeout = w.cfg.upstream.response_timeout;
     let mut scanned = 0;
     loop {
@@ -320,7 +412,7 @@ async fn attempt(
         let had_bytes = !conn.buf.is_empty();
         match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
             Ok(0) if !had_bytes => {
-                return Err(AttemptError::BeforeResponse(io::Error::new(
+                return Err(AttemptError::NoResponse(io::Error::new(
                     io::ErrorKind::ConnectionReset,
                     "connection closed",
                 )))
@@ -338,7 +430,7 @@ async fn attempt(
                     format!("provider did not respond within {timeout:?}"),
                 )))
             }
-            Err(e) if !had_bytes => return Err(AttemptError::BeforeResponse(e)),
+            Err(e) if !had_bytes => return Err(AttemptError::NoResponse(e)),
             Err(e) => {
                 return Err(AttemptError::Fatal(GateError::new(
                     ErrorKind::UpstreamProtocol,
@@ -354,22 +446,10 @@ mod tests {
     use super::*;
     use crate::phase::inspect::inspect_body;
 
-    fn apply(body: &str, edits: &[Edit]) -> String {
-        let mut out = Vec::new();
-        let mut at = 0;
-        for e in edits {
-            out.extend_from_slice(&body.as_bytes()[at..e.range.start]);
-            out.extend_from_slice(&e.with);
-            at = e.range.end;
-        }
-        out.extend_from_slice(&body.as_bytes()[at..]);
-        String::from_utf8(out).unwrap()
-    }
-
     fn rewrite(body: &str, upstream: &str) -> (serde_json::Value, bool) {
         let ins = inspect_body(body.as_bytes()).unwrap();
-        let (edits, injected) = body_edits(Api::ChatCompletions, body.as_bytes(), &ins, upstream);
-        let out = apply(body, &edits);
+        let (out, injected) = rewrite_body(Api::ChatCompletions, body.as_bytes(), &ins, upstream);
+        let out = String::from_utf8(out).unwrap();
         (
             serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}")),
             injected,

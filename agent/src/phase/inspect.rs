@@ -23,6 +23,8 @@ pub struct Inspection {
     pub stream: bool,
     /// Span of the `stream_options` object, if present.
     pub stream_options_span: Option<Range<usize>>,
+    /// Span of a `"stream_options": null` value (replaced, not duplicated, when usage is injected).
+    pub stream_options_null: Option<Range<usize>>,
     /// `stream_options.include_usage` and the span of its value, if present.
     pub include_usage: Option<(bool, Range<usize>)>,
     /// max_tokens / max_completion_tokens / max_output_tokens, whichever is set.
@@ -53,11 +55,40 @@ pub enum InspectError {
     WrongType(&'static str),
     #[error("you must provide a model parameter")]
     MissingModel,
+    #[error("JSON is nested deeper than {limit} levels (at byte {offset})")]
+    TooDeep { limit: usize, offset: usize },
+    #[error("`{0}` appears more than once; send each field once")]
+    Duplicate(&'static str),
+    #[error("the model name is {len} bytes long; at most {MAX_MODEL_BYTES} are accepted")]
+    ModelTooLong { len: usize },
 }
 
+/// Longest model name accepted. Real names are short; a longer one would be echoed in errors
+/// and stored in the ledger, so it is refused rather than carried around.
+pub const MAX_MODEL_BYTES: usize = 256;
+
+/// The top-level fields Tollgate reads or rewrites. Each may appear once: parsers disagree on
+/// which duplicate wins (first, last, or an error), so a duplicate could make billing and
+/// routing read one value while the provider serves another.
+const READ_KEYS: [&str; 13] = [
+    "model",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "n",
+    "tools",
+    "messages",
+    "prompt",
+    "input",
+    "system",
+    "instructions",
+];
+
 /// Runs the inspect phase.
-pub fn run(ctx: &mut RequestCtx) -> Result<(), GateError> {
-    match inspect_body(&ctx.body) {
+pub fn run(ctx: &mut RequestCtx, max_depth: usize) -> Result<(), GateError> {
+    match inspect_body_with(&ctx.body, max_depth) {
         Ok(i) => {
             ctx.inspection = i;
             Ok(())
@@ -80,9 +111,13 @@ fn map_error(e: InspectError) -> GateError {
         },
         InspectError::NotAnObject => ErrorKind::InvalidRequest { param: None },
         InspectError::WrongType(p) => ErrorKind::InvalidRequest { param: Some(p) },
-        InspectError::MissingModel => ErrorKind::InvalidRequest {
-            param: Some("model"),
-        },
+        InspectError::MissingModel | InspectError::ModelTooLong { .. } => {
+            ErrorKind::InvalidRequest {
+                param: Some("model"),
+            }
+        }
+        InspectError::TooDeep { limit, .. } => ErrorKind::JsonTooDeep { limit: *limit },
+        InspectError::Duplicate(p) => ErrorKind::DuplicateKey { param: p },
     };
     GateError::new(kind, e.to_string())
 }
@@ -107,8 +142,19 @@ fn span_of(body: &[u8], v: &LazyValue<'_>) -> Range<usize> {
     start..start + raw.len()
 }
 
-/// Inspects a request body of the given API.
+/// Inspects a request body with the default nesting limit.
 pub fn inspect_body(body: &[u8]) -> Result<Inspection, InspectError> {
+    inspect_body_with(body, crate::json::DEFAULT_MAX_DEPTH)
+}
+
+/// Inspects a request body, refusing nesting deeper than `max_depth` before parsing.
+pub fn inspect_body_with(body: &[u8], max_depth: usize) -> Result<Inspection, InspectError> {
+    if let Some(offset) = crate::json::depth_exceeds(body, max_depth) {
+        return Err(InspectError::TooDeep {
+            limit: max_depth,
+            offset,
+        });
+    }
     let trimmed = body.trim_ascii_start();
     if trimmed.first() != Some(&b'{') {
         if trimmed.is_empty() {
@@ -129,24 +175,35 @@ pub fn inspect_body(body: &[u8]) -> Result<Inspection, InspectError> {
         ..Inspection::default()
     };
     let mut have_model = false;
+    let mut seen = 0u16;
     // End of the last member's value: the lazy iterator stops at the closing brace without
     // looking further, so trailing bytes are checked from here.
     let mut last_end = body.len() - trimmed.len() + 1;
     for item in sonic_rs::to_object_iter(body) {
         let (key, value) = item.map_err(syntax)?;
         last_end = span_of(body, &value).end;
+        if let Some(i) = READ_KEYS.iter().position(|k| *k == &*key) {
+            if seen & (1 << i) != 0 {
+                return Err(InspectError::Duplicate(READ_KEYS[i]));
+            }
+            seen |= 1 << i;
+        }
         match &*key {
             "model" => {
-                out.model = value
-                    .as_str()
-                    .ok_or(InspectError::WrongType("model"))?
-                    .to_string();
+                let model = value.as_str().ok_or(InspectError::WrongType("model"))?;
+                if model.len() > MAX_MODEL_BYTES {
+                    return Err(InspectError::ModelTooLong { len: model.len() });
+                }
+                out.model = model.to_string();
                 out.model_span = span_of(body, &value);
                 have_model = true;
             }
+            // null means "not set", as OpenAI reads it.
+            "stream" if value.is_null() => out.stream = false,
             "stream" => out.stream = value.as_bool().ok_or(InspectError::WrongType("stream"))?,
             "stream_options" => {
                 if value.is_null() {
+                    out.stream_options_null = Some(span_of(body, &value));
                     continue;
                 }
                 out.stream_options_span = Some(span_of(body, &value));
@@ -156,6 +213,9 @@ pub fn inspect_body(body: &[u8]) -> Result<Inspection, InspectError> {
                 for inner in iter {
                     let (k, v) = inner.map_err(syntax)?;
                     if &*k == "include_usage" {
+                        if out.include_usage.is_some() {
+                            return Err(InspectError::Duplicate("stream_options.include_usage"));
+                        }
                         let b = v
                             .as_bool()
                             .ok_or(InspectError::WrongType("stream_options.include_usage"))?;
@@ -300,5 +360,30 @@ mod tests {
             inspect_body(b"").unwrap_err(),
             InspectError::Syntax { .. }
         ));
+    }
+}
+
+#[cfg(test)]
+mod deep_tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        for body in [
+            format!(r#"{{"model":"smol","x":{}"#, "[".repeat(10_000)),
+            format!(r#"{{"model":"smol","x":{}"#, r#"{"a":"#.repeat(10_000)),
+            format!(
+                r#"{{"model":"smol","x":{}1{}}}"#,
+                "[".repeat(200),
+                "]".repeat(200)
+            ),
+            format!(r#"{{"x":{},"model":"smol"}}"#, "[".repeat(100_000)),
+        ] {
+            let e = inspect_body(body.as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, InspectError::TooDeep { limit: 128, .. }),
+                "{e:?}"
+            );
+        }
     }
 }

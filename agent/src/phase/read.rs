@@ -1,9 +1,17 @@
 //! Phase 2, read: one HTTP/1.1 request (head and whole body) from the client, under limits on
 //! head size, header count, body size and time. The body is kept as one `Bytes` because the
 //! inspect pass needs it contiguous; chunked bodies are de-chunked into it.
+//!
+//! Every time limit is an absolute deadline (a head must be complete `header_timeout` after its
+//! first byte, a body `body_timeout` after its head), so a client trickling one byte at a time
+//! cannot hold a connection. Body bytes are reserved from the worker's [`BodyBudget`] before
+//! they are buffered; when the budget is spent the request gets a 503 with `Retry-After`.
 //! Writes: the `Request` that starts a `RequestCtx`. Hot path.
 
+use std::cell::Cell;
 use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -17,6 +25,75 @@ use crate::http::{find_head_end, HttpError};
 pub struct Request {
     pub head: RequestHead,
     pub body: Bytes,
+    /// The body's share of the worker's budget, released when the request is done.
+    pub reservation: Reservation,
+}
+
+/// Request-body bytes a worker may hold at once, across all its connections. `!Send`: one per
+/// worker, no atomics.
+pub struct BodyBudget {
+    limit: u64,
+    used: Cell<u64>,
+}
+
+impl BodyBudget {
+    pub fn new(limit: u64) -> Rc<Self> {
+        Rc::new(BodyBudget {
+            limit,
+            used: Cell::new(0),
+        })
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> u64 {
+        self.used.get()
+    }
+}
+
+/// A share of a [`BodyBudget`]; given back on drop.
+pub struct Reservation {
+    budget: Option<Rc<BodyBudget>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// A reservation of nothing (requests without a body, or built outside the read phase).
+    pub fn none() -> Self {
+        Reservation {
+            budget: None,
+            bytes: 0,
+        }
+    }
+
+    fn new(budget: &Rc<BodyBudget>) -> Self {
+        Reservation {
+            budget: Some(budget.clone()),
+            bytes: 0,
+        }
+    }
+
+    /// Grows the reservation to `total` bytes, if the budget has room.
+    fn grow_to(&mut self, total: u64) -> bool {
+        let Some(b) = &self.budget else { return true };
+        if total <= self.bytes {
+            return true;
+        }
+        let more = total - self.bytes;
+        if b.used.get() + more > b.limit {
+            return false;
+        }
+        b.used.set(b.used.get() + more);
+        self.bytes = total;
+        true
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used.set(b.used.get() - self.bytes);
+        }
+    }
 }
 
 /// Why reading stopped without a request.
@@ -45,17 +122,43 @@ fn timeout_error(what: &str) -> GateError {
     )
 }
 
+fn overloaded() -> GateError {
+    GateError::new(
+        ErrorKind::Overloaded { retry_after_s: 1 },
+        "the gateway is buffering too many request bodies right now; retry shortly",
+    )
+}
+
 /// Reads the next request on a keep-alive connection.
-pub async fn read_request(conn: &mut ClientConn, limits: &Limits) -> Result<Request, ReadEnd> {
+pub async fn read_request(
+    conn: &mut ClientConn,
+    limits: &Limits,
+    budget: &Rc<BodyBudget>,
+) -> Result<Request, ReadEnd> {
     let head = read_head(conn, limits).await?;
-    match read_body(conn, &head, limits).await {
-        Ok(body) => Ok(Request { head, body }),
+    let mut reservation = Reservation::new(budget);
+    match read_body(conn, &head, limits, &mut reservation).await {
+        Ok(body) => Ok(Request {
+            head,
+            body,
+            reservation,
+        }),
         Err(e) => Err(ReadEnd::BodyError(head, e)),
+    }
+}
+
+/// Time left until `deadline`, or a timeout error when it has passed.
+fn left(deadline: Instant) -> io::Result<Duration> {
+    match deadline.checked_duration_since(Instant::now()) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed")),
     }
 }
 
 async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead, ReadEnd> {
     let mut scanned = 0;
+    // Pipelined bytes already here mean the head has started.
+    let mut deadline = (!conn.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
     loop {
         if let Some(end) = find_head_end(&conn.buf, scanned) {
             if end > limits.max_head_bytes {
@@ -73,14 +176,19 @@ async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead
                 limit: limits.max_head_bytes,
             })));
         }
-        // Between requests the idle timeout applies; once a head has started, the head timeout.
+        // Between requests the idle timeout applies; once a head has started, its deadline.
         let idle = conn.buf.is_empty();
-        let timeout = if idle {
-            limits.idle_timeout
-        } else {
-            limits.header_timeout
+        let read = match deadline {
+            None => read_more(&mut conn.stream, &mut conn.buf, limits.idle_timeout).await,
+            Some(d) => match left(d) {
+                Ok(t) => read_more(&mut conn.stream, &mut conn.buf, t).await,
+                Err(e) => Err(e),
+            },
         };
-        match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+        if deadline.is_none() && !conn.buf.is_empty() {
+            deadline = Some(Instant::now() + limits.header_timeout);
+        }
+        match read {
             Ok(0) => {
                 return Err(if idle {
                     ReadEnd::Closed
@@ -104,7 +212,9 @@ async fn read_body(
     conn: &mut ClientConn,
     head: &RequestHead,
     limits: &Limits,
+    reservation: &mut Reservation,
 ) -> Result<Bytes, GateError> {
+    let deadline = Instant::now() + limits.body_timeout;
     let too_large = || {
         GateError::new(
             ErrorKind::BodyTooLarge {
@@ -121,6 +231,9 @@ async fn read_body(
             if n > limits.max_body_bytes {
                 return Err(too_large());
             }
+            if !reservation.grow_to(n) {
+                return Err(overloaded());
+            }
         }
         conn.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
             .await
@@ -134,12 +247,15 @@ async fn read_body(
             if n > limits.max_body_bytes {
                 return Err(too_large());
             }
+            if !reservation.grow_to(n) {
+                return Err(overloaded());
+            }
             let n = n as usize;
             if conn.buf.capacity() < n {
                 conn.buf.reserve(n - conn.buf.len());
             }
             while conn.buf.len() < n {
-                fill(conn, limits, "request body").await?;
+                fill(conn, deadline, "request body").await?;
             }
             Ok(conn.buf.split_to(n).freeze())
         }
@@ -149,12 +265,16 @@ async fn read_body(
             loop {
                 match decoder.next(&mut conn.buf).map_err(http_error)? {
                     Decoded::Data(d) => {
-                        if (body.len() + d.len()) as u64 > limits.max_body_bytes {
+                        let total = (body.len() + d.len()) as u64;
+                        if total > limits.max_body_bytes {
                             return Err(too_large());
+                        }
+                        if !reservation.grow_to(total) {
+                            return Err(overloaded());
                         }
                         body.extend_from_slice(&d);
                     }
-                    Decoded::NeedMore => fill(conn, limits, "request body").await?,
+                    Decoded::NeedMore => fill(conn, deadline, "request body").await?,
                     Decoded::Done => return Ok(body.freeze()),
                 }
             }
@@ -162,8 +282,12 @@ async fn read_body(
     }
 }
 
-async fn fill(conn: &mut ClientConn, limits: &Limits, what: &str) -> Result<(), GateError> {
-    match read_more(&mut conn.stream, &mut conn.buf, limits.body_timeout).await {
+async fn fill(conn: &mut ClientConn, deadline: Instant, what: &str) -> Result<(), GateError> {
+    let read = match left(deadline) {
+        Ok(t) => read_more(&mut conn.stream, &mut conn.buf, t).await,
+        Err(e) => Err(e),
+    };
+    match read {
         Ok(0) => Err(GateError::new(
             ErrorKind::MalformedHttp,
             format!("connection closed before the whole {what} arrived"),

@@ -18,11 +18,12 @@ use crate::api::Wire;
 use crate::client::{reason, ClientConn};
 use crate::error::{ErrorKind, GateError};
 use crate::http::iovec::BytesVec;
-use crate::http::response::ResponseFraming;
+use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::metering::sse::{frame_data, FrameSplitter};
 use crate::metering::usage::{extract_usage, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
+use crate::phase::settle;
 use crate::pipeline::{Outcome, RequestCtx};
 use crate::upstream::body::{BodyReader, PieceError};
 use crate::worker::Worker;
@@ -129,9 +130,13 @@ impl Downstream<'_> {
         }
     }
 
-    /// Sends `parts` (payload slices) as one write, framed for the client.
-    async fn send(&mut self, parts: &mut Vec<Bytes>) {
-        if self.gone_at.is_some() || parts.is_empty() {
+    /// Sends `parts` (payload slices) as one write, framed for the client, together with the
+    /// held-back head if it is still here. With `last`, the chunked terminator rides along.
+    async fn send(&mut self, parts: &mut Vec<Bytes>, last: bool) {
+        let chunked_end = last && self.framing == ClientFraming::Chunked;
+        if self.gone_at.is_some()
+            || (parts.is_empty() && self.pending_head.is_none() && !chunked_end)
+        {
             parts.clear();
             return;
         }
@@ -140,7 +145,9 @@ impl Downstream<'_> {
         if let Some(h) = self.pending_head.take() {
             out.push(h);
         }
-        if self.framing == ClientFraming::Chunked {
+        if parts.is_empty() {
+            // Nothing to frame.
+        } else if self.framing == ClientFraming::Chunked {
             let len: usize = parts.iter().map(Bytes::len).sum();
             if self.scratch.capacity() - self.scratch.len() < 24 {
                 self.scratch.reserve(4096);
@@ -155,6 +162,9 @@ impl Downstream<'_> {
             for p in parts.drain(..) {
                 out.push(p);
             }
+        }
+        if chunked_end {
+            out.push(Bytes::from_static(LAST_CHUNK));
         }
         let (res, mut out) = self.client.write_vectored(out).await;
         out.clear();
@@ -173,6 +183,25 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         ctx.outcome = Outcome::UpstreamError;
     }
     let sse = head.event_stream;
+    let empty_body = matches!(
+        head.framing,
+        ResponseFraming::Empty | ResponseFraming::Length(0)
+    );
+    // A provider error with no body (an empty 431, say) would leave the client guessing: it
+    // gets an error body of ours naming the provider's status, which stays as it was.
+    let substitute = (head.status >= 400 && empty_body && !sse).then(|| {
+        let e = GateError::new(
+            ErrorKind::UpstreamEmptyError {
+                status: head.status,
+            },
+            format!(
+                "the provider answered {} {} with an empty body",
+                head.status,
+                reason(head.status)
+            ),
+        );
+        Bytes::from(e.to_response(ctx.api.wire()).body)
+    });
     let framing = match head.framing {
         ResponseFraming::Empty | ResponseFraming::Length(_) if !sse => ClientFraming::Length,
         _ if ctx.head.minor_version >= 1 => ClientFraming::Chunked,
@@ -181,29 +210,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     if framing == ClientFraming::Close {
         ctx.client_keep_alive = false;
     }
-
-    let mut head_bytes = Vec::with_capacity(256 + head.passthrough.len());
-    head_bytes.extend_from_slice(
-        format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status)).as_bytes(),
-    );
-    head_bytes.extend_from_slice(&head.passthrough);
-    head_bytes.extend_from_slice(b"x-tollgate-request-id: ");
-    head_bytes.extend_from_slice(ctx.id.as_bytes());
-    head_bytes.extend_from_slice(b"\r\n");
-    match (framing, head.framing) {
-        (ClientFraming::Length, ResponseFraming::Length(n)) => {
-            head_bytes.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
-        }
-        (ClientFraming::Length, _) => head_bytes.extend_from_slice(b"content-length: 0\r\n"),
-        (ClientFraming::Chunked, _) => {
-            head_bytes.extend_from_slice(b"transfer-encoding: chunked\r\n")
-        }
-        (ClientFraming::Close, _) => {}
-    }
-    if !ctx.client_keep_alive {
-        head_bytes.extend_from_slice(b"connection: close\r\n");
-    }
-    head_bytes.extend_from_slice(b"\r\n");
+    let head_bytes = response_head(ctx, &head, framing, substitute.as_ref());
 
     let mut down = Downstream {
         client,
@@ -213,13 +220,10 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         scratch: BytesMut::with_capacity(4096),
         pending_head: Some(Bytes::from(head_bytes)),
     };
-    // Body bytes that came with the head go out with it; otherwise the client gets the head now.
-    if conn.buf.is_empty()
-        || matches!(
-            head.framing,
-            ResponseFraming::Empty | ResponseFraming::Length(0)
-        )
-    {
+    // Body bytes that came with the head go out with it. An empty body keeps the head back:
+    // the head is then the response's last byte, which may only leave once the record is
+    // journalled (below).
+    if conn.buf.is_empty() && !empty_body {
         down.flush_head().await;
     }
     ctx.response_started = true;
@@ -238,7 +242,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let mut drained_bytes = 0u64;
     let mut failure: Option<(Outcome, ErrorKind, String)> = None;
 
-    while failure.is_none() {
+    // The body's last pieces are not sent inside the loop: they leave after the record is
+    // journalled, so a response the client has in full always has its ledger row.
+    while failure.is_none() && !reader.is_done() {
         let timeout = match down.gone_at {
             None => cfg.read_timeout,
             Some(t) => {
@@ -263,23 +269,17 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         if ctx.first_byte_at.is_none() {
             ctx.first_byte_at = Some(Instant::now());
         }
-        drained_bytes += if down.gone_at.is_some() {
-            piece.len() as u64
-        } else {
-            0
+        let mut take = |p: Bytes, parts: &mut Vec<Bytes>| {
+            if down.gone_at.is_some() {
+                drained_bytes += p.len() as u64;
+            }
+            meter.take(p, &mut ctx.response_payload, parts);
         };
-        meter.take(piece, &mut ctx.response_payload, &mut parts);
+        take(piece, &mut parts);
         // Everything else that has already arrived goes out in the same write.
         loop {
             match reader.buffered(&mut conn) {
-                Ok(Some(p)) => {
-                    drained_bytes += if down.gone_at.is_some() {
-                        p.len() as u64
-                    } else {
-                        0
-                    };
-                    meter.take(p, &mut ctx.response_payload, &mut parts);
-                }
+                Ok(Some(p)) => take(p, &mut parts),
                 Ok(None) => break,
                 Err(e) => {
                     failure = Some(piece_failure(e, timeout));
@@ -287,16 +287,16 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 }
             }
         }
-        down.send(&mut parts).await;
+        if failure.is_none() && !reader.is_done() {
+            down.send(&mut parts, false).await;
+        }
     }
     let Meter {
         mut splitter, acc, ..
     } = meter;
-
     if let Some(rest) = splitter.take_rest() {
         ctx.response_payload.push(rest.clone());
         parts.push(rest);
-        down.send(&mut parts).await;
     }
 
     // Usage: the provider's numbers when complete, else what was seen (settle estimates the rest).
@@ -316,41 +316,51 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     if ctx.usage.is_some() {
         ctx.response_payload.clear();
     }
+    if let Some(body) = substitute {
+        parts.clear();
+        parts.push(body);
+    }
 
     match failure {
         Some((outcome, kind, msg)) => {
             ctx.outcome = outcome;
             ctx.client_keep_alive = false;
+            let attribution = down.client.attribution.clone();
             if down.pending_head.take().is_some() && down.gone_at.is_none() {
                 // Nothing reached the client yet: a precise error instead of a cut connection.
                 let e = GateError::new(kind, msg);
                 ctx.status = e.status();
                 ctx.error_code = Some(e.metric_reason());
+                settle::seal(w, ctx, attribution.as_ref());
                 let _ = down
                     .client
                     .respond_error(&e, ctx.api.wire(), false, Some(&ctx.id))
                     .await;
             } else if down.gone_at.is_none() && sse {
+                settle::seal(w, ctx, attribution.as_ref());
                 let err = GateError::new(kind, msg).to_response(ctx.api.wire());
                 let frame = match ctx.api.wire() {
                     Wire::OpenAi => format!("data: {}\n\n", err.body),
                     Wire::Anthropic => format!("event: error\ndata: {}\n\n", err.body),
                 };
                 parts.push(Bytes::from(frame));
-                down.send(&mut parts).await;
+                down.send(&mut parts, false).await;
+            } else {
+                if down.gone_at.is_none() {
+                    settle::seal(w, ctx, attribution.as_ref());
+                }
+                down.send(&mut parts, false).await;
             }
             // No terminating chunk: the cut connection tells the client the body is incomplete.
         }
         None => {
-            down.flush_head().await;
+            if down.gone_at.is_none() {
+                settle::seal(w, ctx, down.client.attribution.clone().as_ref());
+            }
+            down.send(&mut parts, true).await;
             if down.gone_at.is_some() {
                 ctx.outcome = Outcome::ClientDisconnected;
                 ctx.client_keep_alive = false;
-            } else if framing == ClientFraming::Chunked {
-                if down.client.write_all(LAST_CHUNK).await.is_err() {
-                    ctx.outcome = Outcome::ClientDisconnected;
-                    ctx.client_keep_alive = false;
-                }
             } else if framing == ClientFraming::Close {
                 ctx.client_keep_alive = false;
             }
@@ -365,4 +375,48 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     if reader.is_done() && head.keep_alive && ctx.outcome != Outcome::UpstreamReset {
         w.pool.borrow_mut().put(conn, Instant::now());
     }
+}
+
+/// The client's response head: the provider's status and end-to-end headers, our request id,
+/// and framing for the client's side (which may differ from the provider's).
+fn response_head(
+    ctx: &RequestCtx,
+    head: &ResponseHead,
+    framing: ClientFraming,
+    substitute: Option<&Bytes>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 + head.passthrough.len());
+    out.extend_from_slice(
+        format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status)).as_bytes(),
+    );
+    if substitute.is_some() {
+        // Our body replaces an empty one: its content type is ours.
+        for line in head.passthrough.split_inclusive(|b| *b == b'\n') {
+            if !line.starts_with(b"content-type:") && !line.starts_with(b"Content-Type:") {
+                out.extend_from_slice(line);
+            }
+        }
+        out.extend_from_slice(b"content-type: application/json\r\n");
+    } else {
+        out.extend_from_slice(&head.passthrough);
+    }
+    out.extend_from_slice(b"x-tollgate-request-id: ");
+    out.extend_from_slice(ctx.id.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    match (framing, head.framing, substitute) {
+        (ClientFraming::Length, _, Some(body)) => {
+            out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes())
+        }
+        (ClientFraming::Length, ResponseFraming::Length(n), None) => {
+            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
+        }
+        (ClientFraming::Length, _, None) => out.extend_from_slice(b"content-length: 0\r\n"),
+        (ClientFraming::Chunked, _, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        (ClientFraming::Close, _, _) => {}
+    }
+    if !ctx.client_keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }

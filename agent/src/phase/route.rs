@@ -136,6 +136,7 @@ intercept:
             Request {
                 head,
                 body: bytes::Bytes::new(),
+                reservation: crate::phase::read::Reservation::none(),
             },
         );
         ctx.inspection.model = model.to_string();

@@ -4,12 +4,19 @@
 //! tokenizer first (never on this thread), and is flagged `estimated`. The connection's kernel
 //! attribution rides along by reference (an `Arc` clone); the control thread resolves its
 //! cgroup and applies attribution rules (`ledger/enrich.rs`).
-//! Reads: the whole `ctx` and the connection's attribution. Writes: nothing on the ctx;
-//! metrics and the ledger channel.
+//!
+//! A response the client received must be on the ledger even if the agent dies right after
+//! sending it. So [`seal`] builds the record and journals it *before* the response's last byte
+//! is written (relay and `pipeline::fail` call it); [`run`] then only refreshes the timing and
+//! outcome and queues it, journalling again only if the outcome changed (replay keeps the last
+//! line per request id). Requests that end without a final write (the client went away) are
+//! journalled here.
+//! Reads: the whole `ctx` and the connection's attribution. Writes: `ctx.sealed`; metrics and
+//! the ledger channel.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::kernel::ConnAttribution;
 use crate::ledger::writer::LedgerMsg;
@@ -19,37 +26,120 @@ use crate::pipeline::{Outcome, RequestCtx};
 use crate::telemetry::metrics::{SeriesKey, MODEL_INTERCEPTED};
 use crate::worker::Worker;
 
+/// A record built (and journalled) before the response's last byte.
+pub struct Sealed {
+    msg: LedgerMsg,
+    /// The outcome that was journalled.
+    outcome: String,
+}
+
+/// Builds the record and journals it. Call right before the response's final write.
+pub fn seal(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
+    let msg = build(w, ctx, conn, Instant::now());
+    w.ledger.journal(&msg);
+    let outcome = record_of(&msg).outcome.clone();
+    ctx.sealed = Some(Sealed { msg, outcome });
+}
+
 pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
-    let cfg = &w.cfg;
-    let end = ctx.last_byte_at.unwrap_or_else(std::time::Instant::now);
+    let end = ctx.last_byte_at.unwrap_or_else(Instant::now);
+    let (mut msg, journalled) = match ctx.sealed.take() {
+        Some(s) => (s.msg, Some(s.outcome)),
+        None => (build(w, ctx, conn, end), None),
+    };
     let latency = end.duration_since(ctx.started);
-    let ttft = ctx.first_byte_at.map(|t| t.duration_since(ctx.started));
+    let record = record_mut(&mut msg);
+    record.latency_us = latency.as_micros() as u64;
+    record.ts_ms = start_ms(latency);
+    record.outcome = outcome_label(ctx);
+    record.status = ctx.status;
+    let journal = journalled.as_ref() != Some(&record.outcome);
+
+    let series = series(ctx);
+    if let LedgerMsg::Estimate { series: s, .. } = &mut msg {
+        *s = series;
+    }
+    let shard = &w.shared.metrics.shards[w.index];
+    shard.record_request(series, latency, ctx.first_byte_at.map(|t| t - ctx.started));
+    if let (LedgerMsg::Record(_), Some(u)) = (&msg, &ctx.usage) {
+        shard.record_usage(series, u, false);
+    }
+    w.shared
+        .metrics
+        .globals
+        .ledger_queue
+        .fetch_add(1, Ordering::Relaxed);
+    if !w.ledger.push(msg, journal) {
+        w.shared
+            .metrics
+            .globals
+            .ledger_queue
+            .fetch_sub(1, Ordering::Relaxed);
+        tracing::error!(id = %ctx.id, "ledger writer is gone; usage record lost");
+    }
+}
+
+fn series(ctx: &RequestCtx) -> SeriesKey {
     let target = ctx.target;
-    let series = SeriesKey {
+    SeriesKey {
         model: target.map_or(u32::MAX, |t| {
             t.model.map_or(MODEL_INTERCEPTED, |m| m as u32)
         }),
         provider: target.map_or(u32::MAX, |t| t.provider as u32),
         api: ctx.api.label(),
-        status: ctx.status,
-    };
-    let shard = &w.shared.metrics.shards[w.index];
-    shard.record_request(series, latency, ttft);
+        status: crate::telemetry::metrics::status_series(ctx.status),
+    }
+}
 
-    let ts_ms = SystemTime::now()
+fn outcome_label(ctx: &RequestCtx) -> String {
+    match &ctx.error_code {
+        Some(code) => (*code).to_string(),
+        None => ctx.outcome.label().to_string(),
+    }
+}
+
+/// Wall-clock start of a request that has run for `latency`.
+fn start_ms(latency: std::time::Duration) -> i64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
-        - latency.as_millis() as i64;
+        - latency.as_millis() as i64
+}
+
+fn record_of(msg: &LedgerMsg) -> &UsageRecord {
+    match msg {
+        LedgerMsg::Record(r) => r,
+        LedgerMsg::Estimate { record, .. } => record,
+    }
+}
+
+fn record_mut(msg: &mut LedgerMsg) -> &mut UsageRecord {
+    match msg {
+        LedgerMsg::Record(r) => r,
+        LedgerMsg::Estimate { record, .. } => record,
+    }
+}
+
+/// The ledger message for the request as it stands at `end`. Moves the identity, prompt spans
+/// and retained response out of `ctx` (nothing reads them after this).
+fn build(
+    w: &Worker,
+    ctx: &mut RequestCtx,
+    conn: Option<&Arc<ConnAttribution>>,
+    end: Instant,
+) -> LedgerMsg {
+    let cfg = &w.cfg;
+    let latency = end.duration_since(ctx.started);
+    let target = ctx.target;
     let record = UsageRecord {
         id: ctx.id.clone(),
-        ts_ms,
+        ts_ms: start_ms(latency),
         latency_us: latency.as_micros() as u64,
-        ttft_us: ttft.map(|t| t.as_micros() as u64),
+        ttft_us: ctx
+            .first_byte_at
+            .map(|t| t.duration_since(ctx.started).as_micros() as u64),
         status: ctx.status,
-        outcome: match &ctx.error_code {
-            Some(code) => (*code).to_string(),
-            None => ctx.outcome.label().to_string(),
-        },
+        outcome: outcome_label(ctx),
         api: ctx.api.label(),
         identity: std::mem::take(&mut ctx.identity),
         requested_model: (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone()),
@@ -64,7 +154,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     // including streams cut short by the client or the provider.
     let produced = (200..300).contains(&ctx.status) && ctx.response_started;
     let needs_estimate = ctx.usage.is_none() && produced && ctx.outcome != Outcome::Rejected;
-    let msg = if needs_estimate {
+    if needs_estimate {
         LedgerMsg::Estimate {
             record: Box::new(record),
             input: Box::new(EstimateInput {
@@ -75,25 +165,9 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
                 response: std::mem::take(&mut ctx.response_payload),
                 partial: ctx.partial_usage,
             }),
-            series,
+            series: series(ctx),
         }
     } else {
-        if let Some(u) = &ctx.usage {
-            shard.record_usage(series, u, false);
-        }
         LedgerMsg::Record(Box::new(record))
-    };
-    w.shared
-        .metrics
-        .globals
-        .ledger_queue
-        .fetch_add(1, Ordering::Relaxed);
-    if !w.ledger.push(msg) {
-        w.shared
-            .metrics
-            .globals
-            .ledger_queue
-            .fetch_sub(1, Ordering::Relaxed);
-        tracing::error!(id = %ctx.id, "ledger writer is gone; usage record lost");
     }
 }

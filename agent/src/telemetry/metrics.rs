@@ -116,6 +116,8 @@ impl Shard {
 pub struct Globals {
     pub connections_open: AtomicU64,
     pub connections_total: AtomicU64,
+    /// Connections answered 503 because their worker was at `limits.max_connections_per_worker`.
+    pub connections_refused: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub ledger_written: AtomicU64,
     pub ledger_errors: AtomicU64,
@@ -132,6 +134,38 @@ pub struct Metrics {
     pub gpus: Arc<GpuBoard>,
     model_names: Vec<String>,
     provider_names: Vec<String>,
+}
+
+/// Statuses that keep their own label; any other status is counted under its class (`4xx`), so a
+/// provider sending hundreds of odd statuses cannot grow `/metrics` without bound.
+const KNOWN_STATUSES: [u16; 24] = [
+    200, 201, 202, 204, 400, 401, 402, 403, 404, 405, 408, 409, 413, 415, 422, 429, 431, 499, 500,
+    501, 502, 503, 504, 529,
+];
+
+/// Offset of a bucketed status: `BUCKETED + class` stands for every unknown status of a class.
+const BUCKETED: u16 = 1000;
+
+/// The status a metric series is keyed by: the status itself when known, else its class bucket.
+pub fn status_series(status: u16) -> u16 {
+    if KNOWN_STATUSES.contains(&status) {
+        status
+    } else {
+        BUCKETED + (status / 100).min(9)
+    }
+}
+
+/// Renders a series status (`200`, or `4xx` for a bucket).
+struct StatusLabel(u16);
+
+impl std::fmt::Display for StatusLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 >= BUCKETED {
+            write!(f, "{}xx", self.0 - BUCKETED)
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -182,7 +216,7 @@ impl Metrics {
                 escape(Self::name(&self.model_names, k.model)),
                 escape(Self::name(&self.provider_names, k.provider)),
                 k.api,
-                k.status
+                StatusLabel(k.status)
             )
         };
         out.push_str("# HELP tollgate_requests_total Proxied requests by model, provider, API and status.\n# TYPE tollgate_requests_total counter\n");
@@ -258,6 +292,12 @@ impl Metrics {
                 "counter",
                 "Client connections accepted.",
                 &g.connections_total,
+            ),
+            (
+                "tollgate_connections_refused_total",
+                "counter",
+                "Client connections answered 503 at the per-worker connection cap.",
+                &g.connections_refused,
             ),
             (
                 "tollgate_upstream_retries_total",

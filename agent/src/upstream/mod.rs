@@ -9,15 +9,18 @@ pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
+use monoio::buf::{IoBuf, IoBufMut, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::BufResult;
 use monoio_rustls::ClientTlsStream;
 use thiserror::Error;
+
+use crate::http::iovec::{write_all, BytesVec};
 
 #[derive(Debug, Error)]
 pub enum UpstreamError {
@@ -61,13 +64,11 @@ impl UpstreamStream {
         }
     }
 
-    pub async fn write_vectored_all<T: IoVecBuf + 'static>(
-        &mut self,
-        buf: T,
-    ) -> BufResult<usize, T> {
+    /// Writes all of `buf`, across partial writes (see `http::iovec::write_all`).
+    pub async fn write_vectored_all(&mut self, buf: BytesVec) -> (io::Result<()>, BytesVec) {
         match self {
-            UpstreamStream::Plain(s) => s.write_vectored_all(buf).await,
-            UpstreamStream::Tls(s) => s.write_vectored_all(buf).await,
+            UpstreamStream::Plain(s) => write_all(s, buf).await,
+            UpstreamStream::Tls(s) => write_all(&mut **s, buf).await,
         }
     }
 }
@@ -81,6 +82,37 @@ pub struct UpstreamConn {
     /// byte may then be a stale keep-alive and is worth one retry).
     pub reused: bool,
     pub idle_since: Instant,
+    /// The TCP socket under the stream (TLS included), for the liveness check of a pooled
+    /// connection. Valid for as long as `stream` lives.
+    fd: RawFd,
+}
+
+impl UpstreamConn {
+    /// Whether an idle pooled connection can no longer carry a request: the provider closed it
+    /// (its FIN is already here: an idle keep-alive timeout, e.g. uvicorn's 5 s), reset it, or
+    /// sent bytes nobody asked for on a plain connection. Checked before reuse, because a
+    /// request written to such a socket may be lost or (if the close races the write) already
+    /// processed, and must then not be sent again. One non-blocking `recv(MSG_PEEK)`.
+    pub fn is_stale(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: `fd` is the open socket owned by `self.stream`; recv writes at most one byte
+        // into `byte`, and MSG_PEEK leaves the data (if any) in the socket.
+        let n = unsafe {
+            libc::recv(
+                self.fd,
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        match n {
+            0 => true,
+            n if n < 0 => io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock,
+            // TLS may deliver records between responses (session tickets, close_notify): rustls
+            // reads them with the next response. Plain HTTP has nothing to say unasked.
+            _ => matches!(self.stream, UpstreamStream::Plain(_)),
+        }
+    }
 }
 
 /// Connects to the first reachable address of a provider.
@@ -108,6 +140,7 @@ pub async fn connect(
             }
         };
         let _ = stream.set_nodelay(true);
+        let fd = stream.as_raw_fd();
         let stream = match tls {
             None => UpstreamStream::Plain(stream),
             Some(t) => {
@@ -141,6 +174,7 @@ pub async fn connect(
             provider,
             reused: false,
             idle_since: Instant::now(),
+            fd,
         });
     }
     Err(last)

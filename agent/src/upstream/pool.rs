@@ -20,11 +20,12 @@ impl PoolLocal {
         }
     }
 
-    /// Takes the freshest idle connection to `provider` that has not expired.
+    /// Takes the freshest idle connection to `provider` that has not expired and that the
+    /// provider has not closed (`UpstreamConn::is_stale`).
     pub fn take(&mut self, provider: usize, now: Instant) -> Option<UpstreamConn> {
         let stack = self.idle.get_mut(provider)?;
         while let Some(conn) = stack.pop() {
-            if now.duration_since(conn.idle_since) < self.idle_timeout {
+            if now.duration_since(conn.idle_since) < self.idle_timeout && !conn.is_stale() {
                 return Some(conn);
             }
         }

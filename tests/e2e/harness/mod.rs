@@ -9,6 +9,7 @@
 pub mod http;
 pub mod ledger;
 pub mod procs;
+pub mod upstream;
 pub mod usage;
 
 pub use http::{get, post_json, post_raw, Client, Response};

@@ -284,6 +284,8 @@ pub struct AgentConfig {
     pub providers: Vec<Provider>,
     /// (client name, provider, provider model).
     pub models: Vec<(String, String, String)>,
+    /// More `limits:` entries, rendered as written (`("max_connections_per_worker", "4")`).
+    pub extra_limits: Vec<(String, String)>,
     /// Render `kernel: { enabled: off }`: these tests are about the proxy, and agents started in
     /// parallel must not compete for the kernel programs (agent/tests/kernel.rs tests those).
     pub kernel_off: bool,
@@ -325,6 +327,7 @@ impl AgentConfig {
                 ("smol".into(), "sim".into(), SIM_MODEL.into()),
                 ("claude".into(), "sim-anthropic".into(), SIM_MODEL.into()),
             ],
+            extra_limits: Vec::new(),
             kernel_off: kernel_section_supported(),
         }
     }
@@ -335,7 +338,7 @@ impl AgentConfig {
              data_dir: {}\n\
              workers: {}\n\
              io: {{ driver: {} }}\n\
-             limits: {{ max_body_bytes: {}, header_timeout_ms: {}, body_timeout_ms: {}, idle_timeout_ms: {}, max_head_bytes: {}, max_headers: {} }}\n\
+             limits: {{ max_body_bytes: {}, header_timeout_ms: {}, body_timeout_ms: {}, idle_timeout_ms: {}, max_head_bytes: {}, max_headers: {}{} }}\n\
              upstream: {{ connect_timeout_ms: {}, response_timeout_ms: {}, read_timeout_ms: {}, drain_timeout_ms: {} }}\n\
              ledger: {{ flush_interval_ms: {} }}\n\
              providers:\n",
@@ -348,6 +351,10 @@ impl AgentConfig {
             self.idle_timeout_ms,
             self.max_head_bytes,
             self.max_headers,
+            self.extra_limits
+                .iter()
+                .map(|(k, v)| format!(", {k}: {v}"))
+                .collect::<String>(),
             self.connect_timeout_ms,
             self.response_timeout_ms,
             self.read_timeout_ms,

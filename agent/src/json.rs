@@ -1,0 +1,86 @@
+//! Guards that run before any recursive JSON parser sees untrusted bytes.
+//!
+//! sonic-rs (and serde-style `Value` parsers) validate nested arrays and objects by recursion,
+//! so a small body of ten thousand `[` overflows a worker's stack and aborts the whole agent.
+//! [`depth_exceeds`] finds the nesting depth without recursion, jumping over string contents with
+//! `memchr`, so the cost is proportional to the number of structural bytes, not the body size.
+//! Used on request bodies (inspect), provider bodies and stream frames (metering) and on what
+//! the control thread parses for estimates. Hot path: one pass over the body.
+
+/// Default deepest nesting accepted in a request body (serde_json's own recursion limit).
+pub const DEFAULT_MAX_DEPTH: usize = 128;
+
+/// Returns the byte offset of the first `[` or `{` that opens a container deeper than `max`,
+/// or `None` when the nesting stays within it. Brackets inside strings do not count. The input
+/// need not be valid JSON (an unterminated string simply ends the scan).
+pub fn depth_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
+    // A cheap bound first: fewer opening brackets than the limit cannot nest deeper than it.
+    let opens = memchr::memchr2_iter(b'[', b'{', bytes)
+        .take(max + 1)
+        .count();
+    if opens <= max {
+        return None;
+    }
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // Skip the string: find its closing quote, stepping over escapes.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                        None => return None,
+                        Some(p) if bytes[i + p] == b'\\' => i += p + 2,
+                        Some(p) => {
+                            i += p + 1;
+                            break;
+                        }
+                    }
+                    if i >= bytes.len() {
+                        return None;
+                    }
+                }
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(i);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_only_structure_outside_strings() {
+        assert_eq!(depth_exceeds(br#"{"a":[[1]]}"#, 3), None);
+        assert_eq!(depth_exceeds(br#"{"a":[[1]]}"#, 2), Some(6));
+        // Brackets inside strings, escaped quotes included, are text.
+        let s = format!(r#"{{"a":"{}\"{}"}}"#, "[".repeat(500), "{".repeat(500));
+        assert_eq!(depth_exceeds(s.as_bytes(), 4), None);
+        // Siblings do not add up.
+        let flat = format!("[{}]", "[],".repeat(1000) + "[]");
+        assert_eq!(depth_exceeds(flat.as_bytes(), 2), None);
+    }
+
+    #[test]
+    fn unterminated_deep_input_is_caught() {
+        let body = format!(r#"{{"model":"smol","x":{}"#, "[".repeat(10_000));
+        assert_eq!(depth_exceeds(body.as_bytes(), 128), Some(20 + 127));
+        let objects = format!(r#"{{"x":{}"#, r#"{"a":"#.repeat(10_000));
+        assert!(depth_exceeds(objects.as_bytes(), 128).is_some());
+        // An unterminated string ends the scan without panicking.
+        assert_eq!(depth_exceeds(b"[\"\\", 0), Some(0));
+        assert_eq!(depth_exceeds(b"\"\\", 0), None);
+    }
+}
