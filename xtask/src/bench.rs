@@ -26,11 +26,11 @@
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
 mod agent;
-mod machine;
+pub(crate) mod machine;
 mod measure;
 mod nginx;
-mod process;
-mod procfs;
+pub(crate) mod process;
+pub(crate) mod procfs;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -62,15 +62,15 @@ pub struct Args {
     no_build: bool,
 }
 
-/// Paths to the workspace and the binaries.
-struct Layout {
-    root: PathBuf,
-    release: PathBuf,
+/// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
+pub(crate) struct Layout {
+    pub(crate) root: PathBuf,
+    pub(crate) release: PathBuf,
     work: PathBuf,
 }
 
 impl Layout {
-    fn discover() -> anyhow::Result<Self> {
+    pub(crate) fn discover() -> anyhow::Result<Self> {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
             .context("xtask has no parent directory")?
@@ -89,7 +89,7 @@ impl Layout {
         })
     }
 
-    fn bin(&self, name: &str) -> PathBuf {
+    pub(crate) fn bin(&self, name: &str) -> PathBuf {
         self.release.join(name)
     }
 }

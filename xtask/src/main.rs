@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -21,6 +22,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the end-to-end load harness and write a markdown table under benches/results/.
     Bench(bench::Args),
+    /// Mixed traffic for 30 min while the agent is SIGKILLed and restarted; checks the ledger, RSS, fds.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
 

@@ -8,7 +8,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -142,28 +142,45 @@ impl Server {
     }
 
     /// SIGTERM, wait, then SIGKILL. Returns the exit status description.
-    pub fn stop(mut self) -> anyhow::Result<()> {
-        self.terminate()
+    pub fn stop(self) -> anyhow::Result<()> {
+        self.stop_within(STOP_TIMEOUT).map(drop)
     }
 
-    fn terminate(&mut self) -> anyhow::Result<()> {
-        if self.child.try_wait()?.is_some() {
-            return Ok(());
+    /// SIGTERM, wait up to `timeout`, then SIGKILL (an error). Returns the exit status.
+    pub fn stop_within(mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.terminate(timeout)
+    }
+
+    /// SIGKILL (no chance to clean up, like a crash or the OOM killer) and reap it.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("killing the child")?;
+        self.child.wait().context("reaping the child")?;
+        Ok(())
+    }
+
+    /// Its exit status, if it has exited (reaped here).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
         }
         let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
         // SAFETY: kill takes no pointers; `pid` is our own child, not yet reaped, so it cannot be reused.
         unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if self.child.try_wait()?.is_some() {
-                return Ok(());
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
             }
             thread::sleep(Duration::from_millis(20));
         }
         self.child.kill().context("killing the child")?;
         self.child.wait().context("reaping the child")?;
         bail!(
-            "{} ignored SIGTERM for {STOP_TIMEOUT:?} and was killed",
+            "{} ignored SIGTERM for {timeout:?} and was killed",
             self.name
         )
     }
@@ -171,7 +188,7 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.terminate();
+        let _ = self.terminate(STOP_TIMEOUT);
     }
 }
 

@@ -110,6 +110,11 @@ pub fn tree_rss_kib(root: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Open file descriptors of one process (entries of `/proc/PID/fd`); `None` if unreadable.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,5 +146,6 @@ mod tests {
         assert!(process_tree(me).contains(&me));
         // Values depend on the machine; only check that /proc answers.
         assert!(tree_rss_kib(me).is_some());
+        assert!(fd_count(me).is_some_and(|n| n >= 3));
     }
 }
