@@ -63,6 +63,29 @@ fn bench(c: &mut Criterion) {
         );
     }
     g.finish();
+
+    // The depth guard that runs before the pass (included in `tollgate_sonic_rs_lazy` above):
+    // alone, on the same bodies, and on a 4.7 MB embeddings response (numbers, no strings to skip:
+    // its worst case).
+    let mut g = c.benchmark_group("json_depth_guard");
+    for size in [1024usize, 4096, 65536] {
+        let body = common::chat_body(size, true);
+        g.throughput(Throughput::Bytes(body.len() as u64));
+        g.bench_with_input(BenchmarkId::new("chat_body", size), &body, |b, body| {
+            b.iter(|| tollgate::json::depth_exceeds(std::hint::black_box(body), 128))
+        });
+    }
+    let embeddings: String = {
+        let items: Vec<String> = (0..20_000)
+            .map(|i| format!("{{\"object\":\"embedding\",\"index\":{i},\"embedding\":[0.1234567,-0.2345678,0.3456789,-0.4567891,0.5678912,-0.6789123,0.7891234,-0.8912345,0.1234567,-0.2345678,0.3456789,-0.4567891,0.5678912,-0.6789123,0.7891234,-0.8912345]}}"))
+            .collect();
+        format!("{{\"object\":\"list\",\"data\":[{}]}}", items.join(","))
+    };
+    g.throughput(Throughput::Bytes(embeddings.len() as u64));
+    g.bench_function("embeddings_response_4.7MB", |b| {
+        b.iter(|| tollgate::json::depth_exceeds(std::hint::black_box(embeddings.as_bytes()), 128))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, bench);

@@ -345,9 +345,10 @@ impl Validator<'_> {
             body_timeout: ms(l.body_timeout_ms, 60_000),
             idle_timeout: ms(l.idle_timeout_ms, 75_000),
             max_connections_per_worker: l.max_connections_per_worker.unwrap_or(16_384),
+            // Four maximum-size bodies at the default body limit; never less than one body.
             max_buffered_bytes_per_worker: l
                 .max_buffered_bytes_per_worker
-                .unwrap_or(256 * 1024 * 1024),
+                .unwrap_or((128 * 1024 * 1024).max(l.max_body_bytes.unwrap_or(32 * 1024 * 1024))),
         };
         if limits.max_json_depth == 0 || limits.max_json_depth > 1024 {
             self.problem("limits.max_json_depth", "must be between 1 and 1024");

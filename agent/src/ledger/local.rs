@@ -127,3 +127,40 @@ fn approximate(input: &crate::metering::estimate::EstimateInput) -> Usage {
         ..partial
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::UsageRecord;
+
+    /// One record that cannot be journalled (here: larger than a segment) costs crash safety for
+    /// that record only; the next one is journalled as usual.
+    #[test]
+    fn a_failed_journal_write_does_not_disable_the_journal() {
+        let data = std::env::temp_dir().join(format!("tollgate-local-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let journal = Journal::open(&data, 0, 1).unwrap();
+        let segment = journal.current().to_path_buf();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let local = LedgerLocal::new(tx, Some(journal));
+        let mut huge = UsageRecord {
+            id: "huge".into(),
+            ..UsageRecord::default()
+        };
+        huge.identity.team = Some("t".repeat(2 << 20));
+        local.journal(&LedgerMsg::Record(Box::new(huge)));
+        let next = UsageRecord {
+            id: "after-the-failure".into(),
+            ..UsageRecord::default()
+        };
+        local.journal(&LedgerMsg::Record(Box::new(next)));
+        let text = std::fs::read(&segment).unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(
+            text.contains("after-the-failure"),
+            "the journal stopped after one failure"
+        );
+        assert!(!text.contains("\"huge\""));
+        let _ = std::fs::remove_dir_all(&data);
+    }
+}

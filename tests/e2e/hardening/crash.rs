@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 use crate::harness::http::request_bytes;
 use crate::harness::{chat_body, ledger, Client, Sim, Stack};
 
+/// The 200 after which a client thread SIGKILLs the agent.
+const KILL_AFTER: usize = 600;
+
 #[test]
 fn every_200_has_a_row_after_sigkill_under_load() {
     let mut stack = Stack::custom(Sim::start(&[]), |c| c.ledger_flush_interval_ms = 600_000);
@@ -18,6 +21,7 @@ fn every_200_has_a_row_after_sigkill_under_load() {
     let received: Arc<Mutex<Vec<String>>> = Arc::default();
     let count = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
+    let pid = stack.agent.proc.pid() as libc::pid_t;
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let (received, count, stop) = (received.clone(), count.clone(), stop.clone());
@@ -43,14 +47,19 @@ fn every_200_has_a_row_after_sigkill_under_load() {
                             .lock()
                             .expect("lock")
                             .push(r.request_id().to_string());
-                        count.fetch_add(1, Ordering::SeqCst);
+                        // The kill lands right after a response was written, while the other
+                        // connections are mid-request: the moment a late journal write loses.
+                        if count.fetch_add(1, Ordering::SeqCst) + 1 == KILL_AFTER {
+                            // SAFETY: kill(2) on the agent's pid: our child, not yet reaped.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                        }
                     }
                 }
             })
         })
         .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while count.load(Ordering::SeqCst) < 600 {
+    while count.load(Ordering::SeqCst) < KILL_AFTER {
         assert!(
             Instant::now() < deadline,
             "only {} responses",
@@ -58,14 +67,14 @@ fn every_200_has_a_row_after_sigkill_under_load() {
         );
         std::thread::sleep(Duration::from_millis(2));
     }
-    // Kill while requests are in flight on all eight connections.
+    // The agent is dead (or dying): reap it and start it again on the same data dir.
     stack.agent.crash_and_restart(1);
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         let _ = t.join();
     }
     let ids = received.lock().expect("lock").clone();
-    assert!(ids.len() >= 600);
+    assert!(ids.len() >= KILL_AFTER);
     let rows = ledger::all(&stack.agent.data_dir);
     let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
     let missing: Vec<&String> = ids

@@ -1,6 +1,8 @@
 //! Defects found by trying the agent as a hostile client would; each module reproduces a class
 //! of them and shows it fixed.
 
+/// Generated fault sequences: one record per request, never negative, estimates flagged.
+mod accounting;
 /// Deep nesting, duplicate keys, `stream_options: null`, overlong names.
 mod bodies;
 /// SIGKILL under load: every 200 a client received has its ledger row.

@@ -96,6 +96,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// The process id (for a test that signals it at an exact moment).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Spawns `cmd` and waits for `<announce> listening on ADDR` on its stdout.
     pub fn spawn(
         name: &str,
