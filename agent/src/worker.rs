@@ -6,10 +6,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -151,7 +154,18 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
                     continue;
                 }
                 w.connections.set(w.connections.get() + 1);
-                monoio::spawn(serve_conn(w.clone(), ClientConn::new(stream, peer)));
+                let panicked = w.clone();
+                monoio::spawn(CatchPanic {
+                    task: serve_conn(w.clone(), ClientConn::new(stream, peer)),
+                    on_panic: move || {
+                        let g = &panicked.shared.metrics.globals;
+                        g.task_panics.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            worker = panicked.index,
+                            "a connection task panicked; that connection is closed, the worker goes on"
+                        );
+                    },
+                });
             }
             Err(e) => {
                 if w.shared.shutting_down.load(Ordering::Acquire) {
@@ -183,6 +197,8 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
     let globals = &w.shared.metrics.globals;
     globals.connections_open.fetch_add(1, Ordering::Relaxed);
     globals.connections_total.fetch_add(1, Ordering::Relaxed);
+    // Counted down on drop, so a connection that ends in a panic is not counted forever.
+    let _open = OpenConnection(&w);
     loop {
         if w.shared.shutting_down.load(Ordering::Relaxed) {
             break;
@@ -190,9 +206,9 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         match read::read_request(&mut client, &w.cfg.limits, &w.body_budget).await {
             Ok(req) => {
                 let started = Instant::now();
-                w.in_flight.set(w.in_flight.get() + 1);
+                let in_flight = InFlight::new(&w);
                 let keep = pipeline::handle(&w, &mut client, req, started).await;
-                w.in_flight.set(w.in_flight.get() - 1);
+                drop(in_flight);
                 if !keep {
                     break;
                 }
@@ -227,8 +243,66 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
             }
         }
     }
-    globals.connections_open.fetch_sub(1, Ordering::Relaxed);
-    w.connections.set(w.connections.get() - 1);
+}
+
+/// One open client connection, for the gauges and the per-worker cap.
+struct OpenConnection<'a>(&'a Worker);
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        let w = self.0;
+        w.shared
+            .metrics
+            .globals
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        w.connections.set(w.connections.get() - 1);
+    }
+}
+
+/// One request being handled (a stopping worker waits for these).
+struct InFlight<'a>(&'a Worker);
+
+impl<'a> InFlight<'a> {
+    fn new(w: &'a Worker) -> Self {
+        w.in_flight.set(w.in_flight.get() + 1);
+        InFlight(w)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.set(self.0.in_flight.get() - 1);
+    }
+}
+
+/// A connection task that contains its panics: a bug reached by one request closes that
+/// connection (its state is dropped, counters and budget reservations given back by their
+/// guards) instead of unwinding through the worker's runtime and taking every other connection
+/// on the core with it. `on_panic` reports it.
+struct CatchPanic<F, P> {
+    task: F,
+    on_panic: P,
+}
+
+impl<F: Future<Output = ()>, P: FnMut()> Future for CatchPanic<F, P> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `task` is structurally pinned: it is never moved out of `self`, and `self` is
+        // pinned, so projecting to a pinned reference to it is sound. `on_panic` is not pinned.
+        let (task, on_panic) = unsafe {
+            let this = self.get_unchecked_mut();
+            (Pin::new_unchecked(&mut this.task), &mut this.on_panic)
+        };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| task.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                on_panic();
+                Poll::Ready(())
+            }
+        }
+    }
 }
 
 /// Answers a connection over the worker's cap with a 503 and closes it, without reading its
@@ -249,4 +323,39 @@ async fn refuse(w: Rc<Worker>, stream: monoio::net::TcpStream) {
         client.respond_error(&e, Wire::OpenAi, false, None),
     )
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task that panics ends alone: the runtime keeps running the tasks next to it.
+    #[test]
+    fn a_panicking_task_does_not_take_the_runtime_down() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let caught = Rc::new(Cell::new(0));
+        let done = rt.block_on({
+            let caught = caught.clone();
+            async move {
+                let c = caught.clone();
+                let bad = monoio::spawn(CatchPanic {
+                    task: async {
+                        monoio::time::sleep(Duration::from_millis(1)).await;
+                        panic!("a bug reached by one request");
+                    },
+                    on_panic: move || c.set(c.get() + 1),
+                });
+                let good = monoio::spawn(async {
+                    monoio::time::sleep(Duration::from_millis(5)).await;
+                    42
+                });
+                bad.await;
+                good.await
+            }
+        });
+        assert_eq!((done, caught.get()), (42, 1));
+    }
 }

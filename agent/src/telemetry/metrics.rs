@@ -118,6 +118,8 @@ pub struct Globals {
     pub connections_total: AtomicU64,
     /// Connections answered 503 because their worker was at `limits.max_connections_per_worker`.
     pub connections_refused: AtomicU64,
+    /// Connection tasks that panicked (each closed its connection; the worker went on).
+    pub task_panics: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub ledger_written: AtomicU64,
     pub ledger_errors: AtomicU64,
@@ -298,6 +300,12 @@ impl Metrics {
                 "counter",
                 "Client connections answered 503 at the per-worker connection cap.",
                 &g.connections_refused,
+            ),
+            (
+                "tollgate_task_panics_total",
+                "counter",
+                "Connection tasks that panicked (a bug: the connection was closed, the worker went on).",
+                &g.task_panics,
             ),
             (
                 "tollgate_upstream_retries_total",
