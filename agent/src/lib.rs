@@ -1,6 +1,7 @@
 //! Tollgate: a node agent that governs LLM token traffic. See ARCHITECTURE.md for the map;
 //! `pipeline.rs` is the request lifecycle, top to bottom.
 
+pub mod abort;
 pub mod api;
 pub mod cli;
 pub mod client;

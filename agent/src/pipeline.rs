@@ -39,6 +39,10 @@ pub enum Outcome {
     UpstreamTimeout,
     /// The provider answered with an error status (relayed to the client as it was).
     UpstreamError,
+    /// Still running when the shutdown grace expired; cut, and billed as far as it went.
+    Shutdown,
+    /// Ended by a bug (a panic in a phase); billed as far as it went.
+    Aborted,
 }
 
 impl Outcome {
@@ -50,6 +54,8 @@ impl Outcome {
             Outcome::UpstreamReset => "upstream_reset",
             Outcome::UpstreamTimeout => "upstream_timeout",
             Outcome::UpstreamError => "upstream_error",
+            Outcome::Shutdown => "shutdown",
+            Outcome::Aborted => "aborted",
         }
     }
 }
@@ -140,12 +146,57 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
             .is_ok()
             && keep;
     }
-    let mut ctx = RequestCtx::new(w.next_request_id(), started, api, req);
-    if let Err(e) = proxy(w, client, &mut ctx).await {
-        fail(w, client, &mut ctx, &e).await;
+    let mut s = Settling {
+        w,
+        conn: client.attribution.clone(),
+        ctx: RequestCtx::new(w.next_request_id(), started, api, req),
+        settled: false,
+    };
+    if let Err(e) = proxy(w, client, &mut s.ctx).await {
+        fail(w, client, &mut s.ctx, &e).await;
     }
-    settle::run(w, &mut ctx, client.attribution.as_ref());
-    ctx.client_keep_alive
+    s.settle()
+}
+
+/// Owns a request's context so that `settle` runs on every exit path: the normal end, and the
+/// future being dropped mid-phase (the shutdown grace expired, or a phase panicked and the
+/// connection task was torn down). A request is never left without its record.
+struct Settling<'w> {
+    w: &'w Worker,
+    conn: Option<std::sync::Arc<crate::kernel::ConnAttribution>>,
+    ctx: RequestCtx,
+    settled: bool,
+}
+
+impl Settling<'_> {
+    /// Settles the request; returns whether the connection may carry another.
+    fn settle(mut self) -> bool {
+        self.settled = true;
+        settle::run(self.w, &mut self.ctx, self.conn.as_ref());
+        self.ctx.client_keep_alive
+    }
+}
+
+impl Drop for Settling<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let stopping = self
+            .w
+            .shared
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.ctx.outcome = if stopping {
+            Outcome::Shutdown
+        } else {
+            Outcome::Aborted
+        };
+        self.ctx.error_code = None;
+        self.ctx.client_keep_alive = false;
+        self.ctx.last_byte_at.get_or_insert_with(Instant::now);
+        settle::run(self.w, &mut self.ctx, self.conn.as_ref());
+    }
 }
 
 /// The phases that can fail before the response starts.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::abort::AbortSignal;
 use crate::api::{Api, Wire};
 use crate::client::ClientConn;
 use crate::config::{Config, IoDriver};
@@ -35,8 +36,9 @@ use crate::upstream::tls::Tls;
 /// release build; the rest is headroom (the pages are only committed when touched).
 pub const STACK_BYTES: usize = 8 * 1024 * 1024;
 
-/// Longest a stopping worker waits for in-flight requests.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Longest a stopping worker waits for cut requests to record themselves (they only need to be
+/// polled once more).
+const ABORT_WAIT: Duration = Duration::from_secs(2);
 
 /// Per-core state. Lives in an `Rc` on its worker thread.
 pub struct Worker {
@@ -54,6 +56,8 @@ pub struct Worker {
     connections: Cell<usize>,
     /// Request-body bytes this worker buffers (capped by `limits.max_buffered_bytes_per_worker`).
     pub body_budget: Rc<BodyBudget>,
+    /// Fired when the shutdown grace expires: requests still running are cut and recorded.
+    abort: AbortSignal,
 }
 
 impl Worker {
@@ -142,6 +146,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         in_flight: Cell::new(0),
         connections: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
+        abort: AbortSignal::default(),
     });
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
@@ -178,8 +183,21 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         }
     }
     let stop = Instant::now();
-    while w.in_flight.get() > 0 && stop.elapsed() < SHUTDOWN_GRACE {
+    while w.in_flight.get() > 0 && stop.elapsed() < w.cfg.shutdown_grace {
         monoio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if w.in_flight.get() > 0 {
+        // Cut what is still running: each request's settle guard records it as `shutdown`.
+        tracing::warn!(
+            worker = w.index,
+            requests = w.in_flight.get(),
+            "shutdown grace expired; cutting the requests still running"
+        );
+        w.abort.fire();
+        let cut = Instant::now();
+        while w.in_flight.get() > 0 && cut.elapsed() < ABORT_WAIT {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
     // Records still gathered on this core go to the writer before the runtime is dropped.
     w.ledger.close();
@@ -207,7 +225,11 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
             Ok(req) => {
                 let started = Instant::now();
                 let in_flight = InFlight::new(&w);
-                let keep = pipeline::handle(&w, &mut client, req, started).await;
+                let keep = monoio::select! {
+                    keep = pipeline::handle(&w, &mut client, req, started) => keep,
+                    // Dropping the request future runs its settle guard.
+                    _ = w.abort.fired() => false,
+                };
                 drop(in_flight);
                 if !keep {
                     break;

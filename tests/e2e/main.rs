@@ -49,6 +49,8 @@ mod reasoning_tokens;
 mod replica_load;
 /// Requests that arrive over several reads: split heads and bodies, large bodies.
 mod request_reading;
+/// A request cut by the shutdown grace is recorded as `shutdown`.
+mod shutdown;
 /// Streams without usage are estimated and flagged.
 mod stream_without_usage;
 /// An https provider through nginx with a private CA: rustls, keep-alive, IP SAN, untrusted CA.

@@ -12,6 +12,8 @@ pub struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<String>,
     pub workers: Option<usize>,
+    /// How long a stopping agent lets running requests finish before it cuts (and records) them.
+    pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     pub io: IoFile,
     #[serde(default)]

@@ -169,6 +169,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub workers: usize,
+    /// How long a stopping agent lets running requests finish before it cuts them.
+    pub shutdown_grace: Duration,
     pub io_driver: IoDriver,
     pub uring_entries: u32,
     pub limits: Limits,
@@ -396,6 +398,7 @@ impl Validator<'_> {
             listen,
             data_dir: PathBuf::from(f.data_dir.as_deref().unwrap_or("./tollgate-data")),
             workers,
+            shutdown_grace: ms(f.shutdown_grace_ms, 30_000),
             io_driver,
             uring_entries: f.io.uring_entries.unwrap_or(1024),
             limits,

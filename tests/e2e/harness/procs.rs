@@ -289,6 +289,8 @@ pub struct AgentConfig {
     pub providers: Vec<Provider>,
     /// (client name, provider, provider model).
     pub models: Vec<(String, String, String)>,
+    /// `shutdown_grace_ms`, when set.
+    pub shutdown_grace_ms: Option<u64>,
     /// More `limits:` entries, rendered as written (`("max_connections_per_worker", "4")`).
     pub extra_limits: Vec<(String, String)>,
     /// Render `kernel: { enabled: off }`: these tests are about the proxy, and agents started in
@@ -332,6 +334,7 @@ impl AgentConfig {
                 ("smol".into(), "sim".into(), SIM_MODEL.into()),
                 ("claude".into(), "sim-anthropic".into(), SIM_MODEL.into()),
             ],
+            shutdown_grace_ms: None,
             extra_limits: Vec::new(),
             kernel_off: kernel_section_supported(),
         }
@@ -377,6 +380,9 @@ impl AgentConfig {
         }
         if self.kernel_off {
             y.push_str("kernel: { enabled: off }\n");
+        }
+        if let Some(ms) = self.shutdown_grace_ms {
+            y.push_str(&format!("shutdown_grace_ms: {ms}\n"));
         }
         y.push_str("models:\n");
         for (name, provider, model) in &self.models {
