@@ -50,6 +50,8 @@ pub enum ErrorKind {
     ModelNotFound,
     /// The model exists but its provider does not speak this API (e.g. /v1/messages to OpenAI).
     UnsupportedApi,
+    /// The admin API was called without the admin token, or with a wrong one.
+    AdminUnauthorized,
     /// No route for this path.
     NotFound,
     /// Known path, wrong method.
@@ -105,6 +107,7 @@ impl GateError {
             | InvalidRequest { .. }
             | ModelNotFound
             | UnsupportedApi
+            | AdminUnauthorized
             | NotFound
             | MethodNotAllowed => Side::Client,
             UpstreamUnreachable
@@ -131,6 +134,7 @@ impl GateError {
             InvalidRequest { .. } => (400, "invalid_request_error", "invalid_request"),
             ModelNotFound => (404, "invalid_request_error", "model_not_found"),
             UnsupportedApi => (400, "invalid_request_error", "unsupported_api_for_model"),
+            AdminUnauthorized => (401, "invalid_request_error", "invalid_admin_token"),
             NotFound => (404, "invalid_request_error", "not_found"),
             MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed"),
             UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),

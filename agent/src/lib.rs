@@ -2,6 +2,7 @@
 //! `pipeline.rs` is the request lifecycle, top to bottom.
 
 pub mod abort;
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod client;

@@ -1,19 +1,24 @@
-//! Endpoints Tollgate answers itself: `/healthz`, `/readyz`, `/metrics`, `/v1/models`.
+//! Endpoints Tollgate answers itself on the client port: `/healthz`, `/readyz`, `/metrics`
+//! (unless `admin.metrics_on_client_port: false`), `/v1/models`.
 //! Not on the proxy hot path.
 
 use std::sync::atomic::Ordering;
 
 use crate::api::Wire;
 use crate::client::ClientConn;
+use crate::config::Config;
 use crate::error::{ErrorKind, GateError};
 use crate::http::request::{Method, RequestHead};
+use crate::server::Shared;
 use crate::worker::Worker;
 
 /// Serves a local endpoint; returns whether the connection stays open.
 pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> bool {
     let keep = head.keep_alive;
     let path = head.path();
-    let known = matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/models")
+    let metrics = w.cfg.metrics_on_client_port && path == "/metrics";
+    let known = matches!(path, "/healthz" | "/readyz" | "/v1/models")
+        || metrics
         || path.starts_with("/v1/models/");
     let result = if !known {
         let e = GateError::new(ErrorKind::NotFound, format!("Unknown request URL: {path}"));
@@ -38,7 +43,7 @@ pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> b
                     .await
             }
             "/readyz" => {
-                let (status, body) = readiness(w);
+                let (status, body) = readiness(&w.shared, &w.cfg);
                 client
                     .respond(status, "application/json", body.into_bytes(), keep, "")
                     .await
@@ -93,17 +98,17 @@ pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> b
     result.is_ok() && keep
 }
 
-fn readiness(w: &Worker) -> (u16, String) {
-    let s = &w.shared;
+/// `/readyz` on the client port and the admin listener: status and body.
+pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
     let stopping = s.shutting_down.load(Ordering::Relaxed);
-    let ready = s.workers_ready.load(Ordering::Acquire) == w.cfg.workers && !stopping;
+    let ready = s.workers_ready.load(Ordering::Acquire) == cfg.workers && !stopping;
     let body = serde_json::json!({
         "status": if ready { "ready" } else if stopping { "stopping" } else { "starting" },
-        "workers": w.cfg.workers,
-        "io_driver": w.driver,
+        "workers": cfg.workers,
+        "io_driver": s.io_driver.get().copied().unwrap_or("starting"),
         "kernel": s.kernel.to_json(),
         "gpu": s.gpus.status().to_json(),
-        "models": w.cfg.models.len(),
+        "models": cfg.models.len(),
     });
     (if ready { 200 } else { 503 }, body.to_string())
 }

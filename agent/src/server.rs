@@ -45,6 +45,8 @@ pub struct Shared {
     pub replicas: Arc<ReplicaBoard>,
     /// Whether GPU figures are read, and the latest ones (lock-free reads).
     pub gpus: Arc<GpuBoard>,
+    /// The I/O driver the workers run on, set by the first worker that starts.
+    pub io_driver: std::sync::OnceLock<&'static str>,
 }
 
 /// What the kernel side is doing, for `/readyz` and `tollgate status`.
@@ -163,6 +165,8 @@ pub struct Running {
     telemetry: std::thread::JoinHandle<()>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
+    /// The operators' listener, when configured.
+    pub admin: Option<crate::admin::AdminHandle>,
 }
 
 impl Running {
@@ -175,6 +179,9 @@ impl Running {
     /// kernel programs and removes their pins.
     pub fn stop(self) {
         self.shared.shutting_down.store(true, Ordering::Release);
+        if let Some(admin) = self.admin {
+            admin.stop();
+        }
         for fd in &self.listener_fds {
             // SAFETY: shutdown on a listening socket we own wakes its pending accept; the fd
             // stays open until the worker drops its listener.
@@ -267,6 +274,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         kernel: kernel_report,
         replicas: metrics.replicas.clone(),
         gpus: metrics.gpus.clone(),
+        io_driver: std::sync::OnceLock::new(),
     });
     // NVML is opened here so `/readyz` says from the start whether GPU counters are on.
     let gpu = telemetry_thread::open_gpu(&shared.gpus);
@@ -324,7 +332,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         .name("tollgate-telemetry".into())
         .spawn(move || telemetry_thread::run(tel_shared, tel_cfg, counters, gpu))?;
 
-    let running = Running {
+    let mut running = Running {
         addr,
         shared,
         listener_fds,
@@ -334,9 +342,19 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         dns,
         telemetry,
         kernel,
+        admin: None,
     };
     for _ in 0..500 {
         if running.shared.workers_ready.load(Ordering::Acquire) == cfg.workers {
+            if let Some(settings) = &cfg.admin {
+                match crate::admin::start(settings, running.shared.clone(), cfg.clone()) {
+                    Ok(admin) => running.admin = Some(admin),
+                    Err(e) => {
+                        running.stop();
+                        anyhow::bail!("binding the admin listener {}: {e}", settings.listen);
+                    }
+                }
+            }
             return Ok(running);
         }
         if running.workers.iter().any(|w| w.is_finished()) {
@@ -354,6 +372,10 @@ pub fn serve(cfg: Config) -> anyhow::Result<()> {
     let set = block_signals();
     let workers = cfg.workers;
     let running = start(cfg)?;
+    if let Some(admin) = &running.admin {
+        tracing::info!(addr = %admin.addr, "admin listener up");
+        println!("tollgate admin listening on {}", admin.addr);
+    }
     tracing::info!(addr = %running.addr, workers, "tollgate listening");
     println!("tollgate listening on {}", running.addr);
     let sig = wait_for_signal(&set);

@@ -148,6 +148,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
     });
+    let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
     loop {

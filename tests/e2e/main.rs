@@ -7,6 +7,8 @@
 
 mod harness;
 
+/// The admin listener and its token.
+mod admin;
 /// Repeated long prompts: cached tokens, and Anthropic cache read/creation normalisation.
 mod cached_tokens;
 /// `tollgate demo --no-wait` runs and prints usage.

@@ -36,6 +36,20 @@ pub struct FileConfig {
     /// Scraping the replicas' own `/metrics` for their load.
     #[serde(default)]
     pub replicas: ReplicasFile,
+    /// The operators' listener (`/metrics`, `/readyz`, later reloads and keys), token-protected.
+    #[serde(default)]
+    pub admin: AdminFile,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// Address of the admin listener (off when absent).
+    pub listen: Option<String>,
+    /// Environment variable holding the bearer token the admin listener requires.
+    pub token_env: Option<String>,
+    /// Whether the client port also serves `/metrics` (default true, for compatibility).
+    pub metrics_on_client_port: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -3,6 +3,7 @@
 //! every problem with its field path and line (`lines.rs`).
 //! Runtime config is immutable and shared by all workers as an `Arc<Config>`.
 
+pub mod admin;
 mod file;
 pub mod kernel;
 mod lines;

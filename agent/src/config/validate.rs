@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
+use super::admin::AdminSettings;
 use super::file::{FileConfig, ModelFile, ProviderFile, ReplicasFile};
 use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
@@ -187,6 +188,10 @@ pub struct Config {
     pub intercept_routes: Vec<InterceptRoute>,
     pub attribution: AttributionSettings,
     pub replicas: ReplicaSettings,
+    /// The operators' listener, when configured.
+    pub admin: Option<AdminSettings>,
+    /// Whether the client port answers `GET /metrics` too.
+    pub metrics_on_client_port: bool,
 }
 
 impl Config {
@@ -393,6 +398,7 @@ impl Validator<'_> {
         let intercept_routes = intercept_routes(&intercept, &mut providers);
         let attribution = self.attribution(f.attribution);
         let replicas = self.replicas(&f.replicas);
+        let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
 
         Config {
             listen,
@@ -412,6 +418,8 @@ impl Validator<'_> {
             intercept_routes,
             attribution,
             replicas,
+            admin,
+            metrics_on_client_port,
         }
     }
 

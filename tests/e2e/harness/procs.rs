@@ -19,6 +19,8 @@ use anyhow::{anyhow, bail, Context};
 
 /// Model name the simulator serves (what the provider receives).
 pub const SIM_MODEL: &str = "smollm2";
+/// The admin token the agents of these tests are started with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 /// Key the agent sends to the OpenAI-kind provider (from `SIM_KEY`).
 pub const OPENAI_PROVIDER_KEY: &str = "sk-provider-openai-e2e";
 /// Key the agent sends to the Anthropic-kind provider (from `SIM_ANTHROPIC_KEY`).
@@ -96,6 +98,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// What the process printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout_log).unwrap_or_default()
+    }
+
     /// The process id (for a test that signals it at an exact moment).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -289,6 +296,9 @@ pub struct AgentConfig {
     pub providers: Vec<Provider>,
     /// (client name, provider, provider model).
     pub models: Vec<(String, String, String)>,
+    /// Render an `admin:` section (listener on a free port, token from [`ADMIN_TOKEN`]), and
+    /// whether the client port keeps serving `/metrics`.
+    pub admin: Option<bool>,
     /// `shutdown_grace_ms`, when set.
     pub shutdown_grace_ms: Option<u64>,
     /// More `limits:` entries, rendered as written (`("max_connections_per_worker", "4")`).
@@ -334,6 +344,7 @@ impl AgentConfig {
                 ("smol".into(), "sim".into(), SIM_MODEL.into()),
                 ("claude".into(), "sim-anthropic".into(), SIM_MODEL.into()),
             ],
+            admin: None,
             shutdown_grace_ms: None,
             extra_limits: Vec::new(),
             kernel_off: kernel_section_supported(),
@@ -380,6 +391,11 @@ impl AgentConfig {
         }
         if self.kernel_off {
             y.push_str("kernel: { enabled: off }\n");
+        }
+        if let Some(metrics_on_client_port) = self.admin {
+            y.push_str(&format!(
+                "admin: {{ listen: 127.0.0.1:0, token_env: TOLLGATE_ADMIN_TOKEN, metrics_on_client_port: {metrics_on_client_port} }}\n"
+            ));
         }
         if let Some(ms) = self.shutdown_grace_ms {
             y.push_str(&format!("shutdown_grace_ms: {ms}\n"));
@@ -473,6 +489,15 @@ impl Agent {
         self.addr = addr;
     }
 
+    /// The admin listener's address, when the config has one (announced on stdout).
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.proc
+            .stdout_text()
+            .lines()
+            .find_map(|l| l.strip_prefix("tollgate admin listening on "))
+            .and_then(|a| a.trim().parse().ok())
+    }
+
     pub fn metrics(&self) -> String {
         let response = super::get(self.addr, "/metrics");
         assert_eq!(response.status, 200, "/metrics");
@@ -501,7 +526,8 @@ fn spawn_agent(
         .arg(config)
         .args(["--listen", "127.0.0.1:0"])
         .env("SIM_KEY", OPENAI_PROVIDER_KEY)
-        .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY);
+        .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
     Proc::spawn(&format!("tollgate-{generation}"), cmd, logs, "tollgate")
 }
 
