@@ -103,6 +103,9 @@ impl ChunkedDecoder {
 /// Takes one CRLF-terminated line (without the CRLF) off the front of `buf`.
 fn take_line(buf: &mut BytesMut) -> Result<Option<BytesMut>, HttpError> {
     match memchr::memchr(b'\n', buf) {
+        // The same limit whether the line arrived in one read or several (found by fuzzing:
+        // a long line was refused only when it was split).
+        Some(i) if i > MAX_LINE => Err(HttpError::BadChunk("line too long")),
         Some(i) => {
             let mut line = buf.split_to(i + 1);
             line.truncate(i);

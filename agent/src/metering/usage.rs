@@ -20,8 +20,15 @@ pub struct Usage {
     pub reasoning_tokens: u64,
 }
 
+/// Largest token count taken from a provider (about 4 billion, far past any real request): a
+/// larger number is a broken or hostile provider, and left unbounded it would overflow sums and
+/// turn negative in the ledger's signed columns. Found by fuzzing.
+pub const MAX_REPORTED_TOKENS: u64 = 1 << 32;
+
 fn u(v: &LazyValue<'_>, path: &[&str]) -> Option<u64> {
-    v.pointer(path.iter().copied()).and_then(|x| x.as_u64())
+    v.pointer(path.iter().copied())
+        .and_then(|x| x.as_u64())
+        .map(|n| n.min(MAX_REPORTED_TOKENS))
 }
 
 fn openai_usage(v: &LazyValue<'_>) -> Usage {
@@ -180,7 +187,11 @@ impl UsageAccumulator {
         let cache_read = a.cache_read.unwrap_or(0);
         let cache_write = a.cache_write.unwrap_or(0);
         Some(Usage {
-            input_tokens: a.input.unwrap_or(0) + cache_read + cache_write,
+            input_tokens: a
+                .input
+                .unwrap_or(0)
+                .saturating_add(cache_read)
+                .saturating_add(cache_write),
             cached_tokens: cache_read,
             cache_write_tokens: cache_write,
             output_tokens: a.output.unwrap_or(0),
@@ -192,6 +203,17 @@ impl UsageAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_counts_are_capped_not_wrapped() {
+        let mut acc = UsageAccumulator::default();
+        let frame = br#"{"type":"message_delta","usage":{"input_tokens":18446744073709551615,"cache_read_input_tokens":1,"output_tokens":99999999999999}}"#;
+        assert_eq!(acc.observe_frame(Api::Messages, frame), FrameUsage::Inline);
+        let u = acc.finish().unwrap();
+        assert_eq!(u.input_tokens, MAX_REPORTED_TOKENS + 1);
+        assert_eq!(u.output_tokens, MAX_REPORTED_TOKENS);
+        assert!(i64::try_from(u.input_tokens).is_ok());
+    }
 
     #[test]
     fn openai_chat_body() {
