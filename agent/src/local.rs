@@ -119,7 +119,7 @@ fn models(w: &Worker, only: Option<&str>) -> String {
             "id": m.name,
             "object": "model",
             "created": 0,
-            "owned_by": w.cfg.providers[m.provider].name,
+            "owned_by": w.cfg.providers[m.targets[0].provider].name,
         })
     };
     match only {

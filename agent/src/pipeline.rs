@@ -203,7 +203,7 @@ impl Drop for Settling<'_> {
 async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Result<(), GateError> {
     identify::run(ctx);
     inspect::run(ctx, w.cfg.limits.max_json_depth)?;
-    route::run(&w.cfg, ctx, client.original_dst())?;
+    route::run(&w.cfg, &w.health, ctx, client.original_dst())?;
     let forwarded = forward::run(w, ctx).await?;
     relay::run(w, ctx, client, forwarded).await;
     Ok(())

@@ -28,6 +28,7 @@ use crate::phase::read::{self, BodyBudget, ReadEnd, Request, Reservation};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
 use crate::server::Shared;
+use crate::upstream::health::HealthLocal;
 use crate::upstream::pool::PoolLocal;
 use crate::upstream::tls::Tls;
 
@@ -58,6 +59,8 @@ pub struct Worker {
     pub body_budget: Rc<BodyBudget>,
     /// Fired when the shutdown grace expires: requests still running are cut and recorded.
     abort: AbortSignal,
+    /// Providers this worker saw refuse a connection lately (route avoids them).
+    pub health: HealthLocal,
 }
 
 impl Worker {
@@ -130,6 +133,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         None
     };
     let cfg_budget = cfg.limits.max_buffered_bytes_per_worker;
+    let provider_count = cfg.providers.len();
     let w = Rc::new(Worker {
         index: seed.index,
         pool: RefCell::new(PoolLocal::new(
@@ -147,6 +151,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         connections: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
+        health: HealthLocal::new(provider_count),
     });
     let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");

@@ -43,6 +43,8 @@ mod io_drivers;
 mod large_responses;
 /// The ledger survives a graceful restart; `tollgate usage` sums it.
 mod ledger_restart;
+/// Models with several targets: the first compatible, healthy one serves.
+mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.
 mod models_and_metrics;
 /// Reasoning tokens on chat and the Responses API.

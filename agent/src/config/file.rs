@@ -187,6 +187,19 @@ pub struct ProviderFile {
 #[serde(deny_unknown_fields)]
 pub struct ModelFile {
     pub name: String,
-    pub provider: String,
+    /// The one-target shorthand: `provider` (and `model`) instead of `targets`.
+    pub provider: Option<String>,
     pub model: Option<String>,
+    /// The deployments that serve this model.
+    pub targets: Option<Vec<TargetFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetFile {
+    pub provider: String,
+    /// What the provider receives as `model` (default: the model's name).
+    pub model: Option<String>,
+    /// Relative share of traffic, for the routing policy (default 1).
+    pub weight: Option<u32>,
 }

@@ -155,13 +155,29 @@ pub struct Provider {
 /// OpenAI's servers answer 431 past 100 request headers.
 pub const DEFAULT_MAX_REQUEST_HEADERS: usize = 100;
 
-/// A client-visible model name and where it goes.
+/// A client-visible model name and the deployments that serve it.
 #[derive(Debug, Clone)]
 pub struct Model {
     pub name: String,
+    /// At least one; in configuration order.
+    pub targets: Vec<ModelTarget>,
+}
+
+/// One deployment of a model: a provider and the name it knows the model by.
+#[derive(Debug, Clone)]
+pub struct ModelTarget {
     pub provider: usize,
     /// What the provider receives as `model`.
     pub upstream_model: String,
+    /// Relative share of traffic (the routing policy's input; 1 by default).
+    pub weight: u32,
+}
+
+impl Model {
+    /// The first target on `provider`, if this model has one there.
+    pub fn target_on(&self, provider: usize) -> Option<usize> {
+        self.targets.iter().position(|t| t.provider == provider)
+    }
 }
 
 /// The validated runtime configuration.
@@ -552,16 +568,7 @@ impl Validator<'_> {
                 self.problem(format!("{path}.name"), "must not be empty");
                 continue;
             }
-            let Some(provider) = providers.iter().position(|(p, _)| p.name == m.provider) else {
-                let known: Vec<&str> = providers.iter().map(|(p, _)| p.name.as_str()).collect();
-                self.problem(
-                    format!("{path}.provider"),
-                    format!(
-                        "unknown provider `{}` (defined: {})",
-                        m.provider,
-                        known.join(", ")
-                    ),
-                );
+            let Some(targets) = self.model_targets(&path, &m, providers) else {
                 continue;
             };
             if index.contains_key(&m.name) {
@@ -573,12 +580,81 @@ impl Validator<'_> {
             }
             index.insert(m.name.clone(), models.len());
             models.push(Model {
-                upstream_model: m.model.unwrap_or_else(|| m.name.clone()),
                 name: m.name,
-                provider,
+                targets,
             });
         }
         (models, index)
+    }
+
+    /// The targets of one model: the `provider`/`model` shorthand or a `targets` list.
+    fn model_targets(
+        &mut self,
+        path: &str,
+        m: &ModelFile,
+        providers: &[(Provider, String)],
+    ) -> Option<Vec<ModelTarget>> {
+        let given: Vec<(String, &str, Option<&String>, Option<u32>)> =
+            match (&m.provider, &m.targets) {
+                (Some(p), None) => vec![(format!("{path}.provider"), p, m.model.as_ref(), None)],
+                (None, Some(list)) if !list.is_empty() => {
+                    if m.model.is_some() {
+                        self.problem(
+                            format!("{path}.model"),
+                            "goes inside each target when `targets` is used",
+                        );
+                    }
+                    list.iter()
+                        .enumerate()
+                        .map(|(i, t)| {
+                            (
+                                format!("{path}.targets[{i}].provider"),
+                                t.provider.as_str(),
+                                t.model.as_ref(),
+                                t.weight,
+                            )
+                        })
+                        .collect()
+                }
+                (None, Some(_)) => {
+                    self.problem(format!("{path}.targets"), "must list at least one target");
+                    return None;
+                }
+                (None, None) => {
+                    self.problem(path, "needs `provider` (one target) or `targets` (several)");
+                    return None;
+                }
+                (Some(_), Some(_)) => {
+                    self.problem(
+                        format!("{path}.targets"),
+                        "use either `provider`/`model` or `targets`, not both",
+                    );
+                    return None;
+                }
+            };
+        let mut out = Vec::with_capacity(given.len());
+        for (field, name, model, weight) in given {
+            let Some(provider) = providers.iter().position(|(p, _)| p.name == name) else {
+                let known: Vec<&str> = providers.iter().map(|(p, _)| p.name.as_str()).collect();
+                self.problem(
+                    field,
+                    format!("unknown provider `{name}` (defined: {})", known.join(", ")),
+                );
+                return None;
+            };
+            if weight == Some(0) {
+                self.problem(
+                    field.replace(".provider", ".weight"),
+                    "must be at least 1 (remove the target to send it nothing)",
+                );
+            }
+            out.push(ModelTarget {
+                provider,
+                upstream_model: model.cloned().unwrap_or_else(|| m.name.clone()),
+                weight: weight.unwrap_or(1),
+            });
+        }
+        Some(out)
     }
 
     fn parse_base_url(&mut self, path: &str, url: &str) -> Option<BaseUrl> {
@@ -690,9 +766,9 @@ models:
         assert_eq!(c.providers[1].host_header, "api.anthropic.com");
         assert_eq!(c.providers[1].api_key.as_deref(), Some("sk-test"));
         let (_, m) = c.model_by_name("smol").unwrap();
-        assert_eq!(m.upstream_model, "smollm2");
+        assert_eq!(m.targets[0].upstream_model, "smollm2");
         assert_eq!(
-            c.model_by_name("sonnet").unwrap().1.upstream_model,
+            c.model_by_name("sonnet").unwrap().1.targets[0].upstream_model,
             "sonnet"
         );
         assert_eq!(c.limits.max_body_bytes, 32 * 1024 * 1024);

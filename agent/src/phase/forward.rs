@@ -357,15 +357,20 @@ async fn connect(w: &Worker, provider_idx: usize) -> Result<UpstreamConn, GateEr
     let provider = &w.cfg.providers[provider_idx];
     let addrs = w.shared.resolved.get(provider_idx);
     let tls = w.tls.get(provider_idx).and_then(Option::as_ref);
-    upstream::connect(
+    let connected = upstream::connect(
         provider_idx,
         &addrs,
         &provider.host,
         tls,
         w.cfg.upstream.connect_timeout,
     )
-    .await
-    .map_err(|e| {
+    .await;
+    // Route prefers other targets of a model while this provider refuses connections.
+    match &connected {
+        Ok(_) => w.health.mark_up(provider_idx),
+        Err(_) => w.health.mark_down(provider_idx, Instant::now()),
+    }
+    connected.map_err(|e| {
         let kind = match e {
             upstream::UpstreamError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
             _ => ErrorKind::UpstreamUnreachable,

@@ -83,7 +83,7 @@ fn series(ctx: &RequestCtx) -> SeriesKey {
     let target = ctx.target;
     SeriesKey {
         model: target.map_or(u32::MAX, |t| {
-            t.model.map_or(MODEL_INTERCEPTED, |m| m as u32)
+            t.model_index().map_or(MODEL_INTERCEPTED, |m| m as u32)
         }),
         provider: target.map_or(u32::MAX, |t| t.provider as u32),
         api: ctx.api.label(),

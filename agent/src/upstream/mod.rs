@@ -3,6 +3,7 @@
 //! Addresses are resolved on the control thread (`resolve.rs`) so a worker never blocks on DNS.
 
 pub mod body;
+pub mod health;
 pub mod pool;
 pub mod resolve;
 pub mod tls;

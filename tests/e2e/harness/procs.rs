@@ -299,6 +299,8 @@ pub struct AgentConfig {
     /// Render an `admin:` section (listener on a free port, token from [`ADMIN_TOKEN`]), and
     /// whether the client port keeps serving `/metrics`.
     pub admin: Option<bool>,
+    /// More `models:` entries, as YAML list items (for `targets:` lists).
+    pub extra_models_yaml: String,
     /// `shutdown_grace_ms`, when set.
     pub shutdown_grace_ms: Option<u64>,
     /// More `limits:` entries, rendered as written (`("max_connections_per_worker", "4")`).
@@ -345,6 +347,7 @@ impl AgentConfig {
                 ("claude".into(), "sim-anthropic".into(), SIM_MODEL.into()),
             ],
             admin: None,
+            extra_models_yaml: String::new(),
             shutdown_grace_ms: None,
             extra_limits: Vec::new(),
             kernel_off: kernel_section_supported(),
@@ -406,6 +409,7 @@ impl AgentConfig {
                 "  - name: {name}\n    provider: {provider}\n    model: {model}\n"
             ));
         }
+        y.push_str(&self.extra_models_yaml);
         y
     }
 }
