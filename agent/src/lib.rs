@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod import;
 pub mod json;
 pub mod kernel;
 pub mod ledger;

@@ -1,6 +1,6 @@
 //! Subcommands: `serve`, `validate`, `usage`, `demo`, and the node-side views of the kernel
 //! part: `status` (an agent's /readyz, readably), `top` (the pinned counter maps, live) and
-//! `kernel detach` (clean up after a killed agent). The CLI edge is the only place that uses
+//! `kernel detach` (clean up after a killed agent); `import litellm` converts a LiteLLM config. The CLI edge is the only place that uses
 //! `anyhow`; everything below returns typed errors.
 
 pub mod demo;
@@ -76,6 +76,21 @@ pub enum Command {
         #[command(subcommand)]
         command: kernel::Command,
     },
+    /// Convert another gateway's configuration: the Tollgate config goes to stdout, what could
+    /// not be converted to stderr.
+    Import {
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ImportFrom {
+    /// A LiteLLM proxy config.yaml (`model_list`).
+    Litellm {
+        /// The LiteLLM config file.
+        file: PathBuf,
+    },
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -138,6 +153,19 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { addr, json } => status::run(&addr, json),
         Command::Top(args) => top::run(args),
         Command::Kernel { command } => kernel::run(command),
+        Command::Import {
+            from: ImportFrom::Litellm { file },
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let converted = crate::import::litellm::convert(&text)
+                .with_context(|| format!("converting {}", file.display()))?;
+            print!("{}", converted.yaml);
+            for note in &converted.notes {
+                eprintln!("not converted: {note}");
+            }
+            Ok(())
+        }
     }
 }
 

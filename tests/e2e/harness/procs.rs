@@ -466,6 +466,21 @@ impl Agent {
         })
     }
 
+    /// Starts the agent on a config file written elsewhere, whose `data_dir` is `data_dir`.
+    pub fn start_file(config: &Path, data_dir: &Path) -> Agent {
+        let dir = TempDir::new("agent");
+        let config_path = dir.path().join("tollgate.yaml");
+        std::fs::copy(config, &config_path).expect("copying the agent config");
+        let (proc, addr) = spawn_agent(&config_path, dir.path(), 0).expect("starting tollgate");
+        Agent {
+            addr,
+            proc,
+            data_dir: data_dir.to_path_buf(),
+            config_path,
+            dir,
+        }
+    }
+
     /// SIGTERM and wait: a graceful stop that flushes the ledger.
     pub fn stop(&mut self) -> ExitStatus {
         self.proc.terminate().expect("stopping tollgate")

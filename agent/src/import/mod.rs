@@ -1,0 +1,3 @@
+//! `tollgate import`: configurations of other gateways turned into Tollgate's. Offline, CLI only.
+
+pub mod litellm;
