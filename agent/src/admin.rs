@@ -20,7 +20,6 @@ use subtle::ConstantTimeEq;
 
 use crate::api::Wire;
 use crate::config::admin::AdminSettings;
-use crate::config::Config;
 use crate::error::{ErrorKind, GateError};
 use crate::server::Shared;
 
@@ -43,11 +42,7 @@ impl AdminHandle {
 
 /// Binds the admin listener (errors surface here, before the agent reports itself started)
 /// and serves it on a thread of its own.
-pub fn start(
-    settings: &AdminSettings,
-    shared: Arc<Shared>,
-    cfg: Arc<Config>,
-) -> std::io::Result<AdminHandle> {
+pub fn start(settings: &AdminSettings, shared: Arc<Shared>) -> std::io::Result<AdminHandle> {
     let listener = std::net::TcpListener::bind(settings.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -66,7 +61,7 @@ pub fn start(
                     return;
                 }
             };
-            rt.block_on(accept_loop(listener, stopped, Ctx { shared, cfg, token }));
+            rt.block_on(accept_loop(listener, stopped, Ctx { shared, token }));
         })?;
     Ok(AdminHandle { addr, stop, thread })
 }
@@ -75,7 +70,6 @@ pub fn start(
 #[derive(Clone)]
 struct Ctx {
     shared: Arc<Shared>,
-    cfg: Arc<Config>,
     token: Arc<[u8]>,
 }
 
@@ -154,7 +148,8 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             ctx.shared.metrics.render(),
         ),
         "/readyz" => {
-            let (status, body) = crate::local::readiness(&ctx.shared, &ctx.cfg);
+            let snap = ctx.shared.snapshot.load();
+            let (status, body) = crate::local::readiness(&ctx.shared, &snap.cfg);
             respond(
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 "application/json",

@@ -18,6 +18,7 @@ pub mod metering;
 pub mod phase;
 pub mod pipeline;
 pub mod server;
+pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;
 pub mod worker;

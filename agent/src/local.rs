@@ -13,10 +13,10 @@ use crate::server::Shared;
 use crate::worker::Worker;
 
 /// Serves a local endpoint; returns whether the connection stays open.
-pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> bool {
+pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &RequestHead) -> bool {
     let keep = head.keep_alive;
     let path = head.path();
-    let metrics = w.cfg.metrics_on_client_port && path == "/metrics";
+    let metrics = cfg.metrics_on_client_port && path == "/metrics";
     let known = matches!(path, "/healthz" | "/readyz" | "/v1/models")
         || metrics
         || path.starts_with("/v1/models/");
@@ -43,7 +43,7 @@ pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> b
                     .await
             }
             "/readyz" => {
-                let (status, body) = readiness(&w.shared, &w.cfg);
+                let (status, body) = readiness(&w.shared, cfg);
                 client
                     .respond(status, "application/json", body.into_bytes(), keep, "")
                     .await
@@ -65,7 +65,7 @@ pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> b
                     .respond(
                         200,
                         "application/json",
-                        models(w, None).into_bytes(),
+                        models(cfg, None).into_bytes(),
                         keep,
                         "",
                     )
@@ -73,12 +73,12 @@ pub async fn serve(w: &Worker, client: &mut ClientConn, head: &RequestHead) -> b
             }
             _ => {
                 let name = &path["/v1/models/".len()..];
-                if w.cfg.model_by_name(name).is_some() {
+                if cfg.model_by_name(name).is_some() {
                     client
                         .respond(
                             200,
                             "application/json",
-                            models(w, Some(name)).into_bytes(),
+                            models(cfg, Some(name)).into_bytes(),
                             keep,
                             "",
                         )
@@ -113,25 +113,24 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
     (if ready { 200 } else { 503 }, body.to_string())
 }
 
-fn models(w: &Worker, only: Option<&str>) -> String {
+fn models(cfg: &Config, only: Option<&str>) -> String {
     let entry = |m: &crate::config::Model| {
         serde_json::json!({
             "id": m.name,
             "object": "model",
             "created": 0,
-            "owned_by": w.cfg.providers[m.targets[0].provider].name,
+            "owned_by": cfg.providers[m.targets[0].provider].name,
         })
     };
     match only {
-        Some(name) => w
-            .cfg
+        Some(name) => cfg
             .model_by_name(name)
             .map(|(_, m)| entry(m))
             .unwrap_or_default()
             .to_string(),
         None => serde_json::json!({
             "object": "list",
-            "data": w.cfg.models.iter().map(entry).collect::<Vec<_>>(),
+            "data": cfg.models.iter().map(entry).collect::<Vec<_>>(),
         })
         .to_string(),
     }

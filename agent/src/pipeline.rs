@@ -11,6 +11,7 @@
 //! intercepted connection, requests that are not inference calls bypass the phases and are
 //! relayed to the original server as they are (`phase/passthrough.rs`).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -26,6 +27,7 @@ use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
 use crate::phase::{forward, identify, inspect, passthrough, relay, route, settle};
+use crate::snapshot::Snapshot;
 use crate::worker::Worker;
 
 /// How a request ended, for the ledger and metrics.
@@ -91,6 +93,8 @@ pub struct RequestCtx {
     pub sealed: Option<settle::Sealed>,
     /// The body's share of the worker's buffer budget, held until the request is done.
     pub reservation: Reservation,
+    /// The configuration this request runs on, start to finish (a reload does not change it).
+    pub snap: Arc<Snapshot>,
 }
 
 impl RequestCtx {
@@ -119,6 +123,7 @@ impl RequestCtx {
             response_payload: Vec::new(),
             sealed: None,
             reservation: req.reservation,
+            snap: req.snap,
         }
     }
 }
@@ -132,7 +137,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
         return passthrough::run(w, client, req, dst).await;
     }
     let Some(api) = Api::from_path(path) else {
-        return local::serve(w, client, &req.head).await;
+        return local::serve(w, &req.snap.cfg, client, &req.head).await;
     };
     if req.head.method != Method::Post {
         let e = GateError::new(
@@ -163,7 +168,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
 /// connection task was torn down). A request is never left without its record.
 struct Settling<'w> {
     w: &'w Worker,
-    conn: Option<std::sync::Arc<crate::kernel::ConnAttribution>>,
+    conn: Option<Arc<crate::kernel::ConnAttribution>>,
     ctx: RequestCtx,
     settled: bool,
 }
@@ -202,8 +207,9 @@ impl Drop for Settling<'_> {
 /// The phases that can fail before the response starts.
 async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Result<(), GateError> {
     identify::run(ctx);
-    inspect::run(ctx, w.cfg.limits.max_json_depth)?;
-    route::run(&w.cfg, &w.health, ctx, client.original_dst())?;
+    let snap = ctx.snap.clone();
+    inspect::run(ctx, snap.cfg.limits.max_json_depth)?;
+    route::run(&snap, &w.health, ctx, client.original_dst())?;
     let forwarded = forward::run(w, ctx).await?;
     relay::run(w, ctx, client, forwarded).await;
     Ok(())

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{Config, KernelMode};
@@ -21,18 +22,18 @@ use crate::kernel::cgroup::CgroupResolver;
 use crate::kernel::{self, AttributionReader, Features, Kernel, KernelConfig};
 use crate::ledger;
 use crate::ledger::enrich::Enricher;
+use crate::snapshot::{Registry, Snapshot};
 use crate::telemetry::control as telemetry_thread;
 use crate::telemetry::gpu::GpuBoard;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::replicas::ReplicaBoard;
-use crate::upstream::resolve::Resolved;
-use crate::upstream::tls;
 use crate::worker::{self, WorkerSeed};
 
 /// State shared by all workers: atomics and read-only data only.
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    pub resolved: Resolved,
+    /// The configuration requests run on; swapped whole by a reload, loaded once per request.
+    pub snapshot: ArcSwap<Snapshot>,
     /// Distinguishes request ids across restarts.
     pub boot_id: u64,
     pub workers_ready: AtomicUsize,
@@ -223,14 +224,11 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         cfg.models.iter().map(|m| m.name.clone()).collect(),
         cfg.providers.iter().map(|p| p.name.clone()).collect(),
     ));
-    let mut tls_by_provider = Vec::with_capacity(cfg.providers.len());
-    for p in &cfg.providers {
-        tls_by_provider.push(if p.tls {
-            Some(tls::for_provider(p).map_err(|e| anyhow::anyhow!("provider {}: {e}", p.name))?)
-        } else {
-            None
-        });
-    }
+    // Provider ids, TLS and first address resolution; the reloader keeps the registry.
+    let mut registry = Registry::default();
+    let first_snapshot = registry
+        .build(cfg.clone(), 1, &metrics)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let boot_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -263,7 +261,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     );
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
-        resolved: Resolved::new(&cfg.providers),
+        snapshot: ArcSwap::from_pointee(first_snapshot),
         boot_id,
         workers_ready: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
@@ -293,7 +291,6 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
             index,
             cfg: cfg.clone(),
             shared: shared.clone(),
-            tls: tls_by_provider.clone(),
             ledger: tx.clone(),
             listener,
         };
@@ -311,7 +308,6 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     let writer_tx = tx;
 
     let dns_shared = shared.clone();
-    let dns_cfg = cfg.clone();
     let dns = std::thread::Builder::new()
         .name("tollgate-dns".into())
         .spawn(move || {
@@ -320,7 +316,11 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
                 std::thread::sleep(Duration::from_millis(200));
                 waited += Duration::from_millis(200);
                 if waited >= Duration::from_secs(30) {
-                    dns_shared.resolved.refresh(&dns_cfg.providers);
+                    // The providers of the current snapshot (a reload resolves new ones itself).
+                    let snap = dns_shared.snapshot.load_full();
+                    for (p, rt) in snap.cfg.providers.iter().zip(&snap.providers) {
+                        rt.refresh(p);
+                    }
                     waited = Duration::ZERO;
                 }
             }
@@ -347,7 +347,7 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     for _ in 0..500 {
         if running.shared.workers_ready.load(Ordering::Acquire) == cfg.workers {
             if let Some(settings) = &cfg.admin {
-                match crate::admin::start(settings, running.shared.clone(), cfg.clone()) {
+                match crate::admin::start(settings, running.shared.clone()) {
                     Ok(admin) => running.admin = Some(admin),
                     Err(e) => {
                         running.stop();

@@ -30,7 +30,6 @@ use crate::pipeline::{self, RequestCtx};
 use crate::server::Shared;
 use crate::upstream::health::HealthLocal;
 use crate::upstream::pool::PoolLocal;
-use crate::upstream::tls::Tls;
 
 /// Stack of a worker thread. JSON is only handed to sonic-rs (recursive) after the depth guard
 /// (`json.rs`), and at the largest `limits.max_json_depth` (1024) that needs ~250 KB in a
@@ -44,10 +43,11 @@ const ABORT_WAIT: Duration = Duration::from_secs(2);
 /// Per-core state. Lives in an `Rc` on its worker thread.
 pub struct Worker {
     pub index: usize,
-    pub cfg: Arc<Config>,
+    /// The configuration the agent started with, for what a reload does not change (I/O
+    /// driver, data dir, per-worker caps, shutdown grace). Requests read `ctx.snap` instead.
+    pub boot: Arc<Config>,
     pub shared: Arc<Shared>,
     pub pool: RefCell<PoolLocal>,
-    pub tls: Vec<Option<Tls>>,
     pub ledger: Rc<LedgerLocal>,
     /// "io_uring" or "epoll".
     pub driver: &'static str,
@@ -76,7 +76,6 @@ pub struct WorkerSeed {
     pub index: usize,
     pub cfg: Arc<Config>,
     pub shared: Arc<Shared>,
-    pub tls: Vec<Option<Tls>>,
     pub ledger: Sender<ToWriter>,
     pub listener: std::net::TcpListener,
 }
@@ -133,17 +132,16 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         None
     };
     let cfg_budget = cfg.limits.max_buffered_bytes_per_worker;
-    let provider_count = cfg.providers.len();
+    let provider_slots = seed.shared.snapshot.load().provider_slots();
     let w = Rc::new(Worker {
         index: seed.index,
         pool: RefCell::new(PoolLocal::new(
-            cfg.providers.len(),
+            provider_slots,
             cfg.upstream.pool_max_idle,
             cfg.upstream.pool_idle_timeout,
         )),
-        cfg,
+        boot: cfg,
         shared: seed.shared,
-        tls: seed.tls,
         ledger: LedgerLocal::new(seed.ledger, journal),
         driver,
         next_id: Cell::new(0),
@@ -151,7 +149,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         connections: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
-        health: HealthLocal::new(provider_count),
+        health: HealthLocal::new(provider_slots),
     });
     let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");
@@ -160,7 +158,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                if w.connections.get() >= w.cfg.limits.max_connections_per_worker {
+                if w.connections.get() >= w.boot.limits.max_connections_per_worker {
                     monoio::spawn(refuse(w.clone(), stream));
                     continue;
                 }
@@ -189,7 +187,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         }
     }
     let stop = Instant::now();
-    while w.in_flight.get() > 0 && stop.elapsed() < w.cfg.shutdown_grace {
+    while w.in_flight.get() > 0 && stop.elapsed() < w.boot.shutdown_grace {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if w.in_flight.get() > 0 {
@@ -227,7 +225,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         if w.shared.shutting_down.load(Ordering::Relaxed) {
             break;
         }
-        match read::read_request(&mut client, &w.cfg.limits, &w.body_budget).await {
+        match read::read_request(&mut client, &w.shared.snapshot, &w.body_budget).await {
             Ok(req) => {
                 let started = Instant::now();
                 let in_flight = InFlight::new(&w);
@@ -246,7 +244,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
                 let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
                 break;
             }
-            Err(ReadEnd::BodyError(head, e)) => {
+            Err(ReadEnd::BodyError(head, snap, e)) => {
                 match Api::from_path(head.path()) {
                     Some(api) => {
                         let mut ctx = RequestCtx::new(
@@ -256,6 +254,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
                             Request {
                                 head,
                                 body: Bytes::new(),
+                                snap,
                                 reservation: Reservation::none(),
                             },
                         );

@@ -25,13 +25,14 @@ use bytes::Bytes;
 
 use crate::api::Api;
 use crate::client::read_more;
-use crate::config::{Provider, ProviderKind};
+use crate::config::{Config, Provider, ProviderKind};
 use crate::error::{ErrorKind, GateError};
 use crate::http::iovec::BytesVec;
 use crate::http::response::ResponseHead;
 use crate::http::{find_head_end, is_hop_by_hop};
 use crate::phase::inspect::Inspection;
 use crate::pipeline::RequestCtx;
+use crate::snapshot::Snapshot;
 use crate::upstream::{self, UpstreamConn};
 use crate::worker::Worker;
 
@@ -284,34 +285,39 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     let target = ctx
         .target
         .ok_or_else(|| GateError::new(ErrorKind::Internal, "forward without a route"))?;
-    let cfg = &w.cfg;
+    let snap = ctx.snap.clone();
+    let cfg = &snap.cfg;
     let provider = &cfg.providers[target.provider];
     check_header_count(ctx, provider)?;
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
     ctx.injected_usage = injected;
-    let fwd = exchange(w, target.provider, || request_parts(ctx, provider, &edits)).await?;
+    let fwd = exchange(w, &snap, target.provider, || {
+        request_parts(ctx, provider, &edits)
+    })
+    .await?;
     ctx.upstream_head_at = Some(Instant::now());
     Ok(fwd)
 }
 
-/// Sends a request built by `parts` to provider `provider_idx` on a pooled or new connection
-/// and reads the response head; a stale pooled connection is retried once on a fresh one.
+/// Sends a request built by `parts` to provider `provider_idx` (of `snap`) on a pooled or new
+/// connection and reads the response head; a stale pooled connection is retried once on a fresh one.
 pub(crate) async fn exchange(
     w: &Worker,
+    snap: &Snapshot,
     provider_idx: usize,
     parts: impl Fn() -> BytesVec,
 ) -> Result<Forwarded, GateError> {
-    let cfg = &w.cfg;
-    let provider = &cfg.providers[provider_idx];
-    let pooled = w.pool.borrow_mut().take(provider_idx, Instant::now());
+    let provider = &snap.cfg.providers[provider_idx];
+    let id = snap.providers[provider_idx].id;
+    let pooled = w.pool.borrow_mut().take(id, Instant::now());
     let mut conn = match pooled {
         Some(c) => c,
-        None => connect(w, provider_idx).await?,
+        None => connect(w, snap, provider_idx).await?,
     };
     let mut retried = false;
     loop {
-        match attempt(w, &mut conn, parts()).await {
+        match attempt(&snap.cfg, &mut conn, parts()).await {
             Ok(head) => return Ok(Forwarded { conn, head }),
             Err(AttemptError::NotSent(e)) if conn.reused && !retried => {
                 tracing::debug!(error = %e, provider = %provider.name, "stale keep-alive connection; retrying on a new one");
@@ -321,7 +327,7 @@ pub(crate) async fn exchange(
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
                 retried = true;
-                conn = connect(w, provider_idx).await?;
+                conn = connect(w, snap, provider_idx).await?;
             }
             Err(AttemptError::NotSent(e)) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -353,22 +359,26 @@ pub(crate) async fn exchange(
     }
 }
 
-async fn connect(w: &Worker, provider_idx: usize) -> Result<UpstreamConn, GateError> {
-    let provider = &w.cfg.providers[provider_idx];
-    let addrs = w.shared.resolved.get(provider_idx);
-    let tls = w.tls.get(provider_idx).and_then(Option::as_ref);
+async fn connect(
+    w: &Worker,
+    snap: &Snapshot,
+    provider_idx: usize,
+) -> Result<UpstreamConn, GateError> {
+    let provider = &snap.cfg.providers[provider_idx];
+    let rt = &snap.providers[provider_idx];
+    let addrs = rt.addrs.load_full();
     let connected = upstream::connect(
-        provider_idx,
+        rt.id,
         &addrs,
         &provider.host,
-        tls,
-        w.cfg.upstream.connect_timeout,
+        rt.tls.as_ref(),
+        snap.cfg.upstream.connect_timeout,
     )
     .await;
     // Route prefers other targets of a model while this provider refuses connections.
     match &connected {
-        Ok(_) => w.health.mark_up(provider_idx),
-        Err(_) => w.health.mark_down(provider_idx, Instant::now()),
+        Ok(_) => w.health.mark_up(rt.id),
+        Err(_) => w.health.mark_down(rt.id, Instant::now()),
     }
     connected.map_err(|e| {
         let kind = match e {
@@ -384,13 +394,13 @@ async fn connect(w: &Worker, provider_idx: usize) -> Result<UpstreamConn, GateEr
 
 /// Sends the request and reads the response head (skipping 1xx interim responses).
 async fn attempt(
-    w: &Worker,
+    cfg: &Config,
     conn: &mut UpstreamConn,
     parts: BytesVec,
 ) -> Result<ResponseHead, AttemptError> {
     let (res, _) = conn.stream.write_vectored_all(parts).await;
     res.map_err(AttemptError::NotSent)?;
-    let timeout = w.cfg.upstream.response_timeout;
+    let timeout = cfg.upstream.response_timeout;
     let mut scanned = 0;
     loop {
         if let Some(end) = find_head_end(&conn.buf, scanned) {

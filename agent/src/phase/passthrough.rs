@@ -25,6 +25,7 @@ use crate::http::request::{Method, RequestHead};
 use crate::http::response::ResponseFraming;
 use crate::phase::forward::{self, Forwarded};
 use crate::phase::read::Request;
+use crate::snapshot::Snapshot;
 use crate::upstream::body::BodyReader;
 use crate::worker::Worker;
 
@@ -56,7 +57,8 @@ fn request_head(head: &RequestHead, body_len: usize) -> Vec<u8> {
 /// Relays one request to `dst`'s server; returns whether the client connection stays open.
 pub async fn run(w: &Worker, client: &mut ClientConn, req: Request, dst: SocketAddr) -> bool {
     let keep = req.head.keep_alive;
-    let Some(route) = w.cfg.intercept_route(dst) else {
+    let snap = req.snap.clone();
+    let Some(route) = snap.cfg.intercept_route(dst) else {
         let e = GateError::new(
             ErrorKind::UpstreamUnreachable,
             format!("the connection to {dst} was redirected to Tollgate, but {dst} is not in its intercept list"),
@@ -77,8 +79,8 @@ pub async fn run(w: &Worker, client: &mut ClientConn, req: Request, dst: SocketA
         }
         v
     };
-    match forward::exchange(w, route.openai, parts).await {
-        Ok(fwd) => relay(w, client, &req.head, fwd).await,
+    match forward::exchange(w, &snap, route.openai, parts).await {
+        Ok(fwd) => relay(w, &snap, client, &req.head, fwd).await,
         Err(e) => {
             client
                 .respond_error(&e, Wire::OpenAi, keep, None)
@@ -89,7 +91,13 @@ pub async fn run(w: &Worker, client: &mut ClientConn, req: Request, dst: SocketA
     }
 }
 
-async fn relay(w: &Worker, client: &mut ClientConn, req: &RequestHead, fwd: Forwarded) -> bool {
+async fn relay(
+    w: &Worker,
+    snap: &Snapshot,
+    client: &mut ClientConn,
+    req: &RequestHead,
+    fwd: Forwarded,
+) -> bool {
     let Forwarded { mut conn, head } = fwd;
     let mut keep = req.keep_alive;
     let head_only = req.method == Method::Head;
@@ -129,7 +137,7 @@ async fn relay(w: &Worker, client: &mut ClientConn, req: &RequestHead, fwd: Forw
         return false;
     }
     let mut reader = BodyReader::new(body_framing);
-    let timeout = w.cfg.upstream.read_timeout;
+    let timeout = snap.cfg.upstream.read_timeout;
     loop {
         match reader.next(&mut conn, timeout).await {
             Ok(Some(piece)) => {

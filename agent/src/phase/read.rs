@@ -11,6 +11,9 @@
 use std::cell::Cell;
 use std::io;
 use std::rc::Rc;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -21,10 +24,13 @@ use crate::error::{ErrorKind, GateError};
 use crate::http::chunked::{ChunkedDecoder, Decoded};
 use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::{find_head_end, HttpError};
+use crate::snapshot::Snapshot;
 
 pub struct Request {
     pub head: RequestHead,
     pub body: Bytes,
+    /// The configuration this request runs on, loaded when its head arrived.
+    pub snap: Arc<Snapshot>,
     /// The body's share of the worker's budget, released when the request is done.
     pub reservation: Reservation,
 }
@@ -103,7 +109,7 @@ pub enum ReadEnd {
     /// The client sent something we must answer with an error, then close.
     Error(GateError),
     /// A head was read but its body failed (the error is answered; the API is known).
-    BodyError(RequestHead, GateError),
+    BodyError(RequestHead, Arc<Snapshot>, GateError),
 }
 
 fn http_error(e: HttpError) -> GateError {
@@ -129,21 +135,26 @@ fn overloaded() -> GateError {
     )
 }
 
-/// Reads the next request on a keep-alive connection.
+/// Reads the next request on a keep-alive connection. The head is read under the limits current
+/// when the wait began; the request then takes the snapshot current when its head arrived (so a
+/// reload applies to the next request even on a connection that was idle through it).
 pub async fn read_request(
     conn: &mut ClientConn,
-    limits: &Limits,
+    snapshot: &ArcSwap<Snapshot>,
     budget: &Rc<BodyBudget>,
 ) -> Result<Request, ReadEnd> {
-    let head = read_head(conn, limits).await?;
+    let limits = snapshot.load().cfg.limits.clone();
+    let head = read_head(conn, &limits).await?;
+    let snap = snapshot.load_full();
     let mut reservation = Reservation::new(budget);
-    match read_body(conn, &head, limits, &mut reservation).await {
+    match read_body(conn, &head, &snap.cfg.limits, &mut reservation).await {
         Ok(body) => Ok(Request {
             head,
             body,
+            snap,
             reservation,
         }),
-        Err(e) => Err(ReadEnd::BodyError(head, e)),
+        Err(e) => Err(ReadEnd::BodyError(head, snap, e)),
     }
 }
 

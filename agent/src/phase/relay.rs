@@ -177,7 +177,8 @@ impl Downstream<'_> {
 
 pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd: Forwarded) {
     let Forwarded { mut conn, head } = fwd;
-    let cfg = &w.cfg.upstream;
+    let snap = ctx.snap.clone();
+    let cfg = &snap.cfg.upstream;
     ctx.status = head.status;
     if head.status >= 400 {
         ctx.outcome = Outcome::UpstreamError;

@@ -22,6 +22,7 @@ use crate::api::Wire;
 use crate::config::{Config, ProviderKind};
 use crate::error::{ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
+use crate::snapshot::Snapshot;
 use crate::upstream::health::HealthLocal;
 
 /// Where a request goes.
@@ -56,11 +57,12 @@ fn speaks(wire: Wire, kind: ProviderKind) -> bool {
 }
 
 pub fn run(
-    cfg: &Config,
+    snap: &Snapshot,
     health: &HealthLocal,
     ctx: &mut RequestCtx,
     original_dst: Option<SocketAddr>,
 ) -> Result<(), GateError> {
+    let cfg = &snap.cfg;
     if let Some(dst) = original_dst {
         return intercepted(cfg, ctx, dst);
     }
@@ -93,7 +95,7 @@ pub fn run(
         ));
     };
     let (index, chosen) = compatible
-        .find(|(_, t)| health.is_up(t.provider, now))
+        .find(|(_, t)| health.is_up(snap.providers[t.provider].id, now))
         .unwrap_or(first);
     ctx.target = Some(Target {
         model: Some((model_idx, index)),
@@ -126,6 +128,7 @@ mod tests {
     use crate::api::Api;
     use crate::http::request::RequestHead;
     use crate::phase::read::Request;
+    use std::sync::Arc;
     use std::time::Instant;
 
     const CFG: &str = "listen: 127.0.0.1:4000
@@ -147,7 +150,16 @@ intercept:
   - 127.0.0.1:7000
 ";
 
-    fn ctx(api: Api, model: &str) -> RequestCtx {
+    fn snap_of(cfg: &Config) -> Arc<Snapshot> {
+        let metrics = crate::telemetry::metrics::Metrics::new(1, vec![], vec![]);
+        Arc::new(
+            crate::snapshot::Registry::default()
+                .build(Arc::new(cfg.clone()), 1, &metrics)
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+    }
+
+    fn ctx(snap: &Arc<Snapshot>, api: Api, model: &str) -> RequestCtx {
         let raw =
             bytes::Bytes::from_static(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n");
         let head = RequestHead::parse(raw, 16).unwrap_or_else(|e| panic!("{e:?}"));
@@ -158,6 +170,7 @@ intercept:
             Request {
                 head,
                 body: bytes::Bytes::new(),
+                snap: snap.clone(),
                 reservation: crate::phase::read::Reservation::none(),
             },
         );
@@ -186,10 +199,11 @@ models:
             &|_| None,
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        let snap = snap_of(&cfg);
         let health = health(&cfg);
         let route = |api| {
-            let mut c = ctx(api, "chat");
-            run(&cfg, &health, &mut c, None)
+            let mut c = ctx(&snap, api, "chat");
+            run(&snap, &health, &mut c, None)
                 .map(|()| c.target.unwrap_or_else(|| panic!("no target")))
         };
         // OpenAI clients skip the Anthropic target.
@@ -226,46 +240,48 @@ models:
     #[test]
     fn intercepted_requests_go_to_their_original_destination() {
         let cfg = cfg();
+        let snap = snap_of(&cfg);
         let dst: SocketAddr = "127.0.0.1:8000".parse().unwrap_or_else(|e| panic!("{e}"));
         // A configured model of the provider at that address: its upstream name.
-        let mut c = ctx(Api::ChatCompletions, "smol");
-        run(&cfg, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = ctx(&snap, Api::ChatCompletions, "smol");
+        run(&snap, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
         let t = c.target.unwrap_or_else(|| panic!("no target"));
         assert_eq!((t.model, t.provider), (Some((0, 0)), 0));
         assert_eq!(t.upstream_model(&cfg, "smol"), "smollm2");
         // Any other name passes through, still to that address (never to `other`).
         for name in ["smollm2", "big"] {
-            let mut c = ctx(Api::ChatCompletions, name);
-            run(&cfg, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
+            let mut c = ctx(&snap, Api::ChatCompletions, name);
+            run(&snap, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
             let t = c.target.unwrap_or_else(|| panic!("no target"));
             assert_eq!((t.model, t.provider), (None, 0), "{name}");
             assert_eq!(t.upstream_model(&cfg, name), name);
         }
         // /v1/messages to that address: the implicit anthropic passthrough.
-        let mut c = ctx(Api::Messages, "claude-x");
-        run(&cfg, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = ctx(&snap, Api::Messages, "claude-x");
+        run(&snap, &health(&cfg), &mut c, Some(dst)).unwrap_or_else(|e| panic!("{e}"));
         let t = c.target.unwrap_or_else(|| panic!("no target"));
         let p = &cfg.providers[t.provider];
         assert!(p.implicit && p.kind == ProviderKind::Anthropic && p.port == 8000);
         // A destination no provider serves: implicit openai passthrough, no key.
         let other: SocketAddr = "127.0.0.1:7000".parse().unwrap_or_else(|e| panic!("{e}"));
-        let mut c = ctx(Api::ChatCompletions, "smol");
-        run(&cfg, &health(&cfg), &mut c, Some(other)).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = ctx(&snap, Api::ChatCompletions, "smol");
+        run(&snap, &health(&cfg), &mut c, Some(other)).unwrap_or_else(|e| panic!("{e}"));
         let t = c.target.unwrap_or_else(|| panic!("no target"));
         let p = &cfg.providers[t.provider];
         assert!(p.implicit && p.api_key.is_none() && p.port == 7000);
         assert_eq!(t.model, None);
         // Not intercepted at all: refused rather than sent somewhere else.
         let stray: SocketAddr = "127.0.0.1:6000".parse().unwrap_or_else(|e| panic!("{e}"));
-        let mut c = ctx(Api::ChatCompletions, "smol");
-        assert!(run(&cfg, &health(&cfg), &mut c, Some(stray)).is_err());
+        let mut c = ctx(&snap, Api::ChatCompletions, "smol");
+        assert!(run(&snap, &health(&cfg), &mut c, Some(stray)).is_err());
     }
 
     #[test]
     fn direct_requests_route_by_model_name() {
         let cfg = cfg();
-        let mut c = ctx(Api::ChatCompletions, "big");
-        run(&cfg, &health(&cfg), &mut c, None).unwrap_or_else(|e| panic!("{e}"));
+        let snap = snap_of(&cfg);
+        let mut c = ctx(&snap, Api::ChatCompletions, "big");
+        run(&snap, &health(&cfg), &mut c, None).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
             c.target,
             Some(Target {
@@ -273,7 +289,7 @@ models:
                 provider: 1
             })
         );
-        let mut c = ctx(Api::ChatCompletions, "smollm2");
-        assert!(run(&cfg, &health(&cfg), &mut c, None).is_err());
+        let mut c = ctx(&snap, Api::ChatCompletions, "smollm2");
+        assert!(run(&snap, &health(&cfg), &mut c, None).is_err());
     }
 }

@@ -35,7 +35,7 @@ pub struct Sealed {
 
 /// Builds the record and journals it. Call right before the response's final write.
 pub fn seal(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
-    let msg = build(w, ctx, conn, Instant::now());
+    let msg = build(ctx, conn, Instant::now());
     w.ledger.journal(&msg);
     let outcome = record_of(&msg).outcome.clone();
     ctx.sealed = Some(Sealed { msg, outcome });
@@ -45,7 +45,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     let end = ctx.last_byte_at.unwrap_or_else(Instant::now);
     let (mut msg, journalled) = match ctx.sealed.take() {
         Some(s) => (s.msg, Some(s.outcome)),
-        None => (build(w, ctx, conn, end), None),
+        None => (build(ctx, conn, end), None),
     };
     let latency = end.duration_since(ctx.started);
     let record = record_mut(&mut msg);
@@ -79,13 +79,16 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     }
 }
 
+/// The request's metric series, by the stable label ids of its snapshot.
 fn series(ctx: &RequestCtx) -> SeriesKey {
     let target = ctx.target;
+    let snap = &ctx.snap;
     SeriesKey {
         model: target.map_or(u32::MAX, |t| {
-            t.model_index().map_or(MODEL_INTERCEPTED, |m| m as u32)
+            t.model_index()
+                .map_or(MODEL_INTERCEPTED, |m| snap.model_labels[m])
         }),
-        provider: target.map_or(u32::MAX, |t| t.provider as u32),
+        provider: target.map_or(u32::MAX, |t| snap.providers[t.provider].label),
         api: ctx.api.label(),
         status: crate::telemetry::metrics::status_series(ctx.status),
     }
@@ -122,13 +125,9 @@ fn record_mut(msg: &mut LedgerMsg) -> &mut UsageRecord {
 
 /// The ledger message for the request as it stands at `end`. Moves the identity, prompt spans
 /// and retained response out of `ctx` (nothing reads them after this).
-fn build(
-    w: &Worker,
-    ctx: &mut RequestCtx,
-    conn: Option<&Arc<ConnAttribution>>,
-    end: Instant,
-) -> LedgerMsg {
-    let cfg = &w.cfg;
+fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant) -> LedgerMsg {
+    let snap = ctx.snap.clone();
+    let cfg = &snap.cfg;
     let latency = end.duration_since(ctx.started);
     let target = ctx.target;
     let record = UsageRecord {

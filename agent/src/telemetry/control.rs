@@ -193,15 +193,26 @@ pub fn run(
     gpu: Option<Box<dyn GpuSource>>,
 ) {
     let metrics = &shared.metrics;
-    let mut scraper = ReplicaScraper::new(&cfg, metrics.replicas.clone(), counters.clone());
-    let mut sampler = gpu.map(|g| GpuSampler::new(g, metrics.gpus.clone(), counters));
+    let mut snap = shared.snapshot.load_full();
+    let mut scraper = ReplicaScraper::new(&snap.cfg, metrics.replicas.clone(), counters.clone());
+    let mut sampler = gpu.map(|g| GpuSampler::new(g, metrics.gpus.clone(), counters.clone()));
     let interval = cfg.replicas.scrape_interval;
-    let addrs = |i: usize| shared.resolved.get(i);
     let mut next_scrape = Instant::now();
     let mut next_gpu = Instant::now();
     while !shared.shutting_down.load(Ordering::Acquire) {
         let now = Instant::now();
+        // A reload may add or remove replicas: scrape what the current configuration lists.
+        if shared.snapshot.load().generation != snap.generation {
+            snap = shared.snapshot.load_full();
+            scraper = ReplicaScraper::new(&snap.cfg, metrics.replicas.clone(), counters.clone());
+        }
         if !scraper.is_empty() && now >= next_scrape {
+            let addrs = |i: usize| {
+                snap.providers
+                    .get(i)
+                    .map(|p| p.addrs.load_full())
+                    .unwrap_or_default()
+            };
             scraper.scrape_once(&addrs);
             next_scrape = (next_scrape + interval).max(Instant::now());
         }

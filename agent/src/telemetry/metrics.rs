@@ -134,8 +134,10 @@ pub struct Metrics {
     pub replicas: Arc<ReplicaBoard>,
     /// GPU figures, published by the telemetry thread (rendered as `tollgate_gpu_*`).
     pub gpus: Arc<GpuBoard>,
-    model_names: Vec<String>,
-    provider_names: Vec<String>,
+    /// Label tables, indexed by the ids in `SeriesKey`. They only grow (a reload adds names,
+    /// never renumbers), so a series keeps its labels; locked at reload and scrape only.
+    model_names: Mutex<Vec<String>>,
+    provider_names: Mutex<Vec<String>>,
 }
 
 /// Statuses that keep their own label; any other status is counted under its class (`4xx`), so a
@@ -183,8 +185,29 @@ impl Metrics {
             globals: Globals::default(),
             replicas: Arc::default(),
             gpus: Arc::default(),
-            model_names,
-            provider_names,
+            model_names: Mutex::new(model_names),
+            provider_names: Mutex::new(provider_names),
+        }
+    }
+
+    /// The label id of model `name`, added to the table if new.
+    pub fn model_label(&self, name: &str) -> u32 {
+        Self::label(&self.model_names, name)
+    }
+
+    /// The label id of provider `name`, added to the table if new.
+    pub fn provider_label(&self, name: &str) -> u32 {
+        Self::label(&self.provider_names, name)
+    }
+
+    fn label(table: &Mutex<Vec<String>>, name: &str) -> u32 {
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        match t.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                t.push(name.to_string());
+                (t.len() - 1) as u32
+            }
         }
     }
 
@@ -212,11 +235,16 @@ impl Metrics {
             }
         }
         let mut out = String::with_capacity(8192);
+        let model_names = self.model_names.lock().unwrap_or_else(|e| e.into_inner());
+        let provider_names = self
+            .provider_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let labels = |k: &SeriesKey| {
             format!(
                 "model=\"{}\",provider=\"{}\",api=\"{}\",status=\"{}\"",
-                escape(Self::name(&self.model_names, k.model)),
-                escape(Self::name(&self.provider_names, k.provider)),
+                escape(Self::name(&model_names, k.model)),
+                escape(Self::name(&provider_names, k.provider)),
                 k.api,
                 StatusLabel(k.status)
             )

@@ -1,4 +1,4 @@
-//! What this worker has seen of each provider's health: a provider that refused or timed out a
+//! What this worker has seen of each provider's health (by provider id, `snapshot.rs`): a provider that refused or timed out a
 //! connection is avoided for a short while when a model has another target. Passive and per
 //! core (no lock, no cross-core traffic); the routing issue's circuit breakers replace it with
 //! real failure accounting. `!Send` on purpose: one per worker.
@@ -22,9 +22,12 @@ impl HealthLocal {
 
     /// Marks `provider` as failing connects from `now` for [`DOWN_FOR`].
     pub fn mark_down(&self, provider: usize, now: Instant) {
-        if let Some(slot) = self.down_until.borrow_mut().get_mut(provider) {
-            *slot = Some(now + DOWN_FOR);
+        let mut down = self.down_until.borrow_mut();
+        // Provider ids only grow (a reload may add providers): make room.
+        if down.len() <= provider {
+            down.resize(provider + 1, None);
         }
+        down[provider] = Some(now + DOWN_FOR);
     }
 
     /// A connect to `provider` succeeded: it is up again.

@@ -1,11 +1,10 @@
 //! Connections to providers: plain TCP or rustls, kept alive in a per-core pool.
 //! Each worker owns its pool (`PoolLocal`, `!Send` on purpose): no lock, no cross-core traffic.
-//! Addresses are resolved on the control thread (`resolve.rs`) so a worker never blocks on DNS.
+//! Addresses are resolved off the workers (`snapshot::ProviderRuntime`) so a worker never blocks on DNS.
 
 pub mod body;
 pub mod health;
 pub mod pool;
-pub mod resolve;
 pub mod tls;
 
 use std::io;

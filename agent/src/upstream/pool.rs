@@ -1,5 +1,7 @@
-//! Per-core keep-alive pool: a LIFO stack of idle connections per provider (the most recently
-//! used socket is the most likely to still be open and warm).
+//! Per-core keep-alive pool: a LIFO stack of idle connections per provider id (the most
+//! recently used socket is the most likely to still be open and warm). Ids are stable across
+//! reloads for unchanged providers (`snapshot.rs`), so warm connections survive a reload, and a
+//! provider whose address changed gets a new id, so its old connections are never reused.
 
 use std::time::{Duration, Instant};
 
@@ -35,9 +37,11 @@ impl PoolLocal {
     /// Returns a connection that finished a response cleanly.
     pub fn put(&mut self, mut conn: UpstreamConn, now: Instant) {
         let max = self.max_idle;
-        let Some(stack) = self.idle.get_mut(conn.provider) else {
-            return;
-        };
+        // Provider ids only grow (a reload may add providers): make room.
+        if self.idle.len() <= conn.provider {
+            self.idle.resize_with(conn.provider + 1, Vec::new);
+        }
+        let stack = &mut self.idle[conn.provider];
         if stack.len() >= max {
             stack.remove(0);
         }

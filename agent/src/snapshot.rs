@@ -1,0 +1,193 @@
+//! The configuration a request runs on: one immutable [`Snapshot`] (config, per-provider runtime
+//! state, metric label ids) published through `ArcSwap` and loaded once per request. A reload
+//! builds a new snapshot and swaps it in; requests in flight keep the one they started with.
+//!
+//! Providers get a stable id (`ProviderRuntime::id`) that survives reloads as long as their
+//! connection definition (name, kind, host, port, TLS, CA) is unchanged; per-core state (pools,
+//! health) is keyed by it, so a reload keeps warm connections to unchanged providers and never
+//! reuses a connection to an address that changed. The runtime object itself (TLS connector,
+//! resolved addresses) is shared between snapshots while unchanged. Metric label ids come from
+//! append-only tables, so a series keeps its label across reloads.
+//! Not on the hot path, except `Shared::snapshot.load_full()` (one atomic) per request.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::{Config, Provider};
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::tls::{self, Tls};
+
+/// What a worker needs to reach one provider, shared by every snapshot that has it unchanged.
+pub struct ProviderRuntime {
+    /// Stable per connection definition; keys per-core pools and health.
+    pub id: usize,
+    /// The provider's metric label id (by name).
+    pub label: u32,
+    pub tls: Option<Tls>,
+    /// Current addresses, refreshed by the DNS thread (workers never resolve).
+    pub addrs: ArcSwap<Vec<SocketAddr>>,
+}
+
+impl ProviderRuntime {
+    /// Re-resolves the provider's host; keeps the old addresses when resolution fails.
+    pub fn refresh(&self, p: &Provider) {
+        match (p.host.as_str(), p.port).to_socket_addrs() {
+            Ok(list) => {
+                let list: Vec<SocketAddr> = list.collect();
+                if !list.is_empty() && **self.addrs.load() != list {
+                    self.addrs.store(Arc::new(list));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(provider = %p.name, host = %p.host, error = %e, "cannot resolve provider")
+            }
+        }
+    }
+}
+
+/// One immutable view of the configuration, with everything derived from it.
+pub struct Snapshot {
+    /// 1 at start, +1 per applied reload.
+    pub generation: u64,
+    pub cfg: Arc<Config>,
+    /// By `cfg.providers` index.
+    pub providers: Vec<Arc<ProviderRuntime>>,
+    /// Metric label id of each model, by `cfg.models` index.
+    pub model_labels: Vec<u32>,
+}
+
+impl Snapshot {
+    /// The largest provider id in use, plus one (sizes per-core tables).
+    pub fn provider_slots(&self) -> usize {
+        self.providers.iter().map(|p| p.id + 1).max().unwrap_or(0)
+    }
+}
+
+/// Why a snapshot could not be built from a valid config.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("provider `{provider}`: TLS settings: {detail}")]
+    Tls { provider: String, detail: String },
+}
+
+/// Provider ids by connection definition; lives as long as the agent, owned by whoever builds
+/// snapshots (start, then the reloader).
+#[derive(Default)]
+pub struct Registry {
+    ids: HashMap<String, usize>,
+    /// The runtime of each definition in the latest snapshot, reused while unchanged.
+    live: HashMap<usize, Arc<ProviderRuntime>>,
+}
+
+/// What makes two provider entries the same connection target.
+fn signature(p: &Provider) -> String {
+    format!(
+        "{}|{:?}|{}|{}|{}|{:?}|{}",
+        p.name, p.kind, p.host, p.port, p.tls, p.ca_file, p.implicit
+    )
+}
+
+impl Registry {
+    /// Builds the snapshot for `cfg`: reuses the runtime of unchanged providers, resolves and
+    /// builds TLS for new ones (blocking: call off the workers).
+    pub fn build(
+        &mut self,
+        cfg: Arc<Config>,
+        generation: u64,
+        metrics: &Metrics,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut providers = Vec::with_capacity(cfg.providers.len());
+        let mut live = HashMap::new();
+        for p in &cfg.providers {
+            let next_id = self.ids.len();
+            let id = *self.ids.entry(signature(p)).or_insert(next_id);
+            let rt = match self.live.get(&id) {
+                Some(rt) => rt.clone(),
+                None => {
+                    let tls = if p.tls {
+                        Some(tls::for_provider(p).map_err(|detail| SnapshotError::Tls {
+                            provider: p.name.clone(),
+                            detail,
+                        })?)
+                    } else {
+                        None
+                    };
+                    let rt = Arc::new(ProviderRuntime {
+                        id,
+                        label: metrics.provider_label(&p.name),
+                        tls,
+                        addrs: ArcSwap::from_pointee(Vec::new()),
+                    });
+                    rt.refresh(p);
+                    rt
+                }
+            };
+            live.insert(id, rt.clone());
+            providers.push(rt);
+        }
+        self.live = live;
+        let model_labels = cfg
+            .models
+            .iter()
+            .map(|m| metrics.model_label(&m.name))
+            .collect();
+        Ok(Snapshot {
+            generation,
+            cfg,
+            providers,
+            model_labels,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(yaml: &str) -> Arc<Config> {
+        Arc::new(Config::from_yaml(yaml, &|_| None).unwrap_or_else(|e| panic!("{e}")))
+    }
+
+    #[test]
+    fn unchanged_providers_keep_their_id_and_runtime() {
+        let metrics = Metrics::new(1, vec![], vec![]);
+        let mut reg = Registry::default();
+        let a = reg
+            .build(
+                cfg("providers:\n  - {name: a, kind: openai, base_url: http://127.0.0.1:8001}\n  - {name: b, kind: openai, base_url: http://127.0.0.1:8002}\nmodels:\n  - {name: m, provider: a}\n"),
+                1,
+                &metrics,
+            )
+            .unwrap();
+        // b moves to another port, c is new, a is unchanged (and listed second now).
+        let b = reg
+            .build(
+                cfg("providers:\n  - {name: b, kind: openai, base_url: http://127.0.0.1:9002}\n  - {name: a, kind: openai, base_url: http://127.0.0.1:8001}\n  - {name: c, kind: openai, base_url: http://127.0.0.1:8003}\nmodels:\n  - {name: n, provider: c}\n  - {name: m, provider: a}\n"),
+                2,
+                &metrics,
+            )
+            .unwrap();
+        assert!(Arc::ptr_eq(&a.providers[0], &b.providers[1]), "a is shared");
+        assert_eq!(b.providers[1].id, a.providers[0].id);
+        assert_ne!(
+            b.providers[0].id, a.providers[1].id,
+            "b's address changed: new id"
+        );
+        assert_eq!(
+            b.providers[0].label, a.providers[1].label,
+            "same name, same label"
+        );
+        assert_eq!(
+            b.model_labels[1], a.model_labels[0],
+            "model m keeps its label"
+        );
+        assert_eq!(b.provider_slots(), 4);
+        assert_eq!(
+            **b.providers[2].addrs.load(),
+            vec!["127.0.0.1:8003".parse().unwrap()]
+        );
+    }
+}
