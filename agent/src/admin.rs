@@ -1,6 +1,8 @@
 //! The admin listener: a separate port for operators (`admin.listen`), authenticated with a
-//! bearer token compared in constant time. It serves `/metrics`, `/readyz` and `/healthz` now;
-//! configuration reloads and history, and the key and policy endpoints, join it as they land.
+//! bearer token compared in constant time. It serves `/metrics`, `/readyz`, `/healthz`,
+//! `POST /admin/config/reload` (the answer says what was applied, or every problem of a refused
+//! file), `GET /admin/config/history` and `GET /admin/config/versions/N` (a version's file);
+//! the key and policy endpoints join it with governance.
 //! Control plane: hyper on a current-thread tokio runtime on its own thread, never on a worker.
 //! The token never appears in a log line or a response.
 
@@ -21,6 +23,7 @@ use subtle::ConstantTimeEq;
 use crate::api::Wire;
 use crate::config::admin::AdminSettings;
 use crate::error::{ErrorKind, GateError};
+use crate::reload::{history, ReloadError, Reloader, Trigger};
 use crate::server::Shared;
 
 /// Longest an admin connection may take to send a request head.
@@ -42,7 +45,11 @@ impl AdminHandle {
 
 /// Binds the admin listener (errors surface here, before the agent reports itself started)
 /// and serves it on a thread of its own.
-pub fn start(settings: &AdminSettings, shared: Arc<Shared>) -> std::io::Result<AdminHandle> {
+pub fn start(
+    settings: &AdminSettings,
+    shared: Arc<Shared>,
+    reloader: Option<Arc<Reloader>>,
+) -> std::io::Result<AdminHandle> {
     let listener = std::net::TcpListener::bind(settings.listen)?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -61,7 +68,15 @@ pub fn start(settings: &AdminSettings, shared: Arc<Shared>) -> std::io::Result<A
                     return;
                 }
             };
-            rt.block_on(accept_loop(listener, stopped, Ctx { shared, token }));
+            rt.block_on(accept_loop(
+                listener,
+                stopped,
+                Ctx {
+                    shared,
+                    token,
+                    reloader,
+                },
+            ));
         })?;
     Ok(AdminHandle { addr, stop, thread })
 }
@@ -71,6 +86,7 @@ pub fn start(settings: &AdminSettings, shared: Arc<Shared>) -> std::io::Result<A
 struct Ctx {
     shared: Arc<Shared>,
     token: Arc<[u8]>,
+    reloader: Option<Arc<Reloader>>,
 }
 
 async fn accept_loop(
@@ -134,6 +150,9 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         return r;
     }
     let path = req.uri().path();
+    if let Some(r) = config_endpoint(ctx, req.method(), path) {
+        return r;
+    }
     if req.method() != hyper::Method::GET {
         let e = GateError::new(
             ErrorKind::MethodNotAllowed,
@@ -166,6 +185,82 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             format!("Unknown admin URL: {path}"),
         )),
     }
+}
+
+/// `/admin/config/...`: reload, history, versions. `None` for other paths.
+fn config_endpoint(ctx: &Ctx, method: &hyper::Method, path: &str) -> Option<Response<Full<Bytes>>> {
+    let rest = path.strip_prefix("/admin/config/")?;
+    let Some(reloader) = &ctx.reloader else {
+        return Some(error(&GateError::new(
+            ErrorKind::NotFound,
+            "this agent runs from an in-memory configuration: nothing to reload",
+        )));
+    };
+    let data_dir = reloader.data_dir();
+    Some(match (method, rest) {
+        (&hyper::Method::POST, "reload") => match reloader.reload(Trigger::Admin) {
+            Ok(a) => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "applied": !a.unchanged,
+                    "generation": a.generation,
+                    "version": a.version,
+                    "restart_only": a.restart_only,
+                }),
+            ),
+            Err(e) => {
+                let problems: Vec<serde_json::Value> = match &e {
+                    ReloadError::Invalid { problems } => problems
+                        .0
+                        .iter()
+                        .map(|p| serde_json::json!({"path": p.path, "line": p.line, "message": p.message}))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({
+                        "error": {
+                            "message": e.to_string(),
+                            "type": "invalid_request_error",
+                            "code": "config_rejected",
+                            "param": null,
+                        },
+                        "problems": problems,
+                    }),
+                )
+            }
+        },
+        (&hyper::Method::GET, "history") => match history::list(data_dir) {
+            Ok(list) => json(StatusCode::OK, serde_json::json!({ "versions": list })),
+            Err(e) => error(&GateError::new(ErrorKind::Internal, e.to_string())),
+        },
+        (&hyper::Method::GET, v) if v.starts_with("versions/") => {
+            let n = v["versions/".len()..].parse::<u64>().ok();
+            match n.map(|n| history::content(data_dir, n)) {
+                Some(Ok(text)) => {
+                    let mut r = Response::new(Full::new(Bytes::from(text)));
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/yaml"),
+                    );
+                    r
+                }
+                _ => error(&GateError::new(
+                    ErrorKind::NotFound,
+                    format!("no configuration version `{}`", &v["versions/".len()..]),
+                )),
+            }
+        }
+        _ => error(&GateError::new(
+            ErrorKind::NotFound,
+            format!("Unknown admin URL: {path} (reload is POST; history and versions are GET)"),
+        )),
+    })
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", body.to_string())
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

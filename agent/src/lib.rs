@@ -17,6 +17,7 @@ pub mod local;
 pub mod metering;
 pub mod phase;
 pub mod pipeline;
+pub mod reload;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;

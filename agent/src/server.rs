@@ -22,6 +22,7 @@ use crate::kernel::cgroup::CgroupResolver;
 use crate::kernel::{self, AttributionReader, Features, Kernel, KernelConfig};
 use crate::ledger;
 use crate::ledger::enrich::Enricher;
+use crate::reload::{Reloader, Trigger};
 use crate::snapshot::{Registry, Snapshot};
 use crate::telemetry::control as telemetry_thread;
 use crate::telemetry::gpu::GpuBoard;
@@ -140,6 +141,7 @@ pub fn block_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
@@ -168,6 +170,9 @@ pub struct Running {
     kernel: Option<Kernel>,
     /// The operators' listener, when configured.
     pub admin: Option<crate::admin::AdminHandle>,
+    /// Applies configuration changes; `None` when the agent runs from an in-memory config.
+    pub reloader: Option<Arc<Reloader>>,
+    watcher: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -182,6 +187,9 @@ impl Running {
         self.shared.shutting_down.store(true, Ordering::Release);
         if let Some(admin) = self.admin {
             admin.stop();
+        }
+        if let Some(w) = self.watcher {
+            let _ = w.join();
         }
         for fd in &self.listener_fds {
             // SAFETY: shutdown on a listening socket we own wakes its pending accept; the fd
@@ -205,8 +213,16 @@ impl Running {
     }
 }
 
-/// Starts the agent and returns once every worker is accepting.
-pub fn start(cfg: Config) -> anyhow::Result<Running> {
+/// The file a configuration came from, for reloads and its history.
+pub struct ConfigSource {
+    pub path: std::path::PathBuf,
+    /// The bytes the running configuration was parsed from.
+    pub text: Vec<u8>,
+}
+
+/// Starts the agent and returns once every worker is accepting. With a `source`, the agent
+/// reloads when the file changes (and on SIGHUP or the admin API) and keeps its history.
+pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Running> {
     let cfg = Arc::new(cfg);
     let mut conn = ledger::open(&cfg.data_dir)
         .with_context(|| format!("opening the ledger in {}", cfg.data_dir.display()))?;
@@ -343,11 +359,39 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
         telemetry,
         kernel,
         admin: None,
+        reloader: None,
+        watcher: None,
     };
+    if let Some(src) = source {
+        let reloader = Arc::new(Reloader::new(
+            src.path,
+            &src.text,
+            running.shared.clone(),
+            cfg.clone(),
+            registry,
+        ));
+        let watched = reloader.clone();
+        running.watcher = Some(
+            std::thread::Builder::new()
+                .name("tollgate-watch".into())
+                .spawn(move || crate::reload::watch::run(watched))?,
+        );
+        running.reloader = Some(reloader);
+    }
+    running
+        .shared
+        .metrics
+        .globals
+        .config_generation
+        .store(1, Ordering::Relaxed);
     for _ in 0..500 {
         if running.shared.workers_ready.load(Ordering::Acquire) == cfg.workers {
             if let Some(settings) = &cfg.admin {
-                match crate::admin::start(settings, running.shared.clone()) {
+                match crate::admin::start(
+                    settings,
+                    running.shared.clone(),
+                    running.reloader.clone(),
+                ) {
                     Ok(admin) => running.admin = Some(admin),
                     Err(e) => {
                         running.stop();
@@ -367,18 +411,27 @@ pub fn start(cfg: Config) -> anyhow::Result<Running> {
     anyhow::bail!("workers did not start within 5 s")
 }
 
-/// `tollgate serve`: runs until SIGINT or SIGTERM.
-pub fn serve(cfg: Config) -> anyhow::Result<()> {
+/// `tollgate serve`: runs until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
+pub fn serve(cfg: Config, source: ConfigSource) -> anyhow::Result<()> {
     let set = block_signals();
     let workers = cfg.workers;
-    let running = start(cfg)?;
+    let running = start(cfg, Some(source))?;
     if let Some(admin) = &running.admin {
         tracing::info!(addr = %admin.addr, "admin listener up");
         println!("tollgate admin listening on {}", admin.addr);
     }
     tracing::info!(addr = %running.addr, workers, "tollgate listening");
     println!("tollgate listening on {}", running.addr);
-    let sig = wait_for_signal(&set);
+    let sig = loop {
+        let sig = wait_for_signal(&set);
+        if sig != libc::SIGHUP {
+            break sig;
+        }
+        if let Some(r) = &running.reloader {
+            // Failures are logged and counted by the reloader; the agent keeps serving.
+            let _ = r.reload(Trigger::Sighup);
+        }
+    };
     tracing::info!(
         signal = sig,
         "stopping: draining in-flight requests and flushing the ledger"

@@ -51,6 +51,8 @@ mod model_targets;
 mod models_and_metrics;
 /// Reasoning tokens on chat and the Responses API.
 mod reasoning_tokens;
+/// Hot reload (SIGHUP, file watch, admin API), history and rollback, reloads under load.
+mod reload;
 /// Replica load scraped from the engine's /metrics: agent gauges and the pinned tg_replica map.
 mod replica_load;
 /// Requests that arrive over several reads: split heads and bodies, large bodies.

@@ -169,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Some(crate::server::block_signals())
     };
-    let running = crate::server::start(cfg)?;
+    let running = crate::server::start(cfg, None)?;
     let agent = running.addr;
     println!("tollgate listening on {agent}\n\nworkload:");
     workload(agent)?;

@@ -3,6 +3,7 @@
 //! `kernel detach` (clean up after a killed agent); `import litellm` converts a LiteLLM config. The CLI edge is the only place that uses
 //! `anyhow`; everything below returns typed errors.
 
+pub mod config_cmd;
 pub mod demo;
 pub mod kernel;
 pub mod status;
@@ -76,6 +77,11 @@ pub enum Command {
         #[command(subcommand)]
         command: kernel::Command,
     },
+    /// The configuration history a running agent keeps: list, compare, roll back.
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::Command,
+    },
     /// Convert another gateway's configuration: the Tollgate config goes to stdout, what could
     /// not be converted to stderr.
     Import {
@@ -101,7 +107,18 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             workers,
             data_dir,
         } => {
-            let mut cfg = load(&config)?;
+            let text =
+                std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            let mut cfg = config::Config::from_yaml(&String::from_utf8_lossy(&text), &|name| {
+                std::env::var(name).ok()
+            })
+            .map_err(|problems| {
+                anyhow::anyhow!(
+                    "{} has {} problem(s):\n{problems}",
+                    config.display(),
+                    problems.0.len()
+                )
+            })?;
             if let Some(l) = listen {
                 cfg.listen = l;
             }
@@ -112,7 +129,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
-            crate::server::serve(cfg)
+            crate::server::serve(cfg, crate::server::ConfigSource { path: config, text })
         }
         Command::Validate { config } => {
             let cfg = load(&config)?;
@@ -153,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { addr, json } => status::run(&addr, json),
         Command::Top(args) => top::run(args),
         Command::Kernel { command } => kernel::run(command),
+        Command::Config { command } => config_cmd::run(command),
         Command::Import {
             from: ImportFrom::Litellm { file },
         } => {

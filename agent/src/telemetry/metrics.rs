@@ -120,6 +120,11 @@ pub struct Globals {
     pub connections_refused: AtomicU64,
     /// Connection tasks that panicked (each closed its connection; the worker went on).
     pub task_panics: AtomicU64,
+    /// Configuration reloads applied, and refused (the running configuration stayed).
+    pub config_reloads: AtomicU64,
+    pub config_reload_failures: AtomicU64,
+    /// The generation of the configuration serving now (1 at start).
+    pub config_generation: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub ledger_written: AtomicU64,
     pub ledger_errors: AtomicU64,
@@ -328,6 +333,24 @@ impl Metrics {
                 "counter",
                 "Client connections answered 503 at the per-worker connection cap.",
                 &g.connections_refused,
+            ),
+            (
+                "tollgate_config_reloads_total",
+                "counter",
+                "Configuration reloads applied.",
+                &g.config_reloads,
+            ),
+            (
+                "tollgate_config_reload_failures_total",
+                "counter",
+                "Configuration reloads refused (invalid file; the running configuration stayed).",
+                &g.config_reload_failures,
+            ),
+            (
+                "tollgate_config_generation",
+                "gauge",
+                "Generation of the configuration serving now (1 at start).",
+                &g.config_generation,
             ),
             (
                 "tollgate_task_panics_total",
