@@ -24,7 +24,7 @@ use crate::api::Wire;
 use crate::config::admin::AdminSettings;
 use crate::error::{ErrorKind, GateError};
 use crate::reload::{history, ReloadError, Reloader, Trigger};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Longest an admin connection may take to send a request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -75,6 +75,21 @@ pub enum ErrorKind {
 pub struct GateError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Nothing reached the provider, so the request may go to another target of its model.
+    pub retry_elsewhere: bool,
+    /// Structured data for responses that carry it (limits, their reset, `Retry-After`).
+    pub detail: Option<Box<ErrorDetail>>,
+}
+
+/// What a limit-shaped error tells the client besides its message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorDetail {
+    /// The limit that tripped (e.g. `team:search/tokens_per_minute`).
+    pub limit: Option<String>,
+    /// When it resets, milliseconds since the Unix epoch.
+    pub resets_at_ms: Option<i64>,
+    /// Seconds the client should wait; overrides the kind's default `Retry-After`.
+    pub retry_after_s: Option<u32>,
 }
 
 /// A fully rendered error response.
@@ -89,7 +104,21 @@ impl GateError {
         Self {
             kind,
             message: message.into(),
+            retry_elsewhere: false,
+            detail: None,
         }
+    }
+
+    /// Marks the error as one where nothing reached the provider (another target may serve).
+    pub fn retryable_elsewhere(mut self) -> Self {
+        self.retry_elsewhere = true;
+        self
+    }
+
+    /// Attaches structured data (limit, reset, `Retry-After`).
+    pub fn with_detail(mut self, detail: ErrorDetail) -> Self {
+        self.detail = Some(Box::new(detail));
+        self
     }
 
     pub fn side(&self) -> Side {
@@ -170,25 +199,35 @@ impl GateError {
     /// Renders the error in the wire format the client speaks.
     pub fn to_response(&self, wire: Wire) -> ErrorResponse {
         let (status, err_type, code) = self.classify();
+        let detail = self.detail.as_deref();
         let body = match wire {
-            Wire::OpenAi => serde_json::json!({
-                "error": {
+            Wire::OpenAi => {
+                let mut error = serde_json::json!({
                     "message": self.message,
                     "type": err_type,
                     "code": code,
                     "param": self.param(),
+                });
+                if let Some(d) = detail {
+                    if let Some(limit) = &d.limit {
+                        error["limit"] = limit.as_str().into();
+                    }
+                    if let Some(at) = d.resets_at_ms {
+                        error["resets_at_ms"] = at.into();
+                    }
                 }
-            }),
+                serde_json::json!({ "error": error })
+            }
             Wire::Anthropic => serde_json::json!({
                 "type": "error",
                 "error": { "type": anthropic_type(status), "message": self.message }
             }),
         };
-        let retry_after_s = match self.kind {
+        let retry_after_s = detail.and_then(|d| d.retry_after_s).or(match self.kind {
             ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout => Some(1),
             ErrorKind::Overloaded { retry_after_s } => Some(retry_after_s),
             _ => None,
-        };
+        });
         ErrorResponse {
             status,
             body: body.to_string(),
@@ -222,6 +261,27 @@ impl std::error::Error for GateError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detail_adds_limit_reset_and_retry_after() {
+        let e = GateError::new(ErrorKind::Overloaded { retry_after_s: 1 }, "slow down")
+            .with_detail(ErrorDetail {
+                limit: Some("team:search/requests_per_minute".into()),
+                resets_at_ms: Some(1_700_000_000_000),
+                retry_after_s: Some(7),
+            });
+        let r = e.to_response(Wire::OpenAi);
+        assert_eq!(r.retry_after_s, Some(7), "the detail's Retry-After wins");
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["error"]["limit"], "team:search/requests_per_minute");
+        assert_eq!(v["error"]["resets_at_ms"], 1_700_000_000_000i64);
+        assert!(
+            !e.retry_elsewhere
+                && GateError::new(ErrorKind::Internal, "x")
+                    .retryable_elsewhere()
+                    .retry_elsewhere
+        );
+    }
 
     #[test]
     fn openai_shape_has_all_fields() {

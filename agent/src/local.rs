@@ -9,7 +9,7 @@ use crate::client::ClientConn;
 use crate::config::Config;
 use crate::error::{ErrorKind, GateError};
 use crate::http::request::{Method, RequestHead};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::worker::Worker;
 
 /// Serves a local endpoint; returns whether the connection stays open.

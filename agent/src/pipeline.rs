@@ -20,9 +20,9 @@ use crate::api::Api;
 use crate::client::ClientConn;
 use crate::error::GateError;
 use crate::http::request::{Method, RequestHead};
+use crate::identity::Identity;
 use crate::local;
 use crate::metering::Usage;
-use crate::phase::identify::Identity;
 use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
@@ -210,7 +210,22 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     let snap = ctx.snap.clone();
     inspect::run(ctx, snap.cfg.limits.max_json_depth)?;
     route::run(&snap, &w.health, ctx, client.original_dst())?;
-    let forwarded = forward::run(w, ctx).await?;
+    let forwarded = loop {
+        match forward::run(w, ctx).await {
+            Ok(f) => break f,
+            // Nothing reached the provider: another target of the model may serve. The failed
+            // provider is marked down, so route picks another one if there is one up.
+            Err(e) if e.retry_elsewhere => {
+                let failed = ctx.target;
+                route::run(&snap, &w.health, ctx, client.original_dst())?;
+                if ctx.target == failed {
+                    return Err(e);
+                }
+                tracing::debug!(id = %ctx.id, error = %e, "trying the next target");
+            }
+            Err(e) => return Err(e),
+        }
+    };
     relay::run(w, ctx, client, forwarded).await;
     Ok(())
 }

@@ -27,7 +27,7 @@ use crate::ledger::writer::ToWriter;
 use crate::phase::read::{self, BodyBudget, ReadEnd, Request, Reservation};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::upstream::health::HealthLocal;
 use crate::upstream::pool::PoolLocal;
 

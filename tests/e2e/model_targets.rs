@@ -1,7 +1,7 @@
 //! A model served by several deployments (`targets:`): requests go to the first target that
 //! speaks their API and whose provider is up; a provider that refuses connections is avoided
-//! (per worker, for a few seconds) while the model has another target. The ledger names the
-//! target that served.
+//! (per worker, for a few seconds) while the model has another target, and a request that could
+//! not be sent at all goes to the next target. The ledger names the target that served.
 
 use crate::harness::procs::{Provider, SIM_MODEL};
 use crate::harness::{assert_openai_error, chat_body, post_json, Sim, Stack};
@@ -25,11 +25,9 @@ fn a_model_with_a_dead_first_target_is_served_by_the_next() {
         );
     });
     let body = chat_body("chat", "which target?", 2, false);
-    // The first target refuses: this request fails (routing retries are the routing issue's),
-    // and the provider is marked down.
-    let r = post_json(stack.agent.addr, "/v1/chat/completions", &body);
-    assert_openai_error(&r, 502, "api_error", "upstream_unreachable");
-    // Now the next target that speaks OpenAI serves (the Anthropic one is skipped).
+    // The first target refuses the connection: nothing was sent, so the next target that speaks
+    // OpenAI serves this very request (the Anthropic one is skipped), and later ones go there
+    // directly while the dead provider is marked down.
     for _ in 0..3 {
         let r = post_json(stack.agent.addr, "/v1/chat/completions", &body);
         assert_eq!(r.status, 200, "{}", r.text());
@@ -40,4 +38,26 @@ fn a_model_with_a_dead_first_target_is_served_by_the_next() {
     }
     let last = stack.sim.last_request();
     assert!(last["body"].as_str().is_some_and(|b| b.contains(SIM_MODEL)));
+}
+
+#[test]
+fn a_model_whose_only_target_is_dead_answers_502() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.providers.push(Provider {
+            name: "dead".into(),
+            kind: "openai".into(),
+            base_url: format!("http://{dead}"),
+            api_key_env: None,
+        });
+        c.extra_models_yaml = "  - name: gone\n    targets:\n      - {provider: dead}\n".into();
+    });
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("gone", "x", 1, false),
+    );
+    assert_openai_error(&r, 502, "api_error", "upstream_unreachable");
 }

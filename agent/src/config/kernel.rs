@@ -7,7 +7,7 @@
 //! [`InterceptRoute`] on the hot path (a scan of a list as long as `intercept`, usually one or
 //! two entries), and the control thread evaluates [`AttributionRule`]s off the hot path.
 
-use crate::phase::identify::Identity;
+use crate::identity::Identity;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -11,7 +11,7 @@ use super::kernel::{
     KernelSettings,
 };
 use super::validate::{authority_host, Provider, ProviderKind, Validator, INTERCEPTED};
-use crate::phase::identify::Identity;
+use crate::identity::Identity;
 
 impl Validator<'_> {
     pub(super) fn kernel(&mut self, k: &KernelFile) -> KernelSettings {

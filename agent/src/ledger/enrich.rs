@@ -128,8 +128,8 @@ impl Enricher {
 mod tests {
     use super::*;
     use crate::config::{Anonymous, AttributionRule, Glob};
+    use crate::identity::Identity;
     use crate::kernel::ConnAttribution;
-    use crate::phase::identify::Identity;
     use std::sync::Arc;
 
     fn conn(comm: &str, cgroup_id: u64) -> Arc<ConnAttribution> {

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use super::UsageRecord;
 use crate::api::Api;
+use crate::identity::Identity;
 use crate::kernel::ConnAttribution;
 use crate::metering::Usage;
-use crate::phase::identify::Identity;
 
 /// Size of one segment file (a few thousand records).
 const SEGMENT_BYTES: usize = 1 << 20;

@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use rusqlite::{params, Connection};
 
+use crate::identity::Identity;
 use crate::kernel::cgroup::CgroupInfo;
 use crate::kernel::ConnAttribution;
 use crate::metering::Usage;
-use crate::phase::identify::Identity;
 
 /// Everything recorded about one request.
 #[derive(Debug, Clone, Default)]

@@ -341,7 +341,8 @@ pub(crate) async fn exchange(
                         "sending the request to provider `{}` failed: {e}",
                         provider.name
                     ),
-                ));
+                )
+                .retryable_elsewhere());
             }
             Err(AttemptError::NoResponse(e)) => {
                 return Err(GateError::new(
@@ -385,10 +386,12 @@ async fn connect(
             upstream::UpstreamError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
             _ => ErrorKind::UpstreamUnreachable,
         };
+        // Nothing was sent: another target of the model may serve the request.
         GateError::new(
             kind,
             format!("provider `{}` is unreachable: {e}", provider.name),
         )
+        .retryable_elsewhere()
     })
 }
 

@@ -19,7 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Config, ConfigProblems};
-use crate::server::Shared;
+use crate::shared::Shared;
 use crate::snapshot::{Registry, SnapshotError};
 
 /// What asked for a reload (recorded in the history).

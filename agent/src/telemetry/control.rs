@@ -17,7 +17,7 @@ use super::gpu::{GpuBoard, GpuError, GpuSource, GpuStatus, Nvml};
 use super::replicas::{self, ReplicaBoard, ReplicaState};
 use crate::config::{Config, Provider};
 use crate::kernel::CounterWriter;
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// How often GPUs are sampled.
 pub const GPU_INTERVAL: Duration = Duration::from_secs(1);

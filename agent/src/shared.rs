@@ -1,0 +1,76 @@
+//! State shared by every worker and the control threads: atomics, lock-free boards and the
+//! configuration snapshot, nothing a worker locks on the hot path. Built by `server::start`; its
+//! own module so that workers, the admin listener and telemetry depend on it, not on the server.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::config::KernelMode;
+use crate::kernel::{self, AttributionReader, Features};
+use crate::snapshot::Snapshot;
+use crate::telemetry::gpu::GpuBoard;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::replicas::ReplicaBoard;
+
+/// State shared by all workers: atomics and read-only data only.
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    /// The configuration requests run on; swapped whole by a reload, loaded once per request.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Distinguishes request ids across restarts.
+    pub boot_id: u64,
+    pub workers_ready: AtomicUsize,
+    pub shutting_down: AtomicBool,
+    /// What the kernel side is doing, for /readyz.
+    pub kernel: KernelReport,
+    /// Looks up accepted connections in the kernel's attribution map (once per connection).
+    pub attribution: Option<AttributionReader>,
+    /// The latest load of each scraped replica (lock-free reads), for load-aware routing.
+    pub replicas: Arc<ReplicaBoard>,
+    /// Whether GPU figures are read, and the latest ones (lock-free reads).
+    pub gpus: Arc<GpuBoard>,
+    /// The I/O driver the workers run on, set by the first worker that starts.
+    pub io_driver: std::sync::OnceLock<&'static str>,
+}
+
+/// What the kernel side is doing, for `/readyz` and `tollgate status`.
+#[derive(Debug, Clone)]
+pub struct KernelReport {
+    pub mode: KernelMode,
+    pub loaded: bool,
+    pub pin_dir: std::path::PathBuf,
+    pub features: Features,
+    /// Program names and kernel ids (as `bpftool prog show` lists them).
+    pub programs: Vec<(&'static str, u32)>,
+    pub intercept: Vec<SocketAddr>,
+}
+
+impl KernelReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        let features: serde_json::Map<String, serde_json::Value> = self
+            .features
+            .iter()
+            .map(|(name, state)| {
+                let v = match state {
+                    kernel::FeatureState::Active => serde_json::json!({ "active": true }),
+                    kernel::FeatureState::Inactive { reason } => {
+                        serde_json::json!({ "active": false, "reason": reason })
+                    }
+                };
+                (name.to_string(), v)
+            })
+            .collect();
+        serde_json::json!({
+            "enabled": self.mode.as_str(),
+            "loaded": self.loaded,
+            "pin_dir": self.pin_dir.display().to_string(),
+            "summary": self.features.to_string(),
+            "features": features,
+            "programs": self.programs.iter().map(|(name, id)| serde_json::json!({ "name": name, "id": id })).collect::<Vec<_>>(),
+            "intercept": self.intercept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
