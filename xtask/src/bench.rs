@@ -31,6 +31,7 @@ mod measure;
 mod nginx;
 pub(crate) mod process;
 pub(crate) mod procfs;
+mod reload;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -60,6 +61,10 @@ pub struct Args {
     /// Use the release binaries already in target/ instead of building them.
     #[arg(long)]
     no_build: bool,
+    /// Measure only what hot reloads cost: windows with a reload every 100 ms against windows
+    /// without, in the same run (`bench/reload.rs`).
+    #[arg(long)]
+    reload: bool,
 }
 
 /// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
@@ -122,6 +127,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .is_some_and(|v| v > 0.5)
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
+    }
+    if args.reload {
+        if let Err(e) = agent_build {
+            bail!("building the agent failed: {e}");
+        }
+        let table = reload::run(&layout, &load, warmup)?;
+        let m = Machine::probe(&layout.root);
+        let text = format!(
+            "# Hot reload under load\n\nMachine: {} ({} × {}, kernel {}), {}, commit {}; load average before: {}.\n\
+             Reproduce: `cargo xtask bench --reload`.\n\n{table}",
+            m.hostname,
+            m.nproc,
+            m.cpu_model,
+            m.kernel,
+            m.date,
+            m.commit,
+            load_before.as_deref().unwrap_or("unknown"),
+        );
+        print!("{text}");
+        let out = args.out.unwrap_or_else(|| {
+            layout
+                .root
+                .join("benches/results")
+                .join(format!("{}-reload.md", m.date))
+        });
+        std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("bench: wrote {}", out.display());
+        return Ok(());
     }
     let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
     sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
