@@ -15,6 +15,7 @@ use monoio::net::TcpStream;
 
 use crate::api::Wire;
 use crate::error::GateError;
+use crate::http::head::{ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::kernel::ConnAttribution;
 
@@ -88,16 +89,10 @@ impl ClientConn {
         keep_alive: bool,
         extra: &str,
     ) -> io::Result<()> {
-        let mut out = Vec::with_capacity(160 + extra.len() + body.len());
-        out.extend_from_slice(
-            format!(
-                "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n{}{extra}\r\n",
-                reason(status),
-                body.len(),
-                if keep_alive { "" } else { "connection: close\r\n" },
-            )
-            .as_bytes(),
-        );
+        let mut head = HeadWriter::new(status, 96 + extra.len() + body.len());
+        head.header("content-type", content_type.as_bytes());
+        head.lines(extra.as_bytes());
+        let mut out = head.finish(ClientBody::Length(body.len() as u64), keep_alive);
         out.extend_from_slice(&body);
         self.write_all(out).await
     }
@@ -126,47 +121,6 @@ impl ClientConn {
             &extra,
         )
         .await
-    }
-}
-
-/// Reason phrase for the status codes Tollgate produces or relays.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        402 => "Payment Required",
-        406 => "Not Acceptable",
-        409 => "Conflict",
-        410 => "Gone",
-        415 => "Unsupported Media Type",
-        422 => "Unprocessable Entity",
-        501 => "Not Implemented",
-        504 => "Gateway Timeout",
-        529 => "Overloaded",
-        // The reason phrase is informational (RFC 9112 4); an unknown code gets its class name.
-        _ => match status / 100 {
-            1 => "Informational",
-            2 => "Success",
-            3 => "Redirection",
-            4 => "Client Error",
-            5 => "Server Error",
-            _ => "Unknown",
-        },
     }
 }
 

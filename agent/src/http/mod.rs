@@ -3,6 +3,7 @@
 //! read buffer and are never re-encoded. Hot path.
 
 pub mod chunked;
+pub mod head;
 pub mod iovec;
 pub mod request;
 pub mod response;

@@ -17,8 +17,9 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 
 use crate::api::Wire;
-use crate::client::{reason, ClientConn};
+use crate::client::ClientConn;
 use crate::error::{ErrorKind, GateError};
+use crate::http::head::{ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::http::is_hop_by_hop;
 use crate::http::request::{Method, RequestHead};
@@ -114,25 +115,15 @@ async fn relay(
             false
         }
     };
-    let mut out = Vec::with_capacity(128 + head.passthrough.len());
-    out.extend_from_slice(
-        format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status)).as_bytes(),
-    );
-    out.extend_from_slice(&head.passthrough);
-    match (head.framing, chunked) {
-        (ResponseFraming::Length(n), _) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
-        }
-        (_, true) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        (ResponseFraming::Empty, _) if !head_only => {
-            out.extend_from_slice(b"content-length: 0\r\n")
-        }
-        _ => {}
-    }
-    if !keep {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
+    let mut out = HeadWriter::new(head.status, 128 + head.passthrough.len());
+    out.lines(&head.passthrough);
+    let body = match (head.framing, chunked) {
+        (ResponseFraming::Length(n), _) => ClientBody::Length(n),
+        (_, true) => ClientBody::Chunked,
+        (ResponseFraming::Empty, _) if !head_only => ClientBody::Length(0),
+        _ => ClientBody::Unframed,
+    };
+    let out = out.finish(body, keep);
     if client.write_all(out).await.is_err() {
         return false;
     }

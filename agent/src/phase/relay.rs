@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use crate::api::Wire;
-use crate::client::{reason, ClientConn};
+use crate::client::ClientConn;
 use crate::error::{ErrorKind, GateError};
+use crate::http::head::{reason, ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::metering::sse::{frame_data, FrameSplitter};
@@ -386,38 +387,25 @@ fn response_head(
     framing: ClientFraming,
     substitute: Option<&Bytes>,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256 + head.passthrough.len());
-    out.extend_from_slice(
-        format!("HTTP/1.1 {} {}\r\n", head.status, reason(head.status)).as_bytes(),
-    );
+    let mut out = HeadWriter::new(head.status, 256 + head.passthrough.len());
     if substitute.is_some() {
         // Our body replaces an empty one: its content type is ours.
         for line in head.passthrough.split_inclusive(|b| *b == b'\n') {
             if !line.starts_with(b"content-type:") && !line.starts_with(b"Content-Type:") {
-                out.extend_from_slice(line);
+                out.lines(line);
             }
         }
-        out.extend_from_slice(b"content-type: application/json\r\n");
+        out.header("content-type", b"application/json");
     } else {
-        out.extend_from_slice(&head.passthrough);
+        out.lines(&head.passthrough);
     }
-    out.extend_from_slice(b"x-tollgate-request-id: ");
-    out.extend_from_slice(ctx.id.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    match (framing, head.framing, substitute) {
-        (ClientFraming::Length, _, Some(body)) => {
-            out.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes())
-        }
-        (ClientFraming::Length, ResponseFraming::Length(n), None) => {
-            out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes())
-        }
-        (ClientFraming::Length, _, None) => out.extend_from_slice(b"content-length: 0\r\n"),
-        (ClientFraming::Chunked, _, _) => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-        (ClientFraming::Close, _, _) => {}
-    }
-    if !ctx.client_keep_alive {
-        out.extend_from_slice(b"connection: close\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
-    out
+    out.header("x-tollgate-request-id", ctx.id.as_bytes());
+    let body = match (framing, head.framing, substitute) {
+        (ClientFraming::Length, _, Some(body)) => ClientBody::Length(body.len() as u64),
+        (ClientFraming::Length, ResponseFraming::Length(n), None) => ClientBody::Length(n),
+        (ClientFraming::Length, _, None) => ClientBody::Length(0),
+        (ClientFraming::Chunked, _, _) => ClientBody::Chunked,
+        (ClientFraming::Close, _, _) => ClientBody::Unframed,
+    };
+    out.finish(body, ctx.client_keep_alive)
 }
