@@ -42,11 +42,11 @@ pub enum Command {
 fn data_dir(config: &Path) -> anyhow::Result<PathBuf> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
-    let v: serde_yaml::Value =
-        serde_yaml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
+    let v: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
     Ok(PathBuf::from(
         v.get("data_dir")
-            .and_then(serde_yaml::Value::as_str)
+            .and_then(serde_yaml_ng::Value::as_str)
             .unwrap_or("./tollgate-data"),
     ))
 }

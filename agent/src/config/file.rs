@@ -2,7 +2,7 @@
 //! `deny_unknown_fields` so a typo is an error, not a silently ignored key.
 //! Nothing here is interpreted; `validate.rs` turns these into runtime types. Fields whose items
 //! are validated one by one (providers, models, intercepts, attribution rules) stay
-//! `serde_yaml::Value` here so a bad item does not hide the problems of the others.
+//! `serde_yaml_ng::Value` here so a bad item does not hide the problems of the others.
 
 use serde::Deserialize;
 
@@ -23,16 +23,16 @@ pub struct FileConfig {
     #[serde(default)]
     pub ledger: LedgerFile,
     #[serde(default)]
-    pub providers: Vec<serde_yaml::Value>,
+    pub providers: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
-    pub models: Vec<serde_yaml::Value>,
+    pub models: Vec<serde_yaml_ng::Value>,
     #[serde(default)]
     pub kernel: KernelFile,
     /// Destinations (`IP:PORT`) whose TCP connects the kernel redirects to the agent.
     #[serde(default)]
-    pub intercept: Vec<serde_yaml::Value>,
+    pub intercept: Vec<serde_yaml_ng::Value>,
     /// Either a list of rules or `{ anonymous, rules }`; see [`AttributionFile`].
-    pub attribution: Option<serde_yaml::Value>,
+    pub attribution: Option<serde_yaml_ng::Value>,
     /// Scraping the replicas' own `/metrics` for their load.
     #[serde(default)]
     pub replicas: ReplicasFile,
@@ -67,7 +67,7 @@ pub struct ReplicasFile {
 #[serde(deny_unknown_fields)]
 pub struct KernelFile {
     /// `auto` (load the eBPF programs when the host allows it) or `off`; `true`/`false` too.
-    pub enabled: Option<serde_yaml::Value>,
+    pub enabled: Option<serde_yaml_ng::Value>,
     /// Where the maps are pinned (on bpffs).
     pub pin_dir: Option<String>,
 }
@@ -79,7 +79,7 @@ pub struct AttributionFile {
     /// `attribute_by_kernel` (default) or `leave_anonymous`.
     pub anonymous: Option<String>,
     #[serde(default)]
-    pub rules: Vec<serde_yaml::Value>,
+    pub rules: Vec<serde_yaml_ng::Value>,
 }
 
 /// One attribution rule: kernel facts to match, identity fields to fill.

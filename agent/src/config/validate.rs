@@ -274,7 +274,7 @@ impl Validator<'_> {
         if src.trim().is_empty() {
             return Some(FileConfig::default());
         }
-        let de = serde_yaml::Deserializer::from_str(src);
+        let de = serde_yaml_ng::Deserializer::from_str(src);
         match serde_path_to_error::deserialize::<_, FileConfig>(de) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -306,7 +306,7 @@ impl Validator<'_> {
     pub(super) fn item<T: DeserializeOwned>(
         &mut self,
         path: &str,
-        value: serde_yaml::Value,
+        value: serde_yaml_ng::Value,
     ) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(t) => Some(t),
@@ -464,7 +464,7 @@ impl Validator<'_> {
 
     fn providers(
         &mut self,
-        items: Vec<serde_yaml::Value>,
+        items: Vec<serde_yaml_ng::Value>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Vec<(Provider, String)> {
         let mut out: Vec<(Provider, String)> = Vec::new();
@@ -554,7 +554,7 @@ impl Validator<'_> {
 
     fn models(
         &mut self,
-        items: Vec<serde_yaml::Value>,
+        items: Vec<serde_yaml_ng::Value>,
         providers: &[(Provider, String)],
     ) -> (Vec<Model>, HashMap<String, usize>) {
         let mut models = Vec::new();

@@ -18,12 +18,12 @@ impl Validator<'_> {
         let mut out = KernelSettings::default();
         match &k.enabled {
             None => {}
-            Some(serde_yaml::Value::Bool(true)) => out.enabled = KernelMode::Auto,
-            Some(serde_yaml::Value::Bool(false)) => out.enabled = KernelMode::Off,
-            Some(serde_yaml::Value::String(s)) if s == "auto" => out.enabled = KernelMode::Auto,
-            Some(serde_yaml::Value::String(s)) if s == "off" => out.enabled = KernelMode::Off,
+            Some(serde_yaml_ng::Value::Bool(true)) => out.enabled = KernelMode::Auto,
+            Some(serde_yaml_ng::Value::Bool(false)) => out.enabled = KernelMode::Off,
+            Some(serde_yaml_ng::Value::String(s)) if s == "auto" => out.enabled = KernelMode::Auto,
+            Some(serde_yaml_ng::Value::String(s)) if s == "off" => out.enabled = KernelMode::Off,
             Some(other) => {
-                let shown = serde_yaml::to_string(other).unwrap_or_default();
+                let shown = serde_yaml_ng::to_string(other).unwrap_or_default();
                 self.problem(
                     "kernel.enabled",
                     format!("`{}` is not one of auto, off", shown.trim()),
@@ -45,22 +45,22 @@ impl Validator<'_> {
 
     pub(super) fn intercepts(
         &mut self,
-        items: Vec<serde_yaml::Value>,
+        items: Vec<serde_yaml_ng::Value>,
         listen: SocketAddr,
     ) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = Vec::new();
         for (i, raw) in items.into_iter().enumerate() {
             let path = format!("intercept[{i}]");
             let text = match &raw {
-                serde_yaml::Value::String(s) => s.clone(),
-                serde_yaml::Value::Sequence(_) => {
+                serde_yaml_ng::Value::String(s) => s.clone(),
+                serde_yaml_ng::Value::Sequence(_) => {
                     self.problem(
                         path,
                         "an IPv6 address must be quoted in YAML: \"[::1]:8000\"",
                     );
                     continue;
                 }
-                other => serde_yaml::to_string(other)
+                other => serde_yaml_ng::to_string(other)
                     .unwrap_or_default()
                     .trim()
                     .to_string(),
@@ -102,12 +102,12 @@ impl Validator<'_> {
         out
     }
 
-    pub(super) fn attribution(&mut self, raw: Option<serde_yaml::Value>) -> AttributionSettings {
+    pub(super) fn attribution(&mut self, raw: Option<serde_yaml_ng::Value>) -> AttributionSettings {
         let mut out = AttributionSettings::default();
         let (rules, rules_path) = match raw {
-            None | Some(serde_yaml::Value::Null) => return out,
-            Some(serde_yaml::Value::Sequence(items)) => (items, "attribution".to_string()),
-            Some(v @ serde_yaml::Value::Mapping(_)) => {
+            None | Some(serde_yaml_ng::Value::Null) => return out,
+            Some(serde_yaml_ng::Value::Sequence(items)) => (items, "attribution".to_string()),
+            Some(v @ serde_yaml_ng::Value::Mapping(_)) => {
                 let Some(f) = self.item::<AttributionFile>("attribution", v) else {
                     return out;
                 };

@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use serde_yaml::Value;
+use serde_yaml_ng::Value;
 
 /// Why a file could not be converted at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("not YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] serde_yaml_ng::Error),
     #[error("no `model_list` with deployments in this file")]
     NoModelList,
 }
@@ -63,7 +63,7 @@ struct Target {
 
 /// Converts the text of a LiteLLM proxy config.
 pub fn convert(text: &str) -> Result<Converted, ImportError> {
-    let doc: Value = serde_yaml::from_str(text)?;
+    let doc: Value = serde_yaml_ng::from_str(text)?;
     let list = doc
         .get("model_list")
         .and_then(Value::as_sequence)
