@@ -657,51 +657,58 @@ impl Validator<'_> {
         Some(out)
     }
 
-    fn parse_base_url(&mut self, path: &str, url: &str) -> Option<BaseUrl> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("http://") {
-            (false, r)
-        } else {
-            self.problem(path, format!("`{url}` must start with http:// or https://"));
-            return None;
-        };
-        let (authority, base_path) = match rest.find('/') {
-            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
-            None => (rest, ""),
-        };
-        let base_path = base_path.strip_suffix("/v1").unwrap_or(base_path);
-        let default_port = if tls { 443 } else { 80 };
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let Some(end) = v6.find(']') else {
-                self.problem(path, format!("`{url}` has an unterminated IPv6 address"));
+    /// A provider's `base_url`, parsed by the `url` crate (WHATWG rules: IPv6 literals,
+    /// default ports, percent-encoding). A trailing `/v1` is dropped: Tollgate appends the API
+    /// path (`/v1/chat/completions`) itself.
+    fn parse_base_url(&mut self, path: &str, raw: &str) -> Option<BaseUrl> {
+        let parsed = match url::Url::parse(raw) {
+            Ok(u) => u,
+            Err(e) => {
+                self.problem(path, format!("`{raw}` is not a URL: {e}"));
                 return None;
-            };
-            let port = match v6[end + 1..].strip_prefix(':') {
-                Some(p) => p.parse().ok(),
-                None => Some(default_port),
-            };
-            (v6[..end].to_string(), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().ok()),
-                None => (authority.to_string(), Some(default_port)),
             }
         };
-        let Some(port) = port else {
-            self.problem(path, format!("`{url}` has an invalid port"));
-            return None;
+        let tls = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => {
+                self.problem(path, format!("`{raw}` must start with http:// or https://"));
+                return None;
+            }
         };
-        if host.is_empty() {
-            self.problem(path, format!("`{url}` has no host"));
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            self.problem(
+                path,
+                format!("`{raw}` carries credentials; put the key in an environment variable and name it in api_key_env"),
+            );
             return None;
         }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            self.problem(
+                path,
+                format!("`{raw}` has a query or fragment; give the base URL only"),
+            );
+            return None;
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
+            Some(url::Host::Ipv4(a)) => a.to_string(),
+            Some(url::Host::Ipv6(a)) => a.to_string(),
+            _ => {
+                self.problem(path, format!("`{raw}` has no host"));
+                return None;
+            }
+        };
+        let port = parsed
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
+        let base_path = parsed.path().trim_end_matches('/');
+        let base_path = base_path.strip_suffix("/v1").unwrap_or(base_path);
         Some(BaseUrl {
             tls,
-            host_header: if port == default_port {
-                authority_host(&host)
-            } else {
-                format!("{}:{port}", authority_host(&host))
+            host_header: match parsed.port() {
+                None => authority_host(&host),
+                Some(p) => format!("{}:{p}", authority_host(&host)),
             },
             host,
             port,
