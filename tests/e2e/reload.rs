@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::harness::http::request_bytes;
 use crate::harness::procs::{run_tollgate, ADMIN_TOKEN};
 use crate::harness::{chat_body, get, post_json, Client, Sim, Stack};
 
@@ -65,21 +64,10 @@ fn sighup_moves_new_requests_while_a_stream_finishes_on_the_old_target() {
     let new = Sim::start(&[]);
     let mut stack = Stack::custom(old, |_| {});
     // A stream that starts on the old target and outlives the reload.
-    let mut streaming = Client::connect(stack.agent.addr);
-    let body = chat_body("smol", "started before the reload", 60, true).to_string();
-    streaming
-        .send(&request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            body.as_bytes(),
-        ))
-        .expect("sending");
-    let head = streaming.read_head().expect("stream head");
-    let stream_id = head
-        .header("x-tollgate-request-id")
-        .expect("id")
-        .to_string();
+    let (mut streaming, stream_id) = Client::start_stream(
+        stack.agent.addr,
+        &chat_body("smol", "started before the reload", 60, true),
+    );
 
     let text = config_text(&stack).replace(&stack.sim.url(), &new.url());
     write_config(&stack, &text);

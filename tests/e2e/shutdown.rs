@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::harness::http::request_bytes;
 use crate::harness::{chat_body, ledger, post_json, Client, Sim, Stack};
 
 #[test]
@@ -20,22 +19,10 @@ fn a_stream_cut_by_shutdown_has_its_record() {
     );
     assert_eq!(done.status, 200, "{}", done.text());
 
-    let mut client = Client::connect(stack.agent.addr);
-    let body = chat_body("smol", "cut by the stop", 400, true).to_string();
-    client
-        .send(&request_bytes(
-            "POST",
-            "/v1/chat/completions",
-            &[],
-            body.as_bytes(),
-        ))
-        .expect("sending");
-    let head = client.read_head().expect("head");
-    assert_eq!(head.status, 200);
-    let id = head
-        .header("x-tollgate-request-id")
-        .expect("id")
-        .to_string();
+    let (mut client, id) = Client::start_stream(
+        stack.agent.addr,
+        &chat_body("smol", "cut by the stop", 400, true),
+    );
     for _ in 0..5 {
         client
             .next_frame()

@@ -13,22 +13,10 @@ const CHAT: &str = "/v1/chat/completions";
 fn deep_nesting_is_refused_and_the_agent_survives() {
     let stack = Stack::custom(Sim::start_paced(&["--itl-base-ms", "20"]), |_| {});
     // A stream in flight on the same agent while the attack runs.
-    let mut streaming = Client::connect(stack.agent.addr);
-    let body = chat_body("smol", "a stream that must survive", 40, true).to_string();
-    streaming
-        .send(&crate::harness::http::request_bytes(
-            "POST",
-            CHAT,
-            &[("content-type", "application/json")],
-            body.as_bytes(),
-        ))
-        .expect("sending the stream request");
-    let head = streaming.read_head().expect("stream head");
-    assert_eq!(head.status, 200);
-    let stream_id = head
-        .header("x-tollgate-request-id")
-        .expect("id")
-        .to_string();
+    let (mut streaming, stream_id) = Client::start_stream(
+        stack.agent.addr,
+        &chat_body("smol", "a stream that must survive", 40, true),
+    );
 
     let attacks = [
         format!(r#"{{"model":"smol","x":{}"#, "[".repeat(10_000)),

@@ -151,6 +151,27 @@ impl Client {
             .expect("set_read_timeout");
     }
 
+    /// Opens a connection, POSTs a chat `body` asking for a stream, and reads the 200 head;
+    /// returns the client (positioned at the first frame) and the request id.
+    pub fn start_stream(addr: SocketAddr, body: &Value) -> (Client, String) {
+        let mut client = Client::connect(addr);
+        client
+            .send(&request_bytes(
+                "POST",
+                "/v1/chat/completions",
+                &[("content-type", "application/json")],
+                body.to_string().as_bytes(),
+            ))
+            .expect("sending the stream request");
+        let head = client.read_head().expect("the stream's head");
+        assert_eq!(head.status, 200, "the stream did not start");
+        let id = head
+            .header("x-tollgate-request-id")
+            .expect("x-tollgate-request-id")
+            .to_string();
+        (client, id)
+    }
+
     /// Writes exactly these bytes.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;
