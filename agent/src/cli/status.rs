@@ -1,13 +1,11 @@
 //! `tollgate status --addr HOST:PORT`: GETs a running agent's `/readyz` and prints it for
 //! people: readiness, workers and I/O driver, and which kernel features are active and why the
-//! others are not. Not on any hot path; a plain blocking HTTP/1.1 GET with a timeout.
+//! others are not. Not on any hot path; a blocking GET (ureq) with a timeout.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,57 +22,26 @@ pub fn run(addr: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A blocking GET of `path` with `Connection: close`; returns the status and the body.
+/// A blocking GET of `path` (ureq); returns the status and the body.
 pub fn get(addr: &str, path: &str) -> anyhow::Result<(u16, Vec<u8>)> {
-    let sock = addr
-        .to_socket_addrs()
-        .with_context(|| format!("`{addr}` is not HOST:PORT"))?
-        .next()
-        .with_context(|| format!("`{addr}` resolves to no address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, TIMEOUT)
-        .with_context(|| format!("connecting to the agent at {addr} (is it running?)"))?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\naccept: application/json\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(TIMEOUT))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .get(format!("http://{addr}{path}"))
+        .header("accept", "application/json")
+        .call()
+        .with_context(|| format!("asking the agent at {addr} (is it running?)"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(16 * 1024 * 1024)
+        .read_to_vec()
         .with_context(|| format!("reading the answer from {addr}"))?;
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        bail!("{addr} sent no complete HTTP response");
-    };
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .with_context(|| format!("{addr} sent a bad status line: {head}"))?;
-    let mut body = raw[end + 4..].to_vec();
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase()
-            .starts_with("transfer-encoding: chunked")
-    });
-    if chunked {
-        body = dechunk(&body).with_context(|| format!("{addr} sent a bad chunked body"))?;
-    }
     Ok((status, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = b.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&b[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        b = &b[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
-    }
 }
 
 /// The human-readable report.
@@ -169,14 +136,5 @@ mod tests {
         );
         assert!(text.contains("intercept 127.0.0.1:8000"), "{text}");
         assert!(text.contains("tg_connect4 (id 7)"), "{text}");
-    }
-
-    #[test]
-    fn dechunks() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").as_deref(),
-            Some(&b"abcde"[..])
-        );
-        assert_eq!(dechunk(b"5\r\nab"), None);
     }
 }

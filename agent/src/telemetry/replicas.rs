@@ -7,7 +7,7 @@
 //!
 //! What: every `replicas.scrape_interval_ms` the control-plane telemetry thread
 //! (`telemetry::control`) GETs `<base_url>/metrics` of each configured plain-http `kind: openai`
-//! provider ([`targets`]), with a small blocking HTTP/1.1 client ([`http_get`]) bounded by
+//! provider ([`targets`]), with ureq ([`http_get`]) bounded by
 //! `replicas.timeout_ms`, and reads vLLM, SGLang and llama.cpp gauge names ([`EngineLoad::parse`]),
 //! summed over label sets. The result is published in a [`ReplicaBoard`] (lock-free reads through
 //! `ArcSwap`), rendered as `tollgate_replica_*` gauges, and written to `tg_replica` when the
@@ -17,8 +17,7 @@
 //! exposed through the same TLS endpoint, and a TLS client here would duplicate the data plane's)
 //! and implicit intercept providers (not ours to poll) are not scraped.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -185,8 +184,9 @@ pub fn targets(cfg: &Config) -> Vec<(usize, &Provider)> {
         .collect()
 }
 
-/// `GET path` on `addrs` (tried in order) with `host` as the Host header; returns the body of a
-/// 200 response. The whole exchange is bounded by `timeout`.
+/// GETs `path` from the first of `addrs` that accepts a connection, with `Host: host`, within
+/// `timeout` in all (connect to last byte), through ureq. Only a 200 with a body under
+/// [`MAX_BODY`] is an answer.
 pub fn http_get(
     addrs: &[SocketAddr],
     host: &str,
@@ -194,159 +194,64 @@ pub fn http_get(
     timeout: Duration,
 ) -> Result<Vec<u8>, ScrapeError> {
     let deadline = Instant::now() + timeout;
-    let mut stream = None;
-    let mut last_err = None;
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .user_agent("tollgate")
+        .build()
+        .into();
+    let mut last = ScrapeError::NoAddress {
+        host: host.to_string(),
+    };
     for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= deadline {
             return Err(ScrapeError::Timeout(timeout));
         }
-        match TcpStream::connect_timeout(addr, left) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
+        // The address the agent resolved, with the provider's own Host header.
+        let response = agent
+            .get(format!("http://{addr}{path}"))
+            .header("host", host)
+            .header("accept", "text/plain")
+            .header("accept-encoding", "identity")
+            .call();
+        let mut response = match response {
+            Ok(r) => r,
+            Err(ureq::Error::Timeout(_)) => return Err(ScrapeError::Timeout(timeout)),
+            Err(e) => {
+                last = match e {
+                    ureq::Error::Io(source) => ScrapeError::Connect {
+                        addr: *addr,
+                        source,
+                    },
+                    ureq::Error::ConnectionFailed => ScrapeError::Connect {
+                        addr: *addr,
+                        source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                    },
+                    other => return Err(ScrapeError::Http(other.to_string())),
+                };
+                continue;
             }
-            Err(e) => last_err = Some((*addr, e)),
+        };
+        let status = response.status().as_u16();
+        if status != 200 {
+            return Err(ScrapeError::Status {
+                path: path.to_string(),
+                status,
+            });
         }
+        return response
+            .body_mut()
+            .with_config()
+            .limit(MAX_BODY as u64)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => ScrapeError::TooLarge,
+                ureq::Error::Timeout(_) => ScrapeError::Timeout(timeout),
+                other => ScrapeError::Http(other.to_string()),
+            });
     }
-    let mut stream = match (stream, last_err) {
-        (Some(s), _) => s,
-        (None, Some((addr, source))) => return Err(ScrapeError::Connect { addr, source }),
-        (None, None) => {
-            return Err(ScrapeError::NoAddress {
-                host: host.to_string(),
-            })
-        }
-    };
-    let _ = stream.set_nodelay(true);
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate\r\nAccept: text/plain\r\n\
-         Accept-Encoding: identity\r\nConnection: close\r\n\r\n"
-    );
-    let timed_out = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-            ScrapeError::Timeout(timeout)
-        }
-        _ => ScrapeError::Io(e),
-    };
-    stream.set_write_timeout(Some(
-        deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1)),
-    ))?;
-    stream.write_all(request.as_bytes()).map_err(timed_out)?;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ScrapeError::Timeout(timeout));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut chunk).map_err(timed_out)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_BODY + 64 * 1024 {
-            return Err(ScrapeError::TooLarge);
-        }
-        // Stop early once a Content-Length body is complete (a server may ignore `close`).
-        if let Some(done) = complete_len(&buf) {
-            if buf.len() >= done {
-                buf.truncate(done);
-                break;
-            }
-        }
-    }
-    parse_response(&buf, path)
-}
-
-/// With a complete head carrying Content-Length, the total length of head and body.
-fn complete_len(buf: &[u8]) -> Option<usize> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Complete(head_len)) => {
-            let cl = resp
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))?;
-            let n: usize = std::str::from_utf8(cl.value).ok()?.trim().parse().ok()?;
-            Some(head_len + n)
-        }
-        _ => None,
-    }
-}
-
-/// The body of a complete `Connection: close` response held in `buf`.
-fn parse_response(buf: &[u8], path: &str) -> Result<Vec<u8>, ScrapeError> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(ScrapeError::Http(
-                "the connection closed inside the head".into(),
-            ))
-        }
-        Err(e) => return Err(ScrapeError::Http(e.to_string())),
-    };
-    let status = resp.code.unwrap_or(0);
-    if status != 200 {
-        return Err(ScrapeError::Status {
-            path: path.to_string(),
-            status,
-        });
-    }
-    let header = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| String::from_utf8_lossy(h.value).trim().to_ascii_lowercase())
-    };
-    let body = &buf[head_len..];
-    if header("transfer-encoding").is_some_and(|te| te.ends_with("chunked")) {
-        return dechunk(body);
-    }
-    if let Some(cl) = header("content-length") {
-        let n: usize = cl
-            .parse()
-            .map_err(|_| ScrapeError::Http(format!("bad content-length `{cl}`")))?;
-        if body.len() < n {
-            return Err(ScrapeError::Http(format!(
-                "the body ended after {} of {n} bytes",
-                body.len()
-            )));
-        }
-        return Ok(body[..n].to_vec());
-    }
-    Ok(body.to_vec())
-}
-
-/// Decodes a complete chunked body (trailers ignored).
-fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, ScrapeError> {
-    let bad = |m: &str| ScrapeError::Http(format!("chunked body: {m}"));
-    let mut out = Vec::with_capacity(body.len());
-    loop {
-        let line_end = memchr::memmem::find(body, b"\r\n").ok_or_else(|| bad("no size line"))?;
-        let line = std::str::from_utf8(&body[..line_end]).map_err(|_| bad("size not ASCII"))?;
-        let size_text = line.split(';').next().unwrap_or("").trim();
-        let size =
-            usize::from_str_radix(size_text, 16).map_err(|_| bad("size is not hexadecimal"))?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err(bad("truncated"));
-        }
-        out.extend_from_slice(&body[..size]);
-        if out.len() > MAX_BODY {
-            return Err(ScrapeError::TooLarge);
-        }
-        body = &body[size + 2..];
-    }
+    Err(last)
 }
 
 /// Scrapes one provider's `/metrics` and reads its load.
@@ -363,6 +268,7 @@ pub fn scrape(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
 
     /// What vLLM 0.10 (V1 engine) serves, trimmed: two models, histograms, a NaN, and label
     /// values with quotes and escapes.
@@ -515,7 +421,11 @@ sglang:gen_throughput{model_name=\"Qwen/Qwen2.5-7B-Instruct\",tp_rank=\"0\"} 123
         assert_eq!(got, body);
         let req = h.join().unwrap();
         assert!(req.starts_with("GET /v/metrics HTTP/1.1\r\n"), "{req}");
-        assert!(req.contains("\r\nHost: replica:8000\r\n"), "{req}");
+        assert!(
+            req.to_ascii_lowercase()
+                .contains("\r\nhost: replica:8000\r\n"),
+            "the provider's Host, not the address: {req}"
+        );
 
         let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec();
         let (addr, _h) = serve_once(resp);
