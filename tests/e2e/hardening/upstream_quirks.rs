@@ -34,7 +34,15 @@ fn odd_upstream_statuses_are_bucketed_in_metrics() {
         let r = post_json(stack.agent.addr, CHAT, &chat_body("smol", "odd", 1, false));
         assert!(r.status >= 250, "{}", r.status);
     }
-    let metrics = stack.agent.metrics();
+    // Metrics are recorded when a request settles, just after its last byte: poll (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let metrics = loop {
+        let m = stack.agent.metrics();
+        if m.contains("status=\"2xx\"} 48") || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let series: Vec<&str> = metrics
         .lines()
         .filter(|l| l.starts_with("tollgate_requests_total{"))
