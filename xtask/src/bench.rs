@@ -20,6 +20,7 @@
 //! cargo xtask bench                 # full run, 5 s per point, about 3-4 minutes
 //! cargo xtask bench --quick         # 1 s per point, smoke run
 //! cargo xtask bench --no-nginx --out /tmp/bench.md
+//! cargo xtask bench --baseline /tmp/old/target/release/tollgate   # another build, same run
 //! ```
 //!
 //! Logs and configs of every process go to `target/tollgate-bench/`. On a 2-vCPU machine the generator,
@@ -61,6 +62,10 @@ pub struct Args {
     /// Use the release binaries already in target/ instead of building them.
     #[arg(long)]
     no_build: bool,
+    /// Also measure another agent binary (e.g. the previous commit's release build) in the
+    /// same run, as `baseline io_uring` / `baseline epoll`.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// Measure only what hot reloads cost: windows with a reload every 100 ms against windows
     /// without, in the same run (`bench/reload.rs`).
     #[arg(long)]
@@ -169,36 +174,42 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcome: direct,
     });
 
-    for driver in agent::DRIVERS {
-        let name = format!("tollgate {driver}");
-        let started = match &agent_build {
-            Ok(()) => agent::start(
-                &layout.bin("tollgate"),
-                &layout.work.join(format!("agent-{driver}")),
-                driver,
-                sim.addr,
-                MODEL,
-            ),
-            Err(why) => Err(anyhow::anyhow!("{why}")),
-        };
-        paths.push(match started {
-            Ok(server) => {
-                let outcome = measure_path(&load, &points, warmup, &server);
-                let detail = agent::driver_line(&server.log_text())
-                    .unwrap_or_else(|| format!("io.driver: {driver}"));
-                stop(server);
-                PathRun {
-                    name,
-                    detail,
-                    outcome,
+    let mut agents = vec![("tollgate", layout.bin("tollgate"))];
+    if let Some(b) = &args.baseline {
+        agents.push(("baseline", b.clone()));
+    }
+    for (label, binary) in &agents {
+        for driver in agent::DRIVERS {
+            let name = format!("{label} {driver}");
+            let started = match &agent_build {
+                Ok(()) => agent::start(
+                    binary,
+                    &layout.work.join(format!("{label}-{driver}")),
+                    driver,
+                    sim.addr,
+                    MODEL,
+                ),
+                Err(why) => Err(anyhow::anyhow!("{why}")),
+            };
+            paths.push(match started {
+                Ok(server) => {
+                    let outcome = measure_path(&load, &points, warmup, &server);
+                    let detail = agent::driver_line(&server.log_text())
+                        .unwrap_or_else(|| format!("io.driver: {driver}"));
+                    stop(server);
+                    PathRun {
+                        name,
+                        detail,
+                        outcome,
+                    }
                 }
-            }
-            Err(e) => PathRun {
-                name,
-                detail: format!("io.driver: {driver}"),
-                outcome: Err(format!("{e:#}")),
-            },
-        });
+                Err(e) => PathRun {
+                    name,
+                    detail: format!("io.driver: {driver}"),
+                    outcome: Err(format!("{e:#}")),
+                },
+            });
+        }
     }
 
     let nginx = if args.no_nginx {
