@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::UpstreamConn;
 
+/// Idle time after which a pooled connection is checked for a close before reuse.
+pub const PEEK_AFTER: Duration = Duration::from_millis(10);
+
 pub struct PoolLocal {
     idle: Vec<Vec<UpstreamConn>>,
     max_idle: usize,
@@ -23,11 +26,15 @@ impl PoolLocal {
     }
 
     /// Takes the freshest idle connection to `provider` that has not expired and that the
-    /// provider has not closed (`UpstreamConn::is_stale`).
+    /// provider has not closed (`UpstreamConn::is_stale`). The check costs a syscall, so a
+    /// connection idle for less than [`PEEK_AFTER`] is taken without it: providers close idle
+    /// keep-alives after seconds, and one closed in that window anyway is handled by forward
+    /// (a failed write is retried on a new connection; a request written in full is not resent).
     pub fn take(&mut self, provider: usize, now: Instant) -> Option<UpstreamConn> {
         let stack = self.idle.get_mut(provider)?;
         while let Some(conn) = stack.pop() {
-            if now.duration_since(conn.idle_since) < self.idle_timeout && !conn.is_stale() {
+            let idle = now.duration_since(conn.idle_since);
+            if idle < self.idle_timeout && (idle < PEEK_AFTER || !conn.is_stale()) {
                 return Some(conn);
             }
         }
