@@ -8,6 +8,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod import;

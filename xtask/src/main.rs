@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod soak;
 mod test;
 
@@ -22,6 +23,8 @@ enum Command {
     Demo(demo::Args),
     /// Run the end-to-end load harness and write a markdown table under benches/results/.
     Bench(bench::Args),
+    /// Fuzz the agent's parsers with cargo-fuzz and write a markdown table under benches/results/.
+    Fuzz(fuzz::Args),
     /// Mixed traffic for 30 min while the agent is SIGKILLed and restarted; checks the ledger, RSS, fds.
     Soak(soak::Args),
 }
@@ -31,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
         Command::Soak(args) => soak::run(args),
     }
 }
