@@ -61,7 +61,9 @@ impl ResponseHead {
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                chunked = has_token(h.value, b"chunked");
+                // Several Transfer-Encoding lines form one list: any of them saying chunked
+                // frames the body (the last line alone must not decide; found by fuzzing).
+                chunked |= has_token(h.value, b"chunked");
             } else if name.eq_ignore_ascii_case(b"connection") {
                 if has_token(h.value, b"close") {
                     keep_alive = false;
@@ -122,6 +124,15 @@ mod tests {
             &h.passthrough[..],
             b"content-type: text/event-stream; charset=utf-8\r\nx-request-id: abc\r\n"
         );
+    }
+
+    #[test]
+    fn transfer_encoding_lines_add_up() {
+        let h = ResponseHead::parse(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(h.framing, ResponseFraming::Chunked);
     }
 
     #[test]
