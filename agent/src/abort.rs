@@ -37,8 +37,9 @@ impl AbortSignal {
         }
     }
 
-    /// Waker slots in use (for tests).
-    pub fn waiting(&self) -> usize {
+    /// Waker slots in use.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
         self.wakers.borrow().iter().filter(|w| w.is_some()).count()
     }
 }

@@ -50,10 +50,6 @@ impl BodyBudget {
         })
     }
 
-    /// Bytes reserved now.
-    pub fn used(&self) -> u64 {
-        self.used.get()
-    }
 }
 
 /// A share of a [`BodyBudget`]; given back on drop.
