@@ -164,7 +164,7 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         "/metrics" => respond(
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            ctx.shared.metrics.render(),
+            ctx.shared.render_metrics(),
         ),
         "/readyz" => {
             let snap = ctx.shared.snapshot.load();

@@ -27,6 +27,11 @@ pub struct ClientConn {
     /// attribution map at accept; `None` for remote clients or without the kernel side.
     /// Shared by reference with the records of this connection's requests.
     pub attribution: Option<Arc<ConnAttribution>>,
+    /// The client's cgroup (path, container, pod), resolved once per connection.
+    pub cgroup: Option<Arc<crate::kernel::cgroup::CgroupInfo>>,
+    /// What the attribution rules say about this client, resolved once per connection before
+    /// any request is admitted (so limits per team hold for unlabelled clients).
+    pub kernel_identity: Option<crate::identity::Identity>,
 }
 
 impl ClientConn {
@@ -68,6 +73,8 @@ impl ClientConn {
             buf: BytesMut::with_capacity(16 * 1024),
             peer,
             attribution: None,
+            cgroup: None,
+            kernel_identity: None,
         }
     }
 
@@ -112,6 +119,9 @@ impl ClientConn {
         }
         if let Some(id) = request_id {
             extra.push_str(&format!("x-tollgate-request-id: {id}\r\n"));
+        }
+        if let Some(d) = &err.detail {
+            extra.push_str(&d.headers);
         }
         self.respond(
             r.status,

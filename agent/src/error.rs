@@ -52,6 +52,19 @@ pub enum ErrorKind {
     UnsupportedApi,
     /// The admin API was called without the admin token, or with a wrong one.
     AdminUnauthorized,
+    /// No usable virtual key: `missing_api_key`, `invalid_api_key`, `key_expired`, `key_disabled`.
+    Unauthorized { code: &'static str },
+    /// The key may not be used from this address (`ip_not_allowed`) or for this model
+    /// (`model_not_allowed`).
+    Forbidden { code: &'static str },
+    /// An identity header that policy requires is missing (`require_headers`).
+    MissingIdentityHeader { header: &'static str },
+    /// A rate limit has no room; `kind` is `requests` or `tokens`, as OpenAI's error types.
+    RateLimited { kind: &'static str },
+    /// A budget has no room for this request in its window.
+    BudgetExceeded,
+    /// The session's loop-guard breaker is open.
+    LoopDetected,
     /// No route for this path.
     NotFound,
     /// Known path, wrong method.
@@ -90,6 +103,8 @@ pub struct ErrorDetail {
     pub resets_at_ms: Option<i64>,
     /// Seconds the client should wait; overrides the kind's default `Retry-After`.
     pub retry_after_s: Option<u32>,
+    /// Extra response header lines (`name: value\r\n`), e.g. the rate-limit headers.
+    pub headers: String,
 }
 
 /// A fully rendered error response.
@@ -137,6 +152,12 @@ impl GateError {
             | ModelNotFound
             | UnsupportedApi
             | AdminUnauthorized
+            | Unauthorized { .. }
+            | Forbidden { .. }
+            | MissingIdentityHeader { .. }
+            | RateLimited { .. }
+            | BudgetExceeded
+            | LoopDetected
             | NotFound
             | MethodNotAllowed => Side::Client,
             UpstreamUnreachable
@@ -164,6 +185,12 @@ impl GateError {
             ModelNotFound => (404, "invalid_request_error", "model_not_found"),
             UnsupportedApi => (400, "invalid_request_error", "unsupported_api_for_model"),
             AdminUnauthorized => (401, "invalid_request_error", "invalid_admin_token"),
+            Unauthorized { code } => (401, "invalid_request_error", code),
+            Forbidden { code } => (403, "invalid_request_error", code),
+            MissingIdentityHeader { .. } => (400, "invalid_request_error", "missing_identity_header"),
+            RateLimited { kind } => (429, kind, "rate_limit_exceeded"),
+            BudgetExceeded => (429, "insufficient_quota", "budget_exceeded"),
+            LoopDetected => (429, "requests", "loop_detected"),
             NotFound => (404, "invalid_request_error", "not_found"),
             MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed"),
             UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),
@@ -192,6 +219,10 @@ impl GateError {
             ErrorKind::InvalidRequest { param } => param,
             ErrorKind::DuplicateKey { param } => Some(param),
             ErrorKind::ModelNotFound | ErrorKind::UnsupportedApi => Some("model"),
+            ErrorKind::Forbidden {
+                code: "model_not_allowed",
+            } => Some("model"),
+            ErrorKind::MissingIdentityHeader { header } => Some(header),
             _ => None,
         }
     }
@@ -269,6 +300,7 @@ mod tests {
                 limit: Some("team:search/requests_per_minute".into()),
                 resets_at_ms: Some(1_700_000_000_000),
                 retry_after_s: Some(7),
+                headers: String::new(),
             });
         let r = e.to_response(Wire::OpenAi);
         assert_eq!(r.retry_after_s, Some(7), "the detail's Retry-After wins");

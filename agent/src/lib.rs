@@ -9,6 +9,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod fuzzing;
+pub mod governance;
 pub mod http;
 pub mod identity;
 pub mod import;

@@ -49,7 +49,7 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
                     .await
             }
             "/metrics" => {
-                let text = w.shared.metrics.render();
+                let text = w.shared.render_metrics();
                 client
                     .respond(
                         200,

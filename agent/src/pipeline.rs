@@ -3,9 +3,10 @@
 //! every proxied request is metered and recorded, whatever failed.
 //!
 //! ```text
-//! accept (worker.rs) → read → identify → inspect → [admit] → route → forward → relay → settle
+//! accept (worker.rs) → read → identify → inspect → admit → route → forward → relay → settle
 //! ```
-//! `admit` (keys, limits, budgets) joins between inspect and route with governance.
+//! `admit` decides who may spend (keys, model access, loop guard, rate limits, budgets) and
+//! reserves what the request may use; the ledger writer settles it to the actual usage.
 //! Kernel attribution was looked up once at accept and lives on the `ClientConn`: route reads
 //! its original destination (intercepted connections), settle hands it to the ledger. On an
 //! intercepted connection, requests that are not inference calls bypass the phases and are
@@ -26,7 +27,7 @@ use crate::metering::Usage;
 use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
-use crate::phase::{forward, identify, inspect, passthrough, relay, route, settle};
+use crate::phase::{admit, forward, identify, inspect, passthrough, relay, route, settle};
 use crate::snapshot::Snapshot;
 use crate::worker::Worker;
 
@@ -95,6 +96,14 @@ pub struct RequestCtx {
     pub reservation: Reservation,
     /// The configuration this request runs on, start to finish (a reload does not change it).
     pub snap: Arc<Snapshot>,
+    /// The virtual key that authorised the request.
+    pub key: Option<Arc<crate::governance::keys::KeyEntry>>,
+    /// Budget and token-limit reservations, settled to the actual use by the ledger writer.
+    pub hold: crate::governance::hold::Hold,
+    /// Rate-limit headers (and fallback) for the response.
+    pub quota: Option<Box<crate::phase::admit::Quota>>,
+    /// The price the request is charged at.
+    pub price: Option<crate::metering::prices::Price>,
 }
 
 impl RequestCtx {
@@ -124,6 +133,10 @@ impl RequestCtx {
             sealed: None,
             reservation: req.reservation,
             snap: req.snap,
+            key: None,
+            hold: crate::governance::hold::Hold::default(),
+            quota: None,
+            price: None,
         }
     }
 }
@@ -209,6 +222,7 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     identify::run(ctx);
     let snap = ctx.snap.clone();
     inspect::run(ctx, snap.cfg.limits.max_json_depth)?;
+    admit::run(&w.shared.governor, client, ctx).await?;
     route::run(&snap, &w.health, ctx, client.original_dst())?;
     let forwarded = loop {
         match forward::run(w, ctx).await {

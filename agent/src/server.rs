@@ -180,10 +180,17 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         cfg.models.iter().map(|m| m.name.clone()).collect(),
         cfg.providers.iter().map(|p| p.name.clone()).collect(),
     ));
+    // Keys and exceptions from the governance store; budget counters are rebuilt from the
+    // ledger (journal replayed above) as the first snapshot binds them.
+    let (governor, governance_rx) = crate::governance::Governor::open(&cfg.data_dir)
+        .with_context(|| format!("opening the governance store in {}", cfg.data_dir.display()))?;
+    for w in crate::config::validate_governance::warnings(&cfg.governance) {
+        tracing::warn!("{w}");
+    }
     // Provider ids, TLS and first address resolution; the reloader keeps the registry.
     let mut registry = Registry::default();
     let first_snapshot = registry
-        .build(cfg.clone(), 1, &metrics)
+        .build(cfg.clone(), 1, &metrics, &governor)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let boot_id = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -208,10 +215,11 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         .as_ref()
         .filter(|k| k.features().counters.is_active())
         .map(Kernel::counter_writer);
+    let cgroups = kernel
+        .as_ref()
+        .map(|k| Arc::new(CgroupResolver::new(k.cgroup_root())));
     let enricher = Enricher::new(
-        kernel
-            .as_ref()
-            .map(|k| CgroupResolver::new(k.cgroup_root())),
+        cgroups.clone(),
         counters.clone(),
         cfg.attribution.clone(),
     );
@@ -229,7 +237,13 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         replicas: metrics.replicas.clone(),
         gpus: metrics.gpus.clone(),
         io_driver: std::sync::OnceLock::new(),
+        governor: governor.clone(),
+        cgroups,
     });
+    let gov_shared = shared.clone();
+    std::thread::Builder::new()
+        .name("tollgate-governance".into())
+        .spawn(move || crate::governance::thread::run(gov_shared, governance_rx))?;
     // NVML is opened here so `/readyz` says from the start whether GPU counters are on.
     let gpu = telemetry_thread::open_gpu(&shared.gpus);
 
@@ -240,7 +254,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         .name("tollgate-control".into())
         // Estimates parse prompt JSON (depth-checked, recursive) on this thread too.
         .stack_size(worker::STACK_BYTES)
-        .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics, enricher))?;
+        .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics, enricher, governor))?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let seed = WorkerSeed {

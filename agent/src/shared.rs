@@ -34,6 +34,21 @@ pub struct Shared {
     pub gpus: Arc<GpuBoard>,
     /// The I/O driver the workers run on, set by the first worker that starts.
     pub io_driver: std::sync::OnceLock<&'static str>,
+    /// Keys, live limit and budget counters, exceptions, loop-guard sessions.
+    pub governor: Arc<crate::governance::Governor>,
+    /// Resolves a client's cgroup id to its path, container and pod (once per connection, so
+    /// limits by team hold for unlabelled clients in a team's containers).
+    pub cgroups: Option<Arc<crate::kernel::cgroup::CgroupResolver>>,
+}
+
+impl Shared {
+    /// Every metric, for `/metrics` (client port and admin listener).
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.metrics.render();
+        self.governor
+            .render(&self.snapshot.load().governance, &mut out);
+        out
+    }
 }
 
 /// What the kernel side is doing, for `/readyz` and `tollgate status`.

@@ -57,6 +57,8 @@ pub struct Snapshot {
     pub providers: Vec<Arc<ProviderRuntime>>,
     /// Metric label id of each model, by `cfg.models` index.
     pub model_labels: Vec<u32>,
+    /// The live counters of `cfg.governance`'s rate limits and budgets.
+    pub governance: Arc<crate::governance::Bound>,
 }
 
 impl Snapshot {
@@ -98,6 +100,7 @@ impl Registry {
         cfg: Arc<Config>,
         generation: u64,
         metrics: &Metrics,
+        governor: &crate::governance::Governor,
     ) -> Result<Snapshot, SnapshotError> {
         let mut providers = Vec::with_capacity(cfg.providers.len());
         let mut live = HashMap::new();
@@ -134,11 +137,13 @@ impl Registry {
             .iter()
             .map(|m| metrics.model_label(&m.name))
             .collect();
+        let governance = Arc::new(governor.bind(&cfg.governance));
         Ok(Snapshot {
             generation,
             cfg,
             providers,
             model_labels,
+            governance,
         })
     }
 }
@@ -154,12 +159,14 @@ mod tests {
     #[test]
     fn unchanged_providers_keep_their_id_and_runtime() {
         let metrics = Metrics::new(1, vec![], vec![]);
+        let gov = crate::governance::Governor::for_tests();
         let mut reg = Registry::default();
         let a = reg
             .build(
                 cfg("providers:\n  - {name: a, kind: openai, base_url: http://127.0.0.1:8001}\n  - {name: b, kind: openai, base_url: http://127.0.0.1:8002}\nmodels:\n  - {name: m, provider: a}\n"),
                 1,
                 &metrics,
+                &gov,
             )
             .unwrap();
         // b moves to another port, c is new, a is unchanged (and listed second now).
@@ -168,6 +175,7 @@ mod tests {
                 cfg("providers:\n  - {name: b, kind: openai, base_url: http://127.0.0.1:9002}\n  - {name: a, kind: openai, base_url: http://127.0.0.1:8001}\n  - {name: c, kind: openai, base_url: http://127.0.0.1:8003}\nmodels:\n  - {name: n, provider: c}\n  - {name: m, provider: a}\n"),
                 2,
                 &metrics,
+                &gov,
             )
             .unwrap();
         assert!(Arc::ptr_eq(&a.providers[0], &b.providers[1]), "a is shared");

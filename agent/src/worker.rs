@@ -209,12 +209,40 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The client's cgroup and what the attribution rules make of it, once per connection. A
+/// cgroup seen before is a cache hit; a new one walks the cgroup tree once (on this worker:
+/// admission needs the answer before the first request).
+fn resolve_kernel_identity(w: &Worker, client: &mut ClientConn) {
+    let Some(conn) = client.attribution.clone() else {
+        return;
+    };
+    client.cgroup = w
+        .shared
+        .cgroups
+        .as_ref()
+        .and_then(|r| r.resolve(conn.cgroup_id));
+    let cg = client.cgroup.as_deref();
+    let facts = crate::config::KernelFacts {
+        cgroup_path: cg.map(|c| c.path.as_str()),
+        comm: Some(conn.comm.as_str()),
+        container_id: cg.and_then(|c| c.identity.container_id.as_deref()),
+        pod_uid: cg.and_then(|c| c.identity.pod_uid.as_deref()),
+    };
+    let snap = w.shared.snapshot.load();
+    client.kernel_identity = snap
+        .cfg
+        .attribution
+        .rule_for(&facts)
+        .map(|rule| rule.fills.clone());
+}
+
 /// Phase 1, accept, continues here: one task per client connection, serving its requests in
 /// order. A local client's kernel attribution (pid, comm, cgroup, original destination) is
 /// looked up here, once per connection (one map lookup syscall), never per request.
 async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
     if let Some(reader) = &w.shared.attribution {
         client.attribution = reader.lookup(client.peer).map(Arc::new);
+        resolve_kernel_identity(&w, &mut client);
     }
     let globals = &w.shared.metrics.globals;
     globals.connections_open.fetch_add(1, Ordering::Relaxed);

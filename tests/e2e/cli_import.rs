@@ -53,7 +53,8 @@ router_settings:
     std::fs::write(
         &converted,
         format!(
-            "{}kernel: {{ enabled: off }}\n",
+            // LiteLLM's own virtual keys are not imported; this client sends none.
+            "{}kernel: {{ enabled: off }}\nauth: {{ mode: open }}\n",
             out.stdout.replace(
                 "./tollgate-data",
                 &dir.path().join("data").display().to_string()

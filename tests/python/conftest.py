@@ -110,6 +110,7 @@ def _config(sim_addr: str, data_dir: Path) -> str:
 listen: 127.0.0.1:0
 data_dir: {data_dir}
 workers: 2
+auth: {{ mode: open }}
 io: {{ driver: auto }}
 limits: {{ max_body_bytes: 1048576, header_timeout_ms: 1000, body_timeout_ms: 1000, idle_timeout_ms: 5000, max_head_bytes: 65536, max_headers: 100 }}
 upstream: {{ connect_timeout_ms: 1000, response_timeout_ms: 2000, read_timeout_ms: 2000, drain_timeout_ms: 5000 }}

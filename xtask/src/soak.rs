@@ -423,6 +423,7 @@ fn render_config(
 listen: {listen}
 data_dir: {data}
 workers: {WORKERS}
+auth: {{ mode: open }}
 kernel: {{ enabled: off }}
 limits: {{ max_body_bytes: 1048576, header_timeout_ms: 5000, body_timeout_ms: 5000, idle_timeout_ms: 15000 }}
 upstream: {{ response_timeout_ms: 10000, read_timeout_ms: 10000, drain_timeout_ms: 5000 }}

@@ -80,6 +80,8 @@ fn demo_config(a: SocketAddr, b: SocketAddr, args: &Args) -> anyhow::Result<Conf
         "listen: {listen}
 data_dir: {data}
 workers: 2
+# The demo's clients send no key; a deployment keeps the default `auth: {{ mode: keys }}`.
+auth: {{ mode: open }}
 providers:
   - name: replica-a
     kind: openai

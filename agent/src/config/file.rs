@@ -16,8 +16,8 @@ pub struct FileConfig {
     pub shutdown_grace_ms: Option<u64>,
     #[serde(default)]
     pub io: IoFile,
-    #[serde(default)]
-    pub limits: LimitsFile,
+    /// Transport limits (a map: body size, timeouts, ...) or rate limits (a list of rules).
+    pub limits: Option<serde_yaml_ng::Value>,
     #[serde(default)]
     pub upstream: UpstreamFile,
     #[serde(default)]
@@ -39,6 +39,31 @@ pub struct FileConfig {
     /// The operators' listener (`/metrics`, `/readyz`, later reloads and keys), token-protected.
     #[serde(default)]
     pub admin: AdminFile,
+    /// Governance (`validate_governance.rs`): `{mode: keys}` (default) or `{mode: open}`.
+    pub auth: Option<serde_yaml_ng::Value>,
+    /// Identity headers every request must carry (or its key or kernel identity must fill).
+    #[serde(default)]
+    pub require_headers: Vec<String>,
+    /// USD per 1M tokens, by configured or provider model name (extends the built-in catalog).
+    #[serde(default)]
+    pub prices: std::collections::HashMap<String, serde_yaml_ng::Value>,
+    /// Rate limits, when `limits:` holds transport limits.
+    #[serde(default)]
+    pub rate_limits: Vec<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub budgets: Vec<serde_yaml_ng::Value>,
+    #[serde(default)]
+    pub model_access: Vec<serde_yaml_ng::Value>,
+    /// Tier name → model globs.
+    #[serde(default)]
+    pub model_tiers: std::collections::HashMap<String, Vec<String>>,
+    /// `x-tollgate-workflow` class (glob) → the tiers it may use.
+    #[serde(default)]
+    pub workload_classes: std::collections::HashMap<String, serde_yaml_ng::Value>,
+    pub loop_guard: Option<serde_yaml_ng::Value>,
+    pub alerts: Option<serde_yaml_ng::Value>,
+    /// Output tokens reserved against budgets for a request that sets no maximum (4096).
+    pub default_max_output_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -9,6 +9,7 @@ pub mod kernel;
 mod lines;
 mod validate;
 mod validate_kernel;
+pub mod validate_governance;
 
 pub use kernel::{
     Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelFacts, KernelMode,

@@ -14,7 +14,8 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::admin::AdminSettings;
-use super::file::{FileConfig, ModelFile, ProviderFile, ReplicasFile};
+use super::file::{FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile};
+use super::validate_governance::GovernanceFile;
 use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
 use super::validate_kernel::{canonical, intercept_routes};
@@ -208,6 +209,10 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Whether the client port answers `GET /metrics` too.
     pub metrics_on_client_port: bool,
+    /// Keys, limits, budgets, model access, loop guard (`validate_governance.rs`).
+    pub governance: crate::governance::policy::Policy,
+    /// USD per 1M tokens: the built-in catalog plus `prices:`.
+    pub prices: crate::metering::prices::PriceCatalog,
 }
 
 impl Config {
@@ -358,7 +363,29 @@ impl Validator<'_> {
                 IoDriver::Auto
             }
         };
-        let l = &f.limits;
+        // `limits:` is either the transport limits (a map) or a list of rate limits.
+        let mut rate_limits: Vec<(String, serde_yaml_ng::Value)> = Vec::new();
+        let limits_file: LimitsFile = match f.limits.clone() {
+            Some(serde_yaml_ng::Value::Sequence(items)) => {
+                rate_limits.extend(
+                    items
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, v)| (format!("limits[{i}]"), v)),
+                );
+                LimitsFile::default()
+            }
+            Some(v) => self.item::<LimitsFile>("limits", v).unwrap_or_default(),
+            None => LimitsFile::default(),
+        };
+        rate_limits.extend(
+            f.rate_limits
+                .iter()
+                .cloned()
+                .enumerate()
+                .map(|(i, v)| (format!("rate_limits[{i}]"), v)),
+        );
+        let l = &limits_file;
         let limits = Limits {
             max_head_bytes: l.max_head_bytes.unwrap_or(64 * 1024),
             max_headers: l.max_headers.unwrap_or(100),
@@ -415,6 +442,22 @@ impl Validator<'_> {
         let attribution = self.attribution(f.attribution);
         let replicas = self.replicas(&f.replicas);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
+        let (governance, prices) = self.governance(
+            GovernanceFile {
+                auth: f.auth,
+                require_headers: f.require_headers,
+                prices: f.prices,
+                rate_limits,
+                budgets: f.budgets,
+                model_access: f.model_access,
+                model_tiers: f.model_tiers,
+                workload_classes: f.workload_classes,
+                loop_guard: f.loop_guard,
+                alerts: f.alerts,
+                default_max_output_tokens: f.default_max_output_tokens,
+            },
+            &models,
+        );
 
         Config {
             listen,
@@ -436,6 +479,8 @@ impl Validator<'_> {
             replicas,
             admin,
             metrics_on_client_port,
+            governance,
+            prices,
         }
     }
 

@@ -21,7 +21,7 @@ use super::UsageRecord;
 /// side there is nothing to resolve or count, and records pass through unchanged.
 #[derive(Debug, Default)]
 pub struct Enricher {
-    resolver: Option<CgroupResolver>,
+    resolver: Option<std::sync::Arc<CgroupResolver>>,
     counters: Option<CounterWriter>,
     attribution: AttributionSettings,
     /// Whether a counter update already failed (logged once, then counted silently).
@@ -42,7 +42,7 @@ fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
 
 impl Enricher {
     pub fn new(
-        resolver: Option<CgroupResolver>,
+        resolver: Option<std::sync::Arc<CgroupResolver>>,
         counters: Option<CounterWriter>,
         attribution: AttributionSettings,
     ) -> Self {
@@ -200,7 +200,7 @@ mod tests {
             },
             ..AttributionRule::default()
         };
-        let mut e = Enricher::new(Some(CgroupResolver::new(&base)), None, settings(vec![rule]));
+        let mut e = Enricher::new(Some(std::sync::Arc::new(CgroupResolver::new(&base))), None, settings(vec![rule]));
         let mut r = UsageRecord {
             conn: Some(conn("sh", id)),
             ..UsageRecord::default()

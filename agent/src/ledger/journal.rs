@@ -56,6 +56,10 @@ struct Entry {
     estimated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     conn: Option<ConnEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(default)]
+    cost_micro_usd: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +77,11 @@ impl Entry {
         let (u, estimated) = match approx {
             Some(a) => (a, true),
             None => (r.usage, r.estimated),
+        };
+        // An estimate's cost is computed from the approximate usage journalled with it.
+        let cost_micro_usd = match (approx, r.price) {
+            (Some(a), Some(p)) => p.micro_usd(&a),
+            _ => r.cost_micro_usd,
         };
         Entry {
             id: r.id.clone(),
@@ -100,6 +109,8 @@ impl Entry {
                 cgroup_id: c.cgroup_id,
                 original_dst: c.original_dst,
             }),
+            key_id: r.key_id.clone(),
+            cost_micro_usd,
         }
     }
 
@@ -141,6 +152,10 @@ impl Entry {
                 })
             }),
             cgroup: None,
+            key_id: self.key_id,
+            cost_micro_usd: self.cost_micro_usd,
+            price: None,
+            hold: Default::default(),
         }
     }
 }

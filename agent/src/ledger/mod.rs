@@ -51,6 +51,15 @@ pub struct UsageRecord {
     pub conn: Option<Arc<ConnAttribution>>,
     /// The client's cgroup, resolved on the control thread.
     pub cgroup: Option<Arc<CgroupInfo>>,
+    /// The virtual key that authorised the request.
+    pub key_id: Option<String>,
+    /// What the usage cost at the served model's price, in micro-USD (0 without a price).
+    pub cost_micro_usd: u64,
+    /// The served model's price, for a cost computed once usage is final (estimates).
+    pub price: Option<crate::metering::prices::Price>,
+    /// The request's budget and token-limit reservations, settled to the actual usage when the
+    /// record reaches the writer (`governance::hold`).
+    pub hold: crate::governance::hold::Hold,
 }
 
 pub const SCHEMA: &str = "
@@ -71,7 +80,8 @@ CREATE TABLE IF NOT EXISTS usage (
     reasoning_tokens INTEGER NOT NULL,
     estimated INTEGER NOT NULL,
     pid INTEGER, comm TEXT, uid INTEGER, cgroup_id INTEGER, cgroup_path TEXT,
-    container_id TEXT, pod_uid TEXT, original_dst TEXT
+    container_id TEXT, pod_uid TEXT, original_dst TEXT,
+    key_id TEXT, cost_micro_usd INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -87,6 +97,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("container_id", "TEXT"),
     ("pod_uid", "TEXT"),
     ("original_dst", "TEXT"),
+    ("key_id", "TEXT"),
+    ("cost_micro_usd", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -125,6 +137,7 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     migrate(&conn)?;
+    conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
     Ok(conn)
 }
 
@@ -150,9 +163,10 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              team, project, user_id, session_id, workflow, cost_center,
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
-             pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst)
+             pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
+             key_id, cost_micro_usd)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -189,6 +203,8 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 cg.and_then(|c| c.identity.container_id.as_deref()),
                 cg.and_then(|c| c.identity.pod_uid.as_deref()),
                 k.and_then(|k| k.original_dst).map(|a| a.to_string()),
+                r.key_id,
+                r.cost_micro_usd as i64,
             ])?;
         }
     }

@@ -14,6 +14,7 @@ use rusqlite::Connection;
 use super::enrich::Enricher;
 use super::{insert_batch, UsageRecord};
 use crate::config::LedgerSettings;
+use crate::governance::{Event, Governor};
 use crate::metering::estimate::{estimate, EstimateInput};
 use crate::telemetry::metrics::{Metrics, SeriesKey};
 
@@ -48,6 +49,7 @@ pub fn run(
     settings: LedgerSettings,
     metrics: Arc<Metrics>,
     mut enricher: Enricher,
+    governor: Arc<Governor>,
 ) {
     let control_shard = metrics.shards.len() - 1;
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
@@ -65,7 +67,7 @@ pub fn run(
                 while let Ok(m) = rx.try_recv() {
                     match m {
                         ToWriter::Batch(msgs) => {
-                            absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher)
+                            absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher, &governor)
                         }
                         ToWriter::Retire(path) => retired.push(path),
                         ToWriter::Stop => {}
@@ -86,7 +88,7 @@ pub fn run(
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
             }
             Ok(ToWriter::Batch(msgs)) => {
-                absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher);
+                absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher, &governor);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
@@ -115,13 +117,14 @@ fn absorb(
     metrics: &Metrics,
     control_shard: usize,
     enricher: &mut Enricher,
+    governor: &Governor,
 ) {
     metrics
         .globals
         .ledger_queue
         .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
     for m in msgs {
-        batch.push(prepare(m, metrics, control_shard, enricher));
+        batch.push(prepare(m, metrics, control_shard, enricher, governor));
     }
     enricher.flush_counters();
 }
@@ -132,6 +135,7 @@ fn prepare(
     metrics: &Metrics,
     control_shard: usize,
     enricher: &mut Enricher,
+    governor: &Governor,
 ) -> UsageRecord {
     let mut record = match m {
         LedgerMsg::Record(r) => *r,
@@ -142,12 +146,38 @@ fn prepare(
         } => {
             record.usage = estimate(&input);
             record.estimated = true;
+            if let Some(p) = record.price {
+                record.cost_micro_usd = p.micro_usd(&record.usage);
+            }
             metrics.shards[control_shard].record_usage(series, &record.usage, true);
             *record
         }
     };
     enricher.apply(&mut record);
+    settle_governance(&mut record, governor);
     record
+}
+
+/// Replaces the request's reservations by its final usage, raises the budget alerts that
+/// crossed, and tells the loop guard the session's tokens.
+fn settle_governance(record: &mut UsageRecord, governor: &Governor) {
+    let session = record.hold.session.take();
+    for alert in record.hold.settle(&record.usage, record.cost_micro_usd) {
+        governor.emit(Event::Alert(alert));
+    }
+    let (Some(session), Some(guard)) = (session, governor.loop_guard()) else {
+        return;
+    };
+    let tokens = record.usage.input_tokens + record.usage.output_tokens;
+    if let Some(trip) = session.observe_tokens(&guard, crate::governance::window::now_ms(), tokens) {
+        governor.counters.loop_trips.fetch_add(1, Ordering::Relaxed);
+        let subject = record.identity.session.clone().unwrap_or_default();
+        governor.audit(
+            "loop.trip",
+            &subject,
+            serde_json::json!({ "reason": trip.describe(), "request": record.id, "key": record.key_id }),
+        );
+    }
 }
 
 /// Deletes journal segments whose every record is committed.

@@ -3,6 +3,7 @@
 //! tokens with a BPE tokenizer when the provider reported nothing (off the request path).
 
 pub mod estimate;
+pub mod prices;
 pub mod sse;
 pub mod usage;
 

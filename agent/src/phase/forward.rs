@@ -123,7 +123,7 @@ struct Edit {
 /// was requested by us (and so must be hidden from the client).
 fn body_edits(api: Api, body: &[u8], ins: &Inspection, upstream_model: &str) -> (Vec<Edit>, bool) {
     let mut edits = Vec::with_capacity(2);
-    if ins.model != upstream_model {
+    if ins.model != upstream_model || ins.original_model.is_some() {
         let quoted = serde_json::to_string(upstream_model)
             .unwrap_or_else(|_| format!("\"{upstream_model}\""));
         edits.push(Edit {

@@ -37,6 +37,9 @@ pub struct Inspection {
     pub prompt_spans: Vec<Range<usize>>,
     /// Sum of the span lengths in bytes: the input for calibrated token estimates.
     pub prompt_bytes: usize,
+    /// The model the client asked for, when admission moved the request to another one (a
+    /// budget's fallback); `model` is then the one serving, and the body's model is rewritten.
+    pub original_model: Option<String>,
 }
 
 /// Errors the inspection pass reports.

@@ -1,6 +1,7 @@
 //! The request lifecycle, one module per phase, called in order by `pipeline.rs`.
 //! `accept` happens in `worker.rs` (per-core listener); `admit` lands with governance.
 
+pub mod admit;
 pub mod forward;
 pub mod identify;
 pub mod inspect;

@@ -396,10 +396,21 @@ fn response_head(
             }
         }
         out.header("content-type", b"application/json");
+    } else if ctx.quota.is_some() {
+        // The provider's own limits describe its key, not the client's quota: ours replace them.
+        for line in head.passthrough.split_inclusive(|b| *b == b'\n') {
+            let name = line.get(..20).unwrap_or(line).to_ascii_lowercase();
+            if !name.starts_with(b"x-ratelimit-") && !name.starts_with(b"anthropic-ratelimit-") {
+                out.lines(line);
+            }
+        }
     } else {
         out.lines(&head.passthrough);
     }
     out.header("x-tollgate-request-id", ctx.id.as_bytes());
+    if let Some(q) = &ctx.quota {
+        out.lines(crate::phase::admit::render_quota(q, ctx.api.wire()).as_bytes());
+    }
     let body = match (framing, head.framing, substitute) {
         (ClientFraming::Length, _, Some(body)) => ClientBody::Length(body.len() as u64),
         (ClientFraming::Length, ResponseFraming::Length(n), None) => ClientBody::Length(n),

@@ -189,7 +189,7 @@ impl Reloader {
         let generation = current.generation + 1;
         let snap = state
             .registry
-            .build(Arc::new(cfg), generation, &self.shared.metrics)?;
+            .build(Arc::new(cfg), generation, &self.shared.metrics, &self.shared.governor)?;
         self.shared.snapshot.store(Arc::new(snap));
         state.applied_sha256 = sha;
         let version = match history::record(&self.boot.data_dir, &text, trigger.label(), generation)

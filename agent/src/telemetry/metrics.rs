@@ -177,7 +177,7 @@ impl std::fmt::Display for StatusLabel {
     }
 }
 
-fn escape(v: &str) -> String {
+pub fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

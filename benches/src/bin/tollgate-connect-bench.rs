@@ -245,7 +245,7 @@ fn measure(agent: SocketAddr, sim: SocketAddr, n: usize, out: &mut Samples) -> a
 
 fn config(dir: &Path, sim: SocketAddr, kernel: &str, pin_dir: &Path, workers: usize) -> String {
     format!(
-        "listen: 127.0.0.1:0\ndata_dir: {}\nworkers: {workers}\nledger: {{ flush_interval_ms: 20 }}\n\
+        "listen: 127.0.0.1:0\ndata_dir: {}\nworkers: {workers}\nledger: {{ flush_interval_ms: 20 }}\nauth: {{ mode: open }}\n\
          providers:\n  - name: sim\n    kind: openai\n    base_url: http://{sim}\n\
          models:\n  - name: smol\n    provider: sim\n    model: smollm2\n\
          kernel: {{ enabled: {kernel}, pin_dir: {} }}\nintercept: [\"{sim}\"]\n",

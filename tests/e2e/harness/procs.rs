@@ -308,6 +308,10 @@ pub struct AgentConfig {
     /// Render `kernel: { enabled: off }`: these tests are about the proxy, and agents started in
     /// parallel must not compete for the kernel programs (agent/tests/kernel.rs tests those).
     pub kernel_off: bool,
+    /// Top-level governance YAML (`auth`, `limits` as a list, `budgets`, ...), rendered as
+    /// written. Defaults to `auth: { mode: open }` (most tests are about the proxy, not keys)
+    /// for agents that know governance.
+    pub governance_yaml: String,
 }
 
 impl AgentConfig {
@@ -351,6 +355,11 @@ impl AgentConfig {
             shutdown_grace_ms: None,
             extra_limits: Vec::new(),
             kernel_off: kernel_section_supported(),
+            governance_yaml: if governance_supported() {
+                "auth: { mode: open }\n".into()
+            } else {
+                String::new()
+            },
         }
     }
 
@@ -410,8 +419,31 @@ impl AgentConfig {
             ));
         }
         y.push_str(&self.extra_models_yaml);
+        y.push_str(&self.governance_yaml);
         y
     }
+}
+
+/// Whether this build of the agent knows governance (`auth:`), asked once like the kernel
+/// section, so A/B runs against older agents keep working.
+fn governance_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| validates("auth: { mode: open }\n"))
+}
+
+fn validates(yaml: &str) -> bool {
+    let dir = TempDir::new("probe");
+    let path = dir.path().join("probe.yaml");
+    std::fs::write(&path, yaml).expect("writing the probe config");
+    Command::new(bin("tollgate"))
+        .arg("validate")
+        .arg("--config")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// Whether this build of the agent knows the `kernel:` section (asked once, with `validate`), so

@@ -22,6 +22,7 @@ pub fn render_config(data_dir: &Path, driver: &str, upstream: SocketAddr, model:
 listen: 127.0.0.1:0
 data_dir: {data}
 workers: 1
+auth: {{ mode: open }}
 io: {{ driver: {driver} }}
 providers:
   - name: local

@@ -1,0 +1,385 @@
+//! Validation of the governance sections: `auth`, `require_headers`, `prices`, rate limits
+//! (`limits:` as a list, or `rate_limits:`), `budgets`, `model_access`, `model_tiers` and
+//! `workload_classes`, `loop_guard`, `alerts`. Produces the immutable `Policy` and the price
+//! catalog; the live counters are bound later (`Governor::bind`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::validate::{Model, Validator};
+use super::Glob;
+use crate::governance::budget::MAX_AMOUNT;
+use crate::governance::policy::{
+    AccessRule, AuthMode, BudgetRule, IdentityField, LoopGuard, OnBreach, Policy, Rate, RateKind,
+    RateLimitRule, Scope, WorkloadClass,
+};
+use crate::governance::window::Window;
+use crate::metering::prices::{Price, PriceCatalog};
+
+/// The governance part of the file, gathered by `validate.rs`.
+#[derive(Debug, Default)]
+pub struct GovernanceFile {
+    pub auth: Option<serde_yaml_ng::Value>,
+    pub require_headers: Vec<String>,
+    pub prices: HashMap<String, serde_yaml_ng::Value>,
+    /// (path prefix, item) of every rate limit rule.
+    pub rate_limits: Vec<(String, serde_yaml_ng::Value)>,
+    pub budgets: Vec<serde_yaml_ng::Value>,
+    pub model_access: Vec<serde_yaml_ng::Value>,
+    pub model_tiers: HashMap<String, Vec<String>>,
+    pub workload_classes: HashMap<String, serde_yaml_ng::Value>,
+    pub loop_guard: Option<serde_yaml_ng::Value>,
+    pub alerts: Option<serde_yaml_ng::Value>,
+    pub default_max_output_tokens: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AuthFile {
+    /// `keys` (default) or `open`.
+    mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct ScopeFile {
+    team: Option<String>,
+    project: Option<String>,
+    user: Option<String>,
+    session: Option<String>,
+    workflow: Option<String>,
+    cost_center: Option<String>,
+    key: Option<String>,
+    model: Option<String>,
+    cgroup: Option<String>,
+    container: Option<String>,
+}
+
+impl ScopeFile {
+    fn into_scope(self) -> Scope {
+        Scope {
+            team: self.team,
+            project: self.project,
+            user: self.user,
+            session: self.session,
+            workflow: self.workflow,
+            cost_center: self.cost_center,
+            key: self.key,
+            model: self.model.as_deref().map(Glob::new),
+            cgroup: self.cgroup.as_deref().map(Glob::new),
+            container: self.container,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitFile {
+    name: Option<String>,
+    #[serde(default)]
+    scope: ScopeFile,
+    requests_per_second: Option<u64>,
+    requests_per_minute: Option<u64>,
+    requests_per_hour: Option<u64>,
+    tokens_per_second: Option<u64>,
+    tokens_per_minute: Option<u64>,
+    tokens_per_hour: Option<u64>,
+    input_tokens_per_minute: Option<u64>,
+    input_tokens_per_hour: Option<u64>,
+    output_tokens_per_minute: Option<u64>,
+    output_tokens_per_hour: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetFile {
+    name: Option<String>,
+    #[serde(default)]
+    scope: ScopeFile,
+    tokens: Option<u64>,
+    usd: Option<f64>,
+    window: Option<String>,
+    #[serde(default)]
+    alert_at: Vec<f64>,
+    /// `block` (default), `fallback` or `queue`.
+    on_breach: Option<String>,
+    fallback_model: Option<String>,
+    queue_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessFile {
+    #[serde(default)]
+    scope: ScopeFile,
+    models: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassFile {
+    tiers: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoopGuardFile {
+    identical_requests: Option<u32>,
+    window_s: Option<u64>,
+    token_rate_multiple: Option<f64>,
+    baseline_window_s: Option<u64>,
+    min_tokens: Option<u64>,
+    cooldown_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertsFile {
+    webhook: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PriceFile {
+    input: f64,
+    cached_input: Option<f64>,
+    cache_write: Option<f64>,
+    output: Option<f64>,
+}
+
+impl Validator<'_> {
+    pub(super) fn governance(
+        &mut self,
+        f: GovernanceFile,
+        models: &[Model],
+    ) -> (Policy, PriceCatalog) {
+        let mut p = Policy::default();
+        if let Some(v) = f.auth {
+            if let Some(a) = self.item::<AuthFile>("auth", v) {
+                p.auth = match a.mode.as_deref().unwrap_or("keys") {
+                    "keys" => AuthMode::Keys,
+                    "open" => AuthMode::Open,
+                    other => {
+                        self.problem("auth.mode", format!("`{other}` is not one of keys, open"));
+                        AuthMode::Keys
+                    }
+                };
+            }
+        }
+        for (i, h) in f.require_headers.iter().enumerate() {
+            match IdentityField::parse(h) {
+                Some(field) => p.require_headers.push(field),
+                None => self.problem(
+                    format!("require_headers[{i}]"),
+                    format!("`{h}` is not one of team, project, user, session, workflow, cost_center"),
+                ),
+            }
+        }
+        let prices = self.prices(f.prices);
+        let model_named = |n: &str| models.iter().any(|m| m.name == n);
+
+        let mut names = std::collections::HashSet::new();
+        for (path, v) in f.rate_limits {
+            let Some(r) = self.item::<RateLimitFile>(&path, v) else {
+                continue;
+            };
+            let scope = r.scope.clone().into_scope();
+            let spec: [(Option<u64>, RateKind, u64); 10] = [
+                (r.requests_per_second, RateKind::Requests, 1),
+                (r.requests_per_minute, RateKind::Requests, 60),
+                (r.requests_per_hour, RateKind::Requests, 3600),
+                (r.tokens_per_second, RateKind::Tokens, 1),
+                (r.tokens_per_minute, RateKind::Tokens, 60),
+                (r.tokens_per_hour, RateKind::Tokens, 3600),
+                (r.input_tokens_per_minute, RateKind::InputTokens, 60),
+                (r.input_tokens_per_hour, RateKind::InputTokens, 3600),
+                (r.output_tokens_per_minute, RateKind::OutputTokens, 60),
+                (r.output_tokens_per_hour, RateKind::OutputTokens, 3600),
+            ];
+            let mut rates = Vec::new();
+            for (amount, kind, secs) in spec {
+                match amount {
+                    Some(0) => self.problem(&path, "a rate must be at least 1"),
+                    Some(amount) => rates.push(Rate {
+                        kind,
+                        amount,
+                        period: Duration::from_secs(secs),
+                    }),
+                    None => {}
+                }
+            }
+            if rates.is_empty() {
+                self.problem(
+                    &path,
+                    "sets no rate (requests_per_minute, tokens_per_minute, ...)",
+                );
+            }
+            let name = r.name.unwrap_or_else(|| scope.label());
+            if !names.insert(format!("rate|{name}")) {
+                self.problem(&path, format!("a second rate limit named `{name}` (give each a distinct `name`)"));
+            }
+            p.rate_limits.push(RateLimitRule { name, scope, rates });
+        }
+
+        for (i, v) in f.budgets.into_iter().enumerate() {
+            let path = format!("budgets[{i}]");
+            let Some(b) = self.item::<BudgetFile>(&path, v) else {
+                continue;
+            };
+            let window = match b.window.as_deref() {
+                None => Window::Month,
+                Some(w) => Window::parse(w).unwrap_or_else(|| {
+                    self.problem(format!("{path}.window"), format!("`{w}` is not one of hour, day, week, month"));
+                    Window::Month
+                }),
+            };
+            if b.tokens.is_none() && b.usd.is_none() {
+                self.problem(&path, "sets neither `tokens` nor `usd`");
+            }
+            if b.tokens.is_some_and(|t| t > MAX_AMOUNT) {
+                self.problem(format!("{path}.tokens"), format!("must be at most {MAX_AMOUNT}"));
+            }
+            let micro_usd = match b.usd {
+                Some(u) if !(u.is_finite() && u >= 0.0 && u * 1e6 <= MAX_AMOUNT as f64) => {
+                    self.problem(format!("{path}.usd"), "must be between 0 and 1000000");
+                    None
+                }
+                Some(u) => Some((u * 1e6).round() as u64),
+                None => None,
+            };
+            let mut alert_at = b.alert_at.clone();
+            if alert_at.iter().any(|a| !(a.is_finite() && *a > 0.0 && *a <= 10.0)) {
+                self.problem(format!("{path}.alert_at"), "fractions must be above 0 (1.0 is the whole budget)");
+            }
+            alert_at.sort_by(f64::total_cmp);
+            alert_at.dedup();
+            let on_breach = match b.on_breach.as_deref().unwrap_or("block") {
+                "block" => OnBreach::Block,
+                "fallback" => match b.fallback_model {
+                    Some(m) if model_named(&m) => OnBreach::Fallback { model: m },
+                    Some(m) => {
+                        self.problem(format!("{path}.fallback_model"), format!("`{m}` is not a configured model"));
+                        OnBreach::Block
+                    }
+                    None => {
+                        self.problem(format!("{path}.fallback_model"), "on_breach: fallback needs a fallback_model");
+                        OnBreach::Block
+                    }
+                },
+                "queue" => OnBreach::Queue {
+                    timeout: Duration::from_millis(b.queue_timeout_ms.unwrap_or(30_000).min(600_000)),
+                },
+                other => {
+                    self.problem(format!("{path}.on_breach"), format!("`{other}` is not one of block, fallback, queue"));
+                    OnBreach::Block
+                }
+            };
+            let scope = b.scope.into_scope();
+            let name = b.name.unwrap_or_else(|| format!("{}/{}", scope.label(), window.as_str()));
+            if !names.insert(format!("budget|{name}")) {
+                self.problem(&path, format!("a second budget named `{name}` (give each a distinct `name`)"));
+            }
+            p.budgets.push(BudgetRule {
+                name,
+                scope,
+                tokens: b.tokens,
+                micro_usd,
+                window,
+                alert_at,
+                on_breach,
+            });
+        }
+
+        for (i, v) in f.model_access.into_iter().enumerate() {
+            if let Some(a) = self.item::<AccessFile>(&format!("model_access[{i}]"), v) {
+                p.model_access.push(AccessRule {
+                    scope: a.scope.into_scope(),
+                    models: a.models.iter().map(|m| Glob::new(m)).collect(),
+                });
+            }
+        }
+        let mut classes: Vec<_> = f.workload_classes.into_iter().collect();
+        classes.sort_by(|a, b| a.0.cmp(&b.0));
+        for (class, v) in classes {
+            let path = format!("workload_classes.{class}");
+            // `{tiers: [...]}` or just the list of tiers.
+            let tiers = match v {
+                serde_yaml_ng::Value::Sequence(_) => self.item::<Vec<String>>(&path, v),
+                other => self.item::<ClassFile>(&path, other).map(|c| c.tiers),
+            };
+            let Some(tiers) = tiers else { continue };
+            let mut models = Vec::new();
+            for t in &tiers {
+                match f.model_tiers.get(t) {
+                    Some(globs) => models.extend(globs.iter().map(|g| Glob::new(g))),
+                    None => self.problem(&path, format!("`{t}` is not a tier of model_tiers")),
+                }
+            }
+            p.workload_classes.push(WorkloadClass {
+                class: Glob::new(&class),
+                tiers,
+                models,
+            });
+        }
+        if let Some(v) = f.loop_guard {
+            if let Some(g) = self.item::<LoopGuardFile>("loop_guard", v) {
+                p.loop_guard = Some(LoopGuard {
+                    identical_requests: g.identical_requests.unwrap_or(20),
+                    window: Duration::from_secs(g.window_s.unwrap_or(300).max(1)),
+                    token_rate_multiple: g.token_rate_multiple.unwrap_or(10.0),
+                    baseline_window: Duration::from_secs(g.baseline_window_s.unwrap_or(3600).max(1)),
+                    min_tokens: g.min_tokens.unwrap_or(10_000),
+                    cooldown: Duration::from_secs(g.cooldown_s.unwrap_or(300)),
+                });
+            }
+        }
+        if let Some(v) = f.alerts {
+            if let Some(a) = self.item::<AlertsFile>("alerts", v) {
+                if let Some(url) = &a.webhook {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        self.problem("alerts.webhook", "must be an http:// or https:// URL");
+                    }
+                }
+                p.alert_webhook = a.webhook;
+            }
+        }
+        if let Some(n) = f.default_max_output_tokens {
+            p.default_max_output_tokens = n.max(1);
+        }
+        (p, prices)
+    }
+
+    fn prices(&mut self, prices: HashMap<String, serde_yaml_ng::Value>) -> PriceCatalog {
+        let mut out = HashMap::new();
+        for (model, v) in prices {
+            let path = format!("prices.{model}");
+            let Some(pf) = self.item::<PriceFile>(&path, v) else {
+                continue;
+            };
+            let price = Price {
+                input: pf.input,
+                cached_input: pf.cached_input.unwrap_or(pf.input),
+                cache_write: pf.cache_write.unwrap_or(pf.input),
+                output: pf.output.unwrap_or(0.0),
+            };
+            let all = [price.input, price.cached_input, price.cache_write, price.output];
+            if all.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+                self.problem(&path, "prices must be USD per 1M tokens, 0 or more");
+                continue;
+            }
+            out.insert(model, price);
+        }
+        PriceCatalog::new(out)
+    }
+}
+
+/// Warnings that do not stop the agent (printed by `tollgate validate` and at start).
+pub fn warnings(p: &Policy) -> Vec<String> {
+    let mut w = Vec::new();
+    if p.auth == AuthMode::Open {
+        w.push("auth.mode is `open`: requests without a virtual key are admitted; anyone who reaches the port can spend".into());
+    }
+    w
+}

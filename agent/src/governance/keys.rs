@@ -1,0 +1,362 @@
+//! Virtual keys: `tg-` + 32 random bytes in base62. Only a SHA-256 hash and a display prefix
+//! are stored (`store.rs`); the key itself is shown once, when created or rotated. The workers
+//! look keys up in an immutable [`KeyTable`] swapped whole on every change, so a lookup is a
+//! hash and one map probe, with the stored hash compared in constant time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::budget::BudgetState;
+use super::gcra::Gcra;
+use super::window::Window;
+use crate::config::Glob;
+
+pub const KEY_PREFIX: &str = "tg-";
+/// Characters of a key shown in listings (`tg-` and 8 more).
+const DISPLAY_CHARS: usize = 11;
+
+/// What an administrator sets on a key (create and update).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Globs of the model names this key may use; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_tokens: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_usd: Option<f64>,
+    /// The budget's calendar window (default: month).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<Window>,
+    /// Milliseconds since the Unix epoch after which the key stops working.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// Client networks the key may be used from; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_ips: Vec<IpNet>,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl KeySpec {
+    /// Problems an administrator must fix before the key is stored.
+    pub fn check(&self) -> Result<(), String> {
+        if self.rpm == Some(0) || self.tpm == Some(0) {
+            return Err("rpm and tpm must be at least 1 (leave them out for no limit)".into());
+        }
+        if let Some(usd) = self.budget_usd {
+            if !(usd.is_finite() && usd >= 0.0 && usd <= super::budget::MAX_AMOUNT as f64 / 1e6)
+            {
+                return Err("budget_usd must be between 0 and 1000000".into());
+            }
+        }
+        if self.models.iter().any(|m| m.is_empty() || m.len() > 256) {
+            return Err("models: each glob must be 1 to 256 characters".into());
+        }
+        Ok(())
+    }
+}
+
+/// A stored key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    pub id: String,
+    /// The key's first characters, to recognise it in listings.
+    pub prefix: String,
+    #[serde(flatten)]
+    pub spec: KeySpec,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_ms: Option<i64>,
+}
+
+/// A new random key and its hash.
+pub struct NewKey {
+    pub secret: String,
+    pub hash: [u8; 32],
+    pub prefix: String,
+}
+
+/// Generates a key from 32 bytes of OS randomness.
+pub fn generate() -> std::io::Result<NewKey> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let secret = format!("{KEY_PREFIX}{}", base62(&bytes));
+    Ok(NewKey {
+        hash: hash(&secret),
+        prefix: secret[..DISPLAY_CHARS].to_string(),
+        secret,
+    })
+}
+
+/// A random identifier for a new key (`k_` + 12 base62 characters), stable across rotations.
+pub fn new_id() -> std::io::Result<String> {
+    let mut bytes = [0u8; 9];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(format!("k_{}", base62(&bytes)))
+}
+
+pub fn hash(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Big-endian base62 of `bytes` (0-9, A-Z, a-z).
+fn base62(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut num: Vec<u8> = bytes.to_vec();
+    let mut out = Vec::new();
+    while num.iter().any(|b| *b != 0) {
+        let mut rem = 0u32;
+        for b in num.iter_mut() {
+            let cur = (rem << 8) | u32::from(*b);
+            *b = (cur / 62) as u8;
+            rem = cur % 62;
+        }
+        out.push(DIGITS[rem as usize]);
+    }
+    // Fixed width, so every key has the same length.
+    let width = (bytes.len() as f64 * 8.0 / 62f64.log2()).ceil() as usize;
+    while out.len() < width {
+        out.push(b'0');
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Live counters of one key; kept across table rebuilds while its limits are unchanged.
+#[derive(Debug, Default)]
+pub struct KeyState {
+    pub rpm: Option<Arc<Gcra>>,
+    pub tpm: Option<Arc<Gcra>>,
+    pub budget: Arc<BudgetState>,
+}
+
+/// A usable key, as the workers see it.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub id: String,
+    pub prefix: String,
+    pub hash: [u8; 32],
+    pub spec: KeySpec,
+    pub models: Vec<Glob>,
+    pub state: Arc<KeyState>,
+}
+
+impl KeyEntry {
+    pub fn window(&self) -> Window {
+        self.spec.window.unwrap_or(Window::Month)
+    }
+
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        self.spec.allowed_ips.is_empty() || self.spec.allowed_ips.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|g| g.matches(model))
+    }
+}
+
+/// Every key that is not revoked, by hash. Immutable; swapped whole.
+#[derive(Debug, Default)]
+pub struct KeyTable {
+    by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
+}
+
+impl KeyTable {
+    /// Builds a table from stored keys, keeping the counters of `previous` entries whose limits
+    /// did not change (a key's spend in its window survives updates and rotation).
+    pub fn build(rows: Vec<(KeyRecord, [u8; 32])>, previous: &KeyTable) -> KeyTable {
+        let old: HashMap<&str, &Arc<KeyEntry>> = previous
+            .by_hash
+            .values()
+            .map(|e| (e.id.as_str(), e))
+            .collect();
+        let mut by_hash = HashMap::new();
+        for (rec, hash) in rows {
+            if rec.revoked_ms.is_some() {
+                continue;
+            }
+            let state = match old.get(rec.id.as_str()) {
+                Some(e) if e.spec.rpm == rec.spec.rpm && e.spec.tpm == rec.spec.tpm => {
+                    e.state.clone()
+                }
+                Some(e) => Arc::new(KeyState {
+                    rpm: rec.spec.rpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    tpm: rec.spec.tpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    budget: e.state.budget.clone(),
+                }),
+                None => Arc::new(KeyState {
+                    rpm: rec.spec.rpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    tpm: rec.spec.tpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    budget: Arc::new(BudgetState::default()),
+                }),
+            };
+            let models = rec.spec.models.iter().map(|m| Glob::new(m)).collect();
+            by_hash.insert(
+                hash,
+                Arc::new(KeyEntry {
+                    id: rec.id,
+                    prefix: rec.prefix,
+                    hash,
+                    spec: rec.spec,
+                    models,
+                    state,
+                }),
+            );
+        }
+        KeyTable { by_hash }
+    }
+
+    /// The key `secret` names, if it is one of ours.
+    pub fn lookup(&self, secret: &str) -> Option<&Arc<KeyEntry>> {
+        let h = hash(secret);
+        let entry = self.by_hash.get(&h)?;
+        bool::from(entry.hash.ct_eq(&h)).then_some(entry)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.by_hash.values()
+    }
+}
+
+/// Parses `30d`, `12h`, `45m`, `90s` or a plain number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (num, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        "w" => n.checked_mul(7 * 86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_long_random_and_found_by_hash_only() {
+        let a = generate().unwrap_or_else(|e| panic!("{e}"));
+        let b = generate().unwrap_or_else(|e| panic!("{e}"));
+        assert_ne!(a.secret, b.secret);
+        assert!(a.secret.starts_with("tg-"));
+        assert_eq!(a.secret.len(), 3 + 43, "{}", a.secret);
+        assert!(a.secret[3..].bytes().all(|c| c.is_ascii_alphanumeric()));
+        assert_eq!(a.prefix, &a.secret[..11]);
+        let rec = KeyRecord {
+            id: "k_1".into(),
+            prefix: a.prefix.clone(),
+            spec: KeySpec {
+                team: Some("search".into()),
+                enabled: true,
+                ..KeySpec::default()
+            },
+            created_ms: 0,
+            updated_ms: 0,
+            revoked_ms: None,
+        };
+        let t = KeyTable::build(vec![(rec.clone(), a.hash)], &KeyTable::default());
+        assert_eq!(t.lookup(&a.secret).map(|e| e.id.as_str()), Some("k_1"));
+        assert!(t.lookup(&b.secret).is_none());
+        assert!(t.lookup(&a.secret[..a.secret.len() - 1]).is_none());
+        let revoked = KeyRecord {
+            revoked_ms: Some(1),
+            ..rec
+        };
+        assert!(KeyTable::build(vec![(revoked, a.hash)], &t).is_empty());
+    }
+
+    #[test]
+    fn counters_survive_a_rebuild_unless_limits_change() {
+        let k = generate().unwrap_or_else(|e| panic!("{e}"));
+        let rec = |rpm| KeyRecord {
+            id: "k_1".into(),
+            prefix: k.prefix.clone(),
+            spec: KeySpec {
+                rpm,
+                enabled: true,
+                ..KeySpec::default()
+            },
+            created_ms: 0,
+            updated_ms: 0,
+            revoked_ms: None,
+        };
+        let t1 = KeyTable::build(vec![(rec(Some(5)), k.hash)], &KeyTable::default());
+        let t2 = KeyTable::build(vec![(rec(Some(5)), k.hash)], &t1);
+        let s = |t: &KeyTable| t.lookup(&k.secret).map(|e| e.state.clone());
+        assert!(Arc::ptr_eq(&s(&t1).unwrap(), &s(&t2).unwrap()));
+        let t3 = KeyTable::build(vec![(rec(Some(6)), k.hash)], &t2);
+        let (s2, s3) = (s(&t2).unwrap(), s(&t3).unwrap());
+        assert!(!Arc::ptr_eq(&s2, &s3));
+        assert!(Arc::ptr_eq(&s2.budget, &s3.budget), "the budget's spend is kept");
+    }
+
+    #[test]
+    fn ip_allowlists_and_model_globs() {
+        let entry = KeyEntry {
+            id: "k".into(),
+            prefix: "tg-x".into(),
+            hash: [0; 32],
+            spec: KeySpec {
+                allowed_ips: vec!["10.0.0.0/8".parse().unwrap()],
+                ..KeySpec::default()
+            },
+            models: vec![Glob::new("gpt-4o*"), Glob::new("smol")],
+            state: Arc::default(),
+        };
+        assert!(entry.ip_allowed("10.1.2.3".parse().unwrap()));
+        assert!(entry.ip_allowed("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!entry.ip_allowed("127.0.0.1".parse().unwrap()));
+        assert!(entry.allows_model("gpt-4o-mini"));
+        assert!(entry.allows_model("smol"));
+        assert!(!entry.allows_model("smol2"));
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5y"), None);
+    }
+}

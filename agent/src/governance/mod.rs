@@ -1,0 +1,391 @@
+//! Governance: who may spend what. Virtual keys (`keys.rs`, stored in `store.rs`), the policy
+//! from the configuration (`policy.rs`), live counters that cannot be overshot (lock-free rate
+//! limits in `gcra.rs`, calendar-window budgets in `budget.rs` and `window.rs`), reservations
+//! settled to actual use (`hold.rs`), the loop guard (`loopguard.rs`), and the governance
+//! thread (`thread.rs`): audit log, alert webhooks, exception expiry.
+//!
+//! The request path (`phase/admit.rs`) reads immutable tables through `ArcSwap` and charges
+//! atomics; it takes no lock shared across cores. Counters are rebuilt from the ledger when
+//! the agent starts (`rebuild`), so a restart forgets no spend in an open window.
+
+pub mod budget;
+pub mod gcra;
+pub mod hold;
+pub mod keys;
+pub mod loopguard;
+pub mod policy;
+pub mod store;
+pub mod thread;
+pub mod window;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+
+use self::budget::BudgetState;
+use self::gcra::Gcra;
+use self::hold::{Alert, BudgetInfo};
+use self::keys::KeyTable;
+use self::loopguard::Sessions;
+use self::policy::{Facts, Policy, Scope};
+use self::store::{AuditEntry, Exception, Store, SubjectKind};
+
+/// Counters of admission decisions, rendered with the other metrics.
+#[derive(Debug, Default)]
+pub struct GovCounters {
+    pub auth_failures: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub budget_blocked: AtomicU64,
+    pub budget_fallbacks: AtomicU64,
+    pub budget_queued: AtomicU64,
+    pub model_denied: AtomicU64,
+    pub loop_trips: AtomicU64,
+    pub budget_alerts: AtomicU64,
+    pub webhook_failures: AtomicU64,
+}
+
+/// What the governance thread is told.
+pub enum Event {
+    Audit(AuditEntry),
+    Alert(Alert),
+    /// Reload keys and exceptions from the store (after an admin change).
+    Reload,
+}
+
+/// The live counters of the configured rules, by rule, in the order of the snapshot's policy.
+#[derive(Debug, Default)]
+pub struct Bound {
+    /// Per rate-limit rule, one limiter per rate.
+    pub rates: Vec<Vec<Arc<Gcra>>>,
+    pub budgets: Vec<(Arc<BudgetState>, Arc<BudgetInfo>)>,
+}
+
+enum Slot {
+    Rate(Arc<Gcra>),
+    Budget(Arc<BudgetState>),
+}
+
+/// Governance state shared by every worker, the admin listener and the control threads.
+pub struct Governor {
+    pub keys: ArcSwap<KeyTable>,
+    /// Exceptions in force (expired ones are removed by the governance thread).
+    pub exceptions: ArcSwap<Vec<Exception>>,
+    pub sessions: Sessions,
+    pub counters: GovCounters,
+    /// Rule counters by rule identity, so a reload keeps the spend of unchanged rules. Locked
+    /// only when a snapshot is bound (start, reload).
+    slots: Mutex<HashMap<String, Slot>>,
+    /// The loop guard of the latest bound policy (the control thread settles tokens with it).
+    loop_guard: arc_swap::ArcSwapOption<policy::LoopGuard>,
+    events: Mutex<Sender<Event>>,
+    data_dir: PathBuf,
+}
+
+impl Governor {
+    /// Loads keys and exceptions from the store under `data_dir`; the receiver goes to the
+    /// governance thread.
+    pub fn open(data_dir: &Path) -> rusqlite::Result<(Arc<Governor>, Receiver<Event>)> {
+        let store = Store::open(data_dir)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let gov = Arc::new(Governor {
+            keys: ArcSwap::from_pointee(KeyTable::default()),
+            exceptions: ArcSwap::from_pointee(Vec::new()),
+            sessions: Sessions::default(),
+            counters: GovCounters::default(),
+            slots: Mutex::new(HashMap::new()),
+            loop_guard: arc_swap::ArcSwapOption::empty(),
+            events: Mutex::new(tx),
+            data_dir: data_dir.to_path_buf(),
+        });
+        gov.reload_from(&store)?;
+        Ok((gov, rx))
+    }
+
+    /// A governor over a fresh store in a temporary directory (unit tests).
+    #[cfg(test)]
+    pub fn for_tests() -> Arc<Governor> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-gov-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        match Governor::open(&dir) {
+            Ok((g, _rx)) => g,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Rebuilds the key table and the exception set from the store. Keys whose counters are
+    /// new get their window's spend from the ledger.
+    pub fn reload_from(&self, store: &Store) -> rusqlite::Result<()> {
+        let rows = store.keys_with_hashes()?;
+        let previous = self.keys.load_full();
+        let table = KeyTable::build(rows, &previous);
+        let old_ids: std::collections::HashSet<&str> =
+            previous.entries().map(|e| e.id.as_str()).collect();
+        let now = window::now_ms();
+        for e in table.entries() {
+            let has_budget = e.spec.budget_tokens.is_some() || e.spec.budget_usd.is_some();
+            if has_budget && !old_ids.contains(e.id.as_str()) {
+                let span = e.window().at(now);
+                let scope = Scope {
+                    key: Some(e.id.clone()),
+                    ..Scope::default()
+                };
+                let (t, c) = rebuild::spent(&self.data_dir, &scope, span.start_ms);
+                e.state.budget.tokens.add(span.index, t);
+                e.state.budget.micro_usd.add(span.index, c);
+            }
+        }
+        self.keys.store(Arc::new(table));
+        let mut exceptions = store.exceptions()?;
+        exceptions.retain(|x| x.expires_ms > now);
+        self.exceptions.store(Arc::new(exceptions));
+        Ok(())
+    }
+
+    /// The counters for `policy`'s rules: the same ones as before for rules that did not
+    /// change, new ones (with their window's spend read from the ledger) for new rules.
+    pub fn bind(&self, policy: &Policy) -> Bound {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut used: HashMap<String, Slot> = HashMap::new();
+        let mut bound = Bound::default();
+        for rule in &policy.rate_limits {
+            let mut limiters = Vec::new();
+            for rate in &rule.rates {
+                let id = format!(
+                    "rate|{}|{}|{}|{}",
+                    rule.name,
+                    rule.scope.label(),
+                    rate.name(),
+                    rate.amount
+                );
+                let g = match slots.remove(&id).or_else(|| used.remove(&id)) {
+                    Some(Slot::Rate(g)) => g,
+                    _ => Arc::new(Gcra::new(rate.amount, rate.period)),
+                };
+                used.insert(id, Slot::Rate(g.clone()));
+                limiters.push(g);
+            }
+            bound.rates.push(limiters);
+        }
+        let now = window::now_ms();
+        for b in &policy.budgets {
+            let id = format!("budget|{}|{}|{}", b.name, b.scope.label(), b.window.as_str());
+            let state = match slots.remove(&id).or_else(|| used.remove(&id)) {
+                Some(Slot::Budget(s)) => s,
+                _ => {
+                    let s = Arc::new(BudgetState::default());
+                    let span = b.window.at(now);
+                    let (t, c) = rebuild::spent(&self.data_dir, &b.scope, span.start_ms);
+                    s.tokens.add(span.index, t);
+                    s.micro_usd.add(span.index, c);
+                    s
+                }
+            };
+            used.insert(id, Slot::Budget(state.clone()));
+            bound.budgets.push((
+                state,
+                Arc::new(BudgetInfo {
+                    name: b.name.clone(),
+                    scope: b.scope.label(),
+                    window: b.window,
+                    alert_at: b.alert_at.clone(),
+                }),
+            ));
+        }
+        *slots = used;
+        self.loop_guard
+            .store(policy.loop_guard.clone().map(Arc::new));
+        bound
+    }
+
+    /// The loop guard in force, if any.
+    pub fn loop_guard(&self) -> Option<policy::LoopGuard> {
+        self.loop_guard.load_full().map(|g| (*g).clone())
+    }
+
+    /// Hands an event to the governance thread (never blocks).
+    pub fn emit(&self, e: Event) {
+        let tx = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = tx.send(e);
+    }
+
+    /// Writes an audit entry by the agent itself.
+    pub fn audit(&self, action: &str, subject: &str, detail: serde_json::Value) {
+        self.emit(Event::Audit(AuditEntry {
+            seq: 0,
+            ts_ms: window::now_ms(),
+            actor: "agent".into(),
+            action: action.into(),
+            subject: subject.into(),
+            detail,
+        }));
+    }
+
+    /// Whether an exception in force grants `model` to this request.
+    pub fn exception_grants_model(&self, f: &Facts<'_>, model: &str) -> bool {
+        let now = window::now_ms();
+        self.exceptions.load().iter().any(|x| {
+            x.expires_ms > now
+                && x.model
+                    .as_deref()
+                    .is_some_and(|m| crate::config::Glob::new(m).matches(model))
+                && subject_matches(x, f)
+        })
+    }
+
+    /// Extra tokens and micro-USD that exceptions in force add to a budget over `scope` (an
+    /// exception for a team extends the budgets scoped to exactly that team, and so on).
+    pub fn exception_extra(&self, scope: &Scope) -> (u64, u64) {
+        let now = window::now_ms();
+        let mut extra = (0u64, 0u64);
+        for x in self.exceptions.load().iter() {
+            if x.expires_ms <= now {
+                continue;
+            }
+            let target = match x.subject_kind {
+                SubjectKind::Key => scope.key.as_deref(),
+                SubjectKind::Team => scope.team.as_deref(),
+                SubjectKind::Project => scope.project.as_deref(),
+                SubjectKind::User => scope.user.as_deref(),
+            };
+            if target == Some(x.subject.as_str()) {
+                extra.0 = extra.0.saturating_add(x.extra_tokens.unwrap_or(0));
+                extra.1 = extra
+                    .1
+                    .saturating_add((x.extra_usd.unwrap_or(0.0).max(0.0) * 1e6) as u64);
+            }
+        }
+        extra
+    }
+
+    /// Governance metrics in the Prometheus text format.
+    pub fn render(&self, bound: &Bound, out: &mut String) {
+        use std::fmt::Write;
+        let c = &self.counters;
+        let counters: [(&str, &str, &AtomicU64); 9] = [
+            ("tollgate_auth_failures_total", "Requests refused for a missing, unknown, revoked or expired key.", &c.auth_failures),
+            ("tollgate_rate_limited_total", "Requests refused by a rate limit.", &c.rate_limited),
+            ("tollgate_budget_blocked_total", "Requests refused because a budget had no room.", &c.budget_blocked),
+            ("tollgate_budget_fallbacks_total", "Requests served by a budget's fallback model.", &c.budget_fallbacks),
+            ("tollgate_budget_queued_total", "Requests that waited for budget headroom.", &c.budget_queued),
+            ("tollgate_model_denied_total", "Requests refused by model access policy.", &c.model_denied),
+            ("tollgate_loop_trips_total", "Loop-guard breaker trips.", &c.loop_trips),
+            ("tollgate_budget_alerts_total", "Budget alert thresholds crossed.", &c.budget_alerts),
+            ("tollgate_alert_webhook_failures_total", "Alert webhook POSTs that failed.", &c.webhook_failures),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tollgate_keys_active Virtual keys that can be used.\n# TYPE tollgate_keys_active gauge\ntollgate_keys_active {}",
+            self.keys.load().len()
+        );
+        if bound.budgets.is_empty() {
+            return;
+        }
+        let now = window::now_ms();
+        out.push_str("# HELP tollgate_budget_used_tokens Tokens charged (and reserved) in the budget's current window.\n# TYPE tollgate_budget_used_tokens gauge\n");
+        for (state, info) in &bound.budgets {
+            let span = info.window.at(now);
+            let _ = writeln!(
+                out,
+                "tollgate_budget_used_tokens{{budget=\"{}\"}} {}",
+                crate::telemetry::metrics::escape(&info.name),
+                state.tokens.used(span.index)
+            );
+        }
+        out.push_str("# HELP tollgate_budget_used_usd USD charged (and reserved) in the budget's current window.\n# TYPE tollgate_budget_used_usd gauge\n");
+        for (state, info) in &bound.budgets {
+            let span = info.window.at(now);
+            let _ = writeln!(
+                out,
+                "tollgate_budget_used_usd{{budget=\"{}\"}} {:.6}",
+                crate::telemetry::metrics::escape(&info.name),
+                state.micro_usd.used(span.index) as f64 / 1e6
+            );
+        }
+    }
+}
+
+fn subject_matches(x: &Exception, f: &Facts<'_>) -> bool {
+    let have = match x.subject_kind {
+        SubjectKind::Key => f.key,
+        SubjectKind::Team => f.identity.team.as_deref(),
+        SubjectKind::Project => f.identity.project.as_deref(),
+        SubjectKind::User => f.identity.user.as_deref(),
+    };
+    have == Some(x.subject.as_str())
+}
+
+/// Rebuilding a window's spend from the ledger at start (and for rules added by a reload).
+mod rebuild {
+    use std::path::Path;
+
+    use rusqlite::types::Value;
+
+    use super::policy::Scope;
+
+    /// Tokens and micro-USD that requests within `scope` started since `since_ms` spent, as
+    /// recorded in the ledger. A ledger that cannot be read counts as empty (logged).
+    pub fn spent(data_dir: &Path, scope: &Scope, since_ms: i64) -> (u64, u64) {
+        match query(data_dir, scope, since_ms) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(scope = %scope.label(), error = %e, "could not read this window's spend from the ledger; counting from zero");
+                (0, 0)
+            }
+        }
+    }
+
+    fn query(data_dir: &Path, scope: &Scope, since_ms: i64) -> rusqlite::Result<(u64, u64)> {
+        let path = crate::ledger::db_path(data_dir);
+        if !path.exists() {
+            return Ok((0, 0));
+        }
+        let conn = rusqlite::Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let mut sql = String::from(
+            "SELECT COALESCE(SUM(input_tokens + output_tokens), 0), COALESCE(SUM(cost_micro_usd), 0) FROM usage WHERE ts_ms >= ?1",
+        );
+        let mut args: Vec<Value> = vec![Value::Integer(since_ms)];
+        for (field, value) in scope.fields() {
+            let (column, op) = match field {
+                "team" => ("team", "="),
+                "project" => ("project", "="),
+                "user" => ("user_id", "="),
+                "session" => ("session_id", "="),
+                "workflow" => ("workflow", "="),
+                "cost_center" => ("cost_center", "="),
+                "key" => ("key_id", "="),
+                "model" => ("requested_model", "GLOB"),
+                "cgroup" => ("cgroup_path", "GLOB"),
+                _ => ("container_id", "="),
+            };
+            args.push(Value::Text(value.to_string()));
+            sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
+        }
+        conn.query_row(&sql, rusqlite::params_from_iter(args), |r| {
+            Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+        })
+    }
+}
