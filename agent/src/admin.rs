@@ -1,8 +1,8 @@
 //! The admin listener: a separate port for operators (`admin.listen`), authenticated with a
 //! bearer token compared in constant time. It serves `/metrics`, `/readyz`, `/healthz`,
 //! `POST /admin/config/reload` (the answer says what was applied, or every problem of a refused
-//! file), `GET /admin/config/history` and `GET /admin/config/versions/N` (a version's file);
-//! the key and policy endpoints join it with governance.
+//! file), `GET /admin/config/history` and `GET /admin/config/versions/N` (a version's file),
+//! and the governance API: keys, exceptions, audit log (`governance/api.rs`).
 //! Control plane: hyper on a current-thread tokio runtime on its own thread, never on a worker.
 //! The token never appears in a log line or a response.
 
@@ -54,6 +54,9 @@ pub fn start(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let token: Arc<[u8]> = settings.token.as_bytes().into();
+    let store = crate::governance::store::Store::open(shared.governor.data_dir())
+        .map_err(std::io::Error::other)?;
+    let store = Arc::new(std::sync::Mutex::new(store));
     let (stop, stopped) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name("tollgate-admin".into())
@@ -75,6 +78,7 @@ pub fn start(
                     shared,
                     token,
                     reloader,
+                    store,
                 },
             ));
         })?;
@@ -87,7 +91,12 @@ struct Ctx {
     shared: Arc<Shared>,
     token: Arc<[u8]>,
     reloader: Option<Arc<Reloader>>,
+    /// The governance store (keys, exceptions, audit log).
+    store: Arc<std::sync::Mutex<crate::governance::store::Store>>,
 }
+
+/// Largest admin request body (key specs and exceptions are small).
+const MAX_BODY: usize = 1 << 20;
 
 async fn accept_loop(
     listener: std::net::TcpListener,
@@ -108,9 +117,22 @@ async fn accept_loop(
                 Ok((stream, _)) => {
                     let ctx = ctx.clone();
                     tokio::spawn(async move {
-                        let service = service_fn(move |req| {
+                        let service = service_fn(move |req: Request<Incoming>| {
                             let ctx = ctx.clone();
-                            async move { Ok::<_, Infallible>(handle(&ctx, &req)) }
+                            async move {
+                                use http_body_util::BodyExt;
+                                let (parts, body) = req.into_parts();
+                                let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+                                    Ok(b) => b.to_bytes(),
+                                    Err(_) => {
+                                        return Ok::<_, Infallible>(error(&GateError::new(
+                                            ErrorKind::BodyTooLarge { limit: MAX_BODY as u64 },
+                                            "admin request bodies are limited to 1 MiB",
+                                        )))
+                                    }
+                                };
+                                Ok::<_, Infallible>(handle(&ctx, &parts, &body))
+                            }
                         });
                         let _ = http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
@@ -129,14 +151,14 @@ async fn accept_loop(
 }
 
 /// True when `req` carries `Authorization: Bearer <token>` with the configured token.
-fn authorized(req: &Request<Incoming>, token: &[u8]) -> bool {
-    req.headers()
+fn authorized(req: &hyper::http::request::Parts, token: &[u8]) -> bool {
+    req.headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .is_some_and(|given| bool::from(given.ct_eq(token)))
 }
 
-fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response<Full<Bytes>> {
     if !authorized(req, &ctx.token) {
         let e = GateError::new(
             ErrorKind::AdminUnauthorized,
@@ -149,11 +171,30 @@ fn handle(ctx: &Ctx, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
         return r;
     }
-    let path = req.uri().path();
-    if let Some(r) = config_endpoint(ctx, req.method(), path) {
+    let path = req.uri.path();
+    if let Some(r) = config_endpoint(ctx, &req.method, path) {
         return r;
     }
-    if req.method() != hyper::Method::GET {
+    if path.starts_with("/admin/") {
+        let store = ctx
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((status, body)) = crate::governance::api::handle(
+            &ctx.shared.governor,
+            &store,
+            req.method.as_str(),
+            path,
+            req.uri.query().unwrap_or(""),
+            body,
+        ) {
+            return json(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            );
+        }
+    }
+    if req.method != hyper::Method::GET {
         let e = GateError::new(
             ErrorKind::MethodNotAllowed,
             format!("{path} accepts GET only"),

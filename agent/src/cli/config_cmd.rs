@@ -39,7 +39,7 @@ pub enum Command {
 
 /// `data_dir` as the agent reads it from the file (without validating the rest: provider keys
 /// need not be in this shell's environment).
-fn data_dir(config: &Path) -> anyhow::Result<PathBuf> {
+pub fn data_dir(config: &Path) -> anyhow::Result<PathBuf> {
     let text =
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let v: serde_yaml_ng::Value =

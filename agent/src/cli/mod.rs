@@ -6,6 +6,7 @@
 pub mod config_cmd;
 pub mod demo;
 pub mod kernel;
+pub mod keys;
 pub mod status;
 pub mod top;
 
@@ -58,6 +59,22 @@ pub enum Command {
         by: GroupBy,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+        /// Only requests started in this UTC month (`2026-11`).
+        #[arg(long)]
+        month: Option<String>,
+    },
+    /// What each team spent in a UTC month, for chargeback (table, CSV or JSON).
+    Chargeback {
+        #[arg(long, default_value = "./tollgate-data")]
+        data_dir: PathBuf,
+        /// The month, `YYYY-MM` (default: the current one).
+        #[arg(long)]
+        month: Option<String>,
+        /// Group by team (default) or cost center, project, key, user.
+        #[arg(long, value_enum, default_value = "team")]
+        by: GroupBy,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
     },
     /// Start two simulator replicas and the agent, send a mixed workload, and stay up.
     Demo(demo::Args),
@@ -82,6 +99,22 @@ pub enum Command {
         #[command(subcommand)]
         command: config_cmd::Command,
     },
+    /// Virtual keys on a running agent (through its admin API).
+    Keys {
+        #[command(flatten)]
+        admin: keys::AdminArgs,
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Expiring exceptions: a model or extra budget for a key, team, project or user.
+    Exceptions {
+        #[command(flatten)]
+        admin: keys::AdminArgs,
+        #[command(subcommand)]
+        command: keys::ExceptionsCommand,
+    },
+    /// The audit log: key and exception changes, breaches, alerts, loop trips.
+    Audit(keys::AuditArgs),
     /// Convert another gateway's configuration: the Tollgate config goes to stdout, what could
     /// not be converted to stderr.
     Import {
@@ -143,26 +176,45 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.intercept.len(),
                 cfg.attribution.rules.len(),
             );
+            for w in crate::config::validate_governance::warnings(&cfg.governance) {
+                eprintln!("warning: {w}");
+            }
             Ok(())
         }
         Command::Usage {
             data_dir,
             by,
             format,
+            month,
         } => {
-            let db = crate::ledger::db_path(&data_dir);
-            anyhow::ensure!(
-                db.exists(),
-                "no ledger at {} (is --data-dir right?)",
-                db.display()
-            );
-            let conn = rusqlite::Connection::open_with_flags(
-                &db,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .with_context(|| format!("opening {}", db.display()))?;
-            let rows = query::summarize(&conn, by)?;
+            let conn = open_ledger(&data_dir)?;
+            let (from, to) = match month {
+                Some(m) => month_range(&m)?,
+                None => (i64::MIN, i64::MAX),
+            };
+            let rows = query::summarize_range(&conn, by, from, to)?;
             let key = format!("{by:?}").to_lowercase();
+            print!("{}", query::render(&rows, format, &key));
+            Ok(())
+        }
+        Command::Chargeback {
+            data_dir,
+            month,
+            by,
+            format,
+        } => {
+            let conn = open_ledger(&data_dir)?;
+            let month = month.unwrap_or_else(|| {
+                crate::governance::window::rfc3339(crate::governance::window::now_ms())[..7]
+                    .to_string()
+            });
+            let (from, to) = month_range(&month)?;
+            let rows = query::summarize_range(&conn, by, from, to)?;
+            let key = format!("{by:?}").to_lowercase();
+            if format == Format::Table {
+                let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
+                println!("Chargeback for {month} (UTC), by {key}: ${total:.2} in total");
+            }
             print!("{}", query::render(&rows, format, &key));
             Ok(())
         }
@@ -171,6 +223,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Top(args) => top::run(args),
         Command::Kernel { command } => kernel::run(command),
         Command::Config { command } => config_cmd::run(command),
+        Command::Keys { admin, command } => keys::keys(&admin, command),
+        Command::Exceptions { admin, command } => keys::exceptions(&admin, command),
+        Command::Audit(args) => keys::audit(args),
         Command::Import {
             from: ImportFrom::Litellm { file },
         } => {
@@ -185,6 +240,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn open_ledger(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+    let db = crate::ledger::db_path(data_dir);
+    anyhow::ensure!(
+        db.exists(),
+        "no ledger at {} (is --data-dir right?)",
+        db.display()
+    );
+    rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .with_context(|| format!("opening {}", db.display()))
+}
+
+fn month_range(month: &str) -> anyhow::Result<(i64, i64)> {
+    let span = crate::governance::window::month_span(month)
+        .with_context(|| format!("`{month}` is not a month like 2026-11"))?;
+    Ok((span.start_ms, span.end_ms))
 }
 
 /// Loads a config file; problems become one error listing each on its own line.

@@ -8,6 +8,7 @@
 //! atomics; it takes no lock shared across cores. Counters are rebuilt from the ledger when
 //! the agent starts (`rebuild`), so a restart forgets no spend in an open window.
 
+pub mod api;
 pub mod budget;
 pub mod gcra;
 pub mod hold;

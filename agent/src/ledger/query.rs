@@ -1,5 +1,6 @@
-//! Ledger summaries for `tollgate usage`: totals grouped by model, provider, day, team or
-//! project, rendered as a table, CSV or JSON.
+//! Ledger summaries for `tollgate usage` and `tollgate chargeback`: totals (tokens and cost)
+//! grouped by model, provider, day, key, team, project, user, workflow or cost center,
+//! optionally within a time range, rendered as a table, CSV or JSON.
 
 use rusqlite::Connection;
 use serde::Serialize;
@@ -11,6 +12,10 @@ pub enum GroupBy {
     Day,
     Team,
     Project,
+    Key,
+    User,
+    Workflow,
+    CostCenter,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,7 +25,7 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SummaryRow {
     pub key: String,
     pub requests: u64,
@@ -30,24 +35,40 @@ pub struct SummaryRow {
     pub output_tokens: u64,
     pub reasoning_tokens: u64,
     pub estimated: u64,
+    pub cost_usd: f64,
 }
 
 /// Sums the ledger grouped by `by`.
 pub fn summarize(conn: &Connection, by: GroupBy) -> rusqlite::Result<Vec<SummaryRow>> {
+    summarize_range(conn, by, i64::MIN, i64::MAX)
+}
+
+/// Sums the requests that started in `[from_ms, to_ms)`, grouped by `by`.
+pub fn summarize_range(
+    conn: &Connection,
+    by: GroupBy,
+    from_ms: i64,
+    to_ms: i64,
+) -> rusqlite::Result<Vec<SummaryRow>> {
     let key = match by {
         GroupBy::Model => "COALESCE(requested_model, '-')",
         GroupBy::Provider => "COALESCE(provider, '-')",
         GroupBy::Day => "strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch')",
         GroupBy::Team => "COALESCE(team, '-')",
         GroupBy::Project => "COALESCE(project, '-')",
+        GroupBy::Key => "COALESCE(key_id, '-')",
+        GroupBy::User => "COALESCE(user_id, '-')",
+        GroupBy::Workflow => "COALESCE(workflow, '-')",
+        GroupBy::CostCenter => "COALESCE(cost_center, '-')",
     };
     let sql = format!(
         "SELECT {key} AS k, COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
-                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated)
-         FROM usage GROUP BY k ORDER BY k"
+                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated),
+                COALESCE(SUM(cost_micro_usd), 0)
+         FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY k ORDER BY k"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([from_ms, to_ms], |r| {
         Ok(SummaryRow {
             key: r.get(0)?,
             requests: r.get::<_, i64>(1)? as u64,
@@ -57,12 +78,13 @@ pub fn summarize(conn: &Connection, by: GroupBy) -> rusqlite::Result<Vec<Summary
             output_tokens: r.get::<_, i64>(5)? as u64,
             reasoning_tokens: r.get::<_, i64>(6)? as u64,
             estimated: r.get::<_, i64>(7)? as u64,
+            cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
         })
     })?;
     rows.collect()
 }
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "key",
     "requests",
     "errors",
@@ -71,9 +93,10 @@ const HEADERS: [&str; 8] = [
     "output",
     "reasoning",
     "estimated",
+    "cost_usd",
 ];
 
-fn cells(r: &SummaryRow) -> [String; 8] {
+fn cells(r: &SummaryRow) -> [String; 9] {
     [
         r.key.clone(),
         r.requests.to_string(),
@@ -83,6 +106,7 @@ fn cells(r: &SummaryRow) -> [String; 8] {
         r.output_tokens.to_string(),
         r.reasoning_tokens.to_string(),
         r.estimated.to_string(),
+        format!("{:.6}", r.cost_usd),
     ]
 }
 
@@ -112,14 +136,14 @@ pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
             out
         }
         Format::Table => {
-            let all: Vec<[String; 8]> = rows.iter().map(cells).collect();
+            let all: Vec<[String; 9]> = rows.iter().map(cells).collect();
             let mut widths = headers.each_ref().map(|h| h.len());
             for row in &all {
                 for (w, c) in widths.iter_mut().zip(row.iter()) {
                     *w = (*w).max(c.len());
                 }
             }
-            let line = |cols: &[String; 8]| {
+            let line = |cols: &[String; 9]| {
                 let mut s = format!("{:<w$}", cols[0], w = widths[0]);
                 for (c, w) in cols.iter().zip(widths.iter()).skip(1) {
                     s.push_str(&format!("  {c:>w$}", w = *w));
@@ -186,7 +210,7 @@ mod tests {
         let days = summarize(&c, GroupBy::Day).unwrap();
         assert_eq!(days[0].key, "2023-11-14");
         let csv = render(&rows, Format::Csv, "model");
-        assert!(csv.starts_with("model,requests,errors,input,cached,output,reasoning,estimated\nm1,2,1,20,0,3,0,0\n"), "{csv}");
+        assert!(csv.starts_with("model,requests,errors,input,cached,output,reasoning,estimated,cost_usd\nm1,2,1,20,0,3,0,0,0.000000\n"), "{csv}");
         let table = render(&rows, Format::Table, "model");
         assert!(table.lines().nth(2).unwrap().starts_with("m1"));
         let json: serde_json::Value =
