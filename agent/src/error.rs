@@ -187,7 +187,9 @@ impl GateError {
             AdminUnauthorized => (401, "invalid_request_error", "invalid_admin_token"),
             Unauthorized { code } => (401, "invalid_request_error", code),
             Forbidden { code } => (403, "invalid_request_error", code),
-            MissingIdentityHeader { .. } => (400, "invalid_request_error", "missing_identity_header"),
+            MissingIdentityHeader { .. } => {
+                (400, "invalid_request_error", "missing_identity_header")
+            }
             RateLimited { kind } => (429, kind, "rate_limit_exceeded"),
             BudgetExceeded => (429, "insufficient_quota", "budget_exceeded"),
             LoopDetected => (429, "requests", "loop_detected"),

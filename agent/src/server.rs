@@ -218,11 +218,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let cgroups = kernel
         .as_ref()
         .map(|k| Arc::new(CgroupResolver::new(k.cgroup_root())));
-    let enricher = Enricher::new(
-        cgroups.clone(),
-        counters.clone(),
-        cfg.attribution.clone(),
-    );
+    let enricher = Enricher::new(cgroups.clone(), counters.clone(), cfg.attribution.clone());
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         snapshot: ArcSwap::from_pointee(first_snapshot),
@@ -254,7 +250,9 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         .name("tollgate-control".into())
         // Estimates parse prompt JSON (depth-checked, recursive) on this thread too.
         .stack_size(worker::STACK_BYTES)
-        .spawn(move || ledger::writer::run(conn, rx, settings, control_metrics, enricher, governor))?;
+        .spawn(move || {
+            ledger::writer::run(conn, rx, settings, control_metrics, enricher, governor)
+        })?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let seed = WorkerSeed {

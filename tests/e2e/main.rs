@@ -33,6 +33,8 @@ mod errors_upstream;
 mod forwarding;
 /// Golden client-visible bodies and streams per API (tests/fixtures/<api>/<case>.snap).
 mod golden;
+/// Governance: virtual keys, rate limits, budgets, model access, exceptions, loop guard, audit.
+mod governance;
 /// Hostile clients and providers: each defect the hardening review found, reproduced and fixed.
 mod hardening;
 /// `stream_options.include_usage` injection and removal of the extra usage chunk.

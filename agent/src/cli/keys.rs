@@ -234,7 +234,11 @@ impl AdminClient {
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
             ("GET", _) => self.agent.get(&url).header("authorization", &auth).call(),
-            ("DELETE", _) => self.agent.delete(&url).header("authorization", &auth).call(),
+            ("DELETE", _) => self
+                .agent
+                .delete(&url)
+                .header("authorization", &auth)
+                .call(),
             (m, b) => {
                 let text = b.map(Value::to_string).unwrap_or_else(|| "{}".into());
                 let req = match m {
@@ -251,7 +255,9 @@ impl AdminClient {
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status >= 400 {
-            let msg = v["error"]["message"].as_str().map_or_else(|| v.to_string(), String::from);
+            let msg = v["error"]["message"]
+                .as_str()
+                .map_or_else(|| v.to_string(), String::from);
             bail!("the admin API answered {status}: {msg}");
         }
         Ok(v)
@@ -264,7 +270,9 @@ fn from_config(config: &Path) -> anyhow::Result<(String, String)> {
         std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
     let v: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-    let admin = v.get("admin").context("the config has no `admin:` section")?;
+    let admin = v
+        .get("admin")
+        .context("the config has no `admin:` section")?;
     let listen = admin
         .get("listen")
         .and_then(serde_yaml_ng::Value::as_str)
@@ -276,7 +284,8 @@ fn from_config(config: &Path) -> anyhow::Result<(String, String)> {
         .get("token_env")
         .and_then(serde_yaml_ng::Value::as_str)
         .unwrap_or("TOLLGATE_ADMIN_TOKEN");
-    let token = std::env::var(env).with_context(|| format!("the admin token is read from ${env}, which is not set"))?;
+    let token = std::env::var(env)
+        .with_context(|| format!("the admin token is read from ${env}, which is not set"))?;
     Ok((format!("http://{listen}"), token))
 }
 
@@ -426,7 +435,10 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<()> {
         None => a.data_dir.clone(),
     };
     let Some(store) = Store::open_read_only(&data_dir)? else {
-        bail!("no audit log in {} (is --data-dir right?)", data_dir.display());
+        bail!(
+            "no audit log in {} (is --data-dir right?)",
+            data_dir.display()
+        );
     };
     let since_ms = match &a.since {
         Some(s) => Some(

@@ -8,8 +8,8 @@ mod file;
 pub mod kernel;
 mod lines;
 mod validate;
-mod validate_kernel;
 pub mod validate_governance;
+mod validate_kernel;
 
 pub use kernel::{
     Anonymous, AttributionRule, AttributionSettings, Glob, InterceptRoute, KernelFacts, KernelMode,

@@ -15,9 +15,9 @@ use serde::de::DeserializeOwned;
 
 use super::admin::AdminSettings;
 use super::file::{FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile};
-use super::validate_governance::GovernanceFile;
 use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
+use super::validate_governance::GovernanceFile;
 use super::validate_kernel::{canonical, intercept_routes};
 
 /// Name of the implicit providers created for intercepted destinations; reserved.

@@ -173,7 +173,9 @@ impl Validator<'_> {
                 Some(field) => p.require_headers.push(field),
                 None => self.problem(
                     format!("require_headers[{i}]"),
-                    format!("`{h}` is not one of team, project, user, session, workflow, cost_center"),
+                    format!(
+                        "`{h}` is not one of team, project, user, session, workflow, cost_center"
+                    ),
                 ),
             }
         }
@@ -218,7 +220,10 @@ impl Validator<'_> {
             }
             let name = r.name.unwrap_or_else(|| scope.label());
             if !names.insert(format!("rate|{name}")) {
-                self.problem(&path, format!("a second rate limit named `{name}` (give each a distinct `name`)"));
+                self.problem(
+                    &path,
+                    format!("a second rate limit named `{name}` (give each a distinct `name`)"),
+                );
             }
             p.rate_limits.push(RateLimitRule { name, scope, rates });
         }
@@ -231,7 +236,10 @@ impl Validator<'_> {
             let window = match b.window.as_deref() {
                 None => Window::Month,
                 Some(w) => Window::parse(w).unwrap_or_else(|| {
-                    self.problem(format!("{path}.window"), format!("`{w}` is not one of hour, day, week, month"));
+                    self.problem(
+                        format!("{path}.window"),
+                        format!("`{w}` is not one of hour, day, week, month"),
+                    );
                     Window::Month
                 }),
             };
@@ -239,7 +247,10 @@ impl Validator<'_> {
                 self.problem(&path, "sets neither `tokens` nor `usd`");
             }
             if b.tokens.is_some_and(|t| t > MAX_AMOUNT) {
-                self.problem(format!("{path}.tokens"), format!("must be at most {MAX_AMOUNT}"));
+                self.problem(
+                    format!("{path}.tokens"),
+                    format!("must be at most {MAX_AMOUNT}"),
+                );
             }
             let micro_usd = match b.usd {
                 Some(u) if !(u.is_finite() && u >= 0.0 && u * 1e6 <= MAX_AMOUNT as f64) => {
@@ -250,8 +261,14 @@ impl Validator<'_> {
                 None => None,
             };
             let mut alert_at = b.alert_at.clone();
-            if alert_at.iter().any(|a| !(a.is_finite() && *a > 0.0 && *a <= 10.0)) {
-                self.problem(format!("{path}.alert_at"), "fractions must be above 0 (1.0 is the whole budget)");
+            if alert_at
+                .iter()
+                .any(|a| !(a.is_finite() && *a > 0.0 && *a <= 10.0))
+            {
+                self.problem(
+                    format!("{path}.alert_at"),
+                    "fractions must be above 0 (1.0 is the whole budget)",
+                );
             }
             alert_at.sort_by(f64::total_cmp);
             alert_at.dedup();
@@ -260,26 +277,42 @@ impl Validator<'_> {
                 "fallback" => match b.fallback_model {
                     Some(m) if model_named(&m) => OnBreach::Fallback { model: m },
                     Some(m) => {
-                        self.problem(format!("{path}.fallback_model"), format!("`{m}` is not a configured model"));
+                        self.problem(
+                            format!("{path}.fallback_model"),
+                            format!("`{m}` is not a configured model"),
+                        );
                         OnBreach::Block
                     }
                     None => {
-                        self.problem(format!("{path}.fallback_model"), "on_breach: fallback needs a fallback_model");
+                        self.problem(
+                            format!("{path}.fallback_model"),
+                            "on_breach: fallback needs a fallback_model",
+                        );
                         OnBreach::Block
                     }
                 },
                 "queue" => OnBreach::Queue {
-                    timeout: Duration::from_millis(b.queue_timeout_ms.unwrap_or(30_000).min(600_000)),
+                    timeout: Duration::from_millis(
+                        b.queue_timeout_ms.unwrap_or(30_000).min(600_000),
+                    ),
                 },
                 other => {
-                    self.problem(format!("{path}.on_breach"), format!("`{other}` is not one of block, fallback, queue"));
+                    self.problem(
+                        format!("{path}.on_breach"),
+                        format!("`{other}` is not one of block, fallback, queue"),
+                    );
                     OnBreach::Block
                 }
             };
             let scope = b.scope.into_scope();
-            let name = b.name.unwrap_or_else(|| format!("{}/{}", scope.label(), window.as_str()));
+            let name = b
+                .name
+                .unwrap_or_else(|| format!("{}/{}", scope.label(), window.as_str()));
             if !names.insert(format!("budget|{name}")) {
-                self.problem(&path, format!("a second budget named `{name}` (give each a distinct `name`)"));
+                self.problem(
+                    &path,
+                    format!("a second budget named `{name}` (give each a distinct `name`)"),
+                );
             }
             p.budgets.push(BudgetRule {
                 name,
@@ -329,7 +362,9 @@ impl Validator<'_> {
                     identical_requests: g.identical_requests.unwrap_or(20),
                     window: Duration::from_secs(g.window_s.unwrap_or(300).max(1)),
                     token_rate_multiple: g.token_rate_multiple.unwrap_or(10.0),
-                    baseline_window: Duration::from_secs(g.baseline_window_s.unwrap_or(3600).max(1)),
+                    baseline_window: Duration::from_secs(
+                        g.baseline_window_s.unwrap_or(3600).max(1),
+                    ),
                     min_tokens: g.min_tokens.unwrap_or(10_000),
                     cooldown: Duration::from_secs(g.cooldown_s.unwrap_or(300)),
                 });
@@ -364,7 +399,12 @@ impl Validator<'_> {
                 cache_write: pf.cache_write.unwrap_or(pf.input),
                 output: pf.output.unwrap_or(0.0),
             };
-            let all = [price.input, price.cached_input, price.cache_write, price.output];
+            let all = [
+                price.input,
+                price.cached_input,
+                price.cache_write,
+                price.output,
+            ];
             if all.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
                 self.problem(&path, "prices must be USD per 1M tokens, 0 or more");
                 continue;
@@ -382,4 +422,106 @@ pub fn warnings(p: &Policy) -> Vec<String> {
         w.push("auth.mode is `open`: requests without a virtual key are admitted; anyone who reaches the port can spend".into());
     }
     w
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::governance::policy::{AuthMode, OnBreach, RateKind};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// The sketch from the governance issue, verbatim.
+    const SKETCH: &str = "
+providers:
+  - {name: sim, kind: openai, base_url: http://127.0.0.1:9}
+models:
+  - {name: gpt-4o, provider: sim}
+  - {name: smol-cheap, provider: sim, model: smol}
+auth: {mode: keys}
+prices:
+  smol: {input: 0.10, cached_input: 0.01, output: 0.40}      # USD per 1M tokens
+require_headers: [project]
+limits:
+  - scope: {team: search}
+    requests_per_minute: 600
+    tokens_per_minute: 200000
+budgets:
+  - scope: {team: search}
+    tokens: 5000000
+    usd: 40
+    window: month
+    alert_at: [0.8, 1.0]
+    on_breach: fallback
+    fallback_model: smol-cheap
+";
+
+    #[test]
+    fn the_issue_sketch_validates() {
+        let c = Config::from_yaml(SKETCH, &no_env).unwrap_or_else(|e| panic!("{e}"));
+        let g = &c.governance;
+        assert_eq!(g.auth, AuthMode::Keys);
+        assert_eq!(g.require_headers.len(), 1);
+        assert_eq!(g.rate_limits.len(), 1);
+        let r = &g.rate_limits[0];
+        assert_eq!(r.name, "team=search");
+        assert_eq!(
+            r.rates
+                .iter()
+                .map(|x| (x.kind, x.amount))
+                .collect::<Vec<_>>(),
+            [(RateKind::Requests, 600), (RateKind::Tokens, 200_000)]
+        );
+        // Transport limits keep their defaults when `limits:` is a list.
+        assert_eq!(c.limits.max_headers, 100);
+        let b = &g.budgets[0];
+        assert_eq!((b.tokens, b.micro_usd), (Some(5_000_000), Some(40_000_000)));
+        assert_eq!(b.alert_at, [0.8, 1.0]);
+        assert_eq!(
+            b.on_breach,
+            OnBreach::Fallback {
+                model: "smol-cheap".into()
+            }
+        );
+        assert_eq!(
+            c.prices.lookup(&["smol"]).map(|p| p.cached_input),
+            Some(0.01)
+        );
+        assert!(super::warnings(g).is_empty());
+    }
+
+    #[test]
+    fn keys_are_the_default_and_open_must_be_written_out() {
+        let c = Config::from_yaml("", &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.governance.auth, AuthMode::Keys);
+        let c =
+            Config::from_yaml("auth: {mode: open}\n", &no_env).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.governance.auth, AuthMode::Open);
+        assert_eq!(super::warnings(&c.governance).len(), 1);
+    }
+
+    #[test]
+    fn governance_problems_are_reported_with_their_paths() {
+        let e = Config::from_yaml(
+            "auth: {mode: maybe}\nrequire_headers: [team, colour]\nrate_limits:\n  - scope: {team: a}\n  - scope: {tem: a}\n    requests_per_minute: 1\nbudgets:\n  - scope: {team: a}\n    on_breach: fallback\n    fallback_model: nope\n    window: fortnight\nprices:\n  m: {input: -1}\n",
+            &no_env,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        for needle in [
+            "auth.mode",
+            "require_headers[1]",
+            "rate_limits[0]: sets no rate",
+            "rate_limits[1]",
+            "sets neither `tokens` nor `usd`",
+            "`nope` is not a configured model",
+            "budgets[0].window",
+            "prices.m",
+        ] {
+            assert!(e.contains(needle), "{needle} missing from:\n{e}");
+        }
+    }
 }

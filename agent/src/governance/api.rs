@@ -118,7 +118,13 @@ fn create(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
     if let Err(e) = store.insert_key(&rec, &new.hash) {
         return internal(e);
     }
-    record(store, "admin", "key.create", &rec.id, serde_json::to_value(&rec).unwrap_or_default());
+    record(
+        store,
+        "admin",
+        "key.create",
+        &rec.id,
+        serde_json::to_value(&rec).unwrap_or_default(),
+    );
     if let Err(a) = apply(gov, store) {
         return a;
     }
@@ -161,7 +167,13 @@ fn update(gov: &Governor, store: &Store, id: &str, body: &[u8]) -> Answer {
     };
     let changes: HashMap<String, Value> = match serde_json::from_slice(body) {
         Ok(c) => c,
-        Err(e) => return err(400, "invalid_key_spec", format!("expected a JSON object: {e}")),
+        Err(e) => {
+            return err(
+                400,
+                "invalid_key_spec",
+                format!("expected a JSON object: {e}"),
+            )
+        }
     };
     let mut merged = serde_json::to_value(&rec.spec).unwrap_or_default();
     for (k, v) in &changes {
@@ -180,7 +192,13 @@ fn update(gov: &Governor, store: &Store, id: &str, body: &[u8]) -> Answer {
         Ok(false) => return err(404, "key_not_found", format!("no active key `{id}`")),
         Err(e) => return internal(e),
     }
-    record(store, "admin", "key.update", id, json!({ "changes": changes }));
+    record(
+        store,
+        "admin",
+        "key.update",
+        id,
+        json!({ "changes": changes }),
+    );
     if let Err(a) = apply(gov, store) {
         return a;
     }
@@ -197,11 +215,20 @@ fn rotate(gov: &Governor, store: &Store, id: &str) -> Answer {
         Ok(false) => return err(404, "key_not_found", format!("no active key `{id}`")),
         Err(e) => return internal(e),
     }
-    record(store, "admin", "key.rotate", id, json!({ "prefix": new.prefix }));
+    record(
+        store,
+        "admin",
+        "key.rotate",
+        id,
+        json!({ "prefix": new.prefix }),
+    );
     if let Err(a) = apply(gov, store) {
         return a;
     }
-    (200, json!({ "id": id, "key": new.secret, "prefix": new.prefix }))
+    (
+        200,
+        json!({ "id": id, "key": new.secret, "prefix": new.prefix }),
+    )
 }
 
 fn revoke(gov: &Governor, store: &Store, id: &str) -> Answer {
@@ -224,13 +251,21 @@ fn grant(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
     };
     let now = now_ms();
     if x.justification.trim().is_empty() || x.approver.trim().is_empty() {
-        return err(400, "invalid_exception", "an exception needs a justification and an approver");
+        return err(
+            400,
+            "invalid_exception",
+            "an exception needs a justification and an approver",
+        );
     }
     if x.expires_ms <= now {
         return err(400, "invalid_exception", "expires_ms is in the past");
     }
     if x.model.is_none() && x.extra_tokens.is_none() && x.extra_usd.is_none() {
-        return err(400, "invalid_exception", "grant a model, extra_tokens or extra_usd");
+        return err(
+            400,
+            "invalid_exception",
+            "grant a model, extra_tokens or extra_usd",
+        );
     }
     x.created_ms = now;
     x.id = match store.insert_exception(&x) {

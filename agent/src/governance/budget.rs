@@ -129,7 +129,11 @@ mod tests {
         assert_eq!(m.settle(7, 60, 10), 0);
         assert_eq!(m.used(8), 50);
         assert_eq!(m.settle(8, 50, 20), 20);
-        assert_eq!(m.settle(8, 0, 30), 50, "use beyond the reservation is charged");
+        assert_eq!(
+            m.settle(8, 0, 30),
+            50,
+            "use beyond the reservation is charged"
+        );
     }
 
     #[test]
@@ -139,7 +143,9 @@ mod tests {
             .map(|_| {
                 let m = m.clone();
                 std::thread::spawn(move || {
-                    (0..1000).filter(|_| m.try_reserve(3, 7, 10_000).is_ok()).count() as u64
+                    (0..1000)
+                        .filter(|_| m.try_reserve(3, 7, 10_000).is_ok())
+                        .count() as u64
                 })
             })
             .collect::<Vec<_>>()

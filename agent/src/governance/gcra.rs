@@ -138,11 +138,17 @@ mod tests {
     fn token_costs_and_refunds() {
         let g = Gcra::new(1000, Duration::from_secs(60));
         let t = 100 * SEC;
-        assert!(matches!(g.check(800, t), Verdict::Allowed { remaining: 200, .. }));
+        assert!(matches!(
+            g.check(800, t),
+            Verdict::Allowed { remaining: 200, .. }
+        ));
         assert!(matches!(g.check(300, t), Verdict::Denied { .. }));
         g.refund(500);
         assert_eq!(g.remaining(t), 700);
-        assert!(matches!(g.check(300, t), Verdict::Allowed { remaining: 400, .. }));
+        assert!(matches!(
+            g.check(300, t),
+            Verdict::Allowed { remaining: 400, .. }
+        ));
         g.charge(100, t);
         assert_eq!(g.remaining(t), 300);
         // A single request above the whole limit is refused with a bounded wait.

@@ -69,8 +69,7 @@ impl KeySpec {
             return Err("rpm and tpm must be at least 1 (leave them out for no limit)".into());
         }
         if let Some(usd) = self.budget_usd {
-            if !(usd.is_finite() && usd >= 0.0 && usd <= super::budget::MAX_AMOUNT as f64 / 1e6)
-            {
+            if !(usd.is_finite() && usd >= 0.0 && usd <= super::budget::MAX_AMOUNT as f64 / 1e6) {
                 return Err("budget_usd must be between 0 and 1000000".into());
             }
         }
@@ -210,13 +209,25 @@ impl KeyTable {
                     e.state.clone()
                 }
                 Some(e) => Arc::new(KeyState {
-                    rpm: rec.spec.rpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    tpm: rec.spec.tpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    rpm: rec
+                        .spec
+                        .rpm
+                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    tpm: rec
+                        .spec
+                        .tpm
+                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
                     budget: e.state.budget.clone(),
                 }),
                 None => Arc::new(KeyState {
-                    rpm: rec.spec.rpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    tpm: rec.spec.tpm.map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    rpm: rec
+                        .spec
+                        .rpm
+                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
+                    tpm: rec
+                        .spec
+                        .tpm
+                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
                     budget: Arc::new(BudgetState::default()),
                 }),
             };
@@ -333,7 +344,10 @@ mod tests {
         let t3 = KeyTable::build(vec![(rec(Some(6)), k.hash)], &t2);
         let (s2, s3) = (s(&t2).unwrap(), s(&t3).unwrap());
         assert!(!Arc::ptr_eq(&s2, &s3));
-        assert!(Arc::ptr_eq(&s2.budget, &s3.budget), "the budget's spend is kept");
+        assert!(
+            Arc::ptr_eq(&s2.budget, &s3.budget),
+            "the budget's spend is kept"
+        );
     }
 
     #[test]
@@ -355,7 +369,10 @@ mod tests {
         assert!(entry.allows_model("gpt-4o-mini"));
         assert!(entry.allows_model("smol"));
         assert!(!entry.allows_model("smol2"));
-        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(
+            parse_duration("30d"),
+            Some(Duration::from_secs(30 * 86_400))
+        );
         assert_eq!(parse_duration("90"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("5y"), None);
     }

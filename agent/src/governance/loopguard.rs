@@ -114,7 +114,9 @@ impl SessionState {
         // The baseline covers the part of the baseline window the session has existed for.
         let span = (now_ms - window - h.first_ms).clamp(1, baseline_window);
         let baseline = before as f64 * window as f64 / span as f64;
-        if recent >= g.min_tokens && baseline > 0.0 && recent as f64 > g.token_rate_multiple * baseline
+        if recent >= g.min_tokens
+            && baseline > 0.0
+            && recent as f64 > g.token_rate_multiple * baseline
         {
             drop(h);
             self.trip(g, now_ms);
@@ -214,7 +216,10 @@ mod tests {
         for i in 0..10 {
             tripped = tripped.or(s.observe_tokens(&g, 600_000 + i * 1000, 100));
         }
-        assert!(matches!(tripped, Some(Trip::TokenRate { .. })), "{tripped:?}");
+        assert!(
+            matches!(tripped, Some(Trip::TokenRate { .. })),
+            "{tripped:?}"
+        );
     }
 
     #[test]
@@ -223,7 +228,10 @@ mod tests {
         let a = sessions.get("a");
         assert!(Arc::ptr_eq(&a, &sessions.get("a")));
         a.last_seen_ms.store(1_000, Ordering::Relaxed);
-        sessions.get("b").last_seen_ms.store(50_000, Ordering::Relaxed);
+        sessions
+            .get("b")
+            .last_seen_ms
+            .store(50_000, Ordering::Relaxed);
         assert_eq!(sessions.evict_idle(60_000, 30_000), 1);
         assert_eq!(sessions.len(), 1);
     }

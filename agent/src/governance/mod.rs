@@ -182,7 +182,12 @@ impl Governor {
         }
         let now = window::now_ms();
         for b in &policy.budgets {
-            let id = format!("budget|{}|{}|{}", b.name, b.scope.label(), b.window.as_str());
+            let id = format!(
+                "budget|{}|{}|{}",
+                b.name,
+                b.scope.label(),
+                b.window.as_str()
+            );
             let state = match slots.remove(&id).or_else(|| used.remove(&id)) {
                 Some(Slot::Budget(s)) => s,
                 _ => {
@@ -276,15 +281,51 @@ impl Governor {
         use std::fmt::Write;
         let c = &self.counters;
         let counters: [(&str, &str, &AtomicU64); 9] = [
-            ("tollgate_auth_failures_total", "Requests refused for a missing, unknown, revoked or expired key.", &c.auth_failures),
-            ("tollgate_rate_limited_total", "Requests refused by a rate limit.", &c.rate_limited),
-            ("tollgate_budget_blocked_total", "Requests refused because a budget had no room.", &c.budget_blocked),
-            ("tollgate_budget_fallbacks_total", "Requests served by a budget's fallback model.", &c.budget_fallbacks),
-            ("tollgate_budget_queued_total", "Requests that waited for budget headroom.", &c.budget_queued),
-            ("tollgate_model_denied_total", "Requests refused by model access policy.", &c.model_denied),
-            ("tollgate_loop_trips_total", "Loop-guard breaker trips.", &c.loop_trips),
-            ("tollgate_budget_alerts_total", "Budget alert thresholds crossed.", &c.budget_alerts),
-            ("tollgate_alert_webhook_failures_total", "Alert webhook POSTs that failed.", &c.webhook_failures),
+            (
+                "tollgate_auth_failures_total",
+                "Requests refused for a missing, unknown, revoked or expired key.",
+                &c.auth_failures,
+            ),
+            (
+                "tollgate_rate_limited_total",
+                "Requests refused by a rate limit.",
+                &c.rate_limited,
+            ),
+            (
+                "tollgate_budget_blocked_total",
+                "Requests refused because a budget had no room.",
+                &c.budget_blocked,
+            ),
+            (
+                "tollgate_budget_fallbacks_total",
+                "Requests served by a budget's fallback model.",
+                &c.budget_fallbacks,
+            ),
+            (
+                "tollgate_budget_queued_total",
+                "Requests that waited for budget headroom.",
+                &c.budget_queued,
+            ),
+            (
+                "tollgate_model_denied_total",
+                "Requests refused by model access policy.",
+                &c.model_denied,
+            ),
+            (
+                "tollgate_loop_trips_total",
+                "Loop-guard breaker trips.",
+                &c.loop_trips,
+            ),
+            (
+                "tollgate_budget_alerts_total",
+                "Budget alert thresholds crossed.",
+                &c.budget_alerts,
+            ),
+            (
+                "tollgate_alert_webhook_failures_total",
+                "Alert webhook POSTs that failed.",
+                &c.webhook_failures,
+            ),
         ];
         for (name, help, v) in counters {
             let _ = writeln!(
@@ -386,7 +427,10 @@ mod rebuild {
             sql.push_str(&format!(" AND {column} {op} ?{}", args.len()));
         }
         conn.query_row(&sql, rusqlite::params_from_iter(args), |r| {
-            Ok((r.get::<_, i64>(0)?.max(0) as u64, r.get::<_, i64>(1)?.max(0) as u64))
+            Ok((
+                r.get::<_, i64>(0)?.max(0) as u64,
+                r.get::<_, i64>(1)?.max(0) as u64,
+            ))
         })
     }
 }

@@ -300,8 +300,7 @@ impl Policy {
         }
         if let Some(workflow) = f.identity.workflow.as_deref() {
             for class in &self.workload_classes {
-                if class.class.matches(workflow) && !class.models.iter().any(|g| g.matches(model))
-                {
+                if class.class.matches(workflow) && !class.models.iter().any(|g| g.matches(model)) {
                     return Err(format!(
                         "The workload class `{}` may use the tiers [{}], which do not include `{model}`.",
                         class.class.as_str(),

@@ -148,8 +148,7 @@ impl Store {
         if !path.exists() {
             return Ok(None);
         }
-        let conn =
-            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Some(Store { conn }))
     }
@@ -396,7 +395,10 @@ mod tests {
     fn the_audit_log_is_append_only() {
         let d = dir("audit");
         let s = Store::open(&d).unwrap();
-        for (i, action) in ["key.create", "budget.alert", "key.revoke"].iter().enumerate() {
+        for (i, action) in ["key.create", "budget.alert", "key.revoke"]
+            .iter()
+            .enumerate()
+        {
             s.append_audit(&AuditEntry {
                 seq: 0,
                 ts_ms: i as i64,

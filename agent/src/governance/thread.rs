@@ -128,13 +128,7 @@ fn raise(shared: &Shared, gov: &Governor, store: &Store, a: &Alert) {
             detail: body.clone(),
         },
     );
-    let url = shared
-        .snapshot
-        .load()
-        .cfg
-        .governance
-        .alert_webhook
-        .clone();
+    let url = shared.snapshot.load().cfg.governance.alert_webhook.clone();
     if let Some(url) = url {
         let agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
@@ -148,7 +142,9 @@ fn raise(shared: &Shared, gov: &Governor, store: &Store, a: &Alert) {
             .send(body.to_string());
         let ok = matches!(&result, Ok(r) if r.status().is_success());
         if !ok {
-            gov.counters.webhook_failures.fetch_add(1, Ordering::Relaxed);
+            gov.counters
+                .webhook_failures
+                .fetch_add(1, Ordering::Relaxed);
             tracing::warn!(url = %url, result = ?result.map(|r| r.status()), "the alert webhook failed");
         }
     }

@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(dec.end_ms, ms(2027, 1, 1, 0));
         assert_eq!(Window::Month.at(dec.end_ms).index, dec.index + 1);
         assert_eq!(Window::Month.at(dec.end_ms - 1).index, dec.index);
-        assert_eq!(month_span("2026-12").map(|s| s.start_ms), Some(dec.start_ms));
+        assert_eq!(
+            month_span("2026-12").map(|s| s.start_ms),
+            Some(dec.start_ms)
+        );
         assert!(month_span("2026-13").is_none());
     }
 
@@ -171,7 +174,10 @@ mod tests {
         assert_eq!(w.start_ms, ms(2026, 11, 30, 0));
         assert_eq!(w.end_ms, ms(2026, 12, 7, 0));
         let d = Window::Day.at(ms(2026, 12, 3, 12));
-        assert_eq!((d.start_ms, d.end_ms), (ms(2026, 12, 3, 0), ms(2026, 12, 4, 0)));
+        assert_eq!(
+            (d.start_ms, d.end_ms),
+            (ms(2026, 12, 3, 0), ms(2026, 12, 4, 0))
+        );
         let h = Window::Hour.at(ms(2026, 12, 3, 12) + 59 * 60_000);
         assert_eq!(h.start_ms, ms(2026, 12, 3, 12));
     }

@@ -200,7 +200,11 @@ mod tests {
             },
             ..AttributionRule::default()
         };
-        let mut e = Enricher::new(Some(std::sync::Arc::new(CgroupResolver::new(&base))), None, settings(vec![rule]));
+        let mut e = Enricher::new(
+            Some(std::sync::Arc::new(CgroupResolver::new(&base))),
+            None,
+            settings(vec![rule]),
+        );
         let mut r = UsageRecord {
             conn: Some(conn("sh", id)),
             ..UsageRecord::default()

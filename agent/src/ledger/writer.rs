@@ -66,9 +66,14 @@ pub fn run(
                 // Whatever is still queued was sent before the stop.
                 while let Ok(m) = rx.try_recv() {
                     match m {
-                        ToWriter::Batch(msgs) => {
-                            absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher, &governor)
-                        }
+                        ToWriter::Batch(msgs) => absorb(
+                            msgs,
+                            &mut batch,
+                            &metrics,
+                            control_shard,
+                            &mut enricher,
+                            &governor,
+                        ),
                         ToWriter::Retire(path) => retired.push(path),
                         ToWriter::Stop => {}
                     }
@@ -88,7 +93,14 @@ pub fn run(
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
             }
             Ok(ToWriter::Batch(msgs)) => {
-                absorb(msgs, &mut batch, &metrics, control_shard, &mut enricher, &governor);
+                absorb(
+                    msgs,
+                    &mut batch,
+                    &metrics,
+                    control_shard,
+                    &mut enricher,
+                    &governor,
+                );
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
@@ -169,7 +181,8 @@ fn settle_governance(record: &mut UsageRecord, governor: &Governor) {
         return;
     };
     let tokens = record.usage.input_tokens + record.usage.output_tokens;
-    if let Some(trip) = session.observe_tokens(&guard, crate::governance::window::now_ms(), tokens) {
+    if let Some(trip) = session.observe_tokens(&guard, crate::governance::window::now_ms(), tokens)
+    {
         governor.counters.loop_trips.fetch_add(1, Ordering::Relaxed);
         let subject = record.identity.session.clone().unwrap_or_default();
         governor.audit(

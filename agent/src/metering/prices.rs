@@ -129,8 +129,14 @@ mod tests {
     #[test]
     fn dated_variants_find_their_family() {
         assert_eq!(built_in("gpt-4o-2024-08-06"), built_in("gpt-4o"));
-        assert_eq!(built_in("gpt-4o-mini-2024-07-18").map(|p| p.input), Some(0.15));
-        assert_eq!(built_in("claude-sonnet-4-20250514").map(|p| p.output), Some(15.0));
+        assert_eq!(
+            built_in("gpt-4o-mini-2024-07-18").map(|p| p.input),
+            Some(0.15)
+        );
+        assert_eq!(
+            built_in("claude-sonnet-4-20250514").map(|p| p.output),
+            Some(15.0)
+        );
         assert_eq!(built_in("openai/gpt-4.1-mini").map(|p| p.input), Some(0.40));
         assert!(built_in("gpt-4oops").is_none());
         assert!(built_in("llama-3-8b").is_none());

@@ -130,15 +130,22 @@ fn authenticate(
     mode: AuthMode,
 ) -> Result<Option<Arc<KeyEntry>>, GateError> {
     let head = &ctx.head;
-    let credential = head
+    let bearer = head
         .header_str("authorization")
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim)
-        .filter(|v| v.starts_with(KEY_PREFIX))
-        .or_else(|| head.header_str("x-api-key").map(str::trim));
+        .map(str::trim);
+    let api_key = head.header_str("x-api-key").map(str::trim);
+    // Ours wherever it is (a client may send a provider key in the other header), else
+    // whatever was sent.
+    let credential = [bearer, api_key]
+        .into_iter()
+        .flatten()
+        .find(|c| c.starts_with(KEY_PREFIX))
+        .or(bearer)
+        .or(api_key);
     let fail = |code: &'static str, message: String| {
         gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
         GateError::new(ErrorKind::Unauthorized { code }, message)
@@ -165,7 +172,9 @@ fn authenticate(
             };
             return Err(fail(
                 "missing_api_key",
-                format!("You didn't provide an API key. Send your Tollgate virtual key as `{hint}`."),
+                format!(
+                    "You didn't provide an API key. Send your Tollgate virtual key as `{hint}`."
+                ),
             ));
         }
     };
@@ -173,14 +182,23 @@ fn authenticate(
     let Some(key) = table.lookup(secret) else {
         return Err(fail(
             "invalid_api_key",
-            format!("Incorrect API key provided: {}. The key is unknown or was revoked.", redact(secret)),
+            format!(
+                "Incorrect API key provided: {}. The key is unknown or was revoked.",
+                redact(secret)
+            ),
         ));
     };
     if !key.spec.enabled {
-        return Err(fail("key_disabled", format!("The key {} is disabled.", key.prefix)));
+        return Err(fail(
+            "key_disabled",
+            format!("The key {} is disabled.", key.prefix),
+        ));
     }
     if key.spec.expires_at_ms.is_some_and(|t| t <= now_ms()) {
-        return Err(fail("key_expired", format!("The key {} has expired.", key.prefix)));
+        return Err(fail(
+            "key_expired",
+            format!("The key {} has expired.", key.prefix),
+        ));
     }
     if !key.ip_allowed(client.peer.ip()) {
         gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -310,8 +328,20 @@ fn rate_limits(
     let f = facts(client, ctx, key);
     let key_limits = key.into_iter().flat_map(|k| {
         [
-            k.state.rpm.clone().map(|g| (format!("key={}/requests_per_minute", k.id), RateKind::Requests, g)),
-            k.state.tpm.clone().map(|g| (format!("key={}/tokens_per_minute", k.id), RateKind::Tokens, g)),
+            k.state.rpm.clone().map(|g| {
+                (
+                    format!("key={}/requests_per_minute", k.id),
+                    RateKind::Requests,
+                    g,
+                )
+            }),
+            k.state.tpm.clone().map(|g| {
+                (
+                    format!("key={}/tokens_per_minute", k.id),
+                    RateKind::Tokens,
+                    g,
+                )
+            }),
         ]
         .into_iter()
         .flatten()
@@ -322,10 +352,13 @@ fn rate_limits(
         .zip(snap.governance.rates.iter())
         .filter(|(rule, _)| rule.scope.matches(&f))
         .flat_map(|(rule, limiters)| {
-            rule.rates
-                .iter()
-                .zip(limiters)
-                .map(|(rate, g)| (format!("{}/{}", rule.name, rate.name()), rate.kind, g.clone()))
+            rule.rates.iter().zip(limiters).map(|(rate, g)| {
+                (
+                    format!("{}/{}", rule.name, rate.name()),
+                    rate.kind,
+                    g.clone(),
+                )
+            })
         });
     let mut denied = None;
     for (name, kind, gcra) in key_limits.chain(rule_limits) {
@@ -374,21 +407,27 @@ fn rate_limits(
             t.gcra.refund(t.reserved);
         }
         gov.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
-        let what = if kind == RateKind::Requests { "requests" } else { "tokens" };
+        let what = if kind == RateKind::Requests {
+            "requests"
+        } else {
+            "tokens"
+        };
         let message = if cost > limit {
             format!("This request needs {cost} {what}, more than the whole limit `{name}` ({limit}) allows; reduce max_tokens or the prompt.")
         } else {
             format!("Rate limit reached for `{name}`: limit {limit}, requested {cost}. Please try again in {}.", openai_duration(retry_after))
         };
         let headers = render_quota(&quota, ctx.api.wire());
-        return Err(GateError::new(ErrorKind::RateLimited { kind: what }, message).with_detail(
-            ErrorDetail {
-                limit: Some(name),
-                resets_at_ms: Some(now_ms() + retry_after.as_millis() as i64),
-                retry_after_s: Some(retry_after.as_secs_f64().ceil().max(1.0) as u32),
-                headers,
-            },
-        ));
+        return Err(
+            GateError::new(ErrorKind::RateLimited { kind: what }, message).with_detail(
+                ErrorDetail {
+                    limit: Some(name),
+                    resets_at_ms: Some(now_ms() + retry_after.as_millis() as i64),
+                    retry_after_s: Some(retry_after.as_secs_f64().ceil().max(1.0) as u32),
+                    headers,
+                },
+            ),
+        );
     }
     ctx.hold.rates = taken;
     if quota.requests.is_some() || quota.tokens.is_some() {
@@ -442,7 +481,16 @@ async fn budgets(
     let mut queue_deadline: Option<Instant> = None;
     loop {
         let micro_usd = price.map_or(0, |p| p.estimate_micro_usd(input, output));
-        match attempt(gov, snap, client, ctx, key, input + output, micro_usd, &unlimited) {
+        match attempt(
+            gov,
+            snap,
+            client,
+            ctx,
+            key,
+            input + output,
+            micro_usd,
+            &unlimited,
+        ) {
             Attempt::Held(held) => {
                 ctx.hold.budgets = held;
                 ctx.price = price;
@@ -456,8 +504,12 @@ async fn budgets(
             } => {
                 let on_breach = rule.map_or(&OnBreach::Block, |i| &policy.budgets[i].on_breach);
                 match on_breach {
-                    OnBreach::Fallback { model } if !unlimited.contains(&rule.unwrap_or(usize::MAX)) => {
-                        gov.counters.budget_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    OnBreach::Fallback { model }
+                        if !unlimited.contains(&rule.unwrap_or(usize::MAX)) =>
+                    {
+                        gov.counters
+                            .budget_fallbacks
+                            .fetch_add(1, Ordering::Relaxed);
                         let from = std::mem::replace(&mut ctx.inspection.model, model.clone());
                         ctx.inspection.original_model.get_or_insert(from.clone());
                         let q = ctx.quota.get_or_insert_with(Box::default);
@@ -493,7 +545,11 @@ fn exhausted(
     queued: bool,
 ) -> GateError {
     gov.counters.budget_blocked.fetch_add(1, Ordering::Relaxed);
-    let waited = if queued { " after waiting for headroom" } else { "" };
+    let waited = if queued {
+        " after waiting for headroom"
+    } else {
+        ""
+    };
     let retry = ((resets_at_ms - now_ms()).max(1000) / 1000) as u32;
     GateError::new(
         ErrorKind::BudgetExceeded,
@@ -572,10 +628,18 @@ fn attempt(
     for (rule, state, info, limit_t, limit_c) in key_budget.into_iter().chain(rules) {
         let span = info.window.at(now);
         let free = rule.is_some_and(|i| unlimited.contains(&i));
-        let cap = |limit: Option<u64>| if free { u64::MAX } else { limit.unwrap_or(u64::MAX) };
+        let cap = |limit: Option<u64>| {
+            if free {
+                u64::MAX
+            } else {
+                limit.unwrap_or(u64::MAX)
+            }
+        };
         let t = state.tokens.try_reserve(span.index, tokens, cap(limit_t));
         let c = match t {
-            Ok(_) => state.micro_usd.try_reserve(span.index, micro_usd, cap(limit_c)),
+            Ok(_) => state
+                .micro_usd
+                .try_reserve(span.index, micro_usd, cap(limit_c)),
             Err(_) => Err(0),
         };
         if t.is_err() || c.is_err() {

@@ -49,7 +49,6 @@ impl BodyBudget {
             used: Cell::new(0),
         })
     }
-
 }
 
 /// A share of a [`BodyBudget`]; given back on drop.

@@ -154,7 +154,12 @@ intercept:
         let metrics = crate::telemetry::metrics::Metrics::new(1, vec![], vec![]);
         Arc::new(
             crate::snapshot::Registry::default()
-                .build(Arc::new(cfg.clone()), 1, &metrics, &crate::governance::Governor::for_tests())
+                .build(
+                    Arc::new(cfg.clone()),
+                    1,
+                    &metrics,
+                    &crate::governance::Governor::for_tests(),
+                )
                 .unwrap_or_else(|e| panic!("{e}")),
         )
     }

@@ -138,34 +138,35 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
         ]),
         None => cfg.prices.lookup(&[ctx.inspection.model.as_str()]),
     });
-    let record = UsageRecord {
-        id: ctx.id.clone(),
-        ts_ms: start_ms(latency),
-        latency_us: latency.as_micros() as u64,
-        ttft_us: ctx
-            .first_byte_at
-            .map(|t| t.duration_since(ctx.started).as_micros() as u64),
-        status: ctx.status,
-        outcome: outcome_label(ctx),
-        api: ctx.api.label(),
-        identity: std::mem::take(&mut ctx.identity),
-        requested_model: ctx.inspection.original_model.clone().or_else(|| {
-            (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone())
-        }),
-        served_model: target.map(|t| t.upstream_model(cfg, &ctx.inspection.model).to_string()),
-        provider: target.map(|t| cfg.providers[t.provider].name.clone()),
-        usage: ctx.usage.unwrap_or_default(),
-        estimated: false,
-        conn: conn.cloned(),
-        cgroup: None,
-        key_id: ctx.key.as_ref().map(|k| k.id.clone()),
-        cost_micro_usd: match (&ctx.usage, price) {
-            (Some(u), Some(p)) => p.micro_usd(u),
-            _ => 0,
-        },
-        price,
-        hold: std::mem::take(&mut ctx.hold),
-    };
+    let record =
+        UsageRecord {
+            id: ctx.id.clone(),
+            ts_ms: start_ms(latency),
+            latency_us: latency.as_micros() as u64,
+            ttft_us: ctx
+                .first_byte_at
+                .map(|t| t.duration_since(ctx.started).as_micros() as u64),
+            status: ctx.status,
+            outcome: outcome_label(ctx),
+            api: ctx.api.label(),
+            identity: std::mem::take(&mut ctx.identity),
+            requested_model: ctx.inspection.original_model.clone().or_else(|| {
+                (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone())
+            }),
+            served_model: target.map(|t| t.upstream_model(cfg, &ctx.inspection.model).to_string()),
+            provider: target.map(|t| cfg.providers[t.provider].name.clone()),
+            usage: ctx.usage.unwrap_or_default(),
+            estimated: false,
+            conn: conn.cloned(),
+            cgroup: None,
+            key_id: ctx.key.as_ref().map(|k| k.id.clone()),
+            cost_micro_usd: match (&ctx.usage, price) {
+                (Some(u), Some(p)) => p.micro_usd(u),
+                _ => 0,
+            },
+            price,
+            hold: std::mem::take(&mut ctx.hold),
+        };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.
     let produced = (200..300).contains(&ctx.status) && ctx.response_started;

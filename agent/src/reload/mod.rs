@@ -187,9 +187,12 @@ impl Reloader {
         }
         let restart_only = keep_restart_only(&mut cfg, &state.boot_file, &self.boot);
         let generation = current.generation + 1;
-        let snap = state
-            .registry
-            .build(Arc::new(cfg), generation, &self.shared.metrics, &self.shared.governor)?;
+        let snap = state.registry.build(
+            Arc::new(cfg),
+            generation,
+            &self.shared.metrics,
+            &self.shared.governor,
+        )?;
         self.shared.snapshot.store(Arc::new(snap));
         state.applied_sha256 = sha;
         let version = match history::record(&self.boot.data_dir, &text, trigger.label(), generation)

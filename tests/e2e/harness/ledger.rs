@@ -37,6 +37,8 @@ pub struct Row {
     pub output_tokens: i64,
     pub reasoning_tokens: i64,
     pub estimated: bool,
+    pub key_id: Option<String>,
+    pub cost_micro_usd: i64,
 }
 
 impl Row {
@@ -55,7 +57,8 @@ impl Row {
 const COLUMNS: &str =
     "id, ts_ms, latency_us, ttft_us, status, outcome, api, team, project, user_id, \
      session_id, workflow, cost_center, requested_model, served_model, provider, input_tokens, \
-     cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated";
+     cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated, key_id, \
+     COALESCE(cost_micro_usd, 0)";
 
 fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -81,6 +84,8 @@ fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         output_tokens: r.get(19)?,
         reasoning_tokens: r.get(20)?,
         estimated: r.get::<_, i64>(21)? != 0,
+        key_id: r.get(22)?,
+        cost_micro_usd: r.get(23)?,
     })
 }
 

@@ -614,6 +614,11 @@ pub struct CliOutput {
 
 /// Runs `tollgate ARGS` to completion (killed after `timeout`), with the provider keys set.
 pub fn run_tollgate(args: &[&str], timeout: Duration) -> CliOutput {
+    run_tollgate_env(args, &[], timeout)
+}
+
+/// Like [`run_tollgate`], with more environment variables.
+pub fn run_tollgate_env(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> CliOutput {
     let dir = TempDir::new("cli");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
@@ -622,6 +627,7 @@ pub fn run_tollgate(args: &[&str], timeout: Duration) -> CliOutput {
         .env("SIM_KEY", OPENAI_PROVIDER_KEY)
         .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(File::create(&out_path).expect("stdout file"))
         .stderr(File::create(&err_path).expect("stderr file"));

@@ -1,0 +1,294 @@
+//! Virtual keys: both SDK header styles, 401s in each wire format, identity from the key,
+//! revocation and rotation taking effect at once, expiry, IP allowlists, model globs, keys
+//! surviving a restart, and the `tollgate keys` CLI over the admin API.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{admin, chat, create_key, governed, post_with_key};
+use crate::harness::procs::{run_tollgate, ADMIN_TOKEN};
+use crate::harness::{
+    assert_anthropic_error, assert_openai_error, messages_body, post_json, post_raw, Sim,
+};
+
+#[test]
+fn keys_admit_both_sdk_styles_and_set_identity() {
+    let stack = governed(Sim::start(&[]), "");
+    let (key, id) = create_key(
+        &stack,
+        json!({"team": "search", "project": "ranker", "user": "ana"}),
+    );
+    assert!(key.starts_with("tg-") && key.len() == 46, "{key}");
+
+    // OpenAI style, with headers that try to charge another team.
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &key,
+        &[
+            ("x-tollgate-team", "billing"),
+            ("x-tollgate-session", "s-1"),
+        ],
+        &chat("smol", 3),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.key_id.as_deref(), Some(id.as_str()));
+    assert_eq!(row.team.as_deref(), Some("search"), "the key's team wins");
+    assert_eq!(row.project.as_deref(), Some("ranker"));
+    assert_eq!(row.user_id.as_deref(), Some("ana"));
+    assert_eq!(row.session_id.as_deref(), Some("s-1"), "other headers stay");
+    assert!(
+        stack.sim.last_request()["headers"]["authorization"]
+            .as_str()
+            .is_some_and(|a| !a.contains(&key)),
+        "the virtual key never reaches the provider"
+    );
+
+    // Anthropic style: x-api-key, and Bearer as newer SDKs send it.
+    let body = messages_body("be brief", "hi", 3, false);
+    let r = post_raw(
+        stack.agent.addr,
+        "/v1/messages",
+        &[
+            ("x-api-key", key.as_str()),
+            ("anthropic-version", "2023-06-01"),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_with_key(stack.agent.addr, "/v1/messages", &key, &[], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn requests_without_a_valid_key_get_401_in_their_wire_format() {
+    let stack = governed(Sim::start(&[]), "");
+    let r = post_json(stack.agent.addr, "/v1/chat/completions", &chat("smol", 2));
+    let e = assert_openai_error(&r, 401, "invalid_request_error", "missing_api_key");
+    assert!(e["message"].as_str().is_some_and(|m| m.contains("Bearer")));
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        "tg-notarealkey0000000000000000000000000000000",
+        &[],
+        &chat("smol", 2),
+    );
+    assert_openai_error(&r, 401, "invalid_request_error", "invalid_api_key");
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        "sk-proj-a-provider-key-1234",
+        &[],
+        &chat("smol", 2),
+    );
+    let e = assert_openai_error(&r, 401, "invalid_request_error", "invalid_api_key");
+    assert!(
+        !e["message"].as_str().unwrap_or("").contains("provider-key"),
+        "a rejected credential is redacted: {e}"
+    );
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/messages",
+        &messages_body("s", "hi", 2, false),
+    );
+    assert_anthropic_error(&r, 401, "authentication_error");
+    // Nothing reached the provider, and each refusal has its ledger row.
+    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    assert!(
+        rows.iter().all(|r| r.status == 401 && r.input_tokens == 0),
+        "{rows:#?}"
+    );
+    assert!(stack
+        .agent
+        .metrics()
+        .contains("tollgate_auth_failures_total 4"));
+}
+
+#[test]
+fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
+    let stack = governed(Sim::start(&[]), "");
+    let admin_addr = stack.agent.admin_addr().expect("admin");
+    let (key, id) = create_key(&stack, json!({"team": "t"}));
+    let ok = |k: &str| {
+        post_with_key(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            k,
+            &[],
+            &chat("smol", 2),
+        )
+        .status
+    };
+    assert_eq!(ok(&key), 200);
+
+    let r = admin(
+        admin_addr,
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rotated = r.json()["key"].as_str().expect("new key").to_string();
+    assert_eq!(ok(&key), 401, "the old secret stops at once");
+    assert_eq!(ok(&rotated), 200);
+
+    let r = admin(
+        admin_addr,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(&json!({"enabled": false})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &rotated,
+        &[],
+        &chat("smol", 2),
+    );
+    assert_openai_error(&r, 401, "invalid_request_error", "key_disabled");
+
+    let r = admin(
+        admin_addr,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(&json!({"enabled": true, "allowed_ips": ["10.0.0.0/8"]})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &rotated,
+        &[],
+        &chat("smol", 2),
+    );
+    assert_openai_error(&r, 403, "invalid_request_error", "ip_not_allowed");
+    admin(
+        admin_addr,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(&json!({"allowed_ips": ["127.0.0.0/8"]})),
+    );
+    assert_eq!(ok(&rotated), 200);
+
+    let r = admin(
+        admin_addr,
+        "POST",
+        &format!("/admin/keys/{id}/revoke"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(ok(&rotated), 401);
+
+    let (short, _) = create_key(&stack, json!({"expires_at_ms": super::now_ms() + 300}));
+    assert_eq!(ok(&short), 200);
+    std::thread::sleep(Duration::from_millis(400));
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &short,
+        &[],
+        &chat("smol", 2),
+    );
+    assert_openai_error(&r, 401, "invalid_request_error", "key_expired");
+
+    // Every change is in the audit log.
+    let r = admin(admin_addr, "GET", "/admin/audit?action=key.", None);
+    let actions: Vec<String> = r.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in ["key.create", "key.rotate", "key.update", "key.revoke"] {
+        assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
+    }
+}
+
+#[test]
+fn model_globs_on_a_key() {
+    let stack = governed(Sim::start(&[]), "");
+    let (key, _) = create_key(&stack, json!({"models": ["sm*"]}));
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &key,
+        &[],
+        &chat("smol", 2),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/messages",
+        &key,
+        &[],
+        &messages_body("s", "hi", 2, false),
+    );
+    assert_anthropic_error(&r, 403, "permission_error");
+}
+
+#[test]
+fn keys_survive_a_restart_and_the_cli_manages_them() {
+    let mut stack = governed(Sim::start(&[]), "");
+    let url = format!("http://{}", stack.agent.admin_addr().expect("admin"));
+    let env_token = [("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)];
+    let out = crate::harness::procs::run_tollgate_env(
+        &[
+            "keys",
+            "create",
+            "--admin",
+            &url,
+            "--team",
+            "search",
+            "--project",
+            "p",
+            "--models",
+            "smol,claude",
+            "--rpm",
+            "100",
+            "--budget-usd",
+            "5",
+            "--expires",
+            "30d",
+        ],
+        &env_token,
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{out:#?}");
+    let key = out.stdout.trim().to_string();
+    assert!(key.starts_with("tg-"), "{out:#?}");
+    let list = crate::harness::procs::run_tollgate_env(
+        &["keys", "list", "--admin", &url],
+        &env_token,
+        Duration::from_secs(10),
+    );
+    assert!(
+        list.status.success() && list.stdout.contains("search") && !list.stdout.contains(&key),
+        "{list:#?}"
+    );
+
+    stack.agent.restart(1);
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &key,
+        &[],
+        &chat("smol", 2),
+    );
+    assert_eq!(r.status, 200, "a key outlives the process: {}", r.text());
+    let r = post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &key,
+        &[("x-tollgate-team", "x")],
+        &chat("smol", 2),
+    );
+    assert_eq!(stack.agent.row_of(&r).team.as_deref(), Some("search"));
+
+    // Without the admin token the CLI fails with a clear message.
+    let out = run_tollgate(&["keys", "list", "--admin", &url], Duration::from_secs(10));
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("TOLLGATE_ADMIN_TOKEN"), "{out:#?}");
+}
