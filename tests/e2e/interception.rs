@@ -677,3 +677,45 @@ fn kernel_off_is_a_plain_proxy_and_says_so() {
         d.headers
     );
 }
+
+/// An unmodified client in a team's cgroup sends no key: admission knows its team from the
+/// kernel (resolved once per connection, before the first request), so the team's rate limit
+/// holds for it, while a direct client without a key is refused.
+#[test]
+fn an_unlabelled_intercepted_client_is_held_to_its_teams_limit() {
+    require_kernel_host!();
+    let sim = Sim::start(&[]);
+    let mut config = AgentConfig::for_sim(&sim);
+    config.governance_yaml = "auth: { mode: keys }\n\
+        rate_limits:\n  - scope: { team: kernel-attributed }\n    requests_per_minute: 2\n"
+        .into();
+    let extra = format!("intercept: [\"{}\"]\n{RULES}", sim.addr);
+    let agent = KernelAgent::start(config, &extra, "127.0.0.1:0");
+    if let Some(why) = agent.kernel_refused() {
+        eprintln!("skipping: the host refused the kernel programs: {why}");
+        return;
+    }
+    let cg = ChildCgroup::new();
+    let url = format!("http://{}/v1/chat/completions", sim.addr);
+    let runs: Vec<ClientRun> = (0..3).map(|_| run_client(&cg, &url)).collect();
+    assert_eq!(
+        runs.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [200, 200, 429],
+        "{runs:#?}"
+    );
+    assert!(
+        runs[2].body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("team=kernel-attributed/requests_per_minute")),
+        "{runs:#?}"
+    );
+    for run in &runs {
+        let id = run.request_id.as_deref().expect("answered by the agent");
+        let row = crate::harness::ledger::row(&agent.data_dir, id);
+        assert_eq!(row.team.as_deref(), Some("kernel-attributed"), "{row:#?}");
+    }
+    // The same request sent to the agent directly carries no key and no kernel identity.
+    let body = serde_json::json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2});
+    let r = post_raw(agent.addr, "/v1/chat/completions", &[], body.to_string().as_bytes());
+    assert_eq!(r.status, 401, "{}", r.text());
+}

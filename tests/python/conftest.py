@@ -7,8 +7,10 @@ first). Processes are started the way the Rust e2e harness starts them: port 0, 
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import urllib.request
 import sqlite3
 import subprocess
 import tempfile
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN_DIR = Path(os.environ.get("TOLLGATE_BIN_DIR", REPO / "target" / "debug"))
 OPENAI_PROVIDER_KEY = "sk-provider-openai-py"
 ANTHROPIC_PROVIDER_KEY = "sk-provider-anthropic-py"
+ADMIN_TOKEN = "admin-token-for-the-python-tests"
 START_TIMEOUT_S = 30
 LEDGER_WAIT_S = 5
 
@@ -79,6 +82,20 @@ class Stack:
     agent_url: str
     sim_url: str
     data_dir: Path
+    admin_url: str
+    key: str
+    """A virtual key of team `sdk` (no limits): what the SDK clients authenticate with."""
+
+    def create_key(self, **spec) -> str:
+        """Creates a virtual key through the admin API and returns it."""
+        req = urllib.request.Request(
+            f"{self.admin_url}/admin/keys",
+            data=json.dumps(spec).encode(),
+            headers={"authorization": f"Bearer {ADMIN_TOKEN}", "content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["key"]
 
     @property
     def openai_base_url(self) -> str:
@@ -110,7 +127,15 @@ def _config(sim_addr: str, data_dir: Path) -> str:
 listen: 127.0.0.1:0
 data_dir: {data_dir}
 workers: 2
-auth: {{ mode: open }}
+auth: {{ mode: keys }}
+admin: {{ listen: 127.0.0.1:0, token_env: TOLLGATE_ADMIN_TOKEN }}
+rate_limits:
+  - scope: {{ team: limited }}
+    requests_per_minute: 2
+budgets:
+  - name: capped
+    scope: {{ team: capped }}
+    tokens: 60
 io: {{ driver: auto }}
 limits: {{ max_body_bytes: 1048576, header_timeout_ms: 1000, body_timeout_ms: 1000, idle_timeout_ms: 5000, max_head_bytes: 65536, max_headers: 100 }}
 upstream: {{ connect_timeout_ms: 1000, response_timeout_ms: 2000, read_timeout_ms: 2000, drain_timeout_ms: 5000 }}
@@ -168,9 +193,26 @@ def stack():
                 "tollgate",
                 tmp_path,
                 "tollgate",
-                env={"SIM_KEY": OPENAI_PROVIDER_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_PROVIDER_KEY},
+                env={
+                    "SIM_KEY": OPENAI_PROVIDER_KEY,
+                    "SIM_ANTHROPIC_KEY": ANTHROPIC_PROVIDER_KEY,
+                    "TOLLGATE_ADMIN_TOKEN": ADMIN_TOKEN,
+                },
             )
-            yield Stack(agent_url=f"http://{agent.addr}", sim_url=f"http://{sim.addr}", data_dir=data_dir)
+            admin = next(
+                line.split("listening on ", 1)[1].strip()
+                for line in agent.stdout_lines
+                if line.startswith("tollgate admin listening on ")
+            )
+            stack = Stack(
+                agent_url=f"http://{agent.addr}",
+                sim_url=f"http://{sim.addr}",
+                data_dir=data_dir,
+                admin_url=f"http://{admin}",
+                key="",
+            )
+            stack.key = stack.create_key(team="sdk", project="python")
+            yield stack
         finally:
             if agent is not None:
                 agent.kill()

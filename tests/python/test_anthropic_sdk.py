@@ -11,7 +11,7 @@ from conftest import prompt_tokens
 
 @pytest.fixture()
 def client(stack):
-    return anthropic.Anthropic(base_url=stack.agent_url, api_key="sk-client-not-forwarded", max_retries=0)
+    return anthropic.Anthropic(base_url=stack.agent_url, api_key=stack.key, max_retries=0)
 
 
 def ledger_input(usage) -> int:

@@ -11,7 +11,7 @@ from conftest import prompt_tokens
 
 @pytest.fixture()
 def client(stack):
-    return openai.OpenAI(base_url=stack.openai_base_url, api_key="sk-client-not-forwarded", max_retries=0)
+    return openai.OpenAI(base_url=stack.openai_base_url, api_key=stack.key, max_retries=0)
 
 
 def request_id(raw) -> str:
