@@ -716,6 +716,11 @@ fn an_unlabelled_intercepted_client_is_held_to_its_teams_limit() {
     }
     // The same request sent to the agent directly carries no key and no kernel identity.
     let body = serde_json::json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2});
-    let r = post_raw(agent.addr, "/v1/chat/completions", &[], body.to_string().as_bytes());
+    let r = post_raw(
+        agent.addr,
+        "/v1/chat/completions",
+        &[],
+        body.to_string().as_bytes(),
+    );
     assert_eq!(r.status, 401, "{}", r.text());
 }

@@ -27,6 +27,7 @@
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
 mod agent;
+mod governance;
 pub(crate) mod machine;
 mod measure;
 mod nginx;
@@ -70,6 +71,10 @@ pub struct Args {
     /// without, in the same run (`bench/reload.rs`).
     #[arg(long)]
     reload: bool,
+    /// Measure only what governance costs: an agent with a key, rate limits and budgets
+    /// against one without, in alternating windows of the same run (`bench/governance.rs`).
+    #[arg(long)]
+    governance: bool,
 }
 
 /// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
@@ -117,6 +122,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         binary: layout.bin("tollgate-load"),
         seconds,
         model: MODEL.into(),
+        headers: Vec::new(),
     };
     let points = measure::points();
     if layout.work.exists() {
@@ -133,15 +139,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
     }
-    if args.reload {
+    if args.reload || args.governance {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
-        let table = reload::run(&layout, &load, warmup)?;
+        let (title, flag, suffix, table) = if args.governance {
+            let t = governance::run(&layout, &load, warmup)?;
+            (
+                "Governance cost under load",
+                "--governance",
+                "governance",
+                t,
+            )
+        } else {
+            let t = reload::run(&layout, &load, warmup)?;
+            ("Hot reload under load", "--reload", "reload", t)
+        };
         let m = Machine::probe(&layout.root);
         let text = format!(
-            "# Hot reload under load\n\nMachine: {} ({} × {}, kernel {}), {}, commit {}; load average before: {}.\n\
-             Reproduce: `cargo xtask bench --reload`.\n\n{table}",
+            "# {title}\n\nMachine: {} ({} × {}, kernel {}), {}, commit {}; load average before: {}.\n\
+             Reproduce: `cargo xtask bench {flag}`.\n\n{table}",
             m.hostname,
             m.nproc,
             m.cpu_model,
@@ -155,7 +172,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             layout
                 .root
                 .join("benches/results")
-                .join(format!("{}-reload.md", m.date))
+                .join(format!("{}-{suffix}.md", m.date))
         });
         std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("bench: wrote {}", out.display());

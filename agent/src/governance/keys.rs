@@ -164,6 +164,8 @@ pub struct KeyEntry {
     pub spec: KeySpec,
     pub models: Vec<Glob>,
     pub state: Arc<KeyState>,
+    /// The key's own budget, as alerts and errors name it.
+    pub budget_info: Arc<super::hold::BudgetInfo>,
 }
 
 impl KeyEntry {
@@ -232,6 +234,12 @@ impl KeyTable {
                 }),
             };
             let models = rec.spec.models.iter().map(|m| Glob::new(m)).collect();
+            let budget_info = Arc::new(super::hold::BudgetInfo {
+                name: format!("key={}", rec.id),
+                scope: format!("key={}", rec.id),
+                window: rec.spec.window.unwrap_or(Window::Month),
+                alert_at: vec![0.8, 1.0],
+            });
             by_hash.insert(
                 hash,
                 Arc::new(KeyEntry {
@@ -241,6 +249,7 @@ impl KeyTable {
                     spec: rec.spec,
                     models,
                     state,
+                    budget_info,
                 }),
             );
         }
@@ -362,6 +371,12 @@ mod tests {
             },
             models: vec![Glob::new("gpt-4o*"), Glob::new("smol")],
             state: Arc::default(),
+            budget_info: Arc::new(crate::governance::hold::BudgetInfo {
+                name: "k".into(),
+                scope: "key=k".into(),
+                window: Window::Month,
+                alert_at: Vec::new(),
+            }),
         };
         assert!(entry.ip_allowed("10.1.2.3".parse().unwrap()));
         assert!(entry.ip_allowed("::ffff:10.1.2.3".parse().unwrap()));

@@ -251,12 +251,28 @@ impl Governor {
         })
     }
 
+    /// Extra tokens and micro-USD that exceptions in force add to a key's own budget.
+    pub fn exception_extra_for_key(&self, id: &str) -> (u64, u64) {
+        let list = self.exceptions.load();
+        if list.is_empty() {
+            return (0, 0);
+        }
+        self.exception_extra(&Scope {
+            key: Some(id.to_string()),
+            ..Scope::default()
+        })
+    }
+
     /// Extra tokens and micro-USD that exceptions in force add to a budget over `scope` (an
     /// exception for a team extends the budgets scoped to exactly that team, and so on).
     pub fn exception_extra(&self, scope: &Scope) -> (u64, u64) {
+        let list = self.exceptions.load();
+        if list.is_empty() {
+            return (0, 0);
+        }
         let now = window::now_ms();
         let mut extra = (0u64, 0u64);
-        for x in self.exceptions.load().iter() {
+        for x in list.iter() {
             if x.expires_ms <= now {
                 continue;
             }
@@ -363,6 +379,33 @@ impl Governor {
                 state.micro_usd.used(span.index) as f64 / 1e6
             );
         }
+    }
+}
+
+/// Replaces a finished request's reservations by its final usage, raises the budget alerts
+/// that crossed, and tells the loop guard the session's tokens. Runs where the usage became
+/// final: on the request's worker (provider usage; the counters' cache lines stay there), or on
+/// the control thread after an estimate. A record settles once; later calls do nothing.
+pub fn settle_record(record: &mut crate::ledger::UsageRecord, governor: &Governor) {
+    if record.hold.is_empty() {
+        return;
+    }
+    let session = record.hold.session.take();
+    for alert in record.hold.settle(&record.usage, record.cost_micro_usd) {
+        governor.emit(Event::Alert(alert));
+    }
+    let (Some(session), Some(guard)) = (session, governor.loop_guard()) else {
+        return;
+    };
+    let tokens = record.usage.input_tokens + record.usage.output_tokens;
+    if let Some(trip) = session.observe_tokens(&guard, window::now_ms(), tokens) {
+        governor.counters.loop_trips.fetch_add(1, Ordering::Relaxed);
+        let subject = record.identity.session.clone().unwrap_or_default();
+        governor.audit(
+            "loop.trip",
+            &subject,
+            serde_json::json!({ "reason": trip.describe(), "request": record.id, "key": record.key_id }),
+        );
     }
 }
 

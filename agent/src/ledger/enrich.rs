@@ -85,7 +85,7 @@ impl Enricher {
             cached_tokens: r.usage.cached_tokens,
             output_tokens: r.usage.output_tokens,
             requests: 1,
-            cost_micro_usd: 0,
+            cost_micro_usd: r.cost_micro_usd,
         };
         if let Some(model) = &r.requested_model {
             match self.pending_models.get_mut(model) {

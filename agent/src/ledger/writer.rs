@@ -14,7 +14,7 @@ use rusqlite::Connection;
 use super::enrich::Enricher;
 use super::{insert_batch, UsageRecord};
 use crate::config::LedgerSettings;
-use crate::governance::{Event, Governor};
+use crate::governance::Governor;
 use crate::metering::estimate::{estimate, EstimateInput};
 use crate::telemetry::metrics::{Metrics, SeriesKey};
 
@@ -166,31 +166,9 @@ fn prepare(
         }
     };
     enricher.apply(&mut record);
-    settle_governance(&mut record, governor);
+    // Records with the provider's usage were settled on their worker; estimates settle here.
+    crate::governance::settle_record(&mut record, governor);
     record
-}
-
-/// Replaces the request's reservations by its final usage, raises the budget alerts that
-/// crossed, and tells the loop guard the session's tokens.
-fn settle_governance(record: &mut UsageRecord, governor: &Governor) {
-    let session = record.hold.session.take();
-    for alert in record.hold.settle(&record.usage, record.cost_micro_usd) {
-        governor.emit(Event::Alert(alert));
-    }
-    let (Some(session), Some(guard)) = (session, governor.loop_guard()) else {
-        return;
-    };
-    let tokens = record.usage.input_tokens + record.usage.output_tokens;
-    if let Some(trip) = session.observe_tokens(&guard, crate::governance::window::now_ms(), tokens)
-    {
-        governor.counters.loop_trips.fetch_add(1, Ordering::Relaxed);
-        let subject = record.identity.session.clone().unwrap_or_default();
-        governor.audit(
-            "loop.trip",
-            &subject,
-            serde_json::json!({ "reason": trip.describe(), "request": record.id, "key": record.key_id }),
-        );
-    }
 }
 
 /// Deletes journal segments whose every record is committed.

@@ -30,7 +30,7 @@ use crate::error::{ErrorDetail, ErrorKind, GateError};
 use crate::governance::gcra::{now_ns, Verdict};
 use crate::governance::hold::{HeldBudget, HeldRate, Hold};
 use crate::governance::keys::{KeyEntry, KEY_PREFIX};
-use crate::governance::policy::{AuthMode, Facts, OnBreach, RateKind, Scope};
+use crate::governance::policy::{AuthMode, Facts, OnBreach, RateKind};
 use crate::governance::window::{now_ms, rfc3339};
 use crate::governance::Governor;
 use crate::metering::prices::Price;
@@ -104,8 +104,14 @@ pub async fn run(
         }
     }
     ctx.key = key.clone();
-    let model = ctx.inspection.model.clone();
-    check_model(gov, &snap, client, ctx, key.as_deref(), &model)?;
+    check_model(
+        gov,
+        &snap,
+        client,
+        ctx,
+        key.as_deref(),
+        &ctx.inspection.model,
+    )?;
     loop_guard(gov, &snap, ctx)?;
     rate_limits(gov, &snap, client, ctx, key.as_deref())?;
     budgets(gov, &snap, client, ctx, key.as_deref()).await
@@ -326,22 +332,17 @@ fn rate_limits(
     let mut quota = Quota::default();
     let now = now_ns();
     let f = facts(client, ctx, key);
+    // Names are only rendered for a refusal (no allocation per admitted request).
     let key_limits = key.into_iter().flat_map(|k| {
         [
-            k.state.rpm.clone().map(|g| {
-                (
-                    format!("key={}/requests_per_minute", k.id),
-                    RateKind::Requests,
-                    g,
-                )
-            }),
-            k.state.tpm.clone().map(|g| {
-                (
-                    format!("key={}/tokens_per_minute", k.id),
-                    RateKind::Tokens,
-                    g,
-                )
-            }),
+            k.state
+                .rpm
+                .clone()
+                .map(|g| (Named::Key(k, "requests_per_minute"), RateKind::Requests, g)),
+            k.state
+                .tpm
+                .clone()
+                .map(|g| (Named::Key(k, "tokens_per_minute"), RateKind::Tokens, g)),
         ]
         .into_iter()
         .flatten()
@@ -352,13 +353,10 @@ fn rate_limits(
         .zip(snap.governance.rates.iter())
         .filter(|(rule, _)| rule.scope.matches(&f))
         .flat_map(|(rule, limiters)| {
-            rule.rates.iter().zip(limiters).map(|(rate, g)| {
-                (
-                    format!("{}/{}", rule.name, rate.name()),
-                    rate.kind,
-                    g.clone(),
-                )
-            })
+            rule.rates
+                .iter()
+                .zip(limiters)
+                .map(move |(rate, g)| (Named::Rule(&rule.name, rate), rate.kind, g.clone()))
         });
     let mut denied = None;
     for (name, kind, gcra) in key_limits.chain(rule_limits) {
@@ -403,6 +401,7 @@ fn rate_limits(
         }
     }
     if let Some((name, kind, cost, limit, retry_after)) = denied {
+        let name = name.render();
         for t in taken {
             t.gcra.refund(t.reserved);
         }
@@ -434,6 +433,21 @@ fn rate_limits(
         ctx.quota = Some(Box::new(quota));
     }
     Ok(())
+}
+
+/// A rate limit, named when it refuses a request.
+enum Named<'a> {
+    Key(&'a KeyEntry, &'static str),
+    Rule(&'a str, &'a crate::governance::policy::Rate),
+}
+
+impl Named<'_> {
+    fn render(&self) -> String {
+        match self {
+            Named::Key(k, what) => format!("key={}/{what}", k.id),
+            Named::Rule(name, rate) => format!("{name}/{}", rate.name()),
+        }
+    }
 }
 
 /// The price the request will be charged at: the client's model name (configured prices),
@@ -589,20 +603,11 @@ fn attempt(
     let key_budget = key
         .filter(|k| k.spec.budget_tokens.is_some() || k.spec.budget_usd.is_some())
         .map(|k| {
-            let scope = Scope {
-                key: Some(k.id.clone()),
-                ..Scope::default()
-            };
-            let (xt, xc) = gov.exception_extra(&scope);
+            let (xt, xc) = gov.exception_extra_for_key(&k.id);
             (
                 None,
                 k.state.budget.clone(),
-                Arc::new(crate::governance::hold::BudgetInfo {
-                    name: format!("key={}", k.id),
-                    scope: scope.label(),
-                    window: k.window(),
-                    alert_at: vec![0.8, 1.0],
-                }),
+                k.budget_info.clone(),
                 k.spec.budget_tokens.map(|t| t.saturating_add(xt)),
                 k.spec
                     .budget_usd
@@ -686,21 +691,21 @@ fn attempt(
 }
 
 /// The providers' rate-limit headers for `q`, in the client's wire format, plus
-/// `x-tollgate-fallback`.
+/// `x-tollgate-fallback`. Written straight into one buffer (it runs for every governed response).
 pub fn render_quota(q: &Quota, wire: Wire) -> String {
     use std::fmt::Write;
-    let mut out = String::new();
+    let mut out = String::with_capacity(384);
     for (what, r) in [("requests", q.requests), ("tokens", q.tokens)] {
         let Some(r) = r else { continue };
         match wire {
             Wire::OpenAi => {
                 let _ = write!(
                     out,
-                    "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {}\r\nx-ratelimit-reset-{what}: {}\r\n",
-                    r.limit,
-                    r.remaining,
-                    openai_duration(r.reset)
+                    "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {}\r\nx-ratelimit-reset-{what}: ",
+                    r.limit, r.remaining
                 );
+                write_openai_duration(&mut out, r.reset);
+                out.push_str("\r\n");
             }
             Wire::Anthropic => {
                 let _ = write!(
@@ -721,16 +726,24 @@ pub fn render_quota(q: &Quota, wire: Wire) -> String {
 
 /// `20ms`, `1s`, `6m0s`, `1h2m3s`, as OpenAI writes its reset headers.
 pub fn openai_duration(d: Duration) -> String {
+    let mut s = String::new();
+    write_openai_duration(&mut s, d);
+    s
+}
+
+fn write_openai_duration(out: &mut String, d: Duration) {
+    use std::fmt::Write;
     let ms = d.as_millis() as u64;
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = write!(out, "{ms}ms");
+        return;
     }
     let s = d.as_secs_f64().ceil() as u64;
-    match s {
-        0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{}s", s / 60, s % 60),
-        _ => format!("{}h{}m{}s", s / 3600, s / 60 % 60, s % 60),
-    }
+    let _ = match s {
+        0..=59 => write!(out, "{s}s"),
+        60..=3599 => write!(out, "{}m{}s", s / 60, s % 60),
+        _ => write!(out, "{}h{}m{}s", s / 3600, s / 60 % 60, s % 60),
+    };
 }
 
 #[cfg(test)]

@@ -398,9 +398,12 @@ fn response_head(
         out.header("content-type", b"application/json");
     } else if ctx.quota.is_some() {
         // The provider's own limits describe its key, not the client's quota: ours replace them.
+        let starts = |line: &[u8], p: &[u8]| {
+            line.get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
         for line in head.passthrough.split_inclusive(|b| *b == b'\n') {
-            let name = line.get(..20).unwrap_or(line).to_ascii_lowercase();
-            if !name.starts_with(b"x-ratelimit-") && !name.starts_with(b"anthropic-ratelimit-") {
+            if !starts(line, b"x-ratelimit-") && !starts(line, b"anthropic-ratelimit-") {
                 out.lines(line);
             }
         }

@@ -64,6 +64,10 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     if let (LedgerMsg::Record(_), Some(u)) = (&msg, &ctx.usage) {
         shard.record_usage(series, u, false);
     }
+    if let LedgerMsg::Record(r) = &mut msg {
+        // The usage is final: settle the reservations here, where admission took them.
+        crate::governance::settle_record(r, &w.shared.governor);
+    }
     w.shared
         .metrics
         .globals

@@ -124,6 +124,8 @@ pub struct Load {
     pub seconds: f64,
     /// Model name in requests.
     pub model: String,
+    /// Extra request headers (`Name: value`), e.g. a virtual key.
+    pub headers: Vec<String>,
 }
 
 impl Load {
@@ -213,6 +215,9 @@ impl Load {
         };
         if point.stream {
             cmd.arg("--stream");
+        }
+        for h in &self.headers {
+            cmd.args(["--header", h]);
         }
         cmd.stdin(Stdio::null());
         cmd

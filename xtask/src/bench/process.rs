@@ -194,6 +194,10 @@ impl Drop for Server {
 
 /// `tollgate listening on 127.0.0.1:4000` → the address.
 pub fn announced_addr(line: &str) -> Option<SocketAddr> {
+    // The agent announces its admin listener first (`tollgate admin listening on`): not the one.
+    if line.contains(" admin listening on ") {
+        return None;
+    }
     let (_, rest) = line.split_once("listening on ")?;
     rest.split_whitespace().next()?.parse().ok()
 }
