@@ -20,6 +20,19 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
     let known = matches!(path, "/healthz" | "/readyz" | "/v1/models")
         || metrics
         || path.starts_with("/v1/models/");
+    // `/v1/models` needs a valid key like the inference endpoints (OpenAI's does too): the
+    // list would otherwise tell anyone on the port what is deployed; a key sees its models.
+    let listing = if path.starts_with("/v1/models") {
+        crate::phase::admit::authenticate(
+            &w.shared.governor,
+            client,
+            head,
+            Wire::OpenAi,
+            cfg.governance.auth,
+        )
+    } else {
+        Ok(None)
+    };
     let result = if !known {
         let e = GateError::new(ErrorKind::NotFound, format!("Unknown request URL: {path}"));
         client.respond_error(&e, Wire::OpenAi, keep, None).await
@@ -29,7 +42,10 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
             format!("{path} accepts GET only"),
         );
         client.respond_error(&e, Wire::OpenAi, keep, None).await
+    } else if let Err(denied) = &listing {
+        client.respond_error(denied, Wire::OpenAi, keep, None).await
     } else {
+        let key = listing.as_ref().ok().and_then(Option::as_deref);
         match path {
             "/healthz" => {
                 client
@@ -65,7 +81,7 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
                     .respond(
                         200,
                         "application/json",
-                        models(cfg, None).into_bytes(),
+                        models(cfg, None, key).into_bytes(),
                         keep,
                         "",
                     )
@@ -73,12 +89,12 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
             }
             _ => {
                 let name = &path["/v1/models/".len()..];
-                if cfg.model_by_name(name).is_some() {
+                if cfg.model_by_name(name).is_some() && key.is_none_or(|k| k.allows_model(name)) {
                     client
                         .respond(
                             200,
                             "application/json",
-                            models(cfg, Some(name)).into_bytes(),
+                            models(cfg, Some(name), key).into_bytes(),
                             keep,
                             "",
                         )
@@ -113,7 +129,12 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
     (if ready { 200 } else { 503 }, body.to_string())
 }
 
-fn models(cfg: &Config, only: Option<&str>) -> String {
+/// The model list (only what `key` may use, when there is a key).
+fn models(
+    cfg: &Config,
+    only: Option<&str>,
+    key: Option<&crate::governance::keys::KeyEntry>,
+) -> String {
     let entry = |m: &crate::config::Model| {
         serde_json::json!({
             "id": m.name,
@@ -130,7 +151,12 @@ fn models(cfg: &Config, only: Option<&str>) -> String {
             .to_string(),
         None => serde_json::json!({
             "object": "list",
-            "data": cfg.models.iter().map(entry).collect::<Vec<_>>(),
+            "data": cfg
+                .models
+                .iter()
+                .filter(|m| key.is_none_or(|k| k.allows_model(&m.name)))
+                .map(entry)
+                .collect::<Vec<_>>(),
         })
         .to_string(),
     }

@@ -82,7 +82,8 @@ pub struct Governor {
     slots: Mutex<HashMap<String, Slot>>,
     /// The loop guard of the latest bound policy (the control thread settles tokens with it).
     loop_guard: arc_swap::ArcSwapOption<policy::LoopGuard>,
-    events: Mutex<Sender<Event>>,
+    /// To the governance thread (`Sender` is `Sync`: no lock).
+    events: Sender<Event>,
     data_dir: PathBuf,
 }
 
@@ -99,7 +100,7 @@ impl Governor {
             counters: GovCounters::default(),
             slots: Mutex::new(HashMap::new()),
             loop_guard: arc_swap::ArcSwapOption::empty(),
-            events: Mutex::new(tx),
+            events: tx,
             data_dir: data_dir.to_path_buf(),
         });
         gov.reload_from(&store)?;
@@ -223,8 +224,7 @@ impl Governor {
 
     /// Hands an event to the governance thread (never blocks).
     pub fn emit(&self, e: Event) {
-        let tx = self.events.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = tx.send(e);
+        let _ = self.events.send(e);
     }
 
     /// Writes an audit entry by the agent itself.

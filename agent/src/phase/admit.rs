@@ -73,7 +73,7 @@ pub async fn run(
 ) -> Result<(), GateError> {
     let snap = ctx.snap.clone();
     let policy = &snap.cfg.governance;
-    let key = authenticate(gov, client, ctx, policy.auth)?;
+    let key = authenticate(gov, client, &ctx.head, ctx.api.wire(), policy.auth)?;
     if let Some(k) = &key {
         let s = &k.spec;
         let id = &mut ctx.identity;
@@ -129,13 +129,15 @@ fn facts<'a>(client: &'a ClientConn, ctx: &'a RequestCtx, key: Option<&'a KeyEnt
     }
 }
 
-fn authenticate(
+/// The request's virtual key: `None` when none is needed (open mode, intercepted connections).
+/// Also used by `GET /v1/models`, which lists only what the key may use.
+pub fn authenticate(
     gov: &Governor,
     client: &ClientConn,
-    ctx: &RequestCtx,
+    head: &crate::http::request::RequestHead,
+    wire: Wire,
     mode: AuthMode,
 ) -> Result<Option<Arc<KeyEntry>>, GateError> {
-    let head = &ctx.head;
     let bearer = head
         .header_str("authorization")
         .and_then(|v| {
@@ -172,7 +174,7 @@ fn authenticate(
             ))
         }
         None => {
-            let hint = match ctx.api.wire() {
+            let hint = match wire {
                 Wire::OpenAi => "Authorization: Bearer tg-...",
                 Wire::Anthropic => "x-api-key: tg-...",
             };

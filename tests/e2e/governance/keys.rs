@@ -227,6 +227,25 @@ fn model_globs_on_a_key() {
         &messages_body("s", "hi", 2, false),
     );
     assert_anthropic_error(&r, 403, "permission_error");
+
+    // The model list needs a key too, and shows what the key may use.
+    let r = crate::harness::get(stack.agent.addr, "/v1/models");
+    assert_openai_error(&r, 401, "invalid_request_error", "missing_api_key");
+    let auth = format!("Bearer {key}");
+    let r = crate::harness::Client::connect(stack.agent.addr).request(
+        "GET",
+        "/v1/models",
+        &[("authorization", auth.as_str()), ("connection", "close")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ids: Vec<String> = r.json()["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(ids, ["smol"]);
 }
 
 #[test]
