@@ -1,7 +1,9 @@
 //! `tollgate demo`: the product on embedded defaults, with no GPU and no network. Starts two
-//! simulator replicas (`tollgate-sim`, found next to this binary), the agent in front of them,
-//! sends a short mixed workload (streaming and not, OpenAI and Anthropic, several identities),
-//! prints the ledger's usage table, and stays up with copy-paste examples until Ctrl-C.
+//! simulator replicas (`tollgate-sim`, found next to this binary), the agent in front of them
+//! with governance on (virtual keys minted for three teams, a rate limit, a budget that falls
+//! back to a cheaper model, the loop guard, prices), sends a short mixed workload (streaming and
+//! not, OpenAI and Anthropic, several teams; a request without a key, a budget fallback, a loop),
+//! prints the ledger's usage and cost, and stays up with copy-paste examples until Ctrl-C.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -80,8 +82,23 @@ fn demo_config(a: SocketAddr, b: SocketAddr, args: &Args) -> anyhow::Result<Conf
         "listen: {listen}
 data_dir: {data}
 workers: 2
-# The demo's clients send no key; a deployment keeps the default `auth: {{ mode: keys }}`.
-auth: {{ mode: open }}
+auth: {{ mode: keys }}
+prices:
+  smol: {{ input: 0.15, output: 0.60 }}
+  qwen: {{ input: 0.05, output: 0.20 }}
+  claude-sim: {{ input: 3.00, cached_input: 0.30, cache_write: 3.75, output: 15.00 }}
+limits:
+  - scope: {{ team: agents }}
+    requests_per_minute: 60
+    tokens_per_minute: 20000
+budgets:
+  - name: search-smol-daily
+    scope: {{ team: search, model: smol }}
+    tokens: 120
+    window: day
+    on_breach: fallback
+    fallback_model: qwen
+loop_guard: {{ identical_requests: 3, window_s: 60, cooldown_s: 30, token_rate_multiple: 0 }}
 providers:
   - name: replica-a
     kind: openai
@@ -135,26 +152,82 @@ fn send(
 /// One workload request: label, path, headers, body.
 type Job<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, String);
 
-fn workload(agent: SocketAddr) -> anyhow::Result<()> {
+/// Mints one virtual key per demo team straight into the governance store (the agent loads
+/// them at start); a deployment uses `tollgate keys create` against the admin API instead.
+fn mint_keys(data_dir: &std::path::Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    use crate::governance::keys::{self, KeyRecord, KeySpec};
+    let store = crate::governance::store::Store::open(data_dir)?;
+    let now = crate::governance::window::now_ms();
+    let mut out = Vec::new();
+    for team in ["search", "agents", "batch"] {
+        let new = keys::generate()?;
+        let rec = KeyRecord {
+            id: keys::new_id()?,
+            prefix: new.prefix.clone(),
+            spec: KeySpec {
+                name: Some(format!("demo {team}")),
+                team: Some(team.to_string()),
+                project: Some("demo".into()),
+                enabled: true,
+                ..KeySpec::default()
+            },
+            created_ms: now,
+            updated_ms: now,
+            revoked_ms: None,
+        };
+        store.insert_key(&rec, &new.hash)?;
+        out.push((team, new.secret));
+    }
+    Ok(out)
+}
+
+fn workload(agent: SocketAddr, keys: &[(&'static str, String)]) -> anyhow::Result<()> {
+    let key = |team: &str| {
+        keys.iter()
+            .find(|(t, _)| *t == team)
+            .map(|(_, k)| format!("Bearer {k}"))
+            .unwrap_or_default()
+    };
+    let (search, agents, batch) = (key("search"), key("agents"), key("batch"));
+    let x_api_key = agents.trim_start_matches("Bearer ").to_string();
     let chat = |model: &str, prompt: &str, stream: bool| {
         format!(
             r#"{{"model":"{model}","stream":{stream},"max_tokens":24,"messages":[{{"role":"system","content":"You are a terse assistant."}},{{"role":"user","content":"{prompt}"}}]}}"#
         )
     };
     let jobs: Vec<Job> = vec![
-        ("chat", "/v1/chat/completions", vec![("x-tollgate-team", "search"), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", false)),
-        ("chat stream", "/v1/chat/completions", vec![("x-tollgate-team", "search"), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", true)),
-        ("chat stream", "/v1/chat/completions", vec![("x-tollgate-team", "agents"), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", true)),
-        ("chat", "/v1/chat/completions", vec![("x-tollgate-team", "agents"), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", false)),
-        ("completion", "/v1/completions", vec![("x-tollgate-team", "batch")], r#"{"model":"qwen","prompt":"Once upon a time","max_tokens":16}"#.to_string()),
-        ("embeddings", "/v1/embeddings", vec![("x-tollgate-team", "search")], r#"{"model":"smol","input":["tollgate meters tokens","per team"]}"#.to_string()),
-        ("messages stream", "/v1/messages", vec![("x-tollgate-team", "agents"), ("anthropic-version", "2023-06-01")], r#"{"model":"claude-sim","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"Write a haiku about budgets."}]}"#.to_string()),
-        ("messages", "/v1/messages", vec![("x-tollgate-team", "agents"), ("anthropic-version", "2023-06-01")], r#"{"model":"claude-sim","max_tokens":20,"messages":[{"role":"user","content":"Write a haiku about budgets."}]}"#.to_string()),
-        ("unknown model", "/v1/chat/completions", vec![("x-tollgate-team", "web")], chat("gpt-9", "hello", false)),
+        ("chat", "/v1/chat/completions", vec![("authorization", &search), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", false)),
+        ("chat stream", "/v1/chat/completions", vec![("authorization", &search), ("x-tollgate-user", "ana")], chat("smol", "Summarise the incident report.", true)),
+        ("budget fallback", "/v1/chat/completions", vec![("authorization", &search), ("x-tollgate-user", "ana")], chat("smol", "And the follow-up actions?", false)),
+        ("chat stream", "/v1/chat/completions", vec![("authorization", &agents), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", true)),
+        ("chat", "/v1/chat/completions", vec![("authorization", &agents), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", false)),
+        ("loop", "/v1/chat/completions", vec![("authorization", &agents), ("x-tollgate-session", "s-42")], chat("qwen", "Plan the refactor in three steps.", false)),
+        ("completion", "/v1/completions", vec![("authorization", &batch)], r#"{"model":"qwen","prompt":"Once upon a time","max_tokens":16}"#.to_string()),
+        ("embeddings", "/v1/embeddings", vec![("authorization", &search)], r#"{"model":"smol","input":["tollgate meters tokens","per team"]}"#.to_string()),
+        ("messages stream", "/v1/messages", vec![("x-api-key", &x_api_key), ("anthropic-version", "2023-06-01")], r#"{"model":"claude-sim","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"Write a haiku about budgets."}]}"#.to_string()),
+        ("messages", "/v1/messages", vec![("x-api-key", &x_api_key), ("anthropic-version", "2023-06-01")], r#"{"model":"claude-sim","max_tokens":20,"messages":[{"role":"user","content":"Write a haiku about budgets."}]}"#.to_string()),
+        ("no key", "/v1/chat/completions", vec![("x-tollgate-team", "web")], chat("smol", "hello", false)),
+        ("unknown model", "/v1/chat/completions", vec![("authorization", &batch)], chat("gpt-9", "hello", false)),
     ];
     for (what, path, headers, body) in &jobs {
-        let (status, _) = send(agent, path, headers, body)?;
-        println!("  {status}  {what:<16} {path}");
+        let (status, text) = send(agent, path, headers, body)?;
+        let head = text.split("\r\n\r\n").next().unwrap_or("");
+        let note = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-tollgate-fallback: "))
+            .map(|f| format!("  (x-tollgate-fallback: {f})"))
+            .or_else(|| {
+                (status >= 400)
+                    .then(|| {
+                        text.split("\"code\":\"")
+                            .nth(1)
+                            .and_then(|c| c.split('"').next())
+                    })
+                    .flatten()
+                    .map(|c| format!("  ({c})"))
+            })
+            .unwrap_or_default();
+        println!("  {status}  {what:<16} {path}{note}");
     }
     Ok(())
 }
@@ -166,6 +239,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("simulator replicas: replica-a on {} (smollm2), replica-b on {} (qwen2.5-0.5b, streams without usage)", a.addr, b.addr);
     let cfg = demo_config(a.addr, b.addr, &args)?;
     let data_dir = cfg.data_dir.clone();
+    let keys = mint_keys(&data_dir)?;
     let set = if args.no_wait {
         None
     } else {
@@ -173,12 +247,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let running = crate::server::start(cfg, None)?;
     let agent = running.addr;
-    println!("tollgate listening on {agent}\n\nworkload:");
-    workload(agent)?;
+    println!(
+        "tollgate listening on {agent}\n\nvirtual keys (stored hashed in {}):",
+        crate::governance::store::db_path(&data_dir).display()
+    );
+    for (team, key) in &keys {
+        println!("  {team:<7} {key}");
+    }
+    println!("\nworkload:");
+    workload(agent, &keys)?;
     // Let the ledger writer commit (it flushes every 20 ms) and estimates finish.
     std::thread::sleep(Duration::from_millis(500));
     let conn = rusqlite::Connection::open(crate::ledger::db_path(&data_dir))?;
-    for (by, name) in [(GroupBy::Model, "model"), (GroupBy::Team, "team")] {
+    for (by, name) in [
+        (GroupBy::Model, "model"),
+        (GroupBy::Team, "team"),
+        (GroupBy::Key, "key"),
+    ] {
         println!(
             "\nusage by {name} (ledger: {}):",
             crate::ledger::db_path(&data_dir).display()
@@ -192,17 +277,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!(
         r#"
 Try it:
-  curl -s http://{agent}/v1/chat/completions -H 'content-type: application/json' \
-       -H 'x-tollgate-team: me' -d '{{"model":"smol","messages":[{{"role":"user","content":"hi"}}]}}'
+  curl -si http://{agent}/v1/chat/completions -H 'content-type: application/json' \
+       -H 'authorization: Bearer {agents_key}' -d '{{"model":"smol","messages":[{{"role":"user","content":"hi"}}]}}'
   curl -sN http://{agent}/v1/chat/completions -H 'content-type: application/json' \
-       -d '{{"model":"qwen","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
-  curl -s http://{agent}/metrics | grep tollgate_tokens_total
+       -H 'authorization: Bearer {agents_key}' -d '{{"model":"qwen","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+  curl -s http://{agent}/metrics | grep -E 'tollgate_tokens_total|tollgate_budget'
 
-  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="http://{agent}/v1", api_key="unused"); r = c.chat.completions.create(model="smol", messages=[{{"role":"user","content":"hi"}}]); print(r.choices[0].message.content, r.usage)'
+  python3 -c 'from openai import OpenAI; c = OpenAI(base_url="http://{agent}/v1", api_key="{agents_key}"); r = c.chat.completions.create(model="smol", messages=[{{"role":"user","content":"hi"}}]); print(r.choices[0].message.content, r.usage)'
 
-  tollgate usage --data-dir {data} --by team
+  tollgate usage --data-dir {data} --by key
+  tollgate chargeback --data-dir {data}
+  tollgate audit --data-dir {data}
 "#,
-        data = data_dir.display()
+        data = data_dir.display(),
+        agents_key = keys
+            .iter()
+            .find(|(t, _)| *t == "agents")
+            .map_or("", |(_, k)| k.as_str()),
     );
     if let Some(set) = set {
         println!("Ctrl-C to stop.");
