@@ -104,7 +104,11 @@ fn bench(c: &mut Criterion) {
                 let _ = g.check(cost, now);
                 hold.rates.push(HeldRate {
                     gcra: g.clone(),
-                    kind: if i % 2 == 0 { RateKind::Requests } else { RateKind::Tokens },
+                    kind: if i % 2 == 0 {
+                        RateKind::Requests
+                    } else {
+                        RateKind::Tokens
+                    },
                     reserved: cost,
                 });
             }

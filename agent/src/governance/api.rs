@@ -86,7 +86,15 @@ fn record(store: &Store, actor: &str, action: &str, subject: &str, detail: Value
     }
 }
 
-fn apply(gov: &Governor, store: &Store) -> Result<(), Answer> {
+/// Audits a change made by the admin and applies it to the running agent.
+fn commit(
+    gov: &Governor,
+    store: &Store,
+    action: &str,
+    subject: &str,
+    detail: Value,
+) -> Result<(), Answer> {
+    record(store, "admin", action, subject, detail);
     gov.reload_from(store).map_err(internal)
 }
 
@@ -118,14 +126,13 @@ fn create(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
     if let Err(e) = store.insert_key(&rec, &new.hash) {
         return internal(e);
     }
-    record(
+    if let Err(a) = commit(
+        gov,
         store,
-        "admin",
         "key.create",
         &rec.id,
         serde_json::to_value(&rec).unwrap_or_default(),
-    );
-    if let Err(a) = apply(gov, store) {
+    ) {
         return a;
     }
     (201, json!({ "key": new.secret, "record": rec }))
@@ -192,14 +199,7 @@ fn update(gov: &Governor, store: &Store, id: &str, body: &[u8]) -> Answer {
         Ok(false) => return err(404, "key_not_found", format!("no active key `{id}`")),
         Err(e) => return internal(e),
     }
-    record(
-        store,
-        "admin",
-        "key.update",
-        id,
-        json!({ "changes": changes }),
-    );
-    if let Err(a) = apply(gov, store) {
+    if let Err(a) = commit(gov, store, "key.update", id, json!({ "changes": changes })) {
         return a;
     }
     show(gov, store, id)
@@ -215,14 +215,13 @@ fn rotate(gov: &Governor, store: &Store, id: &str) -> Answer {
         Ok(false) => return err(404, "key_not_found", format!("no active key `{id}`")),
         Err(e) => return internal(e),
     }
-    record(
+    if let Err(a) = commit(
+        gov,
         store,
-        "admin",
         "key.rotate",
         id,
         json!({ "prefix": new.prefix }),
-    );
-    if let Err(a) = apply(gov, store) {
+    ) {
         return a;
     }
     (
@@ -237,8 +236,7 @@ fn revoke(gov: &Governor, store: &Store, id: &str) -> Answer {
         Ok(false) => return err(404, "key_not_found", format!("no active key `{id}`")),
         Err(e) => return internal(e),
     }
-    record(store, "admin", "key.revoke", id, json!({}));
-    if let Err(a) = apply(gov, store) {
+    if let Err(a) = commit(gov, store, "key.revoke", id, json!({})) {
         return a;
     }
     (200, json!({ "id": id, "revoked": true }))
@@ -272,14 +270,13 @@ fn grant(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
         Ok(id) => id,
         Err(e) => return internal(e),
     };
-    record(
+    if let Err(a) = commit(
+        gov,
         store,
-        "admin",
         "exception.grant",
         &format!("{}:{}", x.subject_kind.as_str(), x.subject),
         serde_json::to_value(&x).unwrap_or_default(),
-    );
-    if let Err(a) = apply(gov, store) {
+    ) {
         return a;
     }
     (201, json!({ "exception": x }))
@@ -291,14 +288,13 @@ fn withdraw(gov: &Governor, store: &Store, id: &str) -> Answer {
     };
     match store.remove_exception(n) {
         Ok(Some(x)) => {
-            record(
+            if let Err(a) = commit(
+                gov,
                 store,
-                "admin",
                 "exception.revoke",
                 &format!("{}:{}", x.subject_kind.as_str(), x.subject),
                 serde_json::to_value(&x).unwrap_or_default(),
-            );
-            if let Err(a) = apply(gov, store) {
+            ) {
                 return a;
             }
             (200, json!({ "id": n, "revoked": true }))

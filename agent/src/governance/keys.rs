@@ -155,6 +155,17 @@ pub struct KeyState {
     pub budget: Arc<BudgetState>,
 }
 
+impl KeyState {
+    fn new(spec: &KeySpec, budget: Arc<BudgetState>) -> KeyState {
+        let per_minute = |n: u64| Arc::new(Gcra::new(n, Duration::from_secs(60)));
+        KeyState {
+            rpm: spec.rpm.map(per_minute),
+            tpm: spec.tpm.map(per_minute),
+            budget,
+        }
+    }
+}
+
 /// A usable key, as the workers see it.
 #[derive(Debug)]
 pub struct KeyEntry {
@@ -210,28 +221,9 @@ impl KeyTable {
                 Some(e) if e.spec.rpm == rec.spec.rpm && e.spec.tpm == rec.spec.tpm => {
                     e.state.clone()
                 }
-                Some(e) => Arc::new(KeyState {
-                    rpm: rec
-                        .spec
-                        .rpm
-                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    tpm: rec
-                        .spec
-                        .tpm
-                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    budget: e.state.budget.clone(),
-                }),
-                None => Arc::new(KeyState {
-                    rpm: rec
-                        .spec
-                        .rpm
-                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    tpm: rec
-                        .spec
-                        .tpm
-                        .map(|n| Arc::new(Gcra::new(n, Duration::from_secs(60)))),
-                    budget: Arc::new(BudgetState::default()),
-                }),
+                // New limits start fresh; the window's spend stays with the key.
+                Some(e) => Arc::new(KeyState::new(&rec.spec, e.state.budget.clone())),
+                None => Arc::new(KeyState::new(&rec.spec, Arc::default())),
             };
             let models = rec.spec.models.iter().map(|m| Glob::new(m)).collect();
             let budget_info = Arc::new(super::hold::BudgetInfo {

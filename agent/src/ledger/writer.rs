@@ -48,10 +48,15 @@ pub fn run(
     rx: Receiver<ToWriter>,
     settings: LedgerSettings,
     metrics: Arc<Metrics>,
-    mut enricher: Enricher,
+    enricher: Enricher,
     governor: Arc<Governor>,
 ) {
-    let control_shard = metrics.shards.len() - 1;
+    let mut ctl = Control {
+        shard: metrics.shards.len() - 1,
+        metrics: metrics.clone(),
+        enricher,
+        governor,
+    };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
     // Journal segments whose records are all in `batch` or committed; deleted once `batch` is empty.
@@ -66,14 +71,7 @@ pub fn run(
                 // Whatever is still queued was sent before the stop.
                 while let Ok(m) = rx.try_recv() {
                     match m {
-                        ToWriter::Batch(msgs) => absorb(
-                            msgs,
-                            &mut batch,
-                            &metrics,
-                            control_shard,
-                            &mut enricher,
-                            &governor,
-                        ),
+                        ToWriter::Batch(msgs) => absorb(&mut ctl, msgs, &mut batch),
                         ToWriter::Retire(path) => retired.push(path),
                         ToWriter::Stop => {}
                     }
@@ -93,14 +91,7 @@ pub fn run(
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
             }
             Ok(ToWriter::Batch(msgs)) => {
-                absorb(
-                    msgs,
-                    &mut batch,
-                    &metrics,
-                    control_shard,
-                    &mut enricher,
-                    &governor,
-                );
+                absorb(&mut ctl, msgs, &mut batch);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
@@ -122,33 +113,29 @@ pub fn run(
     }
 }
 
+/// What the writer needs to prepare a record.
+struct Control {
+    metrics: Arc<Metrics>,
+    /// The metrics shard of the control thread.
+    shard: usize,
+    enricher: Enricher,
+    governor: Arc<Governor>,
+}
+
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
-fn absorb(
-    msgs: Vec<LedgerMsg>,
-    batch: &mut Vec<UsageRecord>,
-    metrics: &Metrics,
-    control_shard: usize,
-    enricher: &mut Enricher,
-    governor: &Governor,
-) {
-    metrics
+fn absorb(ctl: &mut Control, msgs: Vec<LedgerMsg>, batch: &mut Vec<UsageRecord>) {
+    ctl.metrics
         .globals
         .ledger_queue
         .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
     for m in msgs {
-        batch.push(prepare(m, metrics, control_shard, enricher, governor));
+        batch.push(prepare(ctl, m));
     }
-    enricher.flush_counters();
+    ctl.enricher.flush_counters();
 }
 
-/// Estimates usage where needed and enriches the record.
-fn prepare(
-    m: LedgerMsg,
-    metrics: &Metrics,
-    control_shard: usize,
-    enricher: &mut Enricher,
-    governor: &Governor,
-) -> UsageRecord {
+/// Estimates usage where needed, enriches the record, and settles what it reserved.
+fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
     let mut record = match m {
         LedgerMsg::Record(r) => *r,
         LedgerMsg::Estimate {
@@ -161,13 +148,13 @@ fn prepare(
             if let Some(p) = record.price {
                 record.cost_micro_usd = p.micro_usd(&record.usage);
             }
-            metrics.shards[control_shard].record_usage(series, &record.usage, true);
+            ctl.metrics.shards[ctl.shard].record_usage(series, &record.usage, true);
             *record
         }
     };
-    enricher.apply(&mut record);
+    ctl.enricher.apply(&mut record);
     // Records with the provider's usage were settled on their worker; estimates settle here.
-    crate::governance::settle_record(&mut record, governor);
+    crate::governance::settle_record(&mut record, &ctl.governor);
     record
 }
 

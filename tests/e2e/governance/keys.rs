@@ -195,13 +195,7 @@ fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
     assert_openai_error(&r, 401, "invalid_request_error", "key_expired");
 
     // Every change is in the audit log.
-    let r = admin(admin_addr, "GET", "/admin/audit?action=key.", None);
-    let actions: Vec<String> = r.json()["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["action"].as_str().unwrap_or("").to_string())
-        .collect();
+    let actions = super::audit_actions(&stack, "key.");
     for want in ["key.create", "key.rotate", "key.update", "key.revoke"] {
         assert!(actions.iter().any(|a| a == want), "{want} in {actions:?}");
     }

@@ -72,3 +72,16 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// The actions in the audit log starting with `prefix`, oldest first.
+pub fn audit_actions(stack: &Stack, prefix: &str) -> Vec<String> {
+    let addr = stack.agent.admin_addr().expect("an admin listener");
+    let r = admin(addr, "GET", &format!("/admin/audit?action={prefix}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("").to_string())
+        .collect()
+}

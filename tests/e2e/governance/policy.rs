@@ -113,13 +113,7 @@ fn an_exception_grants_a_model_until_it_expires() {
     assert_eq!(r.status, 403, "expired: {}", r.text());
     let r = admin(admin_addr, "GET", "/admin/exceptions", None);
     assert_eq!(r.json()["exceptions"].as_array().map(Vec::len), Some(0));
-    let r = admin(admin_addr, "GET", "/admin/audit?action=exception.", None);
-    let actions: Vec<String> = r.json()["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .map(|e| e["action"].as_str().unwrap_or("").to_string())
-        .collect();
+    let actions = super::audit_actions(&stack, "exception.");
     assert_eq!(actions, ["exception.grant", "exception.expire"]);
     // Bad grants are refused.
     let r = admin(
