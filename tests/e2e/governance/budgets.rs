@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{admin, chat, create_key, governed, post_with_key};
-use crate::harness::procs::{run_tollgate, SIM_MODEL};
+use super::{admin, cli_on_data, create_key, governed, smol_as};
+use crate::harness::procs::SIM_MODEL;
 use crate::harness::{assert_openai_error, ledger, Client, Sim, Stack};
 
 fn team_rows(stack: &Stack, team: &str) -> Vec<ledger::Row> {
@@ -39,13 +39,7 @@ fn block_reports_the_reset_and_costs_come_from_the_catalog() {
     let (key, _) = create_key(&stack, json!({"team": "search"}));
     let mut ok = Vec::new();
     let refused = loop {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &[],
-            &chat("smol", 50),
-        );
+        let r = smol_as(&stack, &key, 50);
         if r.status != 200 {
             break r;
         }
@@ -74,20 +68,9 @@ fn block_reports_the_reset_and_costs_come_from_the_catalog() {
             "{r:#?}"
         );
     }
-    let out = run_tollgate(
-        &[
-            "chargeback",
-            "--data-dir",
-            stack.agent.data_dir.to_str().expect("utf-8"),
-            "--format",
-            "csv",
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(out.status.success(), "{out:#?}");
+    let chargeback = cli_on_data(&stack, &["chargeback", "--format", "csv"]);
     let want_cost: i64 = rows.iter().map(|r| r.cost_micro_usd).sum();
-    let line = out
-        .stdout
+    let line = chargeback
         .lines()
         .find(|l| l.starts_with("search,"))
         .expect("a row for search");
@@ -95,20 +78,7 @@ fn block_reports_the_reset_and_costs_come_from_the_catalog() {
         line.ends_with(&format!("{:.6}", want_cost as f64 / 1e6)),
         "{line} vs {want_cost}"
     );
-    let out = run_tollgate(
-        &[
-            "usage",
-            "--data-dir",
-            stack.agent.data_dir.to_str().expect("utf-8"),
-            "--by",
-            "key",
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.success() && out.stdout.contains("k_"),
-        "{out:#?}"
-    );
+    assert!(cli_on_data(&stack, &["usage", "--by", "key"]).contains("k_"));
 }
 
 #[test]
@@ -121,22 +91,10 @@ fn fallback_serves_a_cheaper_model_and_says_so() {
             .into();
     });
     let (key, _) = create_key(&stack, json!({"team": "search"}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 60),
-    );
+    let r = smol_as(&stack, &key, 60);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.header("x-tollgate-fallback").is_none());
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 60),
-    );
+    let r = smol_as(&stack, &key, 60);
     assert_eq!(r.status, 200, "{}", r.text());
     let header = r
         .header("x-tollgate-fallback")
@@ -165,23 +123,11 @@ fn queue_waits_for_headroom_then_gives_up() {
     );
     let admin_addr = stack.agent.admin_addr().expect("admin");
     let (key, _) = create_key(&stack, json!({"team": "q"}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 150),
-    );
+    let r = smol_as(&stack, &key, 150);
     assert_eq!(r.status, 200, "{}", r.text());
     // No room: it waits the whole timeout, then 429.
     let t = Instant::now();
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 150),
-    );
+    let r = smol_as(&stack, &key, 150);
     assert_openai_error(&r, 429, "insufficient_quota", "budget_exceeded");
     assert!(
         t.elapsed() >= Duration::from_millis(2900),
@@ -204,13 +150,7 @@ fn queue_waits_for_headroom_then_gives_up() {
         .status
     });
     let t = Instant::now();
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 150),
-    );
+    let r = smol_as(&stack, &key, 150);
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         t.elapsed() >= Duration::from_millis(400),
@@ -332,13 +272,7 @@ fn alerts_reach_the_audit_log_metrics_and_the_webhook() {
         ),
     );
     let (key, _) = create_key(&stack, json!({"team": "a"}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 100),
-    );
+    let r = smol_as(&stack, &key, 100);
     assert_eq!(r.status, 200, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(5);
     while received
@@ -369,20 +303,7 @@ fn alerts_reach_the_audit_log_metrics_and_the_webhook() {
         .metrics()
         .contains("tollgate_budget_alerts_total 1"));
     // `tollgate audit` reads the same log.
-    let out = run_tollgate(
-        &[
-            "audit",
-            "--data-dir",
-            stack.agent.data_dir.to_str().expect("utf-8"),
-            "--action",
-            "budget.",
-        ],
-        Duration::from_secs(10),
-    );
-    assert!(
-        out.status.success() && out.stdout.contains("budget.alert"),
-        "{out:#?}"
-    );
+    assert!(cli_on_data(&stack, &["audit", "--action", "budget."]).contains("budget.alert"));
 }
 
 #[test]
@@ -394,13 +315,7 @@ fn kill_9_forgets_no_spend_and_no_window_resets_early() {
     let (key, _) = create_key(&stack, json!({"team": "d"}));
     let mut served = Vec::new();
     loop {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &[],
-            &chat("smol", 40),
-        );
+        let r = smol_as(&stack, &key, 40);
         if r.status == 429 {
             break;
         }
@@ -425,13 +340,7 @@ fn kill_9_forgets_no_spend_and_no_window_resets_early() {
     // of the first run that were still unsettled may have refused early), never a new budget.
     let mut after = 0;
     loop {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &[],
-            &chat("smol", 40),
-        );
+        let r = smol_as(&stack, &key, 40);
         if r.status != 200 {
             assert_openai_error(&r, 429, "insufficient_quota", "budget_exceeded");
             break;

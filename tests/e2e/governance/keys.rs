@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{admin, chat, create_key, governed, post_with_key};
+use super::{admin, chat, create_key, governed, post_with_key, smol_as};
 use crate::harness::procs::{run_tollgate, ADMIN_TOKEN};
 use crate::harness::{
     assert_anthropic_error, assert_openai_error, messages_body, post_json, post_raw, Sim,
@@ -141,13 +141,7 @@ fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
         Some(&json!({"enabled": false})),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &rotated,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &rotated, 2);
     assert_openai_error(&r, 401, "invalid_request_error", "key_disabled");
 
     let r = admin(
@@ -157,13 +151,7 @@ fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
         Some(&json!({"enabled": true, "allowed_ips": ["10.0.0.0/8"]})),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &rotated,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &rotated, 2);
     assert_openai_error(&r, 403, "invalid_request_error", "ip_not_allowed");
     admin(
         admin_addr,
@@ -185,13 +173,7 @@ fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
     let (short, _) = create_key(&stack, json!({"expires_at_ms": super::now_ms() + 300}));
     assert_eq!(ok(&short), 200);
     std::thread::sleep(Duration::from_millis(400));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &short,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &short, 2);
     assert_openai_error(&r, 401, "invalid_request_error", "key_expired");
 
     // Every change is in the audit log.
@@ -205,13 +187,7 @@ fn revoke_rotate_expiry_and_allowlists_take_effect_at_once() {
 fn model_globs_on_a_key() {
     let stack = governed(Sim::start(&[]), "");
     let (key, _) = create_key(&stack, json!({"models": ["sm*"]}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &key, 2);
     assert_eq!(r.status, 200, "{}", r.text());
     let r = post_with_key(
         stack.agent.addr,
@@ -283,13 +259,7 @@ fn keys_survive_a_restart_and_the_cli_manages_them() {
     );
 
     stack.agent.restart(1);
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &key, 2);
     assert_eq!(r.status, 200, "a key outlives the process: {}", r.text());
     let r = post_with_key(
         stack.agent.addr,

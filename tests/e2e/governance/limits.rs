@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{chat, create_key, governed, post_with_key};
+use super::{create_key, governed, post_with_key, smol_as};
 use crate::harness::{assert_anthropic_error, assert_openai_error, messages_body, Sim};
 
 #[test]
@@ -19,13 +19,7 @@ fn a_team_request_limit_answers_429_with_headers() {
     let (key, _) = create_key(&stack, json!({"team": "search"}));
     let (other, _) = create_key(&stack, json!({"team": "ads"}));
     for left in [2, 1, 0] {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &[],
-            &chat("smol", 5),
-        );
+        let r = smol_as(&stack, &key, 5);
         assert_eq!(r.status, 200, "{}", r.text());
         assert_eq!(r.header("x-ratelimit-limit-requests"), Some("3"));
         assert_eq!(
@@ -35,13 +29,7 @@ fn a_team_request_limit_answers_429_with_headers() {
         assert!(r.header("x-ratelimit-reset-requests").is_some());
         assert_eq!(r.header("x-ratelimit-limit-tokens"), Some("200000"));
     }
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 5),
-    );
+    let r = smol_as(&stack, &key, 5);
     let e = assert_openai_error(&r, 429, "requests", "rate_limit_exceeded");
     assert!(
         e["message"]
@@ -57,13 +45,7 @@ fn a_team_request_limit_answers_429_with_headers() {
     assert!((1..=20).contains(&wait), "{wait}");
     assert_eq!(r.header("x-ratelimit-remaining-requests"), Some("0"));
     // Another team is not limited by this rule.
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &other,
-        &[],
-        &chat("smol", 5),
-    );
+    let r = smol_as(&stack, &other, 5);
     assert_eq!(r.status, 200);
     assert!(r.header("x-ratelimit-limit-requests").is_none());
     assert!(stack
@@ -104,13 +86,7 @@ fn key_token_limits_count_the_reservation_and_anthropic_gets_its_headers() {
     assert!(r.header("retry-after").is_some());
 
     // A request larger than the whole limit is told so.
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 1000),
-    );
+    let r = smol_as(&stack, &key, 1000);
     let e = assert_openai_error(&r, 429, "tokens", "rate_limit_exceeded");
     assert!(
         e["message"]

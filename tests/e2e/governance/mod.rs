@@ -85,3 +85,24 @@ pub fn audit_actions(stack: &Stack, prefix: &str) -> Vec<String> {
         .map(|e| e["action"].as_str().unwrap_or("").to_string())
         .collect()
 }
+
+/// A chat request for `smol` with `max_tokens`, authorised by `key`.
+pub fn smol_as(stack: &Stack, key: &str, max_tokens: u64) -> Response {
+    post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        key,
+        &[],
+        &chat("smol", max_tokens),
+    )
+}
+
+/// `tollgate ARGS --data-dir <the agent's data dir>`, which must succeed; returns stdout.
+pub fn cli_on_data(stack: &Stack, args: &[&str]) -> String {
+    let dir = stack.agent.data_dir.to_str().expect("utf-8");
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", dir]);
+    let out = crate::harness::procs::run_tollgate(&all, std::time::Duration::from_secs(10));
+    assert!(out.status.success(), "{out:#?}");
+    out.stdout
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{admin, chat, create_key, governed, now_ms, post_with_key};
+use super::{admin, chat, create_key, governed, now_ms, post_with_key, smol_as};
 use crate::harness::{assert_openai_error, post_json, Sim, Stack};
 
 #[test]
@@ -18,24 +18,12 @@ fn required_headers_model_access_and_workload_classes() {
          workload_classes: {batch: [economy], interactive: [premium]}\n",
     );
     let (key, _) = create_key(&stack, json!({"team": "research"}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &key, 2);
     let e = assert_openai_error(&r, 400, "invalid_request_error", "missing_identity_header");
     assert_eq!(e["param"], "x-tollgate-project");
     // A key that carries its project satisfies the requirement.
     let (with_project, _) = create_key(&stack, json!({"team": "research", "project": "p"}));
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &with_project,
-        &[],
-        &chat("smol", 2),
-    );
+    let r = smol_as(&stack, &with_project, 2);
     assert_eq!(r.status, 200, "{}", r.text());
 
     let (intern, _) = create_key(&stack, json!({"team": "interns", "project": "p"}));
