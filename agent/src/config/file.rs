@@ -217,6 +217,8 @@ pub struct ModelFile {
     pub model: Option<String>,
     /// The deployments that serve this model.
     pub targets: Option<Vec<TargetFile>>,
+    /// Output tokens reserved against budgets when a request sets no maximum.
+    pub max_output_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -162,6 +162,9 @@ pub struct Model {
     pub name: String,
     /// At least one; in configuration order.
     pub targets: Vec<ModelTarget>,
+    /// Output tokens reserved against budgets for a request that sets no maximum (default:
+    /// `default_max_output_tokens`).
+    pub max_output_tokens: Option<u64>,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -624,9 +627,13 @@ impl Validator<'_> {
                 continue;
             }
             index.insert(m.name.clone(), models.len());
+            if m.max_output_tokens == Some(0) {
+                self.problem(format!("{path}.max_output_tokens"), "must be at least 1");
+            }
             models.push(Model {
                 name: m.name,
                 targets,
+                max_output_tokens: m.max_output_tokens,
             });
         }
         (models, index)

@@ -438,7 +438,7 @@ mod tests {
 providers:
   - {name: sim, kind: openai, base_url: http://127.0.0.1:9}
 models:
-  - {name: gpt-4o, provider: sim}
+  - {name: gpt-4o, provider: sim, max_output_tokens: 2048}
   - {name: smol-cheap, provider: sim, model: smol}
 auth: {mode: keys}
 prices:
@@ -490,6 +490,8 @@ budgets:
             Some(0.01)
         );
         assert!(super::warnings(g).is_empty());
+        assert_eq!(c.models[0].max_output_tokens, Some(2048));
+        assert_eq!(c.models[1].max_output_tokens, None);
     }
 
     #[test]

@@ -307,15 +307,22 @@ fn loop_guard(gov: &Governor, snap: &Snapshot, ctx: &mut RequestCtx) -> Result<(
 
 /// Tokens a request may use: (estimated input, maximum output). The input estimate is one
 /// token per 3 prompt bytes (above the real count for English and code), so a reservation
-/// rarely falls short of the actual use.
+/// rarely falls short of the actual use. Without `max_tokens` the model's `max_output_tokens`
+/// (else `default_max_output_tokens`) is reserved.
 fn reservation(snap: &Snapshot, ctx: &RequestCtx) -> (u64, u64) {
     let input = ctx.inspection.prompt_bytes as u64 / 3 + 16;
+    let cfg = &snap.cfg;
+    let default = || {
+        cfg.model_by_name(&ctx.inspection.model)
+            .and_then(|(_, m)| m.max_output_tokens)
+            .unwrap_or(cfg.governance.default_max_output_tokens)
+    };
     let output = match ctx.api {
         Api::Embeddings => 0,
         _ => ctx
             .inspection
             .max_output_tokens
-            .unwrap_or(snap.cfg.governance.default_max_output_tokens)
+            .unwrap_or_else(default)
             .saturating_mul(u64::from(ctx.inspection.n.max(1))),
     };
     (input, output)
