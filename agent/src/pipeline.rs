@@ -146,6 +146,15 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
     let path = req.head.path();
     let metered = Api::from_path(path).is_some() && req.head.method == Method::Post;
     if let (false, Some(dst)) = (metered, client.original_dst()) {
+        if let Some(e) = admit::unmetered_post(&req.snap.cfg.governance, &req.head) {
+            // A POST that could spend tokens unmetered (an engine's native `/generate`).
+            let keep = req.head.keep_alive;
+            return client
+                .respond_error(&e, crate::api::Wire::OpenAi, keep, None)
+                .await
+                .is_ok()
+                && keep;
+        }
         // Intercepted, but not an inference call: the original server answers it.
         return passthrough::run(w, client, req, dst).await;
     }

@@ -714,6 +714,15 @@ fn an_unlabelled_intercepted_client_is_held_to_its_teams_limit() {
         let row = crate::harness::ledger::row(&agent.data_dir, id);
         assert_eq!(row.team.as_deref(), Some("kernel-attributed"), "{row:#?}");
     }
+    // An engine's native endpoint would spend tokens outside every limit: refused.
+    let native = run_client(&cg, &format!("http://{}/generate", sim.addr));
+    assert_eq!(native.status, 403, "{native:#?}");
+    assert!(
+        native.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unmetered_endpoint")),
+        "{native:#?}"
+    );
     // The same request sent to the agent directly carries no key and no kernel identity.
     let body = serde_json::json!({"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2});
     let r = post_raw(

@@ -64,6 +64,8 @@ pub struct FileConfig {
     pub alerts: Option<serde_yaml_ng::Value>,
     /// Output tokens reserved against budgets for a request that sets no maximum (4096).
     pub default_max_output_tokens: Option<u64>,
+    /// Paths an intercepted client may POST to unmetered under `auth: keys`.
+    pub unmetered_post_paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

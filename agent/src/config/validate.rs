@@ -458,6 +458,7 @@ impl Validator<'_> {
                 loop_guard: f.loop_guard,
                 alerts: f.alerts,
                 default_max_output_tokens: f.default_max_output_tokens,
+                unmetered_post_paths: f.unmetered_post_paths,
             },
             &models,
         );

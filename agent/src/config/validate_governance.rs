@@ -33,6 +33,7 @@ pub struct GovernanceFile {
     pub loop_guard: Option<serde_yaml_ng::Value>,
     pub alerts: Option<serde_yaml_ng::Value>,
     pub default_max_output_tokens: Option<u64>,
+    pub unmetered_post_paths: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -373,8 +374,11 @@ impl Validator<'_> {
         if let Some(v) = f.alerts {
             if let Some(a) = self.item::<AlertsFile>("alerts", v) {
                 if let Some(url) = &a.webhook {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        self.problem("alerts.webhook", "must be an http:// or https:// URL");
+                    if url.starts_with("https://") {
+                        // The control plane's HTTP client is built without TLS.
+                        self.problem("alerts.webhook", "https webhooks are not supported yet: use an http:// URL (e.g. a local relay)");
+                    } else if !url.starts_with("http://") {
+                        self.problem("alerts.webhook", "must be an http:// URL");
                     }
                 }
                 p.alert_webhook = a.webhook;
@@ -382,6 +386,9 @@ impl Validator<'_> {
         }
         if let Some(n) = f.default_max_output_tokens {
             p.default_max_output_tokens = n.max(1);
+        }
+        if let Some(paths) = f.unmetered_post_paths {
+            p.unmetered_post_paths = paths;
         }
         (p, prices)
     }

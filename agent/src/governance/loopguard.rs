@@ -14,7 +14,8 @@ use super::policy::LoopGuard;
 
 /// Most history entries kept per session (bounds memory whatever the window).
 const MAX_HISTORY: usize = 4096;
-/// Most sessions tracked; past this, idle ones are evicted by the governance thread.
+/// Most sessions tracked at once: new sessions past this are not guarded until idle ones are
+/// evicted (so unique session ids cannot grow the agent's memory without bound).
 pub const MAX_SESSIONS: usize = 100_000;
 
 #[derive(Debug, Default)]
@@ -138,13 +139,23 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn get(&self, session: &str) -> Arc<SessionState> {
+    /// The session's state; `None` for a new session when [`MAX_SESSIONS`] are tracked.
+    pub fn get(&self, session: &str) -> Option<Arc<SessionState>> {
+        self.get_capped(session, MAX_SESSIONS)
+    }
+
+    fn get_capped(&self, session: &str, cap: usize) -> Option<Arc<SessionState>> {
         let map = self.map.pin();
         if let Some(s) = map.get(session) {
-            return s.clone();
+            return Some(s.clone());
         }
-        map.get_or_insert_with(session.to_string(), Arc::default)
-            .clone()
+        if map.len() >= cap {
+            return None;
+        }
+        Some(
+            map.get_or_insert_with(session.to_string(), Arc::default)
+                .clone(),
+        )
     }
 
     /// Drops sessions idle for longer than `idle_ms` (governance thread).
@@ -223,16 +234,23 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_shared_and_evicted_when_idle() {
+    fn sessions_are_shared_capped_and_evicted_when_idle() {
         let sessions = Sessions::default();
-        let a = sessions.get("a");
-        assert!(Arc::ptr_eq(&a, &sessions.get("a")));
+        let a = sessions.get("a").expect("tracked");
+        assert!(Arc::ptr_eq(&a, &sessions.get("a").expect("tracked")));
         a.last_seen_ms.store(1_000, Ordering::Relaxed);
-        sessions
-            .get("b")
-            .last_seen_ms
-            .store(50_000, Ordering::Relaxed);
+        let b = sessions.get("b").expect("tracked");
+        b.last_seen_ms.store(50_000, Ordering::Relaxed);
+        assert!(
+            sessions.get_capped("c", 2).is_none(),
+            "full: a new session is not tracked"
+        );
+        assert!(
+            sessions.get_capped("b", 2).is_some(),
+            "a known one still is"
+        );
         assert_eq!(sessions.evict_idle(60_000, 30_000), 1);
         assert_eq!(sessions.len(), 1);
+        assert!(sessions.get_capped("c", 2).is_some());
     }
 }

@@ -269,6 +269,9 @@ pub struct Policy {
     pub alert_webhook: Option<String>,
     /// Output tokens reserved for a request that sets no maximum.
     pub default_max_output_tokens: u64,
+    /// Unmetered paths an intercepted client may still POST to under `auth: keys` (they spend
+    /// no generation tokens).
+    pub unmetered_post_paths: Vec<String>,
 }
 
 impl Default for Policy {
@@ -283,6 +286,7 @@ impl Default for Policy {
             loop_guard: None,
             alert_webhook: None,
             default_max_output_tokens: 4096,
+            unmetered_post_paths: vec!["/tokenize".into(), "/detokenize".into()],
         }
     }
 }

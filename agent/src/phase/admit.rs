@@ -117,6 +117,27 @@ pub async fn run(
     budgets(gov, &snap, client, ctx, key.as_deref()).await
 }
 
+/// On an intercepted connection under `auth: {mode: keys}`, a POST to a path Tollgate does not
+/// meter (an engine's native `/generate`, `/v1/score`, ...) would spend tokens outside every
+/// limit and budget: refused (403 `unmetered_endpoint`) unless `unmetered_post_paths` lists it.
+/// GETs and other methods still pass through to the original server.
+pub fn unmetered_post(
+    policy: &crate::governance::policy::Policy,
+    head: &crate::http::request::RequestHead,
+) -> Option<GateError> {
+    let path = head.path();
+    let allowed = policy.unmetered_post_paths.iter().any(|p| p == path);
+    (policy.auth == AuthMode::Keys && head.method == crate::http::request::Method::Post && !allowed)
+        .then(|| {
+            GateError::new(
+                ErrorKind::Forbidden {
+                    code: "unmetered_endpoint",
+                },
+                format!("POST {path} is not an endpoint Tollgate meters, so it cannot be governed; use the OpenAI or Anthropic API paths (or list it in `unmetered_post_paths`)."),
+            )
+        })
+}
+
 /// The facts scopes match against.
 fn facts<'a>(client: &'a ClientConn, ctx: &'a RequestCtx, key: Option<&'a KeyEntry>) -> Facts<'a> {
     let cg = client.cgroup.as_deref();
@@ -270,7 +291,9 @@ fn loop_guard(gov: &Governor, snap: &Snapshot, ctx: &mut RequestCtx) -> Result<(
     else {
         return Ok(());
     };
-    let state = gov.sessions.get(session);
+    let Some(state) = gov.sessions.get(session) else {
+        return Ok(());
+    };
     let now = now_ms();
     let tripped = |cooldown_ms: i64, why: String| {
         GateError::new(
