@@ -70,7 +70,8 @@ impl ClientConn {
     pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
         Self {
             stream,
-            buf: BytesMut::with_capacity(16 * 1024),
+            // Allocated by the first read: a connection that never sends holds no buffer.
+            buf: BytesMut::new(),
             peer,
             attribution: None,
             cgroup: None,

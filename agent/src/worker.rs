@@ -55,6 +55,8 @@ pub struct Worker {
     in_flight: Cell<usize>,
     /// Client connections this worker holds (capped by `limits.max_connections_per_worker`).
     connections: Cell<usize>,
+    /// Bytes freed (closed connections, idle buffers) since memory was last handed back.
+    released: Cell<usize>,
     /// Request-body bytes this worker buffers (capped by `limits.max_buffered_bytes_per_worker`).
     pub body_budget: Rc<BodyBudget>,
     /// Fired when the shutdown grace expires: requests still running are cut and recorded.
@@ -147,6 +149,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         next_id: Cell::new(0),
         in_flight: Cell::new(0),
         connections: Cell::new(0),
+        released: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
         health: HealthLocal::new(provider_slots),
@@ -154,6 +157,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
+    monoio::spawn(hand_back_memory(w.clone()));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -209,6 +213,37 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Answers a request whose body could not be read (and records it when it was an API call).
+async fn answer_body_error(
+    w: &Worker,
+    client: &mut ClientConn,
+    head: crate::http::request::RequestHead,
+    snap: Arc<crate::snapshot::Snapshot>,
+    e: crate::error::GateError,
+) {
+    match Api::from_path(head.path()) {
+        Some(api) => {
+            let mut ctx = RequestCtx::new(
+                w.next_request_id(),
+                Instant::now(),
+                api,
+                Request {
+                    head,
+                    body: Bytes::new(),
+                    snap,
+                    reservation: Reservation::none(),
+                },
+            );
+            ctx.client_keep_alive = false;
+            pipeline::fail(w, client, &mut ctx, &e).await;
+            settle::run(w, &mut ctx, client.attribution.as_ref());
+        }
+        None => {
+            let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
+        }
+    }
+}
+
 /// The client's cgroup and what the attribution rules make of it, once per connection. A
 /// cgroup seen before is a cache hit; a new one walks the cgroup tree once (on this worker:
 /// admission needs the answer before the first request).
@@ -253,12 +288,31 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         if w.shared.shutting_down.load(Ordering::Relaxed) {
             break;
         }
-        match read::read_request(&mut client, &w.shared.snapshot, &w.body_budget).await {
+        if client.buf.is_empty() {
+            // Idle between requests: a small wait; the buffer goes back if it lasts (read.rs).
+            let idle = w.shared.snapshot.load().cfg.limits.idle_timeout;
+            if read::wait_idle(&mut client, idle, &|freed| w.released(freed))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        // Boxed like the request below: neither's state sits in an idle connection's task.
+        let read = Box::pin(read::read_request(
+            &mut client,
+            &w.shared.snapshot,
+            &w.body_budget,
+        ))
+        .await;
+        match read {
             Ok(req) => {
                 let started = Instant::now();
                 let in_flight = InFlight::new(&w);
+                // Boxed: the request's state lives on the heap only while it runs, so an idle
+                // connection's task stays small (7 KB inline before, per connection).
                 let keep = monoio::select! {
-                    keep = pipeline::handle(&w, &mut client, req, started) => keep,
+                    keep = Box::pin(pipeline::handle(&w, &mut client, req, started)) => keep,
                     // Dropping the request future runs its settle guard.
                     _ = w.abort.fired() => false,
                 };
@@ -269,31 +323,11 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
             }
             Err(ReadEnd::Closed) => break,
             Err(ReadEnd::Error(e)) => {
-                let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
+                let _ = Box::pin(client.respond_error(&e, Wire::OpenAi, false, None)).await;
                 break;
             }
             Err(ReadEnd::BodyError(head, snap, e)) => {
-                match Api::from_path(head.path()) {
-                    Some(api) => {
-                        let mut ctx = RequestCtx::new(
-                            w.next_request_id(),
-                            Instant::now(),
-                            api,
-                            Request {
-                                head,
-                                body: Bytes::new(),
-                                snap,
-                                reservation: Reservation::none(),
-                            },
-                        );
-                        ctx.client_keep_alive = false;
-                        pipeline::fail(&w, &mut client, &mut ctx, &e).await;
-                        settle::run(&w, &mut ctx, client.attribution.as_ref());
-                    }
-                    None => {
-                        let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
-                    }
-                }
+                Box::pin(answer_body_error(&w, &mut client, head, snap, e)).await;
                 break;
             }
         }
@@ -312,6 +346,35 @@ impl Drop for OpenConnection<'_> {
             .connections_open
             .fetch_sub(1, Ordering::Relaxed);
         w.connections.set(w.connections.get() - 1);
+        w.released(CONNECTION_BYTES);
+    }
+}
+
+/// What a closed connection gives back, roughly (its task, buffers, socket state).
+const CONNECTION_BYTES: usize = 8 * 1024;
+/// Freed bytes after which the heap is trimmed (checked once a second).
+const TRIM_AFTER: usize = 4 * 1024 * 1024;
+
+impl Worker {
+    /// Counts memory this worker freed (closed connections, buffers of idle ones).
+    pub fn released(&self, bytes: usize) {
+        self.released.set(self.released.get() + bytes);
+    }
+}
+
+/// Once a second, if this worker freed enough memory since the last time, hands the free heap
+/// back to the system: glibc keeps freed memory in its arenas otherwise, so RSS would stay at
+/// its peak after a wave of connections (measured: 5,000 idle connections left 60 MB behind
+/// after they closed). Rare (a mass close, many connections going idle at once), never per
+/// request.
+async fn hand_back_memory(w: Rc<Worker>) {
+    while !w.shared.shutting_down.load(Ordering::Relaxed) {
+        monoio::time::sleep(Duration::from_secs(1)).await;
+        if w.released.get() >= TRIM_AFTER {
+            w.released.set(0);
+            // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 

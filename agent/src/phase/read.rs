@@ -153,6 +153,34 @@ pub async fn read_request(
     }
 }
 
+/// How long a quiet keep-alive connection keeps its read buffer.
+const KEEP_BUFFER: Duration = Duration::from_secs(1);
+
+/// Waits for the next request on a keep-alive connection whose buffer is empty (the connection
+/// task awaits this inline and the larger read future only once bytes are there). It waits for
+/// readability (a poll, which can be cancelled without losing bytes, unlike a read in flight
+/// on io_uring), and a connection quiet for [`KEEP_BUFFER`] gives its read buffer back, so idle
+/// connections hold no buffer; the first read after the wait allocates one again.
+/// `released` is told the bytes of buffer it gave back.
+pub async fn wait_idle(
+    conn: &mut ClientConn,
+    idle_timeout: Duration,
+    released: &dyn Fn(usize),
+) -> io::Result<()> {
+    let started = Instant::now();
+    let first = KEEP_BUFFER.min(idle_timeout);
+    if let Ok(ready) = monoio::time::timeout(first, conn.stream.readable(false)).await {
+        return ready;
+    }
+    released(conn.buf.capacity());
+    conn.buf = BytesMut::new();
+    let rest = idle_timeout.saturating_sub(started.elapsed());
+    match monoio::time::timeout(rest, conn.stream.readable(false)).await {
+        Ok(ready) => ready,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    }
+}
+
 /// Time left until `deadline`, or a timeout error when it has passed.
 fn left(deadline: Instant) -> io::Result<Duration> {
     match deadline.checked_duration_since(Instant::now()) {
@@ -184,8 +212,10 @@ async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead
         }
         // Between requests the idle timeout applies; once a head has started, its deadline.
         let idle = conn.buf.is_empty();
+        // Between requests the caller waited for readability (`wait_idle`): the first read
+        // finds data or the end of the stream.
         let read = match deadline {
-            None => read_more(&mut conn.stream, &mut conn.buf, limits.idle_timeout).await,
+            None => read_more(&mut conn.stream, &mut conn.buf, limits.header_timeout).await,
             Some(d) => match left(d) {
                 Ok(t) => read_more(&mut conn.stream, &mut conn.buf, t).await,
                 Err(e) => Err(e),
