@@ -290,12 +290,11 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         }
         if client.buf.is_empty() {
             // Idle between requests: a small wait; the buffer goes back if it lasts (read.rs).
-            let idle = w.shared.snapshot.load().cfg.limits.idle_timeout;
-            if read::wait_idle(&mut client, idle, &|freed| w.released(freed))
-                .await
-                .is_err()
-            {
-                break;
+            let limits = &w.shared.snapshot.load().cfg.limits;
+            let (idle, head) = (limits.idle_timeout, limits.header_timeout);
+            match read::first_read(&mut client, idle, head, &|freed| w.released(freed)).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
         }
         // Boxed like the request below: neither's state sits in an idle connection's task.

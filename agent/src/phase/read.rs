@@ -17,6 +17,8 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{CancelableAsyncReadRent, Canceller};
 
 use crate::client::{read_more, ClientConn};
 use crate::config::Limits;
@@ -156,27 +158,47 @@ pub async fn read_request(
 /// How long a quiet keep-alive connection keeps its read buffer.
 const KEEP_BUFFER: Duration = Duration::from_secs(1);
 
-/// Waits for the next request on a keep-alive connection whose buffer is empty (the connection
-/// task awaits this inline and the larger read future only once bytes are there). It waits for
-/// readability (a poll, which can be cancelled without losing bytes, unlike a read in flight
-/// on io_uring), and a connection quiet for [`KEEP_BUFFER`] gives its read buffer back, so idle
-/// connections hold no buffer; the first read after the wait allocates one again.
-/// `released` is told the bytes of buffer it gave back.
-pub async fn wait_idle(
+/// The first read of the next request on a keep-alive connection whose buffer is empty (the
+/// connection task awaits this inline, and the larger read future only once bytes are here).
+/// A connection quiet for [`KEEP_BUFFER`] gives its read buffer back and waits for readability
+/// without one, so idle connections hold no buffer. The read in flight is cancelled with
+/// monoio's `cancelable_read`, which hands back the buffer *and any bytes that raced the
+/// cancel* (dropping an io_uring read in flight would lose them). `released` is told the bytes
+/// of buffer given back. `Ok(0)`: the client closed.
+pub async fn first_read(
     conn: &mut ClientConn,
     idle_timeout: Duration,
+    header_timeout: Duration,
     released: &dyn Fn(usize),
-) -> io::Result<()> {
+) -> io::Result<usize> {
     let started = Instant::now();
-    let first = KEEP_BUFFER.min(idle_timeout);
-    if let Ok(ready) = monoio::time::timeout(first, conn.stream.readable(false)).await {
-        return ready;
+    if conn.buf.capacity() - conn.buf.len() < 4096 {
+        conn.buf.reserve(16 * 1024);
+    }
+    let (len, cap) = (conn.buf.len(), conn.buf.capacity());
+    let spare = std::mem::take(&mut conn.buf).slice_mut(len..cap);
+    let (res, spare) = {
+        let canceller = Canceller::new();
+        let mut read = std::pin::pin!(conn.stream.cancelable_read(spare, canceller.handle()));
+        match monoio::time::timeout(KEEP_BUFFER.min(idle_timeout), &mut read).await {
+            Ok(done) => done,
+            Err(_) => {
+                let _ = canceller.cancel();
+                read.await
+            }
+        }
+    };
+    conn.buf = spare.into_inner();
+    match res {
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
+        done => return done,
     }
     released(conn.buf.capacity());
     conn.buf = BytesMut::new();
     let rest = idle_timeout.saturating_sub(started.elapsed());
     match monoio::time::timeout(rest, conn.stream.readable(false)).await {
-        Ok(ready) => ready,
+        Ok(Ok(())) => read_more(&mut conn.stream, &mut conn.buf, header_timeout).await,
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
 }
@@ -212,8 +234,8 @@ async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead
         }
         // Between requests the idle timeout applies; once a head has started, its deadline.
         let idle = conn.buf.is_empty();
-        // Between requests the caller waited for readability (`wait_idle`): the first read
-        // finds data or the end of the stream.
+        // The caller made the first read of a request (`first_read`); this runs only when the
+        // buffer already holds part of a head, so the head's deadline applies.
         let read = match deadline {
             None => read_more(&mut conn.stream, &mut conn.buf, limits.header_timeout).await,
             Some(d) => match left(d) {
