@@ -66,14 +66,26 @@ fn exercise(driver: &str) {
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let body = chat_body("smol", &prompt, 2, false).to_string();
     let again = client.request("POST", "/v1/chat/completions", &[], body.as_bytes());
-    assert_eq!(again.json()["usage"]["completion_tokens"], 2, "{}", again.text());
+    assert_eq!(
+        again.json()["usage"]["completion_tokens"],
+        2,
+        "{}",
+        again.text()
+    );
     let bytes = request_bytes("POST", "/v1/chat/completions", &[], body.as_bytes());
     std::thread::sleep(std::time::Duration::from_millis(900));
     client.send(&bytes[..10]).expect("first piece");
     std::thread::sleep(std::time::Duration::from_millis(300));
     client.send(&bytes[10..]).expect("second piece");
-    let split = client.read_response().expect("response to the split request");
-    assert_eq!(split.json()["usage"]["completion_tokens"], 2, "{}", split.text());
+    let split = client
+        .read_response()
+        .expect("response to the split request");
+    assert_eq!(
+        split.json()["usage"]["completion_tokens"],
+        2,
+        "{}",
+        split.text()
+    );
 
     for (r, output) in [(&plain, 3), (&streamed, 4)] {
         let row = agent.row_of(r);

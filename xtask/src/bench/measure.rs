@@ -3,7 +3,9 @@
 //!
 //! Why it exists: every path must see exactly the same points in the same order so that "added latency" is
 //! a like-for-like subtraction. CPU per request is the server tree's schedstat delta over the generator's
-//! whole run divided by the requests it sent; RSS under load is the peak of 100 ms samples.
+//! whole run divided by the requests it sent; RSS under load is the peak of 100 ms samples. Syscalls and
+//! context switches per request come from `perf stat` on the server tree's tracepoints
+//! (`raw_syscalls:sys_enter`, `context-switches`) over the same run, when `perf` is installed.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -114,6 +116,10 @@ pub struct PointResult {
     pub generator_cpu_us: Option<f64>,
     /// Peak resident memory of the server tree during the point, in KiB.
     pub rss_peak_kib: Option<u64>,
+    /// System calls the server tree made per request sent (`perf stat`, when available).
+    pub syscalls_per_req: Option<f64>,
+    /// Context switches of the server tree per request sent.
+    pub cswitches_per_req: Option<f64>,
 }
 
 /// Runs the generator.
@@ -157,6 +163,7 @@ impl Load {
         server_pid: u32,
     ) -> anyhow::Result<PointResult> {
         let cpu_before = procfs::tree_cpu_ns(server_pid);
+        let counting = PerfCount::start(server_pid);
         let mut child = self
             .command(target, point, self.seconds)
             .stdout(Stdio::piped())
@@ -175,6 +182,7 @@ impl Load {
             }
         }
         let cpu_after = procfs::tree_cpu_ns(server_pid);
+        let counted = counting.and_then(PerfCount::finish);
         let out = child
             .wait_with_output()
             .context("collecting tollgate-load output")?;
@@ -196,6 +204,10 @@ impl Load {
             }
         }
         result.rss_peak_kib = rss_peak;
+        if let (Some((syscalls, switches)), true) = (counted, sent > 0) {
+            result.syscalls_per_req = Some(syscalls as f64 / sent as f64);
+            result.cswitches_per_req = Some(switches as f64 / sent as f64);
+        }
         Ok(result)
     }
 
@@ -222,6 +234,56 @@ impl Load {
         cmd.stdin(Stdio::null());
         cmd
     }
+}
+
+/// `perf stat` counting the server tree's syscalls and context switches (tracepoints: they
+/// work where hardware counters do not, as in most VMs).
+struct PerfCount(std::process::Child);
+
+impl PerfCount {
+    fn start(server_pid: u32) -> Option<PerfCount> {
+        let pids: Vec<String> = procfs::process_tree(server_pid)
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        let child = Command::new("perf")
+            .args([
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                "raw_syscalls:sys_enter,context-switches",
+                "-p",
+            ])
+            .arg(pids.join(","))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .ok()?;
+        // perf needs a moment to attach before the load starts.
+        thread::sleep(Duration::from_millis(200));
+        Some(PerfCount(child))
+    }
+
+    /// Stops counting; (syscalls, context switches).
+    fn finish(self) -> Option<(u64, u64)> {
+        // SAFETY: kill(2) with SIGINT on our own child, which is still ours until waited.
+        unsafe { libc::kill(self.0.id() as libc::pid_t, libc::SIGINT) };
+        let out = self.0.wait_with_output().ok()?;
+        parse_perf_stat(&String::from_utf8_lossy(&out.stderr))
+    }
+}
+
+/// `perf stat -x ,` output: `COUNT,UNIT,EVENT,...` per event.
+pub fn parse_perf_stat(text: &str) -> Option<(u64, u64)> {
+    let count = |event: &str| {
+        text.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f.len() > 2 && f[2].starts_with(event)).then(|| f[0].trim().parse::<u64>().ok())?
+        })
+    };
+    Some((count("raw_syscalls:sys_enter")?, count("context-switches")?))
 }
 
 /// The fields the bench uses from `tollgate-load`'s JSON.
@@ -252,6 +314,16 @@ mod tests {
         assert_eq!(labels[0], "c=1");
         assert!(labels.contains(&"10000/s".to_string()));
         assert!(labels.contains(&"stream c=1".to_string()));
+    }
+
+    #[test]
+    fn parses_perf_stat() {
+        let text = "1234567,,raw_syscalls:sys_enter,5000123,100.00,,\n89012,,context-switches,5000123,100.00,,\n";
+        assert_eq!(parse_perf_stat(text), Some((1_234_567, 89_012)));
+        assert_eq!(
+            parse_perf_stat("<not supported>,,context-switches,0,100.00,,\n"),
+            None
+        );
     }
 
     #[test]

@@ -137,6 +137,7 @@ pub fn render(setup: &Setup, paths: &[PathRun], points: &[Point]) -> String {
     render_summary(&mut md, paths);
     render_latency(&mut md, paths, points);
     render_streaming(&mut md, paths, points);
+    render_syscalls(&mut md, paths, points);
     render_notes(&mut md);
     md
 }
@@ -237,6 +238,45 @@ fn render_latency(md: &mut String, paths: &[PathRun], points: &[Point]) {
                     r.send_lag_p99.map_or("—".into(), |v| us(Some(v))),
                 );
             },
+        );
+    }
+    md.push('\n');
+}
+
+/// What each path asks of the kernel per request, side by side (issue 9: where a figure cannot
+/// reach nginx's for a physical reason, show it).
+fn render_syscalls(md: &mut String, paths: &[PathRun], points: &[Point]) {
+    let _ = writeln!(
+        md,
+        "## Syscalls and context switches per request (server process tree, `perf stat` tracepoints)\n"
+    );
+    let _ = writeln!(md, "| point | path | syscalls/req | context switches/req |");
+    let _ = writeln!(md, "|---|---|---:|---:|");
+    let mut any = false;
+    for &point in points {
+        for path in paths {
+            let Ok(measured) = &path.outcome else {
+                continue;
+            };
+            let Some(r) = measured.at(point) else {
+                continue;
+            };
+            let (Some(sc), Some(cs)) = (r.syscalls_per_req, r.cswitches_per_req) else {
+                continue;
+            };
+            any = true;
+            let _ = writeln!(
+                md,
+                "| {} | {} | {sc:.2} | {cs:.2} |",
+                point.label(),
+                path.name
+            );
+        }
+    }
+    if !any {
+        let _ = writeln!(
+            md,
+            "| — | not measured (`perf` missing or not permitted) | | |"
         );
     }
     md.push('\n');
