@@ -204,3 +204,58 @@ fn open_mode_admits_without_a_key_and_validate_warns() {
     assert!(out.status.success(), "{out:#?}");
     assert!(out.stderr.contains("auth.mode is `open`"), "{out:#?}");
 }
+
+#[test]
+fn the_loop_guard_trips_on_a_token_burst_above_the_sessions_baseline() {
+    let stack = governed(
+        Sim::start(&[]),
+        "loop_guard: { identical_requests: 0, window_s: 1, baseline_window_s: 3, token_rate_multiple: 3, min_tokens: 50, cooldown_s: 30 }\n",
+    );
+    let (key, _) = create_key(&stack, json!({"team": "agents"}));
+    let session = [("x-tollgate-session", "burst-1")];
+    // A steady baseline: small requests for two seconds.
+    for _ in 0..6 {
+        let r = post_with_key(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &key,
+            &session,
+            &chat("smol", 2),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(380));
+    }
+    // Then a burst far above it: the breaker opens once the burst's usage settles.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let r = post_with_key(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &key,
+            &session,
+            &chat("smol", 100),
+        );
+        statuses.push(r.status);
+        if r.status == 429 {
+            assert_openai_error(&r, 429, "requests", "loop_detected");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(
+        statuses.len() >= 2,
+        "the first burst request is served: {statuses:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let entries = super::audit_actions(&stack, "loop.trip");
+        if entries.len() == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no loop.trip entry: {entries:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
