@@ -1,0 +1,151 @@
+//! Who is asking: the virtual key (either SDK's header), and the rule for unmetered POSTs on
+//! intercepted connections.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::api::Wire;
+use crate::client::ClientConn;
+use crate::error::{ErrorKind, GateError};
+use crate::governance::keys::{KeyEntry, KEY_PREFIX};
+use crate::governance::policy::AuthMode;
+use crate::governance::window::now_ms;
+use crate::governance::Governor;
+
+/// On an intercepted connection under `auth: {mode: keys}`, a POST to a path Tollgate does not
+/// meter (an engine's native `/generate`, `/v1/score`, ...) would spend tokens outside every
+/// limit and budget: refused (403 `unmetered_endpoint`) unless `unmetered_post_paths` lists it.
+/// GETs and other methods still pass through to the original server.
+pub fn unmetered_post(
+    policy: &crate::governance::policy::Policy,
+    head: &crate::http::request::RequestHead,
+) -> Option<GateError> {
+    let path = head.path();
+    let allowed = policy.unmetered_post_paths.iter().any(|p| p == path);
+    (policy.auth == AuthMode::Keys && head.method == crate::http::request::Method::Post && !allowed)
+        .then(|| {
+            GateError::new(
+                ErrorKind::Forbidden {
+                    code: "unmetered_endpoint",
+                },
+                format!("POST {path} is not an endpoint Tollgate meters, so it cannot be governed; use the OpenAI or Anthropic API paths (or list it in `unmetered_post_paths`)."),
+            )
+        })
+}
+
+/// The request's virtual key: `None` when none is needed (open mode, intercepted connections).
+/// Also used by `GET /v1/models`, which lists only what the key may use.
+pub fn authenticate(
+    gov: &Governor,
+    client: &ClientConn,
+    head: &crate::http::request::RequestHead,
+    wire: Wire,
+    mode: AuthMode,
+) -> Result<Option<Arc<KeyEntry>>, GateError> {
+    let bearer = head
+        .header_str("authorization")
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let api_key = head.header_str("x-api-key").map(str::trim);
+    // Ours wherever it is (a client may send a provider key in the other header), else
+    // whatever was sent.
+    let credential = [bearer, api_key]
+        .into_iter()
+        .flatten()
+        .find(|c| c.starts_with(KEY_PREFIX))
+        .or(bearer)
+        .or(api_key);
+    let fail = |code: &'static str, message: String| {
+        gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        GateError::new(ErrorKind::Unauthorized { code }, message)
+    };
+    let intercepted = client.original_dst().is_some();
+    let secret = match credential {
+        Some(c) if c.starts_with(KEY_PREFIX) => c,
+        // Intercepted clients keep their own credentials for the server they addressed; in
+        // open mode a credential that is not ours is ignored.
+        _ if intercepted || mode == AuthMode::Open => return Ok(None),
+        Some(c) => {
+            return Err(fail(
+                "invalid_api_key",
+                format!(
+                    "Incorrect API key provided: {}. Use a Tollgate virtual key (tg-...).",
+                    redact(c)
+                ),
+            ))
+        }
+        None => {
+            let hint = match wire {
+                Wire::OpenAi => "Authorization: Bearer tg-...",
+                Wire::Anthropic => "x-api-key: tg-...",
+            };
+            return Err(fail(
+                "missing_api_key",
+                format!(
+                    "You didn't provide an API key. Send your Tollgate virtual key as `{hint}`."
+                ),
+            ));
+        }
+    };
+    let table = gov.keys.load();
+    let Some(key) = table.lookup(secret) else {
+        return Err(fail(
+            "invalid_api_key",
+            format!(
+                "Incorrect API key provided: {}. The key is unknown or was revoked.",
+                redact(secret)
+            ),
+        ));
+    };
+    if !key.spec.enabled {
+        return Err(fail(
+            "key_disabled",
+            format!("The key {} is disabled.", key.prefix),
+        ));
+    }
+    if key.spec.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+        return Err(fail(
+            "key_expired",
+            format!("The key {} has expired.", key.prefix),
+        ));
+    }
+    if !key.ip_allowed(client.peer.ip()) {
+        gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        return Err(GateError::new(
+            ErrorKind::Forbidden {
+                code: "ip_not_allowed",
+            },
+            format!(
+                "The key {} may not be used from {}.",
+                key.prefix,
+                client.peer.ip()
+            ),
+        ));
+    }
+    Ok(Some(key.clone()))
+}
+
+/// `sk-abc...wxyz`: enough to recognise a key, never the key.
+fn redact(c: &str) -> String {
+    let chars: Vec<char> = c.chars().collect();
+    if chars.len() <= 10 {
+        return "***".into();
+    }
+    let head: String = chars[..6].iter().collect();
+    let tail: String = chars[chars.len() - 4..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_never_shows_the_middle() {
+        assert_eq!(redact("sk-1234567890abcdef"), "sk-123...cdef");
+        assert_eq!(redact("short"), "***");
+    }
+}

@@ -1,0 +1,261 @@
+//! Budgets: reserve in tokens and USD against every matching budget, or none of them; on a
+//! breach block, fall back to a cheaper model, or queue for headroom.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crate::client::ClientConn;
+use crate::error::{ErrorDetail, ErrorKind, GateError};
+use crate::governance::hold::{HeldBudget, Hold};
+use crate::governance::keys::KeyEntry;
+use crate::governance::policy::OnBreach;
+use crate::governance::window::{now_ms, rfc3339};
+use crate::governance::Governor;
+use crate::metering::prices::Price;
+use crate::pipeline::RequestCtx;
+use crate::snapshot::Snapshot;
+
+use super::{check_model, facts, render_quota, reservation};
+
+/// How often a queued request looks for budget headroom again.
+const QUEUE_POLL: Duration = Duration::from_millis(50);
+
+/// The price the request will be charged at: the client's model name (configured prices),
+/// then each target's provider model name.
+pub fn price_of(snap: &Snapshot, model: &str) -> Option<Price> {
+    let cfg = &snap.cfg;
+    let upstream = cfg
+        .model_by_name(model)
+        .and_then(|(_, m)| m.targets.first())
+        .map(|t| t.upstream_model.as_str());
+    match upstream {
+        Some(u) => cfg.prices.lookup(&[model, u]),
+        None => cfg.prices.lookup(&[model]),
+    }
+}
+
+/// What one attempt at reserving found.
+enum Attempt {
+    Held(Vec<HeldBudget>),
+    Full {
+        rule: Option<usize>,
+        name: String,
+        resets_at_ms: i64,
+        used: String,
+    },
+}
+
+pub(super) async fn budgets(
+    gov: &Governor,
+    snap: &Snapshot,
+    client: &ClientConn,
+    ctx: &mut RequestCtx,
+    key: Option<&KeyEntry>,
+) -> Result<(), GateError> {
+    let policy = &snap.cfg.governance;
+    let any = key.is_some_and(|k| k.spec.budget_tokens.is_some() || k.spec.budget_usd.is_some())
+        || !policy.budgets.is_empty();
+    if !any {
+        return Ok(());
+    }
+    let (input, output) = reservation(snap, ctx);
+    let mut price = price_of(snap, &ctx.inspection.model);
+    // Budgets that breached with `fallback`: still charged, no longer a limit.
+    let mut unlimited: Vec<usize> = Vec::new();
+    let mut queue_deadline: Option<Instant> = None;
+    loop {
+        let micro_usd = price.map_or(0, |p| p.estimate_micro_usd(input, output));
+        match attempt(
+            gov,
+            snap,
+            client,
+            ctx,
+            key,
+            input + output,
+            micro_usd,
+            &unlimited,
+        ) {
+            Attempt::Held(held) => {
+                ctx.hold.budgets = held;
+                ctx.price = price;
+                return Ok(());
+            }
+            Attempt::Full {
+                rule,
+                name,
+                resets_at_ms,
+                used,
+            } => {
+                let on_breach = rule.map_or(&OnBreach::Block, |i| &policy.budgets[i].on_breach);
+                match on_breach {
+                    OnBreach::Fallback { model }
+                        if !unlimited.contains(&rule.unwrap_or(usize::MAX)) =>
+                    {
+                        gov.counters
+                            .budget_fallbacks
+                            .fetch_add(1, Ordering::Relaxed);
+                        let from = std::mem::replace(&mut ctx.inspection.model, model.clone());
+                        ctx.inspection.original_model.get_or_insert(from.clone());
+                        let q = ctx.quota.get_or_insert_with(Box::default);
+                        q.fallback = Some(format!("{from} -> {model} (budget {name} is used up)"));
+                        unlimited.extend(rule);
+                        price = price_of(snap, model);
+                        // The fallback model must be allowed too.
+                        check_model(gov, snap, client, ctx, key, &model.clone())?;
+                    }
+                    OnBreach::Queue { timeout } => {
+                        let deadline = *queue_deadline.get_or_insert_with(|| {
+                            gov.counters.budget_queued.fetch_add(1, Ordering::Relaxed);
+                            Instant::now() + *timeout
+                        });
+                        if Instant::now() >= deadline {
+                            return Err(exhausted(gov, ctx, &name, resets_at_ms, &used, true));
+                        }
+                        monoio::time::sleep(QUEUE_POLL.min(deadline - Instant::now())).await;
+                    }
+                    _ => return Err(exhausted(gov, ctx, &name, resets_at_ms, &used, false)),
+                }
+            }
+        }
+    }
+}
+
+fn exhausted(
+    gov: &Governor,
+    ctx: &RequestCtx,
+    name: &str,
+    resets_at_ms: i64,
+    used: &str,
+    queued: bool,
+) -> GateError {
+    gov.counters.budget_blocked.fetch_add(1, Ordering::Relaxed);
+    let waited = if queued {
+        " after waiting for headroom"
+    } else {
+        ""
+    };
+    let retry = ((resets_at_ms - now_ms()).max(1000) / 1000) as u32;
+    GateError::new(
+        ErrorKind::BudgetExceeded,
+        format!(
+            "The budget `{name}` has no room for this request{waited} ({used}); it resets at {}.",
+            rfc3339(resets_at_ms)
+        ),
+    )
+    .with_detail(ErrorDetail {
+        limit: Some(name.to_string()),
+        resets_at_ms: Some(resets_at_ms),
+        retry_after_s: Some(retry),
+        headers: ctx
+            .quota
+            .as_deref()
+            .map(|q| render_quota(q, ctx.api.wire()))
+            .unwrap_or_default(),
+    })
+}
+
+/// Reserves `tokens` and `micro_usd` against every budget that applies, or none of them.
+#[allow(clippy::too_many_arguments)]
+fn attempt(
+    gov: &Governor,
+    snap: &Snapshot,
+    client: &ClientConn,
+    ctx: &RequestCtx,
+    key: Option<&KeyEntry>,
+    tokens: u64,
+    micro_usd: u64,
+    unlimited: &[usize],
+) -> Attempt {
+    let policy = &snap.cfg.governance;
+    let f = facts(client, ctx, key);
+    let now = now_ms();
+    let mut held: Vec<HeldBudget> = Vec::new();
+    let key_budget = key
+        .filter(|k| k.spec.budget_tokens.is_some() || k.spec.budget_usd.is_some())
+        .map(|k| {
+            let (xt, xc) = gov.exception_extra_for_key(&k.id);
+            (
+                None,
+                k.state.budget.clone(),
+                k.budget_info.clone(),
+                k.spec.budget_tokens.map(|t| t.saturating_add(xt)),
+                k.spec
+                    .budget_usd
+                    .map(|u| ((u * 1e6) as u64).saturating_add(xc)),
+            )
+        });
+    let rules = policy
+        .budgets
+        .iter()
+        .enumerate()
+        .zip(snap.governance.budgets.iter())
+        .filter(|((_, rule), _)| rule.scope.matches(&f))
+        .map(|((i, rule), (state, info))| {
+            let (xt, xc) = gov.exception_extra(&rule.scope);
+            (
+                Some(i),
+                state.clone(),
+                info.clone(),
+                rule.tokens.map(|t| t.saturating_add(xt)),
+                rule.micro_usd.map(|c| c.saturating_add(xc)),
+            )
+        });
+    for (rule, state, info, limit_t, limit_c) in key_budget.into_iter().chain(rules) {
+        let span = info.window.at(now);
+        let free = rule.is_some_and(|i| unlimited.contains(&i));
+        let cap = |limit: Option<u64>| {
+            if free {
+                u64::MAX
+            } else {
+                limit.unwrap_or(u64::MAX)
+            }
+        };
+        let t = state.tokens.try_reserve(span.index, tokens, cap(limit_t));
+        let c = match t {
+            Ok(_) => state
+                .micro_usd
+                .try_reserve(span.index, micro_usd, cap(limit_c)),
+            Err(_) => Err(0),
+        };
+        if t.is_err() || c.is_err() {
+            if t.is_ok() {
+                state.tokens.settle(span.index, tokens, 0);
+            }
+            let used = match (t, c) {
+                (Err(used), _) => format!(
+                    "{used} of {} tokens used, {tokens} requested",
+                    limit_t.unwrap_or(0)
+                ),
+                (_, Err(used)) => format!(
+                    "${:.4} of ${:.2} used, ${:.4} requested",
+                    used as f64 / 1e6,
+                    limit_c.unwrap_or(0) as f64 / 1e6,
+                    micro_usd as f64 / 1e6
+                ),
+                _ => String::new(),
+            };
+            // Dropping `held` releases what this attempt reserved.
+            let mut release = Hold::default();
+            release.budgets = held;
+            drop(release);
+            return Attempt::Full {
+                rule,
+                name: info.name.clone(),
+                resets_at_ms: span.end_ms,
+                used,
+            };
+        }
+        held.push(HeldBudget {
+            state,
+            info,
+            window: span.index,
+            window_start_ms: span.start_ms,
+            window_end_ms: span.end_ms,
+            limit_tokens: limit_t,
+            limit_micro_usd: limit_c,
+            tokens,
+            micro_usd,
+        });
+    }
+    Attempt::Held(held)
+}

@@ -1,0 +1,244 @@
+//! Rate limits (lock-free GCRA per rule and per key) and the providers' rate-limit headers.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::api::Wire;
+use crate::client::ClientConn;
+use crate::error::{ErrorDetail, ErrorKind, GateError};
+use crate::governance::gcra::{now_ns, Verdict};
+use crate::governance::hold::HeldRate;
+use crate::governance::keys::KeyEntry;
+use crate::governance::policy::RateKind;
+use crate::governance::window::{now_ms, rfc3339};
+use crate::governance::Governor;
+use crate::pipeline::RequestCtx;
+use crate::snapshot::Snapshot;
+
+use super::{facts, reservation};
+
+/// What the client is told about its quota, as the providers' rate-limit headers.
+#[derive(Debug, Clone, Default)]
+pub struct Quota {
+    pub requests: Option<Remaining>,
+    pub tokens: Option<Remaining>,
+    /// `x-tollgate-fallback`: the model asked for, the one serving, the budget that was full.
+    pub fallback: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Remaining {
+    pub limit: u64,
+    pub remaining: u64,
+    pub reset: Duration,
+}
+
+impl Remaining {
+    /// Keeps whichever of two limits is closer to running out.
+    fn tighter(a: Option<Remaining>, b: Remaining) -> Option<Remaining> {
+        match a {
+            Some(a) if a.remaining <= b.remaining => Some(a),
+            _ => Some(b),
+        }
+    }
+}
+
+pub(super) fn rate_limits(
+    gov: &Governor,
+    snap: &Snapshot,
+    client: &ClientConn,
+    ctx: &mut RequestCtx,
+    key: Option<&KeyEntry>,
+) -> Result<(), GateError> {
+    let policy = &snap.cfg.governance;
+    let (input, output) = reservation(snap, ctx);
+    let mut taken: Vec<HeldRate> = Vec::new();
+    let mut quota = Quota::default();
+    let now = now_ns();
+    let f = facts(client, ctx, key);
+    // Names are only rendered for a refusal (no allocation per admitted request).
+    let key_limits = key.into_iter().flat_map(|k| {
+        [
+            k.state
+                .rpm
+                .clone()
+                .map(|g| (Named::Key(k, "requests_per_minute"), RateKind::Requests, g)),
+            k.state
+                .tpm
+                .clone()
+                .map(|g| (Named::Key(k, "tokens_per_minute"), RateKind::Tokens, g)),
+        ]
+        .into_iter()
+        .flatten()
+    });
+    let rule_limits = policy
+        .rate_limits
+        .iter()
+        .zip(snap.governance.rates.iter())
+        .filter(|(rule, _)| rule.scope.matches(&f))
+        .flat_map(|(rule, limiters)| {
+            rule.rates
+                .iter()
+                .zip(limiters)
+                .map(move |(rate, g)| (Named::Rule(&rule.name, rate), rate.kind, g.clone()))
+        });
+    let mut denied = None;
+    for (name, kind, gcra) in key_limits.chain(rule_limits) {
+        let cost = match kind {
+            RateKind::Requests => 1,
+            RateKind::Tokens => input + output,
+            RateKind::InputTokens => input,
+            RateKind::OutputTokens => output,
+        };
+        match gcra.check(cost, now) {
+            Verdict::Allowed { remaining, reset } => {
+                let r = Remaining {
+                    limit: gcra.amount,
+                    remaining,
+                    reset,
+                };
+                if kind == RateKind::Requests {
+                    quota.requests = Remaining::tighter(quota.requests, r);
+                } else {
+                    quota.tokens = Remaining::tighter(quota.tokens, r);
+                }
+                taken.push(HeldRate {
+                    gcra,
+                    kind,
+                    reserved: cost,
+                });
+            }
+            Verdict::Denied { retry_after } => {
+                let r = Remaining {
+                    limit: gcra.amount,
+                    remaining: 0,
+                    reset: retry_after,
+                };
+                if kind == RateKind::Requests {
+                    quota.requests = Some(r);
+                } else {
+                    quota.tokens = Some(r);
+                }
+                denied = Some((name, kind, cost, gcra.amount, retry_after));
+                break;
+            }
+        }
+    }
+    if let Some((name, kind, cost, limit, retry_after)) = denied {
+        let name = name.render();
+        for t in taken {
+            t.gcra.refund(t.reserved);
+        }
+        gov.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+        let what = if kind == RateKind::Requests {
+            "requests"
+        } else {
+            "tokens"
+        };
+        let message = if cost > limit {
+            format!("This request needs {cost} {what}, more than the whole limit `{name}` ({limit}) allows; reduce max_tokens or the prompt.")
+        } else {
+            format!("Rate limit reached for `{name}`: limit {limit}, requested {cost}. Please try again in {}.", openai_duration(retry_after))
+        };
+        let headers = render_quota(&quota, ctx.api.wire());
+        return Err(
+            GateError::new(ErrorKind::RateLimited { kind: what }, message).with_detail(
+                ErrorDetail {
+                    limit: Some(name),
+                    resets_at_ms: Some(now_ms() + retry_after.as_millis() as i64),
+                    retry_after_s: Some(retry_after.as_secs_f64().ceil().max(1.0) as u32),
+                    headers,
+                },
+            ),
+        );
+    }
+    ctx.hold.rates = taken;
+    if quota.requests.is_some() || quota.tokens.is_some() {
+        ctx.quota = Some(Box::new(quota));
+    }
+    Ok(())
+}
+
+/// A rate limit, named when it refuses a request.
+enum Named<'a> {
+    Key(&'a KeyEntry, &'static str),
+    Rule(&'a str, &'a crate::governance::policy::Rate),
+}
+
+impl Named<'_> {
+    fn render(&self) -> String {
+        match self {
+            Named::Key(k, what) => format!("key={}/{what}", k.id),
+            Named::Rule(name, rate) => format!("{name}/{}", rate.name()),
+        }
+    }
+}
+
+/// The providers' rate-limit headers for `q`, in the client's wire format, plus
+/// `x-tollgate-fallback`. Written straight into one buffer (it runs for every governed response).
+pub fn render_quota(q: &Quota, wire: Wire) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(384);
+    for (what, r) in [("requests", q.requests), ("tokens", q.tokens)] {
+        let Some(r) = r else { continue };
+        match wire {
+            Wire::OpenAi => {
+                let _ = write!(
+                    out,
+                    "x-ratelimit-limit-{what}: {}\r\nx-ratelimit-remaining-{what}: {}\r\nx-ratelimit-reset-{what}: ",
+                    r.limit, r.remaining
+                );
+                write_openai_duration(&mut out, r.reset);
+                out.push_str("\r\n");
+            }
+            Wire::Anthropic => {
+                let _ = write!(
+                    out,
+                    "anthropic-ratelimit-{what}-limit: {}\r\nanthropic-ratelimit-{what}-remaining: {}\r\nanthropic-ratelimit-{what}-reset: {}\r\n",
+                    r.limit,
+                    r.remaining,
+                    rfc3339(now_ms() + r.reset.as_millis() as i64)
+                );
+            }
+        }
+    }
+    if let Some(f) = &q.fallback {
+        let _ = write!(out, "x-tollgate-fallback: {f}\r\n");
+    }
+    out
+}
+
+/// `20ms`, `1s`, `6m0s`, `1h2m3s`, as OpenAI writes its reset headers.
+pub fn openai_duration(d: Duration) -> String {
+    let mut s = String::new();
+    write_openai_duration(&mut s, d);
+    s
+}
+
+fn write_openai_duration(out: &mut String, d: Duration) {
+    use std::fmt::Write;
+    let ms = d.as_millis() as u64;
+    if ms < 1000 {
+        let _ = write!(out, "{ms}ms");
+        return;
+    }
+    let s = d.as_secs_f64().ceil() as u64;
+    let _ = match s {
+        0..=59 => write!(out, "{s}s"),
+        60..=3599 => write!(out, "{}m{}s", s / 60, s % 60),
+        _ => write!(out, "{}h{}m{}s", s / 3600, s / 60 % 60, s % 60),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_read_like_openai() {
+        assert_eq!(openai_duration(Duration::from_millis(20)), "20ms");
+        assert_eq!(openai_duration(Duration::from_millis(1500)), "2s");
+        assert_eq!(openai_duration(Duration::from_secs(360)), "6m0s");
+        assert_eq!(openai_duration(Duration::from_secs(3723)), "1h2m3s");
+    }
+}
