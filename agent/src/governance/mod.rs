@@ -4,7 +4,7 @@
 //! settled to actual use (`hold.rs`), the loop guard (`loopguard.rs`), and the governance
 //! thread (`thread.rs`): audit log, alert webhooks, exception expiry.
 //!
-//! The request path (`phase/admit.rs`) reads immutable tables through `ArcSwap` and charges
+//! The request path (`phase/admit/`) reads immutable tables through `ArcSwap` and charges
 //! atomics; it takes no lock shared across cores. Counters are rebuilt from the ledger when
 //! the agent starts (`rebuild`), so a restart forgets no spend in an open window.
 
