@@ -106,3 +106,23 @@ pub fn cli_on_data(stack: &Stack, args: &[&str]) -> String {
     assert!(out.status.success(), "{out:#?}");
     out.stdout
 }
+
+/// Waits (up to 5 s) until the audit log holds `n` entries whose action starts with `prefix`
+/// (some are written by the governance thread, shortly after the request); returns them.
+pub fn wait_for_audit(stack: &Stack, prefix: &str, n: usize) -> Vec<Value> {
+    let addr = stack.agent.admin_addr().expect("an admin listener");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = admin(addr, "GET", &format!("/admin/audit?action={prefix}"), None);
+        let entries = r.json()["entries"].as_array().cloned().unwrap_or_default();
+        if entries.len() >= n {
+            return entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} `{prefix}` audit entries expected: {}",
+            r.text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -116,6 +116,21 @@ fn an_exception_grants_a_model_until_it_expires() {
     assert_eq!(r.status, 400);
 }
 
+fn in_session(
+    stack: &Stack,
+    key: &str,
+    session: &[(&str, &str)],
+    max_tokens: u64,
+) -> crate::harness::Response {
+    post_with_key(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        key,
+        session,
+        &chat("smol", max_tokens),
+    )
+}
+
 #[test]
 fn the_loop_guard_trips_on_repeats_and_cools_down() {
     let stack = governed(
@@ -125,22 +140,10 @@ fn the_loop_guard_trips_on_repeats_and_cools_down() {
     let (key, _) = create_key(&stack, json!({"team": "agents"}));
     let session = [("x-tollgate-session", "run-42")];
     for _ in 0..2 {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &session,
-            &chat("smol", 2),
-        );
+        let r = in_session(&stack, &key, &session, 2);
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    let r = post_with_key(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &key,
-        &session,
-        &chat("smol", 2),
-    );
+    let r = in_session(&stack, &key, &session, 2);
     let e = assert_openai_error(&r, 429, "requests", "loop_detected");
     assert!(e["message"].as_str().is_some_and(|m| m.contains("run-42")));
     assert!(r.header("retry-after").is_some());
@@ -171,21 +174,8 @@ fn the_loop_guard_trips_on_repeats_and_cools_down() {
         &other,
     );
     assert_eq!(r.status, 200, "cooled down: {}", r.text());
-    let admin_addr = stack.agent.admin_addr().expect("admin");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = admin(admin_addr, "GET", "/admin/audit?action=loop.trip", None);
-        if r.json()["entries"].as_array().is_some_and(|a| a.len() == 1) {
-            assert_eq!(r.json()["entries"][0]["subject"], "run-42");
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no loop.trip audit entry: {}",
-            r.text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let entries = super::wait_for_audit(&stack, "loop.trip", 1);
+    assert_eq!(entries[0]["subject"], "run-42");
 }
 
 #[test]
@@ -215,26 +205,14 @@ fn the_loop_guard_trips_on_a_token_burst_above_the_sessions_baseline() {
     let session = [("x-tollgate-session", "burst-1")];
     // A steady baseline: small requests for two seconds.
     for _ in 0..6 {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &session,
-            &chat("smol", 2),
-        );
+        let r = in_session(&stack, &key, &session, 2);
         assert_eq!(r.status, 200, "{}", r.text());
         std::thread::sleep(Duration::from_millis(380));
     }
     // Then a burst far above it: the breaker opens once the burst's usage settles.
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        let r = post_with_key(
-            stack.agent.addr,
-            "/v1/chat/completions",
-            &key,
-            &session,
-            &chat("smol", 100),
-        );
+        let r = in_session(&stack, &key, &session, 100);
         statuses.push(r.status);
         if r.status == 429 {
             assert_openai_error(&r, 429, "requests", "loop_detected");
@@ -246,16 +224,5 @@ fn the_loop_guard_trips_on_a_token_burst_above_the_sessions_baseline() {
         statuses.len() >= 2,
         "the first burst request is served: {statuses:?}"
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let entries = super::audit_actions(&stack, "loop.trip");
-        if entries.len() == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no loop.trip entry: {entries:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    super::wait_for_audit(&stack, "loop.trip", 1);
 }
