@@ -120,6 +120,14 @@ pub fn new_id() -> std::io::Result<String> {
     Ok(format!("k_{}", base62(&bytes)))
 }
 
+/// A key's id in the `tg_key_usage` node counter map: FNV-1a 64 of its id (`k_...`), so node
+/// tools can find a key's counters from the id the ledger and `tollgate keys list` show.
+pub fn counter_id(key_id: &str) -> u64 {
+    key_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub fn hash(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
@@ -321,6 +329,14 @@ mod tests {
             ..rec
         };
         assert!(KeyTable::build(vec![(revoked, a.hash)], &t).is_empty());
+    }
+
+    #[test]
+    fn counter_ids_are_fnv1a_of_the_key_id() {
+        // FNV-1a 64 reference values.
+        assert_eq!(counter_id(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(counter_id("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_ne!(counter_id("k_1"), counter_id("k_2"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub struct Enricher {
     /// per model and cgroup instead of one per record.
     pending_models: HashMap<String, tollgate_common::Usage>,
     pending_cgroups: HashMap<u64, tollgate_common::Usage>,
+    pending_keys: HashMap<u64, tollgate_common::Usage>,
 }
 
 fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
@@ -53,6 +54,7 @@ impl Enricher {
             counter_failed: false,
             pending_models: HashMap::new(),
             pending_cgroups: HashMap::new(),
+            pending_keys: HashMap::new(),
         }
     }
 
@@ -101,6 +103,14 @@ impl Enricher {
                 &delta,
             );
         }
+        if let Some(key) = &r.key_id {
+            add(
+                self.pending_keys
+                    .entry(crate::governance::keys::counter_id(key))
+                    .or_default(),
+                &delta,
+            );
+        }
     }
 
     /// Writes the counter deltas gathered since the last call (one map update per key).
@@ -114,6 +124,9 @@ impl Enricher {
         }
         for (cgroup, delta) in self.pending_cgroups.drain() {
             result = result.and(counters.add_cgroup_usage(cgroup, &delta));
+        }
+        for (key, delta) in self.pending_keys.drain() {
+            result = result.and(counters.add_key_usage(key, &delta));
         }
         if let Err(e) = result {
             if !self.counter_failed {
