@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use monoio::buf::{IoBuf, IoBufMut};
+use monoio::buf::{IoBuf, IoBufMut, SliceMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
@@ -52,11 +52,7 @@ pub async fn read_more<R: AsyncReadRent>(
     buf: &mut BytesMut,
     timeout: Duration,
 ) -> io::Result<usize> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let spare = std::mem::take(buf).slice_mut(len..cap);
+    let spare = take_spare(buf);
     match monoio::time::timeout(timeout, stream.read(spare)).await {
         Ok((res, spare)) => {
             *buf = spare.into_inner();
@@ -64,6 +60,16 @@ pub async fn read_more<R: AsyncReadRent>(
         }
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "read timed out")),
     }
+}
+
+/// Moves `buf` out as its spare capacity (at least 4 KiB, growing by 16 KiB), for a read that
+/// appends; `spare.into_inner()` puts it back.
+pub fn take_spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(16 * 1024);
+    }
+    let (len, cap) = (buf.len(), buf.capacity());
+    std::mem::take(buf).slice_mut(len..cap)
 }
 
 impl ClientConn {

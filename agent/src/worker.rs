@@ -322,7 +322,7 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
             }
             Err(ReadEnd::Closed) => break,
             Err(ReadEnd::Error(e)) => {
-                let _ = Box::pin(client.respond_error(&e, Wire::OpenAi, false, None)).await;
+                let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
                 break;
             }
             Err(ReadEnd::BodyError(head, snap, e)) => {

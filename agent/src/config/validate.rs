@@ -175,6 +175,9 @@ pub struct ModelTarget {
     pub upstream_model: String,
     /// Relative share of traffic (the routing policy's input; 1 by default).
     pub weight: u32,
+    /// What this target's tokens cost: the catalog price of the model's name, else of
+    /// `upstream_model`; resolved once when the configuration is built, not per request.
+    pub price: Option<crate::metering::prices::Price>,
 }
 
 impl Model {
@@ -438,7 +441,7 @@ impl Validator<'_> {
         };
 
         let mut providers = self.providers(f.providers, env);
-        let (models, model_index) = self.models(f.models, &providers);
+        let (mut models, model_index) = self.models(f.models, &providers);
         let kernel = self.kernel(&f.kernel);
         let intercept = self.intercepts(f.intercept, listen);
         let intercept_routes = intercept_routes(&intercept, &mut providers);
@@ -462,6 +465,11 @@ impl Validator<'_> {
             },
             &models,
         );
+        for m in &mut models {
+            for t in &mut m.targets {
+                t.price = prices.lookup(&[m.name.as_str(), t.upstream_model.as_str()]);
+            }
+        }
 
         Config {
             listen,
@@ -705,6 +713,7 @@ impl Validator<'_> {
                 provider,
                 upstream_model: model.cloned().unwrap_or_else(|| m.name.clone()),
                 weight: weight.unwrap_or(1),
+                price: None,
             });
         }
         Some(out)

@@ -499,6 +499,9 @@ budgets:
         assert!(super::warnings(g).is_empty());
         assert_eq!(c.models[0].max_output_tokens, Some(2048));
         assert_eq!(c.models[1].max_output_tokens, None);
+        // Each target's price is resolved at load: configured by upstream name, or built in.
+        assert_eq!(c.models[1].targets[0].price.map(|p| p.input), Some(0.10));
+        assert_eq!(c.models[0].targets[0].price.map(|p| p.input), Some(2.50));
     }
 
     #[test]

@@ -73,19 +73,6 @@ pub fn handle(
     Some(answer)
 }
 
-fn record(store: &Store, actor: &str, action: &str, subject: &str, detail: Value) {
-    if let Err(e) = store.append_audit(&AuditEntry {
-        seq: 0,
-        ts_ms: now_ms(),
-        actor: actor.into(),
-        action: action.into(),
-        subject: subject.into(),
-        detail,
-    }) {
-        tracing::error!(error = %e, action, "could not write an audit entry");
-    }
-}
-
 /// Audits a change made by the admin and applies it to the running agent.
 fn commit(
     gov: &Governor,
@@ -94,7 +81,16 @@ fn commit(
     subject: &str,
     detail: Value,
 ) -> Result<(), Answer> {
-    record(store, "admin", action, subject, detail);
+    if let Err(e) = store.append_audit(&AuditEntry {
+        seq: 0,
+        ts_ms: now_ms(),
+        actor: "admin".into(),
+        action: action.into(),
+        subject: subject.into(),
+        detail,
+    }) {
+        tracing::error!(error = %e, action, "could not write an audit entry");
+    }
     gov.reload_from(store).map_err(internal)
 }
 

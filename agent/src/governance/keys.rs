@@ -68,6 +68,15 @@ impl KeySpec {
         if self.rpm == Some(0) || self.tpm == Some(0) {
             return Err("rpm and tpm must be at least 1 (leave them out for no limit)".into());
         }
+        if self
+            .budget_tokens
+            .is_some_and(|t| t > super::budget::MAX_AMOUNT)
+        {
+            return Err(format!(
+                "budget_tokens must be at most {}",
+                super::budget::MAX_AMOUNT
+            ));
+        }
         if let Some(usd) = self.budget_usd {
             if !(usd.is_finite() && usd >= 0.0 && usd <= super::budget::MAX_AMOUNT as f64 / 1e6) {
                 return Err("budget_usd must be between 0 and 1000000".into());

@@ -17,10 +17,9 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::buf::IoBufMut;
 use monoio::io::{CancelableAsyncReadRent, Canceller};
 
-use crate::client::{read_more, ClientConn};
+use crate::client::{read_more, take_spare, ClientConn};
 use crate::config::Limits;
 use crate::error::{ErrorKind, GateError};
 use crate::http::chunked::{ChunkedDecoder, Decoded};
@@ -172,11 +171,7 @@ pub async fn first_read(
     released: &dyn Fn(usize),
 ) -> io::Result<usize> {
     let started = Instant::now();
-    if conn.buf.capacity() - conn.buf.len() < 4096 {
-        conn.buf.reserve(16 * 1024);
-    }
-    let (len, cap) = (conn.buf.len(), conn.buf.capacity());
-    let spare = std::mem::take(&mut conn.buf).slice_mut(len..cap);
+    let spare = take_spare(&mut conn.buf);
     let (res, spare) = {
         let canceller = Canceller::new();
         let mut read = std::pin::pin!(conn.stream.cancelable_read(spare, canceller.handle()));

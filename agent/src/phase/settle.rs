@@ -135,11 +135,10 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
     let latency = end.duration_since(ctx.started);
     let target = ctx.target;
     // Charged at the serving model's price: its configured name, then the provider's name.
-    let price = ctx.price.or_else(|| match target {
-        Some(t) => cfg.prices.lookup(&[
-            ctx.inspection.model.as_str(),
-            t.upstream_model(cfg, &ctx.inspection.model),
-        ]),
+    // Configured targets carry their price (resolved at load); an intercepted request's model
+    // is looked up in the catalog.
+    let price = ctx.price.or_else(|| match target.and_then(|t| t.model) {
+        Some((m, t)) => cfg.models[m].targets[t].price,
         None => cfg.prices.lookup(&[ctx.inspection.model.as_str()]),
     });
     let record =

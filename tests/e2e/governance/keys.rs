@@ -65,8 +65,10 @@ fn keys_admit_both_sdk_styles_and_set_identity() {
 #[test]
 fn requests_without_a_valid_key_get_401_in_their_wire_format() {
     let stack = governed(Sim::start(&[]), "");
+    let mut refused = Vec::new();
     let r = post_json(stack.agent.addr, "/v1/chat/completions", &chat("smol", 2));
     let e = assert_openai_error(&r, 401, "invalid_request_error", "missing_api_key");
+    refused.push(r.request_id().to_string());
     assert!(e["message"].as_str().is_some_and(|m| m.contains("Bearer")));
     let r = post_with_key(
         stack.agent.addr,
@@ -76,6 +78,7 @@ fn requests_without_a_valid_key_get_401_in_their_wire_format() {
         &chat("smol", 2),
     );
     assert_openai_error(&r, 401, "invalid_request_error", "invalid_api_key");
+    refused.push(r.request_id().to_string());
     let r = post_with_key(
         stack.agent.addr,
         "/v1/chat/completions",
@@ -88,18 +91,23 @@ fn requests_without_a_valid_key_get_401_in_their_wire_format() {
         !e["message"].as_str().unwrap_or("").contains("provider-key"),
         "a rejected credential is redacted: {e}"
     );
+    refused.push(r.request_id().to_string());
     let r = post_json(
         stack.agent.addr,
         "/v1/messages",
         &messages_body("s", "hi", 2, false),
     );
     assert_anthropic_error(&r, 401, "authentication_error");
+    refused.push(r.request_id().to_string());
     // Nothing reached the provider, and each refusal has its ledger row.
-    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
-    assert!(
-        rows.iter().all(|r| r.status == 401 && r.input_tokens == 0),
-        "{rows:#?}"
-    );
+    for id in &refused {
+        let row = stack.agent.ledger_row(id);
+        assert_eq!(
+            (row.status, row.input_tokens, row.provider.as_deref()),
+            (401, 0, None),
+            "{row:#?}"
+        );
+    }
     assert!(stack
         .agent
         .metrics()

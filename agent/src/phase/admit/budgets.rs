@@ -20,17 +20,12 @@ use super::{check_model, facts, render_quota, reservation};
 /// How often a queued request looks for budget headroom again.
 const QUEUE_POLL: Duration = Duration::from_millis(50);
 
-/// The price the request will be charged at: the client's model name (configured prices),
-/// then each target's provider model name.
+/// The price a reservation is made at: the model's first target's (resolved at load), or the
+/// catalog's for a name that is not a configured model.
 pub fn price_of(snap: &Snapshot, model: &str) -> Option<Price> {
-    let cfg = &snap.cfg;
-    let upstream = cfg
-        .model_by_name(model)
-        .and_then(|(_, m)| m.targets.first())
-        .map(|t| t.upstream_model.as_str());
-    match upstream {
-        Some(u) => cfg.prices.lookup(&[model, u]),
-        None => cfg.prices.lookup(&[model]),
+    match snap.cfg.model_by_name(model) {
+        Some((_, m)) => m.targets.first().and_then(|t| t.price),
+        None => snap.cfg.prices.lookup(&[model]),
     }
 }
 
@@ -101,7 +96,7 @@ pub(super) async fn budgets(
                         unlimited.extend(rule);
                         price = price_of(snap, model);
                         // The fallback model must be allowed too.
-                        check_model(gov, snap, client, ctx, key, &model.clone())?;
+                        check_model(gov, snap, client, ctx, key, model)?;
                     }
                     OnBreach::Queue { timeout } => {
                         let deadline = *queue_deadline.get_or_insert_with(|| {
