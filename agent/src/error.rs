@@ -65,6 +65,11 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// The session's loop-guard breaker is open.
     LoopDetected,
+    /// The estimated prompt does not fit the context window of any target the request may use.
+    ContextTooLong,
+    /// No target of the model (or its fallbacks) may take the request now: `circuit_open`
+    /// (every breaker open) or `no_target_available` (outside every target's hours).
+    Unavailable { code: &'static str },
     /// No route for this path.
     NotFound,
     /// Known path, wrong method.
@@ -158,12 +163,14 @@ impl GateError {
             | RateLimited { .. }
             | BudgetExceeded
             | LoopDetected
+            | ContextTooLong
             | NotFound
             | MethodNotAllowed => Side::Client,
             UpstreamUnreachable
             | UpstreamTimeout
             | UpstreamProtocol
-            | UpstreamEmptyError { .. } => Side::Upstream,
+            | UpstreamEmptyError { .. }
+            | Unavailable { .. } => Side::Upstream,
             Overloaded { .. } | Internal => Side::Internal,
         }
     }
@@ -193,6 +200,8 @@ impl GateError {
             RateLimited { kind } => (429, kind, "rate_limit_exceeded"),
             BudgetExceeded => (429, "insufficient_quota", "budget_exceeded"),
             LoopDetected => (429, "requests", "loop_detected"),
+            ContextTooLong => (400, "invalid_request_error", "context_length_exceeded"),
+            Unavailable { code } => (503, "api_error", code),
             NotFound => (404, "invalid_request_error", "not_found"),
             MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed"),
             UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),
@@ -221,6 +230,7 @@ impl GateError {
             ErrorKind::InvalidRequest { param } => param,
             ErrorKind::DuplicateKey { param } => Some(param),
             ErrorKind::ModelNotFound | ErrorKind::UnsupportedApi => Some("model"),
+            ErrorKind::ContextTooLong => Some("messages"),
             ErrorKind::Forbidden {
                 code: "model_not_allowed",
             } => Some("model"),
@@ -257,7 +267,9 @@ impl GateError {
             }),
         };
         let retry_after_s = detail.and_then(|d| d.retry_after_s).or(match self.kind {
-            ErrorKind::UpstreamUnreachable | ErrorKind::UpstreamTimeout => Some(1),
+            ErrorKind::UpstreamUnreachable
+            | ErrorKind::UpstreamTimeout
+            | ErrorKind::Unavailable { .. } => Some(1),
             ErrorKind::Overloaded { retry_after_s } => Some(retry_after_s),
             _ => None,
         });

@@ -104,6 +104,8 @@ pub struct RequestCtx {
     pub quota: Option<Box<crate::phase::admit::Quota>>,
     /// The price the request is charged at.
     pub price: Option<crate::metering::prices::Price>,
+    /// Tier, fallback, attempts: what routing went through.
+    pub route: route::RouteState,
 }
 
 impl RequestCtx {
@@ -137,6 +139,7 @@ impl RequestCtx {
             hold: crate::governance::hold::Hold::default(),
             quota: None,
             price: None,
+            route: route::RouteState::default(),
         }
     }
 }
@@ -231,22 +234,36 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     identify::run(ctx);
     let snap = ctx.snap.clone();
     inspect::run(ctx, snap.cfg.limits.max_json_depth)?;
+    route::resolve_tier(&snap, ctx);
     admit::run(&w.shared.governor, client, ctx).await?;
-    route::run(&snap, &w.health, ctx, client.original_dst())?;
+    ctx.route.public_ok = admit::may_use_public(&snap, client, ctx);
+    route::run(&snap, &w.route, ctx, client.original_dst())?;
     let forwarded = loop {
         match forward::run(w, ctx).await {
-            Ok(f) => break f,
-            // Nothing reached the provider: another target of the model may serve. The failed
-            // provider is marked down, so route picks another one if there is one up.
-            Err(e) if e.retry_elsewhere => {
-                let failed = ctx.target;
-                route::run(&snap, &w.health, ctx, client.original_dst())?;
-                if ctx.target == failed {
-                    return Err(e);
+            Ok(f) => {
+                let status = f.head.status;
+                let retry_after = (status == 429 || status == 503)
+                    .then(|| {
+                        f.head
+                            .header(b"retry-after")
+                            .and_then(route::retry_after_ms)
+                    })
+                    .flatten();
+                // Nothing of this response has reached the client: when another target may
+                // serve, it is dropped unread (its connection closes) and the request goes on.
+                if route::after_attempt(&snap, &w.route, ctx, status, retry_after) {
+                    tracing::debug!(id = %ctx.id, status, "trying another target");
+                    continue;
                 }
-                tracing::debug!(id = %ctx.id, error = %e, "trying the next target");
+                break f;
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                if route::after_error(&snap, &w.route, ctx, &e) {
+                    tracing::debug!(id = %ctx.id, error = %e, "trying another target");
+                    continue;
+                }
+                return Err(e);
+            }
         }
     };
     relay::run(w, ctx, client, forwarded).await;

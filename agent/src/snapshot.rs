@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, Provider};
 use crate::telemetry::metrics::Metrics;
+use crate::upstream::breaker::Breaker;
 use crate::upstream::tls::{self, Tls};
 
 /// What a worker needs to reach one provider, shared by every snapshot that has it unchanged.
@@ -59,6 +60,16 @@ pub struct Snapshot {
     pub model_labels: Vec<u32>,
     /// The live counters of `cfg.governance`'s rate limits and budgets.
     pub governance: Arc<crate::governance::Bound>,
+    /// The circuit breaker of each model target, by `cfg.models` and target index. Shared by
+    /// every model with the same target, and kept across reloads while the target exists.
+    pub breakers: Vec<Vec<Arc<TargetBreaker>>>,
+}
+
+/// A target's breaker and what names it in metrics and `/readyz`.
+pub struct TargetBreaker {
+    /// `provider/upstream_model`.
+    pub label: String,
+    pub breaker: Breaker,
 }
 
 impl Snapshot {
@@ -82,6 +93,8 @@ pub struct Registry {
     ids: HashMap<String, usize>,
     /// The runtime of each definition in the latest snapshot, reused while unchanged.
     live: HashMap<usize, Arc<ProviderRuntime>>,
+    /// Breakers by provider id and upstream model.
+    breakers: HashMap<(usize, String), Arc<TargetBreaker>>,
 }
 
 /// What makes two provider entries the same connection target.
@@ -138,12 +151,38 @@ impl Registry {
             .map(|m| metrics.model_label(&m.name))
             .collect();
         let governance = Arc::new(governor.bind(&cfg.governance));
+        let mut breakers_now = HashMap::new();
+        let breakers = cfg
+            .models
+            .iter()
+            .map(|m| {
+                m.targets
+                    .iter()
+                    .map(|t| {
+                        let key = (providers[t.provider].id, t.upstream_model.clone());
+                        let b = self.breakers.get(&key).cloned().unwrap_or_else(|| {
+                            Arc::new(TargetBreaker {
+                                label: format!(
+                                    "{}/{}",
+                                    cfg.providers[t.provider].name, t.upstream_model
+                                ),
+                                breaker: Breaker::default(),
+                            })
+                        });
+                        breakers_now.insert(key, b.clone());
+                        b
+                    })
+                    .collect()
+            })
+            .collect();
+        self.breakers = breakers_now;
         Ok(Snapshot {
             generation,
             cfg,
             providers,
             model_labels,
             governance,
+            breakers,
         })
     }
 }

@@ -28,7 +28,6 @@ use crate::phase::read::{self, BodyBudget, ReadEnd, Request, Reservation};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
 use crate::shared::Shared;
-use crate::upstream::health::HealthLocal;
 use crate::upstream::pool::PoolLocal;
 
 /// Stack of a worker thread. JSON is only handed to sonic-rs (recursive) after the depth guard
@@ -62,7 +61,8 @@ pub struct Worker {
     /// Fired when the shutdown grace expires: requests still running are cut and recorded.
     abort: AbortSignal,
     /// Providers this worker saw refuse a connection lately (route avoids them).
-    pub health: HealthLocal,
+    /// Weighted draws and the retry budget (`phase/route`).
+    pub route: crate::phase::route::RouteLocal,
 }
 
 impl Worker {
@@ -83,6 +83,18 @@ pub struct WorkerSeed {
 }
 
 /// Runs a worker on the current thread until shutdown.
+/// A seed for the worker's weighted draws: OS randomness, else the clock; distinct per worker.
+fn route_seed(index: usize) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = now.to_le_bytes();
+    }
+    u64::from_le_bytes(b) ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
 pub fn run(seed: WorkerSeed) -> std::io::Result<()> {
     let driver = seed.cfg.io_driver;
     let entries = seed.cfg.uring_entries;
@@ -152,7 +164,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         released: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
-        health: HealthLocal::new(provider_slots),
+        route: crate::phase::route::RouteLocal::new(route_seed(seed.index)),
     });
     let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");

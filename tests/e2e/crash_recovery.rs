@@ -14,9 +14,10 @@ fn journals(data_dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
     };
     entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
         .map(|p| {
-            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            // Records are postcard-encoded; their strings (request ids) are stored as UTF-8.
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
             (p, text)
         })
         .collect()

@@ -66,6 +66,62 @@ pub struct FileConfig {
     pub default_max_output_tokens: Option<u64>,
     /// Paths an intercepted client may POST to unmetered under `auth: keys`.
     pub unmetered_post_paths: Option<Vec<String>>,
+    /// Routing defaults for every model: retries, breakers, timeouts, the retry budget.
+    #[serde(default)]
+    pub routing: RoutingFile,
+    /// Who may use public providers: `{public: allow|deny, allow: [scopes], deny: [scopes]}`.
+    pub egress: Option<serde_yaml_ng::Value>,
+}
+
+/// `routing:` (defaults) and the same keys on a model (overrides).
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    pub retry: Option<RetryFile>,
+    pub breaker: Option<BreakerFile>,
+    pub timeouts: Option<TimeoutsFile>,
+    /// Retries allowed per worker: `ratio` of its requests, at least `min_per_second`.
+    pub retry_budget: Option<RetryBudgetFile>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetryFile {
+    /// How many further targets a request may try after the first.
+    pub attempts: Option<u32>,
+    /// What is retried: `connect`, `5xx`, `4xx`, or a status (`"429"`, `503`).
+    pub on: Option<Vec<serde_yaml_ng::Value>>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerFile {
+    /// Default true once `breaker` is written; without it, on for models with an alternative.
+    pub enabled: Option<bool>,
+    /// Failures in a row within `window_ms` that open a target's breaker.
+    pub failures: Option<u32>,
+    pub window_ms: Option<u64>,
+    /// How long an open breaker keeps requests away before a half-open probe.
+    pub cooldown_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsFile {
+    pub connect_ms: Option<u64>,
+    /// From the request written to the first response byte (head).
+    pub first_token_ms: Option<u64>,
+    /// The whole request, first byte read to last byte sent.
+    pub request_ms: Option<u64>,
+    /// The longest gap between two pieces of a response body.
+    pub idle_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetFile {
+    pub ratio: Option<f64>,
+    pub min_per_second: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -208,6 +264,9 @@ pub struct ProviderFile {
     pub forward_organization_headers: Option<bool>,
     /// Most header lines the provider accepts in a request (default 100, as OpenAI's servers).
     pub max_request_headers: Option<usize>,
+    /// A public provider (a cloud API) that `egress` rules may keep teams away from (default:
+    /// true unless the host is loopback, private, link-local or a cluster-internal name).
+    pub public: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -221,6 +280,39 @@ pub struct ModelFile {
     pub targets: Option<Vec<TargetFile>>,
     /// Output tokens reserved against budgets when a request sets no maximum.
     pub max_output_tokens: Option<u64>,
+    /// Models tried, in order, when every target of this one failed or is open.
+    pub fallback: Option<Vec<String>>,
+    pub retry: Option<RetryFile>,
+    pub breaker: Option<BreakerFile>,
+    pub timeouts: Option<TimeoutsFile>,
+    /// Cost tiers: each request goes to the first tier whose `when` it satisfies.
+    pub tiers: Option<Vec<TierFile>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierFile {
+    pub model: String,
+    #[serde(default)]
+    pub when: TierWhenFile,
+}
+
+/// A tier's rule; every condition given must hold.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TierWhenFile {
+    pub max_prompt_tokens: Option<u64>,
+    pub min_prompt_tokens: Option<u64>,
+    /// Whether the request defines tools.
+    pub tools: Option<bool>,
+    /// `reasoning_effort` (or `reasoning.effort`) values, e.g. `[low, minimal]`.
+    pub reasoning_effort: Option<Vec<String>>,
+    /// `x-tollgate-workflow` globs.
+    pub workflow: Option<Vec<String>>,
+    /// Words (case-insensitive) of which the last user message contains at least one.
+    pub keywords: Option<Vec<String>>,
+    /// A regex the last user message matches.
+    pub regex: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +321,14 @@ pub struct TargetFile {
     pub provider: String,
     /// What the provider receives as `model` (default: the model's name).
     pub model: Option<String>,
-    /// Relative share of traffic, for the routing policy (default 1).
+    /// Relative share of traffic within its priority group (default 1).
     pub weight: Option<u32>,
+    /// 0 (default) is used first; a higher group only when no target of a lower one is available.
+    pub priority: Option<u8>,
+    /// Largest prompt (estimated input + maximum output tokens) this target takes.
+    pub context_window: Option<u64>,
+    /// Request types this target serves: `chat`, `embeddings`, `tools`, `images` (default all).
+    pub serves: Option<Vec<String>>,
+    /// UTC hours this target is used, `"22:00-06:00"` (default always).
+    pub hours: Option<String>,
 }

@@ -7,6 +7,7 @@ pub mod admin;
 mod file;
 pub mod kernel;
 mod lines;
+pub mod routing;
 mod validate;
 pub mod validate_governance;
 mod validate_kernel;

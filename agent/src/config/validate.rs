@@ -14,9 +14,12 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::admin::AdminSettings;
-use super::file::{FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile};
+use super::file::{FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile, TargetFile};
 use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
+use super::routing::{
+    self, BreakerPolicy, Hours, RetryPolicy, RoutingDefaults, Serves, Tier, Timeouts,
+};
 use super::validate_governance::GovernanceFile;
 use super::validate_kernel::{canonical, intercept_routes};
 
@@ -151,6 +154,8 @@ pub struct Provider {
     /// Most header lines the provider accepts; a request that would carry more is refused
     /// with 431 before it is sent.
     pub max_request_headers: usize,
+    /// Outside the cluster (a cloud API): `egress` rules apply.
+    pub public: bool,
 }
 
 /// OpenAI's servers answer 431 past 100 request headers.
@@ -165,6 +170,13 @@ pub struct Model {
     /// Output tokens reserved against budgets for a request that sets no maximum (default:
     /// `default_max_output_tokens`).
     pub max_output_tokens: Option<u64>,
+    /// Models tried, in order, when every target of this one failed or is open.
+    pub fallback: Vec<usize>,
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    pub timeouts: Timeouts,
+    /// Cost tiers (a virtual model with tiers has no targets of its own).
+    pub tiers: Vec<Tier>,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -173,8 +185,15 @@ pub struct ModelTarget {
     pub provider: usize,
     /// What the provider receives as `model`.
     pub upstream_model: String,
-    /// Relative share of traffic (the routing policy's input; 1 by default).
+    /// Relative share of traffic within its priority group (1 by default).
     pub weight: u32,
+    /// Lower groups are used first; a higher one only when no target of a lower one is available.
+    pub priority: u8,
+    /// Largest estimated prompt plus output this target takes.
+    pub context_window: Option<u64>,
+    pub serves: Serves,
+    /// UTC hours the target is used (an off-peak pool); always when `None`.
+    pub hours: Option<Hours>,
     /// What this target's tokens cost: the catalog price of the model's name, else of
     /// `upstream_model`; resolved once when the configuration is built, not per request.
     pub price: Option<crate::metering::prices::Price>,
@@ -219,6 +238,8 @@ pub struct Config {
     pub governance: crate::governance::policy::Policy,
     /// USD per 1M tokens: the built-in catalog plus `prices:`.
     pub prices: crate::metering::prices::PriceCatalog,
+    /// Routing defaults (`routing:`); each model carries its resolved retry, breaker and timeouts.
+    pub routing: RoutingDefaults,
 }
 
 impl Config {
@@ -441,7 +462,16 @@ impl Validator<'_> {
         };
 
         let mut providers = self.providers(f.providers, env);
-        let (mut models, model_index) = self.models(f.models, &providers);
+        let routing = self.routing_defaults(
+            &f.routing,
+            Timeouts {
+                connect: upstream.connect_timeout,
+                first_token: upstream.response_timeout,
+                request: None,
+                idle: upstream.read_timeout,
+            },
+        );
+        let (mut models, model_index) = self.models(f.models, &providers, &routing);
         let kernel = self.kernel(&f.kernel);
         let intercept = self.intercepts(f.intercept, listen);
         let intercept_routes = intercept_routes(&intercept, &mut providers);
@@ -462,6 +492,7 @@ impl Validator<'_> {
                 alerts: f.alerts,
                 default_max_output_tokens: f.default_max_output_tokens,
                 unmetered_post_paths: f.unmetered_post_paths,
+                egress: f.egress,
             },
             &models,
         );
@@ -493,6 +524,7 @@ impl Validator<'_> {
             metrics_on_client_port,
             governance,
             prices,
+            routing,
         }
     }
 
@@ -585,6 +617,9 @@ impl Validator<'_> {
                     );
                 }
             }
+            let public = p
+                .public
+                .unwrap_or_else(|| routing::host_is_public(&url.host));
             out.push((
                 Provider {
                     name: p.name.clone(),
@@ -602,6 +637,7 @@ impl Validator<'_> {
                     max_request_headers: p
                         .max_request_headers
                         .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
+                    public,
                 },
                 path,
             ));
@@ -613,9 +649,11 @@ impl Validator<'_> {
         &mut self,
         items: Vec<serde_yaml_ng::Value>,
         providers: &[(Provider, String)],
+        routing: &RoutingDefaults,
     ) -> (Vec<Model>, HashMap<String, usize>) {
         let mut models = Vec::new();
         let mut index = HashMap::new();
+        let mut pending = Vec::new();
         for (i, raw) in items.into_iter().enumerate() {
             let path = format!("models[{i}]");
             let Some(m) = self.item::<ModelFile>(&path, raw) else {
@@ -625,8 +663,28 @@ impl Validator<'_> {
                 self.problem(format!("{path}.name"), "must not be empty");
                 continue;
             }
-            let Some(targets) = self.model_targets(&path, &m, providers) else {
-                continue;
+            let tiers = m
+                .tiers
+                .as_deref()
+                .map(|t| self.tier_rules(&format!("{path}.tiers"), t))
+                .unwrap_or_default();
+            let targets = if m.tiers.is_some() {
+                if tiers.is_empty() {
+                    self.problem(format!("{path}.tiers"), "must list at least one tier");
+                }
+                if m.provider.is_some() || m.targets.is_some() {
+                    self.problem(
+                        format!("{path}.tiers"),
+                        "a model with tiers sends each request to a tier's model; it has no \
+                         `provider` or `targets` of its own",
+                    );
+                }
+                Vec::new()
+            } else {
+                let Some(targets) = self.model_targets(&path, &m, providers) else {
+                    continue;
+                };
+                targets
             };
             if index.contains_key(&m.name) {
                 self.problem(
@@ -639,12 +697,32 @@ impl Validator<'_> {
             if m.max_output_tokens == Some(0) {
                 self.problem(format!("{path}.max_output_tokens"), "must be at least 1");
             }
+            pending.push(routing::Pending {
+                model: models.len(),
+                path: path.clone(),
+                fallback: m.fallback.clone().unwrap_or_default(),
+                tiers,
+            });
             models.push(Model {
+                retry: self.retry(&format!("{path}.retry"), m.retry.as_ref(), &routing.retry),
+                breaker: self.breaker(
+                    &format!("{path}.breaker"),
+                    m.breaker.as_ref(),
+                    routing.breaker,
+                ),
+                timeouts: self.timeouts(
+                    &format!("{path}.timeouts"),
+                    m.timeouts.as_ref(),
+                    routing.timeouts,
+                ),
                 name: m.name,
                 targets,
                 max_output_tokens: m.max_output_tokens,
+                fallback: Vec::new(),
+                tiers: Vec::new(),
             });
         }
+        routing::resolve(self, &mut models, pending);
         (models, index)
     }
 
@@ -655,64 +733,82 @@ impl Validator<'_> {
         m: &ModelFile,
         providers: &[(Provider, String)],
     ) -> Option<Vec<ModelTarget>> {
-        let given: Vec<(String, &str, Option<&String>, Option<u32>)> =
-            match (&m.provider, &m.targets) {
-                (Some(p), None) => vec![(format!("{path}.provider"), p, m.model.as_ref(), None)],
-                (None, Some(list)) if !list.is_empty() => {
-                    if m.model.is_some() {
-                        self.problem(
-                            format!("{path}.model"),
-                            "goes inside each target when `targets` is used",
-                        );
-                    }
-                    list.iter()
-                        .enumerate()
-                        .map(|(i, t)| {
-                            (
-                                format!("{path}.targets[{i}].provider"),
-                                t.provider.as_str(),
-                                t.model.as_ref(),
-                                t.weight,
-                            )
-                        })
-                        .collect()
-                }
-                (None, Some(_)) => {
-                    self.problem(format!("{path}.targets"), "must list at least one target");
-                    return None;
-                }
-                (None, None) => {
-                    self.problem(path, "needs `provider` (one target) or `targets` (several)");
-                    return None;
-                }
-                (Some(_), Some(_)) => {
+        let shorthand;
+        let given: Vec<(String, &TargetFile)> = match (&m.provider, &m.targets) {
+            (Some(p), None) => {
+                shorthand = TargetFile {
+                    provider: p.clone(),
+                    model: m.model.clone(),
+                    weight: None,
+                    priority: None,
+                    context_window: None,
+                    serves: None,
+                    hours: None,
+                };
+                vec![(format!("{path}.provider"), &shorthand)]
+            }
+            (None, Some(list)) if !list.is_empty() => {
+                if m.model.is_some() {
                     self.problem(
-                        format!("{path}.targets"),
-                        "use either `provider`/`model` or `targets`, not both",
+                        format!("{path}.model"),
+                        "goes inside each target when `targets` is used",
                     );
-                    return None;
                 }
-            };
+                list.iter()
+                    .enumerate()
+                    .map(|(i, t)| (format!("{path}.targets[{i}]"), t))
+                    .collect()
+            }
+            (None, Some(_)) => {
+                self.problem(format!("{path}.targets"), "must list at least one target");
+                return None;
+            }
+            (None, None) => {
+                self.problem(
+                    path,
+                    "needs `provider` (one target), `targets` (several) or `tiers`",
+                );
+                return None;
+            }
+            (Some(_), Some(_)) => {
+                self.problem(
+                    format!("{path}.targets"),
+                    "use either `provider`/`model` or `targets`, not both",
+                );
+                return None;
+            }
+        };
         let mut out = Vec::with_capacity(given.len());
-        for (field, name, model, weight) in given {
+        for (field, t) in given {
+            let name = t.provider.as_str();
+            let provider_field = if field.ends_with(".provider") {
+                field.clone()
+            } else {
+                format!("{field}.provider")
+            };
             let Some(provider) = providers.iter().position(|(p, _)| p.name == name) else {
                 let known: Vec<&str> = providers.iter().map(|(p, _)| p.name.as_str()).collect();
                 self.problem(
-                    field,
+                    provider_field,
                     format!("unknown provider `{name}` (defined: {})", known.join(", ")),
                 );
                 return None;
             };
-            if weight == Some(0) {
+            if t.weight == Some(0) {
                 self.problem(
-                    field.replace(".provider", ".weight"),
+                    format!("{field}.weight"),
                     "must be at least 1 (remove the target to send it nothing)",
                 );
             }
+            let cond = self.target_conditions(&field, t);
             out.push(ModelTarget {
                 provider,
-                upstream_model: model.cloned().unwrap_or_else(|| m.name.clone()),
-                weight: weight.unwrap_or(1),
+                upstream_model: t.model.clone().unwrap_or_else(|| m.name.clone()),
+                weight: t.weight.unwrap_or(1),
+                priority: cond.priority,
+                context_window: cond.context_window,
+                serves: cond.serves,
+                hours: cond.hours,
                 price: None,
             });
         }

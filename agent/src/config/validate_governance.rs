@@ -34,6 +34,18 @@ pub struct GovernanceFile {
     pub alerts: Option<serde_yaml_ng::Value>,
     pub default_max_output_tokens: Option<u64>,
     pub unmetered_post_paths: Option<Vec<String>>,
+    pub egress: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EgressFile {
+    /// `allow` (default) or `deny`: whether public providers serve callers no rule names.
+    public: Option<String>,
+    #[serde(default)]
+    allow: Vec<ScopeFile>,
+    #[serde(default)]
+    deny: Vec<ScopeFile>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -386,6 +398,23 @@ impl Validator<'_> {
         }
         if let Some(n) = f.default_max_output_tokens {
             p.default_max_output_tokens = n.max(1);
+        }
+        if let Some(v) = f.egress {
+            if let Some(e) = self.item::<EgressFile>("egress", v) {
+                p.egress.public_by_default = match e.public.as_deref().unwrap_or("allow") {
+                    "allow" => true,
+                    "deny" => false,
+                    other => {
+                        self.problem(
+                            "egress.public",
+                            format!("`{other}` is not one of allow, deny"),
+                        );
+                        true
+                    }
+                };
+                p.egress.allow = e.allow.into_iter().map(ScopeFile::into_scope).collect();
+                p.egress.deny = e.deny.into_iter().map(ScopeFile::into_scope).collect();
+            }
         }
         if let Some(paths) = f.unmetered_post_paths {
             p.unmetered_post_paths = paths;

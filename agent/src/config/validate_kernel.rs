@@ -224,6 +224,8 @@ pub(super) fn intercept_routes(
                     // The client's own credentials go there, so its organization headers do too.
                     forward_organization_headers: true,
                     max_request_headers: super::validate::DEFAULT_MAX_REQUEST_HEADERS,
+                    // The client chose that destination; egress rules govern routed traffic.
+                    public: false,
                 },
                 format!("intercept[{dst}]"),
             ));

@@ -272,6 +272,36 @@ pub struct Policy {
     /// Unmetered paths an intercepted client may still POST to under `auth: keys` (they spend
     /// no generation tokens).
     pub unmetered_post_paths: Vec<String>,
+    /// Who may be routed to public providers (cloud APIs).
+    pub egress: Egress,
+}
+
+/// Public-provider permission: a `deny` scope that matches wins, then an `allow` scope, then
+/// the default.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub public_by_default: bool,
+    pub allow: Vec<Scope>,
+    pub deny: Vec<Scope>,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Egress {
+            public_by_default: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+impl Egress {
+    pub fn allows_public(&self, f: &Facts<'_>) -> bool {
+        if self.deny.iter().any(|s| s.matches(f)) {
+            return false;
+        }
+        self.public_by_default || self.allow.iter().any(|s| s.matches(f))
+    }
 }
 
 impl Default for Policy {
@@ -287,6 +317,7 @@ impl Default for Policy {
             alert_webhook: None,
             default_max_output_tokens: 4096,
             unmetered_post_paths: vec!["/tokenize".into(), "/detokenize".into()],
+            egress: Egress::default(),
         }
     }
 }

@@ -26,6 +26,16 @@ pub struct ResponseHead {
 }
 
 impl ResponseHead {
+    /// The value of the first passed-through header called `name` (lower case), trimmed.
+    pub fn header(&self, name: &[u8]) -> Option<&[u8]> {
+        self.passthrough.split(|b| *b == b'\n').find_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            line[..colon]
+                .eq_ignore_ascii_case(name)
+                .then(|| line[colon + 1..].trim_ascii())
+        })
+    }
+
     /// Parses a complete response head (`raw` ends where `find_head_end` found `CRLF CRLF`).
     /// As for requests, a bare LF is refused and httparse must end the head exactly there, so
     /// the body boundary on a pooled connection cannot be read two ways.

@@ -73,6 +73,10 @@ struct Entry<'a> {
     key_id: Option<Cow<'a, str>>,
     #[serde(default)]
     cost_micro_usd: u64,
+    #[serde(default, borrow)]
+    route: Option<Cow<'a, str>>,
+    #[serde(default)]
+    attempts: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,6 +137,8 @@ impl<'a> Entry<'a> {
             }),
             key_id: borrowed(&r.key_id),
             cost_micro_usd,
+            route: borrowed(&r.route),
+            attempts: r.attempts,
         }
     }
 
@@ -178,6 +184,8 @@ impl<'a> Entry<'a> {
             cost_micro_usd: self.cost_micro_usd,
             price: None,
             hold: Default::default(),
+            route: owned(self.route),
+            attempts: self.attempts,
         }
     }
 }

@@ -60,6 +60,11 @@ pub struct UsageRecord {
     /// The request's budget and token-limit reservations, settled to the actual usage when the
     /// record reaches the writer (`governance::hold`).
     pub hold: crate::governance::hold::Hold,
+    /// What routing went through: the tier, a fallback, failed attempts (`None`: the first
+    /// choice served).
+    pub route: Option<String>,
+    /// Attempts sent to providers (0 when none was: a refusal of Tollgate's own).
+    pub attempts: u32,
 }
 
 pub const SCHEMA: &str = "
@@ -81,7 +86,8 @@ CREATE TABLE IF NOT EXISTS usage (
     estimated INTEGER NOT NULL,
     pid INTEGER, comm TEXT, uid INTEGER, cgroup_id INTEGER, cgroup_path TEXT,
     container_id TEXT, pod_uid TEXT, original_dst TEXT,
-    key_id TEXT, cost_micro_usd INTEGER
+    key_id TEXT, cost_micro_usd INTEGER,
+    route TEXT, attempts INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -99,6 +105,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("original_dst", "TEXT"),
     ("key_id", "TEXT"),
     ("cost_micro_usd", "INTEGER"),
+    ("route", "TEXT"),
+    ("attempts", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -164,9 +172,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd)
+             key_id, cost_micro_usd, route, attempts)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -205,6 +213,8 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 k.and_then(|k| k.original_dst).map(|a| a.to_string()),
                 r.key_id,
                 r.cost_micro_usd as i64,
+                r.route,
+                r.attempts,
             ])?;
         }
     }

@@ -25,7 +25,8 @@ use bytes::Bytes;
 
 use crate::api::Api;
 use crate::client::read_more;
-use crate::config::{Config, Provider, ProviderKind};
+use crate::config::routing::Timeouts;
+use crate::config::{Provider, ProviderKind};
 use crate::error::{ErrorKind, GateError};
 use crate::http::iovec::BytesVec;
 use crate::http::response::ResponseHead;
@@ -292,7 +293,10 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
     ctx.injected_usage = injected;
-    let fwd = exchange(w, &snap, target.provider, || {
+    let timeouts = target
+        .model_index()
+        .map_or(cfg.routing.timeouts, |m| cfg.models[m].timeouts);
+    let fwd = exchange(w, &snap, target.provider, &timeouts, || {
         request_parts(ctx, provider, &edits)
     })
     .await?;
@@ -306,6 +310,7 @@ pub(crate) async fn exchange(
     w: &Worker,
     snap: &Snapshot,
     provider_idx: usize,
+    timeouts: &Timeouts,
     parts: impl Fn() -> BytesVec,
 ) -> Result<Forwarded, GateError> {
     let provider = &snap.cfg.providers[provider_idx];
@@ -313,11 +318,11 @@ pub(crate) async fn exchange(
     let pooled = w.pool.borrow_mut().take(id, Instant::now());
     let mut conn = match pooled {
         Some(c) => c,
-        None => connect(w, snap, provider_idx).await?,
+        None => connect(snap, provider_idx, timeouts.connect).await?,
     };
     let mut retried = false;
     loop {
-        match attempt(&snap.cfg, &mut conn, parts()).await {
+        match attempt(&mut conn, parts(), timeouts.first_token).await {
             Ok(head) => return Ok(Forwarded { conn, head }),
             Err(AttemptError::NotSent(e)) if conn.reused && !retried => {
                 tracing::debug!(error = %e, provider = %provider.name, "stale keep-alive connection; retrying on a new one");
@@ -327,7 +332,7 @@ pub(crate) async fn exchange(
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
                 retried = true;
-                conn = connect(w, snap, provider_idx).await?;
+                conn = connect(snap, provider_idx, timeouts.connect).await?;
             }
             Err(AttemptError::NotSent(e)) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -361,26 +366,15 @@ pub(crate) async fn exchange(
 }
 
 async fn connect(
-    w: &Worker,
     snap: &Snapshot,
     provider_idx: usize,
+    timeout: std::time::Duration,
 ) -> Result<UpstreamConn, GateError> {
     let provider = &snap.cfg.providers[provider_idx];
     let rt = &snap.providers[provider_idx];
     let addrs = rt.addrs.load_full();
-    let connected = upstream::connect(
-        rt.id,
-        &addrs,
-        &provider.host,
-        rt.tls.as_ref(),
-        snap.cfg.upstream.connect_timeout,
-    )
-    .await;
-    // Route prefers other targets of a model while this provider refuses connections.
-    match &connected {
-        Ok(_) => w.health.mark_up(rt.id),
-        Err(_) => w.health.mark_down(rt.id, Instant::now()),
-    }
+    let connected =
+        upstream::connect(rt.id, &addrs, &provider.host, rt.tls.as_ref(), timeout).await;
     connected.map_err(|e| {
         let kind = match e {
             upstream::UpstreamError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
@@ -397,13 +391,12 @@ async fn connect(
 
 /// Sends the request and reads the response head (skipping 1xx interim responses).
 async fn attempt(
-    cfg: &Config,
     conn: &mut UpstreamConn,
     parts: BytesVec,
+    timeout: std::time::Duration,
 ) -> Result<ResponseHead, AttemptError> {
     let (res, _) = conn.stream.write_vectored_all(parts).await;
     res.map_err(AttemptError::NotSent)?;
-    let timeout = cfg.upstream.response_timeout;
     let mut scanned = 0;
     loop {
         if let Some(end) = find_head_end(&conn.buf, scanned) {

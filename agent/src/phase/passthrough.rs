@@ -80,7 +80,7 @@ pub async fn run(w: &Worker, client: &mut ClientConn, req: Request, dst: SocketA
         }
         v
     };
-    match forward::exchange(w, &snap, route.openai, parts).await {
+    match forward::exchange(w, &snap, route.openai, &snap.cfg.routing.timeouts, parts).await {
         Ok(fwd) => relay(w, &snap, client, &req.head, fwd).await,
         Err(e) => {
             client

@@ -180,6 +180,12 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let Forwarded { mut conn, head } = fwd;
     let snap = ctx.snap.clone();
     let cfg = &snap.cfg.upstream;
+    let timeouts = ctx
+        .target
+        .and_then(|t| t.model_index())
+        .map_or(snap.cfg.routing.timeouts, |m| snap.cfg.models[m].timeouts);
+    // `timeouts.request` bounds the whole request, from its first byte read.
+    let deadline = timeouts.request.map(|d| ctx.started + d);
     ctx.status = head.status;
     if head.status >= 400 {
         ctx.outcome = Outcome::UpstreamError;
@@ -247,8 +253,26 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     // The body's last pieces are not sent inside the loop: they leave after the record is
     // journalled, so a response the client has in full always has its ledger row.
     while failure.is_none() && !reader.is_done() {
+        let idle = match deadline {
+            None => timeouts.idle,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    failure = Some((
+                        Outcome::UpstreamTimeout,
+                        ErrorKind::UpstreamTimeout,
+                        format!(
+                            "the request ran past its {:?} limit (timeouts.request_ms)",
+                            timeouts.request.unwrap_or_default()
+                        ),
+                    ));
+                    break;
+                }
+                left.min(timeouts.idle)
+            }
+        };
         let timeout = match down.gone_at {
-            None => cfg.read_timeout,
+            None => idle,
             Some(t) => {
                 let left = cfg.drain_timeout.saturating_sub(t.elapsed());
                 if left.is_zero()
@@ -257,7 +281,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 {
                     break;
                 }
-                left.min(cfg.read_timeout)
+                left.min(idle)
             }
         };
         let piece = match reader.next(&mut conn, timeout).await {
@@ -411,6 +435,12 @@ fn response_head(
         out.lines(&head.passthrough);
     }
     out.header("x-tollgate-request-id", ctx.id.as_bytes());
+    // Who served: `provider/upstream_model` (configured targets; the breaker's label).
+    if let Some((m, t)) = ctx.target.and_then(|t| t.model) {
+        if let Some(tb) = ctx.snap.breakers.get(m).and_then(|b| b.get(t)) {
+            out.header("x-tollgate-target", tb.label.as_bytes());
+        }
+    }
     if let Some(q) = &ctx.quota {
         out.lines(crate::phase::admit::render_quota(q, ctx.api.wire()).as_bytes());
     }

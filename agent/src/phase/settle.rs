@@ -137,10 +137,12 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
     // Charged at the serving model's price: its configured name, then the provider's name.
     // Configured targets carry their price (resolved at load); an intercepted request's model
     // is looked up in the catalog.
-    let price = ctx.price.or_else(|| match target.and_then(|t| t.model) {
-        Some((m, t)) => cfg.models[m].targets[t].price,
-        None => cfg.prices.lookup(&[ctx.inspection.model.as_str()]),
-    });
+    let price = match target.and_then(|t| t.model) {
+        Some((m, t)) => cfg.models[m].targets[t].price.or(ctx.price),
+        None => ctx
+            .price
+            .or_else(|| cfg.prices.lookup(&[ctx.inspection.model.as_str()])),
+    };
     let record =
         UsageRecord {
             id: ctx.id.clone(),
@@ -169,6 +171,12 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
             },
             price,
             hold: std::mem::take(&mut ctx.hold),
+            route: (!ctx.route.trail.is_empty()).then(|| std::mem::take(&mut ctx.route.trail)),
+            attempts: if ctx.upstream_head_at.is_some() || ctx.route.attempts > 1 {
+                ctx.route.attempts.max(1)
+            } else {
+                0
+            },
         };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.

@@ -3,7 +3,7 @@
 //! Addresses are resolved off the workers (`snapshot::ProviderRuntime`) so a worker never blocks on DNS.
 
 pub mod body;
-pub mod health;
+pub mod breaker;
 pub mod pool;
 pub mod tls;
 

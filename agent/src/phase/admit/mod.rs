@@ -78,17 +78,25 @@ pub async fn run(
         }
     }
     ctx.key = key.clone();
-    check_model(
-        gov,
-        &snap,
-        client,
-        ctx,
-        key.as_deref(),
-        &ctx.inspection.model,
-    )?;
+    // A tiered request is checked against the model the client named, not the tier's.
+    let asked = ctx
+        .inspection
+        .original_model
+        .as_deref()
+        .unwrap_or(&ctx.inspection.model);
+    check_model(gov, &snap, client, ctx, key.as_deref(), asked)?;
     loop_guard(gov, &snap, ctx)?;
     limits::rate_limits(gov, &snap, client, ctx, key.as_deref())?;
     budgets::budgets(gov, &snap, client, ctx, key.as_deref()).await
+}
+
+/// Whether `egress` lets this caller be routed to public providers.
+pub fn may_use_public(snap: &Snapshot, client: &ClientConn, ctx: &RequestCtx) -> bool {
+    let e = &snap.cfg.governance.egress;
+    if e.public_by_default && e.deny.is_empty() {
+        return true;
+    }
+    e.allows_public(&facts(client, ctx, ctx.key.as_deref()))
 }
 
 /// The facts scopes match against.

@@ -1,0 +1,564 @@
+//! Routing settings: how a model's targets are chosen and what happens when one fails. Runtime
+//! types (read by `phase/route.rs` and `pipeline.rs` per request) and their validation from
+//! `routing:` (defaults) and each model's `retry`, `breaker`, `timeouts`, `fallback`, `tiers`
+//! and per-target conditions (`priority`, `context_window`, `serves`, `hours`).
+
+use std::time::Duration;
+
+use super::file::{BreakerFile, RetryFile, RoutingFile, TargetFile, TierFile, TimeoutsFile};
+use super::validate::Validator;
+use super::Glob;
+
+/// Which failures send a request to another target. Statuses 400–599 as a bit set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Further targets a request may try after the first.
+    pub attempts: u32,
+    pub on_connect: bool,
+    statuses: [u64; 4],
+}
+
+impl RetryPolicy {
+    pub fn retries_status(&self, status: u16) -> bool {
+        let Some(i) = status.checked_sub(400).map(usize::from) else {
+            return false;
+        };
+        i < 200 && self.statuses[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn add_status(&mut self, status: u16) {
+        let i = usize::from(status - 400);
+        self.statuses[i / 64] |= 1 << (i % 64);
+    }
+}
+
+impl Default for RetryPolicy {
+    /// Connect failures only: nothing reached the provider, so nothing can be billed twice.
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            on_connect: true,
+            statuses: [0; 4],
+        }
+    }
+}
+
+/// A target's circuit breaker: `failures` in a row (no success between them) within `window`
+/// open it for `cooldown`, then one probe request is let through (half-open); its success
+/// closes the breaker. Unless configured, a breaker is on only for models with somewhere else
+/// to send traffic (several targets or a fallback): with one target and nothing after it, the
+/// provider's own error tells the client more than a 503 of ours would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    pub enabled: bool,
+    /// Set in the file (`routing.breaker` or the model's `breaker`), so not decided by shape.
+    pub explicit: bool,
+    pub failures: u32,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            enabled: true,
+            explicit: false,
+            failures: 5,
+            window: Duration::from_secs(10),
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Deadlines for one request to a model's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Request written → response head.
+    pub first_token: Duration,
+    /// The whole request, from its first byte read; `None`: no overall limit.
+    pub request: Option<Duration>,
+    /// Longest gap between two pieces of the response body.
+    pub idle: Duration,
+}
+
+/// Retries a worker allows: `ratio` of its requests in the current second, at least
+/// `min_per_second`. Keeps a failing provider from doubling the load on the others.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryBudget {
+    pub ratio: f64,
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.2,
+            min_per_second: 10,
+        }
+    }
+}
+
+/// The kinds of request a target serves (bit set of [`RequestKind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Serves(u8);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    Chat = 1,
+    Embeddings = 2,
+    Tools = 4,
+    Images = 8,
+}
+
+impl Serves {
+    pub const ALL: Serves = Serves(0xf);
+
+    pub fn contains(self, k: RequestKind) -> bool {
+        self.0 & k as u8 != 0
+    }
+
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+}
+
+/// UTC minutes of the day a target is used, `[start, end)`; wraps past midnight when
+/// `start > end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start_min: u16,
+    pub end_min: u16,
+}
+
+impl Hours {
+    pub fn contains(self, minute_of_day: u16) -> bool {
+        if self.start_min <= self.end_min {
+            (self.start_min..self.end_min).contains(&minute_of_day)
+        } else {
+            minute_of_day >= self.start_min || minute_of_day < self.end_min
+        }
+    }
+
+    fn parse(s: &str) -> Option<Hours> {
+        let (a, b) = s.split_once('-')?;
+        let minute = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (h <= 24 && m < 60 && h * 60 + m <= 1440).then_some(h * 60 + m)
+        };
+        let (start_min, end_min) = (minute(a)?, minute(b)?);
+        (start_min != end_min).then_some(Hours { start_min, end_min })
+    }
+}
+
+/// A cost tier of a virtual model: requests that satisfy `when` go to `model`.
+#[derive(Debug, Clone)]
+pub struct Tier {
+    /// Index of the model that serves the tier (a model with targets).
+    pub model: usize,
+    pub model_name: String,
+    pub when: TierRule,
+    /// The rule as written, for the ledger's `route` and `x-tollgate-route`.
+    pub label: String,
+}
+
+/// Every condition given must hold; an empty rule matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct TierRule {
+    pub max_prompt_tokens: Option<u64>,
+    pub min_prompt_tokens: Option<u64>,
+    pub tools: Option<bool>,
+    pub reasoning_effort: Vec<String>,
+    pub workflow: Vec<Glob>,
+    /// Lower-cased.
+    pub keywords: Vec<String>,
+    pub regex: Option<regex::Regex>,
+}
+
+impl TierRule {
+    /// Whether the rule reads the last user message (only then is it extracted).
+    pub fn needs_text(&self) -> bool {
+        !self.keywords.is_empty() || self.regex.is_some()
+    }
+
+    fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(n) = self.max_prompt_tokens {
+            parts.push(format!("prompt<={n}"));
+        }
+        if let Some(n) = self.min_prompt_tokens {
+            parts.push(format!("prompt>={n}"));
+        }
+        if let Some(t) = self.tools {
+            parts.push(format!("tools={t}"));
+        }
+        if !self.reasoning_effort.is_empty() {
+            parts.push(format!("effort={}", self.reasoning_effort.join("|")));
+        }
+        if !self.workflow.is_empty() {
+            let w: Vec<&str> = self.workflow.iter().map(Glob::as_str).collect();
+            parts.push(format!("workflow={}", w.join("|")));
+        }
+        if !self.keywords.is_empty() {
+            parts.push(format!("keywords={}", self.keywords.join("|")));
+        }
+        if let Some(r) = &self.regex {
+            parts.push(format!("regex={}", r.as_str()));
+        }
+        if parts.is_empty() {
+            "default".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// Target conditions as validated (the rest of a target is built by `validate.rs`).
+pub(super) struct TargetConditions {
+    pub priority: u8,
+    pub context_window: Option<u64>,
+    pub serves: Serves,
+    pub hours: Option<Hours>,
+}
+
+/// `routing:` resolved against the transport defaults.
+#[derive(Debug, Clone)]
+pub struct RoutingDefaults {
+    pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
+    pub timeouts: Timeouts,
+    pub retry_budget: RetryBudget,
+}
+
+impl Validator<'_> {
+    pub(super) fn routing_defaults(&mut self, f: &RoutingFile, base: Timeouts) -> RoutingDefaults {
+        let budget = f.retry_budget.clone().unwrap_or_default();
+        let d = RetryBudget::default();
+        let retry_budget = RetryBudget {
+            ratio: budget.ratio.unwrap_or(d.ratio),
+            min_per_second: budget.min_per_second.unwrap_or(d.min_per_second),
+        };
+        if !(0.0..=10.0).contains(&retry_budget.ratio) {
+            self.problem(
+                "routing.retry_budget.ratio",
+                "must be between 0 and 10 (retries per request)",
+            );
+        }
+        RoutingDefaults {
+            retry: self.retry("routing.retry", f.retry.as_ref(), &RetryPolicy::default()),
+            breaker: self.breaker(
+                "routing.breaker",
+                f.breaker.as_ref(),
+                BreakerPolicy::default(),
+            ),
+            timeouts: self.timeouts("routing.timeouts", f.timeouts.as_ref(), base),
+            retry_budget,
+        }
+    }
+
+    pub(super) fn retry(
+        &mut self,
+        path: &str,
+        f: Option<&RetryFile>,
+        base: &RetryPolicy,
+    ) -> RetryPolicy {
+        let Some(f) = f else {
+            return base.clone();
+        };
+        let mut out = RetryPolicy {
+            attempts: f.attempts.unwrap_or(base.attempts),
+            ..base.clone()
+        };
+        if out.attempts > 16 {
+            self.problem(format!("{path}.attempts"), "must be at most 16");
+        }
+        if let Some(on) = &f.on {
+            out.on_connect = false;
+            out.statuses = [0; 4];
+            for (i, v) in on.iter().enumerate() {
+                let text = match v {
+                    serde_yaml_ng::Value::String(s) => s.trim().to_ascii_lowercase(),
+                    serde_yaml_ng::Value::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                match text.as_str() {
+                    "connect" => out.on_connect = true,
+                    "5xx" => (500..600).for_each(|s| out.add_status(s)),
+                    "4xx" => (400..500).for_each(|s| out.add_status(s)),
+                    t => match t.parse::<u16>() {
+                        Ok(s) if (400..600).contains(&s) => out.add_status(s),
+                        _ => self.problem(
+                            format!("{path}.on[{i}]"),
+                            "must be `connect`, `5xx`, `4xx` or a status between 400 and 599",
+                        ),
+                    },
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn breaker(
+        &mut self,
+        path: &str,
+        f: Option<&BreakerFile>,
+        base: BreakerPolicy,
+    ) -> BreakerPolicy {
+        let Some(f) = f else {
+            return base;
+        };
+        let out = BreakerPolicy {
+            enabled: f.enabled.unwrap_or(true),
+            explicit: true,
+            failures: f.failures.unwrap_or(base.failures),
+            window: f.window_ms.map_or(base.window, Duration::from_millis),
+            cooldown: f.cooldown_ms.map_or(base.cooldown, Duration::from_millis),
+        };
+        if out.failures == 0 {
+            self.problem(format!("{path}.failures"), "must be at least 1");
+        }
+        for (field, d) in [("window_ms", out.window), ("cooldown_ms", out.cooldown)] {
+            if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+                self.problem(format!("{path}.{field}"), "must be between 1 and 86400000");
+            }
+        }
+        out
+    }
+
+    pub(super) fn timeouts(
+        &mut self,
+        path: &str,
+        f: Option<&TimeoutsFile>,
+        base: Timeouts,
+    ) -> Timeouts {
+        let Some(f) = f else {
+            return base;
+        };
+        for (field, v) in [
+            ("connect_ms", f.connect_ms),
+            ("first_token_ms", f.first_token_ms),
+            ("request_ms", f.request_ms),
+            ("idle_ms", f.idle_ms),
+        ] {
+            if v == Some(0) {
+                self.problem(format!("{path}.{field}"), "must be at least 1");
+            }
+        }
+        Timeouts {
+            connect: f.connect_ms.map_or(base.connect, Duration::from_millis),
+            first_token: f
+                .first_token_ms
+                .map_or(base.first_token, Duration::from_millis),
+            request: f.request_ms.map(Duration::from_millis).or(base.request),
+            idle: f.idle_ms.map_or(base.idle, Duration::from_millis),
+        }
+    }
+
+    pub(super) fn target_conditions(&mut self, path: &str, t: &TargetFile) -> TargetConditions {
+        let mut serves = 0u8;
+        for (i, s) in t.serves.iter().flatten().enumerate() {
+            serves |= match s.as_str() {
+                "chat" => RequestKind::Chat as u8,
+                "embeddings" => RequestKind::Embeddings as u8,
+                "tools" => RequestKind::Tools as u8,
+                "images" => RequestKind::Images as u8,
+                _ => {
+                    self.problem(
+                        format!("{path}.serves[{i}]"),
+                        "must be `chat`, `embeddings`, `tools` or `images`",
+                    );
+                    0
+                }
+            };
+        }
+        let hours = t.hours.as_deref().and_then(|h| {
+            let parsed = Hours::parse(h);
+            if parsed.is_none() {
+                self.problem(
+                    format!("{path}.hours"),
+                    format!("`{h}` is not a UTC time range like \"22:00-06:00\""),
+                );
+            }
+            parsed
+        });
+        if t.context_window == Some(0) {
+            self.problem(format!("{path}.context_window"), "must be at least 1");
+        }
+        TargetConditions {
+            priority: t.priority.unwrap_or(0),
+            context_window: t.context_window,
+            serves: if t.serves.is_some() {
+                Serves(serves)
+            } else {
+                Serves::ALL
+            },
+            hours,
+        }
+    }
+
+    pub(super) fn tier_rules(&mut self, path: &str, tiers: &[TierFile]) -> Vec<(String, TierRule)> {
+        let mut out = Vec::with_capacity(tiers.len());
+        for (i, t) in tiers.iter().enumerate() {
+            let w = &t.when;
+            let regex = w.regex.as_deref().and_then(|r| {
+                match regex::RegexBuilder::new(r)
+                    .size_limit(1 << 20)
+                    .case_insensitive(true)
+                    .build()
+                {
+                    Ok(re) => Some(re),
+                    Err(e) => {
+                        self.problem(format!("{path}[{i}].when.regex"), e.to_string());
+                        None
+                    }
+                }
+            });
+            out.push((
+                t.model.clone(),
+                TierRule {
+                    max_prompt_tokens: w.max_prompt_tokens,
+                    min_prompt_tokens: w.min_prompt_tokens,
+                    tools: w.tools,
+                    reasoning_effort: w.reasoning_effort.clone().unwrap_or_default(),
+                    workflow: w.workflow.iter().flatten().map(|g| Glob::new(g)).collect(),
+                    keywords: w
+                        .keywords
+                        .iter()
+                        .flatten()
+                        .map(|k| k.to_lowercase())
+                        .collect(),
+                    regex,
+                },
+            ));
+        }
+        out
+    }
+}
+
+/// A model's names still to resolve: its index, field path, fallback names, tier rules.
+pub(super) struct Pending {
+    pub model: usize,
+    pub path: String,
+    pub fallback: Vec<String>,
+    pub tiers: Vec<(String, TierRule)>,
+}
+
+/// Resolves fallback and tier model names once every model is known.
+pub(super) fn resolve(v: &mut Validator<'_>, models: &mut [super::Model], pending: Vec<Pending>) {
+    let index = |name: &str, models: &[super::Model]| models.iter().position(|m| m.name == name);
+    for Pending {
+        model: m,
+        path,
+        fallback,
+        tiers,
+    } in pending
+    {
+        for (i, name) in fallback.iter().enumerate() {
+            match index(name, models) {
+                Some(f) if f == m => v.problem(
+                    format!("{path}.fallback[{i}]"),
+                    "a model cannot fall back to itself",
+                ),
+                Some(f) => models[m].fallback.push(f),
+                None => v.problem(
+                    format!("{path}.fallback[{i}]"),
+                    format!("unknown model `{name}`"),
+                ),
+            }
+        }
+        let b = &mut models[m].breaker;
+        if !b.explicit {
+            b.enabled = models[m].targets.len() > 1 || !models[m].fallback.is_empty();
+        }
+        for (i, (name, when)) in tiers.into_iter().enumerate() {
+            match index(&name, models) {
+                Some(t) if models[t].targets.is_empty() => v.problem(
+                    format!("{path}.tiers[{i}].model"),
+                    format!("`{name}` has tiers itself; a tier must name a model with targets"),
+                ),
+                Some(t) => {
+                    let label = format!("tier {i} ({name}: {})", when.describe());
+                    models[m].tiers.push(Tier {
+                        model: t,
+                        model_name: name,
+                        when,
+                        label,
+                    });
+                }
+                None => v.problem(
+                    format!("{path}.tiers[{i}].model"),
+                    format!("unknown model `{name}`"),
+                ),
+            }
+        }
+    }
+}
+
+/// Whether a provider host is outside the cluster: not loopback, private, link-local or a
+/// cluster-internal name.
+pub fn host_is_public(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = h.parse::<std::net::IpAddr>() {
+        return match ip {
+            std::net::IpAddr::V4(v4) => {
+                !(v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified())
+            }
+            std::net::IpAddr::V6(v6) => {
+                let seg = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || (seg & 0xfe00) == 0xfc00
+                    || (seg & 0xffc0) == 0xfe80)
+            }
+        };
+    }
+    let h = h.to_ascii_lowercase();
+    !(h == "localhost"
+        || !h.contains('.')
+        || [
+            ".local",
+            ".internal",
+            ".svc",
+            ".cluster.local",
+            ".localhost",
+        ]
+        .iter()
+        .any(|s| h.ends_with(s)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hours_wrap_past_midnight() {
+        let night = Hours::parse("22:00-06:00").unwrap_or_else(|| panic!("parses"));
+        assert!(night.contains(23 * 60) && night.contains(0) && night.contains(5 * 60 + 59));
+        assert!(!night.contains(6 * 60) && !night.contains(12 * 60));
+        let day = Hours::parse("09:30-17:00").unwrap_or_else(|| panic!("parses"));
+        assert!(day.contains(9 * 60 + 30) && !day.contains(17 * 60) && !day.contains(0));
+        assert!(Hours::parse("25:00-01:00").is_none());
+        assert!(Hours::parse("10:00-10:00").is_none());
+        assert!(Hours::parse("10-11").is_none());
+    }
+
+    #[test]
+    fn public_hosts() {
+        for h in ["api.openai.com", "8.8.8.8", "[2001:db8::1]"] {
+            assert!(host_is_public(h), "{h}");
+        }
+        for h in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "localhost",
+            "vllm",
+            "vllm.inference.svc.cluster.local",
+            "[::1]",
+            "[fd00::1]",
+        ] {
+            assert!(!host_is_public(h), "{h}");
+        }
+    }
+}
