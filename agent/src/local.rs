@@ -125,8 +125,28 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
         "kernel": s.kernel.to_json(),
         "gpu": s.gpus.status().to_json(),
         "models": cfg.models.len(),
+        "breakers": open_breakers(s),
     });
     (if ready { 200 } else { 503 }, body.to_string())
+}
+
+/// Targets whose circuit breaker is not closed, with their state.
+fn open_breakers(s: &Shared) -> serde_json::Value {
+    let snap = s.snapshot.load();
+    let now = crate::governance::window::now_ms().max(0) as u64;
+    let mut out = serde_json::Map::new();
+    for (m, list) in snap.breakers.iter().enumerate() {
+        if !snap.cfg.models[m].breaker.enabled {
+            continue;
+        }
+        for tb in list {
+            let state = tb.breaker.state(now);
+            if state != crate::upstream::breaker::State::Closed {
+                out.insert(tb.label.clone(), state.label().into());
+            }
+        }
+    }
+    serde_json::Value::Object(out)
 }
 
 /// The model list (only what `key` may use, when there is a key).
@@ -140,7 +160,8 @@ fn models(
             "id": m.name,
             "object": "model",
             "created": 0,
-            "owned_by": cfg.providers[m.targets[0].provider].name,
+            // A tiered model has no targets of its own: it is Tollgate's.
+            "owned_by": m.targets.first().map_or("tollgate", |t| cfg.providers[t.provider].name.as_str()),
         })
     };
     match only {

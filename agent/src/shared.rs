@@ -45,9 +45,47 @@ impl Shared {
     /// Every metric, for `/metrics` (client port and admin listener).
     pub fn render_metrics(&self) -> String {
         let mut out = self.metrics.render();
-        self.governor
-            .render(&self.snapshot.load().governance, &mut out);
+        let snap = self.snapshot.load();
+        self.governor.render(&snap.governance, &mut out);
+        render_breakers(&snap, &mut out);
         out
+    }
+}
+
+/// Each target's circuit breaker: its state (0 closed, 1 half-open, 2 open) and its trips.
+fn render_breakers(snap: &crate::snapshot::Snapshot, out: &mut String) {
+    use std::fmt::Write;
+    let now = crate::governance::window::now_ms().max(0) as u64;
+    let mut seen = std::collections::HashSet::new();
+    let mut state = String::new();
+    let mut trips = String::new();
+    for (m, list) in snap.breakers.iter().enumerate() {
+        if !snap.cfg.models[m].breaker.enabled {
+            continue;
+        }
+        for tb in list {
+            // A target shared by several models has one breaker: one series.
+            if !seen.insert(tb.label.as_str()) {
+                continue;
+            }
+            let label = crate::telemetry::metrics::escape(&tb.label);
+            let _ = writeln!(
+                state,
+                "tollgate_target_breaker_state{{target=\"{label}\"}} {}",
+                tb.breaker.state(now).gauge()
+            );
+            let _ = writeln!(
+                trips,
+                "tollgate_target_breaker_trips_total{{target=\"{label}\"}} {}",
+                tb.breaker.trips()
+            );
+        }
+    }
+    if !state.is_empty() {
+        out.push_str("# HELP tollgate_target_breaker_state Circuit breaker per target: 0 closed, 1 half-open, 2 open.\n# TYPE tollgate_target_breaker_state gauge\n");
+        out.push_str(&state);
+        out.push_str("# HELP tollgate_target_breaker_trips_total Times a target's breaker opened on failures.\n# TYPE tollgate_target_breaker_trips_total counter\n");
+        out.push_str(&trips);
     }
 }
 

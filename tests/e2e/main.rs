@@ -47,7 +47,7 @@ mod io_drivers;
 mod large_responses;
 /// The ledger survives a graceful restart; `tollgate usage` sums it.
 mod ledger_restart;
-/// Models with several targets: the first compatible, healthy one serves.
+/// Models with several targets: a compatible, healthy one serves.
 mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.
 mod models_and_metrics;
@@ -59,6 +59,8 @@ mod reload;
 mod replica_load;
 /// Requests that arrive over several reads: split heads and bodies, large bodies.
 mod request_reading;
+/// Retries, circuit breakers, `Retry-After`, fallbacks, cost tiers and egress rules.
+mod routing;
 /// A request cut by the shutdown grace is recorded as `shutdown`.
 mod shutdown;
 /// Streams without usage are estimated and flagged.

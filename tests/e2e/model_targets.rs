@@ -1,7 +1,7 @@
-//! A model served by several deployments (`targets:`): requests go to the first target that
-//! speaks their API and whose provider is up; a provider that refuses connections is avoided
-//! (per worker, for a few seconds) while the model has another target, and a request that could
-//! not be sent at all goes to the next target. The ledger names the target that served.
+//! A model served by several deployments (`targets:`): requests go to a target that speaks
+//! their API (drawn by weight); a request that could not be sent at all goes to another
+//! target. The ledger names the target that served. (Breakers, retries on statuses, fallbacks
+//! and tiers: `routing.rs`.)
 
 use crate::harness::procs::{Provider, SIM_MODEL};
 use crate::harness::{assert_openai_error, chat_body, post_json, Sim, Stack};

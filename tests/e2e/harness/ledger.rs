@@ -39,6 +39,9 @@ pub struct Row {
     pub estimated: bool,
     pub key_id: Option<String>,
     pub cost_micro_usd: i64,
+    /// Tier, fallback and failed attempts (`None` when the first choice served).
+    pub route: Option<String>,
+    pub attempts: i64,
 }
 
 impl Row {
@@ -58,7 +61,7 @@ const COLUMNS: &str =
     "id, ts_ms, latency_us, ttft_us, status, outcome, api, team, project, user_id, \
      session_id, workflow, cost_center, requested_model, served_model, provider, input_tokens, \
      cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated, key_id, \
-     COALESCE(cost_micro_usd, 0)";
+     COALESCE(cost_micro_usd, 0), route, COALESCE(attempts, 0)";
 
 fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -86,6 +89,8 @@ fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         estimated: r.get::<_, i64>(21)? != 0,
         key_id: r.get(22)?,
         cost_micro_usd: r.get(23)?,
+        route: r.get(24)?,
+        attempts: r.get(25)?,
     })
 }
 

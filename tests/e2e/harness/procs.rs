@@ -233,10 +233,19 @@ impl Sim {
         Sim::start_with(false, flags)
     }
 
+    /// A simulator on a given address (e.g. one a test left dead until now).
+    pub fn start_on(addr: SocketAddr, flags: &[&str]) -> Sim {
+        Sim::start_at(&addr.to_string(), true, flags)
+    }
+
     fn start_with(zero_delay: bool, flags: &[&str]) -> Sim {
+        Sim::start_at("127.0.0.1:0", zero_delay, flags)
+    }
+
+    fn start_at(listen: &str, zero_delay: bool, flags: &[&str]) -> Sim {
         let dir = TempDir::new("sim");
         let mut cmd = Command::new(bin("tollgate-sim"));
-        cmd.args(["--listen", "127.0.0.1:0", "--model", SIM_MODEL]);
+        cmd.args(["--listen", listen, "--model", SIM_MODEL]);
         if zero_delay {
             cmd.arg("--zero-delay");
         }
@@ -312,6 +321,8 @@ pub struct AgentConfig {
     /// written. Defaults to `auth: { mode: open }` (most tests are about the proxy, not keys)
     /// for agents that know governance.
     pub governance_yaml: String,
+    /// More `providers:` items, as YAML (`  - name: ...`).
+    pub extra_providers_yaml: String,
 }
 
 impl AgentConfig {
@@ -360,6 +371,7 @@ impl AgentConfig {
             } else {
                 String::new()
             },
+            extra_providers_yaml: String::new(),
         }
     }
 
@@ -401,6 +413,7 @@ impl AgentConfig {
                 y.push_str(&format!("    api_key_env: {env}\n"));
             }
         }
+        y.push_str(&self.extra_providers_yaml);
         if self.kernel_off {
             y.push_str("kernel: { enabled: off }\n");
         }

@@ -24,7 +24,13 @@ const QUEUE_POLL: Duration = Duration::from_millis(50);
 /// catalog's for a name that is not a configured model.
 pub fn price_of(snap: &Snapshot, model: &str) -> Option<Price> {
     match snap.cfg.model_by_name(model) {
-        Some((_, m)) => m.targets.first().and_then(|t| t.price),
+        // Any target may serve (weights, failover): reserve at the dearest; the record is
+        // charged at the price of the one that served.
+        Some((_, m)) => m
+            .targets
+            .iter()
+            .filter_map(|t| t.price)
+            .max_by(|a, b| (a.input + a.output).total_cmp(&(b.input + b.output))),
         None => snap.cfg.prices.lookup(&[model]),
     }
 }

@@ -1,0 +1,341 @@
+//! Routing and resilience with real simulators as targets: retries that bill once, circuit
+//! breakers opening, probing and closing, `Retry-After`, fallback models, cost tiers, and
+//! egress rules. Faults come from the simulator's own injection (`--fail-rate`), a port with
+//! no listener, and a simulator started later on that port.
+
+use crate::harness::procs::SIM_MODEL;
+use crate::harness::{assert_openai_error, chat_body, get, post_json, post_raw, Row, Sim, Stack};
+
+/// A loopback port with no listener (bound, noted, released).
+fn dead_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+fn chat(stack: &Stack, model: &str, prompt: &str) -> (crate::harness::Response, Row) {
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body(model, prompt, 3, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    (r, row)
+}
+
+/// The value of one series of a metric, if present.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn a_5xx_target_is_retried_elsewhere_and_only_the_answer_is_billed() {
+    let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "500"]);
+    let bad_url = bad.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml =
+            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: smart\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}, weight: 1}}\n      - {{provider: sim, model: {SIM_MODEL}, weight: 1}}\n    retry: {{attempts: 1, on: [connect, 5xx]}}\n    breaker: {{failures: 1000}}\n"
+        );
+        c.governance_yaml
+            .push_str("routing: {retry_budget: {min_per_second: 1000}}\n");
+    });
+    let mut retried = 0;
+    for i in 0..24 {
+        let (r, row) = chat(&stack, "smart", &format!("retry me {i}"));
+        // The client never sees the failing target: the answer is the healthy one's.
+        assert_eq!(
+            r.header("x-tollgate-target"),
+            Some(format!("sim/{SIM_MODEL}").as_str())
+        );
+        assert_eq!(row.provider.as_deref(), Some("sim"), "{row:#?}");
+        assert_eq!(row.requested_model.as_deref(), Some("smart"));
+        // Billed once, from the usage the client received.
+        let usage = &r.json()["usage"];
+        assert_eq!(
+            (row.input_tokens, row.output_tokens),
+            (
+                usage["prompt_tokens"].as_i64().unwrap_or(-1),
+                usage["completion_tokens"].as_i64().unwrap_or(-1)
+            )
+        );
+        match row.route.as_deref() {
+            Some(route) => {
+                assert!(
+                    route.contains(&format!("bad/{SIM_MODEL} answered 500")),
+                    "{route}"
+                );
+                assert_eq!(row.attempts, 2, "{row:#?}");
+                retried += 1;
+            }
+            None => assert_eq!(row.attempts, 1, "{row:#?}"),
+        }
+    }
+    // Half the first choices are the failing target (24 draws: all on one side is 2^-23).
+    assert!(retried > 0, "no request was retried");
+    // One row per request: failed attempts add none.
+    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    assert_eq!(rows.len(), 24, "{rows:#?}");
+}
+
+#[test]
+fn retries_stop_at_the_policy_and_the_provider_error_passes_through() {
+    let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "502"]);
+    let bad_url = bad.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.extra_providers_yaml =
+            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
+        // 5xx is not in `on`: the 502 goes back to the client as the provider sent it.
+        c.extra_models_yaml = format!(
+            "  - name: strict\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [connect]}}\n    breaker: {{failures: 1000}}\n"
+        );
+    });
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("strict", "x", 1, false),
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    assert_eq!(
+        (row.provider.as_deref(), row.attempts),
+        (Some("bad"), 1),
+        "{row:#?}"
+    );
+}
+
+#[test]
+fn the_retry_budget_caps_retries_per_second() {
+    let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "500"]);
+    let bad_url = bad.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml =
+            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [5xx]}}\n    breaker: {{failures: 1000}}\n"
+        );
+        c.governance_yaml
+            .push_str("routing: {retry_budget: {ratio: 0, min_per_second: 2}}\n");
+    });
+    // Two retries fit the budget; then, within the same second, the 500 is the answer.
+    let mut statuses = Vec::new();
+    let mut exhausted = false;
+    for i in 0..6 {
+        let r = post_json(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &chat_body("pair", &format!("budget {i}"), 1, false),
+        );
+        statuses.push(r.status);
+        let row = stack.agent.row_of(&r);
+        exhausted |= row
+            .route
+            .as_deref()
+            .is_some_and(|r| r.contains("retry budget exhausted"));
+    }
+    // A second boundary may fall between two of the six (milliseconds apart) and refill the
+    // budget once, never twice.
+    assert!(statuses.contains(&500), "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 200).count() >= 2,
+        "{statuses:?}"
+    );
+    assert!(exhausted, "{statuses:?}");
+}
+
+#[test]
+fn a_breaker_opens_then_probes_and_closes_when_the_target_recovers() {
+    let dead = dead_port();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml =
+            format!("  - {{name: flaky, kind: openai, base_url: \"http://{dead}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: flaky, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    breaker: {{failures: 2, window_ms: 60000, cooldown_ms: 1500}}\n"
+        );
+    });
+    let series = format!("tollgate_target_breaker_state{{target=\"flaky/{SIM_MODEL}\"}}");
+    // Two connect failures: each request is retried on the priority-1 target.
+    for i in 0..2 {
+        let (_, row) = chat(&stack, "pair", &format!("refused {i}"));
+        assert_eq!((row.provider.as_deref(), row.attempts), (Some("sim"), 2));
+        assert!(
+            row.route.as_deref().is_some_and(|r| r.contains("flaky/")),
+            "{row:#?}"
+        );
+    }
+    // Open: requests go straight to the other target, no attempt at the dead one.
+    assert_eq!(metric(&stack.agent.metrics(), &series), Some(2.0));
+    let ready = get(stack.agent.addr, "/readyz").json();
+    assert_eq!(
+        ready["breakers"][format!("flaky/{SIM_MODEL}")],
+        "open",
+        "{ready}"
+    );
+    let (_, row) = chat(&stack, "pair", "while open");
+    assert_eq!(
+        (row.provider.as_deref(), row.attempts, row.route.as_deref()),
+        (Some("sim"), 1, None)
+    );
+    // The target comes back; after the cooldown one probe goes to it, succeeds, and closes it.
+    let _revived = Sim::start_on(dead, &[]);
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    let (_, row) = chat(&stack, "pair", "probe");
+    assert_eq!(
+        (row.provider.as_deref(), row.attempts),
+        (Some("flaky"), 1),
+        "{row:#?}"
+    );
+    let m = stack.agent.metrics();
+    assert_eq!(metric(&m, &series), Some(0.0), "closed again");
+    assert_eq!(
+        metric(
+            &m,
+            &format!("tollgate_target_breaker_trips_total{{target=\"flaky/{SIM_MODEL}\"}}")
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn retry_after_holds_a_target_off() {
+    let limited = Sim::start(&["--fail-rate", "1", "--fail-status", "429"]);
+    let url = limited.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml =
+            format!("  - {{name: limited, kind: openai, base_url: \"{url}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: limited, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [connect, \"429\"]}}\n    breaker: {{failures: 1000}}\n"
+        );
+    });
+    let (_, row) = chat(&stack, "pair", "first");
+    assert_eq!((row.provider.as_deref(), row.attempts), (Some("sim"), 2));
+    assert!(
+        row.route
+            .as_deref()
+            .is_some_and(|r| r.contains("answered 429")),
+        "{row:#?}"
+    );
+    // The simulator said `Retry-After: 1`: the target is held off without being a trip.
+    let ready = get(stack.agent.addr, "/readyz").json();
+    assert_eq!(
+        ready["breakers"][format!("limited/{SIM_MODEL}")],
+        "open",
+        "{ready}"
+    );
+    let m = stack.agent.metrics();
+    assert_eq!(
+        metric(
+            &m,
+            &format!("tollgate_target_breaker_trips_total{{target=\"limited/{SIM_MODEL}\"}}")
+        ),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn fallback_models_serve_when_every_target_failed() {
+    let dead = dead_port();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.extra_providers_yaml =
+            format!("  - {{name: gone, kind: openai, base_url: \"http://{dead}\"}}\n");
+        c.extra_models_yaml =
+            "  - name: primary\n    provider: gone\n    model: big\n    fallback: [smol]\n".into();
+    });
+    let (r, row) = chat(&stack, "primary", "fall back");
+    assert_eq!(
+        r.header("x-tollgate-target"),
+        Some(format!("sim/{SIM_MODEL}").as_str())
+    );
+    assert_eq!(row.requested_model.as_deref(), Some("primary"));
+    assert_eq!(row.served_model.as_deref(), Some(SIM_MODEL));
+    let route = row.route.unwrap_or_default();
+    assert!(
+        route.contains("gone/big") && route.contains("fallback primary -> smol"),
+        "{route}"
+    );
+    // The provider received the fallback's model name, not the virtual one.
+    let last = stack.sim.last_request();
+    assert!(last["body"]
+        .as_str()
+        .is_some_and(|b| b.contains(SIM_MODEL) && !b.contains("primary")));
+}
+
+#[test]
+fn cost_tiers_send_each_request_to_the_first_rule_it_satisfies() {
+    let stack = Stack::custom(Sim::start(&[]), |c| {
+        c.extra_models_yaml = format!(
+            "  - name: big\n    provider: sim\n    model: {SIM_MODEL}\n  - name: auto\n    tiers:\n      - {{model: big, when: {{keywords: [architecture]}}}}\n      - {{model: smol, when: {{max_prompt_tokens: 60, tools: false}}}}\n      - {{model: big}}\n"
+        );
+    });
+    let tier_of = |prompt: &str| -> (String, String) {
+        let (_, row) = chat(&stack, "auto", prompt);
+        assert_eq!(row.requested_model.as_deref(), Some("auto"));
+        let route = row.route.unwrap_or_default();
+        let tier = route
+            .split_once("tier ")
+            .map(|(_, t)| t[..1].to_string())
+            .unwrap_or_default();
+        (tier, route)
+    };
+    assert_eq!(tier_of("what is 2+2").0, "1", "short prompt, no tools");
+    let (tier, route) = tier_of(&"explain this regex please ".repeat(20));
+    assert_eq!(tier, "2", "{route}");
+    let (tier, route) = tier_of("Review the ARCHITECTURE of this service");
+    assert_eq!(tier, "0", "{route}");
+    // A request with tools skips the no-tools tier.
+    let mut body = chat_body("auto", "hi", 3, false);
+    body["tools"] = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let r = post_json(stack.agent.addr, "/v1/chat/completions", &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    assert!(
+        row.route.as_deref().is_some_and(|r| r.contains("tier 2")),
+        "{row:#?}"
+    );
+}
+
+#[test]
+fn egress_rules_keep_callers_off_public_providers() {
+    let stack = Stack::custom(Sim::start(&[]), |c| {
+        let url = c.providers[0].base_url.clone();
+        c.extra_providers_yaml =
+            format!("  - {{name: cloud, kind: openai, base_url: \"{url}\", public: true}}\n");
+        c.extra_models_yaml =
+            format!("  - name: ext\n    provider: cloud\n    model: {SIM_MODEL}\n");
+        c.governance_yaml
+            .push_str("egress: {public: deny, allow: [{team: research}]}\n");
+    });
+    let body = serde_json::to_vec(&chat_body("ext", "x", 1, false)).unwrap_or_default();
+    let r = post_raw(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        &body,
+    );
+    assert_openai_error(&r, 403, "invalid_request_error", "egress_denied");
+    let r = post_raw(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-tollgate-team", "research"),
+        ],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Private targets are not affected.
+    let r = post_raw(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        &serde_json::to_vec(&chat_body("smol", "x", 1, false)).unwrap_or_default(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
