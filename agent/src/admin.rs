@@ -175,6 +175,9 @@ fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response
     if let Some(r) = config_endpoint(ctx, &req.method, path) {
         return r;
     }
+    if let Some(r) = models_endpoint(ctx, &req.method, path, body) {
+        return r;
+    }
     if path.starts_with("/admin/") {
         let store = ctx
             .store
@@ -226,6 +229,72 @@ fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response
             format!("Unknown admin URL: {path}"),
         )),
     }
+}
+
+/// `GET /admin/models` and `PUT /admin/models/{name}/weights`. `None` for other paths.
+fn models_endpoint(
+    ctx: &Ctx,
+    method: &hyper::Method,
+    path: &str,
+    body: &[u8],
+) -> Option<Response<Full<Bytes>>> {
+    let rest = path.strip_prefix("/admin/models")?;
+    if rest.is_empty() && method == hyper::Method::GET {
+        return Some(json(
+            StatusCode::OK,
+            crate::reload::weights::list(&ctx.shared.snapshot.load()),
+        ));
+    }
+    let name = rest.strip_prefix('/')?.strip_suffix("/weights")?;
+    let refuse = |status: u16, code: &str, message: String| {
+        json(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            serde_json::json!({"error": {"message": message, "type": "invalid_request_error", "code": code, "param": null}}),
+        )
+    };
+    if method != hyper::Method::PUT {
+        return Some(refuse(
+            405,
+            "method_not_allowed",
+            format!("{path} accepts PUT only"),
+        ));
+    }
+    let Some(reloader) = &ctx.reloader else {
+        return Some(refuse(
+            404,
+            "not_found",
+            "this agent runs from an in-memory configuration: nothing to change".into(),
+        ));
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        weights: std::collections::HashMap<String, u32>,
+    }
+    let weights = match serde_json::from_slice::<Body>(body) {
+        Ok(b) => b.weights,
+        Err(e) => {
+            return Some(refuse(
+                400,
+                "invalid_request",
+                format!("expected {{\"weights\": {{\"provider/model\": N, ...}}}}: {e}"),
+            ))
+        }
+    };
+    Some(
+        match crate::reload::weights::set(reloader, name, &weights) {
+            Ok(a) => json(
+                StatusCode::OK,
+                serde_json::json!({
+                    "model": name,
+                    "weights": weights,
+                    "generation": a.generation,
+                    "version": a.version,
+                }),
+            ),
+            Err(e) => refuse(e.status(), "weights_rejected", e.to_string()),
+        },
+    )
 }
 
 /// `/admin/config/...`: reload, history, versions. `None` for other paths.

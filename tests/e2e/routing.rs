@@ -339,3 +339,107 @@ fn egress_rules_keep_callers_off_public_providers() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[test]
+fn weights_shift_through_the_admin_api_under_load_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let canary = Sim::start(&[]);
+    let canary_url = canary.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.admin = Some(true);
+        c.extra_providers_yaml =
+            format!("  - {{name: canary, kind: openai, base_url: \"{canary_url}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: split\n    targets:\n      - {{provider: sim, model: {SIM_MODEL}, weight: 100}}\n      - {{provider: canary, model: {SIM_MODEL}, weight: 1}}\n"
+        );
+    });
+    let addr = stack.agent.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let body =
+                    serde_json::to_vec(&chat_body("split", "shift", 2, false)).unwrap_or_default();
+                let mut client = crate::harness::Client::connect(addr);
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client.request(
+                        "POST",
+                        "/v1/chat/completions",
+                        &[("content-type", "application/json")],
+                        &body,
+                    );
+                    statuses.push(r.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let admin = stack.agent.admin_addr().expect("an admin listener");
+    let change = serde_json::json!({"weights": {
+        format!("sim/{SIM_MODEL}"): 1,
+        format!("canary/{SIM_MODEL}"): 100,
+    }});
+    let put_at_ms = crate::governance::now_ms();
+    let r = crate::governance::admin(admin, "PUT", "/admin/models/split/weights", Some(&change));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let changed_ms = crate::governance::now_ms();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let statuses: Vec<u16> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap_or_default())
+        .collect();
+    assert!(statuses.len() > 20, "{}", statuses.len());
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Before the change the canary got ~1 %, after it ~99 %.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    let share = |after: bool| {
+        let picked: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.requested_model.as_deref() == Some("split"))
+            // Requests that started while the change was being applied could see either.
+            .filter(|r| {
+                if after {
+                    r.ts_ms > changed_ms
+                } else {
+                    r.ts_ms < put_at_ms
+                }
+            })
+            .collect();
+        let canary = picked
+            .iter()
+            .filter(|r| r.provider.as_deref() == Some("canary"))
+            .count();
+        (canary as f64 / picked.len().max(1) as f64, picked.len())
+    };
+    let (before, n_before) = share(false);
+    let (after, n_after) = share(true);
+    assert!(n_before > 5 && n_after > 5, "{n_before} {n_after}");
+    assert!(before < 0.2 && after > 0.8, "{before} {after}");
+    // The change is a configuration version like any reload, and in the file.
+    let history = crate::governance::admin(admin, "GET", "/admin/config/history", None).json();
+    let versions = history["versions"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        versions.last().map(|v| v["trigger"].clone()),
+        Some("admin".into()),
+        "{history}"
+    );
+    let file = std::fs::read_to_string(&stack.agent.config_path).unwrap_or_default();
+    assert!(file.contains("weight: 100"), "{file}");
+    let models = crate::governance::admin(admin, "GET", "/admin/models", None).json();
+    let split = models["models"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "split").cloned())
+        .unwrap_or_default();
+    assert_eq!(split["targets"][1]["weight"], 100, "{models}");
+    // A target the model does not have is refused, and nothing changes.
+    let bad = serde_json::json!({"weights": {"nope/x": 5}});
+    let r = crate::governance::admin(admin, "PUT", "/admin/models/split/weights", Some(&bad));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("no target nope/x"), "{}", r.text());
+}

@@ -543,6 +543,112 @@ mod tests {
         assert!(Hours::parse("10-11").is_none());
     }
 
+    fn load(yaml: &str) -> Result<crate::config::Config, String> {
+        crate::config::Config::from_yaml(yaml, &|_| None).map_err(|e| e.to_string())
+    }
+
+    const PROVIDERS: &str = "providers:
+  - {name: a, kind: openai, base_url: http://127.0.0.1:8001}
+  - {name: cloud, kind: openai, base_url: https://api.openai.com}
+";
+
+    #[test]
+    fn routing_settings_are_read_with_defaults_and_overrides() {
+        let c = load(&format!(
+            "{PROVIDERS}routing:
+  retry: {{attempts: 3, on: [connect, \"429\", 503]}}
+  timeouts: {{connect_ms: 250}}
+models:
+  - name: smart
+    targets:
+      - {{provider: a, model: q, weight: 5, context_window: 32768, serves: [chat, tools], hours: \"22:00-06:00\"}}
+      - {{provider: cloud, model: g, priority: 1}}
+    fallback: [small]
+    timeouts: {{first_token_ms: 900, request_ms: 60000}}
+  - name: small
+    provider: a
+  - name: auto
+    tiers:
+      - {{model: small, when: {{max_prompt_tokens: 2000, tools: false, regex: \"^fix\"}}}}
+      - {{model: smart}}
+"
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let smart = &c.models[0];
+        assert_eq!(smart.retry.attempts, 3);
+        assert!(
+            smart.retry.on_connect
+                && smart.retry.retries_status(429)
+                && smart.retry.retries_status(503)
+        );
+        assert!(!smart.retry.retries_status(500));
+        assert_eq!(smart.timeouts.connect, Duration::from_millis(250));
+        assert_eq!(smart.timeouts.first_token, Duration::from_millis(900));
+        assert_eq!(smart.timeouts.request, Some(Duration::from_secs(60)));
+        assert_eq!(smart.fallback, vec![1]);
+        assert!(smart.breaker.enabled, "several targets: breaker on");
+        assert!(!c.models[1].breaker.enabled, "one target, no fallback: off");
+        let t = &smart.targets[0];
+        assert_eq!(
+            (t.weight, t.priority, t.context_window),
+            (5, 0, Some(32768))
+        );
+        assert!(
+            t.serves.contains(RequestKind::Tools) && !t.serves.contains(RequestKind::Embeddings)
+        );
+        assert!(!c.providers[0].public && c.providers[1].public);
+        let auto = &c.models[2];
+        assert!(auto.targets.is_empty());
+        assert_eq!(auto.tiers.len(), 2);
+        assert_eq!(auto.tiers[0].model, 1);
+        assert!(
+            auto.tiers[0].label.contains("prompt<=2000") && auto.tiers[1].label.contains("default")
+        );
+    }
+
+    #[test]
+    fn routing_problems_are_reported_with_their_paths() {
+        let e = load(&format!(
+            "{PROVIDERS}routing: {{retry_budget: {{ratio: -1}}}}
+models:
+  - name: m
+    targets:
+      - {{provider: a, serves: [chat, video], hours: \"9-5\", context_window: 0}}
+    retry: {{on: [connect, teapot, 302]}}
+    breaker: {{failures: 0, cooldown_ms: 0}}
+    timeouts: {{idle_ms: 0}}
+    fallback: [m, ghost]
+  - name: t
+    tiers:
+      - {{model: nowhere}}
+      - {{model: m, when: {{regex: \"(\"}}}}
+  - name: both
+    provider: a
+    tiers: [{{model: m}}]
+"
+        ))
+        .err()
+        .unwrap_or_default();
+        for needle in [
+            "routing.retry_budget.ratio",
+            "models[0].targets[0].serves[1]",
+            "models[0].targets[0].hours",
+            "models[0].targets[0].context_window",
+            "models[0].retry.on[1]",
+            "models[0].retry.on[2]",
+            "models[0].breaker.failures",
+            "models[0].breaker.cooldown_ms",
+            "models[0].timeouts.idle_ms",
+            "cannot fall back to itself",
+            "unknown model `ghost`",
+            "unknown model `nowhere`",
+            "models[1].tiers[1].when.regex",
+            "models[2].tiers: a model with tiers",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+    }
+
     #[test]
     fn public_hosts() {
         for h in ["api.openai.com", "8.8.8.8", "[2001:db8::1]"] {

@@ -663,6 +663,14 @@ impl Validator<'_> {
                 self.problem(format!("{path}.name"), "must not be empty");
                 continue;
             }
+            // Names reach response headers (`x-tollgate-target`) and metric labels.
+            if m.name.chars().any(char::is_control) {
+                self.problem(
+                    format!("{path}.name"),
+                    "must not contain control characters",
+                );
+                continue;
+            }
             let tiers = m
                 .tiers
                 .as_deref()
@@ -798,6 +806,15 @@ impl Validator<'_> {
                 self.problem(
                     format!("{field}.weight"),
                     "must be at least 1 (remove the target to send it nothing)",
+                );
+            }
+            if t.model
+                .as_deref()
+                .is_some_and(|n| n.chars().any(char::is_control))
+            {
+                self.problem(
+                    format!("{field}.model"),
+                    "must not contain control characters",
                 );
             }
             let cond = self.target_conditions(&field, t);

@@ -13,6 +13,7 @@
 
 pub mod history;
 pub mod watch;
+pub mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
