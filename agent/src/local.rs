@@ -130,16 +130,22 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
     (if ready { 200 } else { 503 }, body.to_string())
 }
 
-/// Targets whose circuit breaker is not closed, with their state.
+/// Targets whose circuit breaker is not closed, or whose provider fails its health check.
 fn open_breakers(s: &Shared) -> serde_json::Value {
     let snap = s.snapshot.load();
     let now = crate::governance::window::now_ms().max(0) as u64;
     let mut out = serde_json::Map::new();
     for (m, list) in snap.breakers.iter().enumerate() {
-        if !snap.cfg.models[m].breaker.enabled {
-            continue;
-        }
-        for tb in list {
+        let model = &snap.cfg.models[m];
+        for (t, tb) in list.iter().enumerate() {
+            let provider = &snap.providers[model.targets[t].provider];
+            if !provider.healthy.load(Ordering::Relaxed) {
+                out.insert(tb.label.clone(), "unhealthy".into());
+                continue;
+            }
+            if !model.breaker.enabled {
+                continue;
+            }
             let state = tb.breaker.state(now);
             if state != crate::upstream::breaker::State::Closed {
                 out.insert(tb.label.clone(), state.label().into());

@@ -277,22 +277,8 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
 
     let dns_shared = shared.clone();
     let dns = std::thread::Builder::new()
-        .name("tollgate-dns".into())
-        .spawn(move || {
-            let mut waited = Duration::ZERO;
-            while !dns_shared.shutting_down.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(200));
-                waited += Duration::from_millis(200);
-                if waited >= Duration::from_secs(30) {
-                    // The providers of the current snapshot (a reload resolves new ones itself).
-                    let snap = dns_shared.snapshot.load_full();
-                    for (p, rt) in snap.cfg.providers.iter().zip(&snap.providers) {
-                        rt.refresh(p);
-                    }
-                    waited = Duration::ZERO;
-                }
-            }
-        })?;
+        .name("tollgate-upstream".into())
+        .spawn(move || crate::upstream::health::run(dns_shared))?;
 
     let tel_shared = shared.clone();
     let tel_cfg = cfg.clone();

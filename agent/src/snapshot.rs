@@ -28,8 +28,11 @@ pub struct ProviderRuntime {
     /// The provider's metric label id (by name).
     pub label: u32,
     pub tls: Option<Tls>,
-    /// Current addresses, refreshed by the DNS thread (workers never resolve).
+    /// Current addresses, refreshed by the upstream thread (workers never resolve).
     pub addrs: ArcSwap<Vec<SocketAddr>>,
+    /// False while the provider's active health check fails (`upstream/health.rs`); routing
+    /// passes its targets over. Always true without a check.
+    pub healthy: std::sync::atomic::AtomicBool,
 }
 
 impl ProviderRuntime {
@@ -136,6 +139,7 @@ impl Registry {
                         label: metrics.provider_label(&p.name),
                         tls,
                         addrs: ArcSwap::from_pointee(Vec::new()),
+                        healthy: std::sync::atomic::AtomicBool::new(true),
                     });
                     rt.refresh(p);
                     rt

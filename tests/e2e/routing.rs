@@ -443,3 +443,57 @@ fn weights_shift_through_the_admin_api_under_load_without_a_failed_request() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("no target nope/x"), "{}", r.text());
 }
+
+#[test]
+fn an_active_health_check_takes_a_target_out_and_back() {
+    let checked = Sim::start(&[]);
+    let addr = checked.addr;
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml = format!(
+            "  - name: checked\n    kind: openai\n    base_url: \"http://{addr}\"\n    health_check: {{path: /health, interval_ms: 100, timeout_ms: 100, failures: 1}}\n"
+        );
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: checked, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n"
+        );
+    });
+    let (_, row) = chat(&stack, "pair", "healthy");
+    assert_eq!(row.provider.as_deref(), Some("checked"));
+    drop(checked);
+    // Within a few check intervals the target is out: requests go straight to the other one,
+    // without a failed attempt at the dead one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let ready = get(stack.agent.addr, "/readyz").json();
+        if ready["breakers"]
+            .get(format!("checked/{SIM_MODEL}"))
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never taken out: {ready}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let (_, row) = chat(&stack, "pair", "while down");
+    assert_eq!(
+        (row.provider.as_deref(), row.attempts),
+        (Some("sim"), 1),
+        "{row:#?}"
+    );
+    let _back = Sim::start_on(addr, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (_, row) = chat(&stack, "pair", "back?");
+        if row.provider.as_deref() == Some("checked") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never back in routing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

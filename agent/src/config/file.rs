@@ -267,6 +267,18 @@ pub struct ProviderFile {
     /// A public provider (a cloud API) that `egress` rules may keep teams away from (default:
     /// true unless the host is loopback, private, link-local or a cluster-internal name).
     pub public: Option<bool>,
+    /// Active health check: `GET path` every `interval_ms`; `failures` in a row take the
+    /// provider's targets out of routing until a check passes.
+    pub health_check: Option<HealthCheckFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub failures: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use super::file::{BreakerFile, RetryFile, RoutingFile, TargetFile, TierFile, TimeoutsFile};
+use super::file::{
+    BreakerFile, HealthCheckFile, RetryFile, RoutingFile, TargetFile, TierFile, TimeoutsFile,
+};
 use super::validate::Validator;
 use super::Glob;
 
@@ -222,6 +224,16 @@ pub(super) struct TargetConditions {
     pub hours: Option<Hours>,
 }
 
+/// A provider's active health check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Failed checks in a row that take the provider out of routing.
+    pub failures: u32,
+}
+
 /// `routing:` resolved against the transport defaults.
 #[derive(Debug, Clone)]
 pub struct RoutingDefaults {
@@ -232,6 +244,46 @@ pub struct RoutingDefaults {
 }
 
 impl Validator<'_> {
+    pub(super) fn health_check(
+        &mut self,
+        path: &str,
+        h: &HealthCheckFile,
+        tls: bool,
+    ) -> Option<HealthCheck> {
+        if tls {
+            self.problem(
+                path,
+                "active health checks are plain http (cloud APIs rely on the passive breaker)",
+            );
+            return None;
+        }
+        let out = HealthCheck {
+            path: h.path.clone().unwrap_or_else(|| "/health".into()),
+            interval: Duration::from_millis(h.interval_ms.unwrap_or(5_000)),
+            timeout: Duration::from_millis(h.timeout_ms.unwrap_or(1_000)),
+            failures: h.failures.unwrap_or(2),
+        };
+        if !out.path.starts_with('/') || out.path.chars().any(|c| c.is_control() || c == ' ') {
+            self.problem(format!("{path}.path"), "must be a path starting with `/`");
+        }
+        if !(100..=3_600_000).contains(&out.interval.as_millis()) {
+            self.problem(
+                format!("{path}.interval_ms"),
+                "must be between 100 and 3600000",
+            );
+        }
+        if out.timeout.is_zero() || out.timeout > out.interval {
+            self.problem(
+                format!("{path}.timeout_ms"),
+                "must be at least 1 and at most interval_ms",
+            );
+        }
+        if out.failures == 0 {
+            self.problem(format!("{path}.failures"), "must be at least 1");
+        }
+        Some(out)
+    }
+
     pub(super) fn routing_defaults(&mut self, f: &RoutingFile, base: Timeouts) -> RoutingDefaults {
         let budget = f.retry_budget.clone().unwrap_or_default();
         let d = RetryBudget::default();

@@ -156,6 +156,8 @@ pub struct Provider {
     pub max_request_headers: usize,
     /// Outside the cluster (a cloud API): `egress` rules apply.
     pub public: bool,
+    /// Active health check (plain-http providers).
+    pub health_check: Option<routing::HealthCheck>,
 }
 
 /// OpenAI's servers answer 431 past 100 request headers.
@@ -620,6 +622,10 @@ impl Validator<'_> {
             let public = p
                 .public
                 .unwrap_or_else(|| routing::host_is_public(&url.host));
+            let health_check = p
+                .health_check
+                .as_ref()
+                .and_then(|h| self.health_check(&format!("{path}.health_check"), h, url.tls));
             out.push((
                 Provider {
                     name: p.name.clone(),
@@ -638,6 +644,7 @@ impl Validator<'_> {
                         .max_request_headers
                         .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
                     public,
+                    health_check,
                 },
                 path,
             ));

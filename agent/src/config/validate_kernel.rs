@@ -226,6 +226,7 @@ pub(super) fn intercept_routes(
                     max_request_headers: super::validate::DEFAULT_MAX_REQUEST_HEADERS,
                     // The client chose that destination; egress rules govern routed traffic.
                     public: false,
+                    health_check: None,
                 },
                 format!("intercept[{dst}]"),
             ));

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod breaker;
+pub mod health;
 pub mod pool;
 pub mod tls;
 

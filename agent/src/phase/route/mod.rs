@@ -30,6 +30,7 @@ mod tiers;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use crate::api::{Api, Wire};
 use crate::config::routing::RequestKind;
@@ -391,6 +392,16 @@ fn choose(
                 &mut skipped.tried
             } else if busy.contains(&i) {
                 return false;
+            } else if !snap.providers[t.provider].healthy.load(Ordering::Relaxed) {
+                // The active health check fails: like an open breaker, retry in a second.
+                if count {
+                    skipped.open_for_ms = if skipped.open == 0 {
+                        1000
+                    } else {
+                        skipped.open_for_ms.min(1000)
+                    };
+                }
+                &mut skipped.open
             } else if let (true, State::Open { for_ms }) =
                 (model.breaker.enabled, breakers[i].breaker.state(now_ms))
             {
