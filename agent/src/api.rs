@@ -72,3 +72,30 @@ impl Api {
         matches!(self, Api::ChatCompletions | Api::Completions)
     }
 }
+
+/// How a request on `api` reaches a provider of `kind`: natively (`Some(None)`), through a
+/// translation (`Some(Some(direction))`: chat completions ⇄ Anthropic messages), or not at all.
+pub fn reach(
+    api: Api,
+    kind: crate::config::ProviderKind,
+) -> Option<Option<crate::translate::Direction>> {
+    use crate::config::ProviderKind;
+    use crate::translate::Direction;
+    match (api, kind) {
+        (Api::Messages, ProviderKind::Anthropic) => Some(None),
+        (Api::Messages, ProviderKind::OpenAi) => Some(Some(Direction::MessagesToChat)),
+        (Api::ChatCompletions, ProviderKind::Anthropic) => Some(Some(Direction::ChatToMessages)),
+        (_, ProviderKind::OpenAi) => Some(None),
+        (_, ProviderKind::Anthropic) => None,
+    }
+}
+
+impl crate::translate::Direction {
+    /// The API the provider is spoken to in.
+    pub fn upstream_api(self) -> Api {
+        match self {
+            crate::translate::Direction::ChatToMessages => Api::Messages,
+            crate::translate::Direction::MessagesToChat => Api::ChatCompletions,
+        }
+    }
+}

@@ -25,5 +25,6 @@ pub mod server;
 pub mod shared;
 pub mod snapshot;
 pub mod telemetry;
+pub mod translate;
 pub mod upstream;
 pub mod worker;

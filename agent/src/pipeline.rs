@@ -106,6 +106,10 @@ pub struct RequestCtx {
     pub price: Option<crate::metering::prices::Price>,
     /// Tier, fallback, attempts: what routing went through.
     pub route: route::RouteState,
+    /// The API the provider is spoken to in: `api`, unless the request is translated.
+    pub upstream_api: Api,
+    /// Set by forward when the target's provider speaks the other wire format.
+    pub translation: Option<crate::translate::Direction>,
 }
 
 impl RequestCtx {
@@ -140,6 +144,8 @@ impl RequestCtx {
             quota: None,
             price: None,
             route: route::RouteState::default(),
+            upstream_api: api,
+            translation: None,
         }
     }
 }

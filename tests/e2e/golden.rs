@@ -200,8 +200,8 @@ fn errors() {
     );
     check(
         "errors",
-        "unsupported_api.anthropic",
-        "/v1/messages",
-        json!({"model": "smol", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}),
+        "unsupported_api.openai",
+        "/v1/embeddings",
+        json!({"model": "claude", "input": "x"}),
     );
 }

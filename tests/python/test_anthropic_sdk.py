@@ -75,6 +75,6 @@ def test_unknown_model_raises_not_found(client):
     assert caught.value.status_code == 404
 
 
-def test_openai_model_on_messages_is_bad_request(client):
-    with pytest.raises(anthropic.BadRequestError):
-        client.messages.create(model="smol", max_tokens=1, messages=[{"role": "user", "content": "x"}])
+def test_unknown_model_is_not_found(client):
+    with pytest.raises(anthropic.NotFoundError):
+        client.messages.create(model="no-such-model", max_tokens=1, messages=[{"role": "user", "content": "x"}])

@@ -195,16 +195,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(b) = &args.baseline {
         agents.push(("baseline", b.clone()));
     }
+    // The agent with each driver, and once more on io_uring with a weighted virtual model.
+    let mut variants: Vec<(&str, PathBuf, &str, bool)> = Vec::new();
     for (label, binary) in &agents {
         for driver in agent::DRIVERS {
-            let name = format!("{label} {driver}");
+            variants.push((label, binary.clone(), driver, false));
+        }
+    }
+    variants.push(("tollgate", layout.bin("tollgate"), "io_uring", true));
+    for (label, binary, driver, weighted) in &variants {
+        {
+            let driver = *driver;
+            let name = if *weighted {
+                format!("{label} {driver} weighted")
+            } else {
+                format!("{label} {driver}")
+            };
             let started = match &agent_build {
                 Ok(()) => agent::start(
                     binary,
-                    &layout.work.join(format!("{label}-{driver}")),
+                    &layout.work.join(name.replace(' ', "-")),
                     driver,
                     sim.addr,
                     MODEL,
+                    *weighted,
                 ),
                 Err(why) => Err(anyhow::anyhow!("{why}")),
             };

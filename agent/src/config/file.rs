@@ -270,6 +270,9 @@ pub struct ProviderFile {
     /// Active health check: `GET path` every `interval_ms`; `failures` in a row take the
     /// provider's targets out of routing until a check passes.
     pub health_check: Option<HealthCheckFile>,
+    /// `native` (default): `/v1/responses` is sent as it is; `chat`: the provider serves chat
+    /// completions only, and Responses requests are translated.
+    pub responses_api: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -158,6 +158,8 @@ pub struct Provider {
     pub public: bool,
     /// Active health check (plain-http providers).
     pub health_check: Option<routing::HealthCheck>,
+    /// `/v1/responses` requests are translated to chat completions (`responses_api: chat`).
+    pub responses_via_chat: bool,
 }
 
 /// OpenAI's servers answer 431 past 100 request headers.
@@ -626,6 +628,24 @@ impl Validator<'_> {
                 .health_check
                 .as_ref()
                 .and_then(|h| self.health_check(&format!("{path}.health_check"), h, url.tls));
+            let responses_via_chat = match p.responses_api.as_deref() {
+                None | Some("native") => false,
+                Some("chat") if kind == ProviderKind::OpenAi => true,
+                Some("chat") => {
+                    self.problem(
+                        format!("{path}.responses_api"),
+                        "only `kind: openai` providers serve chat completions",
+                    );
+                    false
+                }
+                Some(other) => {
+                    self.problem(
+                        format!("{path}.responses_api"),
+                        format!("`{other}` is not one of native, chat"),
+                    );
+                    false
+                }
+            };
             out.push((
                 Provider {
                     name: p.name.clone(),
@@ -645,6 +665,7 @@ impl Validator<'_> {
                         .unwrap_or(DEFAULT_MAX_REQUEST_HEADERS),
                     public,
                     health_check,
+                    responses_via_chat,
                 },
                 path,
             ));

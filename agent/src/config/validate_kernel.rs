@@ -227,6 +227,7 @@ pub(super) fn intercept_routes(
                     // The client chose that destination; egress rules govern routed traffic.
                     public: false,
                     health_check: None,
+                    responses_via_chat: false,
                 },
                 format!("intercept[{dst}]"),
             ));

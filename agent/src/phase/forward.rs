@@ -208,7 +208,7 @@ fn request_head(ctx: &RequestCtx, provider: &Provider, body_len: usize) -> Vec<u
     let mut h = Vec::with_capacity(512);
     h.extend_from_slice(b"POST ");
     h.extend_from_slice(provider.base_path.as_bytes());
-    h.extend_from_slice(ctx.api.upstream_path().as_bytes());
+    h.extend_from_slice(ctx.upstream_api.upstream_path().as_bytes());
     h.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     h.extend_from_slice(provider.host_header.as_bytes());
     h.extend_from_slice(
@@ -291,13 +291,45 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     let provider = &cfg.providers[target.provider];
     check_header_count(ctx, provider)?;
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
-    let (edits, injected) = body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
+    // A provider of the other wire format gets a translated body (the one place a request
+    // body is re-serialised: the formats differ in shape, not in a field or two).
+    let translated = match crate::api::reach(ctx.api, provider.kind).flatten() {
+        Some(dir) => {
+            let body = crate::translate::request(dir, &ctx.body, upstream_model).map_err(|e| {
+                GateError::new(
+                    ErrorKind::InvalidRequest { param: None },
+                    format!(
+                        "this request goes to provider `{}`, which speaks the other API: {e}",
+                        provider.name
+                    ),
+                )
+            })?;
+            ctx.translation = Some(dir);
+            ctx.upstream_api = dir.upstream_api();
+            Some(Bytes::from(body))
+        }
+        None => {
+            ctx.translation = None;
+            ctx.upstream_api = ctx.api;
+            None
+        }
+    };
+    let (edits, injected) = match &translated {
+        Some(_) => (Vec::new(), false),
+        None => body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model),
+    };
     ctx.injected_usage = injected;
     let timeouts = target
         .model_index()
         .map_or(cfg.routing.timeouts, |m| cfg.models[m].timeouts);
-    let fwd = exchange(w, &snap, target.provider, &timeouts, || {
-        request_parts(ctx, provider, &edits)
+    let fwd = exchange(w, &snap, target.provider, &timeouts, || match &translated {
+        Some(body) => {
+            let mut parts = BytesVec::with_capacity(2);
+            parts.push(Bytes::from(request_head(ctx, provider, body.len())));
+            parts.push(body.clone());
+            parts
+        }
+        None => request_parts(ctx, provider, &edits),
     })
     .await?;
     ctx.upstream_head_at = Some(Instant::now());

@@ -69,22 +69,38 @@ fn piece_failure(e: PieceError, timeout: Duration) -> (Outcome, ErrorKind, Strin
 /// Meters each body piece and queues what the client should receive.
 struct Meter {
     sse: bool,
+    /// The provider's API: what usage is read in (the client's, unless translated).
     api: crate::api::Api,
     hide_usage_chunk: bool,
     splitter: FrameSplitter,
     acc: UsageAccumulator,
     frames: Vec<Bytes>,
     retained_bytes: usize,
+    /// The request is translated: a plain body is kept whole and translated at the end
+    /// (`translated_body`); stream frames go through this translator.
+    translate: Option<Translate>,
+}
+
+enum Translate {
+    Body(crate::translate::Direction),
+    Stream(Box<crate::translate::Stream>),
 }
 
 impl Meter {
     fn take(&mut self, piece: Bytes, retained: &mut Vec<Bytes>, parts: &mut Vec<Bytes>) {
         if !self.sse {
+            let whole = matches!(self.translate, Some(Translate::Body(_)));
             if self.retained_bytes + piece.len() <= MAX_RETAINED {
                 self.retained_bytes += piece.len();
                 retained.push(piece.clone());
+            } else if whole {
+                // Past the cap the body cannot be translated whole; `run` reports it.
+                self.retained_bytes = usize::MAX;
+                return;
             }
-            parts.push(piece);
+            if !whole {
+                parts.push(piece);
+            }
             return;
         }
         let frames = &mut self.frames;
@@ -101,7 +117,10 @@ impl Meter {
                 self.retained_bytes += frame.len();
                 retained.push(frame.clone());
             }
-            parts.push(frame);
+            match &mut self.translate {
+                Some(Translate::Stream(t)) => t.frame(&frame, parts),
+                _ => parts.push(frame),
+            }
         }
     }
 }
@@ -210,7 +229,31 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         );
         Bytes::from(e.to_response(ctx.api.wire()).body)
     });
+    let translate = ctx.translation.filter(|_| substitute.is_none()).map(|dir| {
+        if sse {
+            let include_usage = ctx
+                .inspection
+                .include_usage
+                .as_ref()
+                .is_some_and(|(on, _)| *on);
+            let model = ctx
+                .inspection
+                .original_model
+                .as_deref()
+                .unwrap_or(&ctx.inspection.model);
+            Translate::Stream(Box::new(crate::translate::Stream::new(
+                dir,
+                model,
+                include_usage,
+            )))
+        } else {
+            Translate::Body(dir)
+        }
+    });
     let framing = match head.framing {
+        // A translated body has another length than the provider's.
+        _ if translate.is_some() && ctx.head.minor_version >= 1 => ClientFraming::Chunked,
+        _ if translate.is_some() => ClientFraming::Close,
         ResponseFraming::Empty | ResponseFraming::Length(_) if !sse => ClientFraming::Length,
         _ if ctx.head.minor_version >= 1 => ClientFraming::Chunked,
         _ => ClientFraming::Close,
@@ -239,7 +282,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let mut reader = BodyReader::new(head.framing);
     let mut meter = Meter {
         sse,
-        api: ctx.api,
+        api: ctx.upstream_api,
+        translate,
         hide_usage_chunk: ctx.injected_usage,
         splitter: FrameSplitter::default(),
         acc: UsageAccumulator::default(),
@@ -318,11 +362,17 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         }
     }
     let Meter {
-        mut splitter, acc, ..
+        mut splitter,
+        acc,
+        translate,
+        retained_bytes,
+        ..
     } = meter;
     if let Some(rest) = splitter.take_rest() {
         ctx.response_payload.push(rest.clone());
-        parts.push(rest);
+        if translate.is_none() {
+            parts.push(rest);
+        }
     }
 
     // Usage: the provider's numbers when complete, else what was seen (settle estimates the rest).
@@ -337,7 +387,33 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
         };
-        ctx.usage = extract_usage(ctx.api, &body);
+        ctx.usage = extract_usage(ctx.upstream_api, &body);
+    }
+    match translate {
+        Some(Translate::Body(_)) if retained_bytes == usize::MAX => {
+            failure.get_or_insert((
+                Outcome::UpstreamReset,
+                ErrorKind::UpstreamProtocol,
+                format!(
+                    "the provider's response is over {MAX_RETAINED} bytes, too large to translate"
+                ),
+            ));
+        }
+        Some(Translate::Body(dir)) if failure.is_none() => {
+            let body = ctx.response_payload.concat();
+            let model = ctx
+                .inspection
+                .original_model
+                .as_deref()
+                .unwrap_or(&ctx.inspection.model);
+            parts.push(Bytes::from(crate::translate::response(
+                dir, ctx.status, &body, model,
+            )));
+        }
+        Some(Translate::Stream(mut t)) => {
+            t.finish(failure.is_none() && reader.is_done(), &mut parts)
+        }
+        _ => {}
     }
     if ctx.usage.is_some() {
         ctx.response_payload.clear();

@@ -186,7 +186,7 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
         LedgerMsg::Estimate {
             record: Box::new(record),
             input: Box::new(EstimateInput {
-                api: ctx.api,
+                api: ctx.upstream_api,
                 stream: ctx.inspection.stream,
                 request_body: ctx.body.clone(),
                 prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),

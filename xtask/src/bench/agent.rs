@@ -15,8 +15,36 @@ use super::process::Server;
 /// `io.driver` values the bench compares.
 pub const DRIVERS: [&str; 2] = ["io_uring", "epoll"];
 
-/// Agent config with one worker, `driver`, and the simulator as its only provider serving model `model`.
-pub fn render_config(data_dir: &Path, driver: &str, upstream: SocketAddr, model: &str) -> String {
+/// Agent config with one worker, `driver`, and the simulator as its only provider serving model
+/// `model`; `weighted`: the model is a virtual model of two weighted targets (3:1, two provider
+/// entries for the same simulator), so the routing policy's draw runs on every request.
+pub fn render_config(
+    data_dir: &Path,
+    driver: &str,
+    upstream: SocketAddr,
+    model: &str,
+    weighted: bool,
+) -> String {
+    if weighted {
+        return format!(
+            "# Written by `cargo xtask bench`.
+listen: 127.0.0.1:0
+data_dir: {data}
+workers: 1
+auth: {{ mode: open }}
+io: {{ driver: {driver} }}
+providers:
+  - {{name: local-a, kind: openai, base_url: \"http://{upstream}\"}}
+  - {{name: local-b, kind: openai, base_url: \"http://{upstream}\"}}
+models:
+  - name: {model}
+    targets:
+      - {{provider: local-a, model: {model}, weight: 3}}
+      - {{provider: local-b, model: {model}, weight: 1}}
+",
+            data = data_dir.display(),
+        );
+    }
     format!(
         "# Written by `cargo xtask bench`.
 listen: 127.0.0.1:0
@@ -44,13 +72,17 @@ pub fn start(
     driver: &str,
     upstream: SocketAddr,
     model: &str,
+    weighted: bool,
 ) -> anyhow::Result<Server> {
     let data_dir = dir.join("data");
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let config = dir.join("tollgate.yaml");
-    std::fs::write(&config, render_config(&data_dir, driver, upstream, model))
-        .context("writing the agent config")?;
+    std::fs::write(
+        &config,
+        render_config(&data_dir, driver, upstream, model, weighted),
+    )
+    .context("writing the agent config")?;
     let mut cmd = Command::new(binary);
     cmd.arg("serve").arg("--config").arg(&config);
     Server::start_announced(&format!("tollgate-{driver}"), cmd, dir)
@@ -128,11 +160,20 @@ mod tests {
             "epoll",
             SocketAddr::from(([127, 0, 0, 1], 9)),
             "smol",
+            false,
         );
         assert!(yaml.contains("io: { driver: epoll }"));
         assert!(yaml.contains("base_url: http://127.0.0.1:9"));
         assert!(yaml.contains("data_dir: /tmp/d"));
         assert!(yaml.contains("  - name: smol\n    provider: local\n    model: smol"));
+        let weighted = render_config(
+            Path::new("/tmp/d"),
+            "io_uring",
+            SocketAddr::from(([127, 0, 0, 1], 9)),
+            "smol",
+            true,
+        );
+        assert!(weighted.contains("{provider: local-b, model: smol, weight: 1}"));
     }
 
     #[test]

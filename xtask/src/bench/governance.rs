@@ -26,13 +26,20 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
 
     let off_dir = work.join("off");
     std::fs::create_dir_all(&off_dir)?;
-    let off = agent::start(&layout.bin("tollgate"), &off_dir, "epoll", sim.addr, MODEL)?;
+    let off = agent::start(
+        &layout.bin("tollgate"),
+        &off_dir,
+        "epoll",
+        sim.addr,
+        MODEL,
+        false,
+    )?;
 
     let on_dir = work.join("on");
     let data = on_dir.join("data");
     std::fs::create_dir_all(&data)?;
     let admin_port = super::process::free_port()?.port();
-    let yaml = agent::render_config(&data, "epoll", sim.addr, MODEL).replace(
+    let yaml = agent::render_config(&data, "epoll", sim.addr, MODEL, false).replace(
         "auth: { mode: open }\n",
         &format!(
             "auth: {{ mode: keys }}\n\

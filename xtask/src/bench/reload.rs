@@ -27,7 +27,14 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
     sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
     let sim = Server::start_announced("tollgate-sim", sim_cmd, &work)?;
-    let server = agent::start(&layout.bin("tollgate"), &work, "epoll", sim.addr, MODEL)?;
+    let server = agent::start(
+        &layout.bin("tollgate"),
+        &work,
+        "epoll",
+        sim.addr,
+        MODEL,
+        false,
+    )?;
     let target = server.addr.to_string();
     load.warm_up(&target, warmup)?;
     let config = work.join("tollgate.yaml");

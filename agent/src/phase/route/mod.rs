@@ -33,8 +33,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use crate::api::{Api, Wire};
-use crate::config::routing::RequestKind;
-use crate::config::{Config, ProviderKind};
+use crate::config::routing::{RequestKind, Serves};
+use crate::config::Config;
 use crate::error::{ErrorDetail, ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
 use crate::snapshot::Snapshot;
@@ -134,15 +134,9 @@ impl RouteLocal {
     }
 }
 
-fn speaks(wire: Wire, kind: ProviderKind) -> bool {
-    matches!(
-        (wire, kind),
-        (Wire::OpenAi, ProviderKind::OpenAi) | (Wire::Anthropic, ProviderKind::Anthropic)
-    )
-}
-
 /// What a request needs of a target.
 struct Need {
+    api: Api,
     wire: Wire,
     kinds: u8,
     /// Estimated prompt tokens plus the output asked for.
@@ -152,7 +146,9 @@ struct Need {
 }
 
 impl Need {
-    fn of(ctx: &RequestCtx, now_ms: u64) -> Need {
+    /// `images`: whether any candidate target restricts request types (only then is the body
+    /// searched for image parts).
+    fn of(ctx: &RequestCtx, now_ms: u64, images: bool) -> Need {
         let kinds = match ctx.api {
             Api::Embeddings => RequestKind::Embeddings as u8,
             _ => {
@@ -160,13 +156,14 @@ impl Need {
                 if ctx.inspection.tool_count > 0 {
                     k |= RequestKind::Tools as u8;
                 }
-                if has_images(&ctx.body) {
+                if images && has_images(&ctx.body) {
                     k |= RequestKind::Images as u8;
                 }
                 k
             }
         };
         Need {
+            api: ctx.api,
             wire: ctx.api.wire(),
             kinds,
             tokens: prompt_tokens(ctx)
@@ -327,7 +324,15 @@ fn pick(
     let Some(first) = ctx.route.model else {
         return Err(GateError::new(ErrorKind::Internal, "route without a model"));
     };
-    let need = Need::of(ctx, now_ms);
+    let restricts = std::iter::once(first)
+        .chain(cfg.models[first].fallback.iter().copied())
+        .any(|m| {
+            cfg.models[m]
+                .targets
+                .iter()
+                .any(|t| t.serves != Serves::ALL)
+        });
+    let need = Need::of(ctx, now_ms, restricts);
     let mut skipped = Skipped::default();
     let chain = std::iter::once(first).chain(cfg.models[first].fallback.iter().copied());
     for (pos, m) in chain.enumerate() {
@@ -377,7 +382,7 @@ fn choose(
     loop {
         let usable = |i: usize, skipped: &mut Skipped, count: bool| -> bool {
             let t = &model.targets[i];
-            let why = if !speaks(need.wire, cfg.providers[t.provider].kind) {
+            let why = if crate::api::reach(need.api, cfg.providers[t.provider].kind).is_none() {
                 &mut skipped.api
             } else if need.kinds & !t.serves.bits() != 0 {
                 &mut skipped.kind
@@ -486,6 +491,7 @@ fn intercepted(cfg: &Config, ctx: &mut RequestCtx, dst: SocketAddr) -> Result<()
 mod tests {
     use super::*;
     use crate::api::Api;
+    use crate::config::ProviderKind;
     use crate::http::request::RequestHead;
     use crate::phase::read::Request;
     use std::sync::Arc;
@@ -594,15 +600,22 @@ models:
         let (cfg, snap) = build(THREE);
         let local = local();
         let mut count = [0u32; 4];
-        for _ in 0..4000 {
+        for _ in 0..5000 {
             let t = route_of(&snap, &local, Api::ChatCompletions, "chat")
                 .unwrap_or_else(|e| panic!("{e}"));
             count[t.model.map_or(0, |(_, t)| t)] += 1;
         }
-        // The Anthropic target never serves an OpenAI client; priority 1 waits; 1:3 by weight.
-        assert_eq!((count[0], count[3]), (0, 0), "{count:?}");
+        // 1:1:3 by weight (the Anthropic target through translation); priority 1 waits.
+        assert_eq!(count[3], 0, "{count:?}");
+        assert!((800..1200).contains(&count[0]), "{count:?}");
         assert!((800..1200).contains(&count[1]), "{count:?}");
         assert!((2800..3200).contains(&count[2]), "{count:?}");
+        // Embeddings: no Anthropic target, whatever its weight.
+        for _ in 0..200 {
+            let t =
+                route_of(&snap, &local, Api::Embeddings, "chat").unwrap_or_else(|e| panic!("{e}"));
+            assert_ne!(t.model.map(|(_, t)| t), Some(0));
+        }
         let r = route_of(&snap, &local, Api::Messages, "chat");
         assert_eq!(served(&cfg, r), "claude-x");
     }
@@ -613,7 +626,7 @@ models:
         let local = local();
         let now = crate::governance::window::now_ms() as u64;
         let policy = cfg.models[0].breaker;
-        for t in [1, 2] {
+        for t in [0, 1, 2] {
             snap.breakers[0][t].breaker.failure(now, &policy);
             snap.breakers[0][t].breaker.failure(now, &policy);
         }

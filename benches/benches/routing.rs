@@ -1,0 +1,91 @@
+//! The routing decision (`phase/route`) for a model with 2, 16 and 128 targets: conditions,
+//! breaker state and the weighted draw within the lowest priority group, as one request's
+//! `route::run` makes it. Half the targets sit in priority 1, so the scan passes over them.
+//! Run: `cargo bench -p tollgate-benches --bench routing`.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use tollgate::api::Api;
+use tollgate::config::Config;
+use tollgate::http::request::RequestHead;
+use tollgate::phase::read::{Request, Reservation};
+use tollgate::phase::route::{self, RouteLocal};
+use tollgate::pipeline::RequestCtx;
+use tollgate::snapshot::{Registry, Snapshot};
+use tollgate::telemetry::metrics::Metrics;
+
+fn snapshot(targets: usize, dir: &std::path::Path) -> Arc<Snapshot> {
+    let mut y = String::from("providers:\n");
+    for i in 0..targets {
+        let _ = writeln!(
+            y,
+            "  - {{name: p{i}, kind: openai, base_url: http://127.0.0.1:{}}}",
+            9000 + i
+        );
+    }
+    y.push_str("models:\n  - name: m\n    targets:\n");
+    for i in 0..targets {
+        let _ = writeln!(
+            y,
+            "      - {{provider: p{i}, model: m{i}, weight: {}, priority: {}, context_window: 128000}}",
+            1 + i % 7,
+            (i >= targets / 2) as u8
+        );
+    }
+    let cfg = Config::from_yaml(&y, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let (gov, _rx) = tollgate::governance::Governor::open(dir).unwrap_or_else(|e| panic!("{e}"));
+    let metrics = Metrics::new(1, vec![], vec![]);
+    Arc::new(
+        Registry::default()
+            .build(Arc::new(cfg), 1, &metrics, &gov)
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+}
+
+fn ctx(snap: &Arc<Snapshot>) -> RequestCtx {
+    let raw = bytes::Bytes::from_static(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n");
+    let head = RequestHead::parse(raw, 16).unwrap_or_else(|e| panic!("{e:?}"));
+    let body = bytes::Bytes::from_static(
+        br#"{"model":"m","messages":[{"role":"user","content":"route me somewhere"}]}"#,
+    );
+    let mut c = RequestCtx::new(
+        "bench".into(),
+        Instant::now(),
+        Api::ChatCompletions,
+        Request {
+            head,
+            body,
+            snap: snap.clone(),
+            reservation: Reservation::none(),
+        },
+    );
+    c.inspection.model = "m".into();
+    c.inspection.prompt_bytes = 60;
+    c.route.public_ok = true;
+    c
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-routing-{}", std::process::id()));
+    let mut g = c.benchmark_group("routing");
+    for n in [2usize, 16, 128] {
+        let snap = snapshot(n, &dir.join(n.to_string()));
+        let local = RouteLocal::new(7);
+        let mut request = ctx(&snap);
+        g.bench_with_input(BenchmarkId::new("route_run", n), &n, |b, _| {
+            b.iter(|| {
+                request.target = None;
+                request.route.tried.clear();
+                route::run(&snap, &local, &mut request, None).is_ok()
+            })
+        });
+    }
+    g.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
