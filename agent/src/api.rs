@@ -73,15 +73,19 @@ impl Api {
     }
 }
 
-/// How a request on `api` reaches a provider of `kind`: natively (`Some(None)`), through a
-/// translation (`Some(Some(direction))`: chat completions ⇄ Anthropic messages), or not at all.
+/// How a request on `api` reaches `provider`: natively (`Some(None)`), through a translation
+/// (`Some(Some(direction))`: chat completions ⇄ Anthropic messages, Responses → chat for a
+/// provider with `responses_api: chat`), or not at all.
 pub fn reach(
     api: Api,
-    kind: crate::config::ProviderKind,
+    provider: &crate::config::Provider,
 ) -> Option<Option<crate::translate::Direction>> {
     use crate::config::ProviderKind;
     use crate::translate::Direction;
-    match (api, kind) {
+    match (api, provider.kind) {
+        (Api::Responses, ProviderKind::OpenAi) if provider.responses_via_chat => {
+            Some(Some(Direction::ResponsesToChat))
+        }
         (Api::Messages, ProviderKind::Anthropic) => Some(None),
         (Api::Messages, ProviderKind::OpenAi) => Some(Some(Direction::MessagesToChat)),
         (Api::ChatCompletions, ProviderKind::Anthropic) => Some(Some(Direction::ChatToMessages)),
@@ -95,7 +99,8 @@ impl crate::translate::Direction {
     pub fn upstream_api(self) -> Api {
         match self {
             crate::translate::Direction::ChatToMessages => Api::Messages,
-            crate::translate::Direction::MessagesToChat => Api::ChatCompletions,
+            crate::translate::Direction::MessagesToChat
+            | crate::translate::Direction::ResponsesToChat => Api::ChatCompletions,
         }
     }
 }

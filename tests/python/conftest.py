@@ -149,12 +149,20 @@ providers:
     kind: anthropic
     base_url: http://{sim_addr}
     api_key_env: SIM_ANTHROPIC_KEY
+  - name: sim-chat-only
+    kind: openai
+    base_url: http://{sim_addr}
+    api_key_env: SIM_KEY
+    responses_api: chat
 models:
   - name: smol
     provider: sim
     model: smollm2
   - name: claude
     provider: sim-anthropic
+    model: smollm2
+  - name: chat-only
+    provider: sim-chat-only
     model: smollm2
 {_kernel_off()}"""
 

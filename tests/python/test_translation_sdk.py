@@ -167,3 +167,55 @@ def test_anthropic_tools_and_tool_results_reach_an_openai_provider(ant, stack):
     call = body["messages"][1]["tool_calls"][0]
     assert call["id"] == "toolu_1" and json.loads(call["function"]["arguments"]) == {"city": "Oslo"}
     assert body["messages"][2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "2 C, snow"}
+
+
+def test_responses_api_on_a_chat_only_provider(oai, stack):
+    instructions, prompt = "Be brief.", "Hello from the Responses API"
+    raw = oai.responses.with_raw_response.create(
+        model="chat-only", instructions=instructions, input=prompt, max_output_tokens=5
+    )
+    response = raw.parse()
+    assert response.object == "response" and response.output_text
+    assert response.usage.output_tokens == 5
+    assert response.usage.input_tokens == prompt_tokens(instructions + prompt)
+    path, body = last_request(stack)
+    assert path == "/v1/chat/completions"
+    assert body["messages"][0] == {"role": "system", "content": instructions}
+    row = stack.ledger_row(raw.headers["x-tollgate-request-id"])
+    assert (row["input_tokens"], row["output_tokens"]) == (response.usage.input_tokens, 5)
+    assert (row["provider"], row["api"]) == ("sim-chat-only", "responses")
+
+
+def test_responses_api_streams_from_a_chat_only_provider(oai, stack):
+    prompt = "Stream the Responses API from chat"
+    raw = oai.responses.with_raw_response.create(
+        model="chat-only", input=prompt, max_output_tokens=4, stream=True
+    )
+    events = list(raw.parse())
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete"), kinds
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text
+    usage = events[-1].response.usage
+    assert usage.output_tokens == 4 and usage.input_tokens == prompt_tokens(prompt)
+    row = stack.ledger_row(raw.headers["x-tollgate-request-id"])
+    assert (row["input_tokens"], row["output_tokens"], row["estimated"]) == (usage.input_tokens, 4, 0)
+
+
+def test_responses_function_tools_reach_a_chat_only_provider(oai, stack):
+    oai.responses.create(
+        model="chat-only",
+        input=[
+            {"role": "user", "content": "Weather in Rome?"},
+            {"type": "function_call", "call_id": "call_9", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+            {"type": "function_call_output", "call_id": "call_9", "output": "25 C"},
+        ],
+        tools=[{"type": "function", "name": "get_weather", "description": "Weather for a city",
+                "parameters": TOOL_OPENAI["function"]["parameters"]}],
+        max_output_tokens=2,
+    )
+    path, body = last_request(stack)
+    assert path == "/v1/chat/completions"
+    assert body["tools"][0]["function"]["name"] == "get_weather"
+    assert body["messages"][1]["tool_calls"][0]["id"] == "call_9"
+    assert body["messages"][2] == {"role": "tool", "tool_call_id": "call_9", "content": "25 C"}

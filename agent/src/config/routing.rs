@@ -702,6 +702,37 @@ models:
     }
 
     #[test]
+    fn provider_routing_options_are_checked() {
+        let c = load(
+            "providers:\n  - {name: a, kind: openai, base_url: http://127.0.0.1:8001, responses_api: chat, health_check: {interval_ms: 200, timeout_ms: 50}}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let p = &c.providers[0];
+        assert!(p.responses_via_chat);
+        assert_eq!(
+            p.health_check
+                .as_ref()
+                .map(|h| (h.path.as_str(), h.failures)),
+            Some(("/health", 2))
+        );
+        let e = load(
+            "providers:\n  - {name: a, kind: anthropic, base_url: http://127.0.0.1:8001, responses_api: chat}\n  - {name: b, kind: openai, base_url: http://127.0.0.1:8002, responses_api: sometimes, health_check: {path: nope, interval_ms: 10, failures: 0}}\n  - {name: c, kind: openai, base_url: https://api.openai.com, health_check: {}}\n",
+        )
+        .err()
+        .unwrap_or_default();
+        for needle in [
+            "providers[0].responses_api",
+            "providers[1].responses_api",
+            "providers[1].health_check.path",
+            "providers[1].health_check.interval_ms",
+            "providers[1].health_check.failures",
+            "providers[2].health_check: active health checks are plain http",
+        ] {
+            assert!(e.contains(needle), "missing {needle:?} in:\n{e}");
+        }
+    }
+
+    #[test]
     fn public_hosts() {
         for h in ["api.openai.com", "8.8.8.8", "[2001:db8::1]"] {
             assert!(host_is_public(h), "{h}");

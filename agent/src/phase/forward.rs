@@ -293,7 +293,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     // A provider of the other wire format gets a translated body (the one place a request
     // body is re-serialised: the formats differ in shape, not in a field or two).
-    let translated = match crate::api::reach(ctx.api, provider.kind).flatten() {
+    let translated = match crate::api::reach(ctx.api, provider).flatten() {
         Some(dir) => {
             let body = crate::translate::request(dir, &ctx.body, upstream_model).map_err(|e| {
                 GateError::new(

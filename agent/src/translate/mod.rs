@@ -12,13 +12,15 @@
 //! format, and stream frames that cannot be read are skipped.
 //!
 //! `chat_to_messages` holds the OpenAI-client/Anthropic-provider side, `messages_to_chat` the
-//! reverse; this file holds what both share: token accounting, error bodies and SSE framing.
+//! reverse, `responses_to_chat` the Responses API in front of a chat-completions-only provider;
+//! this file holds what they share: token accounting, error bodies and SSE framing.
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 mod chat_to_messages;
 mod messages_to_chat;
+pub mod responses_to_chat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -26,6 +28,9 @@ pub enum Direction {
     ChatToMessages,
     /// An Anthropic Messages client (`/v1/messages`) served by an OpenAI Chat Completions provider (vLLM, llama.cpp, OpenAI).
     MessagesToChat,
+    /// An OpenAI Responses client (`/v1/responses`) served by a provider that speaks chat
+    /// completions only (`responses_api: chat`).
+    ResponsesToChat,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,14 +42,18 @@ pub enum TranslateError {
 
 /// The provider's request body for the client's `body`. `model` is the model name the provider must receive (replaces the client's `model`). For MessagesToChat with `"stream": true`, the output sets `"stream_options": {"include_usage": true}` so the usage arrives in the stream.
 pub fn request(dir: Direction, body: &[u8], model: &str) -> Result<Vec<u8>, TranslateError> {
+    if dir == Direction::ResponsesToChat {
+        return responses_to_chat::request(body, model);
+    }
     let parsed: Value = serde_json::from_slice(body)
         .map_err(|e| invalid(format!("request body is not valid JSON: {e}")))?;
     let Value::Object(body) = parsed else {
         return Err(invalid("request body must be a JSON object"));
     };
-    let out = match dir {
-        Direction::ChatToMessages => chat_to_messages::request(&body, model)?,
-        Direction::MessagesToChat => messages_to_chat::request(&body, model)?,
+    let out = if dir == Direction::ChatToMessages {
+        chat_to_messages::request(&body, model)?
+    } else {
+        messages_to_chat::request(&body, model)?
     };
     Ok(to_json(&Value::Object(out)))
 }
@@ -54,6 +63,9 @@ pub fn response(dir: Direction, status: u16, body: &[u8], client_model: &str) ->
     let out = match dir {
         Direction::ChatToMessages => chat_to_messages::response(status, body, client_model),
         Direction::MessagesToChat => messages_to_chat::response(status, body, client_model),
+        Direction::ResponsesToChat => {
+            return responses_to_chat::response(status, body, client_model)
+        }
     };
     to_json(&out)
 }
@@ -68,6 +80,7 @@ pub struct Stream {
 enum StreamInner {
     ChatToMessages(chat_to_messages::Stream),
     MessagesToChat(messages_to_chat::Stream),
+    ResponsesToChat(responses_to_chat::Stream),
 }
 
 impl Stream {
@@ -80,17 +93,25 @@ impl Stream {
             Direction::MessagesToChat => {
                 StreamInner::MessagesToChat(messages_to_chat::Stream::new(client_model))
             }
+            Direction::ResponsesToChat => {
+                StreamInner::ResponsesToChat(responses_to_chat::Stream::new(client_model))
+            }
         };
         Stream { inner }
     }
 
     /// One whole SSE frame of the provider, exactly as received, including its terminating blank line (e.g. `b"event: content_block_delta\ndata: {...}\n\n"` or `b"data: {...}\n\n"` or `b"data: [DONE]\n\n"`; lines may end in `\r\n`; comment lines start with `:`). Pushes zero or more whole client frames onto `out` (each a complete SSE frame ending in a blank line).
     pub fn frame(&mut self, frame: &[u8], out: &mut Vec<Bytes>) {
+        if let StreamInner::ResponsesToChat(s) = &mut self.inner {
+            s.frame(frame, out);
+            return;
+        }
         for event in sse_events(frame) {
             let name = event.name.as_deref();
             match &mut self.inner {
                 StreamInner::ChatToMessages(s) => s.event(name, &event.data, out),
                 StreamInner::MessagesToChat(s) => s.event(&event.data, out),
+                StreamInner::ResponsesToChat(_) => {}
             }
         }
     }
@@ -105,6 +126,7 @@ impl Stream {
         match &mut self.inner {
             StreamInner::ChatToMessages(s) => s.finish(out),
             StreamInner::MessagesToChat(s) => s.finish(out),
+            StreamInner::ResponsesToChat(s) => s.finish(true, out),
         }
     }
 }

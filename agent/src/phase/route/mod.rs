@@ -382,7 +382,7 @@ fn choose(
     loop {
         let usable = |i: usize, skipped: &mut Skipped, count: bool| -> bool {
             let t = &model.targets[i];
-            let why = if crate::api::reach(need.api, cfg.providers[t.provider].kind).is_none() {
+            let why = if crate::api::reach(need.api, &cfg.providers[t.provider]).is_none() {
                 &mut skipped.api
             } else if need.kinds & !t.serves.bits() != 0 {
                 &mut skipped.kind
