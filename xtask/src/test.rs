@@ -68,6 +68,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     section("cargo build -p tollgate -p tollgate-sim");
+    // Name the compiler the install step just provided: the agent's build script reruns when
+    // this variable changes, so a checkout first built before clang-19 was installed (kernel
+    // programs stubbed out) gets its real programs now instead of keeping the stubs.
+    if std::env::var_os("TOLLGATE_CLANG").is_none() && on_path("clang-19") {
+        std::env::set_var("TOLLGATE_CLANG", "clang-19");
+    }
     let built = Command::new(&cargo)
         .current_dir(&root)
         .args(["build", "-p", "tollgate", "-p", "tollgate-sim"])
@@ -299,6 +305,13 @@ fn run_echoing(mut cmd: Command) -> anyhow::Result<(bool, Vec<String>)> {
     }
     let status = child.wait().context("waiting for the child")?;
     Ok((status.success(), lines))
+}
+
+/// Whether `name` is an executable in one of `PATH`'s directories.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
+    })
 }
 
 fn cargo_test(cargo: &std::ffi::OsStr, root: &Path) -> anyhow::Result<Counts> {
