@@ -130,7 +130,7 @@ def test_responses_plain_and_streamed(client, stack):
 
 def test_models_list(client):
     ids = [m.id for m in client.models.list()]
-    assert ids == ["smol", "claude"]
+    assert ids == ["smol", "claude", "chat-only"]
     assert client.models.retrieve("claude").id == "claude"
 
 

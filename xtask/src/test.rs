@@ -309,9 +309,8 @@ fn run_echoing(mut cmd: Command) -> anyhow::Result<(bool, Vec<String>)> {
 
 /// Whether `name` is an executable in one of `PATH`'s directories.
 fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 fn cargo_test(cargo: &std::ffi::OsStr, root: &Path) -> anyhow::Result<Counts> {

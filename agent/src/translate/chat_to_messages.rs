@@ -561,27 +561,16 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{parse_out, request as translate_request, response as translate_response};
+    use super::super::{parse_out, response as translate_response};
     use super::super::{Direction, Stream as ClientStream, TranslateError};
     use serde_json::{json, Value};
 
     fn req(body: Value) -> Result<Value, TranslateError> {
-        let out = translate_request(
-            Direction::ChatToMessages,
-            body.to_string().as_bytes(),
-            "claude-x",
-        )?;
-        Ok(serde_json::from_slice(&out).unwrap())
+        super::super::test_request(Direction::ChatToMessages, &body, "claude-x")
     }
 
     fn resp(status: u16, body: Value) -> Value {
-        let out = translate_response(
-            Direction::ChatToMessages,
-            status,
-            body.to_string().as_bytes(),
-            "gpt-client",
-        );
-        serde_json::from_slice(&out).unwrap()
+        super::super::test_response(Direction::ChatToMessages, status, &body, "gpt-client")
     }
 
     #[test]

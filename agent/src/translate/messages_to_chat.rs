@@ -656,27 +656,16 @@ impl Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{parse_out, request as translate_request, response as translate_response};
+    use super::super::{parse_out, response as translate_response};
     use super::super::{Direction, Stream as ClientStream, TranslateError};
     use serde_json::{json, Value};
 
     fn req(body: Value) -> Result<Value, TranslateError> {
-        let out = translate_request(
-            Direction::MessagesToChat,
-            body.to_string().as_bytes(),
-            "qwen",
-        )?;
-        Ok(serde_json::from_slice(&out).unwrap())
+        super::super::test_request(Direction::MessagesToChat, &body, "qwen")
     }
 
     fn resp(status: u16, body: Value) -> Value {
-        let out = translate_response(
-            Direction::MessagesToChat,
-            status,
-            body.to_string().as_bytes(),
-            "claude-client",
-        );
-        serde_json::from_slice(&out).unwrap()
+        super::super::test_response(Direction::MessagesToChat, status, &body, "claude-client")
     }
 
     #[test]

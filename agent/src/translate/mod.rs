@@ -372,6 +372,20 @@ fn sse_event(name: &str, value: &Value) -> Bytes {
 
 const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// A translated request as JSON, for the direction modules' tests.
+#[cfg(test)]
+fn test_request(dir: Direction, body: &Value, model: &str) -> Result<Value, TranslateError> {
+    let out = request(dir, body.to_string().as_bytes(), model)?;
+    serde_json::from_slice(&out).map_err(|e| invalid(e.to_string()))
+}
+
+/// A translated complete response as JSON, for the direction modules' tests.
+#[cfg(test)]
+fn test_response(dir: Direction, status: u16, body: &Value, client_model: &str) -> Value {
+    let out = response(dir, status, body.to_string().as_bytes(), client_model);
+    serde_json::from_slice(&out).unwrap_or(Value::Null)
+}
+
 /// Splits client frames back into `(event name, JSON data)` for assertions; `[DONE]` becomes a
 /// `"[DONE]"` string so sequences can be compared in one go.
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! and only the attempt that answered is billed. A request the provider may have processed
 //! (written in full, then no answer or a timeout) is never sent again.
 
+use crate::config::routing::RetryPolicy;
 use crate::error::{ErrorKind, GateError};
 use crate::governance::window::now_ms;
 use crate::pipeline::RequestCtx;
@@ -29,10 +30,7 @@ pub fn after_attempt(
     let failed = status == 429 || status >= 500;
     let now = now_ms().max(0) as u64;
     record(snap, ctx, failed, retry_after_ms, now);
-    let Some(model) = ctx.route.model else {
-        return false;
-    };
-    if !snap.cfg.models[model].retry.retries_status(status) {
+    if !policy(snap, ctx).is_some_and(|p| p.retries_status(status)) {
         return false;
     }
     let label = label(snap, ctx);
@@ -59,10 +57,7 @@ pub fn after_error(
     );
     let now = now_ms().max(0) as u64;
     record(snap, ctx, failed, None, now);
-    let Some(model) = ctx.route.model else {
-        return false;
-    };
-    if !e.retry_elsewhere || !snap.cfg.models[model].retry.on_connect {
+    if !e.retry_elsewhere || !policy(snap, ctx).is_some_and(|p| p.on_connect) {
         return false;
     }
     let label = label(snap, ctx);
@@ -73,6 +68,11 @@ pub fn after_error(
         now,
         format_args!("{label}: {}", e.message),
     )
+}
+
+/// The retry policy of the model the request asked for (after tiers).
+fn policy<'a>(snap: &'a Snapshot, ctx: &RequestCtx) -> Option<&'a RetryPolicy> {
+    ctx.route.model.map(|m| &snap.cfg.models[m].retry)
 }
 
 fn label(snap: &Snapshot, ctx: &RequestCtx) -> String {
@@ -110,12 +110,11 @@ fn retry(
     now: u64,
     why: std::fmt::Arguments<'_>,
 ) -> bool {
-    let (Some((m, t)), Some(model)) = (ctx.target.and_then(|t| t.model), ctx.route.model) else {
+    let (Some((m, t)), Some(policy)) = (ctx.target.and_then(|t| t.model), policy(snap, ctx)) else {
         return false;
     };
     ctx.route.note(why);
     ctx.route.tried.push((m, t));
-    let policy = &snap.cfg.models[model].retry;
     if ctx.route.attempts > policy.attempts {
         return false;
     }
