@@ -147,6 +147,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     };
     let cfg_budget = cfg.limits.max_buffered_bytes_per_worker;
     let provider_slots = seed.shared.snapshot.load().provider_slots();
+    let replicas = seed.shared.metrics.replicas.clone();
     let w = Rc::new(Worker {
         index: seed.index,
         pool: RefCell::new(PoolLocal::new(
@@ -164,7 +165,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         released: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
-        route: crate::phase::route::RouteLocal::new(route_seed(seed.index)),
+        route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });
     let _ = w.shared.io_driver.set(driver);
     tracing::info!(worker = w.index, driver, "worker started");
@@ -381,6 +382,13 @@ impl Worker {
 async fn hand_back_memory(w: Rc<Worker>) {
     while !w.shared.shutting_down.load(Ordering::Relaxed) {
         monoio::time::sleep(Duration::from_secs(1)).await;
+        // The prefix balancer's figures, for /metrics (its own shard: no shared cache line).
+        if let Some(shard) = w.shared.metrics.shards.get(w.index) {
+            let b = &w.route.balance;
+            shard.prefix[0].store(b.lookups.get(), Ordering::Relaxed);
+            shard.prefix[1].store(b.hits.get(), Ordering::Relaxed);
+            shard.prefix[2].store(b.index.borrow().len() as u64, Ordering::Relaxed);
+        }
         if w.released.get() >= TRIM_AFTER {
             w.released.set(0);
             // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.

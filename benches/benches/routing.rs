@@ -73,7 +73,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("routing");
     for n in [2usize, 16, 128] {
         let snap = snapshot(n, &dir.join(n.to_string()));
-        let local = RouteLocal::new(7);
+        let local = RouteLocal::new(7, std::sync::Arc::default());
         let mut request = ctx(&snap);
         g.bench_with_input(BenchmarkId::new("route_run", n), &n, |b, _| {
             b.iter(|| {

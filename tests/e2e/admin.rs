@@ -40,7 +40,15 @@ fn the_admin_port_needs_the_token() {
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
         assert!(!r.text().contains(ADMIN_TOKEN), "the token is never echoed");
     }
-    let r = admin_get(admin, "/metrics", Some(ADMIN_TOKEN));
+    // The request is counted when it settles, just after its last byte: wait (bounded) for it.
+    let mut r = admin_get(admin, "/metrics", Some(ADMIN_TOKEN));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !r.text().contains("tollgate_requests_total{model=\"smol\"")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        r = admin_get(admin, "/metrics", Some(ADMIN_TOKEN));
+    }
     assert_eq!(r.status, 200);
     assert!(
         r.text().contains("tollgate_requests_total{model=\"smol\""),

@@ -82,6 +82,22 @@ pub struct RoutingFile {
     pub timeouts: Option<TimeoutsFile>,
     /// Retries allowed per worker: `ratio` of its requests, at least `min_per_second`.
     pub retry_budget: Option<RetryBudgetFile>,
+    /// The `prefix` balancer: block size, index bounds, score weights.
+    pub prefix: Option<PrefixFile>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixFile {
+    pub block_bytes: Option<usize>,
+    /// Blocks the per-worker prefix index holds at most.
+    pub max_blocks: Option<usize>,
+    pub ttl_s: Option<u64>,
+    pub weight_prefix: Option<f64>,
+    pub weight_queue: Option<f64>,
+    pub weight_kv: Option<f64>,
+    /// Queue difference past which the shortest queue wins over affinity.
+    pub imbalance: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -302,6 +318,9 @@ pub struct ModelFile {
     pub timeouts: Option<TimeoutsFile>,
     /// Cost tiers: each request goes to the first tier whose `when` it satisfies.
     pub tiers: Option<Vec<TierFile>>,
+    /// How a replica is chosen among available targets: `weighted`, `round_robin`,
+    /// `least_load` or `prefix` (default for several targets).
+    pub balance: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

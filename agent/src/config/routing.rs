@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use super::file::{
-    BreakerFile, HealthCheckFile, RetryFile, RoutingFile, TargetFile, TierFile, TimeoutsFile,
+    BreakerFile, HealthCheckFile, PrefixFile, RetryFile, RoutingFile, TargetFile, TierFile,
+    TimeoutsFile,
 };
 use super::validate::Validator;
 use super::Glob;
@@ -224,6 +225,45 @@ pub(super) struct TargetConditions {
     pub hours: Option<Hours>,
 }
 
+/// How a replica is chosen among a model's available targets (`phase/route/balance.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    Weighted,
+    RoundRobin,
+    LeastLoad,
+    /// Prefix affinity, queue and KV use in one score.
+    Prefix,
+}
+
+/// The `prefix` balancer's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefixSettings {
+    pub block_bytes: usize,
+    pub max_blocks: usize,
+    pub ttl: Duration,
+    pub weight_prefix: f64,
+    pub weight_queue: f64,
+    pub weight_kv: f64,
+    pub imbalance: f64,
+    /// Scraped load older than this is ignored (three scrape intervals).
+    pub stale_after: Duration,
+}
+
+impl Default for PrefixSettings {
+    fn default() -> Self {
+        PrefixSettings {
+            block_bytes: 256,
+            max_blocks: 200_000,
+            ttl: Duration::from_secs(600),
+            weight_prefix: 1.0,
+            weight_queue: 0.05,
+            weight_kv: 0.2,
+            imbalance: 8.0,
+            stale_after: Duration::from_secs(3),
+        }
+    }
+}
+
 /// A provider's active health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -241,6 +281,7 @@ pub struct RoutingDefaults {
     pub breaker: BreakerPolicy,
     pub timeouts: Timeouts,
     pub retry_budget: RetryBudget,
+    pub prefix: PrefixSettings,
 }
 
 impl Validator<'_> {
@@ -297,7 +338,9 @@ impl Validator<'_> {
                 "must be between 0 and 10 (retries per request)",
             );
         }
+        let prefix = self.prefix_settings(f.prefix.as_ref());
         RoutingDefaults {
+            prefix,
             retry: self.retry("routing.retry", f.retry.as_ref(), &RetryPolicy::default()),
             breaker: self.breaker(
                 "routing.breaker",
@@ -306,6 +349,63 @@ impl Validator<'_> {
             ),
             timeouts: self.timeouts("routing.timeouts", f.timeouts.as_ref(), base),
             retry_budget,
+        }
+    }
+
+    fn prefix_settings(&mut self, f: Option<&PrefixFile>) -> PrefixSettings {
+        let d = PrefixSettings::default();
+        let Some(f) = f else {
+            return d;
+        };
+        let out = PrefixSettings {
+            block_bytes: f.block_bytes.unwrap_or(d.block_bytes),
+            max_blocks: f.max_blocks.unwrap_or(d.max_blocks),
+            ttl: f.ttl_s.map_or(d.ttl, Duration::from_secs),
+            weight_prefix: f.weight_prefix.unwrap_or(d.weight_prefix),
+            weight_queue: f.weight_queue.unwrap_or(d.weight_queue),
+            weight_kv: f.weight_kv.unwrap_or(d.weight_kv),
+            imbalance: f.imbalance.unwrap_or(d.imbalance),
+            stale_after: d.stale_after,
+        };
+        if !(16..=65_536).contains(&out.block_bytes) {
+            self.problem("routing.prefix.block_bytes", "must be between 16 and 65536");
+        }
+        if !(1_000..=50_000_000).contains(&out.max_blocks) {
+            self.problem(
+                "routing.prefix.max_blocks",
+                "must be between 1000 and 50000000",
+            );
+        }
+        for (field, v) in [
+            ("weight_prefix", out.weight_prefix),
+            ("weight_queue", out.weight_queue),
+            ("weight_kv", out.weight_kv),
+            ("imbalance", out.imbalance),
+        ] {
+            if !(0.0..=1e6).contains(&v) {
+                self.problem(
+                    format!("routing.prefix.{field}"),
+                    "must be between 0 and 1000000",
+                );
+            }
+        }
+        out
+    }
+
+    /// `balance:` of a model; `None` when not given (decided by the model's shape).
+    pub(super) fn balance(&mut self, path: &str, v: Option<&str>) -> Option<Balance> {
+        match v? {
+            "weighted" => Some(Balance::Weighted),
+            "round_robin" => Some(Balance::RoundRobin),
+            "least_load" => Some(Balance::LeastLoad),
+            "prefix" => Some(Balance::Prefix),
+            other => {
+                self.problem(
+                    format!("{path}.balance"),
+                    format!("`{other}` is not one of weighted, round_robin, least_load, prefix"),
+                );
+                None
+            }
         }
     }
 

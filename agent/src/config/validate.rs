@@ -181,6 +181,9 @@ pub struct Model {
     pub timeouts: Timeouts,
     /// Cost tiers (a virtual model with tiers has no targets of its own).
     pub tiers: Vec<Tier>,
+    /// How a replica is chosen among available targets (default: `prefix` with several
+    /// targets).
+    pub balance: routing::Balance,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -750,6 +753,15 @@ impl Validator<'_> {
                     &format!("{path}.timeouts"),
                     m.timeouts.as_ref(),
                     routing.timeouts,
+                ),
+                // Unequal weights say "split traffic in these proportions" (a canary): drawn by
+                // weight unless a balancer is named. Equal weights: replicas of one model.
+                balance: self.balance(&path, m.balance.as_deref()).unwrap_or(
+                    if targets.windows(2).all(|w| w[0].weight == w[1].weight) {
+                        routing::Balance::Prefix
+                    } else {
+                        routing::Balance::Weighted
+                    },
                 ),
                 name: m.name,
                 targets,

@@ -77,6 +77,10 @@ struct Entry<'a> {
     route: Option<Cow<'a, str>>,
     #[serde(default)]
     attempts: u32,
+    #[serde(default)]
+    score: Option<f32>,
+    #[serde(default)]
+    prefix_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -139,6 +143,8 @@ impl<'a> Entry<'a> {
             cost_micro_usd,
             route: borrowed(&r.route),
             attempts: r.attempts,
+            score: r.score,
+            prefix_bytes: r.prefix_bytes,
         }
     }
 
@@ -186,6 +192,8 @@ impl<'a> Entry<'a> {
             hold: Default::default(),
             route: owned(self.route),
             attempts: self.attempts,
+            score: self.score,
+            prefix_bytes: self.prefix_bytes,
         }
     }
 }

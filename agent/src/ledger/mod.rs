@@ -65,6 +65,10 @@ pub struct UsageRecord {
     pub route: Option<String>,
     /// Attempts sent to providers (0 when none was: a refusal of Tollgate's own).
     pub attempts: u32,
+    /// The balancer's score of the replica that served (`prefix`, `least_load`).
+    pub score: Option<f32>,
+    /// Leading prompt bytes that replica had recently been sent (`prefix` affinity).
+    pub prefix_bytes: u64,
 }
 
 pub const SCHEMA: &str = "
@@ -87,7 +91,7 @@ CREATE TABLE IF NOT EXISTS usage (
     pid INTEGER, comm TEXT, uid INTEGER, cgroup_id INTEGER, cgroup_path TEXT,
     container_id TEXT, pod_uid TEXT, original_dst TEXT,
     key_id TEXT, cost_micro_usd INTEGER,
-    route TEXT, attempts INTEGER
+    route TEXT, attempts INTEGER, score REAL, prefix_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -107,6 +111,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cost_micro_usd", "INTEGER"),
     ("route", "TEXT"),
     ("attempts", "INTEGER"),
+    ("score", "REAL"),
+    ("prefix_bytes", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -172,9 +178,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd, route, attempts)
+             key_id, cost_micro_usd, route, attempts, score, prefix_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -215,6 +221,8 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 r.cost_micro_usd as i64,
                 r.route,
                 r.attempts,
+                r.score.map(f64::from),
+                r.prefix_bytes as i64,
             ])?;
         }
     }

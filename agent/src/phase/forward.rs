@@ -290,6 +290,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     let cfg = &snap.cfg;
     let provider = &cfg.providers[target.provider];
     check_header_count(ctx, provider)?;
+    // Counted in flight to this replica until the request ends (or moves to another target).
+    ctx.route.inflight = Some(w.route.balance.start(snap.providers[target.provider].id));
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     // A provider of the other wire format gets a translated body (the one place a request
     // body is re-serialised: the formats differ in shape, not in a field or two).

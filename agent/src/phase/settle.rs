@@ -177,6 +177,8 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
             } else {
                 0
             },
+            score: ctx.route.score,
+            prefix_bytes: ctx.route.prefix_bytes,
         };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.

@@ -77,6 +77,9 @@ const TOKEN_KINDS: [&str; 5] = ["input", "cached", "cache_write", "output", "rea
 #[derive(Default)]
 pub struct Shard {
     series: Mutex<BTreeMap<SeriesKey, Series>>,
+    /// The worker's prefix balancer, published by it once a second (`worker::hand_back_memory`):
+    /// lookups, lookups that matched a replica, blocks in its index.
+    pub prefix: [AtomicU64; 3],
 }
 
 impl Shard {
@@ -387,6 +390,37 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Ordering::Relaxed)
+            );
+        }
+        let sum = |i: usize| -> u64 {
+            self.shards
+                .iter()
+                .map(|s| s.prefix[i].load(Ordering::Relaxed))
+                .sum()
+        };
+        for (name, kind, help, v) in [
+            (
+                "tollgate_prefix_lookups_total",
+                "counter",
+                "Requests the prefix balancer scored.",
+                sum(0),
+            ),
+            (
+                "tollgate_prefix_hits_total",
+                "counter",
+                "Scored requests whose chosen replica had recently been sent their prefix.",
+                sum(1),
+            ),
+            (
+                "tollgate_prefix_index_blocks",
+                "gauge",
+                "Prompt blocks in the workers' prefix indexes (about 40 bytes each).",
+                sum(2),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
         self.render_replicas(&mut out);

@@ -25,6 +25,7 @@
 //! `ctx.route`. Hot path: a hash lookup, and for each target a few comparisons and one atomic
 //! load.
 
+pub mod balance;
 mod retry;
 mod tiers;
 
@@ -33,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use crate::api::{Api, Wire};
-use crate::config::routing::{RequestKind, Serves};
+use crate::config::routing::{Balance, RequestKind, Serves};
 use crate::config::Config;
 use crate::error::{ErrorDetail, ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
@@ -83,6 +84,12 @@ pub struct RouteState {
     pub trail: String,
     /// The caller may use public providers (from `egress`, decided in the pipeline).
     pub public_ok: bool,
+    /// The balancer's score of the chosen replica (`prefix`, `least_load`).
+    pub score: Option<f32>,
+    /// Leading prompt bytes the chosen replica was recently sent (`prefix`).
+    pub prefix_bytes: u64,
+    /// This request counted in flight to its provider (for `least_load` and `prefix`).
+    pub inflight: Option<balance::Inflight>,
 }
 
 impl RouteState {
@@ -95,8 +102,10 @@ impl RouteState {
     }
 }
 
-/// Per-worker routing state: the weighted draw and the retry budget. `!Send`: one per worker.
+/// Per-worker routing state: the weighted draw, the retry budget and the balancer (prefix
+/// index, in-flight counts). `!Send`: one per worker.
 pub struct RouteLocal {
+    pub balance: balance::BalanceLocal,
     rng: Cell<u64>,
     /// The second the counters below cover (ms / 1000).
     second: Cell<u64>,
@@ -105,8 +114,12 @@ pub struct RouteLocal {
 }
 
 impl RouteLocal {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(
+        seed: u64,
+        replicas: std::sync::Arc<crate::telemetry::replicas::ReplicaBoard>,
+    ) -> Self {
         RouteLocal {
+            balance: balance::BalanceLocal::new(replicas),
             rng: Cell::new(seed | 1),
             second: Cell::new(0),
             requests: Cell::new(0),
@@ -334,32 +347,67 @@ fn pick(
         });
     let need = Need::of(ctx, now_ms, restricts);
     let mut skipped = Skipped::default();
-    let chain = std::iter::once(first).chain(cfg.models[first].fallback.iter().copied());
-    for (pos, m) in chain.enumerate() {
-        if let Some((t, probe)) = choose(
-            snap,
-            local,
-            &ctx.route.tried,
-            m,
-            &need,
-            &mut skipped,
-            now_ms,
-        ) {
-            if pos > 0 && ctx.target.is_none_or(|prev| prev.model_index() != Some(m)) {
-                ctx.route.note(format_args!(
-                    "fallback {} -> {}",
-                    cfg.models[first].name, cfg.models[m].name
-                ));
-            }
-            ctx.route.probe = probe;
-            ctx.target = Some(Target {
-                model: Some((m, t)),
-                provider: cfg.models[m].targets[t].provider,
-            });
-            return Ok(());
-        }
+    let prompt = std::cell::OnceCell::new();
+    let found = {
+        let req = Req {
+            ctx,
+            prompt: &prompt,
+        };
+        std::iter::once(first)
+            .chain(cfg.models[first].fallback.iter().copied())
+            .enumerate()
+            .find_map(|(pos, m)| {
+                choose(snap, local, &req, m, &need, &mut skipped, now_ms).map(|c| (pos, m, c))
+            })
+    };
+    let Some((pos, m, (t, probe, choice))) = found else {
+        return Err(skipped.error(&cfg.models[first].name, &need, ctx.head.path()));
+    };
+    if pos > 0 && ctx.target.is_none_or(|prev| prev.model_index() != Some(m)) {
+        ctx.route.note(format_args!(
+            "fallback {} -> {}",
+            cfg.models[first].name, cfg.models[m].name
+        ));
     }
-    Err(skipped.error(&cfg.models[first].name, &need, ctx.head.path()))
+    ctx.route.probe = probe;
+    ctx.route.score = choice.and_then(|c| c.score);
+    ctx.route.prefix_bytes = choice.map_or(0, |c| c.prefix_bytes);
+    let provider = cfg.models[m].targets[t].provider;
+    if let (Some(p), true) = (prompt.get(), cfg.models[m].balance == Balance::Prefix) {
+        // What this replica now holds in its KV cache, for the next request of the session.
+        let id = snap.providers[provider].id;
+        local
+            .balance
+            .index
+            .borrow_mut()
+            .record(&p.hashes, id, cfg.routing.prefix.max_blocks);
+    }
+    ctx.target = Some(Target {
+        model: Some((m, t)),
+        provider,
+    });
+    Ok(())
+}
+
+/// The request as `choose` reads it, with its prompt's block hashes computed on first use.
+struct Req<'a> {
+    ctx: &'a RequestCtx,
+    prompt: &'a std::cell::OnceCell<balance::Prompt>,
+}
+
+impl Req<'_> {
+    fn prompt(&self, snap: &Snapshot, model: &str) -> &balance::Prompt {
+        self.prompt.get_or_init(|| {
+            let text = balance::render_prompt(self.ctx.api, &self.ctx.body);
+            balance::Prompt {
+                hashes: balance::block_hashes(
+                    model,
+                    text.as_bytes(),
+                    snap.cfg.routing.prefix.block_bytes,
+                ),
+            }
+        })
+    }
 }
 
 /// One model's choice: the lowest priority group with an available target, a draw by weight
@@ -367,12 +415,13 @@ fn pick(
 fn choose(
     snap: &Snapshot,
     local: &RouteLocal,
-    tried: &[(usize, usize)],
+    req: &Req<'_>,
     m: usize,
     need: &Need,
     skipped: &mut Skipped,
     now_ms: u64,
-) -> Option<(usize, bool)> {
+) -> Option<(usize, bool, Option<balance::Choice>)> {
+    let tried = &req.ctx.route.tried;
     let cfg = &snap.cfg;
     let model = &cfg.models[m];
     let breakers = &snap.breakers[m];
@@ -444,27 +493,64 @@ fn choose(
         if total == 0 {
             return None;
         }
-        let mut r = local.draw(total);
-        let mut chosen = None;
-        for i in 0..model.targets.len() {
-            let t = &model.targets[i];
-            if t.priority == best && usable(i, skipped, false) {
-                if r < u64::from(t.weight) {
-                    chosen = Some(i);
-                    break;
+        let mut choice = None;
+        let chosen = if model.balance == Balance::Weighted || model.targets.len() == 1 {
+            let mut r = local.draw(total);
+            let mut chosen = None;
+            for i in 0..model.targets.len() {
+                let t = &model.targets[i];
+                if t.priority == best && usable(i, skipped, false) {
+                    if r < u64::from(t.weight) {
+                        chosen = Some(i);
+                        break;
+                    }
+                    r -= u64::from(t.weight);
                 }
-                r -= u64::from(t.weight);
             }
-        }
+            chosen
+        } else {
+            let cands: Vec<balance::Candidate> = (0..model.targets.len())
+                .filter(|i| model.targets[*i].priority == best && usable(*i, skipped, false))
+                .map(|i| {
+                    let t = &model.targets[i];
+                    balance::Candidate {
+                        target: i,
+                        provider_index: t.provider,
+                        provider_id: snap.providers[t.provider].id,
+                        weight: t.weight,
+                    }
+                })
+                .collect();
+            match cands.as_slice() {
+                [] => None,
+                [one] => Some(one.target),
+                _ => {
+                    let prompt =
+                        (model.balance == Balance::Prefix).then(|| req.prompt(snap, &model.name));
+                    let c = balance::pick(
+                        model.balance,
+                        &cfg.routing.prefix,
+                        &local.balance,
+                        &cands,
+                        prompt,
+                        &|total| local.draw(total),
+                    );
+                    choice = Some(c);
+                    Some(c.target)
+                }
+            }
+        };
         let i = chosen?;
         let b = &breakers[i].breaker;
         if !model.breaker.enabled {
-            return Some((i, false));
+            return Some((i, false, choice));
         }
         match b.state(now_ms) {
-            State::HalfOpen if b.try_probe(now_ms, &model.breaker) => return Some((i, true)),
+            State::HalfOpen if b.try_probe(now_ms, &model.breaker) => {
+                return Some((i, true, choice))
+            }
             State::HalfOpen => busy.push(i),
-            _ => return Some((i, false)),
+            _ => return Some((i, false, choice)),
         }
     }
 }
@@ -550,7 +636,7 @@ intercept:
     }
 
     fn local() -> RouteLocal {
-        RouteLocal::new(42)
+        RouteLocal::new(42, std::sync::Arc::default())
     }
 
     fn build(yaml: &str) -> (Config, Arc<Snapshot>) {
