@@ -18,6 +18,10 @@ use tollgate::snapshot::{Registry, Snapshot};
 use tollgate::telemetry::metrics::Metrics;
 
 fn snapshot(targets: usize, dir: &std::path::Path) -> Arc<Snapshot> {
+    snapshot_with(targets, dir, false)
+}
+
+fn snapshot_with(targets: usize, dir: &std::path::Path, replicas: bool) -> Arc<Snapshot> {
     let mut y = String::from("providers:\n");
     for i in 0..targets {
         let _ = writeln!(
@@ -28,6 +32,10 @@ fn snapshot(targets: usize, dir: &std::path::Path) -> Arc<Snapshot> {
     }
     y.push_str("models:\n  - name: m\n    targets:\n");
     for i in 0..targets {
+        if replicas {
+            let _ = writeln!(y, "      - {{provider: p{i}, model: m}}");
+            continue;
+        }
         let _ = writeln!(
             y,
             "      - {{provider: p{i}, model: m{i}, weight: {}, priority: {}, context_window: 128000}}",
@@ -76,6 +84,42 @@ fn bench(c: &mut Criterion) {
         let local = RouteLocal::new(7, std::sync::Arc::default());
         let mut request = ctx(&snap);
         g.bench_with_input(BenchmarkId::new("route_run", n), &n, |b, _| {
+            b.iter(|| {
+                request.target = None;
+                request.route.tried.clear();
+                route::run(&snap, &local, &mut request, None).is_ok()
+            })
+        });
+    }
+    // The prefix balancer: an 8 KB conversation, a full index.
+    let conversation: Vec<serde_json::Value> = std::iter::once(serde_json::json!({
+        "role": "system", "content": "You are a careful coding agent. ".repeat(150)
+    }))
+    .chain((0..6).map(|i| {
+        serde_json::json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                           "content": format!("turn {i}: {}", "look at this diff ".repeat(20))})
+    }))
+    .collect();
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(&serde_json::json!({"model": "m", "messages": conversation}))
+            .unwrap_or_default(),
+    );
+    for n in [4usize, 64] {
+        let snap = snapshot_with(n, &dir.join(format!("prefix-{n}")), true);
+        let local = RouteLocal::new(7, std::sync::Arc::default());
+        {
+            let mut index = local.balance.index.borrow_mut();
+            let filler: Vec<u64> = (0..200_000u64)
+                .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
+            for chunk in filler.chunks(1000) {
+                index.record(chunk, (chunk[0] % n as u64) as usize, 200_000);
+            }
+        }
+        let mut request = ctx(&snap);
+        request.body = body.clone();
+        request.inspection.prompt_bytes = body.len();
+        g.bench_with_input(BenchmarkId::new("prefix_route_run", n), &n, |b, _| {
             b.iter(|| {
                 request.target = None;
                 request.route.tried.clear();

@@ -497,3 +497,53 @@ fn an_active_health_check_takes_a_target_out_and_back() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn prefix_affinity_keeps_a_conversation_on_the_replica_that_caches_it() {
+    let second = Sim::start(&[]);
+    let url = second.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml = format!("  - {{name: twin, kind: openai, base_url: \"{url}\"}}\n");
+        // Equal targets: replicas of one model, `balance: prefix` by default.
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: sim, model: {SIM_MODEL}}}\n      - {{provider: twin, model: {SIM_MODEL}}}\n"
+        );
+    });
+    let system = "You are a meticulous coding agent; read the whole diff first. ".repeat(40);
+    let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+    let mut providers = Vec::new();
+    for turn in 0..6 {
+        messages.push(
+            serde_json::json!({"role": "user", "content": format!("step {turn}: what next?")}),
+        );
+        let body = serde_json::json!({"model": "pair", "max_tokens": 2, "messages": messages});
+        let r = post_json(stack.agent.addr, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let row = stack.agent.row_of(&r);
+        if turn > 0 {
+            // The replica that served the previous turn holds this prefix, and says so.
+            assert!(row.prefix_bytes >= 2048, "{row:#?}");
+            assert!(
+                r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    > 0,
+                "{}",
+                r.text()
+            );
+        }
+        providers.push(row.provider.unwrap_or_default());
+        messages.push(serde_json::json!({"role": "assistant", "content": "ok"}));
+    }
+    assert!(
+        providers.windows(2).all(|w| w[0] == w[1]),
+        "one conversation, one replica: {providers:?}"
+    );
+    let m = stack.agent.metrics();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let m2 = stack.agent.metrics();
+    let hits =
+        metric(&m2, "tollgate_prefix_hits_total").or(metric(&m, "tollgate_prefix_hits_total"));
+    assert!(hits.is_some_and(|h| h >= 5.0), "{m2}");
+}

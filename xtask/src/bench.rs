@@ -35,6 +35,7 @@ pub(crate) mod process;
 pub(crate) mod procfs;
 mod reload;
 mod report;
+mod scheduling;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,6 +76,11 @@ pub struct Args {
     /// against one without, in alternating windows of the same run (`bench/governance.rs`).
     #[arg(long)]
     governance: bool,
+    /// Measure only replica choice on an agentic workload: round_robin, least_load and prefix
+    /// against four simulator replicas, and sessions pinned to replicas as the upper bound
+    /// (`bench/scheduling.rs`).
+    #[arg(long)]
+    scheduling: bool,
 }
 
 /// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
@@ -139,11 +145,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
     }
-    if args.reload || args.governance {
+    if args.reload || args.governance || args.scheduling {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
-        let (title, flag, suffix, table) = if args.governance {
+        let (title, flag, suffix, table) = if args.scheduling {
+            let t = scheduling::run(&layout)?;
+            (
+                "Replica choice on an agentic workload",
+                "--scheduling",
+                "scheduling",
+                t,
+            )
+        } else if args.governance {
             let t = governance::run(&layout, &load, warmup)?;
             (
                 "Governance cost under load",
@@ -315,7 +329,14 @@ fn build(layout: &Layout) -> anyhow::Result<Result<(), String>> {
             "-p",
             "tollgate-benches",
         ])
-        .args(["--bin", "tollgate-sim", "--bin", "tollgate-load"])
+        .args([
+            "--bin",
+            "tollgate-sim",
+            "--bin",
+            "tollgate-load",
+            "--bin",
+            "tollgate-agentic",
+        ])
         .status()
         .context("running cargo build")?;
     if !status.success() {

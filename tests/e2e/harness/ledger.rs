@@ -42,6 +42,8 @@ pub struct Row {
     /// Tier, fallback and failed attempts (`None` when the first choice served).
     pub route: Option<String>,
     pub attempts: i64,
+    /// Leading prompt bytes the serving replica had been sent recently (`prefix` balancing).
+    pub prefix_bytes: i64,
 }
 
 impl Row {
@@ -61,7 +63,7 @@ const COLUMNS: &str =
     "id, ts_ms, latency_us, ttft_us, status, outcome, api, team, project, user_id, \
      session_id, workflow, cost_center, requested_model, served_model, provider, input_tokens, \
      cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated, key_id, \
-     COALESCE(cost_micro_usd, 0), route, COALESCE(attempts, 0)";
+     COALESCE(cost_micro_usd, 0), route, COALESCE(attempts, 0), COALESCE(prefix_bytes, 0)";
 
 fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -91,6 +93,7 @@ fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         cost_micro_usd: r.get(23)?,
         route: r.get(24)?,
         attempts: r.get(25)?,
+        prefix_bytes: r.get(26)?,
     })
 }
 

@@ -161,7 +161,9 @@ fn push_bits(mut bits: u128, blocks: usize, out: &mut Vec<(usize, usize)>) {
     }
 }
 
-/// The prompt as the engine sees it: each message's role and text, in order.
+/// The prompt as the engine sees it: each message's role and text, in order. One pass over
+/// the top-level object picks the fields that carry the prompt (a `get` per absent field would
+/// cost an error value each).
 pub fn render_prompt(api: Api, body: &[u8]) -> String {
     let mut out = String::new();
     let text_of = |v: &sonic_rs::Value, out: &mut String| {
@@ -175,26 +177,29 @@ pub fn render_prompt(api: Api, body: &[u8]) -> String {
             }
         }
     };
-    let field = |name: &str| -> Option<sonic_rs::Value> {
-        let raw = sonic_rs::get(body, &[name]).ok()?;
-        sonic_rs::from_str::<sonic_rs::Value>(raw.as_raw_str()).ok()
-    };
+    let parse = |raw: &str| sonic_rs::from_str::<sonic_rs::Value>(raw).ok();
+    let (mut system, mut list, mut prompt) = (Vec::new(), None, None);
+    for (key, value) in sonic_rs::to_object_iter(body).flatten() {
+        match key.as_ref() {
+            "system" | "instructions" => system.extend(parse(value.as_raw_str())),
+            "messages" | "input" => list = parse(value.as_raw_str()),
+            "prompt" => prompt = parse(value.as_raw_str()),
+            _ => {}
+        }
+    }
     match api {
+        Api::Embeddings => {}
         Api::Completions => {
-            if let Some(p) = field("prompt") {
-                text_of(&p, &mut out);
+            if let Some(p) = &prompt {
+                text_of(p, &mut out);
             }
         }
-        Api::Embeddings => {}
         _ => {
-            for name in ["system", "instructions"] {
-                if let Some(s) = field(name) {
-                    out.push_str("system\n");
-                    text_of(&s, &mut out);
-                    out.push('\n');
-                }
+            for s in &system {
+                out.push_str("system\n");
+                text_of(s, &mut out);
+                out.push('\n');
             }
-            let list = field("messages").or_else(|| field("input"));
             match list.as_ref().and_then(|l| l.as_array()) {
                 Some(messages) => {
                     for m in messages.iter() {
@@ -549,6 +554,52 @@ mod tests {
             })
             .collect();
         assert_eq!(order, vec![0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn scraped_load_steers_least_load_and_stale_figures_do_not() {
+        use crate::telemetry::replicas::{EngineLoad, ReplicaState};
+        let board = Arc::new(ReplicaBoard::default());
+        let state = |i: usize, waiting: f64, age: Duration| ReplicaState {
+            provider: format!("r{i}"),
+            provider_index: i,
+            load: Some(EngineLoad {
+                running: 0.0,
+                waiting,
+                kv_cache_ratio: None,
+            }),
+            updated: Instant::now().checked_sub(age),
+            errors_total: 0,
+            last_error: None,
+        };
+        let settings = PrefixSettings::default();
+        let local = BalanceLocal::new(board.clone());
+        let first = |_: u64| 0;
+        // Replica 0 reports a long queue: the others are preferred.
+        board.publish(vec![
+            state(0, 50.0, Duration::ZERO),
+            state(1, 0.0, Duration::ZERO),
+        ]);
+        let c = pick(
+            Balance::LeastLoad,
+            &settings,
+            &local,
+            &cands(),
+            None,
+            &first,
+        );
+        assert_ne!(c.target, 0);
+        // The same figure ten seconds old steers nothing: a tie, the draw picks the first.
+        board.publish(vec![state(0, 50.0, Duration::from_secs(10))]);
+        let c = pick(
+            Balance::LeastLoad,
+            &settings,
+            &local,
+            &cands(),
+            None,
+            &first,
+        );
+        assert_eq!(c.target, 0);
     }
 
     #[test]
