@@ -77,7 +77,7 @@ const TOKEN_KINDS: [&str; 5] = ["input", "cached", "cache_write", "output", "rea
 #[derive(Default)]
 pub struct Shard {
     series: Mutex<BTreeMap<SeriesKey, Series>>,
-    /// The worker's prefix balancer, published by it once a second (`worker::hand_back_memory`):
+    /// The worker's prefix balancer, published by it once a second (`worker::housekeeping`):
     /// lookups, lookups that matched a replica, blocks in its index.
     pub prefix: [AtomicU64; 3],
 }
