@@ -30,20 +30,27 @@ fn metric(text: &str, series: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
 }
 
+/// A one-worker agent in front of the stack's simulator (provider `sim`) and one more OpenAI
+/// provider `name` at `base_url`, with the models `models` (YAML items) and `extra` top-level
+/// YAML.
+fn two_providers(name: &str, base_url: &str, models: String, extra: &str) -> Stack {
+    let provider = format!("  - {{name: {name}, kind: openai, base_url: \"{base_url}\"}}\n");
+    let extra = extra.to_string();
+    Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.extra_providers_yaml = provider;
+        c.extra_models_yaml = models;
+        c.governance_yaml.push_str(&extra);
+    })
+}
+
 #[test]
 fn a_5xx_target_is_retried_elsewhere_and_only_the_answer_is_billed() {
     let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "500"]);
     let bad_url = bad.url();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.workers = 1;
-        c.extra_providers_yaml =
-            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
-        c.extra_models_yaml = format!(
+    let stack = two_providers("bad", &bad_url, format!(
             "  - name: smart\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}, weight: 1}}\n      - {{provider: sim, model: {SIM_MODEL}, weight: 1}}\n    retry: {{attempts: 1, on: [connect, 5xx]}}\n    breaker: {{failures: 1000}}\n"
-        );
-        c.governance_yaml
-            .push_str("routing: {retry_budget: {min_per_second: 1000}}\n");
-    });
+        ), "routing: {retry_budget: {min_per_second: 1000}}\n");
     let mut retried = 0;
     for i in 0..24 {
         let (r, row) = chat(&stack, "smart", &format!("retry me {i}"));
@@ -86,14 +93,15 @@ fn a_5xx_target_is_retried_elsewhere_and_only_the_answer_is_billed() {
 fn retries_stop_at_the_policy_and_the_provider_error_passes_through() {
     let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "502"]);
     let bad_url = bad.url();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.extra_providers_yaml =
-            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
-        // 5xx is not in `on`: the 502 goes back to the client as the provider sent it.
-        c.extra_models_yaml = format!(
+    // 5xx is not in `on`: the 502 goes back to the client as the provider sent it.
+    let stack = two_providers(
+        "bad",
+        &bad_url,
+        format!(
             "  - name: strict\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [connect]}}\n    breaker: {{failures: 1000}}\n"
-        );
-    });
+        ),
+        "",
+    );
     let r = post_json(
         stack.agent.addr,
         "/v1/chat/completions",
@@ -112,16 +120,9 @@ fn retries_stop_at_the_policy_and_the_provider_error_passes_through() {
 fn the_retry_budget_caps_retries_per_second() {
     let bad = Sim::start(&["--fail-rate", "1", "--fail-status", "500"]);
     let bad_url = bad.url();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.workers = 1;
-        c.extra_providers_yaml =
-            format!("  - {{name: bad, kind: openai, base_url: \"{bad_url}\"}}\n");
-        c.extra_models_yaml = format!(
+    let stack = two_providers("bad", &bad_url, format!(
             "  - name: pair\n    targets:\n      - {{provider: bad, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [5xx]}}\n    breaker: {{failures: 1000}}\n"
-        );
-        c.governance_yaml
-            .push_str("routing: {retry_budget: {ratio: 0, min_per_second: 2}}\n");
-    });
+        ), "routing: {retry_budget: {ratio: 0, min_per_second: 2}}\n");
     // Two retries fit the budget; then, within the same second, the 500 is the answer.
     let mut statuses = Vec::new();
     let mut exhausted = false;
@@ -151,14 +152,14 @@ fn the_retry_budget_caps_retries_per_second() {
 #[test]
 fn a_breaker_opens_then_probes_and_closes_when_the_target_recovers() {
     let dead = dead_port();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.workers = 1;
-        c.extra_providers_yaml =
-            format!("  - {{name: flaky, kind: openai, base_url: \"http://{dead}\"}}\n");
-        c.extra_models_yaml = format!(
+    let stack = two_providers(
+        "flaky",
+        &format!("http://{dead}"),
+        format!(
             "  - name: pair\n    targets:\n      - {{provider: flaky, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    breaker: {{failures: 2, window_ms: 60000, cooldown_ms: 1500}}\n"
-        );
-    });
+        ),
+        "",
+    );
     let series = format!("tollgate_target_breaker_state{{target=\"flaky/{SIM_MODEL}\"}}");
     // Two connect failures: each request is retried on the priority-1 target.
     for i in 0..2 {
@@ -206,14 +207,9 @@ fn a_breaker_opens_then_probes_and_closes_when_the_target_recovers() {
 fn retry_after_holds_a_target_off() {
     let limited = Sim::start(&["--fail-rate", "1", "--fail-status", "429"]);
     let url = limited.url();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.workers = 1;
-        c.extra_providers_yaml =
-            format!("  - {{name: limited, kind: openai, base_url: \"{url}\"}}\n");
-        c.extra_models_yaml = format!(
+    let stack = two_providers("limited", &url, format!(
             "  - name: pair\n    targets:\n      - {{provider: limited, model: {SIM_MODEL}}}\n      - {{provider: sim, model: {SIM_MODEL}, priority: 1}}\n    retry: {{on: [connect, \"429\"]}}\n    breaker: {{failures: 1000}}\n"
-        );
-    });
+        ), "");
     let (_, row) = chat(&stack, "pair", "first");
     assert_eq!((row.provider.as_deref(), row.attempts), (Some("sim"), 2));
     assert!(
@@ -242,12 +238,12 @@ fn retry_after_holds_a_target_off() {
 #[test]
 fn fallback_models_serve_when_every_target_failed() {
     let dead = dead_port();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.extra_providers_yaml =
-            format!("  - {{name: gone, kind: openai, base_url: \"http://{dead}\"}}\n");
-        c.extra_models_yaml =
-            "  - name: primary\n    provider: gone\n    model: big\n    fallback: [smol]\n".into();
-    });
+    let stack = two_providers(
+        "gone",
+        &format!("http://{dead}"),
+        "  - name: primary\n    provider: gone\n    model: big\n    fallback: [smol]\n".into(),
+        "",
+    );
     let (r, row) = chat(&stack, "primary", "fall back");
     assert_eq!(
         r.header("x-tollgate-target"),
@@ -502,14 +498,15 @@ fn an_active_health_check_takes_a_target_out_and_back() {
 fn prefix_affinity_keeps_a_conversation_on_the_replica_that_caches_it() {
     let second = Sim::start(&[]);
     let url = second.url();
-    let stack = Stack::custom(Sim::start(&[]), move |c| {
-        c.workers = 1;
-        c.extra_providers_yaml = format!("  - {{name: twin, kind: openai, base_url: \"{url}\"}}\n");
-        // Equal targets: replicas of one model, `balance: prefix` by default.
-        c.extra_models_yaml = format!(
+    // Equal targets: replicas of one model, `balance: prefix` by default.
+    let stack = two_providers(
+        "twin",
+        &url,
+        format!(
             "  - name: pair\n    targets:\n      - {{provider: sim, model: {SIM_MODEL}}}\n      - {{provider: twin, model: {SIM_MODEL}}}\n"
-        );
-    });
+        ),
+        "",
+    );
     let system = "You are a meticulous coding agent; read the whole diff first. ".repeat(40);
     let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
     let mut providers = Vec::new();
