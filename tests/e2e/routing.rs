@@ -544,3 +544,71 @@ fn prefix_affinity_keeps_a_conversation_on_the_replica_that_caches_it() {
         metric(&m2, "tollgate_prefix_hits_total").or(metric(&m, "tollgate_prefix_hits_total"));
     assert!(hits.is_some_and(|h| h >= 5.0), "{m2}");
 }
+
+#[test]
+fn batch_requests_wait_for_a_free_replica_or_are_deferred() {
+    let batch = |stack: &Stack| {
+        let body =
+            serde_json::to_vec(&chat_body("smol", "a batch job", 1, false)).unwrap_or_default();
+        post_raw(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("x-tollgate-priority", "batch"),
+            ],
+            &body,
+        )
+    };
+    // An interactive request keeps the only replica busy (the simulator answers after 800 ms).
+    let busy = |stack: &Stack| {
+        let addr = stack.agent.addr;
+        let t = std::thread::spawn(move || {
+            post_json(
+                addr,
+                "/v1/chat/completions",
+                &chat_body("smol", "interactive", 1, false),
+            )
+        });
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        t
+    };
+    let patient = Stack::custom(Sim::start(&["--delay-ms", "800"]), |c| {
+        c.workers = 1;
+        c.governance_yaml
+            .push_str("routing: {batch: {max_queue: 1, max_wait_ms: 10000}}\n");
+    });
+    let interactive = busy(&patient);
+    let r = batch(&patient);
+    let first = interactive.join().map(|r| r.status).unwrap_or(0);
+    assert_eq!((first, r.status), (200, 200), "{}", r.text());
+    let row = patient.agent.row_of(&r);
+    assert!(
+        row.route
+            .as_deref()
+            .is_some_and(|t| t.contains("batch waited")),
+        "{row:#?}"
+    );
+    // Interactive requests never wait, and an unknown class is refused.
+    let bad = post_raw(
+        patient.agent.addr,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-tollgate-priority", "urgent"),
+        ],
+        &serde_json::to_vec(&chat_body("smol", "x", 1, false)).unwrap_or_default(),
+    );
+    assert_openai_error(&bad, 400, "invalid_request_error", "invalid_request");
+
+    let hasty = Stack::custom(Sim::start(&["--delay-ms", "800"]), |c| {
+        c.workers = 1;
+        c.governance_yaml
+            .push_str("routing: {batch: {max_queue: 1, max_wait_ms: 100}}\n");
+    });
+    let interactive = busy(&hasty);
+    let r = batch(&hasty);
+    assert_openai_error(&r, 503, "api_error", "batch_deferred");
+    assert!(r.header("retry-after").is_some());
+    assert_eq!(interactive.join().map(|r| r.status).unwrap_or(0), 200);
+}

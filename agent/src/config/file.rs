@@ -84,6 +84,19 @@ pub struct RoutingFile {
     pub retry_budget: Option<RetryBudgetFile>,
     /// The `prefix` balancer: block size, index bounds, score weights.
     pub prefix: Option<PrefixFile>,
+    /// When `x-tollgate-priority: batch` requests may run.
+    pub batch: Option<BatchFile>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct BatchFile {
+    /// A batch request runs while some replica's queue is below this.
+    pub max_queue: Option<f64>,
+    /// UTC hours (`"01:00-06:00"`) in which batch requests run whatever the load.
+    pub hours: Option<String>,
+    /// How long a batch request waits for room before 503 `batch_deferred`.
+    pub max_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

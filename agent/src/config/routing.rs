@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::file::{
-    BreakerFile, HealthCheckFile, PrefixFile, RetryFile, RoutingFile, TargetFile, TierFile,
-    TimeoutsFile,
+    BatchFile, BreakerFile, HealthCheckFile, PrefixFile, RetryFile, RoutingFile, TargetFile,
+    TierFile, TimeoutsFile,
 };
 use super::validate::Validator;
 use super::Glob;
@@ -264,6 +264,24 @@ impl Default for PrefixSettings {
     }
 }
 
+/// When batch-class requests (`x-tollgate-priority: batch`) may run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchPolicy {
+    pub max_queue: f64,
+    pub hours: Option<Hours>,
+    pub max_wait: Duration,
+}
+
+impl Default for BatchPolicy {
+    fn default() -> Self {
+        BatchPolicy {
+            max_queue: 4.0,
+            hours: None,
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
 /// A provider's active health check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -282,6 +300,7 @@ pub struct RoutingDefaults {
     pub timeouts: Timeouts,
     pub retry_budget: RetryBudget,
     pub prefix: PrefixSettings,
+    pub batch: BatchPolicy,
 }
 
 impl Validator<'_> {
@@ -339,8 +358,10 @@ impl Validator<'_> {
             );
         }
         let prefix = self.prefix_settings(f.prefix.as_ref());
+        let batch = self.batch_policy(f.batch.as_ref());
         RoutingDefaults {
             prefix,
+            batch,
             retry: self.retry("routing.retry", f.retry.as_ref(), &RetryPolicy::default()),
             breaker: self.breaker(
                 "routing.breaker",
@@ -388,6 +409,35 @@ impl Validator<'_> {
                     "must be between 0 and 1000000",
                 );
             }
+        }
+        out
+    }
+
+    fn batch_policy(&mut self, f: Option<&BatchFile>) -> BatchPolicy {
+        let d = BatchPolicy::default();
+        let Some(f) = f else {
+            return d;
+        };
+        let hours = f.hours.as_deref().and_then(|h| {
+            let parsed = Hours::parse(h);
+            if parsed.is_none() {
+                self.problem(
+                    "routing.batch.hours",
+                    format!("`{h}` is not a UTC time range like \"01:00-06:00\""),
+                );
+            }
+            parsed
+        });
+        let out = BatchPolicy {
+            max_queue: f.max_queue.unwrap_or(d.max_queue),
+            hours,
+            max_wait: f.max_wait_ms.map_or(d.max_wait, Duration::from_millis),
+        };
+        if !(0.0..=1e6).contains(&out.max_queue) {
+            self.problem("routing.batch.max_queue", "must be between 0 and 1000000");
+        }
+        if out.max_wait > Duration::from_secs(3600) {
+            self.problem("routing.batch.max_wait_ms", "must be at most 3600000");
         }
         out
     }
@@ -761,7 +811,7 @@ models:
     #[test]
     fn routing_problems_are_reported_with_their_paths() {
         let e = load(&format!(
-            "{PROVIDERS}routing: {{retry_budget: {{ratio: -1}}}}
+            "{PROVIDERS}routing: {{retry_budget: {{ratio: -1}}, batch: {{hours: nope, max_queue: -1}}, prefix: {{block_bytes: 1}}}}
 models:
   - name: m
     targets:
@@ -783,6 +833,9 @@ models:
         .unwrap_or_default();
         for needle in [
             "routing.retry_budget.ratio",
+            "routing.batch.hours",
+            "routing.batch.max_queue",
+            "routing.prefix.block_bytes",
             "models[0].targets[0].serves[1]",
             "models[0].targets[0].hours",
             "models[0].targets[0].context_window",

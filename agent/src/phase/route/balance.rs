@@ -273,6 +273,25 @@ impl BalanceLocal {
         }
     }
 
+    /// A replica's queue (the engine's running + waiting when its scrape is fresh, plus this
+    /// worker's requests in flight there) and its KV-cache use.
+    pub fn load(
+        &self,
+        board: &[crate::telemetry::replicas::ReplicaState],
+        c: &Candidate,
+        stale_after: Duration,
+    ) -> (f64, f64) {
+        let scraped = board
+            .iter()
+            .find(|r| r.provider_index == c.provider_index)
+            .filter(|r| r.updated.is_some_and(|t| t.elapsed() <= stale_after))
+            .and_then(|r| r.load);
+        let (queue, kv) = scraped.map_or((0.0, 0.0), |l| {
+            (l.running + l.waiting, l.kv_cache_ratio.unwrap_or(0.0))
+        });
+        (queue + f64::from(self.inflight(c.provider_id)), kv)
+    }
+
     fn inflight(&self, provider_id: usize) -> u32 {
         self.inflight
             .borrow()
@@ -362,18 +381,7 @@ pub fn pick(
         }
         Balance::LeastLoad | Balance::Prefix => {
             let board = local.replicas.load();
-            let stale_after = settings.stale_after;
-            let load = |c: &Candidate| -> (f64, f64) {
-                let scraped = board
-                    .iter()
-                    .find(|r| r.provider_index == c.provider_index)
-                    .filter(|r| r.updated.is_some_and(|t| t.elapsed() <= stale_after))
-                    .and_then(|r| r.load);
-                let (queue, kv) = scraped.map_or((0.0, 0.0), |l| {
-                    (l.running + l.waiting, l.kv_cache_ratio.unwrap_or(0.0))
-                });
-                (queue + f64::from(local.inflight(c.provider_id)), kv)
-            };
+            let load = |c: &Candidate| local.load(&board, c, settings.stale_after);
             let mean_weight =
                 cands.iter().map(|c| f64::from(c.weight)).sum::<f64>() / cands.len() as f64;
             let queues: Vec<(f64, f64)> = cands

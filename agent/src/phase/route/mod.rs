@@ -26,6 +26,7 @@
 //! load.
 
 pub mod balance;
+mod batch;
 mod retry;
 mod tiers;
 
@@ -41,6 +42,7 @@ use crate::pipeline::RequestCtx;
 use crate::snapshot::Snapshot;
 use crate::upstream::breaker::State;
 
+pub use batch::hold as hold_batch;
 pub use retry::{after_attempt, after_error, retry_after_ms};
 pub use tiers::resolve_tier;
 

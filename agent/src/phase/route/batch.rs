@@ -1,0 +1,97 @@
+//! Priority classes: `x-tollgate-priority: interactive` (the default) runs at once;
+//! `batch` waits until some replica of its model has room — its queue (the engine's scraped
+//! running + waiting, plus this worker's requests in flight) below `routing.batch.max_queue` —
+//! or until the clock is inside `routing.batch.hours` (an off-peak window), polling every
+//! 50 ms. Past `max_wait_ms` it gets 503 `batch_deferred` with `Retry-After`. It waits in the
+//! agent, holding no provider connection, after admission (its budget reservation is held).
+
+use std::time::{Duration, Instant};
+
+use crate::error::{ErrorDetail, ErrorKind, GateError};
+use crate::pipeline::RequestCtx;
+use crate::snapshot::Snapshot;
+
+use super::balance::Candidate;
+use super::RouteLocal;
+
+const POLL: Duration = Duration::from_millis(50);
+
+/// The request's class from `x-tollgate-priority`.
+fn is_batch(ctx: &RequestCtx) -> Result<bool, GateError> {
+    match ctx.head.header("x-tollgate-priority") {
+        None => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case(b"interactive") => Ok(false),
+        Some(v) if v.eq_ignore_ascii_case(b"batch") => Ok(true),
+        Some(_) => Err(GateError::new(
+            ErrorKind::InvalidRequest {
+                param: Some("x-tollgate-priority"),
+            },
+            "`x-tollgate-priority` must be `interactive` or `batch`",
+        )),
+    }
+}
+
+/// The shortest queue among the model's targets.
+fn shortest_queue(snap: &Snapshot, local: &RouteLocal, model: usize) -> f64 {
+    let board = local.balance.replicas.load();
+    let stale = snap.cfg.routing.prefix.stale_after;
+    snap.cfg.models[model]
+        .targets
+        .iter()
+        .map(|t| {
+            let c = Candidate {
+                target: 0,
+                provider_index: t.provider,
+                provider_id: snap.providers[t.provider].id,
+                weight: t.weight,
+            };
+            local.balance.load(&board, &c, stale).0
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Holds a batch request until it may run; interactive requests pass at once.
+pub async fn hold(
+    snap: &Snapshot,
+    local: &RouteLocal,
+    ctx: &mut RequestCtx,
+) -> Result<(), GateError> {
+    if !is_batch(ctx)? {
+        return Ok(());
+    }
+    let Some((model, _)) = snap.cfg.model_by_name(&ctx.inspection.model) else {
+        return Ok(());
+    };
+    let policy = &snap.cfg.routing.batch;
+    let started = Instant::now();
+    loop {
+        let minute = ((crate::governance::window::now_ms().max(0) / 60_000) % 1440) as u16;
+        let off_peak = policy.hours.is_some_and(|h| h.contains(minute));
+        if off_peak || shortest_queue(snap, local, model) < policy.max_queue {
+            break;
+        }
+        if started.elapsed() >= policy.max_wait {
+            return Err(GateError::new(
+                ErrorKind::Unavailable {
+                    code: "batch_deferred",
+                },
+                format!(
+                    "batch request deferred: every replica of `{}` stayed busy for {} ms",
+                    ctx.inspection.model,
+                    policy.max_wait.as_millis()
+                ),
+            )
+            .with_detail(ErrorDetail {
+                retry_after_s: Some(policy.max_wait.as_secs().clamp(1, 60) as u32),
+                ..ErrorDetail::default()
+            }));
+        }
+        monoio::time::sleep(POLL).await;
+    }
+    let waited = started.elapsed();
+    if waited >= POLL {
+        ctx.route
+            .note(format_args!("batch waited {} ms", waited.as_millis()));
+    }
+    Ok(())
+}
