@@ -93,6 +93,10 @@ pub struct SpecArgs {
     /// Disable (`false`) or enable (`true`) the key.
     #[arg(long)]
     pub enabled: Option<bool>,
+    /// The key's default priority class: `interactive` or `batch` (a request's
+    /// `x-tollgate-priority` wins).
+    #[arg(long)]
+    pub priority: Option<String>,
 }
 
 impl SpecArgs {
@@ -125,6 +129,9 @@ impl SpecArgs {
         }
         if let Some(n) = self.rpm {
             put("rpm", json!(n));
+        }
+        if let Some(p) = &self.priority {
+            put("priority", json!(p));
         }
         if let Some(n) = self.tpm {
             put("tpm", json!(n));

@@ -264,6 +264,14 @@ impl Default for PrefixSettings {
     }
 }
 
+/// A request's class (`x-tollgate-priority`, or its key's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityClass {
+    Interactive,
+    Batch,
+}
+
 /// When batch-class requests (`x-tollgate-priority: batch`) may run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatchPolicy {

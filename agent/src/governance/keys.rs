@@ -56,6 +56,9 @@ pub struct KeySpec {
     pub allowed_ips: Vec<IpNet>,
     #[serde(default = "yes")]
     pub enabled: bool,
+    /// The default priority class of the key's requests (`x-tollgate-priority` wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::config::routing::PriorityClass>,
 }
 
 fn yes() -> bool {

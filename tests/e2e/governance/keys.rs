@@ -283,3 +283,51 @@ fn keys_survive_a_restart_and_the_cli_manages_them() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("TOLLGATE_ADMIN_TOKEN"), "{out:#?}");
 }
+
+#[test]
+fn a_keys_default_priority_class_applies_unless_the_request_names_one() {
+    let stack = governed(
+        Sim::start(&["--delay-ms", "800"]),
+        "routing: {batch: {max_queue: 1, max_wait_ms: 100}}\n",
+    );
+    let admin_addr = stack.agent.admin_addr().expect("an admin listener");
+    let bad = admin(
+        admin_addr,
+        "POST",
+        "/admin/keys",
+        Some(&json!({"team": "jobs", "priority": "urgent"})),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    let (batch_key, _) = create_key(&stack, json!({"team": "jobs", "priority": "batch"}));
+    let (interactive_key, _) = create_key(&stack, json!({"team": "app"}));
+    // The only replica is busy with an interactive request for 800 ms...
+    let addr = stack.agent.addr;
+    let busy = std::thread::spawn(move || {
+        post_with_key(
+            addr,
+            "/v1/chat/completions",
+            &interactive_key,
+            &[],
+            &chat("smol", 1),
+        )
+    });
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    // ... so the batch key's request is deferred, while the same key naming `interactive` runs.
+    let r = post_with_key(
+        addr,
+        "/v1/chat/completions",
+        &batch_key,
+        &[],
+        &chat("smol", 1),
+    );
+    assert_openai_error(&r, 503, "api_error", "batch_deferred");
+    let r = post_with_key(
+        addr,
+        "/v1/chat/completions",
+        &batch_key,
+        &[("x-tollgate-priority", "interactive")],
+        &chat("smol", 1),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(busy.join().map(|r| r.status).unwrap_or(0), 200);
+}

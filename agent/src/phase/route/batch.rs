@@ -1,4 +1,5 @@
-//! Priority classes: `x-tollgate-priority: interactive` (the default) runs at once;
+//! Priority classes: `x-tollgate-priority: interactive` (the default, unless the request's key
+//! has a default class) runs at once;
 //! `batch` waits until some replica of its model has room — its queue (the engine's scraped
 //! running + waiting, plus this worker's requests in flight) below `routing.batch.max_queue` —
 //! or until the clock is inside `routing.batch.hours` (an off-peak window), polling every
@@ -7,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::config::routing::PriorityClass;
 use crate::error::{ErrorDetail, ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
 use crate::snapshot::Snapshot;
@@ -16,10 +18,14 @@ use super::RouteLocal;
 
 const POLL: Duration = Duration::from_millis(50);
 
-/// The request's class from `x-tollgate-priority`.
+/// The request's class: `x-tollgate-priority`, else its key's default, else interactive.
 fn is_batch(ctx: &RequestCtx) -> Result<bool, GateError> {
     match ctx.head.header("x-tollgate-priority") {
-        None => Ok(false),
+        None => Ok(ctx
+            .key
+            .as_ref()
+            .and_then(|k| k.spec.priority)
+            .is_some_and(|p| p == PriorityClass::Batch)),
         Some(v) if v.eq_ignore_ascii_case(b"interactive") => Ok(false),
         Some(v) if v.eq_ignore_ascii_case(b"batch") => Ok(true),
         Some(_) => Err(GateError::new(
