@@ -286,10 +286,14 @@ fn keys_survive_a_restart_and_the_cli_manages_them() {
 
 #[test]
 fn a_keys_default_priority_class_applies_unless_the_request_names_one() {
-    let stack = governed(
-        Sim::start(&["--delay-ms", "800"]),
-        "routing: {batch: {max_queue: 1, max_wait_ms: 100}}\n",
-    );
+    // One worker: the busy request's in-flight count is the one the batch request reads (with
+    // several, a worker sees the others' load only through the replica's scraped figures).
+    let stack = crate::harness::Stack::custom(Sim::start(&["--delay-ms", "800"]), |c| {
+        c.workers = 1;
+        c.admin = Some(true);
+        c.governance_yaml =
+            "auth: { mode: keys }\nrouting: {batch: {max_queue: 1, max_wait_ms: 100}}\n".into();
+    });
     let admin_addr = stack.agent.admin_addr().expect("an admin listener");
     let bad = admin(
         admin_addr,
