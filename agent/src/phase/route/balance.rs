@@ -8,8 +8,9 @@
 //! (xxh3) chained over the one before and seeded with the model name, like the engines' own
 //! prefix caches. A per-worker index maps each block hash to the set of providers it was
 //! recently sent to (a bit per stable provider id) and when; entries older than the TTL do not
-//! count, and the index is bounded (the oldest half is dropped when full). A replica's match is
-//! its longest run of leading blocks: one probe per block, whatever the number of replicas.
+//! count, and the index is bounded (two generations, the older dropped whole). A replica's
+//! match is its longest run of leading blocks: one probe per block, whatever the number of
+//! replicas.
 //!
 //! **Load.** The engines' own figures (running + waiting, KV use) from the telemetry thread's
 //! scrapes, ignored when older than three scrape intervals, plus this worker's own requests in
@@ -43,9 +44,16 @@ struct Entry {
     seen_s: u32,
 }
 
-/// The per-worker prefix index.
+type BlockMap = HashMap<u64, Entry, std::hash::BuildHasherDefault<IdentityHasher>>;
+
+/// The per-worker prefix index, in two generations: new entries go to `current`; when it holds
+/// half the bound, it becomes `previous` and the old `previous` is dropped whole. Lookups see
+/// both, and an entry found in `previous` is carried into `current` when it is used again. So
+/// the bound holds with O(1) work per block — no scan, no pause on the worker — and what is
+/// dropped is what went unused for a whole generation (an approximate LRU).
 pub struct PrefixIndex {
-    map: HashMap<u64, Entry, std::hash::BuildHasherDefault<IdentityHasher>>,
+    current: BlockMap,
+    previous: BlockMap,
     epoch: Instant,
 }
 
@@ -70,7 +78,8 @@ impl std::hash::Hasher for IdentityHasher {
 impl Default for PrefixIndex {
     fn default() -> Self {
         PrefixIndex {
-            map: HashMap::default(),
+            current: BlockMap::default(),
+            previous: BlockMap::default(),
             epoch: Instant::now(),
         }
     }
@@ -82,11 +91,15 @@ impl PrefixIndex {
     }
 
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.current.len() + self.previous.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
+    }
+
+    fn get(&self, h: &u64) -> Option<&Entry> {
+        self.current.get(h).or_else(|| self.previous.get(h))
     }
 
     /// Leading blocks of `hashes` each provider holds: `(provider id, blocks)` for every
@@ -97,7 +110,7 @@ impl PrefixIndex {
         let mut alive = u128::MAX;
         let mut out = Vec::new();
         for (i, h) in hashes.iter().enumerate() {
-            let here = match self.map.get(h) {
+            let here = match self.get(h) {
                 Some(e) if now.saturating_sub(e.seen_s) <= ttl => e.providers,
                 _ => 0,
             };
@@ -117,36 +130,23 @@ impl PrefixIndex {
         if provider >= MAX_PROVIDER_BITS {
             return 0;
         }
+        // A prompt longer than a generation keeps its leading blocks: the prefix is what matches.
+        let hashes = &hashes[..hashes.len().min(max_blocks / 2)];
         let now = self.now_s();
-        if self.map.len() + hashes.len() > max_blocks {
-            self.evict_oldest_half(now);
+        if self.current.len() + hashes.len() > max_blocks / 2 {
+            self.previous = std::mem::take(&mut self.current);
         }
-        let before = self.map.len();
+        let before = self.current.len();
         for h in hashes {
-            let e = self.map.entry(*h).or_insert(Entry {
-                providers: 0,
+            let carried = self.previous.get(h).map_or(0, |e| e.providers);
+            let e = self.current.entry(*h).or_insert(Entry {
+                providers: carried,
                 seen_s: now,
             });
             e.providers |= 1 << provider;
             e.seen_s = now;
         }
-        self.map.len() - before
-    }
-
-    /// Keeps the newer half of the entries (by last use).
-    fn evict_oldest_half(&mut self, now: u32) {
-        let mut ages: Vec<u32> = self.map.values().map(|e| now - e.seen_s.min(now)).collect();
-        if ages.is_empty() {
-            return;
-        }
-        let mid = ages.len() / 2;
-        let (_, median, _) = ages.select_nth_unstable(mid);
-        let cut = *median;
-        self.map.retain(|_, e| now - e.seen_s.min(now) < cut);
-        // All of one age: keep none of it rather than grow past the bound.
-        if self.map.len() > mid {
-            self.map.clear();
-        }
+        self.current.len() - before
     }
 }
 
@@ -463,13 +463,23 @@ mod tests {
         // Another model's hashes share nothing.
         let b = block_hashes("other", text.as_bytes(), 100);
         assert!(idx.matches(&b, Duration::from_secs(60)).is_empty());
-        // Bounded: recording past the bound drops the older half first.
+        // Bounded: recording past the bound drops the older generation; what was used in the
+        // current one survives the turn.
         let mut small = PrefixIndex::default();
+        let kept = block_hashes("kept", text.as_bytes(), 100);
         for i in 0..50 {
             let h = block_hashes(&format!("m{i}"), text.as_bytes(), 100);
             small.record(&h, 1, 40);
+            small.record(&kept, 2, 40);
             assert!(small.len() <= 40, "{}", small.len());
         }
+        assert_eq!(small.matches(&kept, Duration::from_secs(60)), vec![(2, 10)]);
+        // A prompt longer than a generation keeps its leading blocks.
+        let long = block_hashes("long", "y".repeat(10_000).as_bytes(), 100);
+        let mut one = PrefixIndex::default();
+        one.record(&long, 4, 40);
+        assert!(one.len() <= 20);
+        assert_eq!(one.matches(&long, Duration::from_secs(60)), vec![(4, 20)]);
     }
 
     fn cands() -> Vec<Candidate> {
