@@ -20,8 +20,8 @@ use super::{check_model, facts, render_quota, reservation};
 /// How often a queued request looks for budget headroom again.
 const QUEUE_POLL: Duration = Duration::from_millis(50);
 
-/// The price a reservation is made at: the model's first target's (resolved at load), or the
-/// catalog's for a name that is not a configured model.
+/// The price a reservation is made at: the dearest of the model's targets (any may serve it;
+/// prices resolved at load), or the catalog's for a name that is not a configured model.
 pub fn price_of(snap: &Snapshot, model: &str) -> Option<Price> {
     match snap.cfg.model_by_name(model) {
         // Any target may serve (weights, failover): reserve at the dearest; the record is
