@@ -611,4 +611,15 @@ fn batch_requests_wait_for_a_free_replica_or_are_deferred() {
     assert_openai_error(&r, 503, "api_error", "batch_deferred");
     assert!(r.header("retry-after").is_some());
     assert_eq!(interactive.join().map(|r| r.status).unwrap_or(0), 200);
+    // Workers publish these once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let waited = metric(&patient.agent.metrics(), "tollgate_batch_waited_total");
+    assert_eq!(waited, Some(1.0));
+    let m = hasty.agent.metrics();
+    assert_eq!(
+        metric(&m, "tollgate_batch_deferred_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(metric(&m, "tollgate_batch_waiting"), Some(0.0));
 }

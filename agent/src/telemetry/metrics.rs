@@ -80,6 +80,8 @@ pub struct Shard {
     /// The worker's prefix balancer, published by it once a second (`worker::housekeeping`):
     /// lookups, lookups that matched a replica, blocks in its index.
     pub prefix: [AtomicU64; 3],
+    /// Batch-class requests: waiting now, that waited, that were deferred (same publisher).
+    pub batch: [AtomicU64; 3],
 }
 
 impl Shard {
@@ -398,6 +400,12 @@ impl Metrics {
                 .map(|s| s.prefix[i].load(Ordering::Relaxed))
                 .sum()
         };
+        let batch = |i: usize| -> u64 {
+            self.shards
+                .iter()
+                .map(|s| s.batch[i].load(Ordering::Relaxed))
+                .sum()
+        };
         for (name, kind, help, v) in [
             (
                 "tollgate_prefix_lookups_total",
@@ -416,6 +424,24 @@ impl Metrics {
                 "gauge",
                 "Prompt blocks in the workers' prefix indexes (about 40 bytes each).",
                 sum(2),
+            ),
+            (
+                "tollgate_batch_waiting",
+                "gauge",
+                "Batch-class requests waiting for a replica with room.",
+                batch(0),
+            ),
+            (
+                "tollgate_batch_waited_total",
+                "counter",
+                "Batch-class requests that waited before running.",
+                batch(1),
+            ),
+            (
+                "tollgate_batch_deferred_total",
+                "counter",
+                "Batch-class requests answered 503 batch_deferred after waiting max_wait_ms.",
+                batch(2),
             ),
         ] {
             let _ = writeln!(

@@ -70,6 +70,7 @@ pub async fn hold(
     };
     let policy = &snap.cfg.routing.batch;
     let started = Instant::now();
+    let _waiting = Waiting::new(local);
     loop {
         let minute = ((crate::governance::window::now_ms().max(0) / 60_000) % 1440) as u16;
         let off_peak = policy.hours.is_some_and(|h| h.contains(minute));
@@ -77,6 +78,7 @@ pub async fn hold(
             break;
         }
         if started.elapsed() >= policy.max_wait {
+            local.batch_deferred.set(local.batch_deferred.get() + 1);
             return Err(GateError::new(
                 ErrorKind::Unavailable {
                     code: "batch_deferred",
@@ -96,8 +98,26 @@ pub async fn hold(
     }
     let waited = started.elapsed();
     if waited >= POLL {
+        local.batch_waited.set(local.batch_waited.get() + 1);
         ctx.route
             .note(format_args!("batch waited {} ms", waited.as_millis()));
     }
     Ok(())
+}
+
+/// Counts a batch request as waiting for as long as it holds (whatever way `hold` returns).
+struct Waiting<'a>(&'a RouteLocal);
+
+impl<'a> Waiting<'a> {
+    fn new(local: &'a RouteLocal) -> Self {
+        local.batch_waiting.set(local.batch_waiting.get() + 1);
+        Waiting(local)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let w = &self.0.batch_waiting;
+        w.set(w.get().saturating_sub(1));
+    }
 }

@@ -108,6 +108,10 @@ impl RouteState {
 /// index, in-flight counts). `!Send`: one per worker.
 pub struct RouteLocal {
     pub balance: balance::BalanceLocal,
+    /// Batch-class requests waiting now, that waited, that were deferred (for `/metrics`).
+    pub batch_waiting: Cell<u64>,
+    pub batch_waited: Cell<u64>,
+    pub batch_deferred: Cell<u64>,
     rng: Cell<u64>,
     /// The second the counters below cover (ms / 1000).
     second: Cell<u64>,
@@ -122,6 +126,9 @@ impl RouteLocal {
     ) -> Self {
         RouteLocal {
             balance: balance::BalanceLocal::new(replicas),
+            batch_waiting: Cell::new(0),
+            batch_waited: Cell::new(0),
+            batch_deferred: Cell::new(0),
             rng: Cell::new(seed | 1),
             second: Cell::new(0),
             requests: Cell::new(0),
