@@ -581,6 +581,13 @@ impl Validator<'_> {
                     format!("provider `{}` is defined twice", p.name),
                 );
             }
+            // Names reach response headers (`x-tollgate-target`) and metric labels.
+            if p.name.chars().any(char::is_control) {
+                self.problem(
+                    format!("{path}.name"),
+                    "must not contain control characters",
+                );
+            }
             let kind = match p.kind.as_str() {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,

@@ -79,8 +79,6 @@ pub struct RouteState {
     pub tried: Vec<(usize, usize)>,
     /// Attempts sent to a provider (the first included).
     pub attempts: u32,
-    /// This attempt is its target's half-open probe.
-    pub probe: bool,
     /// Tier, fallback and failed attempts, for the ledger's `route` column; empty when the
     /// first choice served.
     pub trail: String,
@@ -369,7 +367,7 @@ fn pick(
                 choose(snap, local, &req, m, &need, &mut skipped, now_ms).map(|c| (pos, m, c))
             })
     };
-    let Some((pos, m, (t, probe, choice))) = found else {
+    let Some((pos, m, (t, choice))) = found else {
         return Err(skipped.error(&cfg.models[first].name, &need, ctx.head.path()));
     };
     if pos > 0 && ctx.target.is_none_or(|prev| prev.model_index() != Some(m)) {
@@ -378,7 +376,6 @@ fn pick(
             cfg.models[first].name, cfg.models[m].name
         ));
     }
-    ctx.route.probe = probe;
     ctx.route.score = choice.and_then(|c| c.score);
     ctx.route.prefix_bytes = choice.map_or(0, |c| c.prefix_bytes);
     let provider = cfg.models[m].targets[t].provider;
@@ -420,7 +417,8 @@ impl Req<'_> {
 }
 
 /// One model's choice: the lowest priority group with an available target, a draw by weight
-/// within it. Returns the target and whether it is its breaker's half-open probe.
+/// within it. Returns the target (having claimed its breaker's probe when half-open) and what
+/// the balancer decided.
 fn choose(
     snap: &Snapshot,
     local: &RouteLocal,
@@ -429,7 +427,7 @@ fn choose(
     need: &Need,
     skipped: &mut Skipped,
     now_ms: u64,
-) -> Option<(usize, bool, Option<balance::Choice>)> {
+) -> Option<(usize, Option<balance::Choice>)> {
     let tried = &req.ctx.route.tried;
     let cfg = &snap.cfg;
     let model = &cfg.models[m];
@@ -551,15 +549,13 @@ fn choose(
         };
         let i = chosen?;
         let b = &breakers[i].breaker;
-        if !model.breaker.enabled {
-            return Some((i, false, choice));
-        }
+        // A half-open target serves only the request that claims its probe; the probe's
+        // outcome (`retry::record`) closes or reopens the breaker.
         match b.state(now_ms) {
-            State::HalfOpen if b.try_probe(now_ms, &model.breaker) => {
-                return Some((i, true, choice))
+            State::HalfOpen if model.breaker.enabled && !b.try_probe(now_ms, &model.breaker) => {
+                busy.push(i)
             }
-            State::HalfOpen => busy.push(i),
-            _ => return Some((i, false, choice)),
+            _ => return Some((i, choice)),
         }
     }
 }
