@@ -65,6 +65,8 @@ pub enum ErrorKind {
     BudgetExceeded,
     /// The session's loop-guard breaker is open.
     LoopDetected,
+    /// The tenant already has its share of requests waiting for a busy model (`tenant_queue_full`).
+    Throttled { code: &'static str },
     /// The estimated prompt does not fit the context window of any target the request may use.
     ContextTooLong,
     /// No target of the model (or its fallbacks) may take the request now: `circuit_open`
@@ -163,6 +165,7 @@ impl GateError {
             | RateLimited { .. }
             | BudgetExceeded
             | LoopDetected
+            | Throttled { .. }
             | ContextTooLong
             | NotFound
             | MethodNotAllowed => Side::Client,
@@ -200,6 +203,7 @@ impl GateError {
             RateLimited { kind } => (429, kind, "rate_limit_exceeded"),
             BudgetExceeded => (429, "insufficient_quota", "budget_exceeded"),
             LoopDetected => (429, "requests", "loop_detected"),
+            Throttled { code } => (429, "requests", code),
             ContextTooLong => (400, "invalid_request_error", "context_length_exceeded"),
             Unavailable { code } => (503, "api_error", code),
             NotFound => (404, "invalid_request_error", "not_found"),

@@ -48,6 +48,7 @@ impl Shared {
         let snap = self.snapshot.load();
         self.governor.render(&snap.governance, &mut out);
         render_breakers(&snap, &mut out);
+        render_queues(&snap, &mut out);
         out
     }
 }
@@ -87,6 +88,149 @@ fn render_breakers(snap: &crate::snapshot::Snapshot, out: &mut String) {
         out.push_str("# HELP tollgate_target_breaker_trips_total Times a target's breaker opened on failures.\n# TYPE tollgate_target_breaker_trips_total counter\n");
         out.push_str(&trips);
     }
+}
+
+/// Each gated model's slots and fair queue (`phase/route/queue.rs`).
+fn render_queues(snap: &crate::snapshot::Snapshot, out: &mut String) {
+    use crate::telemetry::metrics::escape;
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let gated: Vec<(&str, &crate::phase::route::queue::ModelGate, usize)> = snap
+        .gates
+        .iter()
+        .enumerate()
+        .filter_map(|(m, g)| {
+            g.as_deref()
+                .map(|g| (snap.cfg.models[m].name.as_str(), g, m))
+        })
+        .collect();
+    if gated.is_empty() {
+        return;
+    }
+    let mut family = |name: &str, kind: &str, help: &str, rows: &dyn Fn(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        rows(out);
+    };
+    family(
+        "tollgate_queue_slots",
+        "gauge",
+        "Slots of a gated model (the sum of its targets' max_in_flight) and how many are in use.",
+        &|out| {
+            for (model, g, _) in &gated {
+                let (_, in_use) = g.load();
+                let m = escape(model);
+                let _ = writeln!(
+                    out,
+                    "tollgate_queue_slots{{model=\"{m}\",state=\"capacity\"}} {}",
+                    g.capacity()
+                );
+                let _ = writeln!(
+                    out,
+                    "tollgate_queue_slots{{model=\"{m}\",state=\"in_use\"}} {in_use}"
+                );
+            }
+        },
+    );
+    family(
+        "tollgate_queue_waiting",
+        "gauge",
+        "Requests waiting for a slot, by tenant and priority class.",
+        &|out| {
+            for (model, g, _) in &gated {
+                for (tenant, class, n) in g.waiting_by_tenant() {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_queue_waiting{{model=\"{}\",tenant=\"{}\",class=\"{class}\"}} {n}",
+                        escape(model),
+                        escape(&tenant)
+                    );
+                }
+            }
+        },
+    );
+    family(
+        "tollgate_queue_tenant_tokens",
+        "gauge",
+        "Each tenant's virtual token counter in the fair queue (tokens let through while the model was saturated).",
+        &|out| {
+            for (model, g, _) in &gated {
+                for (tenant, served) in g.served_by_tenant() {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_queue_tenant_tokens{{model=\"{}\",tenant=\"{}\"}} {served}",
+                        escape(model),
+                        escape(&tenant)
+                    );
+                }
+            }
+        },
+    );
+    family(
+        "tollgate_queue_waited_total",
+        "counter",
+        "Requests that waited for a slot, and the seconds they waited in all.",
+        &|out| {
+            for (model, g, _) in &gated {
+                let m = escape(model);
+                let _ = writeln!(
+                    out,
+                    "tollgate_queue_waited_total{{model=\"{m}\"}} {}",
+                    g.stats.queued.load(Relaxed)
+                );
+            }
+        },
+    );
+    family(
+        "tollgate_queue_wait_seconds_total",
+        "counter",
+        "Seconds requests spent waiting for a slot.",
+        &|out| {
+            for (model, g, _) in &gated {
+                let m = escape(model);
+                let secs = g.stats.wait_us.load(Relaxed) as f64 / 1e6;
+                let _ = writeln!(
+                    out,
+                    "tollgate_queue_wait_seconds_total{{model=\"{m}\"}} {secs}"
+                );
+            }
+        },
+    );
+    family(
+        "tollgate_queue_refused_total",
+        "counter",
+        "Requests refused by the queue: queue_full, tenant_queue_full, queue_timeout.",
+        &|out| {
+            for (model, g, _) in &gated {
+                let m = escape(model);
+                for (reason, n) in [
+                    ("queue_full", &g.stats.full),
+                    ("tenant_queue_full", &g.stats.tenant_full),
+                    ("queue_timeout", &g.stats.timed_out),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "tollgate_queue_refused_total{{model=\"{m}\",reason=\"{reason}\"}} {}",
+                        n.load(Relaxed)
+                    );
+                }
+            }
+        },
+    );
+    family(
+        "tollgate_target_in_flight",
+        "gauge",
+        "Requests in flight to each target of a gated model (all workers), against its max_in_flight.",
+        &|out| {
+            for (_, g, m) in &gated {
+                for (t, tb) in snap.breakers[*m].iter().enumerate() {
+                    let (n, cap) = g.target_load(t);
+                    let label = escape(&tb.label);
+                    let _ = writeln!(out, "tollgate_target_in_flight{{target=\"{label}\"}} {n}");
+                    let _ = writeln!(out, "tollgate_target_max_in_flight{{target=\"{label}\"}} {cap}");
+                }
+            }
+        },
+    );
 }
 
 /// What the kernel side is doing, for `/readyz` and `tollgate status`.

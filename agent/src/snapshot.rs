@@ -17,6 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, Provider};
+use crate::phase::route::queue::ModelGate;
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::breaker::Breaker;
 use crate::upstream::tls::{self, Tls};
@@ -66,6 +67,9 @@ pub struct Snapshot {
     /// The circuit breaker of each model target, by `cfg.models` and target index. Shared by
     /// every model with the same target, and kept across reloads while the target exists.
     pub breakers: Vec<Vec<Arc<TargetBreaker>>>,
+    /// The slots and fair queue of each model whose targets all have a `max_in_flight`, by
+    /// `cfg.models` index; kept across reloads while the model's targets and caps are the same.
+    pub gates: Vec<Option<Arc<ModelGate>>>,
 }
 
 /// A target's breaker and what names it in metrics and `/readyz`.
@@ -98,6 +102,8 @@ pub struct Registry {
     live: HashMap<usize, Arc<ProviderRuntime>>,
     /// Breakers by provider id and upstream model.
     breakers: HashMap<(usize, String), Arc<TargetBreaker>>,
+    /// Gates by model name.
+    gates: HashMap<String, Arc<ModelGate>>,
 }
 
 /// What makes two provider entries the same connection target.
@@ -156,7 +162,7 @@ impl Registry {
             .collect();
         let governance = Arc::new(governor.bind(&cfg.governance));
         let mut breakers_now = HashMap::new();
-        let breakers = cfg
+        let breakers: Vec<Vec<Arc<TargetBreaker>>> = cfg
             .models
             .iter()
             .map(|m| {
@@ -180,6 +186,7 @@ impl Registry {
             })
             .collect();
         self.breakers = breakers_now;
+        let gates = self.gates(&cfg, &breakers);
         Ok(Snapshot {
             generation,
             cfg,
@@ -187,7 +194,33 @@ impl Registry {
             model_labels,
             governance,
             breakers,
+            gates,
         })
+    }
+
+    fn gates(
+        &mut self,
+        cfg: &Config,
+        breakers: &[Vec<Arc<TargetBreaker>>],
+    ) -> Vec<Option<Arc<ModelGate>>> {
+        let mut now = HashMap::new();
+        let gates = cfg
+            .models
+            .iter()
+            .zip(breakers)
+            .map(|(m, list)| {
+                let labels: Vec<String> = list.iter().map(|b| b.label.clone()).collect();
+                let signature = ModelGate::signature_of(m, &labels);
+                let gate = match self.gates.get(&m.name) {
+                    Some(g) if g.signature == signature => Some(g.clone()),
+                    _ => ModelGate::for_model(m, &labels).map(Arc::new),
+                }?;
+                now.insert(m.name.clone(), gate.clone());
+                Some(gate)
+            })
+            .collect();
+        self.gates = now;
+        gates
     }
 }
 

@@ -51,6 +51,8 @@ mod ledger_restart;
 mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.
 mod models_and_metrics;
+/// The fair queue in front of saturated replicas: order by tokens served, caps, refusals.
+mod queue;
 /// Reasoning tokens on chat and the Responses API.
 mod reasoning_tokens;
 /// Hot reload (SIGHUP, file watch, admin API), history and rollback, reloads under load.

@@ -86,6 +86,24 @@ pub struct RoutingFile {
     pub prefix: Option<PrefixFile>,
     /// When `x-tollgate-priority: batch` requests may run.
     pub batch: Option<BatchFile>,
+    /// Requests in flight per replica, and the fair queue past that.
+    pub queue: Option<QueueFile>,
+}
+
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Requests the agent sends a replica at once (0, the default: no limit, no queue). A
+    /// target's own `max_in_flight` overrides it.
+    pub max_in_flight: Option<u32>,
+    /// Requests waiting per model at most (past it: 503 `queue_full`).
+    pub max_waiting: Option<u32>,
+    /// Requests one tenant may have waiting per model (past it: 429 `tenant_queue_full`).
+    pub max_waiting_per_tenant: Option<u32>,
+    /// How long a request waits for a slot before 503 `queue_timeout`.
+    pub max_wait_ms: Option<u64>,
+    /// Who shares fairly: `team` (the default; a request without one counts as its key) or `key`.
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]
@@ -378,4 +396,6 @@ pub struct TargetFile {
     pub serves: Option<Vec<String>>,
     /// UTC hours this target is used, `"22:00-06:00"` (default always).
     pub hours: Option<String>,
+    /// Requests the agent sends this replica at once (default `routing.queue.max_in_flight`).
+    pub max_in_flight: Option<u32>,
 }

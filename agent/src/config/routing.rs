@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use super::file::{
-    BatchFile, BreakerFile, HealthCheckFile, PrefixFile, RetryFile, RoutingFile, TargetFile,
-    TierFile, TimeoutsFile,
+    BatchFile, BreakerFile, HealthCheckFile, PrefixFile, QueueFile, RetryFile, RoutingFile,
+    TargetFile, TierFile, TimeoutsFile,
 };
 use super::validate::Validator;
 use super::Glob;
@@ -223,6 +223,8 @@ pub(super) struct TargetConditions {
     pub context_window: Option<u64>,
     pub serves: Serves,
     pub hours: Option<Hours>,
+    /// `None`: the routing default.
+    pub max_in_flight: Option<u32>,
 }
 
 /// How a replica is chosen among a model's available targets (`phase/route/balance.rs`).
@@ -309,6 +311,38 @@ pub struct RoutingDefaults {
     pub retry_budget: RetryBudget,
     pub prefix: PrefixSettings,
     pub batch: BatchPolicy,
+    pub queue: QueuePolicy,
+}
+
+/// Who a fair queue shares among.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantBy {
+    /// The request's team; a request without one counts as its key (or its client address).
+    Team,
+    Key,
+}
+
+/// `routing.queue`: how many requests a replica gets at once, and the fair queue past that.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuePolicy {
+    /// Per replica; 0 turns the queue off (targets may still set their own).
+    pub max_in_flight: u32,
+    pub max_waiting: u32,
+    pub max_waiting_per_tenant: u32,
+    pub max_wait: Duration,
+    pub tenant: TenantBy,
+}
+
+impl Default for QueuePolicy {
+    fn default() -> Self {
+        QueuePolicy {
+            max_in_flight: 0,
+            max_waiting: 1024,
+            max_waiting_per_tenant: 256,
+            max_wait: Duration::from_secs(30),
+            tenant: TenantBy::Team,
+        }
+    }
 }
 
 impl Validator<'_> {
@@ -367,9 +401,11 @@ impl Validator<'_> {
         }
         let prefix = self.prefix_settings(f.prefix.as_ref());
         let batch = self.batch_policy(f.batch.as_ref());
+        let queue = self.queue_policy(f.queue.as_ref());
         RoutingDefaults {
             prefix,
             batch,
+            queue,
             retry: self.retry("routing.retry", f.retry.as_ref(), &RetryPolicy::default()),
             breaker: self.breaker(
                 "routing.breaker",
@@ -446,6 +482,44 @@ impl Validator<'_> {
         }
         if out.max_wait > Duration::from_secs(3600) {
             self.problem("routing.batch.max_wait_ms", "must be at most 3600000");
+        }
+        out
+    }
+
+    fn queue_policy(&mut self, f: Option<&QueueFile>) -> QueuePolicy {
+        let d = QueuePolicy::default();
+        let Some(f) = f else {
+            return d;
+        };
+        let tenant = match f.tenant.as_deref() {
+            None | Some("team") => TenantBy::Team,
+            Some("key") => TenantBy::Key,
+            Some(other) => {
+                self.problem(
+                    "routing.queue.tenant",
+                    format!("`{other}` must be `team` or `key`"),
+                );
+                TenantBy::Team
+            }
+        };
+        let out = QueuePolicy {
+            max_in_flight: f.max_in_flight.unwrap_or(d.max_in_flight),
+            max_waiting: f.max_waiting.unwrap_or(d.max_waiting),
+            max_waiting_per_tenant: f.max_waiting_per_tenant.unwrap_or(d.max_waiting_per_tenant),
+            max_wait: f.max_wait_ms.map_or(d.max_wait, Duration::from_millis),
+            tenant,
+        };
+        if out.max_waiting > 1_000_000 {
+            self.problem("routing.queue.max_waiting", "must be at most 1000000");
+        }
+        if out.max_waiting_per_tenant == 0 || out.max_waiting_per_tenant > out.max_waiting.max(1) {
+            self.problem(
+                "routing.queue.max_waiting_per_tenant",
+                "must be between 1 and max_waiting",
+            );
+        }
+        if out.max_wait > Duration::from_secs(3600) {
+            self.problem("routing.queue.max_wait_ms", "must be at most 3600000");
         }
         out
     }
@@ -604,6 +678,7 @@ impl Validator<'_> {
                 Serves::ALL
             },
             hours,
+            max_in_flight: t.max_in_flight,
         }
     }
 

@@ -201,6 +201,8 @@ pub struct ModelTarget {
     pub serves: Serves,
     /// UTC hours the target is used (an off-peak pool); always when `None`.
     pub hours: Option<Hours>,
+    /// Requests the agent sends this replica at once; 0: no limit (`phase/route/queue.rs`).
+    pub max_in_flight: u32,
     /// What this target's tokens cost: the catalog price of the model's name, else of
     /// `upstream_model`; resolved once when the configuration is built, not per request.
     pub price: Option<crate::metering::prices::Price>,
@@ -727,7 +729,7 @@ impl Validator<'_> {
                 }
                 Vec::new()
             } else {
-                let Some(targets) = self.model_targets(&path, &m, providers) else {
+                let Some(targets) = self.model_targets(&path, &m, providers, routing) else {
                     continue;
                 };
                 targets
@@ -787,6 +789,7 @@ impl Validator<'_> {
         path: &str,
         m: &ModelFile,
         providers: &[(Provider, String)],
+        routing: &RoutingDefaults,
     ) -> Option<Vec<ModelTarget>> {
         let shorthand;
         let given: Vec<(String, &TargetFile)> = match (&m.provider, &m.targets) {
@@ -799,6 +802,7 @@ impl Validator<'_> {
                     context_window: None,
                     serves: None,
                     hours: None,
+                    max_in_flight: None,
                 };
                 vec![(format!("{path}.provider"), &shorthand)]
             }
@@ -873,6 +877,7 @@ impl Validator<'_> {
                 context_window: cond.context_window,
                 serves: cond.serves,
                 hours: cond.hours,
+                max_in_flight: cond.max_in_flight.unwrap_or(routing.queue.max_in_flight),
                 price: None,
             });
         }

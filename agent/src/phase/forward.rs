@@ -292,6 +292,14 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     check_header_count(ctx, provider)?;
     // Counted in flight to this replica until the request ends (or moves to another target).
     ctx.route.inflight = Some(w.route.balance.start(snap.providers[target.provider].id));
+    ctx.route.slot = None;
+    if let (Some((m, t)), Some(permit)) = (target.model, &ctx.route.permit) {
+        if let Some(Some(gate)) = snap.gates.get(m) {
+            if std::sync::Arc::ptr_eq(gate, permit.gate()) {
+                ctx.route.slot = gate.occupy(t);
+            }
+        }
+    }
     let upstream_model = target.upstream_model(cfg, &ctx.inspection.model);
     // A provider of the other wire format gets a translated body (the one place a request
     // body is re-serialised: the formats differ in shape, not in a field or two).

@@ -56,17 +56,18 @@ fn shortest_queue(snap: &Snapshot, local: &RouteLocal, model: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Holds a batch request until it may run; interactive requests pass at once.
+/// Holds a batch request until it may run; interactive requests pass at once. Returns whether
+/// the request is of the batch class.
 pub async fn hold(
     snap: &Snapshot,
     local: &RouteLocal,
     ctx: &mut RequestCtx,
-) -> Result<(), GateError> {
+) -> Result<bool, GateError> {
     if !is_batch(ctx)? {
-        return Ok(());
+        return Ok(false);
     }
     let Some((model, _)) = snap.cfg.model_by_name(&ctx.inspection.model) else {
-        return Ok(());
+        return Ok(true);
     };
     let policy = &snap.cfg.routing.batch;
     let started = Instant::now();
@@ -102,7 +103,7 @@ pub async fn hold(
         ctx.route
             .note(format_args!("batch waited {} ms", waited.as_millis()));
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Counts a batch request as waiting for as long as it holds (whatever way `hold` returns).

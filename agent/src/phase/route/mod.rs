@@ -27,6 +27,7 @@
 
 pub mod balance;
 mod batch;
+pub mod queue;
 mod retry;
 mod tiers;
 
@@ -43,6 +44,7 @@ use crate::snapshot::Snapshot;
 use crate::upstream::breaker::State;
 
 pub use batch::hold as hold_batch;
+pub use queue::wait_turn;
 pub use retry::{after_attempt, after_error, retry_after_ms};
 pub use tiers::resolve_tier;
 
@@ -90,6 +92,10 @@ pub struct RouteState {
     pub prefix_bytes: u64,
     /// This request counted in flight to its provider (for `least_load` and `prefix`).
     pub inflight: Option<balance::Inflight>,
+    /// Its slot of the model's gate (`queue.rs`), when the model has one.
+    pub permit: Option<queue::Permit>,
+    /// Its place among the requests in flight to its target, when the model has a gate.
+    pub slot: Option<queue::TargetSlot>,
 }
 
 impl RouteState {
@@ -435,6 +441,9 @@ fn choose(
     // Half-open targets whose probe another request holds, passed over on the next round.
     let mut busy: Vec<usize> = Vec::new();
     let mut count = true;
+    // Targets at their `max_in_flight` are passed over while another has room.
+    let gate = snap.gates.get(m).and_then(Option::as_ref);
+    let mut respect_caps = gate.is_some();
     loop {
         let usable = |i: usize, skipped: &mut Skipped, count: bool| -> bool {
             let t = &model.targets[i];
@@ -451,7 +460,7 @@ fn choose(
                 &mut skipped.hours
             } else if tried.contains(&(m, i)) {
                 &mut skipped.tried
-            } else if busy.contains(&i) {
+            } else if busy.contains(&i) || (respect_caps && gate.is_some_and(|g| g.full(i))) {
                 return false;
             } else if !snap.providers[t.provider].healthy.load(Ordering::Relaxed) {
                 // The active health check fails: like an open breaker, retry in a second.
@@ -498,6 +507,10 @@ fn choose(
         }
         count = false;
         if total == 0 {
+            if respect_caps {
+                respect_caps = false;
+                continue;
+            }
             return None;
         }
         let mut choice = None;
