@@ -178,6 +178,9 @@ fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response
     if let Some(r) = models_endpoint(ctx, &req.method, path, body) {
         return r;
     }
+    if path == "/admin/route/predict" {
+        return predict_endpoint(ctx, &req.method, body);
+    }
     if path.starts_with("/admin/") {
         let store = ctx
             .store
@@ -295,6 +298,30 @@ fn models_endpoint(
             Err(e) => refuse(e.status(), "weights_rejected", e.to_string()),
         },
     )
+}
+
+/// `POST /admin/route/predict`: each replica's predicted prefix match and load for a request.
+fn predict_endpoint(ctx: &Ctx, method: &hyper::Method, body: &[u8]) -> Response<Full<Bytes>> {
+    if method != hyper::Method::POST {
+        return error(&GateError::new(
+            ErrorKind::MethodNotAllowed,
+            "/admin/route/predict accepts POST only",
+        ));
+    }
+    let indexes = ctx
+        .shared
+        .prefix_indexes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let snap = ctx.shared.snapshot.load();
+    match crate::phase::route::predict::predict(&snap, &indexes, &ctx.shared.replicas, body) {
+        Ok(v) => json(StatusCode::OK, v),
+        Err(e) => json(
+            StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            serde_json::json!({"error": {"message": e.to_string(), "type": "invalid_request_error", "code": if e.status() == 404 { "model_not_found" } else { "invalid_request" }, "param": null}}),
+        ),
+    }
 }
 
 /// `/admin/config/...`: reload, history, versions. `None` for other paths.

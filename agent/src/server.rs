@@ -235,6 +235,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         io_driver: std::sync::OnceLock::new(),
         governor: governor.clone(),
         cgroups,
+        prefix_indexes: std::sync::Mutex::default(),
     });
     let gov_shared = shared.clone();
     std::thread::Builder::new()

@@ -39,6 +39,9 @@ pub struct Shared {
     /// Resolves a client's cgroup id to its path, container and pod (once per connection, so
     /// limits by team hold for unlabelled clients in a team's containers).
     pub cgroups: Option<Arc<crate::kernel::cgroup::CgroupResolver>>,
+    /// Each worker's prefix index, registered when the worker starts, read by the admin
+    /// listener's `/admin/route/predict` (never by a worker).
+    pub prefix_indexes: std::sync::Mutex<Vec<crate::phase::route::balance::SharedIndex>>,
 }
 
 impl Shared {

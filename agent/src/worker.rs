@@ -168,6 +168,11 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });
     let _ = w.shared.io_driver.set(driver);
+    w.shared
+        .prefix_indexes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(w.route.balance.index.clone());
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
     monoio::spawn(housekeeping(w.clone()));
@@ -388,7 +393,7 @@ async fn housekeeping(w: Rc<Worker>) {
             let b = &w.route.balance;
             shard.prefix[0].store(b.lookups.get(), Ordering::Relaxed);
             shard.prefix[1].store(b.hits.get(), Ordering::Relaxed);
-            shard.prefix[2].store(b.index.borrow().len() as u64, Ordering::Relaxed);
+            shard.prefix[2].store(b.index().len() as u64, Ordering::Relaxed);
             let r = &w.route;
             shard.batch[0].store(r.batch_waiting.get(), Ordering::Relaxed);
             shard.batch[1].store(r.batch_waited.get(), Ordering::Relaxed);

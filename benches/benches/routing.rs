@@ -108,7 +108,7 @@ fn bench(c: &mut Criterion) {
         let snap = snapshot_with(n, &dir.join(format!("prefix-{n}")), true);
         let local = RouteLocal::new(7, std::sync::Arc::default());
         {
-            let mut index = local.balance.index.borrow_mut();
+            let mut index = local.balance.index();
             let filler: Vec<u64> = (0..200_000u64)
                 .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
                 .collect();

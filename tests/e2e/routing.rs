@@ -623,3 +623,68 @@ fn batch_requests_wait_for_a_free_replica_or_are_deferred() {
     );
     assert_eq!(metric(&m, "tollgate_batch_waiting"), Some(0.0));
 }
+
+#[test]
+fn the_admin_api_predicts_which_replica_holds_a_prompts_prefix() {
+    let second = Sim::start(&[]);
+    let url = second.url();
+    let stack = Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.admin = Some(true);
+        c.extra_providers_yaml = format!("  - {{name: twin, kind: openai, base_url: \"{url}\"}}\n");
+        c.extra_models_yaml = format!(
+            "  - name: pair\n    targets:\n      - {{provider: sim, model: {SIM_MODEL}}}\n      - {{provider: twin, model: {SIM_MODEL}}}\n"
+        );
+    });
+    let admin = stack.agent.admin_addr().expect("an admin listener");
+    let system = "You review pull requests for a payments service; be exact. ".repeat(40);
+    let turn = |n: usize| {
+        let mut messages = vec![serde_json::json!({"role": "system", "content": system})];
+        for i in 0..=n {
+            messages.push(serde_json::json!({"role": "user", "content": format!("step {i}")}));
+        }
+        serde_json::json!({"model": "pair", "max_tokens": 2, "messages": messages})
+    };
+    let predict = |body: &serde_json::Value| {
+        crate::governance::admin(admin, "POST", "/admin/route/predict", Some(body))
+    };
+    // Nothing sent yet: no replica holds anything.
+    let r = predict(&turn(0));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["balance"], "prefix");
+    assert!(v["prompt_blocks"].as_u64().unwrap_or(0) >= 8, "{v}");
+    let replicas = v["replicas"].as_array().cloned().unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{v}");
+    assert!(replicas.iter().all(|r| r["matched_blocks"] == 0), "{v}");
+    // The first turn lands somewhere; the next turn's prefix is predicted there, and the agent
+    // then sends it there.
+    let first = post_json(stack.agent.addr, "/v1/chat/completions", &turn(0));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let served = first.header("x-tollgate-target").unwrap_or("").to_string();
+    let v = predict(&turn(1)).json();
+    let holder = v["replicas"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["target"] == served.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(holder["matched_bytes"].as_u64().unwrap_or(0) >= 2048, "{v}");
+    assert!(
+        holder["matched_fraction"].as_f64().unwrap_or(0.0) > 0.5,
+        "{v}"
+    );
+    let other = v["replicas"]
+        .as_array()
+        .and_then(|l| l.iter().find(|r| r["target"] != served.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(other["matched_blocks"], 0, "{v}");
+    assert_eq!(v["choice"], served.as_str(), "{v}");
+    let next = post_json(stack.agent.addr, "/v1/chat/completions", &turn(1));
+    assert_eq!(next.header("x-tollgate-target"), Some(served.as_str()));
+    // Bad requests get precise errors.
+    let r = predict(&serde_json::json!({"model": "nope", "messages": []}));
+    assert_openai_error(&r, 404, "invalid_request_error", "model_not_found");
+    let r = predict(&serde_json::json!({"messages": []}));
+    assert_openai_error(&r, 400, "invalid_request_error", "invalid_request");
+}

@@ -27,6 +27,7 @@
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
 mod agent;
+mod fairness;
 mod governance;
 pub(crate) mod machine;
 mod measure;
@@ -81,6 +82,10 @@ pub struct Args {
     /// (`bench/scheduling.rs`).
     #[arg(long)]
     scheduling: bool,
+    /// Measure only fairness: a quiet tenant alone and beside a noisy one ten times its rate,
+    /// against a saturated replica, with the fair queue and without (`bench/fairness.rs`).
+    #[arg(long)]
+    fairness: bool,
 }
 
 /// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
@@ -145,11 +150,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
     }
-    if args.reload || args.governance || args.scheduling {
+    if args.reload || args.governance || args.scheduling || args.fairness {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
-        let (title, flag, suffix, table) = if args.scheduling {
+        let (title, flag, suffix, table) = if args.fairness {
+            let t = fairness::run(&layout)?;
+            (
+                "Fair share against a saturated replica",
+                "--fairness",
+                "fairness",
+                t,
+            )
+        } else if args.scheduling {
             let t = scheduling::run(&layout)?;
             (
                 "Replica choice on an agentic workload",
@@ -336,6 +349,8 @@ fn build(layout: &Layout) -> anyhow::Result<Result<(), String>> {
             "tollgate-load",
             "--bin",
             "tollgate-agentic",
+            "--bin",
+            "tollgate-fairness",
         ])
         .status()
         .context("running cargo build")?;

@@ -237,6 +237,17 @@ pub enum Balance {
     Prefix,
 }
 
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Weighted => "weighted",
+            Balance::RoundRobin => "round_robin",
+            Balance::LeastLoad => "least_load",
+            Balance::Prefix => "prefix",
+        }
+    }
+}
+
 /// The `prefix` balancer's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PrefixSettings {

@@ -25,7 +25,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use sonic_rs::{JsonContainerTrait, JsonValueTrait};
@@ -236,9 +236,13 @@ pub fn block_hashes(model: &str, text: &[u8], block_bytes: usize) -> Vec<u64> {
         .collect()
 }
 
+/// A worker's prefix index as the admin listener sees it.
+pub type SharedIndex = Arc<Mutex<PrefixIndex>>;
+
 /// Per-worker balancing state.
 pub struct BalanceLocal {
-    pub index: RefCell<PrefixIndex>,
+    /// Locked only by this worker, and by the admin thread's `predict` (rarely).
+    pub index: SharedIndex,
     /// Requests this worker has in flight, by stable provider id.
     inflight: Rc<RefCell<Vec<u32>>>,
     rr: Cell<u64>,
@@ -251,13 +255,19 @@ pub struct BalanceLocal {
 impl BalanceLocal {
     pub fn new(replicas: Arc<ReplicaBoard>) -> Self {
         BalanceLocal {
-            index: RefCell::new(PrefixIndex::default()),
+            index: Arc::default(),
             inflight: Rc::default(),
             rr: Cell::new(0),
             replicas,
             lookups: Cell::new(0),
             hits: Cell::new(0),
         }
+    }
+
+    /// The prefix index (a poisoned lock still holds a consistent index: every change is one
+    /// map operation).
+    pub fn index(&self) -> MutexGuard<'_, PrefixIndex> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Counts a request in flight to `provider_id` until the guard is dropped.
@@ -395,7 +405,7 @@ pub fn pick(
             let longest = queues.iter().map(|q| q.0).fold(0.0, f64::max);
             let matched: Vec<(usize, usize)> = match (balance, prompt) {
                 (Balance::Prefix, Some(p)) if !p.hashes.is_empty() => {
-                    local.index.borrow().matches(&p.hashes, settings.ttl)
+                    local.index().matches(&p.hashes, settings.ttl)
                 }
                 _ => Vec::new(),
             };
@@ -502,8 +512,7 @@ mod tests {
             hashes: block_hashes("m", text.as_bytes(), settings.block_bytes),
         };
         local
-            .index
-            .borrow_mut()
+            .index()
             .record(&prompt.hashes, 11, settings.max_blocks);
         let first = |_: u64| 0;
         let c = pick(

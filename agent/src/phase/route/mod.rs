@@ -27,6 +27,7 @@
 
 pub mod balance;
 mod batch;
+pub mod predict;
 pub mod queue;
 mod retry;
 mod tiers;
@@ -390,8 +391,7 @@ fn pick(
         let id = snap.providers[provider].id;
         local
             .balance
-            .index
-            .borrow_mut()
+            .index()
             .record(&p.hashes, id, cfg.routing.prefix.max_blocks);
     }
     ctx.target = Some(Target {

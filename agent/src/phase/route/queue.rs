@@ -7,8 +7,9 @@
 //! **Fairness** is by tokens served, per tenant (the team, or the key; `routing.queue.tenant`):
 //! each tenant has a virtual token counter, charged the request's estimated tokens (prompt
 //! estimate plus `max_tokens`, 256 when absent) when it is let through; the next slot goes to
-//! the waiting tenant with the smallest counter. A tenant that starts waiting is lifted to the
-//! smallest counter among those already waiting, so time spent idle is not banked credit
+//! the waiting tenant with the smallest counter (on a tie, the one with fewer requests waiting).
+//! A tenant that starts waiting is lifted to the smallest counter among those already waiting,
+//! so time spent idle is not banked credit
 //! (virtual token counters, Sheng et al., "Fairness in Serving Large Language Models", OSDI
 //! '24). A burst from one tenant therefore queues behind itself: a quiet tenant's request is
 //! next whenever its counter is lowest, which it is. Interactive requests go before batch ones.
@@ -82,7 +83,8 @@ struct Ticket {
     cost: u64,
     class: usize,
     tenant: Arc<str>,
-    /// Order of arrival: among tenants with equal counters, the longest waiting goes first.
+    /// Order of arrival: among tenants with equal counters and as many waiting, the longest
+    /// waiting goes first.
     seq: AtomicU64,
 }
 
@@ -139,9 +141,12 @@ impl FairQueue {
             let Some(tenant) = self
                 .tenants
                 .iter()
-                .filter_map(|(k, x)| Some((k, x.served, x.queues[class].front()?.seq.load(SeqCst))))
-                .min_by_key(|(_, served, seq)| (*served, *seq))
-                .map(|(k, _, _)| k)
+                .filter_map(|(k, x)| {
+                    let front = x.queues[class].front()?.seq.load(SeqCst);
+                    Some((k, (x.served, x.waiting(), front)))
+                })
+                .min_by_key(|(_, order)| *order)
+                .map(|(k, _)| k)
                 .cloned()
             else {
                 continue;
@@ -577,8 +582,8 @@ mod tests {
             .take(3)
             .collect();
         assert_eq!(first.as_deref(), Some("a"));
-        // b is lifted to a's counter; the tie goes to the longer waiting a, then b is next.
-        assert_eq!(order, vec!["a", "b", "a"]);
+        // b is lifted to a's counter; the tie goes to the tenant with fewer waiting.
+        assert_eq!(order, vec!["b", "a", "a"]);
         // C arrives after A was served for a long while: lifted to A's counter, it does not
         // get the next 70 slots in a row.
         q.push(ticket("c", 100, 0));
