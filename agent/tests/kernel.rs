@@ -510,6 +510,74 @@ mod privileged {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        // Scheduler figures: totals added as requests settle, gauges set each second, both
+        // kept in one entry; a tenant's place in a fair queue.
+        w.add_target_routing("r0/qwen", 3, 2, 4096)
+            .unwrap_or_else(|e| panic!("{e}"));
+        w.set_target_gauges(
+            "r0/qwen",
+            tollgate::kernel::counters::SchedGauges {
+                in_flight: 4,
+                max_in_flight: 8,
+                waiting: 2,
+                index_blocks: 900,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        w.add_target_routing("r0/qwen", 1, 0, 0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let s = w
+            .target_sched("r0/qwen")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_default();
+        assert_eq!(
+            (
+                s.routed,
+                s.prefix_hits,
+                s.prefix_bytes,
+                s.in_flight,
+                s.max_in_flight
+            ),
+            (4, 2, 4096, 4, 8),
+            "{s:?}"
+        );
+        assert!(s.updated_unix_ms > 0);
+        w.set_queue(
+            "qwen",
+            "team:search",
+            tollgate_common::QueueStats {
+                waiting_interactive: 5,
+                waiting_batch: 1,
+                served_tokens: 12_000,
+                updated_unix_ms: 0,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            w.queue("qwen", "team:search")
+                .ok()
+                .flatten()
+                .map(|q| (q.waiting_interactive, q.served_tokens)),
+            Some((5, 12_000))
+        );
+        if let Some(tool) = bpftool_or_skip() {
+            let pin = cfg.pin_dir.join("tg_queue");
+            let text = bpftool_out(&tool, &["map", "dump", "pinned", &pin.to_string_lossy()]);
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("bpftool did not print JSON ({e}):\n{text}"));
+            let entry = json
+                .as_array()
+                .and_then(|l| l.iter().find(|e| e["key"]["tenant"] == "team:search"))
+                .unwrap_or_else(|| panic!("no team:search entry in {text}"));
+            assert_eq!(entry["key"]["model"], "qwen", "{text}");
+            assert_eq!(entry["value"]["waiting_batch"], 1, "{text}");
+            let pin = cfg.pin_dir.join("tg_sched");
+            let text = bpftool_out(&tool, &["map", "dump", "pinned", &pin.to_string_lossy()]);
+            assert!(text.contains("\"prefix_hits\": 2"), "{text}");
+        }
+        w.remove_queue("qwen", "team:search")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(w.queue("qwen", "team:search").ok().flatten(), None);
         assert_eq!(
             w.model_usage("gpt-4o-mini")
                 .ok()

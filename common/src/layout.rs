@@ -5,7 +5,7 @@
 use core::mem::{offset_of, size_of};
 
 use crate::{AddrKey, Attribution, Config, GpuStats, InterceptEntry, ListenEntry, ModelKey};
-use crate::{ReplicaKey, ReplicaLoad, Usage};
+use crate::{QueueKey, QueueStats, ReplicaKey, ReplicaLoad, SchedStats, Usage};
 
 /// One shared struct as Rust lays it out.
 #[derive(Debug, Clone, Copy)]
@@ -91,6 +91,31 @@ pub const ALL: &[StructLayout] = &[
             updated_unix_ms
         ]
     ),
+    layout!(
+        "tg_sched_stats",
+        SchedStats,
+        [
+            routed,
+            prefix_hits,
+            prefix_bytes,
+            in_flight,
+            max_in_flight,
+            waiting,
+            index_blocks,
+            updated_unix_ms
+        ]
+    ),
+    layout!("tg_queue_key", QueueKey, [model, tenant]),
+    layout!(
+        "tg_queue_stats",
+        QueueStats,
+        [
+            waiting_interactive,
+            waiting_batch,
+            served_tokens,
+            updated_unix_ms
+        ]
+    ),
 ];
 
 #[cfg(test)]
@@ -110,6 +135,9 @@ mod tests {
             ("tg_replica_key", 64),
             ("tg_replica_load", 24),
             ("tg_gpu_stats", 32),
+            ("tg_sched_stats", 48),
+            ("tg_queue_key", 128),
+            ("tg_queue_stats", 24),
         ];
         assert_eq!(ALL.len(), want.len());
         for (l, (name, size)) in ALL.iter().zip(want) {

@@ -25,6 +25,7 @@ pub mod layout;
 pub mod listen;
 pub mod model_usage;
 pub mod replica;
+pub mod sched;
 pub mod stats;
 pub mod usage;
 
@@ -36,6 +37,7 @@ pub use intercept::InterceptEntry;
 pub use listen::ListenEntry;
 pub use model_usage::ModelKey;
 pub use replica::{ReplicaKey, ReplicaLoad};
+pub use sched::{QueueKey, QueueStats, SchedStats};
 pub use usage::Usage;
 
 /// `AF_INET` as the kernel numbers it.

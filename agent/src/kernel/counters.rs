@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use tollgate_common::{cg_usage, gpu, key_usage, model_usage, replica};
-use tollgate_common::{GpuStats, ModelKey, ReplicaKey, ReplicaLoad, Usage};
+use tollgate_common::{cg_usage, gpu, key_usage, model_usage, replica, sched};
+use tollgate_common::{GpuStats, ModelKey, QueueKey, QueueStats, ReplicaKey, ReplicaLoad};
+use tollgate_common::{SchedStats, Usage};
 
 use super::KernelError;
 
@@ -22,6 +23,17 @@ pub(crate) struct CounterMaps {
     pub(crate) model: HashMap<MapData, ModelKey, Usage>,
     pub(crate) replica: HashMap<MapData, ReplicaKey, ReplicaLoad>,
     pub(crate) gpu: Array<MapData, GpuStats>,
+    pub(crate) sched: HashMap<MapData, ReplicaKey, SchedStats>,
+    pub(crate) queue: HashMap<MapData, QueueKey, QueueStats>,
+}
+
+/// A target's scheduling gauges, set by the telemetry thread (`tg_sched`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedGauges {
+    pub in_flight: u32,
+    pub max_in_flight: u32,
+    pub waiting: u32,
+    pub index_blocks: u32,
 }
 
 /// Adds to and sets the counter maps. Cheap to clone.
@@ -136,6 +148,108 @@ impl CounterWriter {
             m.gpu
                 .set(index, stats, 0)
                 .map_err(KernelError::map(gpu::MAP_NAME))
+        })
+    }
+
+    /// Reads `tg_sched`'s entry for `target`, changes it, writes it back stamped with now.
+    fn update_sched(
+        &self,
+        target: &str,
+        f: impl FnOnce(&mut SchedStats),
+    ) -> Result<(), KernelError> {
+        let key = ReplicaKey::new(target);
+        self.with(|m| {
+            let mut v = match m.sched.get(&key, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => SchedStats::default(),
+                Err(e) => {
+                    return Err(KernelError::Map {
+                        map: sched::SCHED_MAP_NAME,
+                        source: e,
+                    })
+                }
+            };
+            f(&mut v);
+            v.updated_unix_ms = now_unix_ms();
+            m.sched
+                .insert(key, v, 0)
+                .map_err(KernelError::map(sched::SCHED_MAP_NAME))
+        })
+    }
+
+    /// Adds served requests to `target`'s totals in `tg_sched`: how many, how many were sent
+    /// where their prefix was, and the matched bytes.
+    pub fn add_target_routing(
+        &self,
+        target: &str,
+        routed: u64,
+        prefix_hits: u64,
+        prefix_bytes: u64,
+    ) -> Result<(), KernelError> {
+        self.update_sched(target, |v| {
+            v.routed = v.routed.saturating_add(routed);
+            v.prefix_hits = v.prefix_hits.saturating_add(prefix_hits);
+            v.prefix_bytes = v.prefix_bytes.saturating_add(prefix_bytes);
+        })
+    }
+
+    /// Sets `target`'s scheduling gauges in `tg_sched`, keeping its totals.
+    pub fn set_target_gauges(&self, target: &str, g: SchedGauges) -> Result<(), KernelError> {
+        self.update_sched(target, |v| {
+            v.in_flight = g.in_flight;
+            v.max_in_flight = g.max_in_flight;
+            v.waiting = g.waiting;
+            v.index_blocks = g.index_blocks;
+        })
+    }
+
+    /// `tg_sched`'s entry for `target`, if any.
+    pub fn target_sched(&self, target: &str) -> Result<Option<SchedStats>, KernelError> {
+        self.with(|m| match m.sched.get(&ReplicaKey::new(target), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(KernelError::Map {
+                map: sched::SCHED_MAP_NAME,
+                source: e,
+            }),
+        })
+    }
+
+    /// Sets a tenant's place in a gated model's queue (`tg_queue`), stamped with now.
+    pub fn set_queue(
+        &self,
+        model: &str,
+        tenant: &str,
+        mut stats: QueueStats,
+    ) -> Result<(), KernelError> {
+        stats.updated_unix_ms = now_unix_ms();
+        self.with(|m| {
+            m.queue
+                .insert(QueueKey::new(model, tenant), stats, 0)
+                .map_err(KernelError::map(sched::QUEUE_MAP_NAME))
+        })
+    }
+
+    /// Forgets a tenant the model's queue no longer tracks; absent is not an error.
+    pub fn remove_queue(&self, model: &str, tenant: &str) -> Result<(), KernelError> {
+        self.with(|m| match m.queue.remove(&QueueKey::new(model, tenant)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(KernelError::Map {
+                map: sched::QUEUE_MAP_NAME,
+                source: e,
+            }),
+        })
+    }
+
+    /// `tg_queue`'s entry for a model and tenant, if any.
+    pub fn queue(&self, model: &str, tenant: &str) -> Result<Option<QueueStats>, KernelError> {
+        self.with(|m| match m.queue.get(&QueueKey::new(model, tenant), 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(KernelError::Map {
+                map: sched::QUEUE_MAP_NAME,
+                source: e,
+            }),
         })
     }
 

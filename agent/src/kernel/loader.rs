@@ -30,7 +30,7 @@ use aya::programs::{BtfTracePoint, CgroupAttachMode, CgroupSockAddr, ProgramErro
 use aya::util::KernelVersion;
 use aya::{Btf, Ebpf, EbpfLoader};
 use tollgate_common::{attribution, cg_usage, config, gpu, intercept, key_usage, listen};
-use tollgate_common::{model_usage, replica, stats};
+use tollgate_common::{model_usage, replica, sched, stats};
 use tollgate_common::{AddrKey, Attribution, Config, InterceptEntry, ListenEntry};
 use tracing::{info, warn};
 
@@ -51,6 +51,8 @@ pub(crate) const MAP_NAMES: &[&str] = &[
     model_usage::MAP_NAME,
     replica::MAP_NAME,
     gpu::MAP_NAME,
+    sched::SCHED_MAP_NAME,
+    sched::QUEUE_MAP_NAME,
 ];
 
 /// The close tracepoint the cleanup program attaches to.
@@ -210,6 +212,8 @@ impl Kernel {
             model: take_map(&mut maps, model_usage::MAP_NAME)?,
             replica: take_map(&mut maps, replica::MAP_NAME)?,
             gpu: take_map(&mut maps, gpu::MAP_NAME)?,
+            sched: take_map(&mut maps, sched::SCHED_MAP_NAME)?,
+            queue: take_map(&mut maps, sched::QUEUE_MAP_NAME)?,
         });
         drop(maps);
 

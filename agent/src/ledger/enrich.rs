@@ -31,6 +31,8 @@ pub struct Enricher {
     pending_models: HashMap<String, tollgate_common::Usage>,
     pending_cgroups: HashMap<u64, tollgate_common::Usage>,
     pending_keys: HashMap<u64, tollgate_common::Usage>,
+    /// Per target (`provider/model`): requests served, prefix hits, matched bytes (`tg_sched`).
+    pending_targets: HashMap<String, [u64; 3]>,
 }
 
 fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
@@ -55,6 +57,7 @@ impl Enricher {
             pending_models: HashMap::new(),
             pending_cgroups: HashMap::new(),
             pending_keys: HashMap::new(),
+            pending_targets: HashMap::new(),
         }
     }
 
@@ -103,6 +106,16 @@ impl Enricher {
                 &delta,
             );
         }
+        if let (Some(provider), Some(model), true) = (&r.provider, &r.served_model, r.status < 500)
+        {
+            let t = self
+                .pending_targets
+                .entry(format!("{provider}/{model}"))
+                .or_default();
+            t[0] += 1;
+            t[1] += u64::from(r.prefix_bytes > 0);
+            t[2] += r.prefix_bytes;
+        }
         if let Some(key) = &r.key_id {
             add(
                 self.pending_keys
@@ -127,6 +140,9 @@ impl Enricher {
         }
         for (key, delta) in self.pending_keys.drain() {
             result = result.and(counters.add_key_usage(key, &delta));
+        }
+        for (target, [routed, hits, bytes]) in self.pending_targets.drain() {
+            result = result.and(counters.add_target_routing(&target, routed, hits, bytes));
         }
         if let Err(e) = result {
             if !self.counter_failed {

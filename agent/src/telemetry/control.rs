@@ -21,6 +21,8 @@ use crate::shared::Shared;
 
 /// How often GPUs are sampled.
 pub const GPU_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the scheduler's figures are written to `tg_sched` / `tg_queue`.
+pub const SCHED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Scrapes the configured replicas and publishes their load.
 pub struct ReplicaScraper {
@@ -196,9 +198,11 @@ pub fn run(
     let mut snap = shared.snapshot.load_full();
     let mut scraper = ReplicaScraper::new(&snap.cfg, metrics.replicas.clone(), counters.clone());
     let mut sampler = gpu.map(|g| GpuSampler::new(g, metrics.gpus.clone(), counters.clone()));
+    let mut sched = counters.clone().map(super::sched::SchedMaps::new);
     let interval = cfg.replicas.scrape_interval;
     let mut next_scrape = Instant::now();
     let mut next_gpu = Instant::now();
+    let mut next_sched = Instant::now();
     while !shared.shutting_down.load(Ordering::Acquire) {
         let now = Instant::now();
         // A reload may add or remove replicas: scrape what the current configuration lists.
@@ -222,7 +226,16 @@ pub fn run(
                 next_gpu = (next_gpu + GPU_INTERVAL).max(Instant::now());
             }
         }
+        if let Some(s) = sched.as_mut() {
+            if now >= next_sched {
+                s.write(&shared);
+                next_sched = (next_sched + SCHED_INTERVAL).max(Instant::now());
+            }
+        }
         let mut wake = now + Duration::from_secs(3600);
+        if sched.is_some() {
+            wake = wake.min(next_sched);
+        }
         if !scraper.is_empty() {
             wake = wake.min(next_scrape);
         }

@@ -7,6 +7,7 @@ pub mod gpu;
 pub mod metrics;
 pub mod prom;
 pub mod replicas;
+pub mod sched;
 
 /// Installs the log subscriber (RUST_LOG, default info) once per process.
 pub fn init_logging() {

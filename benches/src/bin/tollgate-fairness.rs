@@ -76,7 +76,11 @@ fn tenant(
         args.model.clone(),
         args.max_tokens,
     );
-    let spread = if team == "noisy" { args.noisy_spread } else { 0 };
+    let spread = if team == "noisy" {
+        args.noisy_spread
+    } else {
+        0
+    };
     std::thread::spawn(move || {
         if rps <= 0.0 {
             return;

@@ -110,6 +110,22 @@ struct {
 } tg_replica SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct tg_replica_key);
+	__type(value, struct tg_sched_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_sched SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct tg_queue_key);
+	__type(value, struct tg_queue_stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} tg_queue SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 16);
 	__type(key, __u32);  /* GPU index as NVML numbers it */

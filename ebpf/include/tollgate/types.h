@@ -150,4 +150,34 @@ struct tg_gpu_stats {
 };
 _Static_assert(sizeof(struct tg_gpu_stats) == 32, "tg_gpu_stats layout");
 
+/* Value of tg_sched (key: struct tg_replica_key holding the target's "provider/model"): what
+ * the agent's scheduler did with a target. 48 bytes. */
+struct tg_sched_stats {
+	__u64 routed;             /* requests it served (settled) */
+	__u64 prefix_hits;        /* of those, sent where their prompt prefix was recently sent */
+	__u64 prefix_bytes;       /* matched prompt bytes over those requests */
+	__u32 in_flight;          /* requests the agent has there now (gated models) */
+	__u32 max_in_flight;      /* its cap; 0 = none */
+	__u32 waiting;            /* requests waiting for a slot of its model */
+	__u32 index_blocks;       /* prefix index entries, all workers */
+	__u64 updated_unix_ms;    /* when the agent last wrote it */
+};
+_Static_assert(sizeof(struct tg_sched_stats) == 48, "tg_sched_stats layout");
+
+/* Key of tg_queue: a gated model and a tenant ("team:x", "key:tg-abc", "anonymous"). */
+struct tg_queue_key {
+	char model[TG_NAME_LEN];
+	char tenant[TG_NAME_LEN];
+};
+_Static_assert(sizeof(struct tg_queue_key) == 128, "tg_queue_key layout");
+
+/* Value of tg_queue: the tenant's place in the model's fair queue. 24 bytes. */
+struct tg_queue_stats {
+	__u32 waiting_interactive;
+	__u32 waiting_batch;
+	__u64 served_tokens;      /* its virtual token counter */
+	__u64 updated_unix_ms;
+};
+_Static_assert(sizeof(struct tg_queue_stats) == 24, "tg_queue_stats layout");
+
 #endif /* __TOLLGATE_TYPES_H */
