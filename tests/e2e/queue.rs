@@ -45,13 +45,13 @@ fn metric(text: &str, series: &str) -> Option<f64> {
 fn a_bursting_tenant_queues_behind_itself_and_a_quiet_one_goes_next() {
     let stack = gated("400", 2, "max_waiting: 64, max_waiting_per_tenant: 32");
     let addr = stack.agent.addr;
-    let done: Arc<Mutex<Vec<String>>> = Arc::default();
+    let done: Arc<Mutex<Vec<(String, Response)>>> = Arc::default();
     let spawn = |team: &'static str, i: usize| {
         let done = done.clone();
         std::thread::spawn(move || {
             let r = ask(addr, team, &i.to_string());
             assert_eq!(r.status, 200, "{}", r.text());
-            done.lock().unwrap().push(format!("{team}{i}"));
+            done.lock().unwrap().push((format!("{team}{i}"), r));
         })
     };
     // Team a sends twelve at once: two run, ten wait.
@@ -77,7 +77,15 @@ fn a_bursting_tenant_queues_behind_itself_and_a_quiet_one_goes_next() {
     for t in threads {
         t.join().expect("request thread");
     }
-    let order = done.lock().unwrap().clone();
+    let done = std::mem::take(&mut *done.lock().unwrap());
+    // The ledger says how long each request waited for its slot.
+    let (_, b0) = done
+        .iter()
+        .find(|(n, _)| n.starts_with('b'))
+        .expect("b done");
+    let route = stack.agent.row_of(b0).route.unwrap_or_default();
+    assert!(route.starts_with("queued "), "{route}");
+    let order: Vec<String> = done.into_iter().map(|(n, _)| n).collect();
     let last_b = order
         .iter()
         .rposition(|n| n.starts_with('b'))

@@ -389,7 +389,7 @@ fn tenant_of(ctx: &RequestCtx, by: TenantBy) -> Arc<str> {
 /// when the model has no gate.
 pub async fn wait_turn(
     snap: &Snapshot,
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     batch: bool,
 ) -> Result<Option<Permit>, GateError> {
     let Some((model, _)) = snap.cfg.model_by_name(&ctx.inspection.model) else {
@@ -466,6 +466,8 @@ pub async fn wait_turn(
     // Not in the queue any more means granted (tickets leave it only by a grant, under the
     // lock), possibly just as the wait ran out: the slot is this request's.
     if ticket.state.load(SeqCst) == GRANTED || !gate.lock().remove(&ticket) {
+        ctx.route
+            .note(format_args!("queued {} ms", started.elapsed().as_millis()));
         return Ok(Some(Permit(gate)));
     }
     gate.waiting.fetch_sub(1, SeqCst);
