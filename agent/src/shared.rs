@@ -39,6 +39,8 @@ pub struct Shared {
     /// Resolves a client's cgroup id to its path, container and pod (once per connection, so
     /// limits by team hold for unlabelled clients in a team's containers).
     pub cgroups: Option<Arc<crate::kernel::cgroup::CgroupResolver>>,
+    /// The batch thread (`batch_jobs.enabled`), which answers the Batch API.
+    pub batch: Option<crate::batch::Handle>,
 }
 
 impl Shared {

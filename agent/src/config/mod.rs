@@ -17,7 +17,8 @@ pub use kernel::{
     KernelSettings,
 };
 pub use validate::{
-    Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits, Model, ModelTarget,
+    BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
+    Model, ModelTarget,
     Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
 

@@ -49,6 +49,9 @@ pub fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    if let Some(result) = on_behalf(gov, client, head, bearer) {
+        return result;
+    }
     let api_key = head.header_str("x-api-key").map(str::trim);
     // Ours wherever it is (a client may send a provider key in the other header), else
     // whatever was sent.
@@ -126,6 +129,57 @@ pub fn authenticate(
         ));
     }
     Ok(Some(key.clone()))
+}
+
+/// The batch runner's requests: `Authorization: Bearer <internal token>` plus
+/// `x-tollgate-on-behalf-of: <key id>`, accepted only from a loopback peer on a connection that
+/// was not intercepted, the token compared in constant time. The key is then found by its id
+/// and must still be usable (a key disabled, expired or revoked since the batch was created
+/// fails that line with 401, like its own requests would). The key's IP allowlist is not
+/// applied: it was checked when the batch was created, and the peer here is the agent itself.
+/// `None`: not such a request (the header is ignored and the credential checked as usual).
+fn on_behalf(
+    gov: &Governor,
+    client: &ClientConn,
+    head: &crate::http::request::RequestHead,
+    bearer: Option<&str>,
+) -> Option<Result<Option<Arc<KeyEntry>>, GateError>> {
+    let id = head.header_str("x-tollgate-on-behalf-of")?.trim();
+    let token = gov.internal_token.get()?;
+    let bearer = bearer?;
+    let peer = match client.peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if !peer.is_loopback() || client.original_dst().is_some() {
+        return None;
+    }
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        token.as_bytes(),
+        bearer.as_bytes(),
+    )) {
+        return None;
+    }
+    let fail = |code: &'static str, message: String| {
+        gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        Some(Err(GateError::new(ErrorKind::Unauthorized { code }, message)))
+    };
+    let table = gov.keys.load();
+    let Some(key) = table.by_id(id) else {
+        return fail(
+            "invalid_api_key",
+            format!("The key {id} that owns this batch is unknown or was revoked."),
+        );
+    };
+    if !key.spec.enabled {
+        return fail("key_disabled", format!("The key {} is disabled.", key.prefix));
+    }
+    if key.spec.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+        return fail("key_expired", format!("The key {} has expired.", key.prefix));
+    }
+    Some(Ok(Some(key.clone())))
 }
 
 /// `sk-abc...wxyz`: enough to recognise a key, never the key.
