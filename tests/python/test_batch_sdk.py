@@ -174,9 +174,13 @@ def test_batch_runs_through_the_pipeline_and_belongs_to_its_key(env):
     assert c.files.retrieve(f.id).filename == "input.jsonl"
     assert c.files.content(f.id).read() == content
 
-    b = c.batches.create(
-        input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h", metadata={"job": "t1"}
-    )
+    b = c.batches.with_raw_response.create(
+        input_file_id=f.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "t1"},
+        extra_headers={"x-tollgate-workflow": "nightly-eval"},
+    ).parse()
     assert b.id.startswith("batch_") and b.object == "batch"
     assert b.status in ("validating", "in_progress")
     assert b.metadata == {"job": "t1"}
@@ -197,6 +201,7 @@ def test_batch_runs_through_the_pipeline_and_belongs_to_its_key(env):
         row = stack.ledger_row(resp["request_id"])
         assert row["key_id"] == key_id
         assert row["team"] == "batchteam"
+        assert row["workflow"] == "nightly-eval", "the creating request's identity goes with each line"
         assert row["status"] == 200
         assert row["output_tokens"] == 3
 
@@ -206,6 +211,10 @@ def test_batch_runs_through_the_pipeline_and_belongs_to_its_key(env):
     assert errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
 
     assert b.id in [x.id for x in c.batches.list(limit=100).data]
+    metrics = urllib.request.urlopen(f"{agent.url}/metrics", timeout=10).read().decode()
+    done = next(l for l in metrics.splitlines() if l.startswith("tollgate_batch_lines_completed_total "))
+    assert int(done.split()[1]) >= 5
+    assert 'tollgate_batch_jobs_finished_total{status="completed"}' in metrics
     with pytest.raises(openai.BadRequestError):
         c.batches.cancel(b.id)  # completed
 

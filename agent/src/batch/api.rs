@@ -17,7 +17,8 @@ use crate::worker::Worker;
 
 /// How long a worker waits for the batch thread's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Identity headers kept with a batch made in open mode and sent with each of its lines.
+/// Identity headers kept with a batch and sent with each of its lines (the key's own team,
+/// project and user still win, as for any request).
 const IDENTITY_HEADERS: [&str; 6] = [
     "x-tollgate-team",
     "x-tollgate-project",
@@ -53,7 +54,7 @@ pub struct Call {
     pub body: Bytes,
     /// The authenticated key's id; empty when there is none (open mode).
     pub owner: String,
-    /// Identity headers of the request (recorded with a batch made in open mode).
+    /// Identity headers of the request (recorded with a batch, sent with its lines).
     pub identity: Vec<(String, String)>,
 }
 

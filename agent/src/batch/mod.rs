@@ -9,8 +9,8 @@
 //!   `phase/route/batch.rs`). Nothing here re-implements a phase.
 //! - **No stored secrets.** A line authenticates as the batch's owner with a per-process
 //!   random token ([`internal_token`], memory only) plus `x-tollgate-on-behalf-of: <key id>`,
-//!   accepted only from a loopback peer (`phase/admit/auth.rs`). In open mode the identity
-//!   headers sent when the batch was created are forwarded instead.
+//!   accepted only from a loopback peer (`phase/admit/auth.rs`). The identity headers sent
+//!   when the batch was created go with each line (in open mode they are all there is).
 //! - **Workers never touch the disk.** The HTTP handlers (`api.rs`) run on the batch thread;
 //!   a worker hands it the request and polls for the reply (monoio without `sync` cannot be
 //!   woken from another thread; these are rare control-plane calls).

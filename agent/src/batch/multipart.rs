@@ -165,4 +165,24 @@ mod tests {
             Err(MultipartError::TooManyParts)
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// The fuzz entry point on mutated and cut SDK uploads: never a panic, parts inside
+        /// the body (a stand-in between `cargo xtask fuzz` runs).
+        #[test]
+        fn mutated_uploads_never_panic(
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..6),
+            cut in 0usize..400,
+        ) {
+            let mut data = b"abc123\n".to_vec();
+            data.extend_from_slice(SDK);
+            for (at, b) in flips {
+                let i = at % data.len();
+                data[i] = b;
+            }
+            data.truncate(data.len() - cut % data.len());
+            crate::fuzzing::batch_upload(&data);
+        }
+    }
 }

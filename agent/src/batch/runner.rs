@@ -320,15 +320,17 @@ impl Runner {
         Ok(())
     }
 
-    /// The credential (or, in open mode, the identity) each line of `row` is sent with.
+    /// What each line of `row` is sent with: the identity headers of the request that created
+    /// the batch (the key's own team, project and user win over them, as for any request), and
+    /// the owner's credential when there is an owner (none in open mode).
     fn headers_for(&self, row: &BatchRow) -> Vec<(String, String)> {
+        let mut headers =
+            serde_json::from_str::<Vec<(String, String)>>(&row.identity).unwrap_or_default();
         if !row.owner.is_empty() {
-            return vec![
-                ("authorization".into(), format!("Bearer {}", self.token)),
-                ("x-tollgate-on-behalf-of".into(), row.owner.clone()),
-            ];
+            headers.push(("authorization".into(), format!("Bearer {}", self.token)));
+            headers.push(("x-tollgate-on-behalf-of".into(), row.owner.clone()));
         }
-        serde_json::from_str::<Vec<(String, String)>>(&row.identity).unwrap_or_default()
+        headers
     }
 
     /// Ends the running job as `end`: lines never sent are recorded as expired when it expired;
