@@ -464,28 +464,6 @@ fn pieces(data: &[u8], salt: u64) -> Vec<&[u8]> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_cover_the_input() {
-        let data: Vec<u8> = (0..=255).collect();
-        for salt in [1, 2] {
-            let p = pieces(&data, salt);
-            assert!(p.iter().all(|p| !p.is_empty()));
-            assert_eq!(p.concat(), data);
-        }
-        assert!(pieces(b"", 1).is_empty());
-    }
-
-    #[test]
-    fn yaml_line_count() {
-        assert_eq!(line_count(""), 1);
-        assert_eq!(line_count("a\r\nb\rc\nd\u{2028}"), 5);
-    }
-}
-
 /// A Batch API upload: the first line is the multipart boundary, the rest the body. Parts must
 /// lie inside the body; the `file` part (and the whole body, so the JSONL checks are reached
 /// without multipart structure too) goes through the batch input validation, and an accepted
@@ -531,5 +509,27 @@ fn check_batch_input(bytes: &[u8]) {
             assert!(v.is_object(), "a body that is not an object");
             assert!(crate::batch::ENDPOINTS.contains(&l.url.as_str()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_input() {
+        let data: Vec<u8> = (0..=255).collect();
+        for salt in [1, 2] {
+            let p = pieces(&data, salt);
+            assert!(p.iter().all(|p| !p.is_empty()));
+            assert_eq!(p.concat(), data);
+        }
+        assert!(pieces(b"", 1).is_empty());
+    }
+
+    #[test]
+    fn yaml_line_count() {
+        assert_eq!(line_count(""), 1);
+        assert_eq!(line_count("a\r\nb\rc\nd\u{2028}"), 5);
     }
 }

@@ -108,7 +108,10 @@ pub struct Running {
     /// Replica scrapes and GPU samples.
     telemetry: std::thread::JoinHandle<()>,
     /// The batch thread (Batch API and its jobs), stopped after the workers.
-    batch: Option<(mpsc::Sender<crate::batch::runner::Msg>, std::thread::JoinHandle<()>)>,
+    batch: Option<(
+        mpsc::Sender<crate::batch::runner::Msg>,
+        std::thread::JoinHandle<()>,
+    )>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
     /// The operators' listener, when configured.
@@ -231,9 +234,8 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     // The Batch API: its store is opened before serving (a broken one stops the start, like the
     // ledger); the thread starts once `shared` exists.
     let batch_store = if cfg.batch_jobs.enabled {
-        let store = crate::batch::store::Store::open(&cfg.data_dir).with_context(|| {
-            format!("opening the batch store in {}", cfg.data_dir.display())
-        })?;
+        let store = crate::batch::store::Store::open(&cfg.data_dir)
+            .with_context(|| format!("opening the batch store in {}", cfg.data_dir.display()))?;
         let token = crate::batch::internal_token().context("generating the batch token")?;
         let _ = governor.internal_token.set(token.clone());
         let (tx, rx) = mpsc::channel();
@@ -257,7 +259,9 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         io_driver: std::sync::OnceLock::new(),
         governor: governor.clone(),
         cgroups,
-        batch: batch_store.as_ref().map(|(_, _, tx, _)| crate::batch::Handle { tx: tx.clone() }),
+        batch: batch_store
+            .as_ref()
+            .map(|(_, _, tx, _)| crate::batch::Handle { tx: tx.clone() }),
     });
     let batch = match batch_store {
         Some((store, token, tx, rx)) => {

@@ -97,7 +97,10 @@ async fn call(w: &Worker, client: &ClientConn, req: &Request) -> Reply {
         _ => CallMethod::Other,
     };
     let target = String::from_utf8_lossy(req.head.target()).into_owned();
-    let query = target.split_once('?').map(|(_, q)| q.to_string()).unwrap_or_default();
+    let query = target
+        .split_once('?')
+        .map(|(_, q)| q.to_string())
+        .unwrap_or_default();
     let c = Call {
         method,
         path: path.to_string(),
@@ -185,7 +188,9 @@ pub fn handle(runner: &mut super::runner::Runner, c: Call) -> Reply {
         (CallMethod::Post, ["batches"]) => create(runner, &c),
         (CallMethod::Get, ["batches"]) => {
             let (limit, after) = page(&c.query);
-            let rows = runner.store.list_batches(&c.owner, limit + 1, after.as_deref())?;
+            let rows = runner
+                .store
+                .list_batches(&c.owner, limit + 1, after.as_deref())?;
             json(&list(rows.iter().map(BatchRow::to_json).collect(), limit))
         }
         (CallMethod::Get, ["batches", id]) => {
@@ -206,10 +211,7 @@ pub fn handle(runner: &mut super::runner::Runner, c: Call) -> Reply {
             ) {
                 return Err(GateError::new(
                     ErrorKind::InvalidRequest { param: None },
-                    format!(
-                        "Cannot cancel a batch with status '{}'.",
-                        b.status.as_str()
-                    ),
+                    format!("Cannot cancel a batch with status '{}'.", b.status.as_str()),
                 ));
             }
             let now = runner.cancel(&b)?.unwrap_or(b);
@@ -217,7 +219,11 @@ pub fn handle(runner: &mut super::runner::Runner, c: Call) -> Reply {
         }
         (
             _,
-            ["files"] | ["files", _] | ["files", _, "content"] | ["batches"] | ["batches", _]
+            ["files"]
+            | ["files", _]
+            | ["files", _, "content"]
+            | ["batches"]
+            | ["batches", _]
             | ["batches", _, "cancel"],
         ) => Err(GateError::new(
             ErrorKind::MethodNotAllowed,
@@ -266,9 +272,10 @@ fn list_files(runner: &mut super::runner::Runner, c: &Call) -> Reply {
         .split('&')
         .find_map(|p| p.strip_prefix("purpose="))
         .map(str::to_string);
-    let rows = runner
-        .store
-        .list_files(&c.owner, purpose.as_deref(), limit + 1, after.as_deref())?;
+    let rows =
+        runner
+            .store
+            .list_files(&c.owner, purpose.as_deref(), limit + 1, after.as_deref())?;
     json(&list(rows.iter().map(|f| f.to_json()).collect(), limit))
 }
 
@@ -279,8 +286,14 @@ fn upload(runner: &mut super::runner::Runner, c: &Call) -> Reply {
         .content_type
         .as_deref()
         .and_then(super::multipart::boundary)
-        .ok_or_else(|| invalid("file", super::multipart::MultipartError::NoBoundary.to_string()))?;
-    let parts = super::multipart::parse(&c.body, boundary).map_err(|e| invalid("file", e.to_string()))?;
+        .ok_or_else(|| {
+            invalid(
+                "file",
+                super::multipart::MultipartError::NoBoundary.to_string(),
+            )
+        })?;
+    let parts =
+        super::multipart::parse(&c.body, boundary).map_err(|e| invalid("file", e.to_string()))?;
     let purpose = parts
         .iter()
         .find(|p| p.name == "purpose")
@@ -331,9 +344,12 @@ fn create(runner: &mut super::runner::Runner, c: &Call) -> Reply {
     }
     let body: CreateBody = serde_json::from_slice(&c.body)
         .map_err(|e| invalid("body", format!("Invalid request body: {e}")))?;
-    let input_file_id = body
-        .input_file_id
-        .ok_or_else(|| invalid("input_file_id", "Missing required parameter: 'input_file_id'."))?;
+    let input_file_id = body.input_file_id.ok_or_else(|| {
+        invalid(
+            "input_file_id",
+            "Missing required parameter: 'input_file_id'.",
+        )
+    })?;
     let endpoint = body
         .endpoint
         .ok_or_else(|| invalid("endpoint", "Missing required parameter: 'endpoint'."))?;
@@ -397,7 +413,9 @@ fn create(runner: &mut super::runner::Runner, c: &Call) -> Reply {
         input_file_id,
         completion_window: window,
         status: Status::Validating,
-        metadata: body.metadata.map(|m| serde_json::Value::Object(m).to_string()),
+        metadata: body
+            .metadata
+            .map(|m| serde_json::Value::Object(m).to_string()),
         identity: serde_json::to_string(&c.identity).unwrap_or_else(|_| "[]".into()),
         errors: None,
         out_id: super::random_id("file-", 24).map_err(StoreError::from)?,
@@ -440,7 +458,13 @@ mod tests {
         assert_eq!(page("limit=5&after=batch_x"), (5, Some("batch_x".into())));
         assert_eq!(page("limit=1000"), (100, None));
         assert_eq!(page(""), (20, None));
-        let l = list(vec![serde_json::json!({"id": "a"}), serde_json::json!({"id": "b"})], 1);
+        let l = list(
+            vec![
+                serde_json::json!({"id": "a"}),
+                serde_json::json!({"id": "b"}),
+            ],
+            1,
+        );
         assert_eq!(l["has_more"], true);
         assert_eq!(l["last_id"], "a");
     }

@@ -59,8 +59,8 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<InputLine>, GateError> {
                 ),
             ));
         }
-        let line: RawLine = serde_json::from_slice(raw)
-            .map_err(|e| bad(n, format!("not a JSON object ({e})")))?;
+        let line: RawLine =
+            serde_json::from_slice(raw).map_err(|e| bad(n, format!("not a JSON object ({e})")))?;
         let custom_id = match line.custom_id {
             Some(serde_json::Value::String(s)) if !s.is_empty() && s.len() <= MAX_CUSTOM_ID => s,
             Some(serde_json::Value::String(_)) => {

@@ -71,9 +71,9 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, Multip
         if rest.starts_with(b"--") {
             return Ok(parts);
         }
-        let rest = rest
-            .strip_prefix(b"\r\n")
-            .ok_or(MultipartError::Malformed("a boundary line must end with CRLF"))?;
+        let rest = rest.strip_prefix(b"\r\n").ok_or(MultipartError::Malformed(
+            "a boundary line must end with CRLF",
+        ))?;
         pos += 2;
         if parts.len() == MAX_PARTS {
             return Err(MultipartError::TooManyParts);
@@ -83,9 +83,9 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, Multip
         let head = &rest[..head_len];
         let data_start = pos + head_len + 4;
         let data_rest = body.get(data_start..).unwrap_or_default();
-        let end = finder
-            .find(data_rest)
-            .ok_or(MultipartError::Malformed("a part does not end with the boundary"))?;
+        let end = finder.find(data_rest).ok_or(MultipartError::Malformed(
+            "a part does not end with the boundary",
+        ))?;
         let (name, filename) = disposition(head)?;
         parts.push(Part {
             name,
@@ -98,8 +98,8 @@ pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, Multip
 
 /// `name` and `filename` of a part's `Content-Disposition: form-data` header.
 fn disposition(head: &[u8]) -> Result<(String, Option<String>), MultipartError> {
-    let head =
-        std::str::from_utf8(head).map_err(|_| MultipartError::Malformed("part headers are not UTF-8"))?;
+    let head = std::str::from_utf8(head)
+        .map_err(|_| MultipartError::Malformed("part headers are not UTF-8"))?;
     for line in head.split("\r\n") {
         let Some((k, v)) = line.split_once(':') else {
             return Err(MultipartError::Malformed("a part header without a colon"));
@@ -112,7 +112,9 @@ fn disposition(head: &[u8]) -> Result<(String, Option<String>), MultipartError> 
             .next()
             .is_some_and(|t| t.trim().eq_ignore_ascii_case("form-data"))
         {
-            return Err(MultipartError::Malformed("Content-Disposition must be form-data"));
+            return Err(MultipartError::Malformed(
+                "Content-Disposition must be form-data",
+            ));
         }
         let mut name = None;
         let mut filename = None;
@@ -129,7 +131,9 @@ fn disposition(head: &[u8]) -> Result<(String, Option<String>), MultipartError> 
         let name = name.ok_or(MultipartError::Malformed("a part without a name"))?;
         return Ok((name, filename));
     }
-    Err(MultipartError::Malformed("a part without Content-Disposition"))
+    Err(MultipartError::Malformed(
+        "a part without Content-Disposition",
+    ))
 }
 
 #[cfg(test)]
@@ -141,8 +145,14 @@ mod tests {
 
     #[test]
     fn sdk_upload() {
-        assert_eq!(boundary("multipart/form-data; boundary=abc123"), Some("abc123"));
-        assert_eq!(boundary("multipart/form-data; boundary=\"abc123\""), Some("abc123"));
+        assert_eq!(
+            boundary("multipart/form-data; boundary=abc123"),
+            Some("abc123")
+        );
+        assert_eq!(
+            boundary("multipart/form-data; boundary=\"abc123\""),
+            Some("abc123")
+        );
         assert_eq!(boundary("application/json"), None);
         let parts = parse(SDK, "abc123").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(parts.len(), 2);
@@ -159,7 +169,8 @@ mod tests {
             assert!(parse(&SDK[..n], "abc123").is_err(), "{n}");
         }
         assert!(parse(SDK, "other").is_err());
-        let many = "--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1\r\n".repeat(MAX_PARTS + 1);
+        let many =
+            "--b\r\nContent-Disposition: form-data; name=x\r\n\r\n1\r\n".repeat(MAX_PARTS + 1);
         assert_eq!(
             parse(format!("{many}--b--").as_bytes(), "b"),
             Err(MultipartError::TooManyParts)

@@ -437,7 +437,8 @@ impl Runner {
         };
         if let Err(e) = job.results.record(ok, &custom_id, &text) {
             tracing::warn!(batch = %job.row.id, error = %e, "recording a batch result; the line will be sent again");
-            job.delayed.push((Instant::now() + Duration::from_secs(5), f.line));
+            job.delayed
+                .push((Instant::now() + Duration::from_secs(5), f.line));
             return;
         }
         let g = &self.shared.metrics.globals;
@@ -458,12 +459,18 @@ impl Runner {
 }
 
 /// An output (or error-file) line for a response, as OpenAI writes them.
-pub fn response_line(custom_id: &str, status: u16, request_id: Option<&str>, body: &[u8]) -> Vec<u8> {
+pub fn response_line(
+    custom_id: &str,
+    status: u16,
+    request_id: Option<&str>,
+    body: &[u8],
+) -> Vec<u8> {
     let body = if crate::json::depth_exceeds(body, crate::json::DEFAULT_MAX_DEPTH).is_some() {
         serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
     } else {
-        serde_json::from_slice(body)
-            .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(body).into_owned()))
+        serde_json::from_slice(body).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(body).into_owned())
+        })
     };
     serde_json::json!({
         "id": super::random_id("batch_req_", 24).unwrap_or_else(|_| "batch_req".into()),
@@ -488,12 +495,7 @@ pub fn failed_line(custom_id: &str, code: &str, message: &str) -> Vec<u8> {
 }
 
 /// One sender thread: takes lines from the shared queue, sends each to the listener.
-fn sender(
-    addr: SocketAddr,
-    timeout: Duration,
-    work: &Mutex<Receiver<Work>>,
-    tx: &Sender<Msg>,
-) {
+fn sender(addr: SocketAddr, timeout: Duration, work: &Mutex<Receiver<Work>>, tx: &Sender<Msg>) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
@@ -627,11 +629,16 @@ mod tests {
         assert_eq!(v["response"]["request_id"], "req-1");
         assert_eq!(v["response"]["body"]["usage"]["total_tokens"], 3);
         assert!(v["error"].is_null());
-        assert!(v["id"].as_str().is_some_and(|s| s.starts_with("batch_req_")));
+        assert!(v["id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("batch_req_")));
         let l = failed_line("c2", "batch_expired", "late");
         let v: serde_json::Value = serde_json::from_slice(&l).unwrap_or_else(|e| panic!("{e}"));
         assert!(v["response"].is_null());
         assert_eq!(v["error"]["code"], "batch_expired");
-        assert_eq!(loopback("0.0.0.0:80".parse().unwrap_or_else(|e| panic!("{e}"))).to_string(), "127.0.0.1:80");
+        assert_eq!(
+            loopback("0.0.0.0:80".parse().unwrap_or_else(|e| panic!("{e}"))).to_string(),
+            "127.0.0.1:80"
+        );
     }
 }

@@ -694,16 +694,20 @@ mod tests {
         let (out, err) = (store.path_of("file-out"), store.path_of("file-err"));
         {
             let mut r = Results::open(&out, &err).unwrap_or_else(|e| panic!("{e}"));
-            r.record(true, "a", &line("a")).unwrap_or_else(|e| panic!("{e}"));
-            r.record(false, "b", &line("b")).unwrap_or_else(|e| panic!("{e}"));
-            r.record(true, "c", &line("c")).unwrap_or_else(|e| panic!("{e}"));
+            r.record(true, "a", &line("a"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            r.record(false, "b", &line("b"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            r.record(true, "c", &line("c"))
+                .unwrap_or_else(|e| panic!("{e}"));
         }
         // The torn write of "d": no newline reached the file.
         let mut f = OpenOptions::new()
             .append(true)
             .open(&out)
             .unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(&line("d")[..20]).unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(&line("d")[..20])
+            .unwrap_or_else(|e| panic!("{e}"));
         drop(f);
 
         let mut r = Results::open(&out, &err).unwrap_or_else(|e| panic!("{e}"));
@@ -711,7 +715,8 @@ mod tests {
         done.sort();
         assert_eq!(done, ["a", "b", "c"]);
         assert_eq!((r.completed, r.failed), (2, 1));
-        r.record(true, "d", &line("d")).unwrap_or_else(|e| panic!("{e}"));
+        r.record(true, "d", &line("d"))
+            .unwrap_or_else(|e| panic!("{e}"));
         drop(r);
         let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{e}"));
         let ids: Vec<String> = text
@@ -736,7 +741,10 @@ mod tests {
             .insert_file("k_a", "batch", "in.jsonl", b"{}\n")
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(f.id.starts_with("file-"));
-        assert!(store.file("k_b", &f.id).unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(store
+            .file("k_b", &f.id)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
         let b = BatchRow {
             id: "batch_1".into(),
             owner: "k_a".into(),
@@ -766,12 +774,17 @@ mod tests {
         };
         store.insert_batch(&b).unwrap_or_else(|e| panic!("{e}"));
         // Deleting the input of an unfinished batch keeps its content until the batch ends.
-        assert!(store.delete_file("k_a", &f.id).unwrap_or_else(|e| panic!("{e}")));
+        assert!(store
+            .delete_file("k_a", &f.id)
+            .unwrap_or_else(|e| panic!("{e}")));
         assert!(store.path_of(&f.id).exists());
         drop(store);
 
         let store = Store::open(&d).unwrap_or_else(|e| panic!("{e}"));
-        assert!(store.batch("k_b", "batch_1").unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert!(store
+            .batch("k_b", "batch_1")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
         let open = store.next_open().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(open.map(|b| b.id), Some("batch_1".to_string()));
         let row = store
@@ -780,17 +793,30 @@ mod tests {
             .unwrap_or_else(|| panic!("row"));
         assert!(row.in_progress_at.is_some());
         std::fs::write(store.path_of("file-o"), b"x\n").unwrap_or_else(|e| panic!("{e}"));
-        store.set_status("batch_1", Status::Completed).unwrap_or_else(|e| panic!("{e}"));
-        store.publish_results(&row).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .set_status("batch_1", Status::Completed)
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .publish_results(&row)
+            .unwrap_or_else(|e| panic!("{e}"));
         store.release_input(&f.id).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!store.path_of(&f.id).exists(), "released when the batch ended");
+        assert!(
+            !store.path_of(&f.id).exists(),
+            "released when the batch ended"
+        );
         let row = store
             .batch("k_a", "batch_1")
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("row"));
         assert_eq!(row.output_file_id.as_deref(), Some("file-o"));
-        assert_eq!(row.error_file_id, None, "an empty error file is not published");
-        assert!(store.next_open().unwrap_or_else(|e| panic!("{e}")).is_none());
+        assert_eq!(
+            row.error_file_id, None,
+            "an empty error file is not published"
+        );
+        assert!(store
+            .next_open()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .is_none());
         let v = row.to_json();
         assert_eq!(v["object"], "batch");
         assert_eq!(v["status"], "completed");

@@ -18,8 +18,7 @@ pub use kernel::{
 };
 pub use validate::{
     BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
-    Model, ModelTarget,
-    Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
+    Model, ModelTarget, Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
 
 /// Reads, parses and validates a configuration file.

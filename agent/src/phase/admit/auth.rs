@@ -164,7 +164,10 @@ fn on_behalf(
     }
     let fail = |code: &'static str, message: String| {
         gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
-        Some(Err(GateError::new(ErrorKind::Unauthorized { code }, message)))
+        Some(Err(GateError::new(
+            ErrorKind::Unauthorized { code },
+            message,
+        )))
     };
     let table = gov.keys.load();
     let Some(key) = table.by_id(id) else {
@@ -174,10 +177,16 @@ fn on_behalf(
         );
     };
     if !key.spec.enabled {
-        return fail("key_disabled", format!("The key {} is disabled.", key.prefix));
+        return fail(
+            "key_disabled",
+            format!("The key {} is disabled.", key.prefix),
+        );
     }
     if key.spec.expires_at_ms.is_some_and(|t| t <= now_ms()) {
-        return fail("key_expired", format!("The key {} has expired.", key.prefix));
+        return fail(
+            "key_expired",
+            format!("The key {} has expired.", key.prefix),
+        );
     }
     Some(Ok(Some(key.clone())))
 }
