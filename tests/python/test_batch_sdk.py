@@ -380,3 +380,38 @@ def test_a_batch_survives_a_sigkill_of_the_agent(env):
     # Lines answered after the restart are metered by the new process too.
     stack = stack_of(agent, data_dir)
     assert stack.ledger_row(out[-1]["response"]["request_id"])["key_id"] == key_id
+
+
+def test_a_batch_past_its_window_ends_expired_with_the_rest_in_the_error_file(env):
+    """The 24 h window cannot pass in a test: the agent is killed mid-job, the stored
+    `expires_at` moved into the past, and the resumed job must expire, not run on."""
+    import sqlite3
+
+    agent, data_dir = env
+    key, _ = create_key(agent, team="batchteam")
+    c = client(agent, key)
+    n = 40
+    f = c.files.create(
+        file=("exp.jsonl", io.BytesIO(jsonl([chat_line(f"x-{i:02}", model="slow") for i in range(n)]))),
+        purpose="batch",
+    )
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    assert b.expires_at == b.created_at + 24 * 3600
+    wait_for(c, b.id, lambda b: b.request_counts.completed >= 4)
+    agent.kill()
+    conn = sqlite3.connect(data_dir / "batch.sqlite", timeout=5)
+    with conn:
+        conn.execute("UPDATE batches SET expires_at = created_at WHERE id = ?", (b.id,))
+    conn.close()
+
+    agent.start()
+    c = client(agent, key)
+    b = wait_for(c, b.id, lambda b: b.status == "expired", timeout_s=20)
+    assert b.expired_at is not None
+    out = result_lines(c, b.output_file_id)
+    errors = result_lines(c, b.error_file_id)
+    assert len(out) == b.request_counts.completed >= 4
+    assert len(errors) == b.request_counts.failed == n - len(out) > 0
+    assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
+    ids = sorted(l["custom_id"] for l in out + errors)
+    assert ids == [f"x-{i:02}" for i in range(n)], "every line exactly once across both files"
