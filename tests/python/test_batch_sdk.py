@@ -377,6 +377,8 @@ def test_a_batch_survives_a_sigkill_of_the_agent(env):
     ids = [l["custom_id"] for l in out]
     assert sorted(ids) == [f"k-{i:02}" for i in range(n)], "every line exactly once"
     assert all(l["response"]["status_code"] == 200 for l in out)
+    log = agent.proc.stderr_path.read_text()
+    assert "resuming a batch" in log and b.id in log, "the second run resumed the job"
     # Lines answered after the restart are metered by the new process too.
     stack = stack_of(agent, data_dir)
     assert stack.ledger_row(out[-1]["response"]["request_id"])["key_id"] == key_id
