@@ -167,10 +167,10 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
         // Intercepted, but not an inference call: the original server answers it.
         return passthrough::run(w, client, req, dst).await;
     }
-    if crate::batch::api::handles(path) {
-        return crate::batch::api::serve(w, client, req).await;
-    }
     let Some(api) = Api::from_path(path) else {
+        if crate::batch::api::handles(path) {
+            return crate::batch::api::serve(w, client, req).await;
+        }
         return local::serve(w, &req.snap.cfg, client, &req.head).await;
     };
     if req.head.method != Method::Post {
