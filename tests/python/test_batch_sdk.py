@@ -417,3 +417,62 @@ def test_a_batch_past_its_window_ends_expired_with_the_rest_in_the_error_file(en
     assert all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
     ids = sorted(l["custom_id"] for l in out + errors)
     assert ids == [f"x-{i:02}" for i in range(n)], "every line exactly once across both files"
+
+
+def test_a_graceful_stop_mid_job_records_what_was_in_flight_and_resumes(env):
+    """SIGTERM while lines are in flight: the agent stops promptly (the batch thread does not
+    hold it), and the next run finishes the job with every line once."""
+    agent, _ = env
+    key, _ = create_key(agent, team="batchteam")
+    c = client(agent, key)
+    n = 32
+    f = c.files.create(
+        file=("term.jsonl", io.BytesIO(jsonl([chat_line(f"t-{i:02}", model="slow") for i in range(n)]))),
+        purpose="batch",
+    )
+    b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+    wait_for(c, b.id, lambda b: b.request_counts.completed >= 4)
+    assert agent.proc is not None
+    started = time.monotonic()
+    agent.proc.proc.terminate()
+    assert agent.proc.proc.wait(timeout=15) == 0
+    assert time.monotonic() - started < 10
+
+    agent.start()
+    c = client(agent, key)
+    b = wait_for(c, b.id, lambda b: b.status == "completed")
+    out = result_lines(c, b.output_file_id)
+    assert sorted(l["custom_id"] for l in out) == [f"t-{i:02}" for i in range(n)]
+    assert b.error_file_id is None
+
+
+def test_open_mode_forwards_the_identity_the_batch_was_created_with(env, tmp_path):
+    """`auth: {mode: open}`: no key to act for, so the lines carry the identity headers of the
+    request that created the batch, and the ledger rows have that team."""
+    agent, _ = env
+    config = agent.config.read_text().replace("auth: { mode: keys }", "auth: { mode: open }", 1)
+    assert "mode: open" in config
+    data_dir = tmp_path / "data"
+    config = config.replace(f"data_dir: {agent.config.parent / 'data'}", f"data_dir: {data_dir}", 1)
+    assert f"data_dir: {data_dir}" in config
+    path = tmp_path / "open.yaml"
+    path.write_text(config)
+    open_agent = Agent(path, tmp_path)
+    try:
+        c = openai.OpenAI(
+            base_url=f"{open_agent.url}/v1",
+            api_key="anything",
+            max_retries=0,
+            default_headers={"x-tollgate-team": "open-team"},
+        )
+        f = c.files.create(file=("o.jsonl", io.BytesIO(jsonl([chat_line("o-1"), chat_line("o-2")]))), purpose="batch")
+        b = c.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
+        b = wait_for(c, b.id, lambda b: b.status == "completed")
+        out = result_lines(c, b.output_file_id)
+        assert sorted(l["custom_id"] for l in out) == ["o-1", "o-2"]
+        stack = stack_of(open_agent, data_dir)
+        for l in out:
+            row = stack.ledger_row(l["response"]["request_id"])
+            assert row["team"] == "open-team" and row["key_id"] is None
+    finally:
+        open_agent.kill()

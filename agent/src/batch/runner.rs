@@ -27,8 +27,11 @@ use crate::shared::Shared;
 const MAX_RESPONSE_BYTES: u64 = 64 * 1024 * 1024;
 /// Attempts for a line whose connection to the listener failed, before it is recorded failed.
 const MAX_TRANSPORT_ATTEMPTS: u32 = 5;
-/// How often the thread looks at its job when no message arrives.
+/// How often the thread looks at its job when no message arrives (retries wait on it).
 const TICK: Duration = Duration::from_millis(50);
+/// How often an idle thread looks for work it was not told about (a batch left by a crash is
+/// found at the first look; a new batch is started right after its `POST /v1/batches`).
+const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// What reaches the batch thread.
 pub enum Msg {
@@ -137,7 +140,8 @@ impl Runner {
     /// The batch thread's loop, until [`Msg::Stop`].
     pub fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            match rx.recv_timeout(TICK) {
+            let wait = if self.job.is_some() { TICK } else { IDLE_TICK };
+            match rx.recv_timeout(wait) {
                 Ok(Msg::Api(call, reply)) => {
                     let _ = reply.send(super::api::handle(&mut self, call));
                 }
