@@ -65,12 +65,15 @@ pub fn random_id(prefix: &str, n: usize) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// How the runner's credential starts (never a virtual key's `tg-`).
+pub const INTERNAL_PREFIX: &str = "tgi-";
+
 /// The runner's credential for this process: `tgi-` + 32 random bytes (hex). Never stored or
 /// logged; a restart makes a new one.
 pub fn internal_token() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
-    let mut out = String::from("tgi-");
+    let mut out = String::from(INTERNAL_PREFIX);
     for b in bytes {
         out.push_str(&format!("{b:02x}"));
     }
