@@ -350,15 +350,19 @@ impl Runner {
                 .copied()
                 .chain(job.delayed.iter().map(|(_, l)| *l))
                 .collect();
-            for line in left {
-                let id = job.lines[line].custom_id.clone();
-                let text = failed_line(
-                    &id,
-                    "batch_expired",
-                    "This request could not be executed before the completion window expired.",
-                );
-                job.results.record(false, &id, &text)?;
-            }
+            let expired: Vec<(String, Vec<u8>)> = left
+                .into_iter()
+                .map(|line| {
+                    let id = job.lines[line].custom_id.clone();
+                    let text = failed_line(
+                        &id,
+                        "batch_expired",
+                        "This request could not be executed before the completion window expired.",
+                    );
+                    (id, text)
+                })
+                .collect();
+            job.results.record_all(false, &expired)?;
         }
         self.store.set_counts(
             &job.row.id,

@@ -620,17 +620,27 @@ impl Results {
 
     /// Appends one result line and fsyncs it; only then is the line done.
     pub fn record(&mut self, ok: bool, custom_id: &str, line: &[u8]) -> Result<(), StoreError> {
+        self.record_all(ok, &[(custom_id.to_string(), line.to_vec())])
+    }
+
+    /// Appends result lines to one file with a single fsync (an expiring job's leftovers).
+    pub fn record_all(&mut self, ok: bool, lines: &[(String, Vec<u8>)]) -> Result<(), StoreError> {
         let f = if ok { &mut self.out } else { &mut self.err };
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line);
-        buf.push(b'\n');
+        let mut buf = Vec::with_capacity(lines.iter().map(|(_, l)| l.len() + 1).sum());
+        for (_, line) in lines {
+            buf.extend_from_slice(line);
+            buf.push(b'\n');
+        }
         f.write_all(&buf)?;
         f.sync_data()?;
-        self.done.insert(custom_id.to_string());
+        for (custom_id, _) in lines {
+            self.done.insert(custom_id.clone());
+        }
+        let n = lines.len() as u64;
         if ok {
-            self.completed += 1;
+            self.completed += n;
         } else {
-            self.failed += 1;
+            self.failed += n;
         }
         Ok(())
     }
