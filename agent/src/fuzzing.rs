@@ -464,6 +464,54 @@ fn pieces(data: &[u8], salt: u64) -> Vec<&[u8]> {
     out
 }
 
+/// A Batch API upload: the first line is the multipart boundary, the rest the body. Parts must
+/// lie inside the body; the `file` part (and the whole body, so the JSONL checks are reached
+/// without multipart structure too) goes through the batch input validation, and an accepted
+/// input has unique `custom_id`s and object bodies that parse again.
+pub fn batch_upload(data: &[u8]) {
+    let (first, body) = match memchr::memchr(b'\n', data) {
+        Some(i) => (&data[..i], &data[i + 1..]),
+        None => (data, &data[data.len()..]),
+    };
+    check_batch_input(body);
+    let content_type = format!(
+        "multipart/form-data; boundary={}",
+        String::from_utf8_lossy(first).trim()
+    );
+    let Some(boundary) = crate::batch::multipart::boundary(&content_type) else {
+        return;
+    };
+    let Ok(parts) = crate::batch::multipart::parse(body, boundary) else {
+        return;
+    };
+    assert!(parts.len() <= crate::batch::multipart::MAX_PARTS);
+    let range = body.as_ptr_range();
+    for p in &parts {
+        let r = p.data.as_ptr_range();
+        assert!(
+            r.start >= range.start && r.end <= range.end,
+            "a part outside the body"
+        );
+        if p.name == "file" {
+            check_batch_input(p.data);
+        }
+    }
+}
+
+fn check_batch_input(bytes: &[u8]) {
+    if let Ok(lines) = crate::batch::input::parse(bytes) {
+        let ids: std::collections::HashSet<&str> =
+            lines.iter().map(|l| l.custom_id.as_str()).collect();
+        assert_eq!(ids.len(), lines.len(), "duplicate custom_id accepted");
+        for l in &lines {
+            let v: serde_json::Value =
+                serde_json::from_slice(&l.body).expect("a rewritten body parses");
+            assert!(v.is_object(), "a body that is not an object");
+            assert!(crate::batch::ENDPOINTS.contains(&l.url.as_str()));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 pub mod abort;
 pub mod admin;
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod client;
 pub mod config;

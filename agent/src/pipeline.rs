@@ -168,6 +168,9 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
         return passthrough::run(w, client, req, dst).await;
     }
     let Some(api) = Api::from_path(path) else {
+        if crate::batch::api::handles(path) {
+            return crate::batch::api::serve(w, client, req).await;
+        }
         return local::serve(w, &req.snap.cfg, client, &req.head).await;
     };
     if req.head.method != Method::Post {

@@ -2,7 +2,8 @@
 //! interception, attribution and node counters; `kernel.enabled: auto` runs without it when the
 //! host refuses, saying so once), starts one worker thread per core and the control thread
 //! (ledger writer, estimates, cgroup resolution, node counters), the DNS refresh thread and the
-//! telemetry thread (replica load scrapes, GPU samples; `telemetry::control`), waits for
+//! telemetry thread (replica load scrapes, GPU samples; `telemetry::control`), the batch
+//! thread (Batch API jobs, `batch::runner`), waits for
 //! SIGINT/SIGTERM, then drains workers, flushes the ledger and detaches the kernel programs
 //! before returning. Nothing here is on the request path.
 
@@ -106,6 +107,11 @@ pub struct Running {
     dns: std::thread::JoinHandle<()>,
     /// Replica scrapes and GPU samples.
     telemetry: std::thread::JoinHandle<()>,
+    /// The batch thread (Batch API and its jobs), stopped after the workers.
+    batch: Option<(
+        mpsc::Sender<crate::batch::runner::Msg>,
+        std::thread::JoinHandle<()>,
+    )>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
     /// The operators' listener, when configured.
@@ -138,6 +144,12 @@ impl Running {
         }
         for w in self.workers {
             let _ = w.join();
+        }
+        // Batch lines in flight were drained with the workers; their results are recorded
+        // before the batch thread exits (lines not answered are sent again at the next start).
+        if let Some((tx, thread)) = self.batch {
+            let _ = tx.send(crate::batch::runner::Msg::Stop);
+            let _ = thread.join();
         }
         // Every worker has flushed its records; the writer commits them and exits.
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
@@ -219,6 +231,18 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         .as_ref()
         .map(|k| Arc::new(CgroupResolver::new(k.cgroup_root())));
     let enricher = Enricher::new(cgroups.clone(), counters.clone(), cfg.attribution.clone());
+    // The Batch API: its store is opened before serving (a broken one stops the start, like the
+    // ledger); the thread starts once `shared` exists.
+    let batch_store = if cfg.batch_jobs.enabled {
+        let store = crate::batch::store::Store::open(&cfg.data_dir)
+            .with_context(|| format!("opening the batch store in {}", cfg.data_dir.display()))?;
+        let token = crate::batch::internal_token().context("generating the batch token")?;
+        let _ = governor.internal_token.set(token.clone());
+        let (tx, rx) = mpsc::channel();
+        Some((store, token, tx, rx))
+    } else {
+        None
+    };
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         snapshot: ArcSwap::from_pointee(first_snapshot),
@@ -236,7 +260,28 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         governor: governor.clone(),
         cgroups,
         prefix_indexes: std::sync::Mutex::default(),
+        batch: batch_store
+            .as_ref()
+            .map(|(_, _, tx, _)| crate::batch::Handle { tx: tx.clone() }),
     });
+    let batch = match batch_store {
+        Some((store, token, tx, rx)) => {
+            let runner = crate::batch::runner::start(
+                store,
+                shared.clone(),
+                &cfg.batch_jobs,
+                cfg.workers,
+                addr,
+                token,
+                tx.clone(),
+            )?;
+            let thread = std::thread::Builder::new()
+                .name("tollgate-batch".into())
+                .spawn(move || runner.run(rx))?;
+            Some((tx, thread))
+        }
+        None => None,
+    };
     let gov_shared = shared.clone();
     std::thread::Builder::new()
         .name("tollgate-governance".into())
@@ -296,6 +341,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         writer_tx,
         dns,
         telemetry,
+        batch,
         kernel,
         admin: None,
         reloader: None,

@@ -42,6 +42,8 @@ pub struct Shared {
     /// Each worker's prefix index, registered when the worker starts, read by the admin
     /// listener's `/admin/route/predict` (never by a worker).
     pub prefix_indexes: std::sync::Mutex<Vec<crate::phase::route::balance::SharedIndex>>,
+    /// The batch thread (`batch_jobs.enabled`), which answers the Batch API.
+    pub batch: Option<crate::batch::Handle>,
 }
 
 impl Shared {

@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("request_head", tollgate::fuzzing::request_head),
     ("chunked", tollgate::fuzzing::chunked),
     ("inspect_rewrite", tollgate::fuzzing::inspect_rewrite),
     ("sse_usage", tollgate::fuzzing::sse_usage),
     ("response_head", tollgate::fuzzing::response_head),
     ("config", tollgate::fuzzing::config),
+    ("batch_upload", tollgate::fuzzing::batch_upload),
 ];
 
 fn fuzz_dir() -> PathBuf {

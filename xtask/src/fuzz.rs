@@ -68,7 +68,7 @@ struct Target {
     dict: &'static str,
 }
 
-const TARGETS: [Target; 6] = [
+const TARGETS: [Target; 7] = [
     Target {
         name: "request_head",
         max_len: 4096,
@@ -110,6 +110,13 @@ const TARGETS: [Target; 6] = [
         rss_limit_mb: 2048,
         timeout_s: 10,
         dict: "yaml.dict",
+    },
+    Target {
+        name: "batch_upload",
+        max_len: 4096,
+        rss_limit_mb: 2048,
+        timeout_s: 10,
+        dict: "json.dict",
     },
 ];
 

@@ -71,6 +71,21 @@ pub struct FileConfig {
     pub routing: RoutingFile,
     /// Who may use public providers: `{public: allow|deny, allow: [scopes], deny: [scopes]}`.
     pub egress: Option<serde_yaml_ng::Value>,
+    /// The OpenAI Batch API (`/v1/files`, `/v1/batches`) and its background runner.
+    #[serde(default)]
+    pub batch_jobs: BatchJobsFile,
+}
+
+/// `batch_jobs:` — the Batch API and the thread that runs its jobs.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BatchJobsFile {
+    /// Serve `/v1/files` and `/v1/batches` and run their jobs (default true).
+    pub enabled: Option<bool>,
+    /// Lines of a batch in flight at once (default 4).
+    pub concurrency: Option<usize>,
+    /// Time allowed for one line's request, connect to last byte, in milliseconds (default 600000).
+    pub request_timeout_ms: Option<u64>,
 }
 
 /// `routing:` (defaults) and the same keys on a model (overrides).

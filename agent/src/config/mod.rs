@@ -17,8 +17,8 @@ pub use kernel::{
     KernelSettings,
 };
 pub use validate::{
-    Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits, Model, ModelTarget,
-    Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
+    BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
+    Model, ModelTarget, Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
 
 /// Reads, parses and validates a configuration file.

@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 use super::admin::AdminSettings;
-use super::file::{FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile, TargetFile};
+use super::file::{
+    BatchJobsFile, FileConfig, LimitsFile, ModelFile, ProviderFile, ReplicasFile, TargetFile,
+};
 use super::kernel::{AttributionSettings, InterceptRoute, KernelSettings};
 use super::lines::LineIndex;
 use super::routing::{
@@ -126,6 +128,26 @@ impl Default for ReplicaSettings {
             scrape: true,
             scrape_interval: Duration::from_millis(1000),
             timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The Batch API and its runner (`batch_jobs:`). Restart-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchJobsSettings {
+    pub enabled: bool,
+    /// Lines of a batch in flight at once.
+    pub concurrency: usize,
+    /// One line's request, connect to last byte.
+    pub request_timeout: Duration,
+}
+
+impl Default for BatchJobsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            concurrency: 4,
+            request_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -249,6 +271,8 @@ pub struct Config {
     pub prices: crate::metering::prices::PriceCatalog,
     /// Routing defaults (`routing:`); each model carries its resolved retry, breaker and timeouts.
     pub routing: RoutingDefaults,
+    /// The Batch API (`/v1/files`, `/v1/batches`) and its background runner.
+    pub batch_jobs: BatchJobsSettings,
 }
 
 impl Config {
@@ -486,6 +510,7 @@ impl Validator<'_> {
         let intercept_routes = intercept_routes(&intercept, &mut providers);
         let attribution = self.attribution(f.attribution);
         let replicas = self.replicas(&f.replicas);
+        let batch_jobs = self.batch_jobs(&f.batch_jobs);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(
             GovernanceFile {
@@ -534,6 +559,29 @@ impl Validator<'_> {
             governance,
             prices,
             routing,
+            batch_jobs,
+        }
+    }
+
+    fn batch_jobs(&mut self, b: &BatchJobsFile) -> BatchJobsSettings {
+        let d = BatchJobsSettings::default();
+        if b.concurrency.is_some_and(|c| !(1..=64).contains(&c)) {
+            self.problem("batch_jobs.concurrency", "must be between 1 and 64");
+        }
+        if b.request_timeout_ms
+            .is_some_and(|v| !(100..=86_400_000).contains(&v))
+        {
+            self.problem(
+                "batch_jobs.request_timeout_ms",
+                "must be between 100 and 86400000 (one day)",
+            );
+        }
+        BatchJobsSettings {
+            enabled: b.enabled.unwrap_or(d.enabled),
+            concurrency: b.concurrency.unwrap_or(d.concurrency),
+            request_timeout: b
+                .request_timeout_ms
+                .map_or(d.request_timeout, Duration::from_millis),
         }
     }
 
@@ -1203,6 +1251,25 @@ attribution:
         assert_eq!(errs.len(), 1);
         assert_eq!(errs[0].line, Some(2));
         assert!(errs[0].message.contains("quote"), "{errs:?}");
+    }
+
+    #[test]
+    fn batch_jobs_section() {
+        let c = Config::from_yaml("listen: 127.0.0.1:4000\n", &no_env).unwrap();
+        assert_eq!(c.batch_jobs, BatchJobsSettings::default());
+        assert!(c.batch_jobs.enabled);
+        let c = Config::from_yaml(
+            "batch_jobs: { enabled: false, concurrency: 8, request_timeout_ms: 1000 }\n",
+            &no_env,
+        )
+        .unwrap();
+        assert!(!c.batch_jobs.enabled);
+        assert_eq!(c.batch_jobs.concurrency, 8);
+        assert_eq!(c.batch_jobs.request_timeout, Duration::from_secs(1));
+        let errs = Config::from_yaml("batch_jobs: { concurrency: 0 }\n", &no_env)
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "batch_jobs.concurrency");
     }
 
     #[test]

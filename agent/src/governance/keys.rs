@@ -221,6 +221,8 @@ impl KeyEntry {
 #[derive(Debug, Default)]
 pub struct KeyTable {
     by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// The same entries by key id (the batch runner acts on behalf of a key it knows by id).
+    by_id: HashMap<String, Arc<KeyEntry>>,
 }
 
 impl KeyTable {
@@ -233,6 +235,7 @@ impl KeyTable {
             .map(|e| (e.id.as_str(), e))
             .collect();
         let mut by_hash = HashMap::new();
+        let mut by_id = HashMap::new();
         for (rec, hash) in rows {
             if rec.revoked_ms.is_some() {
                 continue;
@@ -252,20 +255,24 @@ impl KeyTable {
                 window: rec.spec.window.unwrap_or(Window::Month),
                 alert_at: vec![0.8, 1.0],
             });
-            by_hash.insert(
+            let entry = Arc::new(KeyEntry {
+                id: rec.id,
+                prefix: rec.prefix,
                 hash,
-                Arc::new(KeyEntry {
-                    id: rec.id,
-                    prefix: rec.prefix,
-                    hash,
-                    spec: rec.spec,
-                    models,
-                    state,
-                    budget_info,
-                }),
-            );
+                spec: rec.spec,
+                models,
+                state,
+                budget_info,
+            });
+            by_id.insert(entry.id.clone(), entry.clone());
+            by_hash.insert(hash, entry);
         }
-        KeyTable { by_hash }
+        KeyTable { by_hash, by_id }
+    }
+
+    /// The key with id `id` (`k_...`), if it exists and is not revoked.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<KeyEntry>> {
+        self.by_id.get(id)
     }
 
     /// The key `secret` names, if it is one of ours.

@@ -85,6 +85,10 @@ pub struct Governor {
     /// To the governance thread (`Sender` is `Sync`: no lock).
     events: Sender<Event>,
     data_dir: PathBuf,
+    /// The batch runner's per-process token (`batch::internal_token`), set once at start when
+    /// `batch_jobs` is on: with it, a loopback request may act on behalf of a key by its id
+    /// (`x-tollgate-on-behalf-of`). Kept in memory only, never logged.
+    pub internal_token: std::sync::OnceLock<String>,
 }
 
 impl Governor {
@@ -102,6 +106,7 @@ impl Governor {
             loop_guard: arc_swap::ArcSwapOption::empty(),
             events: tx,
             data_dir: data_dir.to_path_buf(),
+            internal_token: std::sync::OnceLock::new(),
         });
         gov.reload_from(&store)?;
         Ok((gov, rx))

@@ -234,6 +234,7 @@ fn keep_restart_only(new: &mut Config, file: &Config, running: &Config) -> Vec<&
     keep!(attribution, "attribution");
     keep!(ledger, "ledger");
     keep!(replicas, "replicas");
+    keep!(batch_jobs, "batch_jobs");
     keep!(admin, "admin");
     keep!(shutdown_grace, "shutdown_grace_ms");
     keep!(

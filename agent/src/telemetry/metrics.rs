@@ -134,6 +134,12 @@ pub struct Globals {
     pub ledger_written: AtomicU64,
     pub ledger_errors: AtomicU64,
     pub ledger_queue: AtomicU64,
+    /// Batch API: a job running now (0 or 1), jobs ended by status (completed, failed,
+    /// cancelled, expired), and lines recorded in output and error files.
+    pub batch_running: AtomicU64,
+    pub batch_finished: [AtomicU64; 4],
+    pub batch_lines_completed: AtomicU64,
+    pub batch_lines_failed: AtomicU64,
 }
 
 /// All shards plus label names, owned by the server and shared with workers.
@@ -387,10 +393,39 @@ impl Metrics {
                 "Usage records waiting to be committed.",
                 &g.ledger_queue,
             ),
+            (
+                "tollgate_batch_jobs_running",
+                "gauge",
+                "Batch API jobs running now.",
+                &g.batch_running,
+            ),
+            (
+                "tollgate_batch_lines_completed_total",
+                "counter",
+                "Batch lines answered 2xx (recorded in an output file).",
+                &g.batch_lines_completed,
+            ),
+            (
+                "tollgate_batch_lines_failed_total",
+                "counter",
+                "Batch lines recorded in an error file (an error status or no response).",
+                &g.batch_lines_failed,
+            ),
         ] {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP tollgate_batch_jobs_finished_total Batch API jobs ended, by final status.\n# TYPE tollgate_batch_jobs_finished_total counter\n");
+        for (status, v) in ["completed", "failed", "cancelled", "expired"]
+            .iter()
+            .zip(g.batch_finished.iter())
+        {
+            let _ = writeln!(
+                out,
+                "tollgate_batch_jobs_finished_total{{status=\"{status}\"}} {}",
                 v.load(Ordering::Relaxed)
             );
         }

@@ -49,6 +49,9 @@ pub fn authenticate(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
+    if let Some(result) = on_behalf(gov, client, head, bearer) {
+        return result;
+    }
     let api_key = head.header_str("x-api-key").map(str::trim);
     // Ours wherever it is (a client may send a provider key in the other header), else
     // whatever was sent.
@@ -128,6 +131,67 @@ pub fn authenticate(
     Ok(Some(key.clone()))
 }
 
+/// The batch runner's requests: `Authorization: Bearer <internal token>` plus
+/// `x-tollgate-on-behalf-of: <key id>`, accepted only from a loopback peer on a connection that
+/// was not intercepted, the token compared in constant time. The key is then found by its id
+/// and must still be usable (a key disabled, expired or revoked since the batch was created
+/// fails that line with 401, like its own requests would). The key's IP allowlist is not
+/// applied: it was checked when the batch was created, and the peer here is the agent itself.
+/// `None`: not such a request (the header is ignored and the credential checked as usual).
+fn on_behalf(
+    gov: &Governor,
+    client: &ClientConn,
+    head: &crate::http::request::RequestHead,
+    bearer: Option<&str>,
+) -> Option<Result<Option<Arc<KeyEntry>>, GateError>> {
+    // Cheapest first: every request with a bearer passes here.
+    let token = gov.internal_token.get()?;
+    let bearer = bearer.filter(|b| b.starts_with(crate::batch::INTERNAL_PREFIX))?;
+    let id = head.header_str("x-tollgate-on-behalf-of")?.trim();
+    let peer = match client.peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    if !peer.is_loopback() || client.original_dst().is_some() {
+        return None;
+    }
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        token.as_bytes(),
+        bearer.as_bytes(),
+    )) {
+        return None;
+    }
+    let fail = |code: &'static str, message: String| {
+        gov.counters.auth_failures.fetch_add(1, Ordering::Relaxed);
+        Some(Err(GateError::new(
+            ErrorKind::Unauthorized { code },
+            message,
+        )))
+    };
+    let table = gov.keys.load();
+    let Some(key) = table.by_id(id) else {
+        return fail(
+            "invalid_api_key",
+            format!("The key {id} that owns this batch is unknown or was revoked."),
+        );
+    };
+    if !key.spec.enabled {
+        return fail(
+            "key_disabled",
+            format!("The key {} is disabled.", key.prefix),
+        );
+    }
+    if key.spec.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+        return fail(
+            "key_expired",
+            format!("The key {} has expired.", key.prefix),
+        );
+    }
+    Some(Ok(Some(key.clone())))
+}
+
 /// `sk-abc...wxyz`: enough to recognise a key, never the key.
 fn redact(c: &str) -> String {
     let chars: Vec<char> = c.chars().collect();
@@ -142,6 +206,98 @@ fn redact(c: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The runner's credential: honoured only with the exact token, from a loopback peer, for
+    /// a key that exists and is usable; anything else is an ordinary (failing) credential.
+    #[test]
+    fn on_behalf_needs_the_token_a_loopback_peer_and_a_usable_key() {
+        use crate::governance::keys::{generate, KeyRecord, KeySpec};
+        let gov = Governor::for_tests();
+        let store =
+            crate::governance::store::Store::open(gov.data_dir()).unwrap_or_else(|e| panic!("{e}"));
+        for (id, enabled) in [("k_batch", true), ("k_off", false)] {
+            let new = generate().unwrap_or_else(|e| panic!("{e}"));
+            let rec = KeyRecord {
+                id: id.into(),
+                prefix: new.prefix.clone(),
+                spec: KeySpec {
+                    team: Some("t".into()),
+                    enabled,
+                    ..KeySpec::default()
+                },
+                created_ms: 0,
+                updated_ms: 0,
+                revoked_ms: None,
+            };
+            store
+                .insert_key(&rec, &new.hash)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        gov.reload_from(&store).unwrap_or_else(|e| panic!("{e}"));
+        let token = crate::batch::internal_token().unwrap_or_else(|e| panic!("{e}"));
+        let _ = gov.internal_token.set(token.clone());
+        let head = |bearer: &str, id: Option<&str>| {
+            let mut raw =
+                format!("POST /v1/chat/completions HTTP/1.1\r\nauthorization: Bearer {bearer}\r\n");
+            if let Some(id) = id {
+                raw.push_str(&format!("x-tollgate-on-behalf-of: {id}\r\n"));
+            }
+            raw.push_str("\r\n");
+            crate::http::request::RequestHead::parse(bytes::Bytes::from(raw), 100)
+                .unwrap_or_else(|e| panic!("{e:?}"))
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        rt.block_on(async move {
+            let conn = |peer: &str| {
+                let peer: std::net::SocketAddr = peer.parse().unwrap_or_else(|e| panic!("{e}"));
+                async move {
+                    let s = monoio::net::TcpStream::connect_addr(addr)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    ClientConn::new(s, peer)
+                }
+            };
+            let local = conn("127.0.0.1:40000").await;
+            let mapped = conn("[::ffff:127.0.0.1]:40000").await;
+            let remote = conn("10.0.0.7:40000").await;
+            let check = |c: &ClientConn, bearer: &str, id: Option<&str>| {
+                authenticate(&gov, c, &head(bearer, id), Wire::OpenAi, AuthMode::Keys)
+            };
+            let code = |r: Result<Option<Arc<KeyEntry>>, GateError>| match r {
+                Ok(k) => panic!("accepted as {:?}", k.map(|k| k.id.clone())),
+                Err(e) => e.metric_reason(),
+            };
+            for c in [&local, &mapped] {
+                let key = check(c, &token, Some("k_batch"))
+                    .unwrap_or_else(|e| panic!("{e}"))
+                    .unwrap_or_else(|| panic!("no key"));
+                assert_eq!(key.id, "k_batch");
+            }
+            assert_eq!(
+                code(check(&remote, &token, Some("k_batch"))),
+                "invalid_api_key"
+            );
+            let mut wrong = token.clone();
+            wrong.pop();
+            wrong.push('x');
+            assert_eq!(
+                code(check(&local, &wrong, Some("k_batch"))),
+                "invalid_api_key"
+            );
+            assert_eq!(code(check(&local, &token, None)), "invalid_api_key");
+            assert_eq!(code(check(&local, &token, Some("k_off"))), "key_disabled");
+            assert_eq!(
+                code(check(&local, &token, Some("k_gone"))),
+                "invalid_api_key"
+            );
+        });
+        drop(listener);
+    }
 
     #[test]
     fn redaction_never_shows_the_middle() {
