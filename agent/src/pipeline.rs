@@ -246,7 +246,7 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     route::resolve_tier(&snap, ctx);
     admit::run(&w.shared.governor, client, ctx).await?;
     ctx.route.public_ok = admit::may_use_public(&snap, client, ctx);
-    let batch = route::hold_batch(&snap, &w.route, ctx).await?;
+    let batch = route::hold_batch(&snap, &w.route, &w.shared.gpus, ctx).await?;
     ctx.route.permit = route::wait_turn(&snap, ctx, batch).await?;
     route::run(&snap, &w.route, ctx, client.original_dst())?;
     let forwarded = loop {

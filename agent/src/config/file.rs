@@ -130,6 +130,8 @@ pub struct BatchFile {
     pub hours: Option<String>,
     /// How long a batch request waits for room before 503 `batch_deferred`.
     pub max_wait_ms: Option<u64>,
+    /// Batch runs only while some GPU of the node is below this utilisation, percent (NVML).
+    pub max_gpu_util: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, Default, Clone)]

@@ -143,7 +143,7 @@ impl Hours {
         }
     }
 
-    fn parse(s: &str) -> Option<Hours> {
+    pub(crate) fn parse(s: &str) -> Option<Hours> {
         let (a, b) = s.split_once('-')?;
         let minute = |t: &str| -> Option<u16> {
             let (h, m) = t.trim().split_once(':')?;
@@ -291,6 +291,8 @@ pub struct BatchPolicy {
     pub max_queue: f64,
     pub hours: Option<Hours>,
     pub max_wait: Duration,
+    /// Batch runs only while some GPU of the node is below this utilisation (percent).
+    pub max_gpu_util: Option<u32>,
 }
 
 impl Default for BatchPolicy {
@@ -299,6 +301,7 @@ impl Default for BatchPolicy {
             max_queue: 4.0,
             hours: None,
             max_wait: Duration::from_secs(60),
+            max_gpu_util: None,
         }
     }
 }
@@ -487,7 +490,14 @@ impl Validator<'_> {
             max_queue: f.max_queue.unwrap_or(d.max_queue),
             hours,
             max_wait: f.max_wait_ms.map_or(d.max_wait, Duration::from_millis),
+            max_gpu_util: f.max_gpu_util,
         };
+        if out.max_gpu_util.is_some_and(|u| u == 0 || u > 100) {
+            self.problem(
+                "routing.batch.max_gpu_util",
+                "must be between 1 and 100 (percent)",
+            );
+        }
         if !(0.0..=1e6).contains(&out.max_queue) {
             self.problem("routing.batch.max_queue", "must be between 0 and 1000000");
         }

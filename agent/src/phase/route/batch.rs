@@ -1,17 +1,19 @@
 //! Priority classes: `x-tollgate-priority: interactive` (the default, unless the request's key
 //! has a default class) runs at once;
 //! `batch` waits until some replica of its model has room — its queue (the engine's scraped
-//! running + waiting, plus this worker's requests in flight) below `routing.batch.max_queue` —
+//! running + waiting, plus this worker's requests in flight) below `routing.batch.max_queue`,
+//! and, with `routing.batch.max_gpu_util`, some GPU of the node below that utilisation (NVML) —
 //! or until the clock is inside `routing.batch.hours` (an off-peak window), polling every
 //! 50 ms. Past `max_wait_ms` it gets 503 `batch_deferred` with `Retry-After`. It waits in the
 //! agent, holding no provider connection, after admission (its budget reservation is held).
 
 use std::time::{Duration, Instant};
 
-use crate::config::routing::PriorityClass;
+use crate::config::routing::{BatchPolicy, PriorityClass};
 use crate::error::{ErrorDetail, ErrorKind, GateError};
 use crate::pipeline::RequestCtx;
 use crate::snapshot::Snapshot;
+use crate::telemetry::gpu::{GpuBoard, GpuSample};
 
 use super::balance::Candidate;
 use super::RouteLocal;
@@ -56,11 +58,26 @@ fn shortest_queue(snap: &Snapshot, local: &RouteLocal, model: usize) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Whether a batch request may run now: inside the off-peak window, or while some replica's
+/// queue is below `max_queue` and (with `max_gpu_util`) some GPU of the node is below it. A node
+/// whose GPU figures are unknown (no NVML) is judged by the queues alone.
+fn may_run(policy: &BatchPolicy, minute: u16, shortest_queue: f64, gpus: &[GpuSample]) -> bool {
+    if policy.hours.is_some_and(|h| h.contains(minute)) {
+        return true;
+    }
+    let gpu_room = match policy.max_gpu_util {
+        Some(max) if !gpus.is_empty() => gpus.iter().any(|g| g.utilization_pct < max),
+        _ => true,
+    };
+    shortest_queue < policy.max_queue && gpu_room
+}
+
 /// Holds a batch request until it may run; interactive requests pass at once. Returns whether
 /// the request is of the batch class.
 pub async fn hold(
     snap: &Snapshot,
     local: &RouteLocal,
+    gpus: &GpuBoard,
     ctx: &mut RequestCtx,
 ) -> Result<bool, GateError> {
     if !is_batch(ctx)? {
@@ -74,8 +91,8 @@ pub async fn hold(
     let _waiting = Waiting::new(local);
     loop {
         let minute = ((crate::governance::window::now_ms().max(0) / 60_000) % 1440) as u16;
-        let off_peak = policy.hours.is_some_and(|h| h.contains(minute));
-        if off_peak || shortest_queue(snap, local, model) < policy.max_queue {
+        let gpus = gpus.samples();
+        if may_run(policy, minute, shortest_queue(snap, local, model), &gpus) {
             break;
         }
         if started.elapsed() >= policy.max_wait {
@@ -120,5 +137,48 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let w = &self.0.batch_waiting;
         w.set(w.get().saturating_sub(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::routing::Hours;
+
+    fn gpu(util: u32) -> GpuSample {
+        GpuSample {
+            index: 0,
+            utilization_pct: util,
+            memory_used_bytes: 0,
+            memory_total_bytes: 1,
+        }
+    }
+
+    #[test]
+    fn batch_runs_off_peak_or_when_queues_and_gpus_leave_room() {
+        let mut p = BatchPolicy {
+            max_queue: 4.0,
+            hours: Hours::parse("01:00-06:00"),
+            max_wait: std::time::Duration::from_secs(1),
+            max_gpu_util: Some(80),
+        };
+        let noon = 12 * 60;
+        assert!(may_run(&p, noon, 1.0, &[gpu(50)]));
+        assert!(!may_run(&p, noon, 9.0, &[gpu(50)]), "queues full");
+        assert!(
+            !may_run(&p, noon, 1.0, &[gpu(95), gpu(85)]),
+            "every GPU busy"
+        );
+        assert!(
+            may_run(&p, noon, 1.0, &[gpu(95), gpu(10)]),
+            "one GPU has room"
+        );
+        assert!(may_run(&p, noon, 1.0, &[]), "no GPU figures: queues decide");
+        assert!(
+            may_run(&p, 2 * 60, 9.0, &[gpu(99)]),
+            "off-peak: whatever the load"
+        );
+        p.max_gpu_util = None;
+        assert!(may_run(&p, noon, 1.0, &[gpu(99)]));
     }
 }
