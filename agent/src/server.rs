@@ -230,7 +230,8 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let cgroups = kernel
         .as_ref()
         .map(|k| Arc::new(CgroupResolver::new(k.cgroup_root())));
-    let enricher = Enricher::new(cgroups.clone(), counters.clone(), cfg.attribution.clone());
+    let enricher = Enricher::new(cgroups.clone(), counters.clone(), cfg.attribution.clone())
+        .with_totals(metrics.targets.clone());
     // The Batch API: its store is opened before serving (a broken one stops the start, like the
     // ledger); the thread starts once `shared` exists.
     let batch_store = if cfg.batch_jobs.enabled {

@@ -54,6 +54,7 @@ impl Shared {
         self.governor.render(&snap.governance, &mut out);
         render_breakers(&snap, &mut out);
         render_queues(&snap, &mut out);
+        self.metrics.targets.render(&mut out);
         out
     }
 }

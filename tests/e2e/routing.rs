@@ -543,6 +543,24 @@ fn prefix_affinity_keeps_a_conversation_on_the_replica_that_caches_it() {
     let hits =
         metric(&m2, "tollgate_prefix_hits_total").or(metric(&m, "tollgate_prefix_hits_total"));
     assert!(hits.is_some_and(|h| h >= 5.0), "{m2}");
+    // Per replica: the one that held the conversation served all six, five of them hits.
+    let target = format!("{}/{SIM_MODEL}", providers[0]);
+    assert_eq!(
+        metric(
+            &m2,
+            &format!("tollgate_target_requests_total{{target=\"{target}\"}}")
+        ),
+        Some(6.0),
+        "{m2}"
+    );
+    assert_eq!(
+        metric(
+            &m2,
+            &format!("tollgate_target_prefix_hits_total{{target=\"{target}\"}}")
+        ),
+        Some(5.0),
+        "{m2}"
+    );
 }
 
 #[test]

@@ -31,8 +31,10 @@ pub struct Enricher {
     pending_models: HashMap<String, tollgate_common::Usage>,
     pending_cgroups: HashMap<u64, tollgate_common::Usage>,
     pending_keys: HashMap<u64, tollgate_common::Usage>,
-    /// Per target (`provider/model`): requests served, prefix hits, matched bytes (`tg_sched`).
+    /// Per target (`provider/model`): requests served, prefix hits, matched bytes (`tg_sched`,
+    /// `/metrics`).
     pending_targets: HashMap<String, [u64; 3]>,
+    totals: Option<std::sync::Arc<crate::telemetry::sched::TargetTotals>>,
 }
 
 fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
@@ -58,7 +60,17 @@ impl Enricher {
             pending_cgroups: HashMap::new(),
             pending_keys: HashMap::new(),
             pending_targets: HashMap::new(),
+            totals: None,
         }
+    }
+
+    /// Also keeps per-target totals for `/metrics`.
+    pub fn with_totals(
+        mut self,
+        totals: std::sync::Arc<crate::telemetry::sched::TargetTotals>,
+    ) -> Self {
+        self.totals = Some(totals);
+        self
     }
 
     /// Resolves the cgroup, applies the attribution rules, and adds to the node counters.
@@ -82,6 +94,19 @@ impl Enricher {
     }
 
     fn count(&mut self, r: &UsageRecord) {
+        if self.counters.is_none() && self.totals.is_none() {
+            return;
+        }
+        if let (Some(provider), Some(model), true) = (&r.provider, &r.served_model, r.status < 500)
+        {
+            let t = self
+                .pending_targets
+                .entry(format!("{provider}/{model}"))
+                .or_default();
+            t[0] += 1;
+            t[1] += u64::from(r.prefix_bytes > 0);
+            t[2] += r.prefix_bytes;
+        }
         if self.counters.is_none() {
             return;
         }
@@ -106,16 +131,6 @@ impl Enricher {
                 &delta,
             );
         }
-        if let (Some(provider), Some(model), true) = (&r.provider, &r.served_model, r.status < 500)
-        {
-            let t = self
-                .pending_targets
-                .entry(format!("{provider}/{model}"))
-                .or_default();
-            t[0] += 1;
-            t[1] += u64::from(r.prefix_bytes > 0);
-            t[2] += r.prefix_bytes;
-        }
         if let Some(key) = &r.key_id {
             add(
                 self.pending_keys
@@ -128,7 +143,13 @@ impl Enricher {
 
     /// Writes the counter deltas gathered since the last call (one map update per key).
     pub fn flush_counters(&mut self) {
+        if let Some(totals) = &self.totals {
+            for (target, delta) in &self.pending_targets {
+                totals.add(target, *delta);
+            }
+        }
         let Some(counters) = &self.counters else {
+            self.pending_targets.clear();
             return;
         };
         let mut result = Ok(());

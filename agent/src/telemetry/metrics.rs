@@ -150,6 +150,8 @@ pub struct Metrics {
     pub replicas: Arc<ReplicaBoard>,
     /// GPU figures, published by the telemetry thread (rendered as `tollgate_gpu_*`).
     pub gpus: Arc<GpuBoard>,
+    /// Requests and prefix hits per target, added by the ledger writer as requests settle.
+    pub targets: Arc<super::sched::TargetTotals>,
     /// Label tables, indexed by the ids in `SeriesKey`. They only grow (a reload adds names,
     /// never renumbers), so a series keeps its labels; locked at reload and scrape only.
     model_names: Mutex<Vec<String>>,
@@ -201,6 +203,7 @@ impl Metrics {
             globals: Globals::default(),
             replicas: Arc::default(),
             gpus: Arc::default(),
+            targets: Arc::default(),
             model_names: Mutex::new(model_names),
             provider_names: Mutex::new(provider_names),
         }

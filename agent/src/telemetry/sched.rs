@@ -5,7 +5,8 @@
 //! added by the ledger writer as requests settle); per gated model and tenant, requests waiting
 //! by class and the tenant's virtual token counter. Tenants the queue forgot are removed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
 
 use crate::kernel::counters::{CounterWriter, SchedGauges};
 use crate::shared::Shared;
@@ -82,6 +83,70 @@ impl SchedMaps {
             if !self.warned {
                 tracing::warn!("writing tg_sched / tg_queue: {e} (logged once)");
                 self.warned = true;
+            }
+        }
+    }
+}
+
+/// Targets tracked at most (an intercepted request passes its own model name through, so the
+/// set is not bounded by the configuration).
+const MAX_TARGETS: usize = 4096;
+
+/// Requests served, prefix hits and matched bytes per target (`provider/model`), for
+/// `/metrics`: the replica's prefix hit ratio is hits / requests. Written by the ledger writer
+/// once per batch, read at scrape.
+#[derive(Debug, Default)]
+pub struct TargetTotals(Mutex<BTreeMap<String, [u64; 3]>>);
+
+impl TargetTotals {
+    pub fn add(&self, target: &str, delta: [u64; 3]) {
+        let mut m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !m.contains_key(target) && m.len() >= MAX_TARGETS {
+            return;
+        }
+        let e = m.entry(target.to_string()).or_default();
+        for (a, d) in e.iter_mut().zip(delta) {
+            *a = a.saturating_add(d);
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let m = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.is_empty() {
+            return;
+        }
+        for (i, (name, help)) in [
+            (
+                "tollgate_target_requests_total",
+                "Requests each target served (settled, status below 500).",
+            ),
+            (
+                "tollgate_target_prefix_hits_total",
+                "Of those, requests sent where their prompt prefix had recently been sent.",
+            ),
+            (
+                "tollgate_target_prefix_bytes_total",
+                "Matched prompt bytes over those requests.",
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (target, v) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{target=\"{}\"}} {}",
+                    crate::telemetry::metrics::escape(target),
+                    v[i]
+                );
             }
         }
     }
