@@ -126,6 +126,7 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
         "gpu": s.gpus.status().to_json(),
         "models": cfg.models.len(),
         "breakers": open_breakers(s),
+        "cluster": s.cluster.as_ref().map(|c| c.to_json()),
     });
     (if ready { 200 } else { 503 }, body.to_string())
 }

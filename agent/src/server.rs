@@ -112,6 +112,8 @@ pub struct Running {
         mpsc::Sender<crate::batch::runner::Msg>,
         std::thread::JoinHandle<()>,
     )>,
+    /// Gives back unused leases once the last records are settled.
+    cluster: Option<crate::cluster::ClusterThread>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
     /// The operators' listener, when configured.
@@ -154,6 +156,9 @@ impl Running {
         // Every worker has flushed its records; the writer commits them and exits.
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
+        if let Some(c) = self.cluster {
+            c.stop();
+        }
         let _ = self.dns.join();
         let _ = self.telemetry.join();
         if let Some(k) = self.kernel {
@@ -264,7 +269,12 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         batch: batch_store
             .as_ref()
             .map(|(_, _, tx, _)| crate::batch::Handle { tx: tx.clone() }),
+        cluster: cfg
+            .cluster
+            .as_ref()
+            .map(|c| Arc::new(crate::cluster::ClusterStatus::new(&c.node))),
     });
+    let cluster = crate::cluster::start(&shared)?;
     let batch = match batch_store {
         Some((store, token, tx, rx)) => {
             let runner = crate::batch::runner::start(
@@ -343,6 +353,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         dns,
         telemetry,
         batch,
+        cluster,
         kernel,
         admin: None,
         reloader: None,

@@ -44,6 +44,8 @@ pub struct Shared {
     pub prefix_indexes: std::sync::Mutex<Vec<crate::phase::route::balance::SharedIndex>>,
     /// The batch thread (`batch_jobs.enabled`), which answers the Batch API.
     pub batch: Option<crate::batch::Handle>,
+    /// Cluster mode's state (`cluster:`), for `/readyz` and `/metrics`.
+    pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
 }
 
 impl Shared {
@@ -55,6 +57,9 @@ impl Shared {
         render_breakers(&snap, &mut out);
         render_queues(&snap, &mut out);
         self.metrics.targets.render(&mut out);
+        if let Some(c) = &self.cluster {
+            c.render(&mut out);
+        }
         out
     }
 }

@@ -17,6 +17,8 @@ mod cli_demo;
 mod cli_import;
 /// `tollgate validate` reports every problem with its line.
 mod cli_validate;
+/// Cluster mode: agents sharing one budget through a real redis-server.
+mod cluster;
 /// Pipelining, chunked request bodies, keep-alive and connection: close.
 mod connection;
 /// SIGKILL before the ledger commit: the journal brings every record back on restart.

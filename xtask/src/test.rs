@@ -3,7 +3,8 @@
 //! 1. Installs what the suite needs, only when it is missing, so a second run installs nothing:
 //!    Debian packages (`apt-get update` once, then `apt-get install -y`): `python3-venv` when
 //!    Python cannot make a virtual environment, `clang-19 llvm-19 libbpf-dev bpftool` for the
-//!    kernel programs and their tests, `nginx` and `openssl` (the bench floor and the TLS
+//!    kernel programs and their tests, `redis-server` (cluster-mode tests start their own on a
+//!    loopback port), `nginx` and `openssl` (the bench floor and the TLS
 //!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
 //!    `tests/python/requirements.txt` (reinstalled when that file changes).
@@ -25,6 +26,8 @@ use anyhow::{bail, Context};
 
 /// Packages the kernel build and tests need.
 const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
+/// Servers the end-to-end tests start themselves on loopback (and stop by pid).
+const SERVICE_PACKAGES: [&str; 1] = ["redis-server"];
 /// Packages that are nice to have; failing to install them only warns.
 const OPTIONAL_PACKAGES: [&str; 2] = ["nginx", "openssl"];
 /// The Python SDK tests' requirements, relative to the workspace root.
@@ -131,6 +134,7 @@ fn install(root: &Path) -> Result<PathBuf, String> {
     section("installing what is missing");
     let python = find_python();
     let mut required: Vec<&str> = KERNEL_PACKAGES.to_vec();
+    required.extend(SERVICE_PACKAGES);
     if python.is_none() {
         required.insert(0, "python3-venv");
     }

@@ -74,6 +74,8 @@ pub struct FileConfig {
     /// The OpenAI Batch API (`/v1/files`, `/v1/batches`) and its background runner.
     #[serde(default)]
     pub batch_jobs: BatchJobsFile,
+    /// Budgets shared by many agents through Redis.
+    pub cluster: Option<super::cluster::ClusterFile>,
 }
 
 /// `batch_jobs:` — the Batch API and the thread that runs its jobs.

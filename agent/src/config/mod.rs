@@ -4,6 +4,7 @@
 //! Runtime config is immutable and shared by all workers as an `Arc<Config>`.
 
 pub mod admin;
+pub mod cluster;
 mod file;
 pub mod kernel;
 mod lines;

@@ -273,6 +273,8 @@ pub struct Config {
     pub routing: RoutingDefaults,
     /// The Batch API (`/v1/files`, `/v1/batches`) and its background runner.
     pub batch_jobs: BatchJobsSettings,
+    /// `cluster:` — shared budgets through Redis; `None` enforces alone. Restart-only.
+    pub cluster: Option<super::cluster::ClusterSettings>,
 }
 
 impl Config {
@@ -511,6 +513,7 @@ impl Validator<'_> {
         let attribution = self.attribution(f.attribution);
         let replicas = self.replicas(&f.replicas);
         let batch_jobs = self.batch_jobs(&f.batch_jobs);
+        let cluster = self.cluster(f.cluster.as_ref(), env);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(
             GovernanceFile {
@@ -560,6 +563,7 @@ impl Validator<'_> {
             prices,
             routing,
             batch_jobs,
+            cluster,
         }
     }
 

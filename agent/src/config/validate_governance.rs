@@ -120,6 +120,8 @@ struct BudgetFile {
     on_breach: Option<String>,
     fallback_model: Option<String>,
     queue_timeout_ms: Option<u64>,
+    /// Counted across every agent of the cluster (default true when `cluster` is set).
+    shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -335,6 +337,7 @@ impl Validator<'_> {
                 window,
                 alert_at,
                 on_breach,
+                shared: b.shared.unwrap_or(true),
             });
         }
 

@@ -90,11 +90,49 @@ impl Meter {
     }
 }
 
+/// Cluster mode: what this agent may spend of a shared budget in a window — the leases it
+/// drew from the cluster-wide total in Redis (`cluster/`), plus its local share while Redis is
+/// away. Written by the cluster thread; read by admission, which reserves against
+/// `min(limit, granted)`.
+#[derive(Debug, Default)]
+pub struct Lease {
+    /// Whether this budget is leased (set by the cluster thread when it takes the budget on).
+    pub shared: std::sync::atomic::AtomicBool,
+    pub tokens: Meter,
+    pub micro_usd: Meter,
+    /// `window + 1` when the cluster had nothing more to lease in that window.
+    pub exhausted: AtomicU64,
+    /// Set by a request that found the lease too small; the cluster thread refills at once.
+    pub starved: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    pub fn is_shared(&self) -> bool {
+        self.shared.load(Ordering::Acquire)
+    }
+
+    /// The cap in `window` for an amount with configured `limit`: the limit, or in cluster
+    /// mode what was leased, whichever is lower.
+    pub fn cap(&self, unit: &Meter, window: u64, limit: u64) -> u64 {
+        if self.is_shared() {
+            limit.min(unit.used(window))
+        } else {
+            limit
+        }
+    }
+
+    /// Whether waiting for a refill can help: shared, and the cluster still had budget left.
+    pub fn may_refill(&self, window: u64) -> bool {
+        self.is_shared() && self.exhausted.load(Ordering::Acquire) != window + 1
+    }
+}
+
 /// A budget's meters and the highest alert level already raised in a window.
 #[derive(Debug, Default)]
 pub struct BudgetState {
     pub tokens: Meter,
     pub micro_usd: Meter,
+    pub lease: Lease,
     /// `window << 8 | alert level index + 1`, so an alert fires once per window.
     alerted: AtomicU64,
 }

@@ -223,6 +223,8 @@ pub struct BudgetRule {
     /// Fractions of the budget at which an alert is raised, ascending.
     pub alert_at: Vec<f64>,
     pub on_breach: OnBreach,
+    /// With `cluster` configured: leased from the cluster-wide budget (`cluster/`).
+    pub shared: bool,
 }
 
 /// Models a scope may use (every matching rule must allow the model).

@@ -235,6 +235,7 @@ fn keep_restart_only(new: &mut Config, file: &Config, running: &Config) -> Vec<&
     keep!(ledger, "ledger");
     keep!(replicas, "replicas");
     keep!(batch_jobs, "batch_jobs");
+    keep!(cluster, "cluster");
     keep!(admin, "admin");
     keep!(shutdown_grace, "shutdown_grace_ms");
     keep!(

@@ -35,6 +35,11 @@ pub fn price_of(snap: &Snapshot, model: &str) -> Option<Price> {
     }
 }
 
+/// How long a request waits for the cluster thread to refill this agent's lease of a shared
+/// budget that still has room cluster-wide, before the budget counts as full.
+const LEASE_WAIT: Duration = Duration::from_millis(500);
+const LEASE_POLL: Duration = Duration::from_millis(5);
+
 /// What one attempt at reserving found.
 enum Attempt {
     Held(Vec<HeldBudget>),
@@ -43,6 +48,8 @@ enum Attempt {
         name: String,
         resets_at_ms: i64,
         used: String,
+        /// The budget is shared and the cluster still has room: a refill is on its way.
+        refill: bool,
     },
 }
 
@@ -64,6 +71,7 @@ pub(super) async fn budgets(
     // Budgets that breached with `fallback`: still charged, no longer a limit.
     let mut unlimited: Vec<usize> = Vec::new();
     let mut queue_deadline: Option<Instant> = None;
+    let mut lease_deadline: Option<Instant> = None;
     loop {
         let micro_usd = price.map_or(0, |p| p.estimate_micro_usd(input, output));
         match attempt(
@@ -81,11 +89,18 @@ pub(super) async fn budgets(
                 ctx.price = price;
                 return Ok(());
             }
+            Attempt::Full { refill: true, .. }
+                if *lease_deadline.get_or_insert_with(|| Instant::now() + LEASE_WAIT)
+                    > Instant::now() =>
+            {
+                monoio::time::sleep(LEASE_POLL).await;
+            }
             Attempt::Full {
                 rule,
                 name,
                 resets_at_ms,
                 used,
+                ..
             } => {
                 let on_breach = rule.map_or(&OnBreach::Block, |i| &policy.budgets[i].on_breach);
                 match on_breach {
@@ -211,11 +226,20 @@ fn attempt(
                 limit.unwrap_or(u64::MAX)
             }
         };
-        let t = state.tokens.try_reserve(span.index, tokens, cap(limit_t));
+        // In cluster mode a shared budget's cap is what this agent leased.
+        let leased = |limit: Option<u64>, granted: &crate::governance::budget::Meter| match limit {
+            Some(l) if !free => state.lease.cap(granted, span.index, l),
+            _ => cap(limit),
+        };
+        let t = state
+            .tokens
+            .try_reserve(span.index, tokens, leased(limit_t, &state.lease.tokens));
         let c = match t {
-            Ok(_) => state
-                .micro_usd
-                .try_reserve(span.index, micro_usd, cap(limit_c)),
+            Ok(_) => state.micro_usd.try_reserve(
+                span.index,
+                micro_usd,
+                leased(limit_c, &state.lease.micro_usd),
+            ),
             Err(_) => Err(0),
         };
         if t.is_err() || c.is_err() {
@@ -239,11 +263,19 @@ fn attempt(
             let mut release = Hold::default();
             release.budgets = held;
             drop(release);
+            let refill = state.lease.may_refill(span.index);
+            if refill {
+                state
+                    .lease
+                    .starved
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
             return Attempt::Full {
                 rule,
                 name: info.name.clone(),
                 resets_at_ms: span.end_ms,
                 used,
+                refill,
             };
         }
         held.push(HeldBudget {

@@ -1,0 +1,284 @@
+//! The cluster thread: keeps this agent's leases of every shared budget topped up, gives back
+//! what sits idle, reports spend made beyond its leases, and falls back to a local share while
+//! Redis is away. Requests never wait on it except when a lease runs dry while the cluster
+//! still has budget (admission then waits up to half a second for the refill).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::cluster::ClusterSettings;
+use crate::governance::budget::{BudgetState, Meter};
+use crate::governance::window::now_ms;
+use crate::shared::Shared;
+
+use super::store::{lease_key, Store, StoreError};
+use super::ClusterStatus;
+
+const TICK: Duration = Duration::from_millis(20);
+const RECONNECT: Duration = Duration::from_millis(500);
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// Leases expire this long after their window ends.
+const KEEP_MS: i64 = 86_400_000;
+
+/// This agent's book of one shared budget unit in the current window.
+#[derive(Debug, Default)]
+struct Book {
+    window: u64,
+    /// Read back this node's leases from Redis (after a start or a new window).
+    restored: bool,
+    /// Leased from Redis (what Redis records as this node's).
+    from_redis: u64,
+    /// Granted locally while Redis was away.
+    fallback: u64,
+    last_used: u64,
+    last_spend: Option<Instant>,
+    /// Spend per second, smoothed.
+    rate: f64,
+    last_tick: Option<Instant>,
+}
+
+/// One unit of one shared budget as the thread handles it.
+struct Unit<'a> {
+    key: String,
+    limit: u64,
+    window: u64,
+    end_ms: i64,
+    used: &'a Meter,
+    granted: &'a Meter,
+    state: &'a BudgetState,
+}
+
+pub fn run(
+    shared: Arc<Shared>,
+    settings: ClusterSettings,
+    status: Arc<ClusterStatus>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut store: Option<Store> = None;
+    let mut next_connect = Instant::now();
+    let mut books: HashMap<String, Book> = HashMap::new();
+    let url = settings.connect_url();
+    loop {
+        // Set after the workers and the ledger writer are done, so the last settles are in.
+        let stopping = stop.load(Ordering::Acquire);
+        if store.is_none() && Instant::now() >= next_connect {
+            match Store::connect(&url, &settings.node, REDIS_TIMEOUT).and_then(|mut s| {
+                s.ping()?;
+                Ok(s)
+            }) {
+                Ok(s) => {
+                    if !status.is_up() {
+                        tracing::info!(node = %settings.node, "cluster: connected to Redis");
+                    }
+                    status.set_up(true, None);
+                    // Every book re-reads its node share and reports spend made meanwhile.
+                    for b in books.values_mut() {
+                        b.restored = false;
+                    }
+                    store = Some(s);
+                }
+                Err(e) => {
+                    if status.is_up() || status.down_since_ms() == 0 {
+                        tracing::warn!(node = %settings.node, "cluster: Redis unreachable: {e}; enforcing with the leases held, then a local share");
+                    }
+                    status.set_up(false, Some(e.to_string()));
+                    next_connect = Instant::now() + RECONNECT;
+                }
+            }
+        }
+        let result = tick(
+            &shared,
+            &settings,
+            &status,
+            store.as_mut(),
+            &mut books,
+            stopping,
+        );
+        if let Some(s) = &store {
+            status.ops.store(s.ops, Ordering::Relaxed);
+        }
+        if let Err(e) = result {
+            tracing::warn!(node = %settings.node, "cluster: Redis call failed: {e}");
+            status.set_up(false, Some(e.to_string()));
+            store = None;
+            next_connect = Instant::now() + RECONNECT;
+        }
+        if stopping {
+            return;
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// One pass over every shared budget unit. When `stopping`, gives back every unused lease.
+fn tick(
+    shared: &Shared,
+    settings: &ClusterSettings,
+    status: &ClusterStatus,
+    mut store: Option<&mut Store>,
+    books: &mut HashMap<String, Book>,
+    stopping: bool,
+) -> Result<(), StoreError> {
+    let snap = shared.snapshot.load();
+    let policy = &snap.cfg.governance;
+    let now = now_ms();
+    let mut count = 0;
+    for (rule, (state, info)) in policy.budgets.iter().zip(snap.governance.budgets.iter()) {
+        if !rule.shared {
+            continue;
+        }
+        count += 1;
+        state.lease.shared.store(true, Ordering::Release);
+        let span = info.window.at(now);
+        let (xt, xc) = shared.governor.exception_extra(&rule.scope);
+        let id = format!(
+            "{}|{}|{}",
+            rule.name,
+            rule.scope.label(),
+            rule.window.as_str()
+        );
+        for (unit, limit, used, granted) in [
+            (
+                "tokens",
+                rule.tokens.map(|t| t.saturating_add(xt)),
+                &state.tokens,
+                &state.lease.tokens,
+            ),
+            (
+                "micro_usd",
+                rule.micro_usd.map(|c| c.saturating_add(xc)),
+                &state.micro_usd,
+                &state.lease.micro_usd,
+            ),
+        ] {
+            let Some(limit) = limit else { continue };
+            let u = Unit {
+                key: lease_key(&id, unit, span.index),
+                limit,
+                window: span.index,
+                end_ms: span.end_ms,
+                used,
+                granted,
+                state,
+            };
+            let book = books.entry(format!("{id}|{unit}")).or_default();
+            step(settings, status, store.as_deref_mut(), &u, book, stopping)?;
+        }
+        state.lease.starved.store(false, Ordering::Release);
+    }
+    status.shared_budgets.store(count, Ordering::Relaxed);
+    Ok(())
+}
+
+fn step(
+    settings: &ClusterSettings,
+    status: &ClusterStatus,
+    store: Option<&mut Store>,
+    u: &Unit<'_>,
+    book: &mut Book,
+    stopping: bool,
+) -> Result<(), StoreError> {
+    let w = u.window;
+    if book.window != w {
+        *book = Book {
+            window: w,
+            ..Book::default()
+        };
+    }
+    let used = u.used.used(w);
+    // Spend rate, for sizing leases to this agent's share of the traffic.
+    let now = Instant::now();
+    if let Some(t) = book.last_tick {
+        let dt = now.duration_since(t).as_secs_f64().max(1e-3);
+        let spent = used.saturating_sub(book.last_used) as f64;
+        book.rate = 0.8 * book.rate + 0.2 * spent / dt;
+    }
+    if used != book.last_used {
+        book.last_spend = Some(now);
+    }
+    book.last_used = used;
+    book.last_tick = Some(now);
+    let max_lease = ((u.limit as f64 * settings.lease_fraction) as u64).max(1);
+    let lease = ((book.rate * settings.lease_horizon.as_secs_f64()) as u64)
+        .clamp(max_lease / 16 + 1, max_lease);
+    let expire_at = u.end_ms + KEEP_MS;
+    let starved = u.state.lease.starved.load(Ordering::Acquire);
+    let Some(store) = store else {
+        // Redis is away: the leases held keep serving; when they run low, this agent's local
+        // share of the limit, once per window.
+        let headroom = u.granted.used(w).saturating_sub(used);
+        if book.fallback == 0 && (headroom < lease / 2 || starved) {
+            let share = ((u.limit as f64 * settings.fallback_share) as u64).max(1);
+            u.granted.add(w, share);
+            book.fallback = share;
+            status.fallbacks.fetch_add(1, Ordering::Relaxed);
+            u.state.lease.exhausted.store(0, Ordering::Release);
+        } else if book.fallback > 0 && headroom == 0 {
+            u.state.lease.exhausted.store(w + 1, Ordering::Release);
+        }
+        return Ok(());
+    };
+    if !book.restored {
+        // What Redis says this node holds (its leases before a restart, or before Redis went
+        // away); the local grant is rebuilt from it, and spend beyond it is reported below.
+        let (mine, _) = store.held(&u.key)?;
+        let granted = u.granted.used(w);
+        if granted < mine {
+            u.granted.add(w, mine - granted);
+        } else if granted > mine.max(used) {
+            u.granted.settle(w, granted - mine.max(used), 0);
+        }
+        book.from_redis = mine;
+        book.fallback = 0;
+        book.restored = true;
+    }
+    // Spend beyond what Redis records for this node (use above a reservation, or spend made
+    // from the local share while Redis was away): recorded as spent, whatever the limit.
+    if used > book.from_redis {
+        let debt = used - book.from_redis;
+        let took = store.take(&u.key, u.limit, debt, expire_at, true)?;
+        book.from_redis += took;
+        let granted = u.granted.used(w);
+        if granted < book.from_redis {
+            u.granted.add(w, book.from_redis - granted);
+        }
+    }
+    let granted = u.granted.used(w);
+    let headroom = granted.saturating_sub(used);
+    if stopping {
+        if headroom > 0 {
+            let back = store.give_back(&u.key, headroom)?;
+            u.granted.settle(w, back, 0);
+            book.from_redis -= back.min(book.from_redis);
+        }
+        return Ok(());
+    }
+    let idle = book
+        .last_spend
+        .is_none_or(|t| now.duration_since(t) >= settings.idle_return);
+    if idle && headroom > 0 && !starved {
+        let back = store.give_back(&u.key, headroom)?;
+        if back > 0 {
+            u.granted.settle(w, back, 0);
+            book.from_redis -= back.min(book.from_redis);
+            status.returns.fetch_add(1, Ordering::Relaxed);
+        }
+        return Ok(());
+    }
+    if headroom < lease / 2 || starved {
+        let want = lease.saturating_sub(headroom).max(1);
+        let took = store.take(&u.key, u.limit, want, expire_at, false)?;
+        if took > 0 {
+            u.granted.add(w, took);
+            book.from_redis += took;
+            status.refills.fetch_add(1, Ordering::Relaxed);
+            // Spend is coming: the new lease is not idle.
+            book.last_spend = Some(now);
+        }
+        let exhausted = if took < want { w + 1 } else { 0 };
+        u.state.lease.exhausted.store(exhausted, Ordering::Release);
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! Cluster mode: several agents, one real `redis-server` (the Debian package, started here on a
+//! free loopback port and stopped by its pid), one budget. Uneven load across the agents spends
+//! it to the end and never past it; an agent killed mid-run takes back its own leases; Redis
+//! killed and restarted leaves the agents enforcing, then resynchronised.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::harness::{chat_body, post_raw, Sim, Stack};
+
+/// A redis-server on a loopback port, without persistence; killed on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt-get install redis-server; `cargo xtask test` installs it)");
+        let r = Redis { port, child };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while r.cli(&["PING"]) != "PONG" {
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+
+    /// The lease hash of the tokens of the one shared budget (`None` before any lease).
+    fn lease_key(&self) -> Option<String> {
+        let keys = self.cli(&["--scan", "--pattern", "tollgate:lease:*:tokens:*"]);
+        keys.lines().next().map(str::to_string)
+    }
+
+    fn field(&self, field: &str) -> u64 {
+        self.lease_key()
+            .map(|k| self.cli(&["HGET", &k, field]))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const BUDGET: u64 = 24_000;
+/// `lease_fraction` × budget: the most one agent holds at once.
+const MAX_LEASE: u64 = 480;
+
+fn agent(redis: u16, node: &str, budget: u64) -> Stack {
+    let yaml = format!(
+        "cluster: {{redis: \"redis://127.0.0.1:{redis}/0\", node: {node}, lease_fraction: 0.02, idle_return_ms: 1000}}\n\
+         budgets:\n  - name: team-day\n    scope: {{team: t}}\n    tokens: {budget}\n    window: day\n"
+    );
+    Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.governance_yaml.push_str(&yaml);
+    })
+}
+
+/// Sends as team `t` until `stop`; returns (200s, 429 budget_exceeded) counts.
+fn hammer(addr: SocketAddr, stop: Arc<AtomicBool>, until_exhausted: bool) -> (u64, u64) {
+    let body = chat_body("smol", "spend a little", 20, false).to_string();
+    let (mut ok, mut refused, mut refused_in_a_row) = (0, 0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let r = post_raw(
+            addr,
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("x-tollgate-team", "t"),
+            ],
+            body.as_bytes(),
+        );
+        match r.status {
+            200 => {
+                ok += 1;
+                refused_in_a_row = 0;
+            }
+            429 => {
+                assert_eq!(r.json()["error"]["code"], "budget_exceeded", "{}", r.text());
+                refused += 1;
+                refused_in_a_row += 1;
+                if until_exhausted && refused_in_a_row >= 5 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    (ok, refused)
+}
+
+/// Tokens team `t` spent according to an agent's ledger.
+fn spent(data_dir: &Path) -> u64 {
+    crate::harness::ledger::all(data_dir)
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| (r.input_tokens + r.output_tokens) as u64)
+        .sum()
+}
+
+fn readyz(stack: &Stack) -> serde_json::Value {
+    crate::harness::get(stack.agent.addr, "/readyz").json()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn three_agents_spend_one_budget_to_the_end_and_never_past_it() {
+    let redis = Redis::start();
+    let mut agents: Vec<Stack> = ["a", "b", "c"]
+        .iter()
+        .map(|n| agent(redis.port, n, BUDGET))
+        .collect();
+    for a in &agents {
+        wait_for("cluster mode", || readyz(a)["cluster"]["redis"] == "up");
+    }
+    // Uneven load: four clients on a, two on b, one on c.
+    let load = |agents: &[Stack], until_exhausted: bool, stop: &Arc<AtomicBool>| {
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = [(0usize, 4), (1, 2), (2, 1)]
+            .iter()
+            .flat_map(|&(i, n)| {
+                let addr = agents[i].agent.addr;
+                (0..n).map(move |_| (i, addr))
+            })
+            .map(|(i, addr)| {
+                let (stop, counts) = (stop.clone(), counts.clone());
+                std::thread::spawn(move || {
+                    let c = hammer(addr, stop, until_exhausted);
+                    counts.lock().unwrap().push((i, c));
+                })
+            })
+            .collect();
+        (threads, counts)
+    };
+    // A first stretch, then agent b is killed mid-load and restarted on its data dir.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (threads, _) = load(&agents, false, &stop);
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().expect("client");
+    }
+    let b_spent = spent(&agents[1].agent.data_dir);
+    let b_held = redis.field("node:b");
+    assert!(b_spent > 0, "b served nothing");
+    agents[1].agent.crash_and_restart(1);
+    wait_for("b back in cluster mode", || {
+        readyz(&agents[1])["cluster"]["redis"] == "up"
+    });
+    // Its leases are its own again, not lost and not taken twice.
+    std::thread::sleep(Duration::from_millis(200));
+    let b_after = redis.field("node:b");
+    assert!(
+        b_after >= b_spent && b_after <= b_held.max(b_spent) + MAX_LEASE,
+        "b spent {b_spent}, held {b_held} before the crash, {b_after} after"
+    );
+    // Then everyone spends until the budget is gone.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (threads, counts) = load(&agents, true, &stop);
+    for t in threads {
+        t.join().expect("client");
+    }
+    let served: Vec<u64> = (0..3)
+        .map(|i| {
+            counts
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(n, _)| *n == i)
+                .map(|(_, (ok, _))| *ok)
+                .sum()
+        })
+        .collect();
+    // Let the last records settle and reach the counters.
+    std::thread::sleep(Duration::from_millis(500));
+    let per_agent: Vec<u64> = agents.iter().map(|a| spent(&a.agent.data_dir)).collect();
+    let total: u64 = per_agent.iter().sum();
+    eprintln!("served in the last stretch {served:?}; spent per agent {per_agent:?}; total {total} of {BUDGET}; redis total {}", redis.field("total"));
+    assert!(
+        total <= BUDGET,
+        "overspent: {total} of {BUDGET} ({per_agent:?})"
+    );
+    assert!(
+        total + 3 * MAX_LEASE >= BUDGET,
+        "budget stranded in leases: {total} of {BUDGET} spent ({per_agent:?})"
+    );
+    assert!(
+        served.iter().all(|n| *n > 0),
+        "an agent got none of the budget left: {served:?}"
+    );
+    assert!(redis.field("total") <= BUDGET);
+    // Redis operations follow lease refills, not requests.
+    let m = agents[0].agent.metrics();
+    let ops: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_cluster_redis_ops_total{node=\"a\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    assert!(ops > 0.0, "{m}");
+}
+
+#[test]
+fn losing_redis_keeps_enforcing_then_resynchronises() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let agents: Vec<Stack> = ["x", "y"]
+        .iter()
+        .map(|n| agent(port, n, 1_000_000))
+        .collect();
+    for a in &agents {
+        wait_for("cluster mode", || readyz(a)["cluster"]["redis"] == "up");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let (addr, stop) = (a.agent.addr, stop.clone());
+            std::thread::spawn(move || hammer(addr, stop, false))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    redis.kill();
+    for a in &agents {
+        wait_for("redis down", || readyz(a)["cluster"]["redis"] == "down");
+        let r = readyz(a);
+        assert_eq!(r["status"], "ready", "{r}");
+        assert_eq!(r["cluster"]["mode"], "local share", "{r}");
+        assert!(
+            a.agent
+                .metrics()
+                .contains("tollgate_cluster_redis_up{node="),
+            "metric"
+        );
+    }
+    // Requests keep being served from the leases and the local share.
+    std::thread::sleep(Duration::from_millis(800));
+    let during: Vec<u64> = agents.iter().map(|a| spent(&a.agent.data_dir)).collect();
+    let redis = Redis::start_on(port);
+    for a in &agents {
+        wait_for("redis back", || readyz(a)["cluster"]["redis"] == "up");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut served = 0;
+    for t in threads {
+        let (ok, refused) = t.join().expect("client");
+        assert_eq!(refused, 0, "a budget of a million tokens refused requests");
+        served += ok;
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // The new Redis knows every agent's spend, counted once: what each holds covers what it
+    // spent, plus at most a lease of headroom (and what the last requests reserved beyond
+    // what they used, given back to the lease as they settled).
+    for (a, node) in agents.iter().zip(["x", "y"]) {
+        let spent = spent(&a.agent.data_dir);
+        let held = redis.field(&format!("node:{node}"));
+        assert!(
+            held >= spent && held <= spent + 1_000_000 / 50 + 2_000,
+            "{node}: spent {spent}, Redis holds {held}"
+        );
+        let m = a.agent.metrics();
+        assert!(
+            m.contains(&format!(
+                "tollgate_cluster_fallback_grants_total{{node=\"{node}\"}}"
+            )),
+            "{m}"
+        );
+    }
+    assert!(
+        during.iter().all(|s| *s > 0) && served > 0,
+        "{during:?} {served}"
+    );
+    let total = redis.field("total");
+    let sum: u64 = ["x", "y"]
+        .iter()
+        .map(|n| redis.field(&format!("node:{n}")))
+        .sum();
+    assert_eq!(total, sum, "the total is the sum of the agents' shares");
+}
