@@ -83,9 +83,16 @@ const BUDGET: u64 = 24_000;
 const MAX_LEASE: u64 = 480;
 
 fn agent(redis: u16, node: &str, budget: u64) -> Stack {
+    agent_with(
+        redis,
+        node,
+        &format!("budgets:\n  - name: team-day\n    scope: {{team: t}}\n    tokens: {budget}\n    window: day\n"),
+    )
+}
+
+fn agent_with(redis: u16, node: &str, rules: &str) -> Stack {
     let yaml = format!(
-        "cluster: {{redis: \"redis://127.0.0.1:{redis}/0\", node: {node}, lease_fraction: 0.02, idle_return_ms: 1000}}\n\
-         budgets:\n  - name: team-day\n    scope: {{team: t}}\n    tokens: {budget}\n    window: day\n"
+        "cluster: {{redis: \"redis://127.0.0.1:{redis}/0\", node: {node}, lease_fraction: 0.02, idle_return_ms: 1000}}\n{rules}"
     );
     Stack::custom(Sim::start(&[]), move |c| {
         c.workers = 1;
@@ -321,4 +328,71 @@ fn losing_redis_keeps_enforcing_then_resynchronises() {
         .map(|n| redis.field(&format!("node:{n}")))
         .sum();
     assert_eq!(total, sum, "the total is the sum of the agents' shares");
+}
+
+/// Sends as team `t` for `run`; returns (200s, 429s).
+fn for_a_while(addr: SocketAddr, run: Duration) -> (u64, u64) {
+    let body = chat_body("smol", "rate me", 2, false).to_string();
+    let (mut ok, mut limited) = (0, 0);
+    let end = Instant::now() + run;
+    while Instant::now() < end {
+        let r = post_raw(
+            addr,
+            "/v1/chat/completions",
+            &[
+                ("content-type", "application/json"),
+                ("x-tollgate-team", "t"),
+            ],
+            body.as_bytes(),
+        );
+        match r.status {
+            200 => ok += 1,
+            429 => {
+                limited += 1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => panic!("status {other}: {}", r.text()),
+        }
+    }
+    (ok, limited)
+}
+
+#[test]
+fn a_rate_limit_holds_across_agents_and_shares_follow_demand() {
+    let redis = Redis::start();
+    // 120 requests a minute for the team, cluster-wide: a burst of 120, then 2 a second.
+    let rules = "rate_limits:\n  - scope: {team: t}\n    requests_per_minute: 120\n";
+    let agents: Vec<Stack> = ["r1", "r2"]
+        .iter()
+        .map(|n| agent_with(redis.port, n, rules))
+        .collect();
+    for a in &agents {
+        wait_for("cluster mode", || readyz(a)["cluster"]["redis"] == "up");
+    }
+    // Both have reported once: each holds half of the limit.
+    std::thread::sleep(Duration::from_millis(2500));
+    let run = Duration::from_secs(3);
+    let threads: Vec<_> = [(0usize, 3), (1, 1)]
+        .iter()
+        .flat_map(|&(i, n)| {
+            let addr = agents[i].agent.addr;
+            (0..n).map(move |_| (i, addr))
+        })
+        .map(|(i, addr)| std::thread::spawn(move || (i, for_a_while(addr, run))))
+        .collect();
+    let mut ok = [0u64; 2];
+    for t in threads {
+        let (i, (served, _)) = t.join().expect("client");
+        ok[i] += served;
+    }
+    let total = ok[0] + ok[1];
+    eprintln!("admitted per agent {ok:?}, total {total}");
+    // Alone, each agent would admit its own 120 + 6: 252 in all. Together: the burst of 120
+    // plus 2 a second, and what a share change lets through.
+    assert!(
+        total <= 120 + 6 + 20,
+        "the agents together admitted {total} ({ok:?})"
+    );
+    assert!(total >= 100, "the limit was not used: {total} ({ok:?})");
+    assert!(ok[1] > 0, "the quieter agent got nothing: {ok:?}");
 }

@@ -20,6 +20,7 @@
 //! restarts (even killed) takes back its own leases; its spend is rebuilt from its ledger as
 //! always.
 
+pub mod rates;
 pub mod store;
 pub mod thread;
 

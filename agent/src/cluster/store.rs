@@ -133,3 +133,40 @@ impl Store {
         ))
     }
 }
+
+/// Demand reports older than this are from agents that stopped or lost Redis.
+pub const DEMAND_STALE_MS: i64 = 5_000;
+
+impl Store {
+    /// Reports this agent's demand (units a second) for one rate limit and reads every agent's:
+    /// `(node, demand, reported at)`. One round trip.
+    pub fn demand(
+        &mut self,
+        key: &str,
+        demand: f64,
+        now_ms: i64,
+    ) -> Result<Vec<(String, f64, i64)>, StoreError> {
+        self.ops += 1;
+        let (all,): (std::collections::HashMap<String, String>,) = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(key)
+            .arg(&self.node)
+            .arg(format!("{demand}|{now_ms}"))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(key)
+            .arg(60_000)
+            .ignore()
+            .cmd("HGETALL")
+            .arg(key)
+            .query(&mut self.conn)?;
+        Ok(all
+            .into_iter()
+            .filter_map(|(node, v)| {
+                let (d, at) = v.split_once('|')?;
+                Some((node, d.parse().ok()?, at.parse().ok()?))
+            })
+            .collect())
+    }
+}

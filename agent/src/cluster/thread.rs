@@ -17,6 +17,8 @@ use super::store::{lease_key, Store, StoreError};
 use super::ClusterStatus;
 
 const TICK: Duration = Duration::from_millis(20);
+/// How often rate-limit demand is reported and shares recomputed.
+const RATE_SYNC: Duration = Duration::from_secs(1);
 const RECONNECT: Duration = Duration::from_millis(500);
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// Leases expire this long after their window ends.
@@ -59,6 +61,8 @@ pub fn run(
     let mut store: Option<Store> = None;
     let mut next_connect = Instant::now();
     let mut books: HashMap<String, Book> = HashMap::new();
+    let mut rates = super::rates::Rates::default();
+    let mut next_rates = Instant::now();
     let url = settings.connect_url();
     loop {
         // Set after the workers and the ledger writer are done, so the last settles are in.
@@ -88,7 +92,7 @@ pub fn run(
                 }
             }
         }
-        let result = tick(
+        let mut result = tick(
             &shared,
             &settings,
             &status,
@@ -96,6 +100,12 @@ pub fn run(
             &mut books,
             stopping,
         );
+        if let (Ok(()), Some(s)) = (&result, store.as_mut()) {
+            if Instant::now() >= next_rates && !stopping {
+                result = rates.sync(&shared, &settings.node, s);
+                next_rates = Instant::now() + RATE_SYNC;
+            }
+        }
         if let Some(s) = &store {
             status.ops.store(s.ops, Ordering::Relaxed);
         }

@@ -4,7 +4,7 @@
 //! moves the arrival time by `c × period / N`. Settling a token reservation gives back what
 //! was not used. No lock; contention is one CAS per limit per request.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,16 @@ const HOUR_NS: u64 = 3_600_000_000_000;
 #[derive(Debug)]
 pub struct Gcra {
     tat: AtomicU64,
-    /// Nanoseconds one unit occupies (`period / amount`), at least 1.
-    unit_ns: u64,
+    /// Nanoseconds one unit occupies (`period / (amount × share)`), at least 1.
+    unit_ns: AtomicU64,
+    /// `period / amount`: the unit at a share of 1.
+    base_unit_ns: u64,
     period_ns: u64,
     pub amount: u64,
+    /// Cluster mode: the limit is cluster-wide and this agent admits its share of it
+    /// (`cluster/rates.rs` sets it from every agent's demand); units asked for are counted.
+    shared: AtomicBool,
+    demand: AtomicU64,
 }
 
 /// What a check found.
@@ -41,17 +47,47 @@ impl Gcra {
     pub fn new(amount: u64, period: Duration) -> Gcra {
         let period_ns = period.as_nanos().max(1) as u64;
         let amount = amount.max(1);
+        let unit = (period_ns / amount).max(1);
         Gcra {
             tat: AtomicU64::new(0),
-            unit_ns: (period_ns / amount).max(1),
+            unit_ns: AtomicU64::new(unit),
+            base_unit_ns: unit,
             period_ns,
             amount,
+            shared: AtomicBool::new(false),
+            demand: AtomicU64::new(0),
         }
+    }
+
+    fn unit_ns(&self) -> u64 {
+        self.unit_ns.load(Ordering::Relaxed)
+    }
+
+    /// Cluster mode: admit `share` (0..=1) of the limit from now on, rate and burst alike.
+    pub fn set_share(&self, share: f64) {
+        self.shared.store(true, Ordering::Relaxed);
+        let share = share.clamp(1e-6, 1.0);
+        let unit = ((self.base_unit_ns as f64 / share) as u64).max(1);
+        self.unit_ns.store(unit, Ordering::Relaxed);
+    }
+
+    /// The share in force (1 when alone).
+    pub fn share(&self) -> f64 {
+        self.base_unit_ns as f64 / self.unit_ns() as f64
+    }
+
+    /// Units asked for since the last call (admitted or not), counted in cluster mode only.
+    pub fn take_demand(&self) -> u64 {
+        self.demand.swap(0, Ordering::Relaxed)
     }
 
     /// Takes `cost` units if they fit.
     pub fn check(&self, cost: u64, now: u64) -> Verdict {
-        let inc = cost.saturating_mul(self.unit_ns);
+        if self.shared.load(Ordering::Relaxed) {
+            self.demand.fetch_add(cost, Ordering::Relaxed);
+        }
+        let unit_ns = self.unit_ns();
+        let inc = cost.saturating_mul(unit_ns);
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
             let new_tat = tat.max(now).saturating_add(inc);
@@ -70,7 +106,7 @@ impl Gcra {
             {
                 Ok(_) => {
                     return Verdict::Allowed {
-                        remaining: (self.period_ns - ahead) / self.unit_ns,
+                        remaining: (self.period_ns - ahead) / unit_ns,
                         reset: Duration::from_nanos(ahead),
                     }
                 }
@@ -81,7 +117,7 @@ impl Gcra {
 
     /// Gives back `units` taken by an earlier check (a reservation larger than the use).
     pub fn refund(&self, units: u64) {
-        let dec = units.saturating_mul(self.unit_ns);
+        let dec = units.saturating_mul(self.unit_ns());
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {
@@ -91,7 +127,7 @@ impl Gcra {
 
     /// Takes `units` more without checking (use beyond the reservation is still counted).
     pub fn charge(&self, units: u64, now: u64) {
-        let inc = units.saturating_mul(self.unit_ns);
+        let inc = units.saturating_mul(self.unit_ns());
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| {
@@ -102,7 +138,7 @@ impl Gcra {
     /// What is left now, without taking anything.
     pub fn remaining(&self, now: u64) -> u64 {
         let ahead = self.tat.load(Ordering::Relaxed).saturating_sub(now);
-        self.period_ns.saturating_sub(ahead) / self.unit_ns
+        self.period_ns.saturating_sub(ahead) / self.unit_ns()
     }
 
     pub fn period(&self) -> Duration {
@@ -156,6 +192,29 @@ mod tests {
             Verdict::Denied { retry_after } => assert!(retry_after <= Duration::from_secs(1)),
             v => panic!("{v:?}"),
         }
+    }
+
+    #[test]
+    fn a_share_scales_rate_and_burst() {
+        let g = Gcra::new(100, Duration::from_secs(60));
+        let t = 100 * SEC;
+        g.set_share(0.25);
+        assert!((g.share() - 0.25).abs() < 1e-9);
+        let admitted = (0..100)
+            .filter(|_| matches!(g.check(1, t), Verdict::Allowed { .. }))
+            .count();
+        assert_eq!(admitted, 25, "a quarter of the burst");
+        assert_eq!(g.take_demand(), 100, "every unit asked for is demand");
+        assert_eq!(g.take_demand(), 0);
+        // A quarter of the rate: one unit every 2.4 s.
+        assert!(matches!(
+            g.check(1, t + 2_400_000_000),
+            Verdict::Allowed { .. }
+        ));
+        assert!(matches!(
+            g.check(1, t + 2_400_000_000),
+            Verdict::Denied { .. }
+        ));
     }
 
     #[test]
