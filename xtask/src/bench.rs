@@ -27,6 +27,7 @@
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
 mod agent;
+mod cluster;
 mod fairness;
 mod governance;
 pub(crate) mod machine;
@@ -86,6 +87,10 @@ pub struct Args {
     /// against a saturated replica, with the fair queue and without (`bench/fairness.rs`).
     #[arg(long)]
     fairness: bool,
+    /// Measure only what cluster mode costs: an agent enforcing alone against one leasing its
+    /// budgets from a local redis-server, in alternating windows (`bench/cluster.rs`).
+    #[arg(long)]
+    cluster: bool,
 }
 
 /// Paths to the workspace and the binaries (`cargo xtask soak` uses them too).
@@ -150,11 +155,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
     }
-    if args.reload || args.governance || args.scheduling || args.fairness {
+    if args.reload || args.governance || args.scheduling || args.fairness || args.cluster {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
-        let (title, flag, suffix, table) = if args.fairness {
+        let (title, flag, suffix, table) = if args.cluster {
+            let t = cluster::run(&layout, &load, warmup)?;
+            ("Cluster mode cost under load", "--cluster", "cluster", t)
+        } else if args.fairness {
             let t = fairness::run(&layout)?;
             (
                 "Fair share against a saturated replica",

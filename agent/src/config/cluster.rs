@@ -28,7 +28,7 @@ pub struct ClusterFile {
 }
 
 /// The validated `cluster:` section.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ClusterSettings {
     /// Without the password (that is in `password`).
     pub redis_url: String,
@@ -38,6 +38,20 @@ pub struct ClusterSettings {
     pub lease_horizon: Duration,
     pub idle_return: Duration,
     pub fallback_share: f64,
+}
+
+impl std::fmt::Debug for ClusterSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSettings")
+            .field("redis_url", &self.redis_url)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("node", &self.node)
+            .field("lease_fraction", &self.lease_fraction)
+            .field("lease_horizon", &self.lease_horizon)
+            .field("idle_return", &self.idle_return)
+            .field("fallback_share", &self.fallback_share)
+            .finish()
+    }
 }
 
 impl ClusterSettings {
@@ -143,7 +157,10 @@ mod tests {
         assert_eq!(s.node, "gpu-7");
         assert_eq!(s.lease_fraction, 0.02);
         assert_eq!(s.connect_url(), "redis://:s3cr%2Ft@10.0.0.5:6379/2");
-        assert!(!format!("{s:?}").is_empty());
+        assert!(
+            !format!("{s:?}").contains("s3cr"),
+            "the password stays out of Debug"
+        );
         let none = Config::from_yaml(PROVIDERS, &env).unwrap_or_else(|e| panic!("{e}"));
         assert!(none.cluster.is_none());
     }
