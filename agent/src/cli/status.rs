@@ -64,6 +64,21 @@ pub fn render(addr: &str, http_status: u16, v: &Value) -> String {
         s(&v["io_driver"])
     );
     let _ = writeln!(out, "  models    {}", s(&v["models"]));
+    let c = &v["cluster"];
+    if c.is_object() {
+        let detail = if c["redis"] == "up" {
+            format!(
+                "Redis up, {} shared budgets leased",
+                s(&c["shared_budgets"])
+            )
+        } else {
+            format!(
+                "Redis DOWN: enforcing with the leases held, then the local share ({})",
+                s(&c["last_error"])
+            )
+        };
+        let _ = writeln!(out, "  cluster   node {}: {detail}", s(&c["node"]));
+    }
     let k = &v["kernel"];
     if let Some(summary) = k.as_str() {
         // An agent from before kernel features were reported as an object.
@@ -136,5 +151,13 @@ mod tests {
         );
         assert!(text.contains("intercept 127.0.0.1:8000"), "{text}");
         assert!(text.contains("tg_connect4 (id 7)"), "{text}");
+        assert!(!text.contains("cluster"), "{text}");
+        let mut v = v;
+        v["cluster"] = serde_json::json!({"node": "gpu-7", "redis": "down", "last_error": "connection refused", "shared_budgets": 2});
+        let text = render("127.0.0.1:4000", 200, &v);
+        assert!(
+            text.contains("cluster   node gpu-7: Redis DOWN: enforcing with the leases held, then the local share (connection refused)"),
+            "{text}"
+        );
     }
 }
