@@ -67,6 +67,9 @@ impl Rates {
             .iter()
             .zip(snap.governance.rates.iter())
         {
+            if !rule.shared {
+                continue;
+            }
             for (rate, g) in rule.rates.iter().zip(limiters) {
                 let id = format!(
                     "{}|{}|{}|{}",

@@ -103,6 +103,8 @@ struct RateLimitFile {
     input_tokens_per_hour: Option<u64>,
     output_tokens_per_minute: Option<u64>,
     output_tokens_per_hour: Option<u64>,
+    /// Counted across every agent of the cluster (default true when `cluster` is set).
+    shared: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,7 +242,12 @@ impl Validator<'_> {
                     format!("a second rate limit named `{name}` (give each a distinct `name`)"),
                 );
             }
-            p.rate_limits.push(RateLimitRule { name, scope, rates });
+            p.rate_limits.push(RateLimitRule {
+                name,
+                scope,
+                rates,
+                shared: r.shared.unwrap_or(true),
+            });
         }
 
         for (i, v) in f.budgets.into_iter().enumerate() {

@@ -200,6 +200,8 @@ pub struct RateLimitRule {
     pub name: String,
     pub scope: Scope,
     pub rates: Vec<Rate>,
+    /// With `cluster` configured: this agent admits its share of the cluster-wide rate.
+    pub shared: bool,
 }
 
 /// What happens to a request that a budget cannot take.
