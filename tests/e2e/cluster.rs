@@ -369,8 +369,14 @@ fn a_rate_limit_holds_across_agents_and_shares_follow_demand() {
     for a in &agents {
         wait_for("cluster mode", || readyz(a)["cluster"]["redis"] == "up");
     }
-    // Both have reported once: each holds half of the limit.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Both have reported their (zero) demand; after the next sync each holds half the limit.
+    wait_for("both agents' demand in Redis", || {
+        let key = redis.cli(&["--scan", "--pattern", "tollgate:rate:*"]);
+        key.lines()
+            .next()
+            .is_some_and(|k| redis.cli(&["HLEN", k]) == "2")
+    });
+    std::thread::sleep(Duration::from_millis(2200));
     let run = Duration::from_secs(3);
     let threads: Vec<_> = [(0usize, 3), (1, 1)]
         .iter()

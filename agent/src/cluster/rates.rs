@@ -60,7 +60,8 @@ impl Rates {
             .map_or(1.0, |t| now.duration_since(t).as_secs_f64().max(1e-3));
         self.last = Some(now);
         let ms = now_ms();
-        for (rule, limiters) in snap
+        let mut limiters: Vec<(String, std::sync::Arc<crate::governance::gcra::Gcra>)> = Vec::new();
+        for (rule, list) in snap
             .cfg
             .governance
             .rate_limits
@@ -70,7 +71,7 @@ impl Rates {
             if !rule.shared {
                 continue;
             }
-            for (rate, g) in rule.rates.iter().zip(limiters) {
+            for (rate, g) in rule.rates.iter().zip(list) {
                 let id = format!(
                     "{}|{}|{}|{}",
                     rule.name,
@@ -78,14 +79,33 @@ impl Rates {
                     rate.name(),
                     rate.amount
                 );
-                let asked = g.take_demand() as f64 / dt;
-                let d = self.demand.entry(id.clone()).or_insert(asked);
-                *d = 0.5 * *d + 0.5 * asked;
-                let key = format!("tollgate:rate:{{{id}}}");
-                let reports = store.demand(&key, *d, ms)?;
-                g.set_share(share(node, &reports, ms));
+                limiters.push((id, g.clone()));
             }
         }
+        // The keys' own rpm and tpm (a key's id is the same on every agent once keys are shared).
+        for k in shared.governor.keys.load().entries() {
+            for (what, g) in [("rpm", &k.state.rpm), ("tpm", &k.state.tpm)] {
+                if let Some(g) = g {
+                    limiters.push((format!("key|{}|{what}|{}", k.id, g.amount), g.clone()));
+                }
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (id, g) in limiters {
+            let asked = g.take_demand() as f64 / dt;
+            let d = self.demand.entry(id.clone()).or_insert(asked);
+            *d = 0.5 * *d + 0.5 * asked;
+            seen.insert(id.clone());
+            // A limiter nobody here has used lately is not synced (thousands of idle keys would
+            // cost a round trip each): it keeps its share until it is used again.
+            if *d < 0.01 && asked == 0.0 && id.starts_with("key|") {
+                continue;
+            }
+            let key = format!("tollgate:rate:{{{id}}}");
+            let reports = store.demand(&key, *d, ms)?;
+            g.set_share(share(node, &reports, ms));
+        }
+        self.demand.retain(|id, _| seen.contains(id));
         Ok(())
     }
 }

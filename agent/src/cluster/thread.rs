@@ -134,52 +134,84 @@ fn tick(
     let snap = shared.snapshot.load();
     let policy = &snap.cfg.governance;
     let now = now_ms();
-    let mut count = 0;
+    // Every shared budget: the policy's rules, then the keys' own budgets (a key's id is the
+    // same on every agent once keys are shared).
+    let mut budgets: Vec<SharedBudget> = Vec::new();
     for (rule, (state, info)) in policy.budgets.iter().zip(snap.governance.budgets.iter()) {
         if !rule.shared {
             continue;
         }
-        count += 1;
-        state.lease.shared.store(true, Ordering::Release);
-        let span = info.window.at(now);
         let (xt, xc) = shared.governor.exception_extra(&rule.scope);
-        let id = format!(
-            "{}|{}|{}",
-            rule.name,
-            rule.scope.label(),
-            rule.window.as_str()
-        );
-        for (unit, limit, used, granted) in [
-            (
-                "tokens",
-                rule.tokens.map(|t| t.saturating_add(xt)),
-                &state.tokens,
-                &state.lease.tokens,
+        budgets.push(SharedBudget {
+            id: format!(
+                "{}|{}|{}",
+                rule.name,
+                rule.scope.label(),
+                rule.window.as_str()
             ),
+            state: state.clone(),
+            span: info.window.at(now),
+            tokens: rule.tokens.map(|t| t.saturating_add(xt)),
+            micro_usd: rule.micro_usd.map(|c| c.saturating_add(xc)),
+        });
+    }
+    let keys = shared.governor.keys.load();
+    for k in keys.entries() {
+        if k.spec.budget_tokens.is_none() && k.spec.budget_usd.is_none() {
+            continue;
+        }
+        let (xt, xc) = shared.governor.exception_extra_for_key(&k.id);
+        budgets.push(SharedBudget {
+            id: format!("key|{}|{}", k.id, k.budget_info.window.as_str()),
+            state: k.state.budget.clone(),
+            span: k.budget_info.window.at(now),
+            tokens: k.spec.budget_tokens.map(|t| t.saturating_add(xt)),
+            micro_usd: k
+                .spec
+                .budget_usd
+                .map(|u| ((u * 1e6) as u64).saturating_add(xc)),
+        });
+    }
+    for b in &budgets {
+        let state = &b.state;
+        state.lease.shared.store(true, Ordering::Release);
+        for (unit, limit, used, granted) in [
+            ("tokens", b.tokens, &state.tokens, &state.lease.tokens),
             (
                 "micro_usd",
-                rule.micro_usd.map(|c| c.saturating_add(xc)),
+                b.micro_usd,
                 &state.micro_usd,
                 &state.lease.micro_usd,
             ),
         ] {
             let Some(limit) = limit else { continue };
             let u = Unit {
-                key: lease_key(&id, unit, span.index),
+                key: lease_key(&b.id, unit, b.span.index),
                 limit,
-                window: span.index,
-                end_ms: span.end_ms,
+                window: b.span.index,
+                end_ms: b.span.end_ms,
                 used,
                 granted,
                 state,
             };
-            let book = books.entry(format!("{id}|{unit}")).or_default();
+            let book = books.entry(format!("{}|{unit}", b.id)).or_default();
             step(settings, status, store.as_deref_mut(), &u, book, stopping)?;
         }
         state.lease.starved.store(false, Ordering::Release);
     }
-    status.shared_budgets.store(count, Ordering::Relaxed);
+    status
+        .shared_budgets
+        .store(budgets.len() as u64, Ordering::Relaxed);
     Ok(())
+}
+
+/// One shared budget as this pass sees it.
+struct SharedBudget {
+    id: String,
+    state: Arc<BudgetState>,
+    span: crate::governance::window::Span,
+    tokens: Option<u64>,
+    micro_usd: Option<u64>,
 }
 
 fn step(
