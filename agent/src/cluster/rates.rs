@@ -72,14 +72,7 @@ impl Rates {
                 continue;
             }
             for (rate, g) in rule.rates.iter().zip(list) {
-                let id = format!(
-                    "{}|{}|{}|{}",
-                    rule.name,
-                    rule.scope.label(),
-                    rate.name(),
-                    rate.amount
-                );
-                limiters.push((id, g.clone()));
+                limiters.push((rule.rate_id(rate), g.clone()));
             }
         }
         // The keys' own rpm and tpm (a key's id is the same on every agent once keys are shared).

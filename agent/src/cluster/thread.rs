@@ -143,12 +143,7 @@ fn tick(
         }
         let (xt, xc) = shared.governor.exception_extra(&rule.scope);
         budgets.push(SharedBudget {
-            id: format!(
-                "{}|{}|{}",
-                rule.name,
-                rule.scope.label(),
-                rule.window.as_str()
-            ),
+            id: rule.id(),
             state: state.clone(),
             span: info.window.at(now),
             tokens: rule.tokens.map(|t| t.saturating_add(xt)),

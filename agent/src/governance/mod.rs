@@ -170,13 +170,7 @@ impl Governor {
         for rule in &policy.rate_limits {
             let mut limiters = Vec::new();
             for rate in &rule.rates {
-                let id = format!(
-                    "rate|{}|{}|{}|{}",
-                    rule.name,
-                    rule.scope.label(),
-                    rate.name(),
-                    rate.amount
-                );
+                let id = format!("rate|{}", rule.rate_id(rate));
                 let g = match slots.remove(&id).or_else(|| used.remove(&id)) {
                     Some(Slot::Rate(g)) => g,
                     _ => Arc::new(Gcra::new(rate.amount, rate.period)),
@@ -188,12 +182,7 @@ impl Governor {
         }
         let now = window::now_ms();
         for b in &policy.budgets {
-            let id = format!(
-                "budget|{}|{}|{}",
-                b.name,
-                b.scope.label(),
-                b.window.as_str()
-            );
+            let id = format!("budget|{}", b.id());
             let state = match slots.remove(&id).or_else(|| used.remove(&id)) {
                 Some(Slot::Budget(s)) => s,
                 _ => {

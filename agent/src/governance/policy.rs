@@ -204,6 +204,20 @@ pub struct RateLimitRule {
     pub shared: bool,
 }
 
+impl RateLimitRule {
+    /// What names one of its rates' counters: kept across reloads while equal, and the same on
+    /// every agent of a cluster.
+    pub fn rate_id(&self, rate: &Rate) -> String {
+        format!(
+            "{}|{}|{}|{}",
+            self.name,
+            self.scope.label(),
+            rate.name(),
+            rate.amount
+        )
+    }
+}
+
 /// What happens to a request that a budget cannot take.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnBreach {
@@ -227,6 +241,19 @@ pub struct BudgetRule {
     pub on_breach: OnBreach,
     /// With `cluster` configured: leased from the cluster-wide budget (`cluster/`).
     pub shared: bool,
+}
+
+impl BudgetRule {
+    /// What names its counters: kept across reloads while equal, and the same on every agent
+    /// of a cluster.
+    pub fn id(&self) -> String {
+        format!(
+            "{}|{}|{}",
+            self.name,
+            self.scope.label(),
+            self.window.as_str()
+        )
+    }
 }
 
 /// Models a scope may use (every matching rule must allow the model).
