@@ -91,6 +91,9 @@ fn commit(
     }) {
         tracing::error!(error = %e, action, "could not write an audit entry");
     }
+    // Cluster mode (`cluster/keys.rs`) pushes the change to Redis off this thread.
+    gov.local_changes
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     gov.reload_from(store).map_err(internal)
 }
 

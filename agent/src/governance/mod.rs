@@ -89,6 +89,9 @@ pub struct Governor {
     /// `batch_jobs` is on: with it, a loopback request may act on behalf of a key by its id
     /// (`x-tollgate-on-behalf-of`). Kept in memory only, never logged.
     pub internal_token: std::sync::OnceLock<String>,
+    /// Bumped by every key or exception change made on this node (the admin API, which
+    /// `tollgate keys` uses); cluster mode pushes the changes to Redis when it moves.
+    pub local_changes: AtomicU64,
 }
 
 impl Governor {
@@ -107,6 +110,7 @@ impl Governor {
             events: tx,
             data_dir: data_dir.to_path_buf(),
             internal_token: std::sync::OnceLock::new(),
+            local_changes: AtomicU64::new(0),
         });
         gov.reload_from(&store)?;
         Ok((gov, rx))

@@ -200,6 +200,28 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Writes a key record received from the cluster (`cluster/keys.rs`) as it is: inserted
+    /// when new, replaced otherwise. The caller has decided that it wins (`cluster::keys::wins`).
+    pub fn put_key(&self, rec: &KeyRecord, hash: &[u8; 32]) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO keys (id, hash, prefix, spec, created_ms, updated_ms, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, prefix = excluded.prefix,
+                spec = excluded.spec, created_ms = excluded.created_ms,
+                updated_ms = excluded.updated_ms, revoked_ms = excluded.revoked_ms",
+            params![
+                rec.id,
+                &hash[..],
+                rec.prefix,
+                spec_json(&rec.spec),
+                rec.created_ms,
+                rec.updated_ms,
+                rec.revoked_ms
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn key(&self, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
         self.conn
             .query_row(
