@@ -477,21 +477,28 @@ fn usage_cluster_sums_every_agents_ledger_per_team() {
             sent += u64::from(team == "t");
         }
     }
-    let ledgers: Vec<Vec<crate::harness::Row>> = agents
-        .iter()
-        .map(|a| {
-            crate::harness::ledger::all(&a.agent.data_dir)
-                .into_iter()
-                .filter(|r| r.team.as_deref() == Some("t"))
-                .collect()
-        })
-        .collect();
+    let team_rows = || -> Vec<Vec<crate::harness::Row>> {
+        agents
+            .iter()
+            .map(|a| {
+                crate::harness::ledger::all(&a.agent.data_dir)
+                    .into_iter()
+                    .filter(|r| r.team.as_deref() == Some("t"))
+                    .collect()
+            })
+            .collect()
+    };
+    wait_for("the ledgers", || {
+        team_rows().iter().map(Vec::len).sum::<usize>() as u64 >= sent
+    });
+    let ledgers = team_rows();
     assert_eq!(ledgers.iter().map(Vec::len).sum::<usize>() as u64, sent);
     let tokens: i64 = ledgers
         .iter()
         .flatten()
         .map(|r| r.input_tokens + r.output_tokens)
         .sum();
+    assert!(tokens > 0, "the sim reported no tokens");
     let cost: i64 = ledgers.iter().flatten().map(|r| r.cost_micro_usd).sum();
     let config = agents[0]
         .agent

@@ -63,6 +63,7 @@ pub fn publish(conn: &mut Connection, node: &str, data_dir: &Path) -> redis::Red
         }
     };
     let _ = ledger.busy_timeout(std::time::Duration::from_secs(1));
+    let mut rows_written = false;
     for window in [Window::Day, Window::Month] {
         let span = window.at(now);
         let key = period_key(window, now);
@@ -81,12 +82,16 @@ pub fn publish(conn: &mut Connection, node: &str, data_dir: &Path) -> redis::Red
                 any = true;
             }
         }
+        rows_written |= any;
         if any {
             pipe.cmd("PEXPIREAT")
                 .arg(&key)
                 .arg(span.end_ms + KEEP_MS)
                 .ignore();
         }
+    }
+    if !rows_written {
+        return Ok(());
     }
     pipe.query::<()>(conn)
 }
