@@ -69,6 +69,9 @@ if changed > 0 then return redis.call('INCR', KEYS[3]) end
 return tonumber(redis.call('GET', KEYS[3]) or '0')
 ";
 
+/// A key record and the SHA-256 of its secret, as the local store keeps them.
+pub type KeyRow = (KeyRecord, [u8; 32]);
+
 /// A key record as Redis holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SharedKey {
@@ -101,7 +104,7 @@ impl SharedKey {
     }
 
     /// The record and hash for the local store; `None` when the hash is not 64 hex digits.
-    pub fn to_local(&self) -> Option<(KeyRecord, [u8; 32])> {
+    pub fn to_local(&self) -> Option<KeyRow> {
         let hex = self.hash.as_bytes();
         if hex.len() != 64 {
             return None;
@@ -139,7 +142,7 @@ pub fn rank(rec: &KeyRecord, hash: &[u8; 32]) -> String {
 }
 
 /// Whether `a` replaces `b` (two versions of one key).
-pub fn wins(a: &(KeyRecord, [u8; 32]), b: &(KeyRecord, [u8; 32])) -> bool {
+pub fn wins(a: &KeyRow, b: &KeyRow) -> bool {
     rank(&a.0, &a.1) > rank(&b.0, &b.1)
 }
 
@@ -147,14 +150,14 @@ pub fn wins(a: &(KeyRecord, [u8; 32]), b: &(KeyRecord, [u8; 32])) -> bool {
 #[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     /// Newer in Redis (or only there): written into the local store.
-    pub pull: Vec<(KeyRecord, [u8; 32])>,
+    pub pull: Vec<KeyRow>,
     /// Newer here (or only here): pushed to Redis.
-    pub push: Vec<(KeyRecord, [u8; 32])>,
+    pub push: Vec<KeyRow>,
 }
 
 /// Compares the local store with Redis, key by key.
-pub fn plan(local: Vec<(KeyRecord, [u8; 32])>, remote: Vec<(KeyRecord, [u8; 32])>) -> Plan {
-    let mut remote: std::collections::HashMap<String, (KeyRecord, [u8; 32])> =
+pub fn plan(local: Vec<KeyRow>, remote: Vec<KeyRow>) -> Plan {
+    let mut remote: std::collections::HashMap<String, KeyRow> =
         remote.into_iter().map(|r| (r.0.id.clone(), r)).collect();
     let mut out = Plan::default();
     for l in local {
@@ -210,7 +213,7 @@ impl KeyStore {
     }
 
     /// The version and every record, read together; records that do not parse are skipped.
-    pub fn load(&mut self) -> redis::RedisResult<(i64, Vec<(KeyRecord, [u8; 32])>)> {
+    pub fn load(&mut self) -> redis::RedisResult<(i64, Vec<KeyRow>)> {
         let (v, all): (Option<i64>, Vec<(String, String)>) = redis::pipe()
             .atomic()
             .cmd("GET")
@@ -234,7 +237,7 @@ impl KeyStore {
     }
 
     /// Writes the records that outrank Redis's; returns the version after.
-    pub fn push(&mut self, recs: &[(KeyRecord, [u8; 32])], node: &str) -> redis::RedisResult<i64> {
+    pub fn push(&mut self, recs: &[KeyRow], node: &str) -> redis::RedisResult<i64> {
         let mut inv = self.put.key(KEYS);
         inv.key(RANKS).key(VERSION);
         for (rec, hash) in recs {
@@ -378,7 +381,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
 mod tests {
     use super::*;
 
-    fn rec(id: &str, updated_ms: i64, revoked: bool, team: &str) -> (KeyRecord, [u8; 32]) {
+    fn rec(id: &str, updated_ms: i64, revoked: bool, team: &str) -> KeyRow {
         (
             KeyRecord {
                 id: id.into(),
@@ -460,7 +463,7 @@ mod tests {
             rec("revoked-here", 50, false, "b"),
         ];
         let p = plan(local, remote);
-        let ids = |v: &[(KeyRecord, [u8; 32])]| {
+        let ids = |v: &[KeyRow]| {
             let mut ids: Vec<String> = v.iter().map(|r| r.0.id.clone()).collect();
             ids.sort();
             ids

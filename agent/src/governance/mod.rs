@@ -92,6 +92,10 @@ pub struct Governor {
     /// Bumped by every key or exception change made on this node (the admin API, which
     /// `tollgate keys` uses); cluster mode pushes the changes to Redis when it moves.
     pub local_changes: AtomicU64,
+    /// Held while the key table is rebuilt: the admin listener, the governance thread and the
+    /// cluster sync thread reload concurrently, and a rebuild from older rows must not be
+    /// stored after one from newer rows.
+    reload_lock: Mutex<()>,
 }
 
 impl Governor {
@@ -111,6 +115,7 @@ impl Governor {
             data_dir: data_dir.to_path_buf(),
             internal_token: std::sync::OnceLock::new(),
             local_changes: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
         });
         gov.reload_from(&store)?;
         Ok((gov, rx))
@@ -139,6 +144,10 @@ impl Governor {
     /// Rebuilds the key table and the exception set from the store. Keys whose counters are
     /// new get their window's spend from the ledger.
     pub fn reload_from(&self, store: &Store) -> rusqlite::Result<()> {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let rows = store.keys_with_hashes()?;
         let previous = self.keys.load_full();
         let table = KeyTable::build(rows, &previous);
