@@ -414,6 +414,34 @@ mod tests {
     }
 
     #[test]
+    fn a_key_from_the_cluster_is_inserted_then_replaced_whole() {
+        let d = dir("put");
+        let s = Store::open(&d).unwrap();
+        let mut rec = KeyRecord {
+            id: "k_9".into(),
+            prefix: "tg-abc".into(),
+            spec: KeySpec {
+                team: Some("a".into()),
+                enabled: true,
+                ..KeySpec::default()
+            },
+            created_ms: 1,
+            updated_ms: 1,
+            revoked_ms: None,
+        };
+        s.put_key(&rec, &[1; 32]).unwrap();
+        assert_eq!(s.key("k_9").unwrap().as_ref(), Some(&rec));
+        rec.spec.team = Some("b".into());
+        rec.prefix = "tg-new".into();
+        rec.updated_ms = 7;
+        rec.revoked_ms = Some(7);
+        s.put_key(&rec, &[2; 32]).unwrap();
+        let all = s.keys_with_hashes().unwrap();
+        assert_eq!(all, vec![(rec, [2; 32])]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn the_audit_log_is_append_only() {
         let d = dir("audit");
         let s = Store::open(&d).unwrap();
