@@ -71,7 +71,7 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// With `--cluster`: the current UTC `day` or `month` (default).
-        #[arg(long, default_value = "month", value_parser = ["day", "month"])]
+        #[arg(long, default_value = "month", value_parser = ["day", "month"], requires = "cluster")]
         period: String,
     },
     /// What each team spent in a UTC month, for chargeback (table, CSV or JSON).
