@@ -427,6 +427,57 @@ fn a_key_made_on_one_agent_works_on_every_agent_and_its_revocation_too() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // An exception granted on a is in force on b; withdrawn on b, it is gone from a and c.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    let r = crate::governance::admin(
+        a.agent.admin_addr().expect("a's admin"),
+        "POST",
+        "/admin/exceptions",
+        Some(
+            &serde_json::json!({"subject_kind": "team", "subject": "search", "extra_tokens": 1000,
+            "justification": "launch", "approver": "cto", "expires_ms": expires}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let uid = r.json()["exception"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let exceptions = |s: &Stack| -> Vec<serde_json::Value> {
+        let r = crate::governance::admin(
+            s.agent.admin_addr().expect("admin"),
+            "GET",
+            "/admin/exceptions",
+            None,
+        );
+        r.json()["exceptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for("the exception on b", || {
+        exceptions(&b).iter().any(|x| x["uid"] == uid.as_str())
+    });
+    wait_for("the exception on c", || {
+        exceptions(&c).iter().any(|x| x["uid"] == uid.as_str())
+    });
+    let on_b = exceptions(&b);
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    assert_eq!(on_b[0]["extra_tokens"], 1000);
+    let id_on_b = on_b[0]["id"].as_i64().expect("b's id");
+    let r = crate::governance::admin(
+        b.agent.admin_addr().expect("b's admin"),
+        "DELETE",
+        &format!("/admin/exceptions/{id_on_b}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the withdrawal on a", || exceptions(&a).is_empty());
+    wait_for("the withdrawal on c", || exceptions(&c).is_empty());
 }
 
 #[test]

@@ -22,7 +22,10 @@
 //! merge when it returns (a Redis restarted empty is refilled by every agent the same way).
 //! Revoked keys stay in Redis as tombstones, so an agent that was away learns of revocations.
 //!
-//! Exceptions are not shared yet: each agent keeps its own.
+//! **Exceptions** are shared the same way, by a uid given at grant: `tollgate:{keys}:exceptions`
+//! field `<uid>` → [`SharedException`] (rank in `tollgate:{keys}:exceptions:rank`). A grant never
+//! changes; a withdrawal (or expiry) outranks it and is final. Each agent still expires
+//! exceptions on its own clock.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::cluster::ClusterSettings;
 use crate::governance::keys::{KeyRecord, KeySpec};
-use crate::governance::store::Store as LocalStore;
+use crate::governance::store::{Exception, Store as LocalStore};
 use crate::governance::Governor;
 use crate::shared::Shared;
 
@@ -43,6 +46,10 @@ pub const KEYS: &str = "tollgate:{keys}";
 pub const RANKS: &str = "tollgate:{keys}:rank";
 /// Incremented by every write that changed a record.
 pub const VERSION: &str = "tollgate:{keys}:version";
+/// Hash of the exceptions by uid (live or withdrawn).
+pub const EXCEPTIONS: &str = "tollgate:{keys}:exceptions";
+/// Hash of each exception's rank by uid: `0` live, `1` withdrawn (final).
+pub const EXCEPTION_RANKS: &str = "tollgate:{keys}:exceptions:rank";
 
 /// How often the version is read.
 const POLL: Duration = Duration::from_secs(1);
@@ -174,6 +181,99 @@ pub fn plan(local: Vec<KeyRow>, remote: Vec<KeyRow>) -> Plan {
     out
 }
 
+/// An exception as Redis holds it: granted (`exception`) and perhaps withdrawn since.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedException {
+    pub uid: String,
+    /// Absent for a withdrawal announced by an agent that no longer had the grant itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exception: Option<Exception>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withdrawn_ms: Option<i64>,
+}
+
+impl SharedException {
+    fn rank(&self) -> &'static str {
+        if self.withdrawn_ms.is_some() {
+            "1"
+        } else {
+            "0"
+        }
+    }
+}
+
+/// What a merge does with exceptions (granted once, never changed, withdrawn for good).
+#[derive(Debug, Default, PartialEq)]
+pub struct ExceptionPlan {
+    /// Granted elsewhere, in force: stored here.
+    pub take: Vec<Exception>,
+    /// Withdrawn elsewhere: removed here (uids).
+    pub withdraw: Vec<String>,
+    /// Granted or withdrawn here: written to Redis.
+    pub push: Vec<SharedException>,
+}
+
+/// Compares local exceptions (and those withdrawn or expired here) with Redis.
+pub fn plan_exceptions(
+    local: Vec<Exception>,
+    withdrawn: Vec<(String, i64)>,
+    remote: Vec<SharedException>,
+    now_ms: i64,
+) -> ExceptionPlan {
+    let remote: std::collections::HashMap<String, SharedException> =
+        remote.into_iter().map(|r| (r.uid.clone(), r)).collect();
+    let mut known = std::collections::HashSet::new();
+    let mut out = ExceptionPlan::default();
+    for x in local {
+        let Some(uid) = x.uid.clone() else { continue };
+        known.insert(uid.clone());
+        match remote.get(&uid) {
+            None => out.push.push(SharedException {
+                uid,
+                exception: Some(Exception { id: 0, ..x }),
+                withdrawn_ms: None,
+            }),
+            Some(r) if r.withdrawn_ms.is_some() => out.withdraw.push(uid),
+            Some(_) => {}
+        }
+    }
+    for (uid, ms) in withdrawn {
+        known.insert(uid.clone());
+        match remote.get(&uid) {
+            Some(r) if r.withdrawn_ms.is_some() => {}
+            r => out.push.push(SharedException {
+                exception: r.and_then(|r| r.exception.clone()),
+                uid,
+                withdrawn_ms: Some(ms),
+            }),
+        }
+    }
+    let mut rest: Vec<&SharedException> = remote
+        .values()
+        .filter(|r| !known.contains(&r.uid))
+        .collect();
+    rest.sort_by(|a, b| a.uid.cmp(&b.uid));
+    for r in rest {
+        if let (None, Some(x)) = (r.withdrawn_ms, &r.exception) {
+            if x.expires_ms > now_ms {
+                out.take.push(Exception {
+                    id: 0,
+                    uid: Some(r.uid.clone()),
+                    ..x.clone()
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Everything Redis holds for the keys, read at once.
+pub struct Remote {
+    pub version: i64,
+    pub keys: Vec<KeyRow>,
+    pub exceptions: Vec<SharedException>,
+}
+
 /// Why a Redis call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
@@ -212,28 +312,55 @@ impl KeyStore {
         Ok(v.unwrap_or(0))
     }
 
-    /// The version and every record, read together; records that do not parse are skipped.
-    pub fn load(&mut self) -> redis::RedisResult<(i64, Vec<KeyRow>)> {
-        let (v, all): (Option<i64>, Vec<(String, String)>) = redis::pipe()
+    /// The version, every key record and every exception, read together; records that do
+    /// not parse are skipped.
+    pub fn load(&mut self) -> redis::RedisResult<Remote> {
+        type All = Vec<(String, String)>;
+        let (v, keys, exceptions): (Option<i64>, All, All) = redis::pipe()
             .atomic()
             .cmd("GET")
             .arg(VERSION)
             .cmd("HGETALL")
             .arg(KEYS)
+            .cmd("HGETALL")
+            .arg(EXCEPTIONS)
             .query(&mut self.conn)?;
-        let mut out = Vec::with_capacity(all.len());
-        for (id, json) in all {
+        let mut out = Remote {
+            version: v.unwrap_or(0),
+            keys: Vec::with_capacity(keys.len()),
+            exceptions: Vec::with_capacity(exceptions.len()),
+        };
+        for (id, json) in keys {
             match serde_json::from_str::<SharedKey>(&json)
                 .ok()
                 .and_then(|k| k.to_local())
             {
-                Some(r) if r.0.id == id => out.push(r),
+                Some(r) if r.0.id == id => out.keys.push(r),
                 _ => {
                     tracing::warn!(key = %id, "cluster: a key record in Redis could not be read; skipped")
                 }
             }
         }
-        Ok((v.unwrap_or(0), out))
+        for (uid, json) in exceptions {
+            match serde_json::from_str::<SharedException>(&json) {
+                Ok(x) if x.uid == uid => out.exceptions.push(x),
+                _ => {
+                    tracing::warn!(exception = %uid, "cluster: an exception in Redis could not be read; skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes the exceptions that outrank Redis's (a withdrawal outranks the grant).
+    pub fn push_exceptions(&mut self, xs: &[SharedException]) -> redis::RedisResult<i64> {
+        let mut inv = self.put.key(EXCEPTIONS);
+        inv.key(EXCEPTION_RANKS).key(VERSION);
+        for x in xs {
+            let json = serde_json::to_string(x).unwrap_or_default();
+            inv.arg(&x.uid).arg(json).arg(x.rank());
+        }
+        inv.invoke(&mut self.conn)
     }
 
     /// Writes the records that outrank Redis's; returns the version after.
@@ -261,23 +388,44 @@ fn merge(
     gov: &Governor,
     node: &str,
 ) -> Result<i64, SyncError> {
-    let (version, remote) = redis.load()?;
-    let plan = plan(local.keys_with_hashes()?, remote);
+    let remote = redis.load()?;
+    let plan = plan(local.keys_with_hashes()?, remote.keys);
     for (rec, hash) in &plan.pull {
         local.put_key(rec, hash)?;
     }
-    if !plan.pull.is_empty() {
+    let xs = plan_exceptions(
+        local.exceptions()?,
+        local.withdrawn_exceptions()?,
+        remote.exceptions,
+        crate::governance::window::now_ms(),
+    );
+    for x in &xs.take {
+        local.insert_exception(x)?;
+    }
+    if !xs.withdraw.is_empty() {
+        for x in local.exceptions()? {
+            if x.uid.as_ref().is_some_and(|u| xs.withdraw.contains(u)) {
+                local.remove_exception(x.id)?;
+            }
+        }
+    }
+    if !plan.pull.is_empty() || !xs.take.is_empty() || !xs.withdraw.is_empty() {
         tracing::info!(
             node,
             keys = plan.pull.len(),
-            "cluster: key changes from other agents applied"
+            exceptions_granted = xs.take.len(),
+            exceptions_withdrawn = xs.withdraw.len(),
+            "cluster: changes from other agents applied"
         );
         gov.reload_from(local)?;
     }
     if !plan.push.is_empty() {
         redis.push(&plan.push, node)?;
     }
-    Ok(version)
+    if !xs.push.is_empty() {
+        redis.push_exceptions(&xs.push)?;
+    }
+    Ok(remote.version)
 }
 
 /// The running sync thread.
@@ -444,6 +592,74 @@ mod tests {
             rank(&rec("k", 9, false, "a").0, &[0; 32])
                 < rank(&rec("k", 10, false, "a").0, &[0; 32])
         );
+    }
+
+    fn exception(uid: &str, expires_ms: i64) -> Exception {
+        Exception {
+            id: 7,
+            subject_kind: crate::governance::store::SubjectKind::Team,
+            subject: "search".into(),
+            model: None,
+            extra_tokens: Some(100),
+            extra_usd: None,
+            justification: "launch".into(),
+            approver: "cto".into(),
+            created_ms: 1,
+            expires_ms,
+            uid: Some(uid.into()),
+        }
+    }
+
+    #[test]
+    fn exceptions_are_taken_once_and_a_withdrawal_is_final() {
+        let live = |uid: &str, exp| SharedException {
+            uid: uid.into(),
+            exception: Some(exception(uid, exp)),
+            withdrawn_ms: None,
+        };
+        let gone = |uid: &str| SharedException {
+            withdrawn_ms: Some(50),
+            ..live(uid, 1000)
+        };
+        let p = plan_exceptions(
+            vec![
+                exception("here", 1000),
+                exception("withdrawn-there", 1000),
+                exception("both", 1000),
+            ],
+            vec![("withdrawn-here".into(), 40), ("expired-here".into(), 41)],
+            vec![
+                live("there", 1000),
+                live("there-expired", 10),
+                gone("withdrawn-there"),
+                live("both", 1000),
+                live("withdrawn-here", 1000),
+                gone("gone-everywhere"),
+            ],
+            100,
+        );
+        assert_eq!(p.take.len(), 1, "{p:?}");
+        assert_eq!((p.take[0].uid.as_deref(), p.take[0].id), (Some("there"), 0));
+        assert_eq!(p.withdraw, ["withdrawn-there"]);
+        let mut pushed: Vec<(&str, Option<i64>, bool)> = p
+            .push
+            .iter()
+            .map(|x| (x.uid.as_str(), x.withdrawn_ms, x.exception.is_some()))
+            .collect();
+        pushed.sort();
+        assert_eq!(
+            pushed,
+            [
+                ("expired-here", Some(41), false),
+                ("here", None, true),
+                ("withdrawn-here", Some(40), true),
+            ]
+        );
+        // The withdrawal outranks the grant in Redis too.
+        assert!(gone("x").rank() > live("x", 1).rank());
+        let json = serde_json::to_string(&p.push[0]).unwrap();
+        let back: SharedException = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p.push[0]);
     }
 
     #[test]

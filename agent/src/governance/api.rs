@@ -265,6 +265,10 @@ fn grant(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
         );
     }
     x.created_ms = now;
+    x.uid = match super::store::new_uid() {
+        Ok(u) => Some(u),
+        Err(e) => return internal(e),
+    };
     x.id = match store.insert_exception(&x) {
         Ok(id) => id,
         Err(e) => return internal(e),
