@@ -473,12 +473,15 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
     let mut seen_changes = 0u64;
     let mut next_poll = Instant::now();
     let mut next_usage = Instant::now();
+    // The ledger's last row when usage was last published (`None`: publish at the next turn).
+    let mut published: Option<i64> = None;
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if redis.is_none() && now >= next_connect {
             match KeyStore::connect(&url, REDIS_TIMEOUT) {
                 Ok(r) => {
                     redis = Some(r);
+                    published = None;
                     seen_version = None;
                     warned = false;
                 }
@@ -510,7 +513,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
                 }
                 if now >= next_usage {
                     next_usage = now + USAGE_EVERY;
-                    super::usage::publish(r.conn(), node, gov.data_dir())?;
+                    super::usage::publish(r.conn(), node, gov.data_dir(), &mut published)?;
                 }
                 Ok(())
             })();
@@ -518,6 +521,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
                 tracing::warn!(node, "cluster: key sync failed: {e}; retrying");
                 redis = None;
                 seen_version = None;
+                published = None;
                 next_connect = Instant::now() + RECONNECT;
             }
         }

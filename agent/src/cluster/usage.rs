@@ -7,8 +7,9 @@
 //! JSON of a [`SummaryRow`] (requests, errors, tokens, cost) of that agent's whole period so
 //! far. Each agent overwrites only its own fields, so summing the fields is summing the ledgers
 //! without counting anything twice. A period's hash expires a week after the period ends.
-//! Published by the sync thread (`keys.rs`), never on the request path; an agent that cannot
-//! read its ledger publishes nothing.
+//! Published by the sync thread (`keys.rs`) every three seconds when the ledger has new rows
+//! (and after every reconnect), never on the request path; an agent that cannot read its
+//! ledger publishes nothing. Each publish sums the day's and the month's rows (`usage_ts`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -43,9 +44,15 @@ fn by_name(by: GroupBy) -> &'static str {
     }
 }
 
-/// Writes this agent's totals of the current day and month. Ledger problems are logged and
-/// publish nothing; Redis errors are returned.
-pub fn publish(conn: &mut Connection, node: &str, data_dir: &Path) -> redis::RedisResult<()> {
+/// Writes this agent's totals of the current day and month, unless the ledger has no row since
+/// `published` (its last row when last published, updated here). Ledger problems are logged
+/// and publish nothing; Redis errors are returned.
+pub fn publish(
+    conn: &mut Connection,
+    node: &str,
+    data_dir: &Path,
+    published: &mut Option<i64>,
+) -> redis::RedisResult<()> {
     let path = crate::ledger::db_path(data_dir);
     if !path.exists() {
         return Ok(());
@@ -63,6 +70,14 @@ pub fn publish(conn: &mut Connection, node: &str, data_dir: &Path) -> redis::Red
         }
     };
     let _ = ledger.busy_timeout(std::time::Duration::from_secs(1));
+    // The ledger only grows: no new row, nothing new to publish (a new day or month without
+    // rows has nothing to publish either).
+    let last: Option<i64> = ledger
+        .query_row("SELECT MAX(rowid) FROM usage", [], |r| r.get(0))
+        .unwrap_or(None);
+    if last.is_some() && last == *published {
+        return Ok(());
+    }
     let mut rows_written = false;
     for window in [Window::Day, Window::Month] {
         let span = window.at(now);
@@ -90,10 +105,11 @@ pub fn publish(conn: &mut Connection, node: &str, data_dir: &Path) -> redis::Red
                 .ignore();
         }
     }
-    if !rows_written {
-        return Ok(());
+    if rows_written {
+        pipe.query::<()>(conn)?;
     }
-    pipe.query::<()>(conn)
+    *published = last;
+    Ok(())
 }
 
 /// Sums every agent's fields of one period hash for `by` (team or key).
