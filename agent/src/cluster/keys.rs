@@ -6,12 +6,15 @@
 //! JSON of [`SharedKey`]: the record with its SHA-256 hash in hex, never the secret (shown
 //! once, by the agent that made it). `tollgate:{keys}:rank` holds each record's [`rank`], and
 //! `tollgate:{keys}:version` is incremented by every write that changed something. The braces
-//! put the three in one Redis Cluster slot, so the write script may touch all of them.
+//! put every `tollgate:{keys}...` key in one Redis Cluster slot, so the write script may touch
+//! all of them.
 //!
 //! **Conflicts.** Last writer wins by `updated_ms`, except that a revocation is final: the
 //! rank orders revoked after live, then by `updated_ms`, then by hash and spec (so two agents
 //! always pick the same record). Redis only takes a record that outranks the one it has (a Lua
-//! script), and an agent only takes from Redis a record that outranks its own.
+//! script), and an agent only takes from Redis a record that outranks its own. Records are
+//! replaced whole: a rotation on one agent and an update of the same key on another within
+//! the same second leave whichever came later, hash included.
 //!
 //! **The sync thread** (`tollgate-cluster-sync`, never the request path): every second a `GET`
 //! of the version; when it moved, or when this agent's own keys changed
