@@ -114,6 +114,8 @@ pub struct Running {
     )>,
     /// Gives back unused leases once the last records are settled.
     cluster: Option<crate::cluster::ClusterThread>,
+    /// Shares keys through Redis and publishes usage totals (`cluster/keys.rs`).
+    cluster_sync: Option<crate::cluster::keys::SyncThread>,
     /// Detached last, after the ledger (which writes the counters) is flushed.
     kernel: Option<Kernel>,
     /// The operators' listener, when configured.
@@ -157,6 +159,9 @@ impl Running {
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
         if let Some(c) = self.cluster {
+            c.stop();
+        }
+        if let Some(c) = self.cluster_sync {
             c.stop();
         }
         let _ = self.dns.join();
@@ -275,6 +280,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
             .map(|c| Arc::new(crate::cluster::ClusterStatus::new(&c.node))),
     });
     let cluster = crate::cluster::start(&shared)?;
+    let cluster_sync = crate::cluster::keys::start(&shared)?;
     let batch = match batch_store {
         Some((store, token, tx, rx)) => {
             let runner = crate::batch::runner::start(
@@ -354,6 +360,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         telemetry,
         batch,
         cluster,
+        cluster_sync,
         kernel,
         admin: None,
         reloader: None,

@@ -402,3 +402,292 @@ fn a_rate_limit_holds_across_agents_and_shares_follow_demand() {
     assert!(total >= 100, "the limit was not used: {total} ({ok:?})");
     assert!(ok[1] > 0, "the quieter agent got nothing: {ok:?}");
 }
+
+/// An agent that requires keys, with an admin listener, in a cluster on `redis`.
+fn keyed_agent(redis: u16, node: &str) -> Stack {
+    let yaml = format!(
+        "auth: {{ mode: keys }}\ncluster: {{redis: \"redis://127.0.0.1:{redis}/0\", node: {node}}}\n"
+    );
+    Stack::custom(Sim::start(&[]), move |c| {
+        c.workers = 1;
+        c.admin = Some(true);
+        c.governance_yaml = yaml;
+    })
+}
+
+/// The status of one chat request with `key`.
+fn status_with(stack: &Stack, key: &str) -> u16 {
+    crate::governance::smol_as(stack, key, 8).status
+}
+
+fn wait_status(what: &str, stack: &Stack, key: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = status_with(stack, key);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: status {got}, want {want}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_key_made_on_one_agent_works_on_every_agent_and_its_revocation_too() {
+    let redis = Redis::start();
+    let a = keyed_agent(redis.port, "ka");
+    let b = keyed_agent(redis.port, "kb");
+    let (key, id) =
+        crate::governance::create_key(&a, serde_json::json!({"name": "shared", "team": "search"}));
+    assert_eq!(status_with(&a, &key), 200, "on the agent that made it");
+    let made = Instant::now();
+    wait_status("the key on b", &b, &key, 200);
+    assert!(
+        made.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        made.elapsed()
+    );
+    // Served by b under the key's identity.
+    let r = crate::governance::smol_as(&b, &key, 8);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = b.agent.row_of(&r);
+    assert_eq!(row.key_id.as_deref(), Some(id.as_str()));
+    assert_eq!(row.team.as_deref(), Some("search"));
+    // Redis holds the hash, never the secret.
+    let stored = redis.cli(&["HGET", "tollgate:{keys}", &id]);
+    assert!(
+        stored.contains("\"hash\":\"") && !stored.contains(&key),
+        "{stored}"
+    );
+    // b's store keeps it: a restart without Redis still knows it (checked below for c).
+    // An agent started afterwards learns it at start.
+    let c = keyed_agent(redis.port, "kc");
+    wait_status("the key on a late agent", &c, &key, 200);
+    // Revoked on b: refused by a and c within seconds.
+    let addr = b.agent.admin_addr().expect("b's admin listener");
+    let r = crate::governance::admin(addr, "POST", &format!("/admin/keys/{id}/revoke"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(status_with(&b, &key), 401);
+    let revoked = Instant::now();
+    wait_status("the revocation on a", &a, &key, 401);
+    wait_status("the revocation on c", &c, &key, 401);
+    assert!(
+        revoked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        revoked.elapsed()
+    );
+    // An update made on a reaches b too (a fresh key, since revocation is final).
+    let (key2, id2) = crate::governance::create_key(&a, serde_json::json!({"team": "ads"}));
+    wait_status("the second key on b", &b, &key2, 200);
+    let r = crate::governance::admin(
+        a.agent.admin_addr().expect("a's admin"),
+        "PATCH",
+        &format!("/admin/keys/{id2}"),
+        Some(&serde_json::json!({"enabled": false})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = crate::governance::admin(
+            b.agent.admin_addr().expect("b's admin"),
+            "GET",
+            &format!("/admin/keys/{id2}"),
+            None,
+        );
+        if r.json()["enabled"] == false {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the update never reached b: {}",
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // An exception granted on a is in force on b; withdrawn on b, it is gone from a and c.
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        + 3_600_000;
+    let r = crate::governance::admin(
+        a.agent.admin_addr().expect("a's admin"),
+        "POST",
+        "/admin/exceptions",
+        Some(
+            &serde_json::json!({"subject_kind": "team", "subject": "search", "extra_tokens": 1000,
+            "justification": "launch", "approver": "cto", "expires_ms": expires}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let uid = r.json()["exception"]["uid"]
+        .as_str()
+        .expect("a uid")
+        .to_string();
+    let exceptions = |s: &Stack| -> Vec<serde_json::Value> {
+        let r = crate::governance::admin(
+            s.agent.admin_addr().expect("admin"),
+            "GET",
+            "/admin/exceptions",
+            None,
+        );
+        r.json()["exceptions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for("the exception on b", || {
+        exceptions(&b).iter().any(|x| x["uid"] == uid.as_str())
+    });
+    wait_for("the exception on c", || {
+        exceptions(&c).iter().any(|x| x["uid"] == uid.as_str())
+    });
+    let on_b = exceptions(&b);
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    assert_eq!(on_b[0]["extra_tokens"], 1000);
+    let id_on_b = on_b[0]["id"].as_i64().expect("b's id");
+    let r = crate::governance::admin(
+        b.agent.admin_addr().expect("b's admin"),
+        "DELETE",
+        &format!("/admin/exceptions/{id_on_b}"),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the withdrawal on a", || exceptions(&a).is_empty());
+    wait_for("the withdrawal on c", || exceptions(&c).is_empty());
+}
+
+#[test]
+fn keys_made_while_redis_is_away_work_locally_and_spread_when_it_returns() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = keyed_agent(port, "da");
+    let mut b = keyed_agent(port, "db");
+    let (before, _) = crate::governance::create_key(&a, serde_json::json!({"team": "t"}));
+    wait_status("the first key on b", &b, &before, 200);
+    redis.kill();
+    // The admin API answers and the key works where it was made.
+    let (key, id) = crate::governance::create_key(&a, serde_json::json!({"team": "t"}));
+    assert_eq!(status_with(&a, &key), 200);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(status_with(&b, &key), 401, "b cannot know it yet");
+    // b restarted without Redis still knows the key it learnt before.
+    b.agent.restart(1);
+    assert_eq!(status_with(&b, &before), 200);
+    // Redis comes back empty: a pushes what it has, b pulls it.
+    let redis = Redis::start_on(port);
+    wait_status("the key on b after Redis returned", &b, &key, 200);
+    let stored = redis.cli(&["HGET", "tollgate:{keys}", &id]);
+    assert!(stored.contains(&id), "{stored}");
+}
+
+#[test]
+fn usage_cluster_sums_every_agents_ledger_per_team() {
+    let redis = Redis::start();
+    let agents: Vec<Stack> = ["ua", "ub"]
+        .iter()
+        .map(|n| agent(redis.port, n, 1_000_000))
+        .collect();
+    let body = chat_body("smol", "count me", 20, false).to_string();
+    let mut sent = 0u64;
+    for (i, a) in agents.iter().enumerate() {
+        for team in std::iter::repeat_n("t", 3 + i).chain(["other"]) {
+            let r = post_raw(
+                a.agent.addr,
+                "/v1/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-tollgate-team", team),
+                ],
+                body.as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            sent += u64::from(team == "t");
+        }
+    }
+    let team_rows = || -> Vec<Vec<crate::harness::Row>> {
+        agents
+            .iter()
+            .map(|a| {
+                crate::harness::ledger::all(&a.agent.data_dir)
+                    .into_iter()
+                    .filter(|r| r.team.as_deref() == Some("t"))
+                    .collect()
+            })
+            .collect()
+    };
+    wait_for("the ledgers", || {
+        team_rows().iter().map(Vec::len).sum::<usize>() as u64 >= sent
+    });
+    let ledgers = team_rows();
+    assert_eq!(ledgers.iter().map(Vec::len).sum::<usize>() as u64, sent);
+    let tokens: i64 = ledgers
+        .iter()
+        .flatten()
+        .map(|r| r.input_tokens + r.output_tokens)
+        .sum();
+    assert!(tokens > 0, "the sim reported no tokens");
+    let cost: i64 = ledgers.iter().flatten().map(|r| r.cost_micro_usd).sum();
+    let config = agents[0]
+        .agent
+        .config_path
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let team = loop {
+        let out = crate::harness::procs::run_tollgate(
+            &[
+                "usage",
+                "--cluster",
+                "--config",
+                &config,
+                "--period",
+                "day",
+                "--format",
+                "json",
+            ],
+            Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "{out:#?}");
+        let rows: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON rows");
+        let t = rows
+            .as_array()
+            .and_then(|a| a.iter().find(|r| r["key"] == "t"))
+            .cloned();
+        if let Some(t) = t.filter(|t| t["requests"] == sent) {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never summed both agents: {}",
+            out.stdout
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(team["nodes"], 2, "{team}");
+    let summed =
+        team["input_tokens"].as_i64().unwrap_or(-1) + team["output_tokens"].as_i64().unwrap_or(-1);
+    assert_eq!(summed, tokens, "{team}");
+    let usd = team["cost_usd"].as_f64().unwrap_or(-1.0);
+    assert!(
+        (usd - cost as f64 / 1e6).abs() < 1e-6,
+        "{team} vs {cost} micro-USD"
+    );
+    // The table: one row per team with the node count last.
+    let out = crate::harness::procs::run_tollgate(
+        &["usage", "--cluster", "--config", &config, "--period", "day"],
+        Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{out:#?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("t "))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert!(line.trim_end().ends_with(" 2"), "{}", out.stdout);
+    assert!(out.stdout.contains("other"), "{}", out.stdout);
+}

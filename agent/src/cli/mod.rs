@@ -55,13 +55,24 @@ pub enum Command {
         /// Data directory holding ledger.sqlite.
         #[arg(long, default_value = "./tollgate-data")]
         data_dir: PathBuf,
-        #[arg(long, value_enum, default_value = "model")]
-        by: GroupBy,
+        /// Default: model (team with `--cluster`, which sums by team or key only).
+        #[arg(long, value_enum)]
+        by: Option<GroupBy>,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
         /// Only requests started in this UTC month (`2026-11`).
         #[arg(long)]
         month: Option<String>,
+        /// Sum every agent of the cluster (the totals they publish to the Redis of `cluster:`
+        /// in `--config`), by team (default) or key, with the number of agents.
+        #[arg(long, requires = "config", conflicts_with = "month")]
+        cluster: bool,
+        /// The agent's config file (its `cluster:` section), with `--cluster`.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// With `--cluster`: the current UTC `day` or `month` (default).
+        #[arg(long, default_value = "month", value_parser = ["day", "month"], requires = "cluster")]
+        period: String,
     },
     /// What each team spent in a UTC month, for chargeback (table, CSV or JSON).
     Chargeback {
@@ -186,7 +197,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             by,
             format,
             month,
+            cluster,
+            config,
+            period,
         } => {
+            if cluster {
+                let by = by.unwrap_or(GroupBy::Team);
+                return cluster_usage(config.as_deref(), by, format, &period);
+            }
+            let by = by.unwrap_or(GroupBy::Model);
             let conn = open_ledger(&data_dir)?;
             let (from, to) = match month {
                 Some(m) => month_range(&m)?,
@@ -251,6 +270,42 @@ fn open_ledger(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connectio
     );
     rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .with_context(|| format!("opening {}", db.display()))
+}
+
+/// `tollgate usage --cluster`: every agent's published totals of the current day or month.
+fn cluster_usage(
+    config: Option<&std::path::Path>,
+    by: GroupBy,
+    format: Format,
+    period: &str,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        matches!(by, GroupBy::Team | GroupBy::Key),
+        "--cluster sums by team or key only"
+    );
+    let path = config.context("--cluster needs --config (for its `cluster:` section)")?;
+    let cfg = load(path)?;
+    let settings = cfg
+        .cluster
+        .with_context(|| format!("{} has no `cluster:` section", path.display()))?;
+    let mut conn =
+        crate::cluster::keys::connect(&settings.connect_url(), std::time::Duration::from_secs(2))
+            .with_context(|| format!("connecting to {}", settings.redis_url))?;
+    let window = if period == "day" {
+        crate::governance::window::Window::Day
+    } else {
+        crate::governance::window::Window::Month
+    };
+    let rows = crate::cluster::usage::collect(&mut conn, window, by)
+        .with_context(|| format!("reading usage from {}", settings.redis_url))?;
+    let key = format!("{by:?}").to_lowercase();
+    if format == Format::Table {
+        let hash = crate::cluster::usage::period_key(window, crate::governance::window::now_ms());
+        let label = hash.trim_start_matches("tollgate:usage:");
+        println!("Usage across the cluster ({label}, UTC), by {key}");
+    }
+    print!("{}", query::render(&rows, format, &key));
+    Ok(())
 }
 
 fn month_range(month: &str) -> anyhow::Result<(i64, i64)> {

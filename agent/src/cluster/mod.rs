@@ -20,9 +20,11 @@
 //! restarts (even killed) takes back its own leases; its spend is rebuilt from its ledger as
 //! always.
 
+pub mod keys;
 pub mod rates;
 pub mod store;
 pub mod thread;
+pub mod usage;
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -114,10 +114,13 @@ impl Validator<'_> {
             v
         });
         let node = f.node.clone().unwrap_or_else(host_name);
-        if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control() || c == ' ') {
+        if node.is_empty()
+            || node.len() > 64
+            || node.chars().any(|c| c.is_control() || c == ' ' || c == '|')
+        {
             self.problem(
                 "cluster.node",
-                "must be 1 to 64 characters without spaces or control characters",
+                "must be 1 to 64 characters without spaces, `|` or control characters",
             );
         }
         let out = ClusterSettings {

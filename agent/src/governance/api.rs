@@ -91,6 +91,9 @@ fn commit(
     }) {
         tracing::error!(error = %e, action, "could not write an audit entry");
     }
+    // Cluster mode (`cluster/keys.rs`) pushes the change to Redis off this thread.
+    gov.local_changes
+        .fetch_add(1, std::sync::atomic::Ordering::Release);
     gov.reload_from(store).map_err(internal)
 }
 
@@ -262,6 +265,10 @@ fn grant(gov: &Governor, store: &Store, body: &[u8]) -> Answer {
         );
     }
     x.created_ms = now;
+    x.uid = match super::store::new_uid() {
+        Ok(u) => Some(u),
+        Err(e) => return internal(e),
+    };
     x.id = match store.insert_exception(&x) {
         Ok(id) => id,
         Err(e) => return internal(e),

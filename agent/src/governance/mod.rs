@@ -89,6 +89,13 @@ pub struct Governor {
     /// `batch_jobs` is on: with it, a loopback request may act on behalf of a key by its id
     /// (`x-tollgate-on-behalf-of`). Kept in memory only, never logged.
     pub internal_token: std::sync::OnceLock<String>,
+    /// Bumped by every key or exception change made on this node (the admin API, which
+    /// `tollgate keys` uses); cluster mode pushes the changes to Redis when it moves.
+    pub local_changes: AtomicU64,
+    /// Held while the key table is rebuilt: the admin listener, the governance thread and the
+    /// cluster sync thread reload concurrently, and a rebuild from older rows must not be
+    /// stored after one from newer rows.
+    reload_lock: Mutex<()>,
 }
 
 impl Governor {
@@ -107,6 +114,8 @@ impl Governor {
             events: tx,
             data_dir: data_dir.to_path_buf(),
             internal_token: std::sync::OnceLock::new(),
+            local_changes: AtomicU64::new(0),
+            reload_lock: Mutex::new(()),
         });
         gov.reload_from(&store)?;
         Ok((gov, rx))
@@ -135,6 +144,10 @@ impl Governor {
     /// Rebuilds the key table and the exception set from the store. Keys whose counters are
     /// new get their window's spend from the ledger.
     pub fn reload_from(&self, store: &Store) -> rusqlite::Result<()> {
+        let _serial = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let rows = store.keys_with_hashes()?;
         let previous = self.keys.load_full();
         let table = KeyTable::build(rows, &previous);

@@ -32,6 +32,10 @@ CREATE TABLE IF NOT EXISTS exceptions (
     created_ms INTEGER NOT NULL,
     expires_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS exceptions_withdrawn (
+    uid TEXT PRIMARY KEY,
+    withdrawn_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -105,6 +109,9 @@ pub struct Exception {
     #[serde(default)]
     pub created_ms: i64,
     pub expires_ms: i64,
+    /// The same exception on every agent of a cluster (`cluster/keys.rs`); given at grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 /// One audit log entry.
@@ -139,6 +146,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Store { conn })
     }
 
@@ -200,6 +208,28 @@ impl Store {
         Ok(n == 1)
     }
 
+    /// Writes a key record received from the cluster (`cluster/keys.rs`) as it is: inserted
+    /// when new, replaced otherwise. The caller has decided that it wins (`cluster::keys::wins`).
+    pub fn put_key(&self, rec: &KeyRecord, hash: &[u8; 32]) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT INTO keys (id, hash, prefix, spec, created_ms, updated_ms, revoked_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, prefix = excluded.prefix,
+                spec = excluded.spec, created_ms = excluded.created_ms,
+                updated_ms = excluded.updated_ms, revoked_ms = excluded.revoked_ms",
+            params![
+                rec.id,
+                &hash[..],
+                rec.prefix,
+                spec_json(&rec.spec),
+                rec.created_ms,
+                rec.updated_ms,
+                rec.revoked_ms
+            ],
+        )?;
+        Ok(())
+    }
+
     pub fn key(&self, id: &str) -> rusqlite::Result<Option<KeyRecord>> {
         self.conn
             .query_row(
@@ -235,10 +265,15 @@ impl Store {
             .collect())
     }
 
+    /// Stores an exception under a new local id; one without a `uid` gets a random one.
     pub fn insert_exception(&self, e: &Exception) -> rusqlite::Result<i64> {
+        let uid = match &e.uid {
+            Some(u) => u.clone(),
+            None => new_uid().map_err(|e| rusqlite::Error::ToSqlConversionFailure(e.into()))?,
+        };
         self.conn.execute(
             "INSERT INTO exceptions (subject_kind, subject, model, extra_tokens, extra_usd,
-             justification, approver, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             justification, approver, created_ms, expires_ms, uid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             params![
                 e.subject_kind.as_str(),
                 e.subject,
@@ -248,16 +283,35 @@ impl Store {
                 e.justification,
                 e.approver,
                 e.created_ms,
-                e.expires_ms
+                e.expires_ms,
+                uid
             ],
         )?;
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Exceptions withdrawn or expired here, by uid, with when (for cluster mode).
+    pub fn withdrawn_exceptions(&self) -> rusqlite::Result<Vec<(String, i64)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT uid, withdrawn_ms FROM exceptions_withdrawn ORDER BY uid")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Records that another agent withdrew exception `uid` (so it is not taken again).
+    pub fn mark_withdrawn(&self, uid: &str, ms: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO exceptions_withdrawn (uid, withdrawn_ms) VALUES (?1, ?2)",
+            params![uid, ms],
+        )?;
+        Ok(())
+    }
+
     pub fn exceptions(&self) -> rusqlite::Result<Vec<Exception>> {
         let mut stmt = self.conn.prepare(
             "SELECT id, subject_kind, subject, model, extra_tokens, extra_usd, justification,
-             approver, created_ms, expires_ms FROM exceptions ORDER BY id",
+             approver, created_ms, expires_ms, uid FROM exceptions ORDER BY id",
         )?;
         let rows = stmt.query_map([], |r| {
             let kind: String = r.get(1)?;
@@ -272,17 +326,21 @@ impl Store {
                 approver: r.get(7)?,
                 created_ms: r.get(8)?,
                 expires_ms: r.get(9)?,
+                uid: r.get(10)?,
             })
         })?;
         rows.collect()
     }
 
-    /// Removes one exception; returns it if it existed.
+    /// Removes one exception (and remembers its uid as withdrawn); returns it if it existed.
     pub fn remove_exception(&self, id: i64) -> rusqlite::Result<Option<Exception>> {
         let found = self.exceptions()?.into_iter().find(|e| e.id == id);
-        if found.is_some() {
+        if let Some(x) = &found {
             self.conn
                 .execute("DELETE FROM exceptions WHERE id = ?1", [id])?;
+            if let Some(uid) = &x.uid {
+                self.mark_withdrawn(uid, super::window::now_ms())?;
+            }
         }
         Ok(found)
     }
@@ -339,6 +397,30 @@ impl Store {
     }
 }
 
+/// Adds the `uid` column to a store from before cluster mode, and a uid to its exceptions.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has_uid = {
+        let mut stmt = conn.prepare("PRAGMA table_info(exceptions)")?;
+        let found = stmt
+            .query_map([], |r| r.get::<_, String>(1))?
+            .filter_map(Result::ok)
+            .any(|n| n == "uid");
+        found
+    };
+    if !has_uid {
+        conn.execute_batch("ALTER TABLE exceptions ADD COLUMN uid TEXT")?;
+    }
+    conn.execute_batch(
+        "UPDATE exceptions SET uid = 'x_' || lower(hex(randomblob(9))) WHERE uid IS NULL;
+         CREATE UNIQUE INDEX IF NOT EXISTS exceptions_uid ON exceptions(uid);",
+    )
+}
+
+/// A random exception uid (`x_` + 12 base62 characters).
+pub fn new_uid() -> std::io::Result<String> {
+    super::keys::new_id().map(|id| format!("x_{}", id.trim_start_matches("k_")))
+}
+
 fn spec_json(spec: &KeySpec) -> String {
     serde_json::to_string(spec).unwrap_or_else(|_| "{}".into())
 }
@@ -388,6 +470,67 @@ mod tests {
         assert!(!s.revoke("k_1", 6).unwrap(), "revoked once");
         let (back, hash) = s.keys_with_hashes().unwrap().remove(0);
         assert_eq!((back.revoked_ms, hash), (Some(5), [7; 32]));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_key_from_the_cluster_is_inserted_then_replaced_whole() {
+        let d = dir("put");
+        let s = Store::open(&d).unwrap();
+        let mut rec = KeyRecord {
+            id: "k_9".into(),
+            prefix: "tg-abc".into(),
+            spec: KeySpec {
+                team: Some("a".into()),
+                enabled: true,
+                ..KeySpec::default()
+            },
+            created_ms: 1,
+            updated_ms: 1,
+            revoked_ms: None,
+        };
+        s.put_key(&rec, &[1; 32]).unwrap();
+        assert_eq!(s.key("k_9").unwrap().as_ref(), Some(&rec));
+        rec.spec.team = Some("b".into());
+        rec.prefix = "tg-new".into();
+        rec.updated_ms = 7;
+        rec.revoked_ms = Some(7);
+        s.put_key(&rec, &[2; 32]).unwrap();
+        let all = s.keys_with_hashes().unwrap();
+        assert_eq!(all, vec![(rec, [2; 32])]);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_store_from_before_cluster_mode_gets_exception_uids() {
+        let d = dir("migrate");
+        let _ = std::fs::create_dir_all(&d);
+        {
+            let c = Connection::open(db_path(&d)).unwrap();
+            c.execute_batch(
+                "CREATE TABLE exceptions (id INTEGER PRIMARY KEY AUTOINCREMENT, subject_kind TEXT NOT NULL,
+                 subject TEXT NOT NULL, model TEXT, extra_tokens INTEGER, extra_usd REAL,
+                 justification TEXT NOT NULL, approver TEXT NOT NULL, created_ms INTEGER NOT NULL,
+                 expires_ms INTEGER NOT NULL);
+                 INSERT INTO exceptions (subject_kind, subject, model, justification, approver, created_ms, expires_ms)
+                 VALUES ('team', 't', 'm', 'j', 'a', 1, 2), ('team', 'u', 'm', 'j', 'a', 1, 2);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&d).unwrap();
+        let xs = s.exceptions().unwrap();
+        let uids: Vec<&str> = xs.iter().filter_map(|x| x.uid.as_deref()).collect();
+        assert_eq!(uids.len(), 2);
+        assert_ne!(uids[0], uids[1]);
+        let removed = s.remove_exception(xs[0].id).unwrap().unwrap();
+        assert_eq!(
+            s.withdrawn_exceptions().unwrap()[0].0.as_str(),
+            removed.uid.as_deref().unwrap()
+        );
+        drop(s);
+        // Opened again: nothing changes.
+        let again = Store::open(&d).unwrap().exceptions().unwrap();
+        assert_eq!(again[0].uid.as_deref(), Some(uids[1]));
         let _ = std::fs::remove_dir_all(&d);
     }
 

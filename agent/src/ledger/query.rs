@@ -3,7 +3,7 @@
 //! optionally within a time range, rendered as a table, CSV or JSON.
 
 use rusqlite::Connection;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum GroupBy {
@@ -25,7 +25,7 @@ pub enum Format {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SummaryRow {
     pub key: String,
     pub requests: u64,
@@ -36,6 +36,9 @@ pub struct SummaryRow {
     pub reasoning_tokens: u64,
     pub estimated: u64,
     pub cost_usd: f64,
+    /// How many agents' totals were summed (`tollgate usage --cluster`); absent for one ledger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u64>,
 }
 
 /// Sums the ledger grouped by `by`.
@@ -79,6 +82,7 @@ pub fn summarize_range(
             reasoning_tokens: r.get::<_, i64>(6)? as u64,
             estimated: r.get::<_, i64>(7)? as u64,
             cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
+            nodes: None,
         })
     })?;
     rows.collect()
@@ -96,8 +100,9 @@ const HEADERS: [&str; 9] = [
     "cost_usd",
 ];
 
-fn cells(r: &SummaryRow) -> [String; 9] {
-    [
+/// The row's cells; with `nodes`, the node count comes last.
+fn cells(r: &SummaryRow, nodes: bool) -> Vec<String> {
+    let mut c = vec![
         r.key.clone(),
         r.requests.to_string(),
         r.errors.to_string(),
@@ -107,20 +112,29 @@ fn cells(r: &SummaryRow) -> [String; 9] {
         r.reasoning_tokens.to_string(),
         r.estimated.to_string(),
         format!("{:.6}", r.cost_usd),
-    ]
+    ];
+    if nodes {
+        c.push(r.nodes.unwrap_or(0).to_string());
+    }
+    c
 }
 
-/// Renders rows in the chosen format. `key_name` titles the first column.
+/// Renders rows in the chosen format. `key_name` titles the first column; rows summed across
+/// agents (`nodes` set) get a `nodes` column last.
 pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
-    let mut headers = HEADERS.map(String::from);
+    let nodes = rows.iter().any(|r| r.nodes.is_some());
+    let mut headers: Vec<String> = HEADERS.iter().map(|h| h.to_string()).collect();
     headers[0] = key_name.to_string();
+    if nodes {
+        headers.push("nodes".into());
+    }
     match format {
         Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
         Format::Csv => {
             let mut out = headers.join(",");
             out.push('\n');
             for r in rows {
-                let c = cells(r);
+                let c = cells(r, nodes);
                 let key = if c[0].contains([',', '"', '\n']) {
                     format!("\"{}\"", c[0].replace('"', "\"\""))
                 } else {
@@ -136,14 +150,14 @@ pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
             out
         }
         Format::Table => {
-            let all: Vec<[String; 9]> = rows.iter().map(cells).collect();
-            let mut widths = headers.each_ref().map(|h| h.len());
+            let all: Vec<Vec<String>> = rows.iter().map(|r| cells(r, nodes)).collect();
+            let mut widths: Vec<usize> = headers.iter().map(String::len).collect();
             for row in &all {
                 for (w, c) in widths.iter_mut().zip(row.iter()) {
                     *w = (*w).max(c.len());
                 }
             }
-            let line = |cols: &[String; 9]| {
+            let line = |cols: &[String]| {
                 let mut s = format!("{:<w$}", cols[0], w = widths[0]);
                 for (c, w) in cols.iter().zip(widths.iter()).skip(1) {
                     s.push_str(&format!("  {c:>w$}", w = *w));
