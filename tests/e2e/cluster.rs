@@ -20,7 +20,13 @@ struct Redis {
 
 impl Redis {
     fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    /// A redis-server with `extra` arguments (a config file first, for a Sentinel).
+    fn start_with(port: u16, extra: &[&str]) -> Redis {
         let child = Command::new("redis-server")
+            .args(extra)
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .stdout(Stdio::null())
@@ -37,11 +43,7 @@ impl Redis {
     }
 
     fn start() -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Redis::start_on(port)
+        Redis::start_on(free_port())
     }
 
     fn cli(&self, args: &[&str]) -> String {
@@ -78,6 +80,13 @@ impl Drop for Redis {
     }
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 const BUDGET: u64 = 24_000;
 /// `lease_fraction` × budget: the most one agent holds at once.
 const MAX_LEASE: u64 = 480;
@@ -91,8 +100,18 @@ fn agent(redis: u16, node: &str, budget: u64) -> Stack {
 }
 
 fn agent_with(redis: u16, node: &str, rules: &str) -> Stack {
+    agent_on(
+        &format!("redis: \"redis://127.0.0.1:{redis}/0\""),
+        node,
+        rules,
+    )
+}
+
+/// An agent whose `cluster:` finds Redis by `target` (`redis: ...`, `redis_cluster: [...]` or
+/// `sentinel: {...}`).
+fn agent_on(target: &str, node: &str, rules: &str) -> Stack {
     let yaml = format!(
-        "cluster: {{redis: \"redis://127.0.0.1:{redis}/0\", node: {node}, lease_fraction: 0.02, idle_return_ms: 1000}}\n{rules}"
+        "cluster: {{{target}, node: {node}, lease_fraction: 0.02, idle_return_ms: 1000}}\n{rules}"
     );
     Stack::custom(Sim::start(&[]), move |c| {
         c.workers = 1;
@@ -690,4 +709,139 @@ fn usage_cluster_sums_every_agents_ledger_per_team() {
         .unwrap_or_else(|| panic!("{}", out.stdout));
     assert!(line.trim_end().ends_with(" 2"), "{}", out.stdout);
     assert!(out.stdout.contains("other"), "{}", out.stdout);
+}
+
+const SMALL_BUDGET: &str =
+    "budgets:\n  - name: team-day\n    scope: {team: t}\n    tokens: 6000\n    window: day\n";
+
+/// Spends team `t`'s 6,000-token budget through `agents` to the end; returns what each spent.
+fn spend_to_the_end(agents: &[Stack]) -> Vec<u64> {
+    for a in agents {
+        wait_for("cluster mode", || readyz(a)["cluster"]["redis"] == "up");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            let (addr, stop) = (a.agent.addr, stop.clone());
+            std::thread::spawn(move || hammer(addr, stop, true))
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    agents.iter().map(|a| spent(&a.agent.data_dir)).collect()
+}
+
+#[test]
+fn a_redis_cluster_holds_the_budget() {
+    let dir = crate::harness::procs::TempDir::new("redis-cluster");
+    let nodes: Vec<Redis> = (0..3)
+        .map(|i| {
+            let port = free_port();
+            let conf = dir.path().join(format!("nodes-{i}.conf"));
+            Redis::start_with(
+                port,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &conf.to_string_lossy(),
+                ],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    wait_for("the cluster to form", || {
+        nodes[0]
+            .cli(&["CLUSTER", "INFO"])
+            .contains("cluster_state:ok")
+    });
+    let target = format!(
+        "redis_cluster: [\"redis://{}\", \"redis://{}\"]",
+        addrs[0], addrs[1]
+    );
+    let agents: Vec<Stack> = ["k1", "k2"]
+        .iter()
+        .map(|n| agent_on(&target, n, SMALL_BUDGET))
+        .collect();
+    let spent = spend_to_the_end(&agents);
+    let total: u64 = spent.iter().sum();
+    assert!(total <= 6000, "overspent: {spent:?}");
+    assert!(total + 2 * 120 >= 6000, "stranded: {spent:?}");
+    // The lease hash lives on whichever node owns its slot; one of them has it.
+    let held: Vec<String> = nodes
+        .iter()
+        .map(|n| n.cli(&["--scan", "--pattern", "tollgate:lease:*:tokens:*"]))
+        .filter(|k| !k.is_empty())
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+}
+
+#[test]
+fn sentinels_lead_the_agents_to_the_master() {
+    let master = Redis::start();
+    let dir = crate::harness::procs::TempDir::new("redis-sentinel");
+    let sentinel_port = free_port();
+    let conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "sentinel monitor tg 127.0.0.1 {} 1\nsentinel resolve-hostnames no\n",
+            master.port
+        ),
+    )
+    .expect("writing sentinel.conf");
+    let sentinel = Command::new("redis-server")
+        .arg(&conf)
+        .args([
+            "--sentinel",
+            "--port",
+            &sentinel_port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel");
+    let mut sentinel = Redis {
+        port: sentinel_port,
+        child: sentinel,
+    };
+    wait_for("the sentinel", || {
+        sentinel
+            .cli(&["SENTINEL", "get-master-addr-by-name", "tg"])
+            .contains(&master.port.to_string())
+    });
+    let target =
+        format!("sentinel: {{master: tg, nodes: [\"redis://127.0.0.1:{sentinel_port}\"]}}");
+    let agents: Vec<Stack> = ["s1", "s2"]
+        .iter()
+        .map(|n| agent_on(&target, n, SMALL_BUDGET))
+        .collect();
+    let spent = spend_to_the_end(&agents);
+    let total: u64 = spent.iter().sum();
+    assert!(total <= 6000 && total + 2 * 120 >= 6000, "{spent:?}");
+    // The leases are in the master the sentinel named.
+    let leased = master.field("total");
+    assert!(
+        leased >= total && leased <= 6000,
+        "{leased} leased, {spent:?} spent"
+    );
+    sentinel.kill();
 }

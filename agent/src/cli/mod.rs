@@ -288,16 +288,15 @@ fn cluster_usage(
     let settings = cfg
         .cluster
         .with_context(|| format!("{} has no `cluster:` section", path.display()))?;
-    let mut conn =
-        crate::cluster::keys::connect(&settings.connect_url(), std::time::Duration::from_secs(2))
-            .with_context(|| format!("connecting to {}", settings.redis_url))?;
+    let mut conn = crate::cluster::conn::connect(&settings, std::time::Duration::from_secs(2))
+        .with_context(|| format!("connecting to {}", settings.describe()))?;
     let window = if period == "day" {
         crate::governance::window::Window::Day
     } else {
         crate::governance::window::Window::Month
     };
-    let rows = crate::cluster::usage::collect(&mut conn, window, by)
-        .with_context(|| format!("reading usage from {}", settings.redis_url))?;
+    let rows = crate::cluster::usage::collect(&mut *conn, window, by)
+        .with_context(|| format!("reading usage from {}", settings.describe()))?;
     let key = format!("{by:?}").to_lowercase();
     if format == Format::Table {
         let hash = crate::cluster::usage::period_key(window, crate::governance::window::now_ms());

@@ -34,7 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::{Connection, Script};
+use redis::Script;
+
+use super::conn::RedisConn;
 use serde::{Deserialize, Serialize};
 
 use crate::config::cluster::ClusterSettings;
@@ -288,30 +290,24 @@ pub enum SyncError {
 
 /// The Redis side of the key records.
 pub struct KeyStore {
-    conn: Connection,
+    conn: RedisConn,
     put: Script,
 }
 
-/// A blocking connection with read and write timeouts (`cluster/store.rs` does the same).
-pub fn connect(url: &str, timeout: Duration) -> redis::RedisResult<Connection> {
-    let client = redis::Client::open(url)?;
-    let conn = client.get_connection_with_timeout(timeout)?;
-    conn.set_read_timeout(Some(timeout))?;
-    conn.set_write_timeout(Some(timeout))?;
-    Ok(conn)
-}
-
 impl KeyStore {
-    pub fn connect(url: &str, timeout: Duration) -> redis::RedisResult<KeyStore> {
+    pub fn connect(
+        settings: &crate::config::cluster::ClusterSettings,
+        timeout: Duration,
+    ) -> redis::RedisResult<KeyStore> {
         Ok(KeyStore {
-            conn: connect(url, timeout)?,
+            conn: super::conn::connect(settings, timeout)?,
             put: Script::new(PUT),
         })
     }
 
     /// The version (0 before any key was written).
     pub fn version(&mut self) -> redis::RedisResult<i64> {
-        let v: Option<i64> = redis::cmd("GET").arg(VERSION).query(&mut self.conn)?;
+        let v: Option<i64> = redis::cmd("GET").arg(VERSION).query(&mut *self.conn)?;
         Ok(v.unwrap_or(0))
     }
 
@@ -327,7 +323,7 @@ impl KeyStore {
             .arg(KEYS)
             .cmd("HGETALL")
             .arg(EXCEPTIONS)
-            .query(&mut self.conn)?;
+            .query(&mut *self.conn)?;
         let mut out = Remote {
             version: v.unwrap_or(0),
             keys: Vec::with_capacity(keys.len()),
@@ -363,7 +359,7 @@ impl KeyStore {
             let json = serde_json::to_string(x).unwrap_or_default();
             inv.arg(&x.uid).arg(json).arg(x.rank());
         }
-        inv.invoke(&mut self.conn)
+        inv.invoke(&mut *self.conn)
     }
 
     /// Writes the records that outrank Redis's; returns the version after.
@@ -375,11 +371,11 @@ impl KeyStore {
                 serde_json::to_string(&SharedKey::from_local(rec, hash, node)).unwrap_or_default();
             inv.arg(&rec.id).arg(json).arg(rank(rec, hash));
         }
-        inv.invoke(&mut self.conn)
+        inv.invoke(&mut *self.conn)
     }
 
-    pub fn conn(&mut self) -> &mut Connection {
-        &mut self.conn
+    pub fn conn(&mut self) -> &mut dyn redis::ConnectionLike {
+        &mut *self.conn
     }
 }
 
@@ -466,7 +462,6 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
             return;
         }
     };
-    let url = settings.connect_url();
     let node = settings.node.as_str();
     let mut redis: Option<KeyStore> = None;
     let mut next_connect = Instant::now();
@@ -481,7 +476,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if redis.is_none() && now >= next_connect {
-            match KeyStore::connect(&url, REDIS_TIMEOUT) {
+            match KeyStore::connect(settings, REDIS_TIMEOUT) {
                 Ok(r) => {
                     redis = Some(r);
                     published = None;

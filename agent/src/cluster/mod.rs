@@ -20,6 +20,7 @@
 //! restarts (even killed) takes back its own leases; its spend is rebuilt from its ledger as
 //! always.
 
+pub mod conn;
 pub mod keys;
 pub mod rates;
 pub mod store;

@@ -10,7 +10,9 @@
 //! Each change is one Lua script, so concurrent agents never both take the last of a budget.
 //! Hashes expire a day after their window ends.
 
-use redis::{Connection, Script};
+use redis::Script;
+
+use super::conn::RedisConn;
 
 /// Takes up to `want` of what is left under `limit` (or exactly `want` when `force`: spend
 /// already made); adds it to the total and to the node's share; returns what was taken.
@@ -45,7 +47,7 @@ pub struct StoreError(#[from] redis::RedisError);
 
 /// One connection and the scripts, on the cluster thread.
 pub struct Store {
-    conn: Connection,
+    conn: RedisConn,
     take: Script,
     give_back: Script,
     node: String,
@@ -62,26 +64,21 @@ pub fn lease_key(budget_id: &str, unit: &str, window: u64) -> String {
 
 impl Store {
     pub fn connect(
-        url: &str,
-        node: &str,
+        settings: &crate::config::cluster::ClusterSettings,
         timeout: std::time::Duration,
     ) -> Result<Store, StoreError> {
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_with_timeout(timeout)?;
-        conn.set_read_timeout(Some(timeout))?;
-        conn.set_write_timeout(Some(timeout))?;
         Ok(Store {
-            conn,
+            conn: super::conn::connect(settings, timeout)?,
             take: Script::new(TAKE),
             give_back: Script::new(GIVE_BACK),
-            node: node.to_string(),
+            node: settings.node.clone(),
             ops: 0,
         })
     }
 
     pub fn ping(&mut self) -> Result<(), StoreError> {
         self.ops += 1;
-        redis::cmd("PING").query::<String>(&mut self.conn)?;
+        redis::cmd("PING").query::<String>(&mut *self.conn)?;
         Ok(())
     }
 
@@ -103,7 +100,7 @@ impl Store {
             .arg(want.min(i64::MAX as u64))
             .arg(expire_at_ms)
             .arg(if force { "1" } else { "0" })
-            .invoke(&mut self.conn)?;
+            .invoke(&mut *self.conn)?;
         Ok(n.max(0) as u64)
     }
 
@@ -115,7 +112,7 @@ impl Store {
             .key(key)
             .arg(&self.node)
             .arg(amount.min(i64::MAX as u64))
-            .invoke(&mut self.conn)?;
+            .invoke(&mut *self.conn)?;
         Ok(n.max(0) as u64)
     }
 
@@ -126,7 +123,7 @@ impl Store {
             .arg(key)
             .arg(format!("node:{}", self.node))
             .arg("total")
-            .query(&mut self.conn)?;
+            .query(&mut *self.conn)?;
         Ok((
             mine.unwrap_or(0).max(0) as u64,
             total.unwrap_or(0).max(0) as u64,
@@ -160,7 +157,7 @@ impl Store {
             .ignore()
             .cmd("HGETALL")
             .arg(key)
-            .query(&mut self.conn)?;
+            .query(&mut *self.conn)?;
         Ok(all
             .into_iter()
             .filter_map(|(node, v)| {

@@ -63,12 +63,11 @@ pub fn run(
     let mut books: HashMap<String, Book> = HashMap::new();
     let mut rates = super::rates::Rates::default();
     let mut next_rates = Instant::now();
-    let url = settings.connect_url();
     loop {
         // Set after the workers and the ledger writer are done, so the last settles are in.
         let stopping = stop.load(Ordering::Acquire);
         if store.is_none() && Instant::now() >= next_connect {
-            match Store::connect(&url, &settings.node, REDIS_TIMEOUT).and_then(|mut s| {
+            match Store::connect(&settings, REDIS_TIMEOUT).and_then(|mut s| {
                 s.ping()?;
                 Ok(s)
             }) {

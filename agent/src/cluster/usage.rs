@@ -14,8 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use redis::Connection;
-
 use crate::governance::window::{now_ms, rfc3339, Window};
 use crate::ledger::query::{summarize_range, GroupBy, SummaryRow};
 
@@ -48,7 +46,7 @@ fn by_name(by: GroupBy) -> &'static str {
 /// `published` (its last row when last published, updated here). Ledger problems are logged
 /// and publish nothing; Redis errors are returned.
 pub fn publish(
-    conn: &mut Connection,
+    conn: &mut dyn redis::ConnectionLike,
     node: &str,
     data_dir: &Path,
     published: &mut Option<i64>,
@@ -164,7 +162,7 @@ pub fn sum(fields: Vec<(String, String)>, by: GroupBy) -> Vec<SummaryRow> {
 
 /// Every agent's totals of the period `window` is in now, summed by `by` (team or key).
 pub fn collect(
-    conn: &mut Connection,
+    conn: &mut dyn redis::ConnectionLike,
     window: Window,
     by: GroupBy,
 ) -> redis::RedisResult<Vec<SummaryRow>> {

@@ -10,8 +10,12 @@ use super::validate::Validator;
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
-    /// `redis://host:6379/0` or `rediss://` (TLS).
-    pub redis: String,
+    /// `redis://host:6379/0` or `rediss://` (TLS): one Redis.
+    pub redis: Option<String>,
+    /// A Redis Cluster: some of its nodes' URLs.
+    pub redis_cluster: Option<Vec<String>>,
+    /// Redis behind Sentinels: the master's name and the Sentinels' URLs.
+    pub sentinel: Option<SentinelFile>,
     /// This agent's name in the cluster (default: the host name).
     pub node: Option<String>,
     /// Environment variable holding the Redis password (never written in the file).
@@ -27,11 +31,26 @@ pub struct ClusterFile {
     pub fallback_share: Option<f64>,
 }
 
+#[derive(Debug, Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelFile {
+    pub master: String,
+    pub nodes: Vec<String>,
+}
+
+/// Where the cluster's Redis is (`cluster/conn.rs` connects to it).
+#[derive(Debug, Clone, PartialEq)]
+pub enum RedisTarget {
+    Single(String),
+    Cluster(Vec<String>),
+    Sentinel { master: String, nodes: Vec<String> },
+}
+
 /// The validated `cluster:` section.
 #[derive(Clone, PartialEq)]
 pub struct ClusterSettings {
-    /// Without the password (that is in `password`).
-    pub redis_url: String,
+    /// URLs without the password (that is in `password`).
+    pub target: RedisTarget,
     pub password: Option<String>,
     pub node: String,
     pub lease_fraction: f64,
@@ -43,7 +62,7 @@ pub struct ClusterSettings {
 impl std::fmt::Debug for ClusterSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterSettings")
-            .field("redis_url", &self.redis_url)
+            .field("target", &self.target)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("node", &self.node)
             .field("lease_fraction", &self.lease_fraction)
@@ -55,9 +74,9 @@ impl std::fmt::Debug for ClusterSettings {
 }
 
 impl ClusterSettings {
-    /// The URL with the password in it, for the client only (never logged).
-    pub fn connect_url(&self) -> String {
-        match (&self.password, self.redis_url.split_once("://")) {
+    /// `url` with the password in it, for the client only (never logged).
+    pub fn with_password(&self, url: &str) -> String {
+        match (&self.password, url.split_once("://")) {
             (Some(p), Some((scheme, rest))) => {
                 let p: String = p
                     .bytes()
@@ -70,7 +89,18 @@ impl ClusterSettings {
                     .collect();
                 format!("{scheme}://:{p}@{rest}")
             }
-            _ => self.redis_url.clone(),
+            _ => url.to_string(),
+        }
+    }
+
+    /// Where Redis is, for messages (no password).
+    pub fn describe(&self) -> String {
+        match &self.target {
+            RedisTarget::Single(url) => url.clone(),
+            RedisTarget::Cluster(nodes) => format!("Redis Cluster {}", nodes.join(",")),
+            RedisTarget::Sentinel { master, nodes } => {
+                format!("master `{master}` of Sentinels {}", nodes.join(","))
+            }
         }
     }
 }
@@ -90,19 +120,49 @@ impl Validator<'_> {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Option<ClusterSettings> {
         let f = f?;
-        let url = f.redis.trim();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            self.problem("cluster.redis", "must be a redis:// or rediss:// URL");
-        }
-        if url
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.contains('@'))
-        {
-            self.problem(
-                "cluster.redis",
-                "carries credentials; put the password in an environment variable and name it in password_env",
-            );
-        }
+        let check = |v: &mut Self, field: &str, url: &str| {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                v.problem(field, "must be a redis:// or rediss:// URL");
+            }
+            if url
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.contains('@'))
+            {
+                v.problem(
+                    field,
+                    "carries credentials; put the password in an environment variable and name it in password_env",
+                );
+            }
+        };
+        let target = match (&f.redis, &f.redis_cluster, &f.sentinel) {
+            (Some(url), None, None) => {
+                check(self, "cluster.redis", url.trim());
+                RedisTarget::Single(url.trim().to_string())
+            }
+            (None, Some(nodes), None) if !nodes.is_empty() => {
+                for (i, n) in nodes.iter().enumerate() {
+                    check(self, &format!("cluster.redis_cluster[{i}]"), n.trim());
+                }
+                RedisTarget::Cluster(nodes.iter().map(|n| n.trim().to_string()).collect())
+            }
+            (None, None, Some(s)) if !s.nodes.is_empty() && !s.master.is_empty() => {
+                for (i, n) in s.nodes.iter().enumerate() {
+                    check(self, &format!("cluster.sentinel.nodes[{i}]"), n.trim());
+                }
+                RedisTarget::Sentinel {
+                    master: s.master.clone(),
+                    nodes: s.nodes.iter().map(|n| n.trim().to_string()).collect(),
+                }
+            }
+            _ => {
+                self.problem(
+                    "cluster",
+                    "needs exactly one of `redis` (a URL), `redis_cluster` (node URLs) or \
+                     `sentinel` ({master, nodes})",
+                );
+                RedisTarget::Single(String::new())
+            }
+        };
         let password = f.password_env.as_deref().and_then(|name| {
             let v = env(name);
             if v.is_none() {
@@ -124,7 +184,7 @@ impl Validator<'_> {
             );
         }
         let out = ClusterSettings {
-            redis_url: url.to_string(),
+            target,
             password,
             node,
             lease_fraction: f.lease_fraction.unwrap_or(0.02),
@@ -159,7 +219,23 @@ mod tests {
         let s = c.cluster.expect("cluster settings");
         assert_eq!(s.node, "gpu-7");
         assert_eq!(s.lease_fraction, 0.02);
-        assert_eq!(s.connect_url(), "redis://:s3cr%2Ft@10.0.0.5:6379/2");
+        assert_eq!(
+            s.target,
+            super::RedisTarget::Single("redis://10.0.0.5:6379/2".into())
+        );
+        assert_eq!(
+            s.with_password("redis://10.0.0.5:6379/2"),
+            "redis://:s3cr%2Ft@10.0.0.5:6379/2"
+        );
+        let c = Config::from_yaml(
+            &format!("{PROVIDERS}cluster: {{sentinel: {{master: tg, nodes: [\"redis://10.0.0.1:26379\"]}}}}\n"),
+            &env,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            c.cluster.map(|c| c.target),
+            Some(super::RedisTarget::Sentinel { .. })
+        ));
         assert!(
             !format!("{s:?}").contains("s3cr"),
             "the password stays out of Debug"
@@ -177,6 +253,15 @@ mod tests {
         .unwrap_err()
         .0;
         let paths: Vec<&str> = errs.iter().map(|p| p.path.as_str()).collect();
+        let both = Config::from_yaml(
+            &format!(
+                "{PROVIDERS}cluster: {{redis: \"redis://a\", redis_cluster: [\"redis://b\"]}}\n"
+            ),
+            &|_| None,
+        )
+        .unwrap_err()
+        .0;
+        assert!(both.iter().any(|p| p.path == "cluster"), "{both:?}");
         for want in [
             "cluster.redis",
             "cluster.password_env",
