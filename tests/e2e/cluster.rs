@@ -260,6 +260,22 @@ fn three_agents_spend_one_budget_to_the_end_and_never_past_it() {
         "an agent got none of the budget left: {served:?}"
     );
     assert!(redis.field("total") <= BUDGET);
+    // Every agent's budget view shows the cluster's spend, not only its own.
+    std::thread::sleep(Duration::from_millis(1300));
+    for a in &agents {
+        let m = a.agent.metrics();
+        let seen: f64 = m
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("tollgate_budget_cluster_used_tokens{budget=\"team-day\"} ")
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        assert!(
+            (seen - total as f64).abs() <= total as f64 * 0.01,
+            "cluster view {seen}, spent {total}: {m}"
+        );
+    }
     // Redis operations follow lease refills, not requests.
     let m = agents[0].agent.metrics();
     let ops: f64 = m

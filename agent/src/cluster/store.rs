@@ -131,6 +131,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records what this agent has spent of a budget unit and returns what every agent has
+    /// (the sum of the `used:<node>` fields). One round trip.
+    pub fn report_used(
+        &mut self,
+        key: &str,
+        used: u64,
+        expire_at_ms: i64,
+    ) -> Result<u64, StoreError> {
+        self.ops += 1;
+        let (all,): (std::collections::HashMap<String, i64>,) = redis::pipe()
+            .atomic()
+            .cmd("HSET")
+            .arg(key)
+            .arg(format!("used:{}", self.node))
+            .arg(used.min(i64::MAX as u64))
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(key)
+            .arg(expire_at_ms)
+            .ignore()
+            .cmd("HGETALL")
+            .arg(key)
+            .query(&mut *self.conn)?;
+        Ok(all
+            .iter()
+            .filter(|(f, _)| f.starts_with("used:"))
+            .map(|(_, v)| (*v).max(0) as u64)
+            .sum())
+    }
+}
+
 /// Demand reports older than this are from agents that stopped or lost Redis.
 pub const DEMAND_STALE_MS: i64 = 5_000;
 

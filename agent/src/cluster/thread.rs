@@ -17,6 +17,8 @@ use super::store::{lease_key, Store, StoreError};
 use super::ClusterStatus;
 
 const TICK: Duration = Duration::from_millis(20);
+/// How often each agent writes its spend of a shared budget and reads everyone's.
+const REPORT: Duration = Duration::from_secs(1);
 /// How often rate-limit demand is reported and shares recomputed.
 const RATE_SYNC: Duration = Duration::from_secs(1);
 const RECONNECT: Duration = Duration::from_millis(500);
@@ -39,6 +41,8 @@ struct Book {
     /// Spend per second, smoothed.
     rate: f64,
     last_tick: Option<Instant>,
+    /// When this agent's spend was last written to Redis (and the cluster's read back).
+    last_report: Option<Instant>,
 }
 
 /// One unit of one shared budget as the thread handles it.
@@ -49,6 +53,8 @@ struct Unit<'a> {
     end_ms: i64,
     used: &'a Meter,
     granted: &'a Meter,
+    /// Every agent's spend, for the budget views.
+    cluster: &'a Meter,
     state: &'a BudgetState,
 }
 
@@ -169,13 +175,20 @@ fn tick(
     for b in &budgets {
         let state = &b.state;
         state.lease.shared.store(true, Ordering::Release);
-        for (unit, limit, used, granted) in [
-            ("tokens", b.tokens, &state.tokens, &state.lease.tokens),
+        for (unit, limit, used, granted, cluster) in [
+            (
+                "tokens",
+                b.tokens,
+                &state.tokens,
+                &state.lease.tokens,
+                &state.lease.cluster_tokens,
+            ),
             (
                 "micro_usd",
                 b.micro_usd,
                 &state.micro_usd,
                 &state.lease.micro_usd,
+                &state.lease.cluster_micro_usd,
             ),
         ] {
             let Some(limit) = limit else { continue };
@@ -186,6 +199,7 @@ fn tick(
                 end_ms: b.span.end_ms,
                 used,
                 granted,
+                cluster,
                 state,
             };
             let book = books.entry(format!("{}|{unit}", b.id)).or_default();
@@ -280,6 +294,14 @@ fn step(
         if granted < book.from_redis {
             u.granted.add(w, book.from_redis - granted);
         }
+    }
+    if book
+        .last_report
+        .is_none_or(|t| now.duration_since(t) >= REPORT)
+    {
+        book.last_report = Some(now);
+        let all = store.report_used(&u.key, used, expire_at)?;
+        u.cluster.set(w, all.max(used));
     }
     let granted = u.granted.used(w);
     let headroom = granted.saturating_sub(used);

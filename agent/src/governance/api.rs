@@ -161,6 +161,13 @@ fn show(gov: &Governor, store: &Store, id: &str) -> Answer {
             "tokens": e.state.budget.tokens.used(span.index),
             "usd": e.state.budget.micro_usd.used(span.index) as f64 / 1e6,
         });
+        let lease = &e.state.budget.lease;
+        if lease.is_shared() {
+            out["usage"]["cluster"] = json!({
+                "tokens": lease.cluster_tokens.used(span.index),
+                "usd": lease.cluster_micro_usd.used(span.index) as f64 / 1e6,
+            });
+        }
     }
     (200, out)
 }

@@ -84,6 +84,11 @@ impl Meter {
         }
     }
 
+    /// Sets the amount of `window` (a figure read from elsewhere: the cluster's spend).
+    pub fn set(&self, window: u64, amount: u64) {
+        self.0.store(pack(window, amount), Ordering::Release);
+    }
+
     /// Adds `amount` spent in `window` (rebuilding from the ledger at start).
     pub fn add(&self, window: u64, amount: u64) {
         let _ = self.try_reserve(window, amount, u64::MAX);
@@ -104,6 +109,10 @@ pub struct Lease {
     pub exhausted: AtomicU64,
     /// Set by a request that found the lease too small; the cluster thread refills at once.
     pub starved: std::sync::atomic::AtomicBool,
+    /// What every agent has spent in the window, as last read from Redis (once a second), for
+    /// the budget views (`/metrics`, `/admin/keys/ID`).
+    pub cluster_tokens: Meter,
+    pub cluster_micro_usd: Meter,
 }
 
 impl Lease {

@@ -386,6 +386,34 @@ impl Governor {
                 state.micro_usd.used(span.index) as f64 / 1e6
             );
         }
+        let shared: Vec<_> = bound
+            .budgets
+            .iter()
+            .filter(|(s, _)| s.lease.is_shared())
+            .collect();
+        if shared.is_empty() {
+            return;
+        }
+        out.push_str("# HELP tollgate_budget_cluster_used_tokens Tokens every agent of the cluster charged in the budget's current window (read from Redis once a second).\n# TYPE tollgate_budget_cluster_used_tokens gauge\n");
+        for (state, info) in &shared {
+            let span = info.window.at(now);
+            let _ = writeln!(
+                out,
+                "tollgate_budget_cluster_used_tokens{{budget=\"{}\"}} {}",
+                crate::telemetry::metrics::escape(&info.name),
+                state.lease.cluster_tokens.used(span.index)
+            );
+        }
+        out.push_str("# HELP tollgate_budget_cluster_used_usd USD every agent of the cluster charged in the budget's current window.\n# TYPE tollgate_budget_cluster_used_usd gauge\n");
+        for (state, info) in &shared {
+            let span = info.window.at(now);
+            let _ = writeln!(
+                out,
+                "tollgate_budget_cluster_used_usd{{budget=\"{}\"}} {:.6}",
+                crate::telemetry::metrics::escape(&info.name),
+                state.lease.cluster_micro_usd.used(span.index) as f64 / 1e6
+            );
+        }
     }
 }
 
