@@ -800,6 +800,21 @@ fn a_redis_cluster_holds_the_budget() {
     let total: u64 = spent.iter().sum();
     assert!(total <= 6000, "overspent: {spent:?}");
     assert!(total + 2 * 120 >= 6000, "stranded: {spent:?}");
+    // Redis Cluster stayed usable throughout: no agent fell back to its local share, and the
+    // key sync (keys, usage) ran without errors.
+    for (a, n) in agents.iter().zip(["k1", "k2"]) {
+        let m = a.agent.metrics();
+        assert!(
+            m.contains(&format!(
+                "tollgate_cluster_fallback_grants_total{{node=\"{n}\"}} 0"
+            )),
+            "{m}"
+        );
+        assert_eq!(readyz(a)["cluster"]["redis"], "up");
+        let log = a.agent.proc.logs_tail();
+        assert!(!log.contains("cluster: Redis call failed"), "{log}");
+        assert!(!log.contains("key sync failed"), "{log}");
+    }
     // The lease hash lives on whichever node owns its slot; one of them has it.
     let held: Vec<String> = nodes
         .iter()

@@ -315,13 +315,12 @@ impl KeyStore {
     /// not parse are skipped.
     pub fn load(&mut self) -> redis::RedisResult<Remote> {
         type All = Vec<(String, String)>;
-        let (v, keys, exceptions): (Option<i64>, All, All) = redis::pipe()
-            .atomic()
-            .cmd("GET")
-            .arg(VERSION)
-            .cmd("HGETALL")
-            .arg(KEYS)
-            .cmd("HGETALL")
+        // One command at a time (a Redis Cluster refuses pipelines), the version first: a write
+        // that lands between these reads moves the version past the one returned, so the next
+        // poll merges again.
+        let v: Option<i64> = redis::cmd("GET").arg(VERSION).query(&mut *self.conn)?;
+        let keys: All = redis::cmd("HGETALL").arg(KEYS).query(&mut *self.conn)?;
+        let exceptions: All = redis::cmd("HGETALL")
             .arg(EXCEPTIONS)
             .query(&mut *self.conn)?;
         let mut out = Remote {

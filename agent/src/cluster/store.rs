@@ -40,6 +40,25 @@ redis.call('HINCRBY', KEYS[1], 'node:' .. ARGV[1], -back)
 return back
 ";
 
+/// Records this node's spend of a budget unit; returns every node's spend summed.
+const REPORT_USED: &str = r"
+redis.call('HSET', KEYS[1], 'used:' .. ARGV[1], ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+local all = redis.call('HGETALL', KEYS[1])
+local sum = 0
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, 5) == 'used:' then sum = sum + tonumber(all[i + 1]) end
+end
+return sum
+";
+
+/// Records this node's demand for a rate limit; returns every node's `demand|at` pairs.
+const DEMAND: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 60000)
+return redis.call('HGETALL', KEYS[1])
+";
+
 /// Why a Redis call failed (the cluster thread treats any of them as "Redis is away").
 #[derive(Debug, thiserror::Error)]
 #[error("redis: {0}")]
@@ -50,6 +69,8 @@ pub struct Store {
     conn: RedisConn,
     take: Script,
     give_back: Script,
+    report_used: Script,
+    demand: Script,
     node: String,
     /// Redis commands sent (for `tollgate_cluster_redis_ops_total`).
     pub ops: u64,
@@ -71,6 +92,8 @@ impl Store {
             conn: super::conn::connect(settings, timeout)?,
             take: Script::new(TAKE),
             give_back: Script::new(GIVE_BACK),
+            report_used: Script::new(REPORT_USED),
+            demand: Script::new(DEMAND),
             node: settings.node.clone(),
             ops: 0,
         })
@@ -141,25 +164,14 @@ impl Store {
         expire_at_ms: i64,
     ) -> Result<u64, StoreError> {
         self.ops += 1;
-        let (all,): (std::collections::HashMap<String, i64>,) = redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(key)
-            .arg(format!("used:{}", self.node))
+        let sum: i64 = self
+            .report_used
+            .key(key)
+            .arg(&self.node)
             .arg(used.min(i64::MAX as u64))
-            .ignore()
-            .cmd("PEXPIREAT")
-            .arg(key)
             .arg(expire_at_ms)
-            .ignore()
-            .cmd("HGETALL")
-            .arg(key)
-            .query(&mut *self.conn)?;
-        Ok(all
-            .iter()
-            .filter(|(f, _)| f.starts_with("used:"))
-            .map(|(_, v)| (*v).max(0) as u64)
-            .sum())
+            .invoke(&mut *self.conn)?;
+        Ok(sum.max(0) as u64)
     }
 }
 
@@ -176,20 +188,12 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<(String, f64, i64)>, StoreError> {
         self.ops += 1;
-        let (all,): (std::collections::HashMap<String, String>,) = redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(key)
+        let all: std::collections::HashMap<String, String> = self
+            .demand
+            .key(key)
             .arg(&self.node)
             .arg(format!("{demand}|{now_ms}"))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(key)
-            .arg(60_000)
-            .ignore()
-            .cmd("HGETALL")
-            .arg(key)
-            .query(&mut *self.conn)?;
+            .invoke(&mut *self.conn)?;
         Ok(all
             .into_iter()
             .filter_map(|(node, v)| {

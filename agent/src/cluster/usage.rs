@@ -56,7 +56,6 @@ pub fn publish(
         return Ok(());
     }
     let now = now_ms();
-    let mut pipe = redis::pipe();
     let ledger = match rusqlite::Connection::open_with_flags(
         &path,
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
@@ -76,10 +75,13 @@ pub fn publish(
     if last.is_some() && last == *published {
         return Ok(());
     }
-    let mut rows_written = false;
     for window in [Window::Day, Window::Month] {
         let span = window.at(now);
         let key = period_key(window, now);
+        // One HSET with every field, then the expiry: single-key commands, which a Redis
+        // Cluster routes (it refuses pipelines).
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key);
         let mut any = false;
         for by in [GroupBy::Team, GroupBy::Key] {
             let rows = match summarize_range(&ledger, by, span.start_ms, i64::MAX) {
@@ -91,20 +93,17 @@ pub fn publish(
             };
             for r in rows {
                 let json = serde_json::to_string(&r).unwrap_or_default();
-                pipe.hset(&key, field(node, by, &r.key), json).ignore();
+                hset.arg(field(node, by, &r.key)).arg(json);
                 any = true;
             }
         }
-        rows_written |= any;
         if any {
-            pipe.cmd("PEXPIREAT")
+            hset.query::<()>(conn)?;
+            redis::cmd("PEXPIREAT")
                 .arg(&key)
                 .arg(span.end_ms + KEEP_MS)
-                .ignore();
+                .query::<()>(conn)?;
         }
-    }
-    if rows_written {
-        pipe.query::<()>(conn)?;
     }
     *published = last;
     Ok(())
