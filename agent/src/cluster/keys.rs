@@ -470,15 +470,15 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
     let mut seen_changes = 0u64;
     let mut next_poll = Instant::now();
     let mut next_usage = Instant::now();
-    // The ledger's last row when usage was last published (`None`: publish at the next turn).
-    let mut published: Option<i64> = None;
+    // This agent's running totals, published every USAGE_EVERY (all of them again after a reconnect).
+    let mut usage = super::usage::UsageState::default();
     while !stop.load(Ordering::Acquire) {
         let now = Instant::now();
         if redis.is_none() && now >= next_connect {
             match KeyStore::connect(settings, REDIS_TIMEOUT) {
                 Ok(r) => {
                     redis = Some(r);
-                    published = None;
+                    usage.dirty = true;
                     seen_version = None;
                     warned = false;
                 }
@@ -510,7 +510,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
                 }
                 if now >= next_usage {
                     next_usage = now + USAGE_EVERY;
-                    super::usage::publish(r.conn(), node, gov.data_dir(), &mut published)?;
+                    super::usage::publish(r.conn(), node, gov.data_dir(), &mut usage)?;
                 }
                 Ok(())
             })();
@@ -518,7 +518,7 @@ fn run(shared: &Shared, settings: &ClusterSettings, stop: &AtomicBool) {
                 tracing::warn!(node, "cluster: key sync failed: {e}; retrying");
                 redis = None;
                 seen_version = None;
-                published = None;
+                usage.dirty = true;
                 next_connect = Instant::now() + RECONNECT;
             }
         }

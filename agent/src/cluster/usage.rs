@@ -9,13 +9,14 @@
 //! without counting anything twice. A period's hash expires a week after the period ends.
 //! Published by the sync thread (`keys.rs`) every three seconds when the ledger has new rows
 //! (and after every reconnect), never on the request path; an agent that cannot read its
-//! ledger publishes nothing. Each publish sums the day's and the month's rows (`usage_ts`).
+//! ledger publishes nothing. Totals are kept in memory and each publish adds only the rows
+//! written since the last one (by rowid), so it costs what the last seconds' traffic costs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use crate::governance::window::{now_ms, rfc3339, Window};
-use crate::ledger::query::{summarize_range, GroupBy, SummaryRow};
+use crate::ledger::query::{summarize_new, GroupBy, SummaryRow};
 
 /// Periods are kept this long after they end.
 const KEEP_MS: i64 = 7 * 86_400_000;
@@ -42,14 +43,38 @@ fn by_name(by: GroupBy) -> &'static str {
     }
 }
 
-/// Writes this agent's totals of the current day and month, unless the ledger has no row since
-/// `published` (its last row when last published, updated here). Ledger problems are logged
-/// and publish nothing; Redis errors are returned.
+/// This agent's totals of the current day and month, kept up to date from its ledger
+/// incrementally: each publish reads only the rows added since the last one, so its cost
+/// follows the traffic of the last few seconds, not the month's volume.
+#[derive(Debug, Default)]
+pub struct UsageState {
+    /// The last ledger row counted in `totals`.
+    last_rowid: i64,
+    /// Period hash → field → totals.
+    totals: BTreeMap<String, BTreeMap<String, SummaryRow>>,
+    /// Write everything at the next turn even without new rows (after a reconnect: Redis may
+    /// have restarted empty).
+    pub dirty: bool,
+}
+
+fn add(acc: &mut SummaryRow, r: &SummaryRow) {
+    acc.requests += r.requests;
+    acc.errors += r.errors;
+    acc.input_tokens += r.input_tokens;
+    acc.cached_tokens += r.cached_tokens;
+    acc.output_tokens += r.output_tokens;
+    acc.reasoning_tokens += r.reasoning_tokens;
+    acc.estimated += r.estimated;
+    acc.cost_usd += r.cost_usd;
+}
+
+/// Adds the ledger's new rows to this agent's totals and writes them, unless nothing changed.
+/// Ledger problems are logged and publish nothing; Redis errors are returned.
 pub fn publish(
     conn: &mut dyn redis::ConnectionLike,
     node: &str,
     data_dir: &Path,
-    published: &mut Option<i64>,
+    state: &mut UsageState,
 ) -> redis::RedisResult<()> {
     let path = crate::ledger::db_path(data_dir);
     if !path.exists() {
@@ -67,24 +92,29 @@ pub fn publish(
         }
     };
     let _ = ledger.busy_timeout(std::time::Duration::from_secs(1));
-    // The ledger only grows: no new row, nothing new to publish (a new day or month without
-    // rows has nothing to publish either).
-    let last: Option<i64> = ledger
-        .query_row("SELECT MAX(rowid) FROM usage", [], |r| r.get(0))
-        .unwrap_or(None);
-    if last.is_some() && last == *published {
+    let upto: i64 = ledger
+        .query_row("SELECT MAX(rowid) FROM usage", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    if upto <= state.last_rowid && !state.dirty {
         return Ok(());
     }
-    for window in [Window::Day, Window::Month] {
+    let periods: Vec<(Window, String)> = [Window::Day, Window::Month]
+        .into_iter()
+        .map(|w| (w, period_key(w, now)))
+        .collect();
+    // A period that ended is complete in Redis; its totals are dropped here.
+    state
+        .totals
+        .retain(|k, _| periods.iter().any(|(_, p)| p == k));
+    for (window, key) in &periods {
         let span = window.at(now);
-        let key = period_key(window, now);
-        // One HSET with every field, then the expiry: single-key commands, which a Redis
-        // Cluster routes (it refuses pipelines).
-        let mut hset = redis::cmd("HSET");
-        hset.arg(&key);
-        let mut any = false;
+        let fields = state.totals.entry(key.clone()).or_default();
         for by in [GroupBy::Team, GroupBy::Key] {
-            let rows = match summarize_range(&ledger, by, span.start_ms, i64::MAX) {
+            let rows = match summarize_new(&ledger, by, span.start_ms, state.last_rowid, upto) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster: summing the ledger failed; usage not published");
@@ -92,20 +122,36 @@ pub fn publish(
                 }
             };
             for r in rows {
-                let json = serde_json::to_string(&r).unwrap_or_default();
-                hset.arg(field(node, by, &r.key)).arg(json);
-                any = true;
+                let f = field(node, by, &r.key);
+                match fields.get_mut(&f) {
+                    Some(acc) => add(acc, &r),
+                    None => {
+                        fields.insert(f, r);
+                    }
+                }
             }
         }
-        if any {
-            hset.query::<()>(conn)?;
-            redis::cmd("PEXPIREAT")
-                .arg(&key)
-                .arg(span.end_ms + KEEP_MS)
-                .query::<()>(conn)?;
-        }
     }
-    *published = last;
+    state.last_rowid = upto;
+    for (window, key) in &periods {
+        let Some(fields) = state.totals.get(key).filter(|f| !f.is_empty()) else {
+            continue;
+        };
+        // One HSET with every field, then the expiry: single-key commands, which a Redis
+        // Cluster routes (it refuses pipelines).
+        let mut hset = redis::cmd("HSET");
+        hset.arg(key);
+        for (f, r) in fields {
+            hset.arg(f)
+                .arg(serde_json::to_string(r).unwrap_or_default());
+        }
+        hset.query::<()>(conn)?;
+        redis::cmd("PEXPIREAT")
+            .arg(key)
+            .arg(window.at(now).end_ms + KEEP_MS)
+            .query::<()>(conn)?;
+    }
+    state.dirty = false;
     Ok(())
 }
 

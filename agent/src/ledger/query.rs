@@ -88,6 +88,43 @@ pub fn summarize_range(
     rows.collect()
 }
 
+/// Like [`summarize_range`] (by team or key) over the rows in `(after_rowid, upto_rowid]` only:
+/// the ledger only grows, so an incremental total reads each row once.
+pub fn summarize_new(
+    conn: &Connection,
+    by: GroupBy,
+    from_ms: i64,
+    after_rowid: i64,
+    upto_rowid: i64,
+) -> rusqlite::Result<Vec<SummaryRow>> {
+    let key = match by {
+        GroupBy::Key => "COALESCE(key_id, '-')",
+        _ => "COALESCE(team, '-')",
+    };
+    let sql = format!(
+        "SELECT {key} AS k, COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
+                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated),
+                COALESCE(SUM(cost_micro_usd), 0)
+         FROM usage WHERE rowid > ?1 AND rowid <= ?2 AND ts_ms >= ?3 GROUP BY k ORDER BY k"
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map([after_rowid, upto_rowid, from_ms], |r| {
+        Ok(SummaryRow {
+            key: r.get(0)?,
+            requests: r.get::<_, i64>(1)? as u64,
+            errors: r.get::<_, i64>(2)? as u64,
+            input_tokens: r.get::<_, i64>(3)? as u64,
+            cached_tokens: r.get::<_, i64>(4)? as u64,
+            output_tokens: r.get::<_, i64>(5)? as u64,
+            reasoning_tokens: r.get::<_, i64>(6)? as u64,
+            estimated: r.get::<_, i64>(7)? as u64,
+            cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
+            nodes: None,
+        })
+    })?;
+    rows.collect()
+}
+
 const HEADERS: [&str; 9] = [
     "key",
     "requests",
