@@ -187,14 +187,7 @@ pub fn sum(fields: Vec<(String, String)>, by: GroupBy) -> Vec<SummaryRow> {
                 BTreeSet::new(),
             )
         });
-        acc.requests += r.requests;
-        acc.errors += r.errors;
-        acc.input_tokens += r.input_tokens;
-        acc.cached_tokens += r.cached_tokens;
-        acc.output_tokens += r.output_tokens;
-        acc.reasoning_tokens += r.reasoning_tokens;
-        acc.estimated += r.estimated;
-        acc.cost_usd += r.cost_usd;
+        add(acc, &r);
         nodes.insert(node.to_string());
     }
     rows.into_values()

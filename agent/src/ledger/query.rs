@@ -47,6 +47,26 @@ pub fn summarize(conn: &Connection, by: GroupBy) -> rusqlite::Result<Vec<Summary
 }
 
 /// Sums the requests that started in `[from_ms, to_ms)`, grouped by `by`.
+/// The summed columns every summary selects after its key, in `summary_row`'s order.
+const SUMS: &str = "COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
+                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated),
+                COALESCE(SUM(cost_micro_usd), 0)";
+
+fn summary_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok(SummaryRow {
+        key: r.get(0)?,
+        requests: r.get::<_, i64>(1)? as u64,
+        errors: r.get::<_, i64>(2)? as u64,
+        input_tokens: r.get::<_, i64>(3)? as u64,
+        cached_tokens: r.get::<_, i64>(4)? as u64,
+        output_tokens: r.get::<_, i64>(5)? as u64,
+        reasoning_tokens: r.get::<_, i64>(6)? as u64,
+        estimated: r.get::<_, i64>(7)? as u64,
+        cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
+        nodes: None,
+    })
+}
+
 pub fn summarize_range(
     conn: &Connection,
     by: GroupBy,
@@ -65,26 +85,11 @@ pub fn summarize_range(
         GroupBy::CostCenter => "COALESCE(cost_center, '-')",
     };
     let sql = format!(
-        "SELECT {key} AS k, COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
-                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated),
-                COALESCE(SUM(cost_micro_usd), 0)
+        "SELECT {key} AS k, {SUMS}
          FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY k ORDER BY k"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([from_ms, to_ms], |r| {
-        Ok(SummaryRow {
-            key: r.get(0)?,
-            requests: r.get::<_, i64>(1)? as u64,
-            errors: r.get::<_, i64>(2)? as u64,
-            input_tokens: r.get::<_, i64>(3)? as u64,
-            cached_tokens: r.get::<_, i64>(4)? as u64,
-            output_tokens: r.get::<_, i64>(5)? as u64,
-            reasoning_tokens: r.get::<_, i64>(6)? as u64,
-            estimated: r.get::<_, i64>(7)? as u64,
-            cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
-            nodes: None,
-        })
-    })?;
+    let rows = stmt.query_map([from_ms, to_ms], summary_row)?;
     rows.collect()
 }
 
@@ -102,26 +107,11 @@ pub fn summarize_new(
         _ => "COALESCE(team, '-')",
     };
     let sql = format!(
-        "SELECT {key} AS k, COUNT(*), SUM(CASE WHEN status >= 400 OR outcome != 'ok' THEN 1 ELSE 0 END),
-                SUM(input_tokens), SUM(cached_tokens), SUM(output_tokens), SUM(reasoning_tokens), SUM(estimated),
-                COALESCE(SUM(cost_micro_usd), 0)
+        "SELECT {key} AS k, {SUMS}
          FROM usage WHERE rowid > ?1 AND rowid <= ?2 AND ts_ms >= ?3 GROUP BY k ORDER BY k"
     );
     let mut stmt = conn.prepare(&sql)?;
-    let rows = stmt.query_map([after_rowid, upto_rowid, from_ms], |r| {
-        Ok(SummaryRow {
-            key: r.get(0)?,
-            requests: r.get::<_, i64>(1)? as u64,
-            errors: r.get::<_, i64>(2)? as u64,
-            input_tokens: r.get::<_, i64>(3)? as u64,
-            cached_tokens: r.get::<_, i64>(4)? as u64,
-            output_tokens: r.get::<_, i64>(5)? as u64,
-            reasoning_tokens: r.get::<_, i64>(6)? as u64,
-            estimated: r.get::<_, i64>(7)? as u64,
-            cost_usd: r.get::<_, i64>(8)? as f64 / 1e6,
-            nodes: None,
-        })
-    })?;
+    let rows = stmt.query_map([after_rowid, upto_rowid, from_ms], summary_row)?;
     rows.collect()
 }
 
