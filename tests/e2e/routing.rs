@@ -87,6 +87,30 @@ fn a_5xx_target_is_retried_elsewhere_and_only_the_answer_is_billed() {
     // One row per request: failed attempts add none.
     let rows = crate::harness::ledger::all(&stack.agent.data_dir);
     assert_eq!(rows.len(), 24, "{rows:#?}");
+    // `tollgate report findings` names the retry storm, with requests that were retried.
+    let out = crate::governance::cli_on_data(&stack, &["report", "findings", "--format", "json"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let storm = list
+        .as_array()
+        .and_then(|l| {
+            l.iter().find(|f| {
+                f["kind"] == "retry_storm"
+                    && f["subject"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("smart @ "))
+            })
+        })
+        .unwrap_or_else(|| panic!("no retry storm for `smart` in {out}"));
+    let examples = storm["examples"].as_array().cloned().unwrap_or_default();
+    assert!(!examples.is_empty(), "{storm}");
+    for id in examples {
+        let row = rows
+            .iter()
+            .find(|r| r.id == id.as_str().unwrap_or(""))
+            .expect("a row");
+        assert_eq!(row.attempts, 2, "{row:#?}");
+    }
 }
 
 #[test]

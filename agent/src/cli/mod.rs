@@ -7,6 +7,7 @@ pub mod config_cmd;
 pub mod demo;
 pub mod kernel;
 pub mod keys;
+pub mod report;
 pub mod status;
 pub mod top;
 
@@ -86,6 +87,11 @@ pub enum Command {
         by: GroupBy,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// Reports over the ledger: `findings` (spend patterns with the requests behind them).
+    Report {
+        #[command(subcommand)]
+        command: report::ReportCommand,
     },
     /// Start two simulator replicas and the agent, send a mixed workload, and stay up.
     Demo(demo::Args),
@@ -237,6 +243,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", query::render(&rows, format, &key));
             Ok(())
         }
+        Command::Report { command } => report::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Status { addr, json } => status::run(&addr, json),
         Command::Top(args) => top::run(args),

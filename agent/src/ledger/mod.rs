@@ -13,6 +13,7 @@
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
 pub mod enrich;
+pub mod findings;
 pub mod journal;
 pub mod local;
 pub mod query;

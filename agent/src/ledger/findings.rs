@@ -1,0 +1,430 @@
+//! `tollgate report findings`: the spend patterns users name, read from the ledger, each with
+//! the figures and the requests behind it.
+//!
+//! - **Premium-model overuse**: a team that spends more than `premium_share` of its cost on
+//!   the period's most expensive model (the highest cost per token among the models served).
+//! - **Context stuffing**: a team whose average prompt is above `context_tokens`.
+//! - **Token spikes**: a session whose busiest minute used more than `spike_factor` times its
+//!   median minute (sessions with at least five active minutes).
+//! - **Retry storms**: a minute in which more than `retry_share` of a model's requests needed
+//!   another target (the ledger's `attempts` > 1), with at least ten requests.
+//!
+//! Pure SQL over the ledger plus a little arithmetic; no state, nothing on the request path.
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+/// Thresholds (the CLI's flags).
+#[derive(Debug, Clone, Copy)]
+pub struct Thresholds {
+    pub premium_share: f64,
+    pub context_tokens: f64,
+    pub spike_factor: f64,
+    pub retry_share: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            premium_share: 0.5,
+            context_tokens: 20_000.0,
+            spike_factor: 5.0,
+            retry_share: 0.1,
+        }
+    }
+}
+
+/// One finding: what, who, the figure against the threshold, and sample requests.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    pub kind: &'static str,
+    /// The team, session, or `model @ minute`.
+    pub subject: String,
+    pub detail: String,
+    pub value: f64,
+    pub threshold: f64,
+    pub requests: u64,
+    /// Up to five request ids behind it.
+    pub examples: Vec<String>,
+}
+
+fn examples(
+    conn: &Connection,
+    sql: &str,
+    params: &[&dyn rusqlite::ToSql],
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(sql)?;
+    let rows = stmt.query_map(params, |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// Every finding over requests started in `[from_ms, to_ms)`.
+pub fn findings(
+    conn: &Connection,
+    from_ms: i64,
+    to_ms: i64,
+    t: Thresholds,
+) -> rusqlite::Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    premium(conn, from_ms, to_ms, t, &mut out)?;
+    stuffing(conn, from_ms, to_ms, t, &mut out)?;
+    spikes(conn, from_ms, to_ms, t, &mut out)?;
+    retries(conn, from_ms, to_ms, t, &mut out)?;
+    Ok(out)
+}
+
+fn premium(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    // The most expensive model: highest cost per token among the models with a cost.
+    let top: Option<(String, f64)> = conn
+        .query_row(
+            "SELECT requested_model, SUM(cost_micro_usd) * 1.0 / MAX(SUM(input_tokens + output_tokens), 1) AS per
+             FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 AND requested_model IS NOT NULL
+             GROUP BY requested_model HAVING SUM(cost_micro_usd) > 0 ORDER BY per DESC LIMIT 1",
+            [from, to],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    let Some((model, _)) = top else {
+        return Ok(());
+    };
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(team, '-'), SUM(CASE WHEN requested_model = ?3 THEN cost_micro_usd ELSE 0 END),
+                SUM(cost_micro_usd), SUM(CASE WHEN requested_model = ?3 THEN 1 ELSE 0 END)
+         FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY 1 HAVING SUM(cost_micro_usd) > 0",
+    )?;
+    let rows: Vec<(String, i64, i64, i64)> = stmt
+        .query_map(rusqlite::params![from, to, model], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (team, on_top, all, n) in rows {
+        let share = on_top as f64 / all as f64;
+        if share > t.premium_share {
+            out.push(Finding {
+                kind: "premium_model_overuse",
+                detail: format!(
+                    "{:.0} % of ${:.4} on `{model}`, the most expensive model per token",
+                    share * 100.0,
+                    all as f64 / 1e6
+                ),
+                examples: examples(
+                    conn,
+                    "SELECT id FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 AND COALESCE(team, '-') = ?3 AND requested_model = ?4 ORDER BY cost_micro_usd DESC LIMIT 5",
+                    &[&from, &to, &team, &model],
+                )?,
+                subject: team,
+                value: share,
+                threshold: t.premium_share,
+                requests: n as u64,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn stuffing(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(team, '-'), AVG(input_tokens), COUNT(*) FROM usage
+         WHERE ts_ms >= ?1 AND ts_ms < ?2 AND status < 400 GROUP BY 1 HAVING AVG(input_tokens) > ?3",
+    )?;
+    let rows: Vec<(String, f64, i64)> = stmt
+        .query_map(rusqlite::params![from, to, t.context_tokens], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (team, avg, n) in rows {
+        out.push(Finding {
+            kind: "context_stuffing",
+            detail: format!("average prompt {avg:.0} tokens over {n} requests"),
+            examples: examples(
+                conn,
+                "SELECT id FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 AND COALESCE(team, '-') = ?3 ORDER BY input_tokens DESC LIMIT 5",
+                &[&from, &to, &team],
+            )?,
+            subject: team,
+            value: avg,
+            threshold: t.context_tokens,
+            requests: n as u64,
+        });
+    }
+    Ok(())
+}
+
+fn spikes(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT session_id, ts_ms / 60000, SUM(input_tokens + output_tokens), COUNT(*) FROM usage
+         WHERE ts_ms >= ?1 AND ts_ms < ?2 AND session_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2",
+    )?;
+    let rows: Vec<(String, i64, i64, i64)> = stmt
+        .query_map([from, to], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut i = 0;
+    while i < rows.len() {
+        let session = &rows[i].0;
+        let end = rows[i..]
+            .iter()
+            .position(|r| &r.0 != session)
+            .map_or(rows.len(), |p| i + p);
+        let minutes = &rows[i..end];
+        if minutes.len() >= 5 {
+            let mut tokens: Vec<i64> = minutes.iter().map(|m| m.2).collect();
+            tokens.sort_unstable();
+            let median = tokens[tokens.len() / 2].max(1) as f64;
+            let (peak_minute, peak, n) = minutes
+                .iter()
+                .max_by_key(|m| m.2)
+                .map_or((0, 0, 0), |m| (m.1, m.2, m.3));
+            let factor = peak as f64 / median;
+            if factor > t.spike_factor {
+                out.push(Finding {
+                    kind: "token_spike",
+                    subject: session.clone(),
+                    detail: format!(
+                        "{peak} tokens in the minute from {}, {factor:.1}× its median minute ({median:.0})",
+                        crate::governance::window::rfc3339(peak_minute * 60_000)
+                    ),
+                    value: factor,
+                    threshold: t.spike_factor,
+                    requests: n as u64,
+                    examples: examples(
+                        conn,
+                        "SELECT id FROM usage WHERE session_id = ?1 AND ts_ms / 60000 = ?2 ORDER BY input_tokens + output_tokens DESC LIMIT 5",
+                        &[session, &peak_minute],
+                    )?,
+                });
+            }
+        }
+        i = end;
+    }
+    Ok(())
+}
+
+fn retries(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(requested_model, '-'), ts_ms / 60000, COUNT(*),
+                SUM(CASE WHEN COALESCE(attempts, 1) > 1 THEN 1 ELSE 0 END)
+         FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 GROUP BY 1, 2
+         HAVING COUNT(*) >= 10 AND SUM(CASE WHEN COALESCE(attempts, 1) > 1 THEN 1 ELSE 0 END) * 1.0 / COUNT(*) > ?3",
+    )?;
+    let rows: Vec<(String, i64, i64, i64)> = stmt
+        .query_map(rusqlite::params![from, to, t.retry_share], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (model, minute, n, retried) in rows {
+        let share = retried as f64 / n as f64;
+        out.push(Finding {
+            kind: "retry_storm",
+            subject: format!(
+                "{model} @ {}",
+                crate::governance::window::rfc3339(minute * 60_000)
+            ),
+            detail: format!("{retried} of {n} requests needed another target"),
+            examples: examples(
+                conn,
+                "SELECT id FROM usage WHERE COALESCE(requested_model, '-') = ?1 AND ts_ms / 60000 = ?2 AND COALESCE(attempts, 1) > 1 LIMIT 5",
+                &[&model, &minute],
+            )?,
+            value: share,
+            threshold: t.retry_share,
+            requests: n as u64,
+        });
+    }
+    Ok(())
+}
+
+/// The findings as a table, CSV or JSON.
+pub fn render(list: &[Finding], format: super::query::Format) -> String {
+    use super::query::Format;
+    match format {
+        Format::Json => serde_json::to_string_pretty(list).unwrap_or_else(|_| "[]".into()),
+        Format::Csv => {
+            let mut out = String::from("kind,subject,value,threshold,requests,detail,examples\n");
+            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+            for f in list {
+                out.push_str(&format!(
+                    "{},{},{:.4},{},{},{},{}\n",
+                    f.kind,
+                    q(&f.subject),
+                    f.value,
+                    f.threshold,
+                    f.requests,
+                    q(&f.detail),
+                    q(&f.examples.join(" "))
+                ));
+            }
+            out
+        }
+        Format::Table => {
+            if list.is_empty() {
+                return "no findings\n".into();
+            }
+            let mut out = String::new();
+            for f in list {
+                out.push_str(&format!(
+                    "{:<22} {}: {} (threshold {}); e.g. {}\n",
+                    f.kind,
+                    f.subject,
+                    f.detail,
+                    f.threshold,
+                    f.examples.join(", ")
+                ));
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::{insert_batch, UsageRecord, SCHEMA};
+    use crate::metering::Usage;
+
+    const T0: i64 = 1_796_000_000_000 / 60_000 * 60_000;
+
+    #[allow(clippy::too_many_arguments)]
+    fn rec(
+        id: &str,
+        ts_ms: i64,
+        team: &str,
+        session: Option<&str>,
+        model: &str,
+        input: u64,
+        cost: u64,
+        attempts: u32,
+    ) -> UsageRecord {
+        let mut r = UsageRecord {
+            id: id.into(),
+            ts_ms,
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            requested_model: Some(model.into()),
+            usage: Usage {
+                input_tokens: input,
+                output_tokens: 10,
+                ..Usage::default()
+            },
+            cost_micro_usd: cost,
+            ..UsageRecord::default()
+        };
+        r.identity.team = Some(team.into());
+        r.identity.session = session.map(Into::into);
+        r.attempts = attempts;
+        r
+    }
+
+    #[test]
+    fn each_pattern_is_found_with_its_requests_and_quiet_traffic_is_not() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let mut rows = Vec::new();
+        // Team "rich" spends 90 % of its cost on the dear model; "frugal" 10 %.
+        rows.push(rec("r1", T0, "rich", None, "dear", 100, 9_000, 1));
+        rows.push(rec("r2", T0, "rich", None, "cheap", 100, 1_000, 1));
+        rows.push(rec("f1", T0, "frugal", None, "dear", 10, 100, 1));
+        rows.push(rec("f2", T0, "frugal", None, "cheap", 1000, 900, 1));
+        // Team "stuffer" sends 50k-token prompts.
+        rows.push(rec("s1", T0, "stuffer", None, "cheap", 50_000, 10, 1));
+        // Session "loop": steady minutes, then one 20× minute.
+        for m in 0..6 {
+            rows.push(rec(
+                &format!("l{m}"),
+                T0 + m * 60_000,
+                "agents",
+                Some("loop"),
+                "cheap",
+                90,
+                1,
+                1,
+            ));
+        }
+        for k in 0..19 {
+            rows.push(rec(
+                &format!("spike{k}"),
+                T0 + 6 * 60_000,
+                "agents",
+                Some("loop"),
+                "cheap",
+                90,
+                1,
+                1,
+            ));
+        }
+        // A minute where 5 of 12 requests of `flaky` were retried.
+        for k in 0..12 {
+            rows.push(rec(
+                &format!("x{k}"),
+                T0 + 9 * 60_000,
+                "ops",
+                None,
+                "flaky",
+                10,
+                1,
+                if k < 5 { 2 } else { 1 },
+            ));
+        }
+        insert_batch(&mut c, &rows).unwrap();
+        let list = findings(&c, T0, T0 + 3_600_000, Thresholds::default()).unwrap();
+        let of = |kind: &str| -> Vec<&Finding> { list.iter().filter(|f| f.kind == kind).collect() };
+        let premium = of("premium_model_overuse");
+        assert_eq!(premium.len(), 1, "{list:#?}");
+        assert_eq!(premium[0].subject, "rich");
+        assert!((premium[0].value - 0.9).abs() < 1e-9);
+        assert_eq!(premium[0].examples, vec!["r1".to_string()]);
+        let stuffing = of("context_stuffing");
+        assert_eq!(stuffing.len(), 1, "{list:#?}");
+        assert_eq!(stuffing[0].subject, "stuffer");
+        let spikes = of("token_spike");
+        assert_eq!(spikes.len(), 1, "{list:#?}");
+        assert_eq!(spikes[0].subject, "loop");
+        assert!(spikes[0].value > 5.0 && spikes[0].examples.len() == 5);
+        let storms = of("retry_storm");
+        assert_eq!(storms.len(), 1, "{list:#?}");
+        assert!(storms[0].subject.starts_with("flaky @ "));
+        assert_eq!(storms[0].examples.len(), 5);
+        // Raised thresholds: nothing.
+        let calm = Thresholds {
+            premium_share: 0.95,
+            context_tokens: 100_000.0,
+            spike_factor: 100.0,
+            retry_share: 0.5,
+        };
+        assert!(findings(&c, T0, T0 + 3_600_000, calm).unwrap().is_empty());
+        // Outside the period: nothing.
+        assert!(
+            findings(&c, T0 + 3_600_000, T0 + 7_200_000, Thresholds::default())
+                .unwrap()
+                .is_empty()
+        );
+        let csv = render(&list, crate::ledger::query::Format::Csv);
+        assert!(csv.lines().count() == list.len() + 1, "{csv}");
+    }
+}
