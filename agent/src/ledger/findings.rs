@@ -345,14 +345,15 @@ mod tests {
     fn each_pattern_is_found_with_its_requests_and_quiet_traffic_is_not() {
         let mut c = Connection::open_in_memory().unwrap();
         c.execute_batch(SCHEMA).unwrap();
-        let mut rows = Vec::new();
-        // Team "rich" spends 90 % of its cost on the dear model; "frugal" 10 %.
-        rows.push(rec("r1", T0, "rich", None, "dear", 100, 9_000, 1));
-        rows.push(rec("r2", T0, "rich", None, "cheap", 100, 1_000, 1));
-        rows.push(rec("f1", T0, "frugal", None, "dear", 10, 100, 1));
-        rows.push(rec("f2", T0, "frugal", None, "cheap", 1000, 900, 1));
-        // Team "stuffer" sends 50k-token prompts.
-        rows.push(rec("s1", T0, "stuffer", None, "cheap", 50_000, 10, 1));
+        let mut rows = vec![
+            // Team "rich" spends 90 % of its cost on the dear model; "frugal" 10 %.
+            rec("r1", T0, "rich", None, "dear", 100, 9_000, 1),
+            rec("r2", T0, "rich", None, "cheap", 100, 1_000, 1),
+            rec("f1", T0, "frugal", None, "dear", 10, 100, 1),
+            rec("f2", T0, "frugal", None, "cheap", 1000, 900, 1),
+            // Team "stuffer" sends 50k-token prompts.
+            rec("s1", T0, "stuffer", None, "cheap", 50_000, 10, 1),
+        ];
         // Session "loop": steady minutes, then one 20× minute.
         for m in 0..6 {
             rows.push(rec(
