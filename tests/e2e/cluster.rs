@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::harness::procs::free_port;
 use crate::harness::{chat_body, post_raw, Sim, Stack};
 
 /// A redis-server on a loopback port, without persistence; killed on drop.
@@ -78,13 +79,6 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 const BUDGET: u64 = 24_000;

@@ -6,11 +6,9 @@
 use crate::harness::procs::SIM_MODEL;
 use crate::harness::{assert_openai_error, chat_body, get, post_json, post_raw, Row, Sim, Stack};
 
-/// A loopback port with no listener (bound, noted, released).
+/// A loopback port with no listener.
 fn dead_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::harness::procs::free_port()))
 }
 
 fn chat(stack: &Stack, model: &str, prompt: &str) -> (crate::harness::Response, Row) {

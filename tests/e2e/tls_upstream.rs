@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::http::frame_data;
+use crate::harness::procs::free_port;
 use crate::harness::procs::{Agent, Provider, TempDir, SIM_MODEL};
 use crate::harness::{
     assert_ok_row, assert_openai_error, chat_body, post_json, prompt_tokens, AgentConfig, Client,
@@ -821,12 +822,6 @@ impl Drop for Nginx {
             let _ = self.child.wait();
         }
     }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
-    listener.local_addr().expect("probe address").port()
 }
 
 /// nginx.conf: foreground, one process, every path under `prefix`, TLS on `127.0.0.1:port` with

@@ -31,6 +31,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// A loopback port nothing listens on right now (bound, noted, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
 /// Where the binaries are: `TOLLGATE_BIN_DIR`, else the profile directory that holds this test
 /// binary (`target/debug/deps/e2e-*` → `target/debug`).
 pub fn bin_dir() -> PathBuf {
