@@ -17,6 +17,8 @@ use super::store::{lease_key, Store, StoreError};
 use super::ClusterStatus;
 
 const TICK: Duration = Duration::from_millis(20);
+/// How often every shared budget is looked at; in between, only the ones a request found dry.
+const FULL_PASS: Duration = Duration::from_millis(200);
 /// How often each agent writes its spend of a shared budget and reads everyone's.
 const REPORT: Duration = Duration::from_secs(1);
 /// How often rate-limit demand is reported and shares recomputed.
@@ -68,6 +70,7 @@ pub fn run(
     let mut next_connect = Instant::now();
     let mut books: HashMap<String, Book> = HashMap::new();
     let mut rates = super::rates::Rates::default();
+    let mut next_full = Instant::now();
     let mut next_rates = Instant::now();
     loop {
         // Set after the workers and the ledger writer are done, so the last settles are in.
@@ -97,13 +100,17 @@ pub fn run(
                 }
             }
         }
+        let full = stopping || Instant::now() >= next_full;
+        if full {
+            next_full = Instant::now() + FULL_PASS;
+        }
         let mut result = tick(
             &shared,
             &settings,
             &status,
             store.as_mut(),
             &mut books,
-            stopping,
+            Pass { full, stopping },
         );
         if let (Ok(()), Some(s)) = (&result, store.as_mut()) {
             if Instant::now() >= next_rates && !stopping {
@@ -127,14 +134,14 @@ pub fn run(
     }
 }
 
-/// One pass over every shared budget unit. When `stopping`, gives back every unused lease.
+/// One pass over the shared budget units (see [`Pass`]).
 fn tick(
     shared: &Shared,
     settings: &ClusterSettings,
     status: &ClusterStatus,
     mut store: Option<&mut Store>,
     books: &mut HashMap<String, Book>,
-    stopping: bool,
+    pass: Pass,
 ) -> Result<(), StoreError> {
     let snap = shared.snapshot.load();
     let policy = &snap.cfg.governance;
@@ -142,8 +149,11 @@ fn tick(
     // Every shared budget: the policy's rules, then the keys' own budgets (a key's id is the
     // same on every agent once keys are shared).
     let mut budgets: Vec<SharedBudget> = Vec::new();
+    // Between full passes only the budgets a request found dry are refilled: the other work
+    // (ids, keys, exceptions) is not redone fifty times a second.
+    let wanted = |state: &BudgetState| pass.full || state.lease.starved.load(Ordering::Acquire);
     for (rule, (state, info)) in policy.budgets.iter().zip(snap.governance.budgets.iter()) {
-        if !rule.shared {
+        if !rule.shared || !wanted(state) {
             continue;
         }
         let (xt, xc) = shared.governor.exception_extra(&rule.scope);
@@ -157,7 +167,9 @@ fn tick(
     }
     let keys = shared.governor.keys.load();
     for k in keys.entries() {
-        if k.spec.budget_tokens.is_none() && k.spec.budget_usd.is_none() {
+        if (k.spec.budget_tokens.is_none() && k.spec.budget_usd.is_none())
+            || !wanted(&k.state.budget)
+        {
             continue;
         }
         let (xt, xc) = shared.governor.exception_extra_for_key(&k.id);
@@ -203,14 +215,32 @@ fn tick(
                 state,
             };
             let book = books.entry(format!("{}|{unit}", b.id)).or_default();
-            step(settings, status, store.as_deref_mut(), &u, book, stopping)?;
+            step(
+                settings,
+                status,
+                store.as_deref_mut(),
+                &u,
+                book,
+                pass.stopping,
+            )?;
         }
         state.lease.starved.store(false, Ordering::Release);
     }
-    status
-        .shared_budgets
-        .store(budgets.len() as u64, Ordering::Relaxed);
+    if pass.full {
+        status
+            .shared_budgets
+            .store(budgets.len() as u64, Ordering::Relaxed);
+    }
     Ok(())
+}
+
+/// What one call of `tick` covers.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// Every shared budget (else only the starved ones).
+    full: bool,
+    /// Give back every unused lease.
+    stopping: bool,
 }
 
 /// One shared budget as this pass sees it.
