@@ -29,6 +29,7 @@ fn main() {
         "TOLLGATE_CLANG",
         "TOLLGATE_BPF_INCLUDE",
         "TOLLGATE_BPF_STUBS",
+        "TOLLGATE_REQUIRE_BPF",
     ] {
         println!("cargo::rerun-if-env-changed={var}");
     }
@@ -59,6 +60,10 @@ fn main() {
             println!("cargo::rustc-env=TOLLGATE_BPF_MISSING=");
         }
         Err(reason) => {
+            // Release images must not ship stubs by accident (the Dockerfile sets this).
+            if env::var("TOLLGATE_REQUIRE_BPF").is_ok_and(|v| v == "1") {
+                panic!("TOLLGATE_REQUIRE_BPF=1 but the kernel programs cannot be built: {reason}");
+            }
             println!("cargo::warning=building without kernel programs: {reason}");
             for p in PROGRAMS {
                 std::fs::write(out.join(format!("{p}.bpf.o")), b"").expect("write stub");

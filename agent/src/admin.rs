@@ -150,6 +150,36 @@ async fn accept_loop(
     }
 }
 
+/// Kubernetes probes cannot carry a Secret's token, so `/healthz` and `/readyz` answer without
+/// one, with the status alone; the readiness details (models, breakers, kernel features) need
+/// the token.
+fn probe(ctx: &Ctx, path: &str) -> Option<Response<Full<Bytes>>> {
+    let (status, body) = match path {
+        "/healthz" => (StatusCode::OK, r#"{"status":"ok"}"#.to_string()),
+        "/readyz" => {
+            let snap = ctx.shared.snapshot.load();
+            let (status, _) = crate::local::readiness(&ctx.shared, &snap.cfg);
+            let label = if status == 200 {
+                "ready"
+            } else if ctx
+                .shared
+                .shutting_down
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                "stopping"
+            } else {
+                "starting"
+            };
+            (
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                format!(r#"{{"status":"{label}"}}"#),
+            )
+        }
+        _ => return None,
+    };
+    Some(respond(status, "application/json", body))
+}
+
 /// True when `req` carries `Authorization: Bearer <token>` with the configured token.
 fn authorized(req: &hyper::http::request::Parts, token: &[u8]) -> bool {
     req.headers
@@ -159,7 +189,13 @@ fn authorized(req: &hyper::http::request::Parts, token: &[u8]) -> bool {
 }
 
 fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response<Full<Bytes>> {
-    if !authorized(req, &ctx.token) {
+    let authorized = authorized(req, &ctx.token);
+    if !authorized && req.method == hyper::Method::GET {
+        if let Some(r) = probe(ctx, req.uri.path()) {
+            return r;
+        }
+    }
+    if !authorized {
         let e = GateError::new(
             ErrorKind::AdminUnauthorized,
             "the admin API needs `Authorization: Bearer <token>` with the configured admin token",

@@ -53,6 +53,7 @@ fn start_kernel(cfg: &Config, addr: SocketAddr) -> (Option<Kernel>, KernelReport
     }
     let mut kcfg = KernelConfig::new(vec![addr], cfg.intercept.clone());
     kcfg.pin_dir = cfg.kernel.pin_dir.clone();
+    kcfg.cgroup_root = cfg.kernel.cgroup_root.clone();
     let (k, features) = kernel::start(&kcfg);
     report.features = features;
     if let Some(k) = &k {
@@ -134,10 +135,9 @@ impl Running {
     /// Stops accepting, lets in-flight requests finish, flushes the ledger, detaches the
     /// kernel programs and removes their pins.
     pub fn stop(self) {
+        // From here `/readyz` answers 503 "stopping" (on the admin port, which stays up while
+        // the workers drain, so probes and scrapers see the drain rather than a refused port).
         self.shared.shutting_down.store(true, Ordering::Release);
-        if let Some(admin) = self.admin {
-            admin.stop();
-        }
         if let Some(w) = self.watcher {
             let _ = w.join();
         }
@@ -148,6 +148,9 @@ impl Running {
         }
         for w in self.workers {
             let _ = w.join();
+        }
+        if let Some(admin) = self.admin {
+            admin.stop();
         }
         // Batch lines in flight were drained with the workers; their results are recorded
         // before the batch thread exits (lines not answered are sent again at the next start).

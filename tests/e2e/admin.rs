@@ -62,6 +62,14 @@ fn the_admin_port_needs_the_token() {
         "{}",
         r.text()
     );
+    // Probes (kubelet cannot send a Secret's token) get the status without the details.
+    let r = admin_get(admin, "/readyz", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({"status": "ready"}));
+    let r = admin_get(admin, "/healthz", None);
+    assert_eq!((r.status, r.json()["status"].as_str()), (200, Some("ok")));
+    let r = admin_get(admin, "/readyz/x", None);
+    assert_openai_error(&r, 401, "invalid_request_error", "invalid_admin_token");
     let r = admin_get(admin, "/nope", Some(ADMIN_TOKEN));
     assert_openai_error(&r, 404, "invalid_request_error", "not_found");
 

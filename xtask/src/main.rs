@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod image;
 mod soak;
 mod test;
 
@@ -25,6 +26,8 @@ enum Command {
     Bench(bench::Args),
     /// Fuzz the agent's parsers with cargo-fuzz and write a markdown table under benches/results/.
     Fuzz(fuzz::Args),
+    /// Build the container image (docker or podman; says why not where no engine runs).
+    Image(image::Args),
     /// Mixed traffic for 30 min while the agent is SIGKILLed and restarted; checks the ledger, RSS, fds.
     Soak(soak::Args),
 }
@@ -36,6 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Fuzz(args) => fuzz::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Image(args) => image::run(args),
     }
 }
 

@@ -7,10 +7,15 @@
 //!    loopback port), `nginx` and `openssl` (the bench floor and the TLS
 //!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
-//!    `tests/python/requirements.txt` (reinstalled when that file changes).
+//!    `tests/python/requirements.txt` (reinstalled when that file changes), and `.venv-deploy`
+//!    with `tests/deploy/requirements.txt` (checkov, kubernetes-validate). Also `golang-go` and
+//!    Debian's Sprig and YAML Go sources, for the Helm chart renderer (`deploy/helm/render`).
 //! 2. `cargo build -p tollgate -p tollgate-sim`: the binaries the end-to-end tests spawn.
 //! 3. `cargo test --workspace --no-fail-fast`: unit, simulator, kernel and end-to-end tests.
 //! 4. `.venv/bin/python -m pytest tests/python`: the OpenAI and Anthropic SDK tests.
+//! 5. `.venv-deploy/bin/python -m pytest tests/deploy`: the Helm chart renders, validates and
+//!    passes the policy scanner; then the container image builds where a container engine runs
+//!    (skipped with the reason printed where none does, as on the CI machines).
 //!
 //! Every step's counts are summed and the last line printed is exactly `N passed, N failed`.
 //! The exit status is non-zero when anything failed, including a step that could not run (a
@@ -28,10 +33,18 @@ use anyhow::{bail, Context};
 const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 /// Servers the end-to-end tests start themselves on loopback (and stop by pid).
 const SERVICE_PACKAGES: [&str; 1] = ["redis-server"];
+/// The Helm chart renderer's toolchain: Go with Helm's template library (Sprig v3) from Debian.
+const DEPLOY_PACKAGES: [&str; 3] = [
+    "golang-go",
+    "golang-github-masterminds-sprig-dev",
+    "golang-gopkg-yaml.v3-dev",
+];
 /// Packages that are nice to have; failing to install them only warns.
 const OPTIONAL_PACKAGES: [&str; 2] = ["nginx", "openssl"];
-/// The Python SDK tests' requirements, relative to the workspace root.
-const REQUIREMENTS: &str = "tests/python/requirements.txt";
+/// The Python SDK tests' venv and requirements, relative to the workspace root.
+const SDK_VENV: (&str, &str) = (".venv", "tests/python/requirements.txt");
+/// The deployment checks' venv: apart, because checkov pins an older `packaging` than pytest 9.
+const DEPLOY_VENV: (&str, &str) = (".venv-deploy", "tests/deploy/requirements.txt");
 /// Written into the venv after a successful install: the requirements it was made from.
 const VENV_MARKER: &str = ".tollgate-requirements";
 
@@ -64,8 +77,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut steps: Vec<(&str, Counts)> = Vec::new();
 
-    let python = if args.no_install {
-        Ok(root.join(".venv/bin/python"))
+    let (python, deploy_python) = if args.no_install {
+        (
+            Ok(root.join(SDK_VENV.0).join("bin/python")),
+            Ok(root.join(DEPLOY_VENV.0).join("bin/python")),
+        )
     } else {
         install(&root)
     };
@@ -99,7 +115,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     steps.push(("cargo test", cargo_test(&cargo, &root)?));
 
     section("pytest tests/python");
-    steps.push(("python SDK tests", pytest(&root, python)));
+    steps.push(("python SDK tests", pytest(&root, python, "tests/python")));
+
+    section("pytest tests/deploy");
+    steps.push((
+        "deployment checks",
+        pytest(&root, deploy_python, "tests/deploy"),
+    ));
+
+    section("container image");
+    steps.push(("container image", image_step(&root)));
 
     let mut total = Counts::default();
     println!();
@@ -130,11 +155,14 @@ fn section(title: &str) {
 
 /// Installs missing Debian packages and the Python venv. Returns the venv's python, or why
 /// there is none (the Python step then fails with that reason).
-fn install(root: &Path) -> Result<PathBuf, String> {
+type Venvs = (Result<PathBuf, String>, Result<PathBuf, String>);
+
+fn install(root: &Path) -> Venvs {
     section("installing what is missing");
     let python = find_python();
     let mut required: Vec<&str> = KERNEL_PACKAGES.to_vec();
     required.extend(SERVICE_PACKAGES);
+    required.extend(DEPLOY_PACKAGES);
     if python.is_none() {
         required.insert(0, "python3-venv");
     }
@@ -155,10 +183,12 @@ fn install(root: &Path) -> Result<PathBuf, String> {
             eprintln!("xtask test: warning: optional {missing_optional:?} not installed: {e:#}");
         }
     }
-    let python = python.or_else(find_python).ok_or_else(|| {
-        "no python3 that can create a virtual environment (python3-venv)".to_string()
-    })?;
-    venv(root, &python).map_err(|e| format!("{e:#}"))
+    let Some(python) = python.or_else(find_python) else {
+        let why = "no python3 that can create a virtual environment (python3-venv)".to_string();
+        return (Err(why.clone()), Err(why));
+    };
+    let make = |v| venv(root, &python, v).map_err(|e| format!("{e:#}"));
+    (make(SDK_VENV), make(DEPLOY_VENV))
 }
 
 /// Whether dpkg has the package installed (false where there is no dpkg).
@@ -250,22 +280,26 @@ impl Apt {
     }
 }
 
-/// Makes `.venv` with the SDK test requirements unless it already has exactly those.
-fn venv(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
-    let venv = root.join(".venv");
+/// Makes the venv `dir` with `requirements` unless it already has exactly those.
+fn venv(
+    root: &Path,
+    python: &Path,
+    (dir, requirements_file): (&str, &str),
+) -> anyhow::Result<PathBuf> {
+    let venv = root.join(dir);
     let venv_python = venv.join("bin/python");
-    let requirements = std::fs::read_to_string(root.join(REQUIREMENTS))
-        .with_context(|| format!("reading {REQUIREMENTS}"))?;
+    let requirements = std::fs::read_to_string(root.join(requirements_file))
+        .with_context(|| format!("reading {requirements_file}"))?;
     let marker = venv.join(VENV_MARKER);
     if venv_python.exists() && std::fs::read_to_string(&marker).is_ok_and(|m| m == requirements) {
-        println!("xtask test: .venv: up to date");
+        println!("xtask test: {dir}: up to date");
         return Ok(venv_python);
     }
     if !venv_python.exists() {
         if venv.exists() {
-            std::fs::remove_dir_all(&venv).context("removing a broken .venv")?;
+            std::fs::remove_dir_all(&venv).context("removing a broken venv")?;
         }
-        println!("xtask test: creating .venv with {}", python.display());
+        println!("xtask test: creating {dir} with {}", python.display());
         let status = Command::new(python)
             .args(["-m", "venv"])
             .arg(&venv)
@@ -273,18 +307,18 @@ fn venv(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
             .status()
             .context("running python3 -m venv")?;
         if !status.success() {
-            bail!("`{} -m venv .venv` failed ({status})", python.display());
+            bail!("`{} -m venv {dir}` failed ({status})", python.display());
         }
     }
-    println!("xtask test: installing {REQUIREMENTS} into .venv");
+    println!("xtask test: installing {requirements_file} into {dir}");
     let status = Command::new(&venv_python)
         .args(["-m", "pip", "install", "--quiet", "-r"])
-        .arg(root.join(REQUIREMENTS))
+        .arg(root.join(requirements_file))
         .stdin(Stdio::null())
         .status()
         .context("running pip install")?;
     if !status.success() {
-        bail!("pip install -r {REQUIREMENTS} failed ({status})");
+        bail!("pip install -r {requirements_file} failed ({status})");
     }
     std::fs::write(&marker, requirements).context("writing the venv marker")?;
     Ok(venv_python)
@@ -292,6 +326,32 @@ fn venv(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
 
 // ---------------------------------------------------------------------------------------------
 // Running the suites
+
+/// Builds the image where a container engine runs; elsewhere one ignored step, with the reason.
+fn image_step(root: &Path) -> Counts {
+    match crate::image::engine() {
+        Ok(engine) => match crate::image::build(root, engine, "tollgate:test") {
+            Ok(()) => Counts {
+                passed: 1,
+                ..Counts::default()
+            },
+            Err(e) => {
+                eprintln!("xtask test: the container image did not build: {e:#}");
+                Counts {
+                    failed: 1,
+                    ..Counts::default()
+                }
+            }
+        },
+        Err(why) => {
+            println!("xtask test: container image step skipped: {why}");
+            Counts {
+                ignored: 1,
+                ..Counts::default()
+            }
+        }
+    }
+}
 
 /// Runs a command, echoing its stdout line by line, and returns (success, stdout lines).
 fn run_echoing(mut cmd: Command) -> anyhow::Result<(bool, Vec<String>)> {
@@ -357,9 +417,9 @@ fn parse_cargo_result(line: &str) -> Option<Counts> {
     Some(counts)
 }
 
-fn pytest(root: &Path, python: Result<PathBuf, String>) -> Counts {
+fn pytest(root: &Path, python: Result<PathBuf, String>, dir: &str) -> Counts {
     let failed_step = |why: &str| {
-        eprintln!("xtask test: the Python SDK tests could not run: {why}");
+        eprintln!("xtask test: {dir} could not run: {why}");
         Counts {
             failed: 1,
             ..Counts::default()
@@ -375,14 +435,7 @@ fn pytest(root: &Path, python: Result<PathBuf, String>) -> Counts {
         .map_or_else(|| root.join("target"), |t| root.join(t));
     let mut cmd = Command::new(&python);
     cmd.current_dir(root)
-        .args([
-            "-m",
-            "pytest",
-            "tests/python",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-        ])
+        .args(["-m", "pytest", dir, "-q", "-p", "no:cacheprovider"])
         .env("TOLLGATE_BIN_DIR", target.join("debug"));
     let (success, lines) = match run_echoing(cmd) {
         Ok(r) => r,

@@ -219,6 +219,10 @@ pub struct KernelFile {
     pub enabled: Option<serde_yaml_ng::Value>,
     /// Where the maps are pinned (on bpffs).
     pub pin_dir: Option<String>,
+    /// The cgroup v2 mount to attach at (default: the first cgroup2 in /proc/mounts). In a
+    /// container, the host's hierarchy mounted somewhere, since the container's own
+    /// /sys/fs/cgroup is its cgroup namespace and would cover only the pod.
+    pub cgroup_root: Option<String>,
 }
 
 /// `attribution:` in its map form.

@@ -36,6 +36,7 @@ impl KernelMode {
 pub struct KernelSettings {
     pub enabled: KernelMode,
     pub pin_dir: PathBuf,
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for KernelSettings {
@@ -43,6 +44,7 @@ impl Default for KernelSettings {
         KernelSettings {
             enabled: KernelMode::Auto,
             pin_dir: PathBuf::from(crate::kernel::DEFAULT_PIN_DIR),
+            cgroup_root: None,
         }
     }
 }

@@ -40,6 +40,16 @@ impl Validator<'_> {
             }
             out.pin_dir = path;
         }
+        if let Some(dir) = &k.cgroup_root {
+            let path = PathBuf::from(dir);
+            if !path.is_absolute() {
+                self.problem(
+                    "kernel.cgroup_root",
+                    format!("`{dir}` must be an absolute path to a cgroup v2 mount"),
+                );
+            }
+            out.cgroup_root = Some(path);
+        }
         out
     }
 
