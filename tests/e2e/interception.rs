@@ -60,7 +60,7 @@ fn python() -> &'static str {
 }
 
 /// Why the kernel tests cannot run here, if they cannot.
-fn skip_reason() -> Option<String> {
+pub(crate) fn skip_reason() -> Option<String> {
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root (loading eBPF needs CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON)".into());
@@ -111,19 +111,119 @@ impl SimAt {
     }
 }
 
+/// How the agent process is started: as the test runs (root, every capability), or through
+/// `capsh` holding only the capabilities named.
+pub(crate) enum Launch {
+    Plain,
+    /// uid 0 with every other capability dropped from the bounding set, as a container runtime
+    /// starts a root container with `capabilities: {drop: [ALL], add: [...]}`.
+    RootWith(&'static [&'static str]),
+    /// uid `nobody`, the capabilities raised as ambient ones (a systemd unit's
+    /// `AmbientCapabilities=`).
+    NobodyWith(&'static [&'static str]),
+}
+
+/// Every capability Linux 6.x defines, by capsh's names.
+const ALL_CAPS: [&str; 41] = [
+    "cap_chown",
+    "cap_dac_override",
+    "cap_dac_read_search",
+    "cap_fowner",
+    "cap_fsetid",
+    "cap_kill",
+    "cap_setgid",
+    "cap_setuid",
+    "cap_setpcap",
+    "cap_linux_immutable",
+    "cap_net_bind_service",
+    "cap_net_broadcast",
+    "cap_net_admin",
+    "cap_net_raw",
+    "cap_ipc_lock",
+    "cap_ipc_owner",
+    "cap_sys_module",
+    "cap_sys_rawio",
+    "cap_sys_chroot",
+    "cap_sys_ptrace",
+    "cap_sys_pacct",
+    "cap_sys_admin",
+    "cap_sys_boot",
+    "cap_sys_nice",
+    "cap_sys_resource",
+    "cap_sys_time",
+    "cap_sys_tty_config",
+    "cap_mknod",
+    "cap_lease",
+    "cap_audit_write",
+    "cap_audit_control",
+    "cap_setfcap",
+    "cap_mac_override",
+    "cap_mac_admin",
+    "cap_syslog",
+    "cap_wake_alarm",
+    "cap_block_suspend",
+    "cap_audit_read",
+    "cap_perfmon",
+    "cap_bpf",
+    "cap_checkpoint_restore",
+];
+
+impl Launch {
+    /// The command that runs `tollgate` this way; the caller appends tollgate's arguments.
+    fn command(&self) -> Command {
+        let tollgate = bin("tollgate");
+        let exec = |caps_args: Vec<String>| {
+            let mut cmd = Command::new("capsh");
+            cmd.args(caps_args)
+                .args(["--", "-c", "exec \"$0\" \"$@\""])
+                .arg(&tollgate);
+            cmd
+        };
+        match self {
+            Launch::Plain => Command::new(tollgate),
+            Launch::RootWith(keep) => {
+                let drop: Vec<&str> = ALL_CAPS
+                    .iter()
+                    .copied()
+                    .filter(|c| !keep.contains(c))
+                    .collect();
+                exec(vec![format!("--drop={}", drop.join(","))])
+            }
+            Launch::NobodyWith(keep) => exec(vec![
+                format!(
+                    "--caps={},cap_setuid,cap_setgid,cap_setpcap+eip",
+                    keep.join(",")
+                ),
+                "--keep=1".into(),
+                "--user=nobody".into(),
+                format!("--addamb={}", keep.join(",")),
+            ]),
+        }
+    }
+}
+
 /// `tollgate serve` with the kernel section the test wants, listening on `listen`.
-struct KernelAgent {
+pub(crate) struct KernelAgent {
     /// Where to reach the agent (loopback, the bound port).
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// `None` once the test stopped or killed it.
-    proc: Option<Proc>,
-    data_dir: PathBuf,
-    pin_dir: PathBuf,
+    pub(crate) proc: Option<Proc>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
     _dir: TempDir,
 }
 
 impl KernelAgent {
-    fn start(mut config: AgentConfig, extra_yaml: &str, listen: &str) -> KernelAgent {
+    fn start(config: AgentConfig, extra_yaml: &str, listen: &str) -> KernelAgent {
+        Self::launch(config, extra_yaml, listen, &Launch::Plain)
+    }
+
+    pub(crate) fn launch(
+        mut config: AgentConfig,
+        extra_yaml: &str,
+        listen: &str,
+        launch: &Launch,
+    ) -> KernelAgent {
         config.kernel_off = false;
         let dir = TempDir::new("agent-kernel");
         let data_dir = dir.path().join("data");
@@ -135,7 +235,12 @@ impl KernelAgent {
             pin_dir.display()
         );
         std::fs::write(&config_path, yaml).expect("writing the agent config");
-        let mut cmd = Command::new(bin("tollgate"));
+        if let Launch::NobodyWith(_) = launch {
+            std::fs::create_dir_all(&data_dir).expect("creating the data dir");
+            std::os::unix::fs::chown(&data_dir, Some(65534), Some(65534))
+                .expect("handing the data dir to nobody");
+        }
+        let mut cmd = launch.command();
         cmd.arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -153,14 +258,14 @@ impl KernelAgent {
         }
     }
 
-    fn readyz(&self) -> Value {
+    pub(crate) fn readyz(&self) -> Value {
         let r = get(self.addr, "/readyz");
         assert_eq!(r.status, 200, "/readyz: {}", r.text());
         r.json()
     }
 
     /// Why interception or attribution is off, if it is (the host refused the programs).
-    fn kernel_refused(&self) -> Option<String> {
+    pub(crate) fn kernel_refused(&self) -> Option<String> {
         let ready = self.readyz();
         let k = &ready["kernel"];
         for f in ["interception", "attribution"] {
@@ -171,7 +276,7 @@ impl KernelAgent {
         None
     }
 
-    fn program_ids(&self) -> Vec<u64> {
+    pub(crate) fn program_ids(&self) -> Vec<u64> {
         self.readyz()["kernel"]["programs"]
             .as_array()
             .map(|p| p.iter().filter_map(|p| p["id"].as_u64()).collect())
@@ -330,7 +435,7 @@ fn kernel_columns(data_dir: &Path, id: &str) -> KernelColumns {
 }
 
 /// One intercepted request from a fresh child cgroup, checked against /proc and the ledger.
-fn intercepted_case(agent: &KernelAgent, dst: SocketAddr, provider: &str) -> String {
+pub(crate) fn intercepted_case(agent: &KernelAgent, dst: SocketAddr, provider: &str) -> String {
     let cg = ChildCgroup::new();
     let url = format!("http://{dst}/v1/chat/completions");
     let run = run_client(&cg, &url);
@@ -412,7 +517,7 @@ fn have_bpftool() -> bool {
 }
 
 /// Waits until none of `ids` is loaded or attached under the cgroup root.
-fn assert_programs_gone(ids: &[u64]) {
+pub(crate) fn assert_programs_gone(ids: &[u64]) {
     if !have_bpftool() {
         eprintln!("bpftool not installed; not checking loaded programs");
         return;
@@ -438,7 +543,7 @@ fn ipv6_loopback() -> bool {
     TcpListener::bind("[::1]:0").is_ok()
 }
 
-const RULES: &str = "attribution:
+pub(crate) const RULES: &str = "attribution:
   anonymous: attribute_by_kernel
   rules:
     - match: { cgroup: \"/tollgate-e2e-*\", comm: \"python*\" }

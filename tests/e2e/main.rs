@@ -53,6 +53,9 @@ mod ledger_restart;
 mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.
 mod models_and_metrics;
+
+/// The kernel side with only the Helm chart's three capabilities, and with each one missing.
+mod privileges;
 /// The fair queue in front of saturated replicas: order by tokens served, caps, refusals.
 mod queue;
 /// Reasoning tokens on chat and the Responses API.
