@@ -61,3 +61,100 @@ fn a_stream_cut_by_shutdown_has_its_record() {
         .expect("the finished request's row");
     assert_eq!(ok.outcome, "ok");
 }
+
+/// A rolling replacement on one node: the new agent starts on the same port (SO_REUSEPORT) and
+/// data directory while the old one serves, then the old one gets SIGTERM and drains. Clients
+/// open a connection per request, plain and streamed, throughout: none fails, every response
+/// that came through an agent has its ledger row, and both agents served some.
+#[test]
+fn a_replacement_on_the_same_port_fails_no_request_and_loses_no_row() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // Paced tokens: a 30-token stream is in flight for ~100 ms or more, so some straddle the stop.
+    let sim = Sim::start_paced(&["--itl-base-ms", "2"]);
+    let mut config = crate::harness::AgentConfig::for_sim(&sim);
+    config.workers = 1;
+    let port = crate::harness::procs::free_port();
+    let dir = crate::harness::procs::TempDir::new("replace");
+    let data_dir = dir.path().join("data");
+    let config_path = dir.path().join("tollgate.yaml");
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(&config_path, config.render(&data_dir)).expect("writing the config");
+    let mut old = crate::harness::procs::Agent::start_file_on(&config_path, &data_dir, &listen);
+    let addr = old.addr;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ids = Arc::new(Mutex::new(Vec::<String>::new()));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (stop, ids, failures) = (stop.clone(), ids.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let stream = i % 2 == 1;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = post_json(
+                        addr,
+                        "/v1/chat/completions",
+                        &chat_body("smol", "rolling", 30, stream),
+                    );
+                    let complete = !stream || r.text().contains("data: [DONE]");
+                    match r.header("x-tollgate-request-id") {
+                        Some(id) if r.status == 200 && complete => {
+                            ids.lock().expect("ids").push(id.to_string())
+                        }
+                        _ => failures.lock().expect("failures").push(format!(
+                            "{} {}",
+                            r.status,
+                            r.text()
+                        )),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(400));
+    let before_new = ids.lock().expect("ids").len();
+    // The new agent binds the same port beside the old one, then the old one drains.
+    let mut new = crate::harness::procs::Agent::start_file_on(&config_path, &data_dir, &listen);
+    assert_eq!(new.addr, addr);
+    std::thread::sleep(Duration::from_millis(200));
+    let status = old.stop();
+    assert!(status.success(), "the old agent exited with {status}");
+    let at_stop = ids.lock().expect("ids").len();
+    std::thread::sleep(Duration::from_millis(600));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().expect("client thread");
+    }
+    let status = new.stop();
+    assert!(status.success(), "the new agent exited with {status}");
+
+    let failures = failures.lock().expect("failures");
+    assert!(failures.is_empty(), "failed requests: {failures:#?}");
+    let ids = ids.lock().expect("ids");
+    assert!(
+        before_new > 0 && ids.len() > at_stop,
+        "{before_new} / {at_stop} / {}",
+        ids.len()
+    );
+    let rows = ledger::all(&data_dir);
+    let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    let missing: Vec<&String> = ids
+        .iter()
+        .filter(|id| !have.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} responses have no row: {missing:?}",
+        missing.len(),
+        ids.len()
+    );
+    eprintln!(
+        "rolling replacement: {} responses ({} before the new agent, {} by the old agent's stop), 0 failed, 0 rows missing",
+        ids.len(),
+        before_new,
+        at_stop
+    );
+}

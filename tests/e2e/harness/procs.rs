@@ -508,10 +508,17 @@ impl Agent {
 
     /// Starts the agent on a config file written elsewhere, whose `data_dir` is `data_dir`.
     pub fn start_file(config: &Path, data_dir: &Path) -> Agent {
+        Agent::start_file_on(config, data_dir, "127.0.0.1:0")
+    }
+
+    /// Like [`Agent::start_file`], listening on `listen` (a fixed port two agents can share:
+    /// the listeners are SO_REUSEPORT).
+    pub fn start_file_on(config: &Path, data_dir: &Path, listen: &str) -> Agent {
         let dir = TempDir::new("agent");
         let config_path = dir.path().join("tollgate.yaml");
         std::fs::copy(config, &config_path).expect("copying the agent config");
-        let (proc, addr) = spawn_agent(&config_path, dir.path(), 0).expect("starting tollgate");
+        let (proc, addr) =
+            spawn_agent_on(&config_path, dir.path(), 0, listen).expect("starting tollgate");
         Agent {
             addr,
             proc,
@@ -579,11 +586,20 @@ fn spawn_agent(
     logs: &Path,
     generation: usize,
 ) -> anyhow::Result<(Proc, SocketAddr)> {
+    spawn_agent_on(config, logs, generation, "127.0.0.1:0")
+}
+
+fn spawn_agent_on(
+    config: &Path,
+    logs: &Path,
+    generation: usize,
+    listen: &str,
+) -> anyhow::Result<(Proc, SocketAddr)> {
     let mut cmd = Command::new(bin("tollgate"));
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .env("SIM_KEY", OPENAI_PROVIDER_KEY)
         .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
