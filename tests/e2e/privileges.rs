@@ -35,24 +35,28 @@ fn skip() -> Option<String> {
     None
 }
 
-/// The agent process's effective capability set, from /proc.
-fn cap_eff(pid: u32) -> u64 {
+/// A field of `/proc/PID/status` (`CapEff`, `Uid`, ...), after its colon.
+fn status_field(pid: u32, name: &str) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
-    let line = status
+    let prefix = format!("{name}:");
+    status
         .lines()
-        .find(|l| l.starts_with("CapEff:"))
-        .expect("CapEff line");
-    u64::from_str_radix(line["CapEff:".len()..].trim(), 16).expect("CapEff is hex")
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} line in /proc/{pid}/status"))
+        .trim()
+        .to_string()
 }
 
+/// The agent process's effective capability set.
+fn cap_eff(pid: u32) -> u64 {
+    u64::from_str_radix(&status_field(pid, "CapEff"), 16).expect("CapEff is hex")
+}
+
+/// The effective uid (the second of the four `Uid:` figures).
 fn uid_of(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("reading status");
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid line");
-    line.split_whitespace()
-        .nth(2)
+    status_field(pid, "Uid")
+        .split_whitespace()
+        .nth(1)
         .and_then(|u| u.parse().ok())
         .expect("effective uid")
 }

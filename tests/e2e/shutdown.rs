@@ -139,12 +139,7 @@ fn a_replacement_on_the_same_port_fails_no_request_and_loses_no_row() {
         "{before_new} / {at_stop} / {}",
         ids.len()
     );
-    let rows = ledger::all(&data_dir);
-    let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let missing: Vec<&String> = ids
-        .iter()
-        .filter(|id| !have.contains(id.as_str()))
-        .collect();
+    let missing = ledger::ids_without_rows(&data_dir, &ids);
     assert!(
         missing.is_empty(),
         "{} of {} responses have no row: {missing:?}",

@@ -76,11 +76,7 @@ fn every_200_has_a_row_after_sigkill_under_load() {
     let ids = received.lock().expect("lock").clone();
     assert!(ids.len() >= KILL_AFTER);
     let rows = ledger::all(&stack.agent.data_dir);
-    let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let missing: Vec<&String> = ids
-        .iter()
-        .filter(|id| !have.contains(id.as_str()))
-        .collect();
+    let missing = ledger::ids_without_rows(&stack.agent.data_dir, &ids);
     assert!(
         missing.is_empty(),
         "{} of {} received 200s have no row after the restart, e.g. {:?}",

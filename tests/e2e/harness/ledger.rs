@@ -147,3 +147,12 @@ pub fn all(data_dir: &Path) -> Vec<Row> {
         .and_then(|rows| rows.collect())
         .unwrap_or_default()
 }
+
+/// Which of `ids` (request ids of responses a client received) have no ledger row.
+pub fn ids_without_rows<'a>(data_dir: &Path, ids: &'a [String]) -> Vec<&'a String> {
+    let rows = all(data_dir);
+    let have: std::collections::HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    ids.iter()
+        .filter(|id| !have.contains(id.as_str()))
+        .collect()
+}
