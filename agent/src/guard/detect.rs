@@ -2,7 +2,7 @@
 //! `@`, and the precise validators only around what those passes find. Operator regexes and
 //! word lists run after, each as its own pass (the regex crate has its own literal
 //! prefilters). Overlapping candidates are settled last: the longer match wins, then the more
-//! specific class. Hot path; allocation-free when nothing is found (beyond the output `Vec`).
+//! specific class (a generic `secret` always yields to a specific one). Hot path; allocation-free when nothing is found (beyond the output `Vec`).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -189,7 +189,7 @@ impl Detectors {
                     add(Class::NationalId, r, out);
                 }
             }
-        } else if letters == 0 && left_bound(text, p) {
+        } else if letters == 0 && left_bound(text, p) && !inside_number(text, p) {
             // Cheap gate: how many digits in the separated run from here? Most digits in prose
             // and code are short numbers that no validator below could accept.
             let (digits, dots) = numeric_shape(text, p);
@@ -263,21 +263,36 @@ fn numeric_shape(text: &[u8], p: usize) -> (usize, usize) {
     (digits, dots)
 }
 
+/// Whether `p` continues a separated digit run (`4000 0000 ...`): validators start only at a
+/// run's first group.
+fn inside_number(text: &[u8], p: usize) -> bool {
+    p >= 2 && matches!(text[p - 1], b' ' | b'-' | b'.') && text[p - 2].is_ascii_digit()
+}
+
 fn near_colon(text: &[u8], p: usize) -> bool {
     let from = p.saturating_sub(5);
     let to = text.len().min(p + 6);
     text[from..to].contains(&b':')
 }
 
-/// Sorted, non-overlapping matches from overlapping candidates: longer first, then by class
-/// rank, then leftmost.
+/// Sorted, non-overlapping matches from overlapping candidates: specific classes before the
+/// generic secret, then longer first, then by class rank, then leftmost.
 fn resolve(mut cands: Vec<(Class, Range<usize>)>) -> Vec<Match> {
     if cands.is_empty() {
         return Vec::new();
     }
     cands.retain(|(_, r)| r.start < r.end);
+    // A generic secret (a token after `password`, a URL password) yields to any specific
+    // match it overlaps: `token:ghs_...@github.com` is a GitHub token, however far the generic
+    // token runs.
+    let generic = |c: &Class| *c == Class::Secret;
     cands.sort_by(|a, b| {
-        (b.1.len(), a.0.rank(), a.1.start).cmp(&(a.1.len(), b.0.rank(), b.1.start))
+        (generic(&a.0), b.1.len(), a.0.rank(), a.1.start).cmp(&(
+            generic(&b.0),
+            a.1.len(),
+            b.0.rank(),
+            b.1.start,
+        ))
     });
     let mut taken: std::collections::BTreeMap<usize, (usize, Class)> = Default::default();
     for (class, r) in cands {

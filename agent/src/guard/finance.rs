@@ -11,7 +11,7 @@ fn at(text: &[u8], i: usize) -> u8 {
 }
 
 /// A card number whose first digit is at `p`: 13-19 digits, either unbroken or in groups of
-/// 3-6 split by one kind of separator (space or dash), a known issuer prefix for that length,
+/// 3-6 split by one kind of separator (space, dash or dot), a known issuer prefix for that length,
 /// and a valid Luhn check digit.
 pub(crate) fn credit_card(text: &[u8], p: usize) -> Option<Range<usize>> {
     let mut digits = [0u8; 19];
@@ -29,7 +29,7 @@ pub(crate) fn credit_card(text: &[u8], p: usize) -> Option<Range<usize>> {
             n += 1;
             group += 1;
             i += 1;
-        } else if matches!(b, b' ' | b'-')
+        } else if matches!(b, b' ' | b'-' | b'.')
             && at(text, i + 1).is_ascii_digit()
             && (sep == 0 || sep == b)
             && (3..=6).contains(&group)
@@ -133,10 +133,11 @@ fn iban_len(cc: [u8; 2]) -> Option<usize> {
     Some(n)
 }
 
-/// An IBAN whose country code starts at `t`: unbroken or printed in groups of four, with the
-/// country's length and a mod-97 remainder of 1.
+/// An IBAN whose country code starts at `t`: unbroken or printed in groups of four, either
+/// case, with the country's length and a mod-97 remainder of 1.
 pub(crate) fn iban(text: &[u8], t: usize) -> Option<Range<usize>> {
-    let len = iban_len([at(text, t), at(text, t + 1)])?;
+    let up = |i| at(text, i).to_ascii_uppercase();
+    let len = iban_len([up(t), up(t + 1)])?;
     if !at(text, t + 2).is_ascii_digit() || !at(text, t + 3).is_ascii_digit() {
         return None;
     }
@@ -149,10 +150,10 @@ pub(crate) fn iban(text: &[u8], t: usize) -> Option<Range<usize>> {
             i += 1;
             continue;
         }
-        if !(b.is_ascii_digit() || b.is_ascii_uppercase()) {
+        if !b.is_ascii_alphanumeric() {
             return None;
         }
-        chars[n] = b;
+        chars[n] = b.to_ascii_uppercase();
         n += 1;
         i += 1;
     }

@@ -53,6 +53,9 @@ mod rewrite;
 mod secrets;
 mod text;
 
+#[cfg(test)]
+mod tests;
+
 use std::ops::Range;
 
 pub use class::{Class, ClassSet, PII, SECRETS};

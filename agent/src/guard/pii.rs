@@ -17,7 +17,7 @@ fn digit(text: &[u8], i: usize) -> bool {
 }
 
 fn is_local(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-')
+    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'%' | b'+' | b'-' | b'\'')
 }
 
 /// Image names such as `icon@2x.png` look like addresses; no real address ends in these.
@@ -32,10 +32,10 @@ pub(crate) fn email(text: &[u8], p: usize) -> Option<Range<usize>> {
         }
         s -= 1;
     }
-    while s < p && matches!(text[s], b'.' | b'-' | b'+') {
+    while s < p && matches!(text[s], b'.' | b'-' | b'+' | b'\'') {
         s += 1;
     }
-    if s == p || text[p - 1] == b'.' {
+    if s == p || text[p - 1] == b'.' || in_url(text, s) {
         return None;
     }
     // Domain: labels of [A-Za-z0-9-], not starting or ending with '-', joined by single dots.
@@ -70,10 +70,23 @@ pub(crate) fn email(text: &[u8], p: usize) -> Option<Range<usize>> {
         || NOT_TLDS.iter().any(|x| tld.eq_ignore_ascii_case(x))
         || !right_bound(text, end)
         || matches!(at(text, end), b'-' | b'_')
+        // `git@github.com:org/repo.git` is an SSH remote, not an address.
+        || (at(text, end) == b':' && at(text, end + 1).is_ascii_graphic())
     {
         return None;
     }
     Some(s..end)
+}
+
+/// Whether `s` is inside the userinfo of a URL (`https://token@host`, `https://x:pw@host`):
+/// a credential, found by its own validator, not an address.
+fn in_url(text: &[u8], s: usize) -> bool {
+    let from = s.saturating_sub(128);
+    let word = text[from..s]
+        .iter()
+        .rposition(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b'<' | b'('))
+        .map_or(from, |k| from + k + 1);
+    memchr::memmem::find(&text[word..s], b"://").is_some()
 }
 
 /// Digit groups from `p`: `(group lengths, separators between them, end)`. A separator is one of
@@ -116,9 +129,10 @@ fn groups(text: &[u8], p: usize, allow_parens: bool) -> Option<Groups> {
         // Separator forms: " ", "-", ".", ") ", ")", " (", "(" around an area code.
         let mut j = i;
         let mut sep = 0u8;
+        let mut parens = false;
         if allow_parens && at(text, j) == b')' {
             j += 1;
-            g.parens = true;
+            parens = true;
             sep = b')';
         }
         if matches!(at(text, j), b' ' | b'-' | b'.') {
@@ -127,12 +141,13 @@ fn groups(text: &[u8], p: usize, allow_parens: bool) -> Option<Groups> {
         }
         if allow_parens && at(text, j) == b'(' {
             j += 1;
-            g.parens = true;
+            parens = true;
             sep = b'(';
         }
         if sep == 0 || !digit(text, j) || g.n == 8 {
             return Some(g);
         }
+        g.parens |= parens;
         g.seps[g.n - 1] = sep;
         i = j;
     }
@@ -154,7 +169,10 @@ pub(crate) fn phone(text: &[u8], p: usize) -> Option<Range<usize>> {
     let lens = &g.lens[..g.n];
     let seps = &g.seps[..g.n.saturating_sub(1)];
     if plus {
-        let ok = (8..=15).contains(&g.digits) && first != b'0' && lens.iter().all(|&l| l <= 15);
+        // +1 is the North American plan: exactly ten digits follow.
+        let ok = (8..=15).contains(&g.digits)
+            && first != b'0'
+            && (first != b'1' || lens[0] > 1 || g.digits == 11);
         return ok.then(|| p - 1..g.end);
     }
     let start = if open { p - 1 } else { p };
@@ -183,15 +201,20 @@ pub(crate) fn phone(text: &[u8], p: usize) -> Option<Range<usize>> {
             return Some(start..g.end);
         }
     }
-    // National with trunk prefix 0: space or dash separators only, 9-12 digits, not a date.
+    // National with trunk prefix 0: space or dash separators only, 9-12 digits; `(020) ...`
+    // may bracket the area code.
+    let bracketed = open && g.parens && g.seps[0] == b')';
     if first == b'0'
-        && !open
-        && !g.parens
+        && (open == bracketed)
+        && (!g.parens || bracketed)
         && g.n >= 2
         && (9..=12).contains(&g.digits)
         && (2..=5).contains(&lens[0])
         && lens.iter().all(|&l| l >= 2)
-        && seps.iter().all(|&s| s == seps[0] && (s == b' ' || s == b'-'))
+        && seps
+            .iter()
+            .skip(usize::from(bracketed))
+            .all(|&s| s == seps[seps.len() - 1] && (s == b' ' || s == b'-'))
     {
         return Some(start..g.end);
     }

@@ -28,6 +28,10 @@ pub(crate) enum Trigger {
     Pem,
     Jwt,
     Azure,
+    /// `scheme://user:password@host`: the password.
+    UrlCreds,
+    /// `Authorization: Basic <base64 user:password>`.
+    BasicAuth,
     /// A key word for high-entropy secrets (and AWS secret keys); the literal is the word from
     /// its second letter on, and `lead` is the first letter, checked without case.
     Keyword {
@@ -77,6 +81,9 @@ pub(crate) fn triggers(enabled: ClassSet) -> Vec<(&'static str, Trigger)> {
     }
     if on(Class::AzureKey) {
         v.extend([("AccountKey=", Azure), ("SharedAccessKey=", Azure)]);
+    }
+    if on(Class::Secret) {
+        v.extend([("://", UrlCreds), ("Basic ", BasicAuth)]);
     }
     if on(Class::Secret) || on(Class::AwsKey) {
         for (word, lead) in [
@@ -232,6 +239,22 @@ pub(crate) fn check(
                 push(Class::AzureKey, e..e + n + pad);
             }
         }
+        Trigger::UrlCreds => {
+            if let Some(r) = url_password(text, e) {
+                push(Class::Secret, r);
+            }
+        }
+        Trigger::BasicAuth => {
+            let from = s.saturating_sub(24);
+            let header = text[from..s]
+                .windows(13)
+                .any(|w| w.eq_ignore_ascii_case(b"authorization"));
+            let n = run_len(text, e, 1024, is_b64);
+            let pad = run_len(text, e + n, 2, |b| b == b'=');
+            if header && n >= 8 && !is_alnum(at(text, e + n + pad)) {
+                push(Class::Secret, e..e + n + pad);
+            }
+        }
         Trigger::Keyword { lead } => {
             if s == 0 || !text[s - 1].eq_ignore_ascii_case(&lead) {
                 return;
@@ -239,6 +262,22 @@ pub(crate) fn check(
             keyword_secret(text, s - 1, e, &mut push);
         }
     }
+}
+
+/// The password of `user:password@` right after `://` at `e`. Template values (`${PASS}`,
+/// `<password>`, `****`) and very short ones are left alone.
+fn url_password(text: &[u8], e: usize) -> Option<Range<usize>> {
+    let userinfo = |b: u8| is_alnum(b) || b"._~%!$&'*+,;=:-".contains(&b);
+    let n = run_len(text, e, 256, userinfo);
+    if at(text, e + n) != b'@' {
+        return None;
+    }
+    let colon = text[e..e + n].iter().position(|&b| b == b':')?;
+    let pw = e + colon + 1..e + n;
+    let v = &text[pw.clone()];
+    let template = v.first().is_some_and(|b| b"$<{*".contains(b))
+        || v.iter().all(|&b| b == b'*' || b == b'x' || b == b'X');
+    (v.len() >= 6 && !template).then_some(pw)
 }
 
 /// `https://hooks.slack.com/services/T.../B.../...` (also `/workflows/`, `/triggers/`).
