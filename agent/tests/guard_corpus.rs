@@ -18,7 +18,10 @@ struct Row {
 }
 
 fn corpus() -> Vec<Row> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/guard_corpus.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/guard_corpus.jsonl"
+    );
     let data = std::fs::read_to_string(path).expect("corpus file");
     data.lines()
         .filter(|l| !l.trim().is_empty())
@@ -85,7 +88,7 @@ struct Score {
 }
 
 #[test]
-fn corpus_precision_and_recall() {
+fn guard_corpus_precision_and_recall() {
     let det = Detectors::all();
     let rows = corpus();
     assert!(rows.len() >= 300, "corpus has {} lines", rows.len());
@@ -123,7 +126,13 @@ fn corpus_precision_and_recall() {
             misses.push(format!("FN {}: {:?} in {:?}", e.0, e.1, row.text));
         }
     }
-    let pct = |a: usize, b: usize| if b == 0 { 100.0 } else { 100.0 * a as f64 / b as f64 };
+    let pct = |a: usize, b: usize| {
+        if b == 0 {
+            100.0
+        } else {
+            100.0 * a as f64 / b as f64
+        }
+    };
     println!("| class | TP | FP | FN | precision | recall |");
     println!("|---|---:|---:|---:|---:|---:|");
     let (mut tp, mut fp, mut fn_) = (0, 0, 0);
@@ -168,5 +177,9 @@ fn corpus_precision_and_recall() {
             pct(s.tp, s.tp + s.fn_)
         );
     }
-    assert!(pct(tp, tp + fp) >= 95.0, "overall precision {:.1} %", pct(tp, tp + fp));
+    assert!(
+        pct(tp, tp + fp) >= 95.0,
+        "overall precision {:.1} %",
+        pct(tp, tp + fp)
+    );
 }

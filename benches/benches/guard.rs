@@ -63,7 +63,10 @@ fn bench(c: &mut Criterion) {
     for size in [4096usize, 65536] {
         let text = prompt(size);
         let value = messages(&text);
-        assert!(det.scan_json(&value).is_empty(), "the bench prompt must not match");
+        assert!(
+            det.scan_json(&value).is_empty(),
+            "the bench prompt must not match"
+        );
         g.throughput(Throughput::Bytes(value.len() as u64));
         g.bench_with_input(BenchmarkId::new("scan_json", size), &value, |b, v| {
             b.iter(|| det.scan_json(std::hint::black_box(v)))
@@ -77,7 +80,9 @@ fn bench(c: &mut Criterion) {
     let mut text = prompt(65536);
     text.push_str(" caf\u{e9}");
     let value = messages(&text);
-    let escaped = String::from_utf8_lossy(&value).replace('\u{e9}', "\\u00e9").into_bytes();
+    let escaped = String::from_utf8_lossy(&value)
+        .replace('\u{e9}', "\\u00e9")
+        .into_bytes();
     g.throughput(Throughput::Bytes(escaped.len() as u64));
     g.bench_function("scan_json_u_escape/65536", |b| {
         b.iter(|| det.scan_json(std::hint::black_box(&escaped)))

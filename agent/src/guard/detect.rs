@@ -137,8 +137,8 @@ impl Detectors {
         if let Some((ac, owners)) = &self.words {
             for m in ac.find_iter(text) {
                 let word = |b: u8| is_alnum(b) || b == b'_';
-                let l = left_bound(text, m.start())
-                    && (m.start() == 0 || text[m.start() - 1] != b'_');
+                let l =
+                    left_bound(text, m.start()) && (m.start() == 0 || text[m.start() - 1] != b'_');
                 let r = m.end() >= text.len() || !word(text[m.end()]);
                 if l && r {
                     cands.push((owners[m.pattern().as_usize()].clone(), m.range()));
@@ -164,7 +164,10 @@ impl Detectors {
     fn on_digit(&self, text: &[u8], p: usize, out: &mut Vec<(Class, Range<usize>)>) -> usize {
         let on = |c: &Class| self.enabled.contains(c);
         let mut t = p;
-        while t > 0 && p - t < 3 && text[t - 1].is_ascii_alphabetic() && !escaped_letter(text, t - 1)
+        while t > 0
+            && p - t < 3
+            && text[t - 1].is_ascii_alphabetic()
+            && !escaped_letter(text, t - 1)
         {
             t -= 1;
         }
@@ -324,7 +327,10 @@ mod tests {
             (Class::Email, 30..40),
             (Class::Ip, 32..34),
         ]);
-        let got: Vec<_> = m.iter().map(|m| (m.class.clone(), m.range.clone())).collect();
+        let got: Vec<_> = m
+            .iter()
+            .map(|m| (m.class.clone(), m.range.clone()))
+            .collect();
         assert_eq!(got, vec![(Class::Jwt, 5..20), (Class::Email, 30..40)]);
     }
 

@@ -234,8 +234,7 @@ pub(crate) fn unescape(raw: &[u8]) -> Vec<u8> {
         if let Some(c) = simple {
             out.push(c);
             i = b + 2;
-        } else if let Some((ch, rlen)) = parse_u(raw, b).filter(|_| raw.get(b + 1) == Some(&b'u'))
-        {
+        } else if let Some((ch, rlen)) = parse_u(raw, b).filter(|_| raw.get(b + 1) == Some(&b'u')) {
             let mut buf = [0u8; 4];
             out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
             i = b + rlen;

@@ -84,7 +84,9 @@ pub struct DetectorConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
-    #[error("unknown guard class {0:?} (expected a class name, custom:<name>, pii, secrets or all)")]
+    #[error(
+        "unknown guard class {0:?} (expected a class name, custom:<name>, pii, secrets or all)"
+    )]
     UnknownClass(String),
     #[error("bad guard name {0:?}: 1-32 characters of A-Z, a-z, 0-9, '_' or '-'")]
     BadName(String),

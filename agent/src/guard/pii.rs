@@ -21,7 +21,9 @@ fn is_local(b: u8) -> bool {
 }
 
 /// Image names such as `icon@2x.png` look like addresses; no real address ends in these.
-const NOT_TLDS: [&[u8]; 8] = [b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico"];
+const NOT_TLDS: [&[u8]; 8] = [
+    b"png", b"jpg", b"jpeg", b"gif", b"svg", b"webp", b"bmp", b"ico",
+];
 
 /// An email address around the `@` at `p`.
 pub(crate) fn email(text: &[u8], p: usize) -> Option<Range<usize>> {
@@ -241,20 +243,14 @@ pub(crate) fn ssn(text: &[u8], p: usize) -> Option<Range<usize>> {
         .map(|b| b - b'0')
         .collect();
     let area = d[0] as u32 * 100 + d[1] as u32 * 10 + d[2] as u32;
-    let ok = area != 0
-        && area != 666
-        && area < 900
-        && d[3..5] != [0, 0]
-        && d[5..9] != [0, 0, 0, 0];
+    let ok = area != 0 && area != 666 && area < 900 && d[3..5] != [0, 0] && d[5..9] != [0, 0, 0, 0];
     ok.then_some(p..g.end)
 }
 
 fn ssn_context(text: &[u8], p: usize) -> bool {
     let from = p.saturating_sub(32);
     let window = &text[from..p];
-    window
-        .windows(3)
-        .any(|w| w.eq_ignore_ascii_case(b"ssn"))
+    window.windows(3).any(|w| w.eq_ignore_ascii_case(b"ssn"))
         || window
             .windows(15)
             .any(|w| w.eq_ignore_ascii_case(b"social security"))
@@ -442,7 +438,10 @@ mod tests {
         assert_eq!(find(ipv4, "256.1.1.1", 0), None);
         assert_eq!(find(ipv4, "1.3.6.1.4.1", 0), None);
         assert_eq!(find(ipv4, "version 1.2.3.4", 8), None);
-        assert_eq!(find(ipv6, "at 2001:db8::8a2e:370:7334 ok", 3), Some("2001:db8::8a2e:370:7334"));
+        assert_eq!(
+            find(ipv6, "at 2001:db8::8a2e:370:7334 ok", 3),
+            Some("2001:db8::8a2e:370:7334")
+        );
         assert_eq!(find(ipv6, "fe80::1", 2), Some("fe80::1"));
         assert_eq!(find(ipv6, "::1", 2), Some("::1"));
         assert_eq!(find(ipv6, "12:30:45", 0), None);

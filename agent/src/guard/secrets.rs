@@ -136,7 +136,9 @@ pub(crate) fn check(
     let ab = |n: usize, f: fn(u8) -> bool| !f(at(text, n));
     match trig {
         Trigger::Aws => {
-            let n = run_len(text, e, 17, |b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            let n = run_len(text, e, 17, |b| {
+                b.is_ascii_uppercase() || b.is_ascii_digit()
+            });
             if left_bound(text, s) && n == 16 && !is_alnum(at(text, e + n)) {
                 push(Class::AwsKey, s..e + n);
             }
@@ -384,8 +386,9 @@ fn is_token_byte(b: u8) -> bool {
 
 /// The secret after a key word spanning `ks..ke`: skip the rest of the identifier
 /// (`password_hash`, `tokenizer`), then separators (`"`, `:`, `=`, spaces, escapes, "is"), then
-/// take one token. It counts as a secret when it is >= 16 bytes, mixes letters and digits, has
-/// >= 3.0 bits of Shannon entropy per byte and is not a call (`Tokenizer.from_pretrained(`).
+/// take one token. It counts as a secret when it is at least 16 bytes, mixes letters and
+/// digits, has at least 3.0 bits of Shannon entropy per byte and is not a call
+/// (`Tokenizer.from_pretrained(`).
 /// A 40-byte base64 token after an AWS word is an AWS secret access key instead.
 fn keyword_secret(text: &[u8], ks: usize, ke: usize, push: &mut impl FnMut(Class, Range<usize>)) {
     let ident = run_len(text, ke, 32, |b| is_alnum(b) || b == b'_' || b == b'-');
@@ -397,7 +400,9 @@ fn keyword_secret(text: &[u8], ks: usize, ke: usize, push: &mut impl FnMut(Class
         match at(text, i) {
             b' ' | b'\t' | b'"' | b'\'' | b'`' | b':' | b'=' | b'>' => i += 1,
             b'\\' if matches!(at(text, i + 1), b'n' | b't' | b'r' | b'"' | b'\\') => i += 2,
-            b'i' | b'I' if at(text, i + 1).eq_ignore_ascii_case(&b's') && at(text, i + 2) == b' ' => {
+            b'i' | b'I'
+                if at(text, i + 1).eq_ignore_ascii_case(&b's') && at(text, i + 2) == b' ' =>
+            {
                 i += 3
             }
             _ => break,
@@ -433,8 +438,8 @@ mod tests {
     use super::*;
 
     fn run(text: &str) -> Vec<(Class, &str)> {
-        let ac = aho_corasick::AhoCorasick::new(triggers(ClassSet::all()).iter().map(|t| t.0))
-            .unwrap();
+        let ac =
+            aho_corasick::AhoCorasick::new(triggers(ClassSet::all()).iter().map(|t| t.0)).unwrap();
         let trig = triggers(ClassSet::all());
         let mut out = Vec::new();
         for m in ac.find_iter(text) {

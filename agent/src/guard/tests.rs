@@ -40,7 +40,15 @@ fn redact_and_pseudonymize_give_valid_json_with_nothing_left() {
     let classes: Vec<String> = m.iter().map(|m| m.class.name().into_owned()).collect();
     assert_eq!(
         classes,
-        ["email", "credit_card", "email", "email", "aws_key", "phone", "secret"],
+        [
+            "email",
+            "credit_card",
+            "email",
+            "email",
+            "aws_key",
+            "phone",
+            "secret"
+        ],
         "{m:?}"
     );
     let red = redact(raw, &m);
@@ -55,7 +63,10 @@ fn redact_and_pseudonymize_give_valid_json_with_nothing_left() {
     let (ps, map) = pseudonymize(raw, &m, Encoding::Json);
     let v: serde_json::Value = serde_json::from_slice(&ps).expect("pseudonymized body is JSON");
     let content = v["messages"][1]["content"].as_str().unwrap_or_default();
-    assert!(content.contains("mail <EMAIL_2> or <EMAIL_2> again"), "{content}");
+    assert!(
+        content.contains("mail <EMAIL_2> or <EMAIL_2> again"),
+        "{content}"
+    );
     assert_eq!(map.len(), 6);
     let span3 = messages_span(&ps);
     assert!(det.scan_spans(&ps, &[span3]).is_empty());
@@ -76,7 +87,10 @@ fn escaped_values_are_found_and_replaced_whole() {
         })
         .collect();
     assert_eq!(got[0], ("email".into(), r"alice\u0040example.com"));
-    assert_eq!(got[1], ("aws_key".into(), r"\u0041KIA\u0049OSFODNN7EXAMPLE"));
+    assert_eq!(
+        got[1],
+        ("aws_key".into(), r"\u0041KIA\u0049OSFODNN7EXAMPLE")
+    );
     assert_eq!(got[2].0, "slack_token");
     assert!(got[2].1.starts_with(r"https:\/\/hooks"));
     let red = redact(raw, &m);

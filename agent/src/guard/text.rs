@@ -132,7 +132,10 @@ fn swar_find(text: &[u8], from: usize) -> Option<usize> {
         }
         i += 8;
     }
-    text.get(i..)?.iter().position(|&b| interesting(b)).map(|k| i + k)
+    text.get(i..)?
+        .iter()
+        .position(|&b| interesting(b))
+        .map(|k| i + k)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -166,7 +169,10 @@ mod sse2 {
                 i += 16;
             }
         }
-        text.get(i..)?.iter().position(|&b| interesting(b)).map(|k| i + k)
+        text.get(i..)?
+            .iter()
+            .position(|&b| interesting(b))
+            .map(|k| i + k)
     }
 }
 
