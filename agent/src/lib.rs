@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod fuzzing;
 pub mod governance;
+pub mod guard;
 pub mod http;
 pub mod identity;
 pub mod import;

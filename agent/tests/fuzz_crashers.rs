@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 7] = [
+const TARGETS: [(&str, Target); 8] = [
     ("request_head", tollgate::fuzzing::request_head),
     ("chunked", tollgate::fuzzing::chunked),
     ("inspect_rewrite", tollgate::fuzzing::inspect_rewrite),
@@ -15,6 +15,7 @@ const TARGETS: [(&str, Target); 7] = [
     ("response_head", tollgate::fuzzing::response_head),
     ("config", tollgate::fuzzing::config),
     ("batch_upload", tollgate::fuzzing::batch_upload),
+    ("guard_scan", tollgate::fuzzing::guard_scan),
 ];
 
 fn fuzz_dir() -> PathBuf {

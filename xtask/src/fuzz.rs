@@ -68,7 +68,7 @@ struct Target {
     dict: &'static str,
 }
 
-const TARGETS: [Target; 7] = [
+const TARGETS: [Target; 8] = [
     Target {
         name: "request_head",
         max_len: 4096,
@@ -117,6 +117,13 @@ const TARGETS: [Target; 7] = [
         rss_limit_mb: 2048,
         timeout_s: 10,
         dict: "json.dict",
+    },
+    Target {
+        name: "guard_scan",
+        max_len: 4096,
+        rss_limit_mb: 2048,
+        timeout_s: 10,
+        dict: "guard.dict",
     },
 ];
 
