@@ -158,18 +158,7 @@ fn probe(ctx: &Ctx, path: &str) -> Option<Response<Full<Bytes>>> {
         "/healthz" => (StatusCode::OK, r#"{"status":"ok"}"#.to_string()),
         "/readyz" => {
             let snap = ctx.shared.snapshot.load();
-            let (status, _) = crate::local::readiness(&ctx.shared, &snap.cfg);
-            let label = if status == 200 {
-                "ready"
-            } else if ctx
-                .shared
-                .shutting_down
-                .load(std::sync::atomic::Ordering::Relaxed)
-            {
-                "stopping"
-            } else {
-                "starting"
-            };
+            let (status, label) = crate::local::readiness_status(&ctx.shared, &snap.cfg);
             (
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
                 format!(r#"{{"status":"{label}"}}"#),

@@ -114,12 +114,22 @@ pub async fn serve(w: &Worker, cfg: &Config, client: &mut ClientConn, head: &Req
     result.is_ok() && keep
 }
 
-/// `/readyz` on the client port and the admin listener: status and body.
-pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
+/// The readiness status code and its label (`ready`, `stopping`, `starting`).
+pub fn readiness_status(s: &Shared, cfg: &Config) -> (u16, &'static str) {
     let stopping = s.shutting_down.load(Ordering::Relaxed);
     let ready = s.workers_ready.load(Ordering::Acquire) == cfg.workers && !stopping;
+    match (ready, stopping) {
+        (true, _) => (200, "ready"),
+        (false, true) => (503, "stopping"),
+        (false, false) => (503, "starting"),
+    }
+}
+
+/// `/readyz` on the client port and the admin listener: status and body.
+pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
+    let (status, label) = readiness_status(s, cfg);
     let body = serde_json::json!({
-        "status": if ready { "ready" } else if stopping { "stopping" } else { "starting" },
+        "status": label,
         "workers": cfg.workers,
         "io_driver": s.io_driver.get().copied().unwrap_or("starting"),
         "kernel": s.kernel.to_json(),
@@ -128,7 +138,7 @@ pub fn readiness(s: &Shared, cfg: &Config) -> (u16, String) {
         "breakers": open_breakers(s),
         "cluster": s.cluster.as_ref().map(|c| c.to_json()),
     });
-    (if ready { 200 } else { 503 }, body.to_string())
+    (status, body.to_string())
 }
 
 /// Targets whose circuit breaker is not closed, or whose provider fails its health check.

@@ -113,20 +113,24 @@ fn agent_on(target: &str, node: &str, rules: &str) -> Stack {
     })
 }
 
+fn post_as_team_t(addr: SocketAddr, body: &str) -> crate::harness::Response {
+    post_raw(
+        addr,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-tollgate-team", "t"),
+        ],
+        body.as_bytes(),
+    )
+}
+
 /// Sends as team `t` until `stop`; returns (200s, 429 budget_exceeded) counts.
 fn hammer(addr: SocketAddr, stop: Arc<AtomicBool>, until_exhausted: bool) -> (u64, u64) {
     let body = chat_body("smol", "spend a little", 20, false).to_string();
     let (mut ok, mut refused, mut refused_in_a_row) = (0, 0, 0);
     while !stop.load(Ordering::Relaxed) {
-        let r = post_raw(
-            addr,
-            "/v1/chat/completions",
-            &[
-                ("content-type", "application/json"),
-                ("x-tollgate-team", "t"),
-            ],
-            body.as_bytes(),
-        );
+        let r = post_as_team_t(addr, &body);
         match r.status {
             200 => {
                 ok += 1;
@@ -376,15 +380,7 @@ fn for_a_while(addr: SocketAddr, run: Duration) -> (u64, u64) {
     let (mut ok, mut limited) = (0, 0);
     let end = Instant::now() + run;
     while Instant::now() < end {
-        let r = post_raw(
-            addr,
-            "/v1/chat/completions",
-            &[
-                ("content-type", "application/json"),
-                ("x-tollgate-team", "t"),
-            ],
-            body.as_bytes(),
-        );
+        let r = post_as_team_t(addr, &body);
         match r.status {
             200 => ok += 1,
             429 => {

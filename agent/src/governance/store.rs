@@ -138,6 +138,11 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
+/// A whole key row; `put_key` adds its upsert clause.
+const KEY_INSERT: &str =
+    "INSERT INTO keys (id, hash, prefix, spec, created_ms, updated_ms, revoked_ms)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 impl Store {
     pub fn open(data_dir: &Path) -> rusqlite::Result<Store> {
         let _ = std::fs::create_dir_all(data_dir);
@@ -162,20 +167,7 @@ impl Store {
     }
 
     pub fn insert_key(&self, rec: &KeyRecord, hash: &[u8; 32]) -> rusqlite::Result<()> {
-        self.conn.execute(
-            "INSERT INTO keys (id, hash, prefix, spec, created_ms, updated_ms, revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                rec.id,
-                &hash[..],
-                rec.prefix,
-                spec_json(&rec.spec),
-                rec.created_ms,
-                rec.updated_ms,
-                rec.revoked_ms
-            ],
-        )?;
-        Ok(())
+        self.write_key(KEY_INSERT, rec, hash)
     }
 
     pub fn update_spec(&self, id: &str, spec: &KeySpec, now_ms: i64) -> rusqlite::Result<bool> {
@@ -211,12 +203,17 @@ impl Store {
     /// Writes a key record received from the cluster (`cluster/keys.rs`) as it is: inserted
     /// when new, replaced otherwise. The caller has decided that it wins (`cluster::keys::wins`).
     pub fn put_key(&self, rec: &KeyRecord, hash: &[u8; 32]) -> rusqlite::Result<()> {
+        let sql = format!(
+            "{KEY_INSERT} ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, \
+             prefix = excluded.prefix, spec = excluded.spec, created_ms = excluded.created_ms, \
+             updated_ms = excluded.updated_ms, revoked_ms = excluded.revoked_ms"
+        );
+        self.write_key(&sql, rec, hash)
+    }
+
+    fn write_key(&self, sql: &str, rec: &KeyRecord, hash: &[u8; 32]) -> rusqlite::Result<()> {
         self.conn.execute(
-            "INSERT INTO keys (id, hash, prefix, spec, created_ms, updated_ms, revoked_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT(id) DO UPDATE SET hash = excluded.hash, prefix = excluded.prefix,
-                spec = excluded.spec, created_ms = excluded.created_ms,
-                updated_ms = excluded.updated_ms, revoked_ms = excluded.revoked_ms",
+            sql,
             params![
                 rec.id,
                 &hash[..],

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex::bytes::{Regex, RegexBuilder};
 
-use super::class::{check_name, Class, ClassSet};
+use super::class::{check_name, Class, ClassSet, PII};
 use super::secrets::{self, Trigger};
 use super::text::{escaped_letter, find_numeric_or_at, is_alnum, left_bound};
 use super::{finance, pii, DetectorConfig, GuardError, Match};
@@ -45,16 +45,8 @@ impl Detectors {
                     .map_err(|e| GuardError::Build(e.to_string()))?,
             )
         };
-        let numeric = [
-            Class::Email,
-            Class::Phone,
-            Class::CreditCard,
-            Class::Iban,
-            Class::NationalId,
-            Class::Ip,
-        ]
-        .iter()
-        .any(|c| enabled.contains(c));
+        // Every personal-data class is found from the digit-or-`@` pass.
+        let numeric = PII.iter().any(|c| enabled.contains(c));
         let mut custom = Vec::new();
         for (name, pat) in &cfg.custom_patterns {
             check_name(name)?;
