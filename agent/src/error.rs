@@ -72,6 +72,9 @@ pub enum ErrorKind {
     /// No target of the model (or its fallbacks) may take the request now: `circuit_open`
     /// (every breaker open) or `no_target_available` (outside every target's hours).
     Unavailable { code: &'static str },
+    /// A guardrail with `action: block` found sensitive content; the message names the
+    /// classes, never the matched text.
+    ContentBlocked,
     /// No route for this path.
     NotFound,
     /// Known path, wrong method.
@@ -167,6 +170,7 @@ impl GateError {
             | LoopDetected
             | Throttled { .. }
             | ContextTooLong
+            | ContentBlocked
             | NotFound
             | MethodNotAllowed => Side::Client,
             UpstreamUnreachable
@@ -206,6 +210,7 @@ impl GateError {
             Throttled { code } => (429, "requests", code),
             ContextTooLong => (400, "invalid_request_error", "context_length_exceeded"),
             Unavailable { code } => (503, "api_error", code),
+            ContentBlocked => (400, "invalid_request_error", "content_blocked"),
             NotFound => (404, "invalid_request_error", "not_found"),
             MethodNotAllowed => (405, "invalid_request_error", "method_not_allowed"),
             UpstreamUnreachable => (502, "api_error", "upstream_unreachable"),

@@ -3,10 +3,12 @@
 //! every proxied request is metered and recorded, whatever failed.
 //!
 //! ```text
-//! accept (worker.rs) → read → identify → inspect → admit → route → forward → relay → settle
+//! accept (worker.rs) → read → identify → inspect → admit → route → guard → forward → relay → settle
 //! ```
 //! `admit` decides who may spend (keys, model access, loop guard, rate limits, budgets) and
 //! reserves what the request may use; the ledger writer settles it to the actual usage.
+//! `guard` runs before every attempt, since a retry may go to a provider other guardrails
+//! cover; `relay` puts pseudonymized values back into the response.
 //! Kernel attribution was looked up once at accept and lives on the `ClientConn`: route reads
 //! its original destination (intercepted connections), settle hands it to the ledger. On an
 //! intercepted connection, requests that are not inference calls bypass the phases and are
@@ -27,7 +29,7 @@ use crate::metering::Usage;
 use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
-use crate::phase::{admit, forward, identify, inspect, passthrough, relay, route, settle};
+use crate::phase::{admit, forward, guard, identify, inspect, passthrough, relay, route, settle};
 use crate::snapshot::Snapshot;
 use crate::worker::Worker;
 
@@ -110,6 +112,8 @@ pub struct RequestCtx {
     pub upstream_api: Api,
     /// Set by forward when the target's provider speaks the other wire format.
     pub translation: Option<crate::translate::Direction>,
+    /// What the guardrails found and changed for the attempt forwarded.
+    pub guard: crate::phase::guard::GuardState,
 }
 
 impl RequestCtx {
@@ -146,6 +150,7 @@ impl RequestCtx {
             route: route::RouteState::default(),
             upstream_api: api,
             translation: None,
+            guard: Default::default(),
         }
     }
 }
@@ -250,6 +255,7 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     ctx.route.permit = route::wait_turn(&snap, ctx, batch).await?;
     route::run(&snap, &w.route, ctx, client.original_dst())?;
     let forwarded = loop {
+        guard::run(&snap, client, ctx)?;
         match forward::run(w, ctx).await {
             Ok(f) => {
                 let status = f.head.status;

@@ -9,6 +9,7 @@
 //! | `x-sim-fail`        | `--fail-rate/--fail-status`| answer with this status and an error body      |
 //! | `x-sim-reset-after` | `--reset-after-chunks`     | RST after N SSE frames (non-stream: no reply)  |
 //! | `x-sim-no-usage`    | `--no-stream-usage`        | no usage in the stream                         |
+//! | `x-sim-echo`        |                            | the output starts with the prompt text, in 3-byte tokens |
 //!
 //! A malformed header is the client's error (400). Delays apply even under `--zero-delay`: they
 //! are asked for explicitly.
@@ -26,6 +27,7 @@ pub const HEADER_DELAY_MS: &str = "x-sim-delay-ms";
 pub const HEADER_FAIL: &str = "x-sim-fail";
 pub const HEADER_RESET_AFTER: &str = "x-sim-reset-after";
 pub const HEADER_NO_USAGE: &str = "x-sim-no-usage";
+pub const HEADER_ECHO: &str = "x-sim-echo";
 
 /// The configured defaults and the random draws for `--fail-rate`.
 pub struct Faults {
@@ -40,6 +42,8 @@ pub struct FaultPlan {
     pub fail: Option<StatusCode>,
     pub reset_after_frames: Option<u64>,
     pub suppress_stream_usage: bool,
+    /// The output starts with the prompt text (what the model was sent comes back).
+    pub echo: bool,
 }
 
 impl FaultPlan {
@@ -86,6 +90,7 @@ impl Faults {
             fail,
             reset_after_frames,
             suppress_stream_usage,
+            echo: header::<Flag>(headers, HEADER_ECHO)?.is_some_and(|Flag(on)| on),
         })
     }
 

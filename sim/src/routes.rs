@@ -100,10 +100,13 @@ async fn text(
     request: Request<Incoming>,
 ) -> Result<Response<SimBody>, SimError> {
     let (parts, body) = receive(app, request).await?;
-    let job = api.parse(&body)?;
+    let mut job = api.parse(&body)?;
     let (model, model_name) = app.resolve_model(job.model.as_deref())?;
     job.check_context(app.config.max_model_len_tokens)?;
     let faults = plan_faults(app, &parts).await?;
+    if faults.echo {
+        job.echo = Some(String::from_utf8_lossy(&job.prompt.text).into());
+    }
 
     let mut sequence = app.engine.schedule(model).await?;
     let cache = sequence.prefill(&job.prompt, true).await;

@@ -18,7 +18,7 @@ pub trait StreamShape: Send + 'static {
     /// Frames before the first token.
     fn opening(&mut self, out: &mut VecDeque<Bytes>);
     /// The frame carrying one token of one choice.
-    fn token(&mut self, choice: u32, text: &'static str) -> Bytes;
+    fn token(&mut self, choice: u32, text: &str) -> Bytes;
     /// Frames after the last token.
     fn closing(&mut self, out: &mut VecDeque<Bytes>);
 }
@@ -55,11 +55,12 @@ impl TokenStream {
         prompt_seed: u64,
         choices: u32,
         tokens_per_choice: u64,
+        echo: Option<std::sync::Arc<str>>,
     ) -> Self {
         TokenStream {
             shape,
             words: (0..choices.max(1))
-                .map(|c| Words::new(prompt_seed, c))
+                .map(|c| Words::echoing(prompt_seed, c, echo.clone()))
                 .collect(),
             tokens_per_choice,
             queue: VecDeque::new(),
@@ -82,7 +83,9 @@ impl TokenStream {
                     self.phase = Phase::Closing;
                 }
                 Phase::Tokens { step, choice } => {
-                    let word = self.words[choice as usize].next().unwrap_or(" ");
+                    let word = self.words[choice as usize]
+                        .next()
+                        .unwrap_or(std::borrow::Cow::Borrowed(" "));
                     let pace = if choice == 0 && step > 0 {
                         Pace::NextToken
                     } else {
@@ -99,7 +102,7 @@ impl TokenStream {
                             choice: choice + 1,
                         }
                     };
-                    return Some((self.shape.token(choice, word), pace));
+                    return Some((self.shape.token(choice, &word), pace));
                 }
                 Phase::Closing => {
                     self.shape.closing(&mut self.queue);
@@ -121,7 +124,7 @@ pub(crate) mod tests {
         fn opening(&mut self, out: &mut VecDeque<Bytes>) {
             out.push_back(Bytes::from_static(b"open"));
         }
-        fn token(&mut self, choice: u32, text: &'static str) -> Bytes {
+        fn token(&mut self, choice: u32, text: &str) -> Bytes {
             Bytes::from(format!("{choice}:{}", text.trim()))
         }
         fn closing(&mut self, out: &mut VecDeque<Bytes>) {
@@ -139,7 +142,7 @@ pub(crate) mod tests {
 
     #[test]
     fn order_and_pacing() {
-        let mut stream = TokenStream::new(Box::new(Plain), 42, 2, 2);
+        let mut stream = TokenStream::new(Box::new(Plain), 42, 2, 2, None);
         let frames: Vec<_> = std::iter::from_fn(|| stream.next_frame()).collect();
         let paces: Vec<_> = frames.iter().map(|f| f.1).collect();
         let text: Vec<_> = frames

@@ -6,6 +6,9 @@
 //! the one the prefix cache chains over blocks. Everything is on the request path and allocation
 //! free except [`generate`].
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 /// Bytes of prompt text per token.
 pub const BYTES_PER_TOKEN: usize = 4;
 
@@ -109,42 +112,81 @@ pub fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
     mix64(h)
 }
 
-/// The endless word sequence of one choice: deterministic in (prompt seed, choice index).
+/// The endless token sequence of one choice: deterministic in (prompt seed, choice index).
+/// Echoing (`x-sim-echo`), the first tokens are the prompt text itself in pieces of
+/// [`ECHO_PIECE`] bytes, then words as usual: a test can see what the model "read" come back,
+/// split across stream events the way real models split words.
 #[derive(Debug, Clone)]
 pub struct Words {
     state: u64,
+    echo: Option<Arc<str>>,
+    at: usize,
 }
+
+/// Bytes of echoed prompt per token (rounded up to a character boundary).
+pub const ECHO_PIECE: usize = 3;
 
 impl Words {
     pub fn new(prompt_seed: u64, choice: u32) -> Self {
         Words {
             state: prompt_seed ^ mix64(u64::from(choice).wrapping_add(1)),
+            echo: None,
+            at: 0,
+        }
+    }
+
+    /// Words that start by echoing `text`.
+    pub fn echoing(prompt_seed: u64, choice: u32, text: Option<Arc<str>>) -> Self {
+        Words {
+            echo: text,
+            ..Words::new(prompt_seed, choice)
         }
     }
 }
 
 impl Iterator for Words {
-    type Item = &'static str;
+    type Item = Cow<'static, str>;
 
-    fn next(&mut self) -> Option<&'static str> {
+    fn next(&mut self) -> Option<Cow<'static, str>> {
+        if let Some(text) = &self.echo {
+            if self.at < text.len() {
+                let mut end = (self.at + ECHO_PIECE).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                let piece = text[self.at..end].to_string();
+                self.at = end;
+                return Some(Cow::Owned(piece));
+            }
+        }
         self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let index = (mix64(self.state) % VOCABULARY.len() as u64) as usize;
-        Some(VOCABULARY[index])
+        Some(Cow::Borrowed(VOCABULARY[index]))
     }
 }
 
-/// The full text of one choice: `tokens` words.
-pub fn generate(prompt_seed: u64, choice: u32, tokens: u64) -> String {
+/// The full text of one choice: `tokens` tokens.
+pub fn generate(prompt_seed: u64, choice: u32, tokens: u64, echo: Option<Arc<str>>) -> String {
     let mut text = String::with_capacity(tokens as usize * 7);
-    Words::new(prompt_seed, choice)
+    Words::echoing(prompt_seed, choice, echo)
         .take(tokens as usize)
-        .for_each(|w| text.push_str(w));
+        .for_each(|w| text.push_str(&w));
     text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_comes_first_in_small_pieces_then_words() {
+        let text: Arc<str> = Arc::from("héllo, x@y.io");
+        let pieces: Vec<_> = Words::echoing(1, 0, Some(text.clone())).take(7).collect();
+        assert_eq!(pieces[..5].concat(), "héllo, x@y.io");
+        assert!(pieces.iter().take(5).all(|p| p.len() <= ECHO_PIECE + 1));
+        assert!(pieces[5].starts_with(' '));
+        assert!(generate(1, 0, 9, Some(text)).starts_with("héllo, x@y.io "));
+    }
 
     #[test]
     fn tokens_round_up() {
@@ -158,14 +200,14 @@ mod tests {
     #[test]
     fn generation_is_deterministic_and_one_token_per_word() {
         let seed = hash_bytes(0, b"hello there");
-        let a = generate(seed, 0, 20);
-        assert_eq!(a, generate(seed, 0, 20));
+        let a = generate(seed, 0, 20, None);
+        assert_eq!(a, generate(seed, 0, 20, None));
         assert_eq!(a.split_whitespace().count(), 20);
         assert!(a.starts_with(' '));
-        assert_ne!(a, generate(seed, 1, 20), "choices differ");
-        assert_ne!(a, generate(hash_bytes(0, b"hello there!"), 0, 20));
+        assert_ne!(a, generate(seed, 1, 20, None), "choices differ");
+        assert_ne!(a, generate(hash_bytes(0, b"hello there!"), 0, 20, None));
         // A prefix of a longer generation is the shorter generation.
-        assert!(generate(seed, 0, 40).starts_with(&a));
+        assert!(generate(seed, 0, 40, None).starts_with(&a));
     }
 
     #[test]

@@ -37,6 +37,8 @@ mod forwarding;
 mod golden;
 /// Governance: virtual keys, rate limits, budgets, model access, exceptions, loop guard, audit.
 mod governance;
+/// Guardrails: block, redact, pseudonymize (restored in plain and streamed responses), log.
+mod guardrails;
 /// Hostile clients and providers: each defect the hardening review found, reproduced and fixed.
 mod hardening;
 /// `stream_options.include_usage` injection and removal of the extra usage chunk.

@@ -76,6 +76,11 @@ pub struct FileConfig {
     pub batch_jobs: BatchJobsFile,
     /// Budgets shared by many agents through Redis.
     pub cluster: Option<super::cluster::ClusterFile>,
+    /// Detectors and what to do with their findings, per scope and destination.
+    #[serde(default)]
+    pub guardrails: Vec<serde_yaml_ng::Value>,
+    /// Response caches: `{exact: {...}, semantic: {...}}`.
+    pub cache: Option<serde_yaml_ng::Value>,
 }
 
 /// `batch_jobs:` — the Batch API and the thread that runs its jobs.

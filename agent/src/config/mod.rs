@@ -11,6 +11,7 @@ mod lines;
 pub mod routing;
 mod validate;
 pub mod validate_governance;
+mod validate_guard;
 mod validate_kernel;
 
 pub use kernel::{
@@ -21,6 +22,7 @@ pub use validate::{
     BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
     Model, ModelTarget, Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
+pub use validate_guard::{CacheScope, CacheSettings, ExactCacheSettings, SemanticCacheSettings};
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigProblems> {

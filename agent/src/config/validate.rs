@@ -275,6 +275,10 @@ pub struct Config {
     pub batch_jobs: BatchJobsSettings,
     /// `cluster:` — shared budgets through Redis; `None` enforces alone. Restart-only.
     pub cluster: Option<super::cluster::ClusterSettings>,
+    /// `guardrails:`, in configuration order.
+    pub guardrails: Vec<crate::guard::Guardrail>,
+    /// `cache:`.
+    pub cache: super::validate_guard::CacheSettings,
 }
 
 impl Config {
@@ -514,6 +518,8 @@ impl Validator<'_> {
         let replicas = self.replicas(&f.replicas);
         let batch_jobs = self.batch_jobs(&f.batch_jobs);
         let cluster = self.cluster(f.cluster.as_ref(), env);
+        let guardrails = self.guardrails(f.guardrails);
+        let cache = self.cache(f.cache);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(
             GovernanceFile {
@@ -564,6 +570,8 @@ impl Validator<'_> {
             routing,
             batch_jobs,
             cluster,
+            guardrails,
+            cache,
         }
     }
 

@@ -57,21 +57,21 @@ struct AuthFile {
 
 #[derive(Debug, Deserialize, Default, Clone)]
 #[serde(deny_unknown_fields)]
-struct ScopeFile {
-    team: Option<String>,
-    project: Option<String>,
-    user: Option<String>,
-    session: Option<String>,
-    workflow: Option<String>,
-    cost_center: Option<String>,
-    key: Option<String>,
-    model: Option<String>,
-    cgroup: Option<String>,
-    container: Option<String>,
+pub(super) struct ScopeFile {
+    pub(super) team: Option<String>,
+    pub(super) project: Option<String>,
+    pub(super) user: Option<String>,
+    pub(super) session: Option<String>,
+    pub(super) workflow: Option<String>,
+    pub(super) cost_center: Option<String>,
+    pub(super) key: Option<String>,
+    pub(super) model: Option<String>,
+    pub(super) cgroup: Option<String>,
+    pub(super) container: Option<String>,
 }
 
 impl ScopeFile {
-    fn into_scope(self) -> Scope {
+    pub(super) fn into_scope(self) -> Scope {
         Scope {
             team: self.team,
             project: self.project,

@@ -48,6 +48,7 @@ mod detect;
 mod finance;
 mod json;
 mod pii;
+mod policy;
 mod restore;
 mod rewrite;
 mod secrets;
@@ -60,8 +61,13 @@ use std::ops::Range;
 
 pub use class::{Class, ClassSet, PII, SECRETS};
 pub use detect::Detectors;
+pub use policy::{Action, Egress, Guardrail};
 pub use restore::Restorer;
-pub use rewrite::{pseudonymize, redact, Encoding, PseudoMap};
+
+pub use rewrite::{
+    apply, pseudonymize, pseudonyms, redact, redaction_marker, redactions, Encoding, PseudoMap,
+    Replacement,
+};
 
 /// One finding: its class and the byte range it covers in the scanned input.
 #[derive(Clone, Debug, PartialEq, Eq)]

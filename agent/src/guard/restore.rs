@@ -28,16 +28,17 @@ fn is_ph_byte(b: u8) -> bool {
 }
 
 /// Streaming placeholder restorer; one per response stream (or per SSE choice).
-pub struct Restorer<'m> {
-    map: &'m PseudoMap,
+pub struct Restorer {
+    /// A copy: a restorer lives as long as its response stream, apart from the request's map.
+    map: PseudoMap,
     /// Originals as they are written back, indexed like `map.entries()`.
     values: Vec<Vec<u8>>,
     max_len: usize,
     pending: Vec<u8>,
 }
 
-impl<'m> Restorer<'m> {
-    pub fn new(map: &'m PseudoMap, enc: Encoding) -> Restorer<'m> {
+impl Restorer {
+    pub fn new(map: &PseudoMap, enc: Encoding) -> Restorer {
         let values = map
             .entries()
             .iter()
@@ -51,7 +52,7 @@ impl<'m> Restorer<'m> {
             })
             .collect();
         Restorer {
-            map,
+            map: map.clone(),
             values,
             max_len: map.max_placeholder_len(),
             pending: Vec::new(),

@@ -32,20 +32,48 @@ fn usable<'a>(body: &'a [u8], matches: &'a [Match]) -> impl Iterator<Item = &'a 
     })
 }
 
-/// `body` with each match replaced by `[REDACTED_<TAG>]` (`[REDACTED_EMAIL]`,
-/// `[REDACTED_CUSTOM_EMPLOYEE_ID]`).
-pub fn redact(body: &[u8], matches: &[Match]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 16 * matches.len());
+/// One replacement of a rewrite: `range` of the scanned bytes becomes `with`. The request path
+/// splices these into the body it forwards (zero-copy around them); [`redact`] and
+/// [`pseudonymize`] apply them to a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    pub range: std::ops::Range<usize>,
+    pub with: Vec<u8>,
+}
+
+/// `body` with `reps` (in order, non-overlapping) applied.
+pub fn apply(body: &[u8], reps: &[Replacement]) -> Vec<u8> {
+    let extra: usize = reps.iter().map(|r| r.with.len()).sum();
+    let mut out = Vec::with_capacity(body.len() + extra);
     let mut at = 0;
-    for m in usable(body, matches) {
-        out.extend_from_slice(&body[at..m.range.start]);
-        out.extend_from_slice(b"[REDACTED_");
-        out.extend_from_slice(m.class.tag().as_bytes());
-        out.push(b']');
-        at = m.range.end;
+    for r in reps {
+        out.extend_from_slice(&body[at..r.range.start]);
+        out.extend_from_slice(&r.with);
+        at = r.range.end;
     }
     out.extend_from_slice(&body[at..]);
     out
+}
+
+/// The redaction marker of `class`: `[REDACTED_EMAIL]`, `[REDACTED_CUSTOM_EMPLOYEE_ID]`.
+pub fn redaction_marker(class: &Class) -> Vec<u8> {
+    format!("[REDACTED_{}]", class.tag()).into_bytes()
+}
+
+/// The replacements that redact `matches` (see [`redact`]).
+pub fn redactions(body: &[u8], matches: &[Match]) -> Vec<Replacement> {
+    usable(body, matches)
+        .map(|m| Replacement {
+            range: m.range.clone(),
+            with: redaction_marker(&m.class),
+        })
+        .collect()
+}
+
+/// `body` with each match replaced by `[REDACTED_<TAG>]` (`[REDACTED_EMAIL]`,
+/// `[REDACTED_CUSTOM_EMPLOYEE_ID]`).
+pub fn redact(body: &[u8], matches: &[Match]) -> Vec<u8> {
+    apply(body, &redactions(body, matches))
 }
 
 /// Placeholders of one request and the originals they stand for. `Debug` shows placeholders
@@ -133,12 +161,17 @@ impl PseudoMap {
 /// whose placeholder already appears in `body` is skipped, so restoring never rewrites text the
 /// client wrote itself.
 pub fn pseudonymize(body: &[u8], matches: &[Match], enc: Encoding) -> (Vec<u8>, PseudoMap) {
-    let mut out = Vec::with_capacity(body.len() + 8 * matches.len());
+    let (reps, map) = pseudonyms(body, matches, enc);
+    (apply(body, &reps), map)
+}
+
+/// The replacements that [`pseudonymize`] applies, and the map back.
+pub fn pseudonyms(body: &[u8], matches: &[Match], enc: Encoding) -> (Vec<Replacement>, PseudoMap) {
     // (class tag, original) -> placeholder: the same value of the same class reads the same.
     let mut seen: std::collections::HashMap<(String, Vec<u8>), Vec<u8>> = Default::default();
     let mut counters: std::collections::HashMap<String, usize> = Default::default();
     let mut entries = Vec::new();
-    let mut at = 0;
+    let mut reps = Vec::with_capacity(matches.len());
     for m in usable(body, matches) {
         let raw = &body[m.range.clone()];
         let original = match enc {
@@ -167,13 +200,13 @@ pub fn pseudonymize(body: &[u8], matches: &[Match], enc: Encoding) -> (Vec<u8>, 
                 ph
             }
         };
-        out.extend_from_slice(&body[at..m.range.start]);
-        out.extend_from_slice(&ph);
-        at = m.range.end;
+        reps.push(Replacement {
+            range: m.range.clone(),
+            with: ph,
+        });
     }
-    out.extend_from_slice(&body[at..]);
     entries.sort_by(|a: &Entry, b: &Entry| a.placeholder.cmp(&b.placeholder));
-    (out, PseudoMap { entries })
+    (reps, PseudoMap { entries })
 }
 
 #[cfg(test)]

@@ -81,6 +81,12 @@ struct Entry<'a> {
     score: Option<f32>,
     #[serde(default)]
     prefix_bytes: u64,
+    #[serde(default, borrow)]
+    guard: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    cache: Option<Cow<'a, str>>,
+    #[serde(default)]
+    saved_micro_usd: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,6 +151,9 @@ impl<'a> Entry<'a> {
             attempts: r.attempts,
             score: r.score,
             prefix_bytes: r.prefix_bytes,
+            guard: borrowed(&r.guard),
+            cache: borrowed(&r.cache),
+            saved_micro_usd: r.saved_micro_usd,
         }
     }
 
@@ -194,6 +203,9 @@ impl<'a> Entry<'a> {
             attempts: self.attempts,
             score: self.score,
             prefix_bytes: self.prefix_bytes,
+            guard: owned(self.guard),
+            cache: owned(self.cache),
+            saved_micro_usd: self.saved_micro_usd,
         }
     }
 }

@@ -70,6 +70,13 @@ pub struct UsageRecord {
     pub score: Option<f32>,
     /// Leading prompt bytes that replica had recently been sent (`prefix` affinity).
     pub prefix_bytes: u64,
+    /// Guardrail findings: `class:count:action,...` (never the matched text).
+    pub guard: Option<String>,
+    /// `hit` (`exact` or `semantic`) when a cache answered, `miss` when it was asked and could
+    /// not; `None` when no cache applied.
+    pub cache: Option<String>,
+    /// What a cache hit would have cost at the model's price, in micro-USD (its own cost is 0).
+    pub saved_micro_usd: u64,
 }
 
 pub const SCHEMA: &str = "
@@ -92,7 +99,8 @@ CREATE TABLE IF NOT EXISTS usage (
     pid INTEGER, comm TEXT, uid INTEGER, cgroup_id INTEGER, cgroup_path TEXT,
     container_id TEXT, pod_uid TEXT, original_dst TEXT,
     key_id TEXT, cost_micro_usd INTEGER,
-    route TEXT, attempts INTEGER, score REAL, prefix_bytes INTEGER
+    route TEXT, attempts INTEGER, score REAL, prefix_bytes INTEGER,
+    guard TEXT, cache TEXT, saved_micro_usd INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -114,6 +122,9 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("attempts", "INTEGER"),
     ("score", "REAL"),
     ("prefix_bytes", "INTEGER"),
+    ("guard", "TEXT"),
+    ("cache", "TEXT"),
+    ("saved_micro_usd", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -179,9 +190,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd, route, attempts, score, prefix_bytes)
+             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -224,6 +235,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 r.attempts,
                 r.score.map(f64::from),
                 r.prefix_bytes as i64,
+                r.guard,
+                r.cache,
+                r.saved_micro_usd as i64,
             ])?;
         }
     }

@@ -13,7 +13,8 @@
 //! at it). A request whose write fails on a reused connection is retried once on a fresh one;
 //! a request that was written completely is never sent again, even if the connection then
 //! ends without a response byte, because the provider may have processed and billed it.
-//! Reads: `ctx.body`, `ctx.inspection`, `ctx.target`. Writes: `ctx.injected_usage`,
+//! Guardrail replacements (`ctx.guard`) are spliced in the same way.
+//! Reads: `ctx.body`, `ctx.inspection`, `ctx.target`, `ctx.guard`. Writes: `ctx.injected_usage`,
 //! `ctx.upstream_head_at`. Hot path.
 
 use std::io;
@@ -305,7 +306,11 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     // body is re-serialised: the formats differ in shape, not in a field or two).
     let translated = match crate::api::reach(ctx.api, provider).flatten() {
         Some(dir) => {
-            let body = crate::translate::request(dir, &ctx.body, upstream_model).map_err(|e| {
+            // Guardrail rewrites first: the translation reads what the provider may see.
+            let guarded = (!ctx.guard.replacements.is_empty())
+                .then(|| crate::guard::apply(&ctx.body, &ctx.guard.replacements));
+            let source = guarded.as_deref().unwrap_or(&ctx.body);
+            let body = crate::translate::request(dir, source, upstream_model).map_err(|e| {
                 GateError::new(
                     ErrorKind::InvalidRequest { param: None },
                     format!(
@@ -326,7 +331,19 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<Forwarded, GateErro
     };
     let (edits, injected) = match &translated {
         Some(_) => (Vec::new(), false),
-        None => body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model),
+        None => {
+            let (mut edits, injected) =
+                body_edits(ctx.api, &ctx.body, &ctx.inspection, upstream_model);
+            if !ctx.guard.replacements.is_empty() {
+                // Replacements sit inside prompt strings; the other edits touch other values.
+                edits.extend(ctx.guard.replacements.iter().map(|r| Edit {
+                    range: r.range.clone(),
+                    with: Bytes::from(r.with.clone()),
+                }));
+                edits.sort_by_key(|e| e.range.start);
+            }
+            (edits, injected)
+        }
     };
     ctx.injected_usage = injected;
     let timeouts = target

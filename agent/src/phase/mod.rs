@@ -3,10 +3,12 @@
 
 pub mod admit;
 pub mod forward;
+pub mod guard;
 pub mod identify;
 pub mod inspect;
 pub mod passthrough;
 pub mod read;
 pub mod relay;
+pub mod restore;
 pub mod route;
 pub mod settle;

@@ -24,6 +24,7 @@ use crate::metering::sse::{frame_data, FrameSplitter};
 use crate::metering::usage::{extract_usage, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
+use crate::phase::restore::Restore;
 use crate::phase::settle;
 use crate::pipeline::{Outcome, RequestCtx};
 use crate::upstream::body::{BodyReader, PieceError};
@@ -79,6 +80,8 @@ struct Meter {
     /// The request is translated: a plain body is kept whole and translated at the end
     /// (`translated_body`); stream frames go through this translator.
     translate: Option<Translate>,
+    /// The request was pseudonymized: originals go back in (before any translation).
+    restore: Option<Restore>,
 }
 
 enum Translate {
@@ -99,7 +102,10 @@ impl Meter {
                 return;
             }
             if !whole {
-                parts.push(piece);
+                parts.push(match &mut self.restore {
+                    Some(r) => r.body_piece(&piece),
+                    None => piece,
+                });
             }
             return;
         }
@@ -117,10 +123,31 @@ impl Meter {
                 self.retained_bytes += frame.len();
                 retained.push(frame.clone());
             }
-            match &mut self.translate {
-                Some(Translate::Stream(t)) => t.frame(&frame, parts),
-                _ => parts.push(frame),
-            }
+            emit(&mut self.restore, &mut self.translate, frame, parts);
+        }
+    }
+}
+
+/// Queues one provider frame for the client: restored, then translated, as the request needs.
+fn emit(
+    restore: &mut Option<Restore>,
+    translate: &mut Option<Translate>,
+    frame: Bytes,
+    parts: &mut Vec<Bytes>,
+) {
+    let mut restored;
+    let frames: &mut dyn Iterator<Item = Bytes> = match restore {
+        Some(r) => {
+            restored = Vec::with_capacity(2);
+            r.frame(frame, &mut restored);
+            &mut restored.into_iter()
+        }
+        None => &mut std::iter::once(frame),
+    };
+    for f in frames {
+        match translate {
+            Some(Translate::Stream(t)) => t.frame(&f, parts),
+            _ => parts.push(f),
         }
     }
 }
@@ -250,10 +277,17 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             Translate::Body(dir)
         }
     });
+    let restore = ctx
+        .guard
+        .pseudo
+        .clone()
+        .filter(|_| substitute.is_none())
+        .map(|map| Restore::new(map, ctx.upstream_api));
+    // A translated or restored body has another length than the provider's.
+    let rewritten = translate.is_some() || restore.is_some();
     let framing = match head.framing {
-        // A translated body has another length than the provider's.
-        _ if translate.is_some() && ctx.head.minor_version >= 1 => ClientFraming::Chunked,
-        _ if translate.is_some() => ClientFraming::Close,
+        _ if rewritten && ctx.head.minor_version >= 1 => ClientFraming::Chunked,
+        _ if rewritten => ClientFraming::Close,
         ResponseFraming::Empty | ResponseFraming::Length(_) if !sse => ClientFraming::Length,
         _ if ctx.head.minor_version >= 1 => ClientFraming::Chunked,
         _ => ClientFraming::Close,
@@ -284,6 +318,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         sse,
         api: ctx.upstream_api,
         translate,
+        restore,
         hide_usage_chunk: ctx.injected_usage,
         splitter: FrameSplitter::default(),
         acc: UsageAccumulator::default(),
@@ -364,14 +399,29 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let Meter {
         mut splitter,
         acc,
-        translate,
+        mut translate,
+        mut restore,
         retained_bytes,
         ..
     } = meter;
     if let Some(rest) = splitter.take_rest() {
         ctx.response_payload.push(rest.clone());
         if translate.is_none() {
-            parts.push(rest);
+            match &mut restore {
+                Some(r) => r.frame(rest, &mut parts),
+                None => parts.push(rest),
+            }
+        }
+    }
+    if let Some(r) = &mut restore {
+        if sse {
+            let mut held = Vec::new();
+            r.finish_stream(&mut held);
+            for f in held {
+                emit(&mut None, &mut translate, f, &mut parts);
+            }
+        } else if let Some(b) = r.body_end() {
+            parts.push(b);
         }
     }
 
@@ -406,9 +456,11 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 .original_model
                 .as_deref()
                 .unwrap_or(&ctx.inspection.model);
-            parts.push(Bytes::from(crate::translate::response(
-                dir, ctx.status, &body, model,
-            )));
+            let out = crate::translate::response(dir, ctx.status, &body, model);
+            parts.push(Bytes::from(match &restore {
+                Some(r) => r.whole(&out),
+                None => out,
+            }));
         }
         Some(Translate::Stream(mut t)) => {
             t.finish(failure.is_none() && reader.is_done(), &mut parts)

@@ -55,6 +55,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     record.status = ctx.status;
     let journal = journalled.as_ref() != Some(&record.outcome);
 
+    crate::phase::guard::record(w, ctx);
     let series = series(ctx);
     if let LedgerMsg::Estimate { series: s, .. } = &mut msg {
         *s = series;
@@ -179,6 +180,9 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
             },
             score: ctx.route.score,
             prefix_bytes: ctx.route.prefix_bytes,
+            guard: ctx.guard.summary(),
+            cache: None,
+            saved_micro_usd: 0,
         };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.

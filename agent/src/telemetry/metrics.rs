@@ -82,9 +82,68 @@ pub struct Shard {
     pub prefix: [AtomicU64; 3],
     /// Batch-class requests: waiting now, that waited, that were deferred (same publisher).
     pub batch: [AtomicU64; 3],
+    /// Guardrail findings by (class, action), added as requests settle.
+    guard: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Response caches, indexed by [`CacheStat`].
+    pub cache: [AtomicU64; CACHE_STATS.len()],
+}
+
+/// Cache counters: their metric names and help, in the order of `Shard::cache`.
+pub const CACHE_STATS: [(&str, &str, &str); 6] = [
+    (
+        "tollgate_cache_hits_total",
+        "counter",
+        "Requests answered from a response cache.",
+    ),
+    (
+        "tollgate_cache_misses_total",
+        "counter",
+        "Cacheable requests the caches could not answer.",
+    ),
+    (
+        "tollgate_cache_stores_total",
+        "counter",
+        "Responses stored in a response cache.",
+    ),
+    (
+        "tollgate_cache_saved_tokens_total",
+        "counter",
+        "Tokens not paid for because a cache answered.",
+    ),
+    (
+        "tollgate_cache_saved_micro_usd_total",
+        "counter",
+        "What cache hits would have cost, in micro-USD.",
+    ),
+    (
+        "tollgate_cache_embed_failures_total",
+        "counter",
+        "Semantic-cache embedding calls that failed or ran past their bound.",
+    ),
+];
+
+/// Index into `Shard::cache`.
+#[derive(Clone, Copy)]
+pub enum CacheStat {
+    Hits,
+    Misses,
+    Stores,
+    SavedTokens,
+    SavedMicroUsd,
+    EmbedFailures,
 }
 
 impl Shard {
+    /// Counts `n` findings of `class` handled with `action`.
+    pub fn record_guard(&self, class: &str, action: &'static str, n: u64) {
+        let mut map = self.guard.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry((class.to_string(), action)).or_default() += n;
+    }
+
+    pub fn add_cache(&self, stat: CacheStat, n: u64) {
+        self.cache[stat as usize].fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Records one finished request.
     pub fn record_request(&self, key: SeriesKey, latency: Duration, ttft: Option<Duration>) {
         let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
@@ -419,6 +478,32 @@ impl Metrics {
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
                 v.load(Ordering::Relaxed)
+            );
+        }
+        let mut guard: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for shard in &self.shards {
+            let map = shard.guard.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, v) in map.iter() {
+                *guard.entry(k.clone()).or_default() += v;
+            }
+        }
+        out.push_str("# HELP tollgate_guard_findings_total Guardrail findings, by class and the action taken.\n# TYPE tollgate_guard_findings_total counter\n");
+        for ((class, action), v) in &guard {
+            let _ = writeln!(
+                out,
+                "tollgate_guard_findings_total{{class=\"{}\",action=\"{action}\"}} {v}",
+                escape(class)
+            );
+        }
+        for (i, (name, kind, help)) in CACHE_STATS.iter().enumerate() {
+            let v: u64 = self
+                .shards
+                .iter()
+                .map(|s| s.cache[i].load(Ordering::Relaxed))
+                .sum();
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
         out.push_str("# HELP tollgate_batch_jobs_finished_total Batch API jobs ended, by final status.\n# TYPE tollgate_batch_jobs_finished_total counter\n");

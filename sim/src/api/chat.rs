@@ -60,6 +60,7 @@ pub fn parse(body: &[u8]) -> Result<Job, SimError> {
             .unwrap_or(false),
         reasoning: request.reasoning_effort.is_some(),
         reasoning_effort: request.reasoning_effort,
+        echo: None,
     })
 }
 
@@ -189,7 +190,7 @@ impl StreamShape for ChatStream {
         }
     }
 
-    fn token(&mut self, index: u32, text: &'static str) -> Bytes {
+    fn token(&mut self, index: u32, text: &str) -> Bytes {
         let delta = Delta {
             role: None,
             content: Some(text),

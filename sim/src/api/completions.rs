@@ -66,6 +66,7 @@ pub fn parse(body: &[u8]) -> Result<Job, SimError> {
             .unwrap_or(false),
         reasoning: false,
         reasoning_effort: None,
+        echo: None,
     })
 }
 
@@ -141,7 +142,7 @@ impl CompletionStream {
 impl StreamShape for CompletionStream {
     fn opening(&mut self, _out: &mut VecDeque<Bytes>) {}
 
-    fn token(&mut self, index: u32, text: &'static str) -> Bytes {
+    fn token(&mut self, index: u32, text: &str) -> Bytes {
         self.chunk(
             vec![Choice {
                 index,

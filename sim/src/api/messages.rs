@@ -54,6 +54,7 @@ pub fn parse(body: &[u8]) -> Result<Job, SimError> {
         stream_usage: true,
         reasoning: false,
         reasoning_effort: None,
+        echo: None,
     })
 }
 
@@ -226,7 +227,7 @@ impl StreamShape for MessageStream {
         out.push_back(event_frame("ping", &Bare { kind: "ping" }));
     }
 
-    fn token(&mut self, _choice: u32, text: &'static str) -> Bytes {
+    fn token(&mut self, _choice: u32, text: &str) -> Bytes {
         let delta = TextDelta {
             kind: "text_delta",
             text,

@@ -74,7 +74,13 @@ impl TextApi {
             TextApi::Responses => Box::new(responses::ResponseStream::new(meta, job, usage)),
             TextApi::Messages => Box::new(messages::MessageStream::new(meta, job, usage)),
         };
-        TokenStream::new(shape, job.prompt.seed(), job.choices, job.max_tokens)
+        TokenStream::new(
+            shape,
+            job.prompt.seed(),
+            job.choices,
+            job.max_tokens,
+            job.echo.clone(),
+        )
     }
 }
 
@@ -97,6 +103,8 @@ pub struct Job {
     pub reasoning: bool,
     /// The requested reasoning effort, echoed by the Responses API.
     pub reasoning_effort: Option<String>,
+    /// The prompt text the output starts with (`x-sim-echo`).
+    pub echo: Option<std::sync::Arc<str>>,
 }
 
 impl Job {
@@ -104,7 +112,7 @@ impl Job {
     pub fn texts(&self) -> Vec<String> {
         let seed = self.prompt.seed();
         (0..self.choices)
-            .map(|choice| generate(seed, choice, self.max_tokens))
+            .map(|choice| generate(seed, choice, self.max_tokens, self.echo.clone()))
             .collect()
     }
 
@@ -325,6 +333,7 @@ pub(crate) mod test_support {
             stream_usage: true,
             reasoning,
             reasoning_effort: reasoning.then(|| "low".to_string()),
+            echo: None,
         }
     }
 

@@ -77,6 +77,7 @@ pub fn parse(body: &[u8]) -> Result<Job, SimError> {
         stream_usage: true,
         reasoning: request.reasoning.is_some(),
         reasoning_effort: request.reasoning.and_then(|r| r.effort),
+        echo: None,
     })
 }
 
@@ -409,7 +410,7 @@ impl StreamShape for ResponseStream {
         out.push_back(self.part_event("response.content_part.added", ""));
     }
 
-    fn token(&mut self, _choice: u32, text: &'static str) -> Bytes {
+    fn token(&mut self, _choice: u32, text: &str) -> Bytes {
         self.text.push_str(text);
         self.text_event("response.output_text.delta", Some(text), None)
     }

@@ -44,6 +44,11 @@ pub struct Row {
     pub attempts: i64,
     /// Leading prompt bytes the serving replica had been sent recently (`prefix` balancing).
     pub prefix_bytes: i64,
+    /// Guardrail findings, `class:count:action,...`.
+    pub guard: Option<String>,
+    /// `exact` / `semantic` (a cache answered) or `miss`.
+    pub cache: Option<String>,
+    pub saved_micro_usd: i64,
 }
 
 impl Row {
@@ -63,7 +68,8 @@ const COLUMNS: &str =
     "id, ts_ms, latency_us, ttft_us, status, outcome, api, team, project, user_id, \
      session_id, workflow, cost_center, requested_model, served_model, provider, input_tokens, \
      cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated, key_id, \
-     COALESCE(cost_micro_usd, 0), route, COALESCE(attempts, 0), COALESCE(prefix_bytes, 0)";
+     COALESCE(cost_micro_usd, 0), route, COALESCE(attempts, 0), COALESCE(prefix_bytes, 0), \
+     guard, cache, COALESCE(saved_micro_usd, 0)";
 
 fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
@@ -94,6 +100,9 @@ fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         route: r.get(24)?,
         attempts: r.get(25)?,
         prefix_bytes: r.get(26)?,
+        guard: r.get(27)?,
+        cache: r.get(28)?,
+        saved_micro_usd: r.get(29)?,
     })
 }
 

@@ -100,7 +100,7 @@ pub fn may_use_public(snap: &Snapshot, client: &ClientConn, ctx: &RequestCtx) ->
 }
 
 /// The facts scopes match against.
-pub(super) fn facts<'a>(
+pub(crate) fn facts<'a>(
     client: &'a ClientConn,
     ctx: &'a RequestCtx,
     key: Option<&'a KeyEntry>,

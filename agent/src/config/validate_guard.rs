@@ -1,0 +1,349 @@
+//! `guardrails:` and `cache:`, validated into the rules and settings the request path reads
+//! (`guard::Guardrail`, [`CacheSettings`]). Detectors are compiled here, once per
+//! configuration, so a bad custom pattern is a configuration error with its path, never a
+//! failure on a request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::validate::Validator;
+use super::validate_governance::ScopeFile;
+use super::Glob;
+use crate::guard::{Action, Class, DetectorConfig, Detectors, Egress, Guardrail};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardrailFile {
+    name: String,
+    #[serde(default)]
+    scope: GuardScopeFile,
+    /// Class names, groups (`pii`, `secrets`, `all`) and `custom:<name>`.
+    #[serde(default)]
+    detect: Vec<String>,
+    action: String,
+    /// Operator patterns: name → regex; each adds the class `custom:<name>`.
+    #[serde(default)]
+    patterns: BTreeMap<String, String>,
+    /// Operator word lists: name → words (whole words, ASCII case-insensitive).
+    #[serde(default)]
+    words: BTreeMap<String, Vec<String>>,
+}
+
+/// A governance scope plus the destination: `egress` (public, private, any) and `provider`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct GuardScopeFile {
+    egress: Option<String>,
+    provider: Option<String>,
+    team: Option<String>,
+    project: Option<String>,
+    user: Option<String>,
+    session: Option<String>,
+    workflow: Option<String>,
+    cost_center: Option<String>,
+    key: Option<String>,
+    model: Option<String>,
+    cgroup: Option<String>,
+    container: Option<String>,
+}
+
+impl GuardScopeFile {
+    fn identity_scope(&self) -> ScopeFile {
+        ScopeFile {
+            team: self.team.clone(),
+            project: self.project.clone(),
+            user: self.user.clone(),
+            session: self.session.clone(),
+            workflow: self.workflow.clone(),
+            cost_center: self.cost_center.clone(),
+            key: self.key.clone(),
+            model: self.model.clone(),
+            cgroup: self.cgroup.clone(),
+            container: self.container.clone(),
+        }
+    }
+}
+
+/// Who may receive a cached answer: the same key, the same team, or anyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheScope {
+    Key,
+    Team,
+    Global,
+}
+
+/// The exact response cache.
+#[derive(Clone, Debug)]
+pub struct ExactCacheSettings {
+    pub ttl: Duration,
+    /// Bytes of cached responses held in memory, all workers together.
+    pub max_bytes: u64,
+    pub scope: CacheScope,
+    /// Cache requests that do not ask for deterministic output too (default false).
+    pub nondeterministic: bool,
+    /// Largest response cached.
+    pub max_entry_bytes: u64,
+    /// Keep entries in `data_dir/cache.sqlite` so a restart starts warm.
+    pub spill: bool,
+}
+
+/// The semantic cache (off by default).
+#[derive(Clone, Debug)]
+pub struct SemanticCacheSettings {
+    /// A configured model served on `/v1/embeddings`.
+    pub embedding_model: String,
+    /// Cosine similarity at or above which a stored answer is served.
+    pub threshold: f32,
+    /// The longest an embedding call may delay a request; past it the request goes on uncached.
+    pub timeout: Duration,
+    pub ttl: Duration,
+    /// Entries kept per scope.
+    pub max_entries: usize,
+    pub scope: CacheScope,
+}
+
+/// `cache:`.
+#[derive(Clone, Debug, Default)]
+pub struct CacheSettings {
+    pub exact: Option<ExactCacheSettings>,
+    pub semantic: Option<SemanticCacheSettings>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CacheFile {
+    exact: Option<ExactFile>,
+    semantic: Option<SemanticFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExactFile {
+    enabled: Option<bool>,
+    ttl_s: Option<u64>,
+    max_mb: Option<u64>,
+    scope: Option<String>,
+    nondeterministic: Option<bool>,
+    max_entry_kb: Option<u64>,
+    spill: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SemanticFile {
+    enabled: Option<bool>,
+    embedding_model: Option<String>,
+    threshold: Option<f32>,
+    timeout_ms: Option<u64>,
+    ttl_s: Option<u64>,
+    max_entries: Option<usize>,
+    scope: Option<String>,
+}
+
+impl Validator<'_> {
+    pub(super) fn guardrails(&mut self, items: Vec<serde_yaml_ng::Value>) -> Vec<Guardrail> {
+        let mut out: Vec<Guardrail> = Vec::new();
+        for (i, raw) in items.into_iter().enumerate() {
+            let path = format!("guardrails[{i}]");
+            let Some(g) = self.item::<GuardrailFile>(&path, raw) else {
+                continue;
+            };
+            if out.iter().any(|o| o.name == g.name) {
+                self.problem(
+                    format!("{path}.name"),
+                    format!("guardrail `{}` is defined twice", g.name),
+                );
+            }
+            if g.name.is_empty() || g.name.chars().any(char::is_control) {
+                self.problem(format!("{path}.name"), "must be a non-empty printable name");
+            }
+            let Some(action) = Action::parse(&g.action) else {
+                self.problem(
+                    format!("{path}.action"),
+                    format!(
+                        "`{}` is not one of block, redact, pseudonymize, log",
+                        g.action
+                    ),
+                );
+                continue;
+            };
+            let egress = match g.scope.egress.as_deref().map(Egress::parse) {
+                None => Egress::Public,
+                Some(Some(e)) => e,
+                Some(None) => {
+                    self.problem(
+                        format!("{path}.scope.egress"),
+                        "must be public, private or any",
+                    );
+                    continue;
+                }
+            };
+            let mut classes = Vec::new();
+            for (j, word) in g.detect.iter().enumerate() {
+                match Class::parse(word) {
+                    Ok(c) => classes.extend(c),
+                    Err(e) => self.problem(format!("{path}.detect[{j}]"), e.to_string()),
+                }
+            }
+            // A `custom:<name>` in `detect` needs a pattern or word list of that name.
+            for c in &classes {
+                if let Class::Custom(n) = c {
+                    if !g.patterns.contains_key(&**n) && !g.words.contains_key(&**n) {
+                        self.problem(
+                            format!("{path}.detect"),
+                            format!("`custom:{n}` has no entry in `patterns` or `words`"),
+                        );
+                    }
+                }
+            }
+            if classes.is_empty() && g.patterns.is_empty() && g.words.is_empty() {
+                self.problem(
+                    format!("{path}.detect"),
+                    "names nothing to detect (give classes, `patterns` or `words`)",
+                );
+                continue;
+            }
+            let cfg = DetectorConfig {
+                classes,
+                custom_patterns: g.patterns.into_iter().collect(),
+                word_lists: g.words.into_iter().collect(),
+            };
+            let detectors = match Detectors::new(&cfg) {
+                Ok(d) => Arc::new(d),
+                Err(e) => {
+                    self.problem(path, e.to_string());
+                    continue;
+                }
+            };
+            out.push(Guardrail {
+                name: g.name,
+                scope: g.scope.identity_scope().into_scope(),
+                egress,
+                provider: g.scope.provider.as_deref().map(Glob::new),
+                detectors,
+                action,
+            });
+        }
+        out
+    }
+
+    fn cache_scope(&mut self, path: &str, v: Option<&str>) -> CacheScope {
+        match v.unwrap_or("key") {
+            "key" => CacheScope::Key,
+            "team" => CacheScope::Team,
+            "global" => CacheScope::Global,
+            other => {
+                self.problem(path, format!("`{other}` is not one of key, team, global"));
+                CacheScope::Key
+            }
+        }
+    }
+
+    pub(super) fn cache(&mut self, raw: Option<serde_yaml_ng::Value>) -> CacheSettings {
+        let Some(raw) = raw else {
+            return CacheSettings::default();
+        };
+        let Some(f) = self.item::<CacheFile>("cache", raw) else {
+            return CacheSettings::default();
+        };
+        let exact = match f.exact {
+            Some(e) if e.enabled.unwrap_or(true) => {
+                if e.max_mb == Some(0) || e.ttl_s == Some(0) {
+                    self.problem(
+                        "cache.exact",
+                        "ttl_s and max_mb must be at least 1 (set enabled: false to turn it off)",
+                    );
+                }
+                let scope = self.cache_scope("cache.exact.scope", e.scope.as_deref());
+                Some(ExactCacheSettings {
+                    ttl: Duration::from_secs(e.ttl_s.unwrap_or(3600)),
+                    max_bytes: e.max_mb.unwrap_or(256) << 20,
+                    scope,
+                    nondeterministic: e.nondeterministic.unwrap_or(false),
+                    max_entry_bytes: e.max_entry_kb.unwrap_or(1024) << 10,
+                    spill: e.spill.unwrap_or(false),
+                })
+            }
+            _ => None,
+        };
+        let semantic = match f.semantic {
+            Some(s) if s.enabled.unwrap_or(false) => {
+                let threshold = s.threshold.unwrap_or(0.95);
+                if !(0.5..=1.0).contains(&threshold) {
+                    self.problem("cache.semantic.threshold", "must be between 0.5 and 1.0");
+                }
+                let Some(embedding_model) = s.embedding_model else {
+                    self.problem(
+                        "cache.semantic.embedding_model",
+                        "is required when the semantic cache is enabled",
+                    );
+                    return CacheSettings {
+                        exact,
+                        semantic: None,
+                    };
+                };
+                let scope = self.cache_scope("cache.semantic.scope", s.scope.as_deref());
+                Some(SemanticCacheSettings {
+                    embedding_model,
+                    threshold,
+                    timeout: Duration::from_millis(s.timeout_ms.unwrap_or(50)),
+                    ttl: Duration::from_secs(s.ttl_s.unwrap_or(3600)),
+                    max_entries: s.max_entries.unwrap_or(10_000),
+                    scope,
+                })
+            }
+            _ => None,
+        };
+        CacheSettings { exact, semantic }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+    use crate::guard::{Action, Egress};
+
+    fn load(extra: &str) -> Result<Config, String> {
+        let src = format!(
+            "providers:\n  - {{name: cloud, kind: openai, base_url: \"https://api.openai.com\", public: true}}\n\
+             models:\n  - {{name: m, targets: [{{provider: cloud, model: gpt}}]}}\n{extra}"
+        );
+        Config::from_yaml(&src, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_issue_sketch_loads() {
+        let c = load(
+            "guardrails:\n  - name: no-pii-to-cloud\n    scope: {egress: public}\n    detect: [email, phone, credit_card, iban, secrets]\n    action: pseudonymize\n\
+             cache:\n  exact: {enabled: true, ttl_s: 3600, max_mb: 256, scope: key}\n  semantic: {enabled: false, embedding_model: embed, threshold: 0.95}\n",
+        )
+        .unwrap();
+        assert_eq!(c.guardrails.len(), 1);
+        assert_eq!(c.guardrails[0].action, Action::Pseudonymize);
+        assert_eq!(c.guardrails[0].egress, Egress::Public);
+        let e = c.cache.exact.as_ref().unwrap();
+        assert_eq!(e.max_bytes, 256 << 20);
+        assert!(c.cache.semantic.is_none());
+    }
+
+    #[test]
+    fn bad_rules_name_their_field() {
+        let e = load(
+            "guardrails:\n  - {name: a, detect: [emial], action: block}\n  - {name: b, detect: [email], action: shred}\n  - {name: c, detect: [custom:emp], action: log}\n  - {name: d, detect: [custom:x], patterns: {x: \"(\"}, action: log}\n  - {name: e, detect: [email], action: log, scope: {egress: mars}}\n",
+        )
+        .unwrap_err();
+        for want in [
+            "guardrails[0].detect[0]",
+            "guardrails[1].action",
+            "guardrails[2].detect",
+            "guardrails[3]",
+            "does not compile",
+            "guardrails[4].scope.egress",
+        ] {
+            assert!(e.contains(want), "{want} missing from:\n{e}");
+        }
+    }
+}

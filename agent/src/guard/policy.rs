@@ -1,0 +1,116 @@
+//! Guardrail rules as the request path applies them: which requests a rule covers (identity
+//! scope, the provider, and whether that provider is public), what it detects, and what it does
+//! with a finding. Built once per configuration (`config/validate_guard.rs`); shared read-only
+//! by every worker through the snapshot.
+
+use std::sync::Arc;
+
+use super::Detectors;
+use crate::config::{Glob, Provider};
+use crate::governance::policy::{Facts, Scope};
+
+/// What a rule does with what it found. Ordered by strength: where rules disagree about the
+/// same bytes, the stronger action wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    /// An audit event and a count; the request goes on unchanged.
+    Log,
+    /// The match becomes `[REDACTED_<CLASS>]`; the provider never sees it, nor does the client
+    /// get it back.
+    Redact,
+    /// The match becomes `<CLASS_n>`, and the original is put back into the response.
+    Pseudonymize,
+    /// The request is refused with 400 `content_blocked`.
+    Block,
+}
+
+impl Action {
+    pub const ALL: [Action; 4] = [
+        Action::Log,
+        Action::Redact,
+        Action::Pseudonymize,
+        Action::Block,
+    ];
+
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.label() == s)
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Action::Log => "log",
+            Action::Redact => "redact",
+            Action::Pseudonymize => "pseudonymize",
+            Action::Block => "block",
+        }
+    }
+
+    /// Whether the action changes what the provider receives.
+    pub fn rewrites(self) -> bool {
+        matches!(self, Action::Redact | Action::Pseudonymize)
+    }
+}
+
+/// Which destinations a rule covers. The default is `Public`: what leaves the perimeter is
+/// checked, traffic to replicas on the node passes unchanged unless a rule says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Egress {
+    Public,
+    Private,
+    Any,
+}
+
+impl Egress {
+    pub fn parse(s: &str) -> Option<Egress> {
+        match s {
+            "public" => Some(Egress::Public),
+            "private" => Some(Egress::Private),
+            "any" => Some(Egress::Any),
+            _ => None,
+        }
+    }
+
+    fn covers(self, provider: &Provider) -> bool {
+        match self {
+            Egress::Public => provider.public,
+            Egress::Private => !provider.public,
+            Egress::Any => true,
+        }
+    }
+}
+
+/// One `guardrails:` entry.
+#[derive(Clone)]
+pub struct Guardrail {
+    pub name: String,
+    /// Identity, key and model fields; empty matches every request.
+    pub scope: Scope,
+    pub egress: Egress,
+    /// Provider name glob.
+    pub provider: Option<Glob>,
+    pub detectors: Arc<Detectors>,
+    pub action: Action,
+}
+
+impl std::fmt::Debug for Guardrail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guardrail")
+            .field("name", &self.name)
+            .field("scope", &self.scope.label())
+            .field("egress", &self.egress)
+            .field("action", &self.action)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Guardrail {
+    /// Whether the rule covers a request with these facts going to `provider`.
+    pub fn applies(&self, f: &Facts<'_>, provider: &Provider) -> bool {
+        self.egress.covers(provider)
+            && self
+                .provider
+                .as_ref()
+                .is_none_or(|g| g.matches(&provider.name))
+            && self.scope.matches(f)
+    }
+}

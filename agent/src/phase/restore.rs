@@ -1,0 +1,519 @@
+//! The response side of `pseudonymize`: relay passes the provider's body through here so the
+//! client reads its real values while the provider only ever saw placeholders.
+//!
+//! * Plain bodies are restored piece by piece as they arrive (a placeholder split across pieces
+//!   is held back until it completes: at most one placeholder length).
+//! * Event streams are restored per content delta. Models stream a few characters per event, so
+//!   `<EMAIL_1>` usually arrives as `<EM`, `AIL_`, `1>` in separate events; each choice (or
+//!   content block) has its own [`Restorer`] fed the raw JSON string of its deltas, and each
+//!   event carries what its restorer let out. What a restorer still holds when its choice ends
+//!   (`finish_reason`, `content_block_stop`, `output_text.done`) or the stream ends (`[DONE]`,
+//!   `message_stop`, `response.completed`) goes out in a delta event of the same shape, before
+//!   the event that ends it. Anything else in an event (a `done` event's full text, a final
+//!   response object) is restored within the event.
+//!
+//! Tool-call arguments are not restored: they are JSON inside a JSON string, and a value put
+//! back there would need a second level of escaping (left for later; the placeholder reaches
+//! the client as it is).
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use sonic_rs::{JsonValueTrait, LazyValue};
+
+use crate::api::Api;
+use crate::guard::{Encoding, PseudoMap, Restorer};
+use crate::metering::sse::frame_data;
+
+/// Restores one response.
+pub struct Restore {
+    map: std::sync::Arc<PseudoMap>,
+    /// The wire format of the frames it is given (the provider's).
+    api: Api,
+    body: Option<Restorer>,
+    /// One restorer per open stream key (choice index, content block, output item).
+    open: Vec<(u64, Restorer)>,
+    /// Raw `id`, `created` and `model` of the last chat or completion chunk, for the shape of a
+    /// delta event Tollgate writes itself.
+    ids: Option<ChunkIds>,
+}
+
+#[derive(Clone)]
+struct ChunkIds {
+    id: Vec<u8>,
+    created: Vec<u8>,
+    model: Vec<u8>,
+}
+
+impl ChunkIds {
+    fn blank() -> ChunkIds {
+        ChunkIds {
+            id: b"\"\"".to_vec(),
+            created: b"0".to_vec(),
+            model: b"\"\"".to_vec(),
+        }
+    }
+}
+
+/// What one event carries that restoring cares about.
+#[derive(Default)]
+struct Parsed {
+    /// (stream key, span of the raw JSON string of the delta text) in `data`.
+    deltas: Vec<(u64, Range<usize>)>,
+    /// Stream keys this event ends.
+    ends: Vec<u64>,
+    /// The event ends the whole stream.
+    last: bool,
+    /// `id`, `created`, `model` as they appear in this event (raw JSON), each if present.
+    ids: [Option<Vec<u8>>; 3],
+    /// The Responses item the delta belongs to (for a written delta event).
+    item_id: Option<Vec<u8>>,
+}
+
+impl Restore {
+    pub fn new(map: std::sync::Arc<PseudoMap>, api: Api) -> Restore {
+        Restore {
+            map,
+            api,
+            body: None,
+            open: Vec::new(),
+            ids: None,
+        }
+    }
+
+    /// A piece of a plain (non-stream) body.
+    pub fn body_piece(&mut self, piece: &[u8]) -> Bytes {
+        let r = self
+            .body
+            .get_or_insert_with(|| Restorer::new(&self.map, Encoding::Json));
+        let mut out = Vec::with_capacity(piece.len() + 32);
+        r.push(piece, &mut out);
+        Bytes::from(out)
+    }
+
+    /// The end of a plain body: what was held back.
+    pub fn body_end(&mut self) -> Option<Bytes> {
+        let mut out = Vec::new();
+        self.body.take()?.finish(&mut out);
+        (!out.is_empty()).then(|| Bytes::from(out))
+    }
+
+    /// A whole document (a translated body), restored at once.
+    pub fn whole(&self, doc: &[u8]) -> Vec<u8> {
+        whole(&self.map, doc)
+    }
+
+    /// One event-stream frame; what the client should get goes to `out`.
+    pub fn frame(&mut self, frame: Bytes, out: &mut Vec<Bytes>) {
+        let Some(data) = frame_data(&frame) else {
+            out.push(frame);
+            return;
+        };
+        let data: &[u8] = match data {
+            std::borrow::Cow::Borrowed(d) => d,
+            // A multi-line data field: restored within the frame only.
+            std::borrow::Cow::Owned(_) => {
+                out.push(Bytes::from(whole(&self.map, &frame)));
+                return;
+            }
+        };
+        let at = data.as_ptr() as usize - frame.as_ptr() as usize;
+        let parsed = if data.first() == Some(&b'{') {
+            parse(self.api, data)
+        } else {
+            Parsed {
+                last: data == b"[DONE]",
+                ..Parsed::default()
+            }
+        };
+        if parsed.ids.iter().any(Option::is_some) {
+            let ids = self.ids.get_or_insert_with(ChunkIds::blank);
+            let [id, created, model] = parsed.ids.clone();
+            ids.id = id.unwrap_or(std::mem::take(&mut ids.id));
+            ids.created = created.unwrap_or(std::mem::take(&mut ids.created));
+            ids.model = model.unwrap_or(std::mem::take(&mut ids.model));
+        }
+        // Keys that end here without a delta of their own, and at the stream's end every key:
+        // what they hold goes out first, in an event of their own.
+        let flush: Vec<u64> = if parsed.last {
+            self.open.iter().map(|(k, _)| *k).collect()
+        } else {
+            parsed
+                .ends
+                .iter()
+                .copied()
+                .filter(|k| !parsed.deltas.iter().any(|(d, _)| d == k))
+                .collect()
+        };
+        for key in flush {
+            if let Some(held) = self.close(key) {
+                out.push(self.delta_event(key, &held, parsed.item_id.as_deref()));
+            }
+        }
+        if parsed.deltas.is_empty() {
+            out.push(if memchr::memchr(b'<', data).is_some() {
+                Bytes::from(whole(&self.map, &frame))
+            } else {
+                frame
+            });
+            return;
+        }
+        let mut body = Vec::with_capacity(frame.len() + 32);
+        body.extend_from_slice(&frame[..at]);
+        let mut pos = 0;
+        for (key, span) in &parsed.deltas {
+            body.extend_from_slice(&whole(&self.map, &data[pos..span.start]));
+            body.push(b'"');
+            let inner = &data[span.start + 1..span.end - 1];
+            self.restorer(*key).push(inner, &mut body);
+            if parsed.ends.contains(key) {
+                if let Some(held) = self.close(*key) {
+                    body.extend_from_slice(&held);
+                }
+            }
+            body.push(b'"');
+            pos = span.end;
+        }
+        body.extend_from_slice(&whole(&self.map, &data[pos..]));
+        body.extend_from_slice(&frame[at + data.len()..]);
+        out.push(Bytes::from(body));
+    }
+
+    /// The stream ended without a closing event (cut short): what is held goes out.
+    pub fn finish_stream(&mut self, out: &mut Vec<Bytes>) {
+        let keys: Vec<u64> = self.open.iter().map(|(k, _)| *k).collect();
+        for key in keys {
+            if let Some(held) = self.close(key) {
+                out.push(self.delta_event(key, &held, None));
+            }
+        }
+    }
+
+    fn restorer(&mut self, key: u64) -> &mut Restorer {
+        let i = match self.open.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.open
+                    .push((key, Restorer::new(&self.map, Encoding::Json)));
+                self.open.len() - 1
+            }
+        };
+        &mut self.open[i].1
+    }
+
+    /// Ends `key`'s restorer; returns what it held, if anything.
+    fn close(&mut self, key: u64) -> Option<Vec<u8>> {
+        let i = self.open.iter().position(|(k, _)| *k == key)?;
+        let (_, mut r) = self.open.swap_remove(i);
+        let mut held = Vec::new();
+        r.finish(&mut held);
+        (!held.is_empty()).then_some(held)
+    }
+
+    /// A delta event carrying `text` (raw JSON string bytes) for `key`, in the stream's shape.
+    fn delta_event(&self, key: u64, text: &[u8], item_id: Option<&[u8]>) -> Bytes {
+        let mut e = Vec::with_capacity(160 + text.len());
+        let ids = self.ids.clone().unwrap_or_else(ChunkIds::blank);
+        let head = |e: &mut Vec<u8>, object: &[u8]| {
+            e.extend_from_slice(b"data: {\"id\":");
+            e.extend_from_slice(&ids.id);
+            e.extend_from_slice(b",\"object\":\"");
+            e.extend_from_slice(object);
+            e.extend_from_slice(b"\",\"created\":");
+            e.extend_from_slice(&ids.created);
+            e.extend_from_slice(b",\"model\":");
+            e.extend_from_slice(&ids.model);
+            e.extend_from_slice(format!(",\"choices\":[{{\"index\":{key},").as_bytes());
+        };
+        match self.api {
+            Api::ChatCompletions | Api::Embeddings => {
+                head(&mut e, b"chat.completion.chunk");
+                e.extend_from_slice(b"\"delta\":{\"content\":\"");
+                e.extend_from_slice(text);
+                e.extend_from_slice(b"\"},\"finish_reason\":null}]}\n\n");
+            }
+            Api::Completions => {
+                head(&mut e, b"text_completion");
+                e.extend_from_slice(b"\"text\":\"");
+                e.extend_from_slice(text);
+                e.extend_from_slice(b"\",\"finish_reason\":null}]}\n\n");
+            }
+            Api::Messages => {
+                e.extend_from_slice(
+                    format!(
+                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{key},\"delta\":{{\"type\":\"text_delta\",\"text\":\""
+                    )
+                    .as_bytes(),
+                );
+                e.extend_from_slice(text);
+                e.extend_from_slice(b"\"}}\n\n");
+            }
+            Api::Responses => {
+                e.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":");
+                e.extend_from_slice(item_id.unwrap_or(b"\"\""));
+                e.extend_from_slice(
+                    format!(
+                        ",\"output_index\":{},\"content_index\":{},\"delta\":\"",
+                        key >> 32,
+                        key & 0xffff_ffff
+                    )
+                    .as_bytes(),
+                );
+                e.extend_from_slice(text);
+                e.extend_from_slice(b"\"}\n\n");
+            }
+        }
+        Bytes::from(e)
+    }
+}
+
+/// `doc` with every whole placeholder restored (JSON-escaped).
+fn whole(map: &PseudoMap, doc: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(doc.len() + 32);
+    let mut r = Restorer::new(map, Encoding::Json);
+    r.push(doc, &mut out);
+    r.finish(&mut out);
+    out
+}
+
+fn span_of(data: &[u8], v: &LazyValue<'_>) -> Range<usize> {
+    let raw = v.as_raw_str().as_bytes();
+    let start = raw.as_ptr() as usize - data.as_ptr() as usize;
+    start..start + raw.len()
+}
+
+/// The deltas, ends and ids of one event's data. Anything unexpected yields fewer deltas (the
+/// event is then restored within itself), never an error.
+fn parse(api: Api, data: &[u8]) -> Parsed {
+    let mut p = Parsed::default();
+    match api {
+        Api::ChatCompletions | Api::Completions | Api::Embeddings => parse_choices(data, &mut p),
+        Api::Messages => parse_messages(data, &mut p),
+        Api::Responses => parse_responses(data, &mut p),
+    }
+    p.deltas.sort_by_key(|(_, r)| r.start);
+    p
+}
+
+fn parse_choices(data: &[u8], p: &mut Parsed) {
+    for item in sonic_rs::to_object_iter(data) {
+        let Ok((k, v)) = item else { return };
+        match &*k {
+            "id" => p.ids[0] = Some(v.as_raw_str().as_bytes().to_vec()),
+            "created" => p.ids[1] = Some(v.as_raw_str().as_bytes().to_vec()),
+            "model" => p.ids[2] = Some(v.as_raw_str().as_bytes().to_vec()),
+            "choices" => {
+                let Some(arr) = v.into_array_iter() else {
+                    continue;
+                };
+                for c in arr {
+                    let Ok(c) = c else { return };
+                    let (mut index, mut span, mut end) = (0u64, None, false);
+                    let Some(fields) = c.into_object_iter() else {
+                        continue;
+                    };
+                    for f in fields {
+                        let Ok((ck, cv)) = f else { return };
+                        match &*ck {
+                            "index" => index = cv.as_u64().unwrap_or(0),
+                            "text" if cv.is_str() => span = Some(span_of(data, &cv)),
+                            "finish_reason" => end = !cv.is_null(),
+                            "delta" => {
+                                let Some(d) = cv.into_object_iter() else {
+                                    continue;
+                                };
+                                for df in d {
+                                    let Ok((dk, dv)) = df else { return };
+                                    if &*dk == "content" && dv.is_str() {
+                                        span = Some(span_of(data, &dv));
+                                    }
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                    if let Some(s) = span {
+                        p.deltas.push((index, s));
+                    }
+                    if end {
+                        p.ends.push(index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn parse_messages(data: &[u8], p: &mut Parsed) {
+    let (mut ty, mut index, mut text) = (String::new(), 0u64, None);
+    for item in sonic_rs::to_object_iter(data) {
+        let Ok((k, v)) = item else { return };
+        match &*k {
+            "type" => ty = v.as_str().unwrap_or_default().to_string(),
+            "index" => index = v.as_u64().unwrap_or(0),
+            "delta" => {
+                let Some(d) = v.into_object_iter() else {
+                    continue;
+                };
+                for df in d {
+                    let Ok((dk, dv)) = df else { return };
+                    if &*dk == "text" && dv.is_str() {
+                        text = Some(span_of(data, &dv));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    match ty.as_str() {
+        "content_block_delta" => {
+            if let Some(s) = text {
+                p.deltas.push((index, s));
+            }
+        }
+        "content_block_stop" => p.ends.push(index),
+        "message_stop" => p.last = true,
+        _ => {}
+    }
+}
+
+fn parse_responses(data: &[u8], p: &mut Parsed) {
+    let (mut ty, mut output, mut content, mut delta) = (String::new(), 0u64, 0u64, None);
+    for item in sonic_rs::to_object_iter(data) {
+        let Ok((k, v)) = item else { return };
+        match &*k {
+            "type" => ty = v.as_str().unwrap_or_default().to_string(),
+            "output_index" => output = v.as_u64().unwrap_or(0),
+            "content_index" => content = v.as_u64().unwrap_or(0),
+            "item_id" => p.item_id = Some(v.as_raw_str().as_bytes().to_vec()),
+            "delta" if v.is_str() => delta = Some(span_of(data, &v)),
+            _ => {}
+        }
+    }
+    let key = (output << 32) | (content & 0xffff_ffff);
+    match ty.as_str() {
+        "response.output_text.delta" => {
+            if let Some(s) = delta {
+                p.deltas.push((key, s));
+            }
+        }
+        "response.output_text.done" => p.ends.push(key),
+        "response.completed" | "response.incomplete" | "response.failed" => p.last = true,
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::{pseudonymize, Class, Match};
+
+    fn map() -> std::sync::Arc<PseudoMap> {
+        let body = br#"{"q":"mail bob@example.com now"}"#;
+        let m = [Match {
+            class: Class::Email,
+            range: 11..26,
+        }];
+        let (out, map) = pseudonymize(body, &m, Encoding::Json);
+        assert_eq!(out, br#"{"q":"mail <EMAIL_1> now"}"#);
+        std::sync::Arc::new(map)
+    }
+
+    fn chat(content: &str, finish: Option<&str>) -> Bytes {
+        let f = finish.map_or("null".to_string(), |f| format!("\"{f}\""));
+        Bytes::from(format!(
+            "data: {{\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":7,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}},\"finish_reason\":{f}}}]}}\n\n",
+            serde_json::to_string(content).unwrap()
+        ))
+    }
+
+    fn content_of(frames: &[Bytes]) -> String {
+        let mut s = String::new();
+        for f in frames {
+            let Some(d) = frame_data(f) else { continue };
+            if &*d == b"[DONE]" {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_slice(&d).unwrap();
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                s.push_str(c);
+            }
+            if let Some(c) = v["delta"]["text"].as_str() {
+                s.push_str(c);
+            }
+        }
+        s
+    }
+
+    #[test]
+    fn a_placeholder_split_over_chat_events_is_restored() {
+        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut out = Vec::new();
+        for piece in ["Write to <EM", "AIL", "_1> today", " <EMAIL_1>."] {
+            r.frame(chat(piece, None), &mut out);
+        }
+        r.frame(chat("", Some("stop")), &mut out);
+        r.frame(Bytes::from_static(b"data: [DONE]\n\n"), &mut out);
+        assert_eq!(
+            content_of(&out),
+            "Write to bob@example.com today bob@example.com."
+        );
+        // Held back: never more than one placeholder.
+        assert!(out.iter().all(|f| !f.is_empty()));
+    }
+
+    #[test]
+    fn a_lookalike_held_at_the_end_is_flushed_before_done() {
+        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut out = Vec::new();
+        r.frame(chat("a <EMA", None), &mut out);
+        r.frame(
+            Bytes::from_static(
+                b"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+            ),
+            &mut out,
+        );
+        r.frame(Bytes::from_static(b"data: [DONE]\n\n"), &mut out);
+        assert_eq!(content_of(&out), "a <EMA");
+        let written = frame_data(&out[1]).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&written).unwrap();
+        assert_eq!(v["id"], "c1");
+        assert_eq!(v["created"], 7);
+    }
+
+    #[test]
+    fn anthropic_text_deltas_are_restored_per_block() {
+        let mut r = Restore::new(map(), Api::Messages);
+        let mut out = Vec::new();
+        let ev = |i: u32, t: &str| {
+            Bytes::from(format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{i},\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+                serde_json::to_string(t).unwrap()
+            ))
+        };
+        r.frame(ev(0, "hi <EMAIL"), &mut out);
+        r.frame(ev(0, "_1>"), &mut out);
+        r.frame(ev(0, " and <EMAIL_"), &mut out);
+        r.frame(
+            Bytes::from_static(
+                b"event: content_block_stop\ndata: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+            ),
+            &mut out,
+        );
+        assert_eq!(content_of(&out), "hi bob@example.com and <EMAIL_");
+    }
+
+    #[test]
+    fn plain_bodies_restore_across_pieces() {
+        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut out = Vec::new();
+        for p in [&b"{\"c\":\"x <EMAIL"[..], b"_1> y\"}"] {
+            out.extend_from_slice(&r.body_piece(p));
+        }
+        if let Some(b) = r.body_end() {
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(out, b"{\"c\":\"x bob@example.com y\"}");
+    }
+}

@@ -1,0 +1,294 @@
+//! Guardrails end to end: what the provider actually received (read back from the simulator's
+//! `/sim/last-request`) holds none of the planted values for any action, pseudonymized values
+//! come back in plain and streamed responses (the simulator echoes the prompt in 3-byte tokens,
+//! so placeholders arrive split across events), blocks are precise and never echo the match,
+//! and traffic to a private replica passes unchanged. Every finding is on the ledger row, in
+//! `/metrics` and in the audit log, without the matched text.
+
+use serde_json::{json, Value};
+
+use crate::governance::wait_for_audit;
+use crate::harness::http::frame_data;
+use crate::harness::{post_raw, Response, Sim, Stack};
+
+const EMAIL: &str = "ada.lovelace@example.com";
+const CARD: &str = "4111 1111 1111 1111";
+const AWS_KEY: &str = "AKIAIOSFODNN7EXAMPLE";
+const IP: &str = "10.20.30.40";
+
+const GUARDRAILS: &str = "auth: { mode: open }
+guardrails:
+  - name: no-keys-to-cloud
+    scope: {egress: public}
+    detect: [secrets]
+    action: block
+  - name: no-pii-to-cloud
+    scope: {egress: public}
+    detect: [email, credit_card, phone]
+    action: pseudonymize
+  - name: no-hosts
+    scope: {egress: public}
+    detect: [ip]
+    action: redact
+  - name: codenames
+    scope: {egress: any}
+    detect: [custom:codename]
+    words: {codename: [bluebird]}
+    action: log
+";
+
+/// Models `cloud` (OpenAI wire) and `cloud-claude` (Anthropic wire) on public providers, and
+/// `smol` on the local replica; all served by one simulator.
+fn stack() -> Stack {
+    Stack::custom(Sim::start(&[]), |c| {
+        c.admin = Some(true);
+        let url = c.providers[0].base_url.clone();
+        c.extra_providers_yaml = format!(
+            "  - {{name: cloud, kind: openai, base_url: \"{url}\", api_key_env: SIM_KEY, public: true}}\n\
+             \x20 - {{name: cloud-anthropic, kind: anthropic, base_url: \"{url}\", api_key_env: SIM_ANTHROPIC_KEY, public: true}}\n"
+        );
+        c.extra_models_yaml = "  - {name: cloud, provider: cloud, model: smollm2}\n  \
+             - {name: cloud-claude, provider: cloud-anthropic, model: smollm2}\n"
+            .into();
+        c.governance_yaml = GUARDRAILS.into();
+    })
+}
+
+fn echo(stack: &Stack, path: &str, body: &Value) -> Response {
+    post_raw(
+        stack.agent.addr,
+        path,
+        &[("x-sim-echo", "1")],
+        body.to_string().as_bytes(),
+    )
+}
+
+fn chat(model: &str, prompt: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": 200,
+        "stream": stream,
+    })
+}
+
+/// The body the provider received.
+fn received(stack: &Stack) -> String {
+    stack.sim.last_request()["body"]
+        .as_str()
+        .expect("last-request body")
+        .to_string()
+}
+
+/// The text deltas a client reads from a stream, one per event, in order.
+fn deltas(r: &Response) -> Vec<String> {
+    let mut out = Vec::new();
+    for frame in r.frames() {
+        let Some(v) = frame_data(&frame) else {
+            continue;
+        };
+        let mut d = String::new();
+        for s in [
+            &v["choices"][0]["delta"]["content"],
+            &v["choices"][0]["text"],
+            &v["delta"]["text"],
+        ] {
+            d.push_str(s.as_str().unwrap_or(""));
+        }
+        if v["type"] == "response.output_text.delta" {
+            d.push_str(v["delta"].as_str().unwrap_or(""));
+        }
+        out.push(d);
+    }
+    out
+}
+
+fn streamed_text(r: &Response) -> String {
+    deltas(r).concat()
+}
+
+#[test]
+fn pseudonymized_values_never_reach_the_provider_and_come_back_to_the_client() {
+    let stack = stack();
+    let prompt = format!("Mail {EMAIL} about card {CARD}, then mail {EMAIL} again.");
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("cloud", &prompt, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let sent = received(&stack);
+    assert!(!sent.contains(EMAIL) && !sent.contains(CARD), "{sent}");
+    let sent_prompt: Value = serde_json::from_str(&sent).unwrap();
+    let sent_prompt = sent_prompt["messages"][0]["content"].as_str().unwrap();
+    assert_eq!(
+        sent_prompt,
+        "Mail <EMAIL_1> about card <CREDIT_CARD_1>, then mail <EMAIL_1> again."
+    );
+
+    let answer = r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(answer.starts_with(&prompt), "{answer}");
+    assert!(!answer.contains("<EMAIL_1>"), "{answer}");
+
+    let row = stack.agent.row_of(&r);
+    assert_eq!(
+        row.guard.as_deref(),
+        Some("email:2:pseudonymize,credit_card:1:pseudonymize"),
+        "{row:#?}"
+    );
+    let m = stack.agent.metrics();
+    assert!(
+        m.contains("tollgate_guard_findings_total{class=\"email\",action=\"pseudonymize\"} 2"),
+        "{m}"
+    );
+    let audit = wait_for_audit(&stack, "guard.", 1);
+    let entry = audit[0].to_string();
+    assert!(entry.contains("guard.pseudonymize") && entry.contains("no-pii-to-cloud"));
+    assert!(!entry.contains(EMAIL) && !entry.contains("4111"), "{entry}");
+}
+
+#[test]
+fn streamed_placeholders_split_across_events_are_restored_for_every_api() {
+    let stack = stack();
+    let prompt = format!("write to {EMAIL} or {EMAIL}; card {CARD}.");
+    let cases = [
+        ("/v1/chat/completions", chat("cloud", &prompt, true)),
+        (
+            "/v1/completions",
+            json!({"model": "cloud", "prompt": prompt, "max_tokens": 200, "stream": true}),
+        ),
+        (
+            "/v1/responses",
+            json!({"model": "cloud", "input": prompt, "max_output_tokens": 200, "stream": true}),
+        ),
+        ("/v1/messages", {
+            let mut b = chat("cloud-claude", &prompt, true);
+            b["max_tokens"] = 200.into();
+            b
+        }),
+    ];
+    for (path, body) in cases {
+        let r = echo(&stack, path, &body);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let sent = received(&stack);
+        assert!(
+            !sent.contains(EMAIL) && !sent.contains(CARD) && sent.contains("<EMAIL_1>"),
+            "{path}: {sent}"
+        );
+        let text = streamed_text(&r);
+        assert!(text.starts_with(&prompt), "{path}: {text:?}");
+        assert!(!r.text().contains("<EMAIL_1>"), "{path}: {}", r.text());
+        // The echo came in 3-byte tokens, so each 9-byte placeholder reached Tollgate split
+        // across events; each value leaves in the event that completed its placeholder.
+        assert!(r.frames().len() > prompt.len() / 3, "{path}: {}", r.text());
+        let whole = deltas(&r).iter().filter(|d| d.contains(EMAIL)).count();
+        assert_eq!(whole, 2, "{path}: {}", r.text());
+        let row = stack.agent.row_of(&r);
+        assert_eq!(row.status, 200);
+        assert!(row.output_tokens > 0, "{path}: {row:#?}");
+    }
+}
+
+#[test]
+fn block_redact_and_log_each_do_what_they_say() {
+    let stack = stack();
+
+    // block: 400 content_blocked, naming the class and never the value; nothing is sent.
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("cloud", "hello", false),
+    );
+    assert_eq!(r.status, 200);
+    let before = stack.sim.last_request();
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("cloud", &format!("deploy with {AWS_KEY} please"), false),
+    );
+    let e =
+        crate::harness::assert_openai_error(&r, 400, "invalid_request_error", "content_blocked");
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.contains("aws_key") && msg.contains("no-keys-to-cloud"),
+        "{msg}"
+    );
+    assert!(!r.text().contains(AWS_KEY), "{}", r.text());
+    assert_eq!(
+        stack.sim.last_request(),
+        before,
+        "a blocked request reached the provider"
+    );
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.outcome, "content_blocked");
+    assert_eq!(row.guard.as_deref(), Some("aws_key:1:block"));
+
+    // redact: the provider and the client both see the marker.
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("cloud", &format!("ssh to {IP} now"), false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = received(&stack);
+    assert!(
+        !sent.contains(IP) && sent.contains("[REDACTED_IP]"),
+        "{sent}"
+    );
+    assert!(r.text().contains("[REDACTED_IP]"), "{}", r.text());
+    assert_eq!(stack.agent.row_of(&r).guard.as_deref(), Some("ip:1:redact"));
+
+    // log: forwarded as sent, counted and audited.
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("cloud", "status of Bluebird?", false),
+    );
+    assert_eq!(r.status, 200);
+    assert!(received(&stack).contains("Bluebird"));
+    assert_eq!(
+        stack.agent.row_of(&r).guard.as_deref(),
+        Some("custom:codename:1:log")
+    );
+    let m = stack.agent.metrics();
+    for want in [
+        "tollgate_guard_findings_total{class=\"aws_key\",action=\"block\"} 1",
+        "tollgate_guard_findings_total{class=\"ip\",action=\"redact\"} 1",
+        "tollgate_guard_findings_total{class=\"custom:codename\",action=\"log\"} 1",
+    ] {
+        assert!(m.contains(want), "{want} missing:\n{m}");
+    }
+    let actions: Vec<String> = wait_for_audit(&stack, "guard.", 3)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or("").to_string())
+        .collect();
+    for want in ["guard.block", "guard.redact", "guard.log"] {
+        assert!(actions.iter().any(|a| a == want), "{actions:?}");
+    }
+}
+
+#[test]
+fn traffic_to_a_private_replica_passes_unchanged() {
+    let stack = stack();
+    let prompt = format!("Mail {EMAIL} from {IP}");
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("smol", &prompt, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let sent = received(&stack);
+    assert!(sent.contains(EMAIL) && sent.contains(IP), "{sent}");
+    assert_eq!(stack.agent.row_of(&r).guard, None);
+    // The same key to the local replica is not blocked either.
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("smol", &format!("key {AWS_KEY}"), false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
