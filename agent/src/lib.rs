@@ -5,6 +5,7 @@ pub mod abort;
 pub mod admin;
 pub mod api;
 pub mod batch;
+pub mod cache;
 pub mod cli;
 pub mod client;
 pub mod cluster;

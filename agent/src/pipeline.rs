@@ -3,10 +3,12 @@
 //! every proxied request is metered and recorded, whatever failed.
 //!
 //! ```text
-//! accept (worker.rs) → read → identify → inspect → admit → route → guard → forward → relay → settle
+//! accept (worker.rs) → read → identify → inspect → admit → cache → route → guard → forward
+//!     → relay → settle
 //! ```
 //! `admit` decides who may spend (keys, model access, loop guard, rate limits, budgets) and
 //! reserves what the request may use; the ledger writer settles it to the actual usage.
+//! `cache` answers a repeated request from the exact cache (relay stores fresh answers).
 //! `guard` runs before every attempt, since a retry may go to a provider other guardrails
 //! cover; `relay` puts pseudonymized values back into the response.
 //! Kernel attribution was looked up once at accept and lives on the `ClientConn`: route reads
@@ -29,7 +31,9 @@ use crate::metering::Usage;
 use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
-use crate::phase::{admit, forward, guard, identify, inspect, passthrough, relay, route, settle};
+use crate::phase::{
+    admit, cache, forward, guard, identify, inspect, passthrough, relay, route, settle,
+};
 use crate::snapshot::Snapshot;
 use crate::worker::Worker;
 
@@ -114,6 +118,8 @@ pub struct RequestCtx {
     pub translation: Option<crate::translate::Direction>,
     /// What the guardrails found and changed for the attempt forwarded.
     pub guard: crate::phase::guard::GuardState,
+    /// Whether the exact cache answered, missed, or did not apply.
+    pub cache: crate::phase::cache::CacheCtx,
 }
 
 impl RequestCtx {
@@ -151,6 +157,7 @@ impl RequestCtx {
             upstream_api: api,
             translation: None,
             guard: Default::default(),
+            cache: Default::default(),
         }
     }
 }
@@ -251,6 +258,9 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     route::resolve_tier(&snap, ctx);
     admit::run(&w.shared.governor, client, ctx).await?;
     ctx.route.public_ok = admit::may_use_public(&snap, client, ctx);
+    if cache::run(w, client, ctx).await? {
+        return Ok(());
+    }
     let batch = route::hold_batch(&snap, &w.route, &w.shared.gpus, ctx).await?;
     ctx.route.permit = route::wait_turn(&snap, ctx, batch).await?;
     route::run(&snap, &w.route, ctx, client.original_dst())?;

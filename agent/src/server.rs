@@ -281,6 +281,11 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
             .cluster
             .as_ref()
             .map(|c| Arc::new(crate::cluster::ClusterStatus::new(&c.node))),
+        cache: cfg
+            .cache
+            .exact
+            .as_ref()
+            .map(|e| Arc::new(crate::cache::ExactCache::new(e.max_bytes))),
     });
     let cluster = crate::cluster::start(&shared)?;
     let cluster_sync = crate::cluster::keys::start(&shared)?;

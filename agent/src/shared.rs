@@ -46,6 +46,9 @@ pub struct Shared {
     pub batch: Option<crate::batch::Handle>,
     /// Cluster mode's state (`cluster:`), for `/readyz` and `/metrics`.
     pub cluster: Option<Arc<crate::cluster::ClusterStatus>>,
+    /// The exact response cache, sized by the configuration the agent started with (a reload
+    /// changes its TTL and scope, not its size; enabling it needs a restart).
+    pub cache: Option<Arc<crate::cache::ExactCache>>,
 }
 
 impl Shared {

@@ -9,6 +9,8 @@ mod harness;
 
 /// The admin listener and its token.
 mod admin;
+/// The exact response cache: hits, isolation between keys, bypasses, streamed replay.
+mod cache;
 /// Repeated long prompts: cached tokens, and Anthropic cache read/creation normalisation.
 mod cached_tokens;
 /// `tollgate demo --no-wait` runs and prints usage.

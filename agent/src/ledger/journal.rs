@@ -87,6 +87,8 @@ struct Entry<'a> {
     cache: Option<Cow<'a, str>>,
     #[serde(default)]
     saved_micro_usd: u64,
+    #[serde(default)]
+    saved_tokens: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +156,7 @@ impl<'a> Entry<'a> {
             guard: borrowed(&r.guard),
             cache: borrowed(&r.cache),
             saved_micro_usd: r.saved_micro_usd,
+            saved_tokens: r.saved_tokens,
         }
     }
 
@@ -206,6 +209,7 @@ impl<'a> Entry<'a> {
             guard: owned(self.guard),
             cache: owned(self.cache),
             saved_micro_usd: self.saved_micro_usd,
+            saved_tokens: self.saved_tokens,
         }
     }
 }

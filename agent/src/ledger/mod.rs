@@ -77,6 +77,8 @@ pub struct UsageRecord {
     pub cache: Option<String>,
     /// What a cache hit would have cost at the model's price, in micro-USD (its own cost is 0).
     pub saved_micro_usd: u64,
+    /// Input plus output tokens a cache hit did not spend.
+    pub saved_tokens: u64,
 }
 
 pub const SCHEMA: &str = "
@@ -100,7 +102,7 @@ CREATE TABLE IF NOT EXISTS usage (
     container_id TEXT, pod_uid TEXT, original_dst TEXT,
     key_id TEXT, cost_micro_usd INTEGER,
     route TEXT, attempts INTEGER, score REAL, prefix_bytes INTEGER,
-    guard TEXT, cache TEXT, saved_micro_usd INTEGER
+    guard TEXT, cache TEXT, saved_micro_usd INTEGER, saved_tokens INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -125,6 +127,7 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("guard", "TEXT"),
     ("cache", "TEXT"),
     ("saved_micro_usd", "INTEGER"),
+    ("saved_tokens", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -190,9 +193,9 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd)
+             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd, saved_tokens)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -238,6 +241,7 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 r.guard,
                 r.cache,
                 r.saved_micro_usd as i64,
+                r.saved_tokens as i64,
             ])?;
         }
     }

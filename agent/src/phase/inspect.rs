@@ -40,6 +40,9 @@ pub struct Inspection {
     /// The model the client asked for, when admission moved the request to another one (a
     /// budget's fallback); `model` is then the one serving, and the body's model is rewritten.
     pub original_model: Option<String>,
+    /// The request asks for repeatable output: `temperature` 0 or a `seed` (the exact cache
+    /// stores only these by default).
+    pub deterministic: bool,
 }
 
 /// Errors the inspection pass reports.
@@ -73,7 +76,7 @@ pub const MAX_MODEL_BYTES: usize = 256;
 /// The top-level fields Tollgate reads or rewrites. Each may appear once: parsers disagree on
 /// which duplicate wins (first, last, or an error), so a duplicate could make billing and
 /// routing read one value while the provider serves another.
-const READ_KEYS: [&str; 13] = [
+const READ_KEYS: [&str; 15] = [
     "model",
     "stream",
     "stream_options",
@@ -87,6 +90,8 @@ const READ_KEYS: [&str; 13] = [
     "input",
     "system",
     "instructions",
+    "temperature",
+    "seed",
 ];
 
 /// Runs the inspect phase.
@@ -247,6 +252,16 @@ pub fn inspect_body_with(body: &[u8], max_depth: usize) -> Result<Inspection, In
             }
             "messages" | "prompt" | "input" | "system" | "instructions" => {
                 out.prompt_spans.push(span_of(body, &value))
+            }
+            "temperature" if !value.is_null() => {
+                let t = value
+                    .as_f64()
+                    .ok_or(InspectError::WrongType("temperature"))?;
+                out.deterministic |= t == 0.0;
+            }
+            "seed" if !value.is_null() => {
+                value.as_i64().ok_or(InspectError::WrongType("seed"))?;
+                out.deterministic = true;
             }
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! `accept` happens in `worker.rs` (per-core listener); `admit` lands with governance.
 
 pub mod admit;
+pub mod cache;
 pub mod forward;
 pub mod guard;
 pub mod identify;

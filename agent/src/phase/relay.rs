@@ -326,6 +326,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         retained_bytes: 0,
     };
     let mut parts: Vec<Bytes> = Vec::with_capacity(16);
+    // A cacheable miss keeps what the client is sent (by reference) for the exact cache.
+    let mut capture = crate::phase::cache::Capture::start(ctx, head.status);
     let mut drained_bytes = 0u64;
     let mut failure: Option<(Outcome, ErrorKind, String)> = None;
 
@@ -393,6 +395,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             }
         }
         if failure.is_none() && !reader.is_done() {
+            if let Some(c) = &mut capture {
+                c.keep(&parts);
+            }
             down.send(&mut parts, false).await;
         }
     }
@@ -511,6 +516,12 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             if down.gone_at.is_none() {
                 settle::seal(w, ctx, down.client.attribution.clone().as_ref());
             }
+            if let Some(mut c) = capture.take() {
+                c.keep(&parts);
+                if reader.is_done() {
+                    c.store(w, ctx);
+                }
+            }
             down.send(&mut parts, true).await;
             if down.gone_at.is_some() {
                 ctx.outcome = Outcome::ClientDisconnected;
@@ -563,6 +574,9 @@ fn response_head(
         out.lines(&head.passthrough);
     }
     out.header("x-tollgate-request-id", ctx.id.as_bytes());
+    if let Some(v) = ctx.cache.header() {
+        out.header("x-tollgate-cache", v);
+    }
     // Who served: `provider/upstream_model` (configured targets; the breaker's label).
     if let Some((m, t)) = ctx.target.and_then(|t| t.model) {
         if let Some(tb) = ctx.snap.breakers.get(m).and_then(|b| b.get(t)) {

@@ -181,8 +181,9 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
             score: ctx.route.score,
             prefix_bytes: ctx.route.prefix_bytes,
             guard: ctx.guard.summary(),
-            cache: None,
-            saved_micro_usd: 0,
+            cache: ctx.cache.label(),
+            saved_micro_usd: ctx.cache.saved_micro_usd,
+            saved_tokens: ctx.cache.saved_tokens,
         };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.

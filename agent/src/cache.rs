@@ -1,0 +1,209 @@
+//! The exact response cache: answers a repeated request with the bytes the client got the
+//! first time, so the same tokens are never paid for twice.
+//!
+//! One store for all workers (a hit on one core serves a request first answered on another),
+//! bounded by bytes and evicted by `quick_cache`'s CLOCK-Pro policy; its shards take a short lock
+//! per lookup, never held across I/O. Entries expire after the TTL in force when read.
+//!
+//! The key is a SHA-256 over the cache scope (key id, team or nothing), the API, the model that
+//! serves, whether the response streams, and the request body in canonical form (keys sorted,
+//! whitespace gone, `model`/`stream`/`stream_options` left out): two tenants never share an
+//! entry, and a collision cannot be forged to read another tenant's answer. What is stored is
+//! exactly what the client received (after guardrail restoring and translation), so a hit
+//! replays a well-formed body or stream.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::api::Api;
+use crate::config::CacheScope;
+use crate::metering::Usage;
+
+/// A cache key.
+pub type Key = [u8; 32];
+
+/// One stored response.
+pub struct Entry {
+    /// The body as the client received it (JSON, or the event stream's frames).
+    pub body: Bytes,
+    pub stream: bool,
+    /// What the original request used: what a hit saves.
+    pub usage: Usage,
+    pub stored_at: Instant,
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
+    fn weight(&self, _key: &Key, e: &Arc<Entry>) -> u64 {
+        // The body plus the bookkeeping around it.
+        e.body.len() as u64 + 128
+    }
+}
+
+/// The shared store.
+pub struct ExactCache {
+    inner: quick_cache::sync::Cache<Key, Arc<Entry>, Weigh>,
+}
+
+impl ExactCache {
+    pub fn new(max_bytes: u64) -> ExactCache {
+        // quick_cache sizes its shards from an item estimate: assume 8 KiB per response.
+        let items = (max_bytes / 8192).clamp(16, 1 << 20) as usize;
+        ExactCache {
+            inner: quick_cache::sync::Cache::with_weighter(items, max_bytes, Weigh),
+        }
+    }
+
+    /// The entry for `key`, if it is younger than `ttl`.
+    pub fn get(&self, key: &Key, ttl: std::time::Duration) -> Option<Arc<Entry>> {
+        let e = self.inner.get(key)?;
+        if e.stored_at.elapsed() < ttl {
+            Some(e)
+        } else {
+            self.inner.remove(key);
+            None
+        }
+    }
+
+    pub fn put(&self, key: Key, e: Entry) {
+        self.inner.insert(key, Arc::new(e));
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// Bytes held now (the weight the bound applies to).
+    pub fn bytes(&self) -> u64 {
+        self.inner.weight()
+    }
+}
+
+/// What a request is, for the key.
+pub struct KeyParts<'a> {
+    pub scope: CacheScope,
+    pub key_id: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub api: Api,
+    pub model: &'a str,
+    pub stream: bool,
+    pub body: &'a [u8],
+}
+
+/// The key of a request, or `None` when its body is not a JSON object (inspect has already
+/// refused those; this is defence, not a path).
+pub fn key_of(p: &KeyParts<'_>) -> Option<Key> {
+    let mut v: serde_json::Value = serde_json::from_slice(p.body).ok()?;
+    let obj = v.as_object_mut()?;
+    for k in ["model", "stream", "stream_options"] {
+        obj.remove(k);
+    }
+    // serde_json's map is ordered by key: this is the canonical form.
+    let canonical = serde_json::to_vec(&v).ok()?;
+    let mut h = Sha256::new();
+    let field = |h: &mut Sha256, s: &[u8]| {
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(s);
+    };
+    let (kind, owner) = match p.scope {
+        CacheScope::Key => ("key", p.key_id),
+        CacheScope::Team => ("team", p.team),
+        CacheScope::Global => ("global", None),
+    };
+    field(&mut h, kind.as_bytes());
+    field(&mut h, owner.unwrap_or("").as_bytes());
+    field(&mut h, &[u8::from(owner.is_some())]);
+    field(&mut h, p.api.label().as_bytes());
+    field(&mut h, p.model.as_bytes());
+    field(&mut h, &[u8::from(p.stream)]);
+    field(&mut h, &canonical);
+    Some(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(body: &'a [u8], key_id: Option<&'a str>) -> KeyParts<'a> {
+        KeyParts {
+            scope: CacheScope::Key,
+            key_id,
+            team: None,
+            api: Api::ChatCompletions,
+            model: "m",
+            stream: false,
+            body,
+        }
+    }
+
+    #[test]
+    fn the_key_ignores_order_and_spacing_but_not_content_or_tenant() {
+        let a = key_of(&parts(
+            br#"{"model":"x","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("k1"),
+        ))
+        .unwrap();
+        let b = key_of(&parts(br#"{ "messages": [ {"content":"hi", "role":"user"} ], "temperature": 0, "stream": false }"#, Some("k1"))).unwrap();
+        assert_eq!(a, b);
+        let other_text = key_of(&parts(
+            br#"{"temperature":0,"messages":[{"role":"user","content":"hi!"}]}"#,
+            Some("k1"),
+        ))
+        .unwrap();
+        assert_ne!(a, other_text);
+        let other_key = key_of(&parts(
+            br#"{"temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("k2"),
+        ))
+        .unwrap();
+        assert_ne!(a, other_key);
+        let no_key = key_of(&parts(
+            br#"{"temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            None,
+        ))
+        .unwrap();
+        assert_ne!(a, no_key);
+        let mut streaming = parts(
+            br#"{"temperature":0,"messages":[{"role":"user","content":"hi"}]}"#,
+            Some("k1"),
+        );
+        streaming.stream = true;
+        assert_ne!(a, key_of(&streaming).unwrap());
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_and_the_ttl_expires() {
+        let c = ExactCache::new(64 * 1024);
+        let entry = |n: usize| Entry {
+            body: Bytes::from(vec![b'x'; n]),
+            stream: false,
+            usage: Usage::default(),
+            stored_at: Instant::now(),
+        };
+        for i in 0..100u8 {
+            c.put([i; 32], entry(4096));
+        }
+        assert!(c.bytes() <= 64 * 1024, "{}", c.bytes());
+        assert!(c.len() < 100);
+        c.put([200; 32], entry(10));
+        assert!(c
+            .get(&[200; 32], std::time::Duration::from_secs(60))
+            .is_some());
+        assert!(c.get(&[200; 32], std::time::Duration::ZERO).is_none());
+        assert!(
+            c.get(&[200; 32], std::time::Duration::from_secs(60))
+                .is_none(),
+            "expired entries are dropped"
+        );
+    }
+}
