@@ -26,10 +26,12 @@
 //! Logs and configs of every process go to `target/tollgate-bench/`. On a 2-vCPU machine the generator,
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
+mod ab;
 mod agent;
 mod cluster;
 mod fairness;
 mod governance;
+mod guardrails;
 pub(crate) mod machine;
 mod measure;
 mod nginx;
@@ -87,6 +89,10 @@ pub struct Args {
     /// against a saturated replica, with the fair queue and without (`bench/fairness.rs`).
     #[arg(long)]
     fairness: bool,
+    /// Measure only what guardrails cost: an agent scanning 2 KB prompts with every detector
+    /// against one without rules, in alternating windows (`bench/guardrails.rs`).
+    #[arg(long)]
+    guardrails: bool,
     /// Measure only what cluster mode costs: an agent enforcing alone against one leasing its
     /// budgets from a local redis-server, in alternating windows (`bench/cluster.rs`).
     #[arg(long)]
@@ -139,6 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seconds,
         model: MODEL.into(),
         headers: Vec::new(),
+        prompt_bytes: None,
     };
     let points = measure::points();
     if layout.work.exists() {
@@ -155,7 +162,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }) {
         eprintln!("bench: load average is {busy}: other work is running and will skew the numbers");
     }
-    if args.reload || args.governance || args.scheduling || args.fairness || args.cluster {
+    if args.reload
+        || args.governance
+        || args.guardrails
+        || args.scheduling
+        || args.fairness
+        || args.cluster
+    {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
@@ -176,6 +189,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "Replica choice on an agentic workload",
                 "--scheduling",
                 "scheduling",
+                t,
+            )
+        } else if args.guardrails {
+            let t = guardrails::run(&layout, &load, warmup)?;
+            (
+                "Guardrails cost under load",
+                "--guardrails",
+                "guardrails",
                 t,
             )
         } else if args.governance {

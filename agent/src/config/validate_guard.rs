@@ -86,8 +86,6 @@ pub struct ExactCacheSettings {
     pub nondeterministic: bool,
     /// Largest response cached.
     pub max_entry_bytes: u64,
-    /// Keep entries in `data_dir/cache.sqlite` so a restart starts warm.
-    pub spill: bool,
 }
 
 /// The semantic cache (off by default).
@@ -128,7 +126,6 @@ struct ExactFile {
     scope: Option<String>,
     nondeterministic: Option<bool>,
     max_entry_kb: Option<u64>,
-    spill: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -264,7 +261,6 @@ impl Validator<'_> {
                     scope,
                     nondeterministic: e.nondeterministic.unwrap_or(false),
                     max_entry_bytes: e.max_entry_kb.unwrap_or(1024) << 10,
-                    spill: e.spill.unwrap_or(false),
                 })
             }
             _ => None,
@@ -286,6 +282,12 @@ impl Validator<'_> {
                     };
                 };
                 let scope = self.cache_scope("cache.semantic.scope", s.scope.as_deref());
+                // Refused rather than accepted and ignored: an operator who turns it on must
+                // not believe it runs.
+                self.problem(
+                    "cache.semantic.enabled",
+                    "the semantic cache is not built yet; only `enabled: false` is accepted",
+                );
                 Some(SemanticCacheSettings {
                     embedding_model,
                     threshold,

@@ -5,12 +5,11 @@
 //! metering and the ledger. Windows alternate between the two (ABBA) at 16 connections; reported per
 //! window: rps, p50/p99 and the agent's CPU per request, and the difference of the means.
 
-use std::fmt::Write as _;
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use super::measure::{Load, Pacing, Point, PointResult};
+use super::measure::Load;
 use super::process::Server;
 use super::{agent, Layout, MODEL};
 
@@ -92,58 +91,26 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     let on_target = on.addr.to_string();
     load.warm_up(&off_target, warmup)?;
     keyed.warm_up(&on_target, warmup)?;
-    let point = Point {
-        pacing: Pacing::Closed(16),
-        stream: false,
-    };
-    let mut rows: Vec<(&str, PointResult)> = Vec::new();
-    // ABBA order, so neither side always runs right after the other.
-    for round in 0..ROUNDS {
-        let off_first = round % 2 == 0;
-        for side in [off_first, !off_first] {
-            if side {
-                rows.push((
-                    "governance off",
-                    load.measure(&off_target, point, off.pid())?,
-                ));
-            } else {
-                rows.push(("governance on", keyed.measure(&on_target, point, on.pid())?));
-            }
-        }
-    }
+    let table = super::ab::compare(
+        &super::ab::Side {
+            name: "governance off",
+            load,
+            target: off_target,
+            pid: off.pid(),
+        },
+        &super::ab::Side {
+            name: "governance on",
+            load: &keyed,
+            target: on_target,
+            pid: on.pid(),
+        },
+        ROUNDS,
+        16,
+        "governance adds",
+    )?;
     off.stop()?;
     on.stop()?;
     sim.stop()?;
 
-    let mut out = String::from(
-        "| window | rps | p50 µs | p99 µs | agent CPU µs/req | failed |\n|---|---|---|---|---|---|\n",
-    );
-    for (name, r) in &rows {
-        let t = r.latency.unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} |",
-            r.rps,
-            t.p50,
-            t.p99,
-            r.server_cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
-            r.errors
-        );
-    }
-    let mean = |name: &str| {
-        let v: Vec<f64> = rows
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .filter_map(|(_, r)| r.server_cpu_us)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    if let (Some(a), Some(b)) = (mean("governance off"), mean("governance on")) {
-        let _ = writeln!(
-            out,
-            "\nMean agent CPU per request: {a:.1} µs off, {b:.1} µs on: governance adds {:.1} µs.",
-            b - a
-        );
-    }
-    Ok(out)
+    Ok(table)
 }

@@ -132,6 +132,8 @@ pub struct Load {
     pub model: String,
     /// Extra request headers (`Name: value`), e.g. a virtual key.
     pub headers: Vec<String>,
+    /// Prompt size in bytes (the generator's default when `None`).
+    pub prompt_bytes: Option<usize>,
 }
 
 impl Load {
@@ -230,6 +232,9 @@ impl Load {
         }
         for h in &self.headers {
             cmd.args(["--header", h]);
+        }
+        if let Some(n) = self.prompt_bytes {
+            cmd.args(["--prompt-bytes", &n.to_string()]);
         }
         cmd.stdin(Stdio::null());
         cmd
