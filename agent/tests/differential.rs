@@ -34,6 +34,7 @@ const READ: &[&str] = &[
     "max_completion_tokens",
     "n",
     "messages",
+    "temperature",
 ];
 
 fn value_for(key: &str) -> BoxedStrategy<String> {
@@ -125,6 +126,8 @@ proptest! {
                 if ins.max_output_tokens.is_some() {
                     prop_assert_eq!(max, ins.max_output_tokens, "{}", text);
                 }
+                // The exact cache stores only what the provider will answer repeatably.
+                prop_assert_eq!(ins.deterministic, v["temperature"].as_f64() == Some(0.0), "{}", text);
                 // What the provider receives: our model, usage asked for on streams, the rest
                 // unchanged.
                 let (out, _) = rewrite_body(Api::ChatCompletions, text.as_bytes(), &ins, "up-model");

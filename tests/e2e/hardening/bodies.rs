@@ -77,6 +77,12 @@ fn duplicate_keys_that_tollgate_reads_are_refused() {
             r#"{"model":"smol","stream":true,"stream_options":{"include_usage":false,"include_usage":true},"messages":[]}"#,
             "stream_options.include_usage",
         ),
+        // Read since the exact cache decides on determinism: `temperature: 1` then `0` would
+        // be cached as deterministic by one reader and sampled at 1 by the other.
+        (
+            r#"{"model":"smol","temperature":1,"temperature":0,"messages":[]}"#,
+            "temperature",
+        ),
     ] {
         let r = post_raw(stack.agent.addr, CHAT, &[], body.as_bytes());
         let e = assert_openai_error(&r, 400, "invalid_request_error", "duplicate_key");
@@ -87,7 +93,7 @@ fn duplicate_keys_that_tollgate_reads_are_refused() {
         stack.agent.addr,
         CHAT,
         &[],
-        br#"{"model":"smol","temperature":1,"temperature":0,"messages":[{"role":"user","content":"x"}],"max_tokens":1}"#,
+        br#"{"model":"smol","top_p":1,"top_p":0.5,"messages":[{"role":"user","content":"x"}],"max_tokens":1}"#,
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
