@@ -189,6 +189,11 @@ impl Restore {
         }
     }
 
+    /// Bytes held back over all open streams.
+    pub fn held(&self) -> usize {
+        self.open.iter().map(|(_, r)| r.held()).sum()
+    }
+
     fn restorer(&mut self, key: u64) -> &mut Restorer {
         let i = match self.open.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
@@ -408,6 +413,7 @@ fn parse_responses(data: &[u8], p: &mut Parsed) {
 mod tests {
     use super::*;
     use crate::guard::{pseudonymize, Class, Match};
+    use proptest::prelude::*;
 
     fn map() -> std::sync::Arc<PseudoMap> {
         let body = br#"{"q":"mail bob@example.com now"}"#;
@@ -502,6 +508,37 @@ mod tests {
             &mut out,
         );
         assert_eq!(content_of(&out), "hi bob@example.com and <EMAIL_");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any frame, in any API's shape or none: no panic, and a frame with no `<` in it
+        /// leaves exactly as it came (restoring never touches bytes around placeholders).
+        #[test]
+        fn arbitrary_frames_never_panic_and_clean_ones_pass_unchanged(
+            api in proptest::sample::select(vec![Api::ChatCompletions, Api::Completions, Api::Messages, Api::Responses]),
+            frames in proptest::collection::vec(
+                prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..64),
+                    "(event: [a-z_.]{1,20}\n)?data: \\{\"(type|choices|index|delta|text|content)\":[\\[\\{\"a-z0-9:,<>_ ]{0,40}\\}\n\n"
+                        .prop_map(String::into_bytes),
+                ],
+                1..8,
+            ),
+        ) {
+            let mut r = Restore::new(map(), api);
+            for f in frames {
+                let clean = !f.contains(&b'<') && r.held() == 0;
+                let mut out = Vec::new();
+                r.frame(Bytes::from(f.clone()), &mut out);
+                if clean && out.len() == 1 {
+                    prop_assert_eq!(&out[0][..], &f[..]);
+                }
+            }
+            let mut out = Vec::new();
+            r.finish_stream(&mut out);
+        }
     }
 
     #[test]
