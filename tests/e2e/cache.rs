@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::governance::{create_key, governed, post_with_key};
-use crate::harness::http::frame_data;
+use crate::harness::http::{chat_stream_text, frame_data};
 use crate::harness::{get, post_raw, Response, Sim, Stack};
 
 const CACHE: &str = "cache:\n  exact: {enabled: true, ttl_s: 600, max_mb: 8, scope: key}\n\
@@ -152,17 +152,7 @@ fn a_streamed_request_is_replayed_as_a_well_formed_stream() {
     let second = send();
     assert_eq!(second.header("x-tollgate-cache"), Some("hit"));
     assert_eq!(second.header("content-type"), Some("text/event-stream"));
-    let text = |r: &Response| -> String {
-        r.frames()
-            .iter()
-            .filter_map(|f| frame_data(f))
-            .filter_map(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect()
-    };
+    let text = |r: &Response| chat_stream_text(&r.frames());
     assert!(!text(&first).is_empty());
     assert_eq!(text(&second), text(&first));
     let frames = second.frames();

@@ -3,7 +3,6 @@
 
 use serde_json::json;
 
-use crate::harness::http::frame_data;
 use crate::harness::{chat_body, post_json, Stack};
 
 #[test]
@@ -50,17 +49,7 @@ fn long_stream_is_identical_to_the_direct_one() {
     );
     let (a, d) = (via_agent.frames(), direct.frames());
     assert_eq!(a.len(), d.len());
-    let content = |frames: &[String]| -> String {
-        frames
-            .iter()
-            .filter_map(|f| frame_data(f))
-            .filter_map(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect()
-    };
+    let content = crate::harness::http::chat_stream_text;
     assert!(
         content(&a) == content(&d),
         "streamed text differs from the direct stream"

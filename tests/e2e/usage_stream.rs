@@ -23,15 +23,7 @@ fn chat_completions_stream() {
         .is_some_and(|t| t.starts_with("text/event-stream")));
     let frames = r.frames();
     assert_eq!(frames.last().map(String::as_str), Some("data: [DONE]\n\n"));
-    let text: String = frames
-        .iter()
-        .filter_map(|f| frame_data(f))
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(String::from)
-        })
-        .collect();
+    let text = crate::harness::http::chat_stream_text(&frames);
     assert!(!text.is_empty(), "no content in {frames:?}");
     let row = stack.agent.row_of(&r);
     assert_ok_row(&row, "chat", "smol", "sim");

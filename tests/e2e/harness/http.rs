@@ -104,6 +104,19 @@ pub fn frame_data(frame: &str) -> Option<Value> {
     )
 }
 
+/// The text of a chat-completions stream: every `choices[0].delta.content`, in order.
+pub fn chat_stream_text(frames: &[String]) -> String {
+    frames
+        .iter()
+        .filter_map(|f| frame_data(f))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect()
+}
+
 /// The `event:` name of a frame, if any.
 pub fn frame_event(frame: &str) -> Option<&str> {
     frame.lines().find_map(|l| l.strip_prefix("event: "))
