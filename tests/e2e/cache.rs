@@ -45,6 +45,7 @@ fn a_repeat_is_served_from_cache_with_zero_cost_and_its_saving_recorded() {
     assert_eq!(first.status, 200, "{}", first.text());
     assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
     let served = sim_requests(&stack);
+    assert!(served >= 1, "the simulator's request counter was not found");
 
     let second = post(&stack, &key, &[], &b);
     assert_eq!(second.status, 200, "{}", second.text());

@@ -22,7 +22,7 @@ pub use validate::{
     BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
     Model, ModelTarget, Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
-pub use validate_guard::{CacheScope, CacheSettings, ExactCacheSettings, SemanticCacheSettings};
+pub use validate_guard::{CacheScope, CacheSettings, ExactCacheSettings};
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigProblems> {

@@ -88,26 +88,10 @@ pub struct ExactCacheSettings {
     pub max_entry_bytes: u64,
 }
 
-/// The semantic cache (off by default).
-#[derive(Clone, Debug)]
-pub struct SemanticCacheSettings {
-    /// A configured model served on `/v1/embeddings`.
-    pub embedding_model: String,
-    /// Cosine similarity at or above which a stored answer is served.
-    pub threshold: f32,
-    /// The longest an embedding call may delay a request; past it the request goes on uncached.
-    pub timeout: Duration,
-    pub ttl: Duration,
-    /// Entries kept per scope.
-    pub max_entries: usize,
-    pub scope: CacheScope,
-}
-
 /// `cache:`.
 #[derive(Clone, Debug, Default)]
 pub struct CacheSettings {
     pub exact: Option<ExactCacheSettings>,
-    pub semantic: Option<SemanticCacheSettings>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -128,16 +112,11 @@ struct ExactFile {
     max_entry_kb: Option<u64>,
 }
 
+/// `cache.semantic`: not built, so only `enabled` is read; the other keys of the sketch
+/// (`embedding_model`, `threshold`, ...) are accepted as they are.
 #[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct SemanticFile {
     enabled: Option<bool>,
-    embedding_model: Option<String>,
-    threshold: Option<f32>,
-    timeout_ms: Option<u64>,
-    ttl_s: Option<u64>,
-    max_entries: Option<usize>,
-    scope: Option<String>,
 }
 
 impl Validator<'_> {
@@ -265,41 +244,15 @@ impl Validator<'_> {
             }
             _ => None,
         };
-        let semantic = match f.semantic {
-            Some(s) if s.enabled.unwrap_or(false) => {
-                let threshold = s.threshold.unwrap_or(0.95);
-                if !(0.5..=1.0).contains(&threshold) {
-                    self.problem("cache.semantic.threshold", "must be between 0.5 and 1.0");
-                }
-                let Some(embedding_model) = s.embedding_model else {
-                    self.problem(
-                        "cache.semantic.embedding_model",
-                        "is required when the semantic cache is enabled",
-                    );
-                    return CacheSettings {
-                        exact,
-                        semantic: None,
-                    };
-                };
-                let scope = self.cache_scope("cache.semantic.scope", s.scope.as_deref());
-                // Refused rather than accepted and ignored: an operator who turns it on must
-                // not believe it runs.
-                self.problem(
-                    "cache.semantic.enabled",
-                    "the semantic cache is not built yet; only `enabled: false` is accepted",
-                );
-                Some(SemanticCacheSettings {
-                    embedding_model,
-                    threshold,
-                    timeout: Duration::from_millis(s.timeout_ms.unwrap_or(50)),
-                    ttl: Duration::from_secs(s.ttl_s.unwrap_or(3600)),
-                    max_entries: s.max_entries.unwrap_or(10_000),
-                    scope,
-                })
-            }
-            _ => None,
-        };
-        CacheSettings { exact, semantic }
+        // `semantic` parses (the names work) but is refused when enabled rather than
+        // accepted and ignored: an operator who turns it on must not believe it runs.
+        if f.semantic.is_some_and(|s| s.enabled.unwrap_or(false)) {
+            self.problem(
+                "cache.semantic.enabled",
+                "the semantic cache is not built yet; only `enabled: false` is accepted",
+            );
+        }
+        CacheSettings { exact }
     }
 }
 
@@ -328,7 +281,6 @@ mod tests {
         assert_eq!(c.guardrails[0].egress, Egress::Public);
         let e = c.cache.exact.as_ref().unwrap();
         assert_eq!(e.max_bytes, 256 << 20);
-        assert!(c.cache.semantic.is_none());
     }
 
     #[test]

@@ -103,7 +103,7 @@ impl Meter {
             }
             if !whole {
                 parts.push(match &mut self.restore {
-                    Some(r) => r.body_piece(&piece),
+                    Some(r) => r.body_piece(piece),
                     None => piece,
                 });
             }
@@ -135,20 +135,18 @@ fn emit(
     frame: Bytes,
     parts: &mut Vec<Bytes>,
 ) {
-    let mut restored;
-    let frames: &mut dyn Iterator<Item = Bytes> = match restore {
-        Some(r) => {
-            restored = Vec::with_capacity(2);
+    match (restore, translate) {
+        (None, Some(Translate::Stream(t))) => t.frame(&frame, parts),
+        (None, _) => parts.push(frame),
+        (Some(r), Some(Translate::Stream(t))) => {
+            let mut restored = Vec::with_capacity(2);
             r.frame(frame, &mut restored);
-            &mut restored.into_iter()
+            for f in restored {
+                t.frame(&f, parts);
+            }
         }
-        None => &mut std::iter::once(frame),
-    };
-    for f in frames {
-        match translate {
-            Some(Translate::Stream(t)) => t.frame(&f, parts),
-            _ => parts.push(f),
-        }
+        // Restored frames go straight to the client's parts.
+        (Some(r), _) => r.frame(frame, parts),
     }
 }
 
@@ -462,7 +460,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 .as_deref()
                 .unwrap_or(&ctx.inspection.model);
             let out = crate::translate::response(dir, ctx.status, &body, model);
-            parts.push(Bytes::from(match &restore {
+            parts.push(Bytes::from(match &mut restore {
                 Some(r) => r.whole(&out),
                 None => out,
             }));

@@ -33,26 +33,11 @@ pub struct Restore {
     body: Option<Restorer>,
     /// One restorer per open stream key (choice index, content block, output item).
     open: Vec<(u64, Restorer)>,
-    /// Raw `id`, `created` and `model` of the last chat or completion chunk, for the shape of a
-    /// delta event Tollgate writes itself.
-    ids: Option<ChunkIds>,
-}
-
-#[derive(Clone)]
-struct ChunkIds {
-    id: Vec<u8>,
-    created: Vec<u8>,
-    model: Vec<u8>,
-}
-
-impl ChunkIds {
-    fn blank() -> ChunkIds {
-        ChunkIds {
-            id: b"\"\"".to_vec(),
-            created: b"0".to_vec(),
-            model: b"\"\"".to_vec(),
-        }
-    }
+    /// Restores within one event or document (its held bytes are always flushed).
+    scratch: Restorer,
+    /// The previous event (by reference): where a delta event Tollgate writes itself takes the
+    /// ids the current event lacks. Read only then, so events are not parsed for it.
+    previous: Option<Bytes>,
 }
 
 /// What one event carries that restoring cares about.
@@ -64,30 +49,31 @@ struct Parsed {
     ends: Vec<u64>,
     /// The event ends the whole stream.
     last: bool,
-    /// `id`, `created`, `model` as they appear in this event (raw JSON), each if present.
-    ids: [Option<Vec<u8>>; 3],
-    /// The Responses item the delta belongs to (for a written delta event).
-    item_id: Option<Vec<u8>>,
 }
 
 impl Restore {
     pub fn new(map: std::sync::Arc<PseudoMap>, api: Api) -> Restore {
         Restore {
+            scratch: Restorer::new(&map, Encoding::Json),
             map,
             api,
             body: None,
             open: Vec::new(),
-            ids: None,
+            previous: None,
         }
     }
 
-    /// A piece of a plain (non-stream) body.
-    pub fn body_piece(&mut self, piece: &[u8]) -> Bytes {
+    /// A piece of a plain (non-stream) body. A piece with no `<` while nothing is held passes
+    /// by reference.
+    pub fn body_piece(&mut self, piece: Bytes) -> Bytes {
         let r = self
             .body
             .get_or_insert_with(|| Restorer::new(&self.map, Encoding::Json));
+        if r.held() == 0 && memchr::memchr(b'<', &piece).is_none() {
+            return piece;
+        }
         let mut out = Vec::with_capacity(piece.len() + 32);
-        r.push(piece, &mut out);
+        r.push(&piece, &mut out);
         Bytes::from(out)
     }
 
@@ -99,12 +85,22 @@ impl Restore {
     }
 
     /// A whole document (a translated body), restored at once.
-    pub fn whole(&self, doc: &[u8]) -> Vec<u8> {
-        whole(&self.map, doc)
+    pub fn whole(&mut self, doc: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(doc.len() + 32);
+        whole_into(&mut self.scratch, doc, &mut out);
+        out
     }
 
     /// One event-stream frame; what the client should get goes to `out`.
     pub fn frame(&mut self, frame: Bytes, out: &mut Vec<Bytes>) {
+        // Most events hold no `<`: with nothing held back they leave as they came, unparsed
+        // (a restorer with nothing held has nothing to flush when its choice ends).
+        if self.held() == 0 && memchr::memchr(b'<', &frame).is_none() {
+            self.previous = Some(frame.clone());
+            out.push(frame);
+            return;
+        }
+        let previous = self.previous.replace(frame.clone());
         let Some(data) = frame_data(&frame) else {
             out.push(frame);
             return;
@@ -113,7 +109,7 @@ impl Restore {
             std::borrow::Cow::Borrowed(d) => d,
             // A multi-line data field: restored within the frame only.
             std::borrow::Cow::Owned(_) => {
-                out.push(Bytes::from(whole(&self.map, &frame)));
+                out.push(Bytes::from(self.whole(&frame)));
                 return;
             }
         };
@@ -126,13 +122,6 @@ impl Restore {
                 ..Parsed::default()
             }
         };
-        if parsed.ids.iter().any(Option::is_some) {
-            let ids = self.ids.get_or_insert_with(ChunkIds::blank);
-            let [id, created, model] = parsed.ids.clone();
-            ids.id = id.unwrap_or(std::mem::take(&mut ids.id));
-            ids.created = created.unwrap_or(std::mem::take(&mut ids.created));
-            ids.model = model.unwrap_or(std::mem::take(&mut ids.model));
-        }
         // Keys that end here without a delta of their own, and at the stream's end every key:
         // what they hold goes out first, in an event of their own.
         let flush: Vec<u64> = if parsed.last {
@@ -147,12 +136,13 @@ impl Restore {
         };
         for key in flush {
             if let Some(held) = self.close(key) {
-                out.push(self.delta_event(key, &held, parsed.item_id.as_deref()));
+                let e = delta_event(self.api, key, &held, Some(&frame), previous.as_deref());
+                out.push(e);
             }
         }
         if parsed.deltas.is_empty() {
             out.push(if memchr::memchr(b'<', data).is_some() {
-                Bytes::from(whole(&self.map, &frame))
+                Bytes::from(self.whole(&frame))
             } else {
                 frame
             });
@@ -162,7 +152,7 @@ impl Restore {
         body.extend_from_slice(&frame[..at]);
         let mut pos = 0;
         for (key, span) in &parsed.deltas {
-            body.extend_from_slice(&whole(&self.map, &data[pos..span.start]));
+            whole_into(&mut self.scratch, &data[pos..span.start], &mut body);
             body.push(b'"');
             let inner = &data[span.start + 1..span.end - 1];
             self.restorer(*key).push(inner, &mut body);
@@ -174,7 +164,7 @@ impl Restore {
             body.push(b'"');
             pos = span.end;
         }
-        body.extend_from_slice(&whole(&self.map, &data[pos..]));
+        whole_into(&mut self.scratch, &data[pos..], &mut body);
         body.extend_from_slice(&frame[at + data.len()..]);
         out.push(Bytes::from(body));
     }
@@ -184,7 +174,8 @@ impl Restore {
         let keys: Vec<u64> = self.open.iter().map(|(k, _)| *k).collect();
         for key in keys {
             if let Some(held) = self.close(key) {
-                out.push(self.delta_event(key, &held, None));
+                let e = delta_event(self.api, key, &held, self.previous.as_deref(), None);
+                out.push(e);
             }
         }
     }
@@ -214,71 +205,102 @@ impl Restore {
         r.finish(&mut held);
         (!held.is_empty()).then_some(held)
     }
-
-    /// A delta event carrying `text` (raw JSON string bytes) for `key`, in the stream's shape.
-    fn delta_event(&self, key: u64, text: &[u8], item_id: Option<&[u8]>) -> Bytes {
-        let mut e = Vec::with_capacity(160 + text.len());
-        let ids = self.ids.clone().unwrap_or_else(ChunkIds::blank);
-        let head = |e: &mut Vec<u8>, object: &[u8]| {
-            e.extend_from_slice(b"data: {\"id\":");
-            e.extend_from_slice(&ids.id);
-            e.extend_from_slice(b",\"object\":\"");
-            e.extend_from_slice(object);
-            e.extend_from_slice(b"\",\"created\":");
-            e.extend_from_slice(&ids.created);
-            e.extend_from_slice(b",\"model\":");
-            e.extend_from_slice(&ids.model);
-            e.extend_from_slice(format!(",\"choices\":[{{\"index\":{key},").as_bytes());
-        };
-        match self.api {
-            Api::ChatCompletions | Api::Embeddings => {
-                head(&mut e, b"chat.completion.chunk");
-                e.extend_from_slice(b"\"delta\":{\"content\":\"");
-                e.extend_from_slice(text);
-                e.extend_from_slice(b"\"},\"finish_reason\":null}]}\n\n");
-            }
-            Api::Completions => {
-                head(&mut e, b"text_completion");
-                e.extend_from_slice(b"\"text\":\"");
-                e.extend_from_slice(text);
-                e.extend_from_slice(b"\",\"finish_reason\":null}]}\n\n");
-            }
-            Api::Messages => {
-                e.extend_from_slice(
-                    format!(
-                        "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{key},\"delta\":{{\"type\":\"text_delta\",\"text\":\""
-                    )
-                    .as_bytes(),
-                );
-                e.extend_from_slice(text);
-                e.extend_from_slice(b"\"}}\n\n");
-            }
-            Api::Responses => {
-                e.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":");
-                e.extend_from_slice(item_id.unwrap_or(b"\"\""));
-                e.extend_from_slice(
-                    format!(
-                        ",\"output_index\":{},\"content_index\":{},\"delta\":\"",
-                        key >> 32,
-                        key & 0xffff_ffff
-                    )
-                    .as_bytes(),
-                );
-                e.extend_from_slice(text);
-                e.extend_from_slice(b"\"}\n\n");
-            }
-        }
-        Bytes::from(e)
-    }
 }
 
-/// `doc` with every whole placeholder restored (JSON-escaped).
-fn whole(map: &PseudoMap, doc: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(doc.len() + 32);
-    let mut r = Restorer::new(map, Encoding::Json);
-    r.push(doc, &mut out);
-    r.finish(&mut out);
+/// The raw JSON of `fields` in an event's top-level object (`None` where absent).
+fn raw_fields<const N: usize>(frame: Option<&[u8]>, fields: [&str; N]) -> [Option<Vec<u8>>; N] {
+    let mut out: [Option<Vec<u8>>; N] = std::array::from_fn(|_| None);
+    let Some(data) = frame.and_then(frame_data) else {
+        return out;
+    };
+    for item in sonic_rs::to_object_iter(&data[..]) {
+        let Ok((k, v)) = item else { break };
+        if let Some(i) = fields.iter().position(|f| *f == &*k) {
+            out[i] = Some(v.as_raw_str().as_bytes().to_vec());
+        }
+    }
     out
+}
+
+/// A delta event carrying `text` (raw JSON string bytes) for `key`, in the stream's shape; its
+/// ids (`id`, `created`, `model`, or a Responses `item_id`) come from `current`, else from
+/// `previous`. Only written when a restorer still held bytes at an end, so parsing here is rare.
+fn delta_event(
+    api: Api,
+    key: u64,
+    text: &[u8],
+    current: Option<&[u8]>,
+    previous: Option<&[u8]>,
+) -> Bytes {
+    let fields = |names| {
+        let (now, before) = (raw_fields(current, names), raw_fields(previous, names));
+        let mut it = now.into_iter().zip(before).map(|(a, b)| a.or(b));
+        std::array::from_fn::<_, 3, _>(|_| it.next().flatten())
+    };
+    let mut e = Vec::with_capacity(160 + text.len());
+    let head = |e: &mut Vec<u8>, object: &[u8]| {
+        let [id, created, model] = fields(["id", "created", "model"]);
+        e.extend_from_slice(b"data: {\"id\":");
+        e.extend_from_slice(id.as_deref().unwrap_or(b"\"\""));
+        e.extend_from_slice(b",\"object\":\"");
+        e.extend_from_slice(object);
+        e.extend_from_slice(b"\",\"created\":");
+        e.extend_from_slice(created.as_deref().unwrap_or(b"0"));
+        e.extend_from_slice(b",\"model\":");
+        e.extend_from_slice(model.as_deref().unwrap_or(b"\"\""));
+        e.extend_from_slice(format!(",\"choices\":[{{\"index\":{key},").as_bytes());
+    };
+    match api {
+        Api::ChatCompletions | Api::Embeddings => {
+            head(&mut e, b"chat.completion.chunk");
+            e.extend_from_slice(b"\"delta\":{\"content\":\"");
+            e.extend_from_slice(text);
+            e.extend_from_slice(b"\"},\"finish_reason\":null}]}\n\n");
+        }
+        Api::Completions => {
+            head(&mut e, b"text_completion");
+            e.extend_from_slice(b"\"text\":\"");
+            e.extend_from_slice(text);
+            e.extend_from_slice(b"\",\"finish_reason\":null}]}\n\n");
+        }
+        Api::Messages => {
+            e.extend_from_slice(
+                format!(
+                    "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":{key},\"delta\":{{\"type\":\"text_delta\",\"text\":\""
+                )
+                .as_bytes(),
+            );
+            e.extend_from_slice(text);
+            e.extend_from_slice(b"\"}}\n\n");
+        }
+        Api::Responses => {
+            let [item_id, ..] = fields(["item_id", "", ""]);
+            e.extend_from_slice(b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"item_id\":");
+            e.extend_from_slice(item_id.as_deref().unwrap_or(b"\"\""));
+            e.extend_from_slice(
+                format!(
+                    ",\"output_index\":{},\"content_index\":{},\"delta\":\"",
+                    key >> 32,
+                    key & 0xffff_ffff
+                )
+                .as_bytes(),
+            );
+            e.extend_from_slice(text);
+            e.extend_from_slice(b"\"}\n\n");
+        }
+    }
+    Bytes::from(e)
+}
+
+/// `doc` with every whole placeholder restored (JSON-escaped), appended to `out`; copied as it
+/// is when it holds no `<`.
+fn whole_into(scratch: &mut Restorer, doc: &[u8], out: &mut Vec<u8>) {
+    if memchr::memchr(b'<', doc).is_none() {
+        out.extend_from_slice(doc);
+        return;
+    }
+    scratch.push(doc, out);
+    scratch.finish(out);
 }
 
 fn span_of(data: &[u8], v: &LazyValue<'_>) -> Range<usize> {
@@ -301,53 +323,38 @@ fn parse(api: Api, data: &[u8]) -> Parsed {
 }
 
 fn parse_choices(data: &[u8], p: &mut Parsed) {
-    for item in sonic_rs::to_object_iter(data) {
-        let Ok((k, v)) = item else { return };
-        match &*k {
-            "id" => p.ids[0] = Some(v.as_raw_str().as_bytes().to_vec()),
-            "created" => p.ids[1] = Some(v.as_raw_str().as_bytes().to_vec()),
-            "model" => p.ids[2] = Some(v.as_raw_str().as_bytes().to_vec()),
-            "choices" => {
-                let Some(arr) = v.into_array_iter() else {
-                    continue;
-                };
-                for c in arr {
-                    let Ok(c) = c else { return };
-                    let (mut index, mut span, mut end) = (0u64, None, false);
-                    let Some(fields) = c.into_object_iter() else {
-                        continue;
-                    };
-                    for f in fields {
-                        let Ok((ck, cv)) = f else { return };
-                        match &*ck {
-                            "index" => index = cv.as_u64().unwrap_or(0),
-                            "text" if cv.is_str() => span = Some(span_of(data, &cv)),
-                            "finish_reason" => end = !cv.is_null(),
-                            "delta" => {
-                                let Some(d) = cv.into_object_iter() else {
-                                    continue;
-                                };
-                                for df in d {
-                                    let Ok((dk, dv)) = df else { return };
-                                    if &*dk == "content" && dv.is_str() {
-                                        span = Some(span_of(data, &dv));
-                                    }
-                                }
-                            }
-                            _ => {}
-                        }
-                    }
-                    if let Some(s) = span {
-                        p.deltas.push((index, s));
-                    }
-                    if end {
-                        p.ends.push(index);
-                    }
-                }
+    let Some(choices) = sonic_rs::get(data, ["choices"])
+        .ok()
+        .and_then(|v| v.into_array_iter())
+    else {
+        return;
+    };
+    for choice in choices.flatten() {
+        let (mut index, mut span, mut end) = (0u64, None, false);
+        for (k, v) in choice.into_object_iter().into_iter().flatten().flatten() {
+            match &*k {
+                "index" => index = v.as_u64().unwrap_or(0),
+                "text" if v.is_str() => span = Some(span_of(data, &v)),
+                "finish_reason" => end = !v.is_null(),
+                "delta" => span = string_member(data, v, "content").or(span),
+                _ => {}
             }
-            _ => {}
+        }
+        if let Some(s) = span {
+            p.deltas.push((index, s));
+        }
+        if end {
+            p.ends.push(index);
         }
     }
+}
+
+/// The span of `obj`'s string member `name`, if it has one.
+fn string_member(data: &[u8], obj: LazyValue<'_>, name: &str) -> Option<Range<usize>> {
+    obj.into_object_iter()?
+        .flatten()
+        .find(|(k, v)| &**k == name && v.is_str())
+        .map(|(_, v)| span_of(data, &v))
 }
 
 fn parse_messages(data: &[u8], p: &mut Parsed) {
@@ -357,17 +364,7 @@ fn parse_messages(data: &[u8], p: &mut Parsed) {
         match &*k {
             "type" => ty = v.as_str().unwrap_or_default().to_string(),
             "index" => index = v.as_u64().unwrap_or(0),
-            "delta" => {
-                let Some(d) = v.into_object_iter() else {
-                    continue;
-                };
-                for df in d {
-                    let Ok((dk, dv)) = df else { return };
-                    if &*dk == "text" && dv.is_str() {
-                        text = Some(span_of(data, &dv));
-                    }
-                }
-            }
+            "delta" => text = string_member(data, v, "text"),
             _ => {}
         }
     }
@@ -391,7 +388,6 @@ fn parse_responses(data: &[u8], p: &mut Parsed) {
             "type" => ty = v.as_str().unwrap_or_default().to_string(),
             "output_index" => output = v.as_u64().unwrap_or(0),
             "content_index" => content = v.as_u64().unwrap_or(0),
-            "item_id" => p.item_id = Some(v.as_raw_str().as_bytes().to_vec()),
             "delta" if v.is_str() => delta = Some(span_of(data, &v)),
             _ => {}
         }
@@ -545,12 +541,13 @@ mod tests {
     fn plain_bodies_restore_across_pieces() {
         let mut r = Restore::new(map(), Api::ChatCompletions);
         let mut out = Vec::new();
-        for p in [&b"{\"c\":\"x <EMAIL"[..], b"_1> y\"}"] {
-            out.extend_from_slice(&r.body_piece(p));
+        // The last piece has no `<` and nothing is held: it passes by reference.
+        for p in [&b"{\"c\":\"x <EMAIL"[..], b"_1> y", b" z\"}"] {
+            out.extend_from_slice(&r.body_piece(Bytes::from_static(p)));
         }
         if let Some(b) = r.body_end() {
             out.extend_from_slice(&b);
         }
-        assert_eq!(out, b"{\"c\":\"x bob@example.com y\"}");
+        assert_eq!(out, b"{\"c\":\"x bob@example.com y z\"}");
     }
 }

@@ -89,7 +89,7 @@ pub struct Shard {
 }
 
 /// Cache counters: their metric names and help, in the order of `Shard::cache`.
-pub const CACHE_STATS: [(&str, &str, &str); 6] = [
+pub const CACHE_STATS: [(&str, &str, &str); 5] = [
     (
         "tollgate_cache_hits_total",
         "counter",
@@ -115,11 +115,6 @@ pub const CACHE_STATS: [(&str, &str, &str); 6] = [
         "counter",
         "What cache hits would have cost, in micro-USD.",
     ),
-    (
-        "tollgate_cache_embed_failures_total",
-        "counter",
-        "Semantic-cache embedding calls that failed or ran past their bound.",
-    ),
 ];
 
 /// Index into `Shard::cache`.
@@ -130,7 +125,6 @@ pub enum CacheStat {
     Stores,
     SavedTokens,
     SavedMicroUsd,
-    EmbedFailures,
 }
 
 impl Shard {
