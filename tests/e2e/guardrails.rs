@@ -142,7 +142,7 @@ fn pseudonymized_values_never_reach_the_provider_and_come_back_to_the_client() {
     );
     let m = stack.agent.metrics();
     assert!(
-        m.contains("tollgate_guard_findings_total{class=\"email\",action=\"pseudonymize\"} 2"),
+        m.contains("tollgate_guard_findings_total{class=\"email\",action=\"pseudonymize\",side=\"request\"} 2"),
         "{m}"
     );
     let audit = wait_for_audit(&stack, "guard.", 1);
@@ -256,9 +256,9 @@ fn block_redact_and_log_each_do_what_they_say() {
     );
     let m = stack.agent.metrics();
     for want in [
-        "tollgate_guard_findings_total{class=\"aws_key\",action=\"block\"} 1",
-        "tollgate_guard_findings_total{class=\"ip\",action=\"redact\"} 1",
-        "tollgate_guard_findings_total{class=\"custom:codename\",action=\"log\"} 1",
+        "tollgate_guard_findings_total{class=\"aws_key\",action=\"block\",side=\"request\"} 1",
+        "tollgate_guard_findings_total{class=\"ip\",action=\"redact\",side=\"request\"} 1",
+        "tollgate_guard_findings_total{class=\"custom:codename\",action=\"log\",side=\"request\"} 1",
     ] {
         assert!(m.contains(want), "{want} missing:\n{m}");
     }
@@ -291,4 +291,118 @@ fn traffic_to_a_private_replica_passes_unchanged() {
         &chat("smol", &format!("key {AWS_KEY}"), false),
     );
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Rules on what the local replica answers (it echoes the prompt, so a value planted in the
+/// prompt comes back in 3-byte pieces).
+const RESPONSE_RULES: &str = "auth: { mode: open }
+guardrails:
+  - name: no-mail-out
+    on: response
+    scope: {egress: any}
+    detect: [email]
+    action: redact
+  - name: no-keys-out
+    on: response
+    scope: {egress: any}
+    detect: [aws_key]
+    action: block
+";
+
+fn response_stack() -> Stack {
+    Stack::custom(Sim::start(&[]), |c| {
+        c.admin = Some(true);
+        c.governance_yaml = RESPONSE_RULES.into();
+    })
+}
+
+#[test]
+fn values_in_responses_are_redacted_across_events_for_every_api() {
+    let stack = response_stack();
+    let prompt = format!("Reply to {EMAIL} today.");
+    let cases = [
+        ("/v1/chat/completions", chat("smol", &prompt, true)),
+        ("/v1/chat/completions", chat("smol", &prompt, false)),
+        (
+            "/v1/completions",
+            json!({"model": "smol", "prompt": prompt, "max_tokens": 60, "stream": true}),
+        ),
+        // Translated to chat for the replica and back: scanned in the replica's shape.
+        ("/v1/messages", chat("smol", &prompt, true)),
+        (
+            "/v1/responses",
+            json!({"model": "smol", "input": prompt, "max_output_tokens": 60}),
+        ),
+    ];
+    for (path, body) in cases {
+        let r = echo(&stack, path, &body);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        // The rule covers responses only: the replica read the prompt as sent.
+        assert!(received(&stack).contains(EMAIL), "{path}");
+        assert!(!r.text().contains(EMAIL), "{path}: {}", r.text());
+        let text = if body["stream"] == true {
+            streamed_text(&r)
+        } else {
+            let v = r.json();
+            [
+                &v["choices"][0]["message"]["content"],
+                &v["output"][0]["content"][0]["text"],
+            ]
+            .iter()
+            .map(|s| s.as_str().unwrap_or("").to_string())
+            .collect()
+        };
+        assert!(
+            text.starts_with("Reply to [REDACTED_EMAIL] today."),
+            "{path}: {text:?}"
+        );
+        let row = stack.agent.row_of(&r);
+        assert_eq!(
+            row.guard.as_deref(),
+            Some("response:email:1:redact"),
+            "{path}"
+        );
+        assert!(row.output_tokens > 0, "{path}: {row:#?}");
+    }
+    let m = stack.agent.metrics();
+    let want =
+        "tollgate_guard_findings_total{class=\"email\",action=\"redact\",side=\"response\"} 5";
+    assert!(m.contains(want), "{m}");
+}
+
+#[test]
+fn a_blocked_response_ends_with_a_precise_error_and_is_billed() {
+    let stack = response_stack();
+    let prompt = format!("The key is {AWS_KEY} and more words follow here.");
+
+    // Streamed: the client has had the head and some text; it gets an error event, a clean
+    // end, and never the key.
+    let r = echo(&stack, "/v1/chat/completions", &chat("smol", &prompt, true));
+    assert_eq!(r.status, 200);
+    assert!(!r.text().contains(AWS_KEY), "{}", r.text());
+    let last = r.frames().last().cloned().expect("events");
+    let e = frame_data(&last).expect("error event");
+    assert_eq!(e["error"]["code"], "content_blocked", "{}", r.text());
+    let msg = e["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no-keys-out") && msg.contains("aws_key"),
+        "{msg}"
+    );
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.outcome, "content_blocked");
+    assert_eq!(row.guard.as_deref(), Some("response:aws_key:1:block"));
+    // The provider was drained for its own usage: the whole answer is billed.
+    assert!(row.output_tokens >= 10, "{row:#?}");
+
+    // Plain: the body was held, so the client gets a 400 instead.
+    let r = echo(
+        &stack,
+        "/v1/chat/completions",
+        &chat("smol", &prompt, false),
+    );
+    crate::harness::assert_openai_error(&r, 400, "invalid_request_error", "content_blocked");
+    assert!(!r.text().contains(AWS_KEY));
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.outcome, "content_blocked");
+    assert!(row.output_tokens > 0, "{row:#?}");
 }

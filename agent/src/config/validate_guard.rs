@@ -24,6 +24,8 @@ struct GuardrailFile {
     #[serde(default)]
     detect: Vec<String>,
     action: String,
+    /// `request` (default), `response` or `both`.
+    on: Option<String>,
     /// Operator patterns: name → regex; each adds the class `custom:<name>`.
     #[serde(default)]
     patterns: BTreeMap<String, String>,
@@ -146,6 +148,27 @@ impl Validator<'_> {
                 );
                 continue;
             };
+            let (on_request, on_response) = match g.on.as_deref().unwrap_or("request") {
+                "request" => (true, false),
+                "response" => (false, true),
+                "both" => (true, true),
+                other => {
+                    self.problem(
+                        format!("{path}.on"),
+                        format!("`{other}` is not one of request, response, both"),
+                    );
+                    continue;
+                }
+            };
+            // A response has no placeholders of its own to put back: pseudonymizing it would
+            // only hide the value from the client, which is what `redact` says.
+            if on_response && action == Action::Pseudonymize {
+                self.problem(
+                    format!("{path}.action"),
+                    "pseudonymize applies to requests only (`on: request`); use redact on responses",
+                );
+                continue;
+            }
             let egress = match g.scope.egress.as_deref().map(Egress::parse) {
                 None => Egress::Public,
                 Some(Some(e)) => e,
@@ -201,6 +224,8 @@ impl Validator<'_> {
                 provider: g.scope.provider.as_deref().map(Glob::new),
                 detectors,
                 action,
+                on_request,
+                on_response,
             });
         }
         out

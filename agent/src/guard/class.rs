@@ -124,6 +124,28 @@ impl Class {
         }
     }
 
+    /// How many raw bytes of a streamed response must be held back so that a value of this class
+    /// is recognised before any of it is released: its longest prefix that the detector does
+    /// not yet report, plus the few bytes it looks at past the value. Classes the detector
+    /// reports while still growing (a PEM key, a run of base64) are then held as open matches.
+    /// A JWT's header and payload are only recognised together; longer ones than this bound
+    /// (1 KiB) can be released in part (documented in `docs/guardrails.md`).
+    pub fn stream_hold(&self) -> usize {
+        match self {
+            Class::NationalId => 24,
+            Class::AwsKey | Class::Phone | Class::CreditCard => 40,
+            Class::Iban | Class::Ip => 56,
+            Class::GcpKey | Class::PrivateKey => 72,
+            Class::AzureKey | Class::GithubToken | Class::SlackToken | Class::StripeKey => 136,
+            Class::AnthropicKey | Class::Secret => 168,
+            Class::OpenaiKey => 200,
+            Class::Email => 264,
+            Class::Jwt => 1024,
+            // Operator classes: from the pattern itself (`Detectors::new`).
+            Class::Custom(_) => 0,
+        }
+    }
+
     /// Bit of a built-in class in a [`ClassSet`]; `None` for operator classes.
     pub(crate) fn bit(&self) -> Option<u32> {
         let i = match self {

@@ -19,6 +19,12 @@ use super::{finance, pii, DetectorConfig, GuardError, Match};
 /// scan slow or huge.
 const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
+/// Hold-back for an operator pattern with no maximum length (`EMP-\d+`), and the cap on any.
+const MAX_CUSTOM_HOLD: usize = 1024;
+
+/// Bytes past a value that a word-boundary check looks at.
+const LOOKAHEAD: usize = 8;
+
 /// Detectors built once from configuration; immutable and `Send + Sync`, so one instance is
 /// shared by every worker.
 #[derive(Debug)]
@@ -29,6 +35,8 @@ pub struct Detectors {
     numeric: bool,
     custom: Vec<(Class, Regex)>,
     words: Option<(AhoCorasick, Vec<Class>)>,
+    /// See [`Detectors::stream_hold`].
+    hold: usize,
 }
 
 impl Detectors {
@@ -47,8 +55,20 @@ impl Detectors {
         };
         // Every personal-data class is found from the digit-or-`@` pass.
         let numeric = PII.iter().any(|c| enabled.contains(c));
+        let mut hold = cfg
+            .classes
+            .iter()
+            .map(Class::stream_hold)
+            .max()
+            .unwrap_or(0);
         let mut custom = Vec::new();
         for (name, pat) in &cfg.custom_patterns {
+            let longest = regex_syntax::Parser::new()
+                .parse(pat)
+                .ok()
+                .and_then(|h| h.properties().maximum_len());
+            hold =
+                hold.max(longest.map_or(MAX_CUSTOM_HOLD, |n| n.min(MAX_CUSTOM_HOLD) + LOOKAHEAD));
             check_name(name)?;
             let re = RegexBuilder::new(pat)
                 .size_limit(REGEX_SIZE_LIMIT)
@@ -65,6 +85,7 @@ impl Detectors {
             check_name(name)?;
             let class = Class::Custom(Arc::from(name.as_str()));
             for w in list.iter().filter(|w| !w.trim().is_empty()) {
+                hold = hold.max(w.trim().len() + LOOKAHEAD);
                 pats.push(w.trim().to_string());
                 owners.push(class.clone());
             }
@@ -86,7 +107,14 @@ impl Detectors {
             numeric,
             custom,
             words,
+            hold,
         })
+    }
+
+    /// How many raw bytes of streamed text must be held back so that no value these detectors
+    /// find is released before it is recognised (one match length; see [`Class::stream_hold`]).
+    pub fn stream_hold(&self) -> usize {
+        self.hold
     }
 
     /// Every built-in class on, no operator patterns.

@@ -52,6 +52,7 @@ mod policy;
 mod restore;
 mod rewrite;
 mod secrets;
+mod stream;
 mod text;
 
 #[cfg(test)]
@@ -61,8 +62,9 @@ use std::ops::Range;
 
 pub use class::{Class, ClassSet, PII, SECRETS};
 pub use detect::Detectors;
-pub use policy::{Action, Egress, Guardrail};
+pub use policy::{settle_overlaps, Action, Egress, Guardrail};
 pub use restore::Restorer;
+pub use stream::{Found, ResponseRule, StreamScanner};
 
 pub use rewrite::{
     apply, pseudonymize, pseudonyms, redact, redaction_marker, redactions, Encoding, PseudoMap,

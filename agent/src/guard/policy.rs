@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::Detectors;
+use super::{Detectors, Match};
 use crate::config::{Glob, Provider};
 use crate::governance::policy::{Facts, Scope};
 
@@ -90,6 +90,9 @@ pub struct Guardrail {
     pub provider: Option<Glob>,
     pub detectors: Arc<Detectors>,
     pub action: Action,
+    /// Where it looks: the prompt (`on: request`, the default), the response, or both.
+    pub on_request: bool,
+    pub on_response: bool,
 }
 
 impl std::fmt::Debug for Guardrail {
@@ -112,5 +115,55 @@ impl Guardrail {
                 .as_ref()
                 .is_none_or(|g| g.matches(&provider.name))
             && self.scope.matches(f)
+    }
+}
+
+/// Sorts findings and settles overlaps: of two findings that share bytes, one remains, covering
+/// both, with the stronger action.
+pub fn settle_overlaps(mut found: Vec<(Match, Action, u16)>) -> Vec<(Match, Action, u16)> {
+    found.sort_by(|a, b| {
+        a.0.range
+            .start
+            .cmp(&b.0.range.start)
+            .then(b.1.cmp(&a.1))
+            .then(b.0.range.end.cmp(&a.0.range.end))
+    });
+    let mut out: Vec<(Match, Action, u16)> = Vec::with_capacity(found.len());
+    for f in found {
+        match out.last_mut() {
+            Some(last) if f.0.range.start < last.0.range.end => {
+                let range = last.0.range.start..last.0.range.end.max(f.0.range.end);
+                if f.1 > last.1 {
+                    *last = f;
+                }
+                last.0.range = range;
+            }
+            _ => out.push(f),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::{Class, Match};
+
+    fn f(class: Class, r: std::ops::Range<usize>, a: Action) -> (Match, Action, u16) {
+        (Match { class, range: r }, a, 0)
+    }
+
+    #[test]
+    fn overlaps_keep_the_stronger_action_over_both_ranges() {
+        let out = settle_overlaps(vec![
+            f(Class::Secret, 10..30, Action::Redact),
+            f(Class::Jwt, 12..40, Action::Block),
+            f(Class::Email, 50..60, Action::Log),
+            f(Class::Email, 50..60, Action::Pseudonymize),
+        ]);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].0.range.clone(), out[0].1), (10..40, Action::Block));
+        assert_eq!(out[0].0.class, Class::Jwt);
+        assert_eq!(out[1].1, Action::Pseudonymize);
     }
 }

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use crate::client::ClientConn;
 use crate::error::{ErrorKind, GateError};
 use crate::guard::{
-    pseudonyms, redactions, Action, Class, Encoding, Match, PseudoMap, Replacement,
+    pseudonyms, redactions, settle_overlaps, Action, Class, Encoding, Match, PseudoMap,
+    Replacement, ResponseRule,
 };
 use crate::phase::admit;
 use crate::pipeline::RequestCtx;
@@ -36,8 +37,10 @@ pub struct GuardState {
     pub replacements: Vec<Replacement>,
     /// What the provider read in place of each pseudonymized value.
     pub pseudo: Option<Arc<PseudoMap>>,
-    /// Per class and action: how many values.
+    /// Per class, action and side: how many values.
     pub findings: Vec<Finding>,
+    /// The rules that cover the response (`on: response|both`); relay scans it with them.
+    pub response_rules: Option<Arc<[ResponseRule]>>,
     /// The refusal, when a `block` rule matched.
     blocked: Option<GateError>,
     /// Names of the rules that found something (for the audit entry).
@@ -49,10 +52,42 @@ pub struct Finding {
     pub class: Class,
     pub action: Action,
     pub count: u32,
+    /// Found in the response (else in the prompt).
+    pub response: bool,
 }
 
 impl GuardState {
-    /// `email:2:pseudonymize,jwt:1:block`: the ledger's `guard` column (no matched text).
+    /// Counts one finding of `rule` (and names the rule for the audit entry).
+    pub fn count(
+        &mut self,
+        snap: &Snapshot,
+        class: &Class,
+        action: Action,
+        rule: u16,
+        response: bool,
+    ) {
+        match self
+            .findings
+            .iter_mut()
+            .find(|f| &f.class == class && f.action == action && f.response == response)
+        {
+            Some(f) => f.count += 1,
+            None => self.findings.push(Finding {
+                class: class.clone(),
+                action,
+                count: 1,
+                response,
+            }),
+        }
+        if let Some(r) = snap.cfg.guardrails.get(rule as usize) {
+            if !self.rules.contains(&r.name) {
+                self.rules.push(r.name.clone());
+            }
+        }
+    }
+
+    /// `email:2:pseudonymize,response:jwt:1:block`: the ledger's `guard` column (no matched
+    /// text; response findings are prefixed).
     pub fn summary(&self) -> Option<String> {
         if self.findings.is_empty() {
             return None;
@@ -60,7 +95,10 @@ impl GuardState {
         let parts: Vec<String> = self
             .findings
             .iter()
-            .map(|f| format!("{}:{}:{}", f.class.name(), f.count, f.action.label()))
+            .map(|f| {
+                let side = if f.response { "response:" } else { "" };
+                format!("{side}{}:{}:{}", f.class.name(), f.count, f.action.label())
+            })
             .collect();
         Some(parts.join(","))
     }
@@ -95,6 +133,9 @@ fn evaluate(snap: &Snapshot, ctx: &RequestCtx, provider: &str, applied: Vec<u16>
     let mut found: Vec<(Match, Action, u16)> = Vec::new();
     for &i in &applied {
         let rule = &snap.cfg.guardrails[i as usize];
+        if !rule.on_request {
+            continue;
+        }
         for m in rule
             .detectors
             .scan_spans(body, &ctx.inspection.prompt_spans)
@@ -102,28 +143,24 @@ fn evaluate(snap: &Snapshot, ctx: &RequestCtx, provider: &str, applied: Vec<u16>
             found.push((m, rule.action, i));
         }
     }
-    let kept = resolve(found);
+    let kept = settle_overlaps(found);
+    let response: Vec<ResponseRule> = applied
+        .iter()
+        .map(|&i| (i, &snap.cfg.guardrails[i as usize]))
+        .filter(|(_, r)| r.on_response)
+        .map(|(i, r)| ResponseRule {
+            detectors: r.detectors.clone(),
+            action: r.action,
+            rule: i,
+        })
+        .collect();
     let mut state = GuardState {
         applied: Some(applied),
+        response_rules: (!response.is_empty()).then(|| Arc::from(response)),
         ..GuardState::default()
     };
     for (m, action, rule) in &kept {
-        match state
-            .findings
-            .iter_mut()
-            .find(|f| f.class == m.class && f.action == *action)
-        {
-            Some(f) => f.count += 1,
-            None => state.findings.push(Finding {
-                class: m.class.clone(),
-                action: *action,
-                count: 1,
-            }),
-        }
-        let name = &snap.cfg.guardrails[*rule as usize].name;
-        if !state.rules.contains(name) {
-            state.rules.push(name.clone());
-        }
+        state.count(snap, &m.class, *action, *rule, false);
     }
     let blocking: Vec<&Finding> = state
         .findings
@@ -168,32 +205,6 @@ fn evaluate(snap: &Snapshot, ctx: &RequestCtx, provider: &str, applied: Vec<u16>
     state
 }
 
-/// Sorts findings and settles overlaps: of two findings that share bytes, one remains, covering
-/// both, with the stronger action.
-fn resolve(mut found: Vec<(Match, Action, u16)>) -> Vec<(Match, Action, u16)> {
-    found.sort_by(|a, b| {
-        a.0.range
-            .start
-            .cmp(&b.0.range.start)
-            .then(b.1.cmp(&a.1))
-            .then(b.0.range.end.cmp(&a.0.range.end))
-    });
-    let mut out: Vec<(Match, Action, u16)> = Vec::with_capacity(found.len());
-    for f in found {
-        match out.last_mut() {
-            Some(last) if f.0.range.start < last.0.range.end => {
-                let range = last.0.range.start..last.0.range.end.max(f.0.range.end);
-                if f.1 > last.1 {
-                    *last = f;
-                }
-                last.0.range = range;
-            }
-            _ => out.push(f),
-        }
-    }
-    out
-}
-
 /// Counts the request's findings and writes its audit entry. Called once, at settle.
 pub fn record(w: &Worker, ctx: &RequestCtx) {
     let g = &ctx.guard;
@@ -203,9 +214,10 @@ pub fn record(w: &Worker, ctx: &RequestCtx) {
     let shard = &w.shared.metrics.shards[w.index];
     let mut classes = serde_json::Map::new();
     for f in &g.findings {
-        shard.record_guard(&f.class.name(), f.action.label(), u64::from(f.count));
+        let side = if f.response { "response" } else { "request" };
+        shard.record_guard(&f.class.name(), f.action.label(), side, u64::from(f.count));
         classes.insert(
-            format!("{}:{}", f.class.name(), f.action.label()),
+            format!("{side}:{}:{}", f.class.name(), f.action.label()),
             f.count.into(),
         );
     }
@@ -230,27 +242,4 @@ pub fn record(w: &Worker, ctx: &RequestCtx) {
             "provider": ctx.target.map(|t| ctx.snap.cfg.providers[t.provider].name.clone()),
         }),
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(class: Class, r: std::ops::Range<usize>, a: Action) -> (Match, Action, u16) {
-        (Match { class, range: r }, a, 0)
-    }
-
-    #[test]
-    fn overlaps_keep_the_stronger_action_over_both_ranges() {
-        let out = resolve(vec![
-            f(Class::Secret, 10..30, Action::Redact),
-            f(Class::Jwt, 12..40, Action::Block),
-            f(Class::Email, 50..60, Action::Log),
-            f(Class::Email, 50..60, Action::Pseudonymize),
-        ]);
-        assert_eq!(out.len(), 2);
-        assert_eq!((out[0].0.range.clone(), out[0].1), (10..40, Action::Block));
-        assert_eq!(out[0].0.class, Class::Jwt);
-        assert_eq!(out[1].1, Action::Pseudonymize);
-    }
 }

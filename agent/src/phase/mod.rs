@@ -10,6 +10,6 @@ pub mod inspect;
 pub mod passthrough;
 pub mod read;
 pub mod relay;
-pub mod restore;
+pub mod response_text;
 pub mod route;
 pub mod settle;

@@ -24,7 +24,7 @@ use crate::metering::sse::{frame_data, FrameSplitter};
 use crate::metering::usage::{extract_usage, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
-use crate::phase::restore::Restore;
+use crate::phase::response_text::ResponseText;
 use crate::phase::settle;
 use crate::pipeline::{Outcome, RequestCtx};
 use crate::upstream::body::{BodyReader, PieceError};
@@ -80,8 +80,11 @@ struct Meter {
     /// The request is translated: a plain body is kept whole and translated at the end
     /// (`translated_body`); stream frames go through this translator.
     translate: Option<Translate>,
-    /// The request was pseudonymized: originals go back in (before any translation).
-    restore: Option<Restore>,
+    /// The request was pseudonymized (originals go back in) or guardrails cover the response
+    /// (values found are acted on); before any translation.
+    text: Option<ResponseText>,
+    /// A plain body is kept whole and handed over at the end: translated or scanned.
+    hold_body: bool,
 }
 
 enum Translate {
@@ -92,17 +95,17 @@ enum Translate {
 impl Meter {
     fn take(&mut self, piece: Bytes, retained: &mut Vec<Bytes>, parts: &mut Vec<Bytes>) {
         if !self.sse {
-            let whole = matches!(self.translate, Some(Translate::Body(_)));
+            let whole = self.hold_body;
             if self.retained_bytes + piece.len() <= MAX_RETAINED {
                 self.retained_bytes += piece.len();
                 retained.push(piece.clone());
             } else if whole {
-                // Past the cap the body cannot be translated whole; `run` reports it.
+                // Past the cap the body cannot be translated or scanned whole; `run` reports it.
                 self.retained_bytes = usize::MAX;
                 return;
             }
             if !whole {
-                parts.push(match &mut self.restore {
+                parts.push(match &mut self.text {
                     Some(r) => r.body_piece(piece),
                     None => piece,
                 });
@@ -123,14 +126,15 @@ impl Meter {
                 self.retained_bytes += frame.len();
                 retained.push(frame.clone());
             }
-            emit(&mut self.restore, &mut self.translate, frame, parts);
+            emit(&mut self.text, &mut self.translate, frame, parts);
         }
     }
 }
 
-/// Queues one provider frame for the client: restored, then translated, as the request needs.
+/// Queues one provider frame for the client: scanned and restored, then translated, as the
+/// request needs.
 fn emit(
-    restore: &mut Option<Restore>,
+    restore: &mut Option<ResponseText>,
     translate: &mut Option<Translate>,
     frame: Bytes,
     parts: &mut Vec<Bytes>,
@@ -156,6 +160,8 @@ struct Downstream<'a> {
     framing: ClientFraming,
     /// Set when a write failed: from then on we only drain the provider.
     gone_at: Option<Instant>,
+    /// The response was blocked and the client told so: only the body's end is still written.
+    muted: bool,
     out: BytesVec,
     /// The response head, held back so it leaves in the same write as the first body bytes
     /// when those are already here (one segment instead of two for most non-streaming replies).
@@ -179,6 +185,12 @@ impl Downstream<'_> {
     /// held-back head if it is still here. With `last`, the chunked terminator rides along.
     async fn send(&mut self, parts: &mut Vec<Bytes>, last: bool) {
         let chunked_end = last && self.framing == ClientFraming::Chunked;
+        if self.muted {
+            parts.clear();
+            if !chunked_end {
+                return;
+            }
+        }
         if self.gone_at.is_some()
             || (parts.is_empty() && self.pending_head.is_none() && !chunked_end)
         {
@@ -275,14 +287,20 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             Translate::Body(dir)
         }
     });
-    let restore = ctx
-        .guard
-        .pseudo
-        .clone()
-        .filter(|_| substitute.is_none())
-        .map(|map| Restore::new(map, ctx.upstream_api));
-    // A translated or restored body has another length than the provider's.
-    let rewritten = translate.is_some() || restore.is_some();
+    let text = (substitute.is_none()
+        && (ctx.guard.pseudo.is_some() || ctx.guard.response_rules.is_some()))
+    .then(|| {
+        ResponseText::new(
+            ctx.guard.pseudo.clone(),
+            ctx.guard.response_rules.clone(),
+            ctx.upstream_api,
+        )
+    });
+    let hold_body = !sse
+        && (matches!(translate, Some(Translate::Body(_)))
+            || text.as_ref().is_some_and(ResponseText::scans));
+    // A translated, scanned or restored body has another length than the provider's.
+    let rewritten = translate.is_some() || text.is_some();
     let framing = match head.framing {
         _ if rewritten && ctx.head.minor_version >= 1 => ClientFraming::Chunked,
         _ if rewritten => ClientFraming::Close,
@@ -299,6 +317,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         client,
         framing,
         gone_at: None,
+        muted: false,
         out: BytesVec::with_capacity(8),
         scratch: BytesMut::with_capacity(4096),
         pending_head: Some(Bytes::from(head_bytes)),
@@ -306,7 +325,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     // Body bytes that came with the head go out with it. An empty body keeps the head back:
     // the head is then the response's last byte, which may only leave once the record is
     // journalled (below).
-    if conn.buf.is_empty() && !empty_body {
+    // A body kept whole keeps its head too: a scan that blocks it turns it into an error.
+    if conn.buf.is_empty() && !empty_body && !hold_body {
         down.flush_head().await;
     }
     ctx.response_started = true;
@@ -316,7 +336,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         sse,
         api: ctx.upstream_api,
         translate,
-        restore,
+        text,
+        hold_body,
         hide_usage_chunk: ctx.injected_usage,
         splitter: FrameSplitter::default(),
         acc: UsageAccumulator::default(),
@@ -328,6 +349,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     let mut capture = crate::phase::cache::Capture::start(ctx, head.status);
     let mut drained_bytes = 0u64;
     let mut failure: Option<(Outcome, ErrorKind, String)> = None;
+    // A stream blocked by a response guardrail: the client has its error event, and the
+    // provider is drained (like a client that went away) so the row has the provider's usage.
+    let mut blocked_at: Option<Instant> = None;
 
     // The body's last pieces are not sent inside the loop: they leave after the record is
     // journalled, so a response the client has in full always has its ledger row.
@@ -350,7 +374,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 left.min(timeouts.idle)
             }
         };
-        let timeout = match down.gone_at {
+        let timeout = match down.gone_at.or(blocked_at) {
             None => idle,
             Some(t) => {
                 let left = cfg.drain_timeout.saturating_sub(t.elapsed());
@@ -374,8 +398,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         if ctx.first_byte_at.is_none() {
             ctx.first_byte_at = Some(Instant::now());
         }
+        let draining = down.gone_at.is_some() || blocked_at.is_some();
         let mut take = |p: Bytes, parts: &mut Vec<Bytes>| {
-            if down.gone_at.is_some() {
+            if draining {
                 drained_bytes += p.len() as u64;
             }
             meter.take(p, &mut ctx.response_payload, parts);
@@ -392,7 +417,16 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                 }
             }
         }
-        if failure.is_none() && !reader.is_done() {
+        if sse && blocked_at.is_none() && meter.text.as_ref().is_some_and(ResponseText::blocked) {
+            blocked_at = Some(Instant::now());
+            let e = block_error(ctx, meter.text.as_ref());
+            ctx.outcome = Outcome::Rejected;
+            ctx.error_code = Some(e.metric_reason());
+            parts.push(error_event(ctx.api.wire(), e));
+            down.send(&mut parts, false).await;
+            down.muted = true;
+        }
+        if failure.is_none() && !reader.is_done() && !hold_body {
             if let Some(c) = &mut capture {
                 c.keep(&parts);
             }
@@ -403,7 +437,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         mut splitter,
         acc,
         mut translate,
-        mut restore,
+        text: mut restore,
         retained_bytes,
         ..
     } = meter;
@@ -442,33 +476,45 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         };
         ctx.usage = extract_usage(ctx.upstream_api, &body);
     }
-    match translate {
-        Some(Translate::Body(_)) if retained_bytes == usize::MAX => {
-            failure.get_or_insert((
-                Outcome::UpstreamReset,
-                ErrorKind::UpstreamProtocol,
-                format!(
-                    "the provider's response is over {MAX_RETAINED} bytes, too large to translate"
-                ),
-            ));
+    if hold_body && retained_bytes == usize::MAX {
+        failure.get_or_insert((
+            Outcome::UpstreamReset,
+            ErrorKind::UpstreamProtocol,
+            format!(
+                "the provider's response is over {MAX_RETAINED} bytes, too large to translate or scan"
+            ),
+        ));
+    } else if hold_body && failure.is_none() {
+        let body = ctx.response_payload.concat();
+        let doc = match translate.take() {
+            Some(Translate::Body(dir)) => {
+                let model = ctx
+                    .inspection
+                    .original_model
+                    .as_deref()
+                    .unwrap_or(&ctx.inspection.model);
+                crate::translate::response(dir, ctx.status, &body, model)
+            }
+            _ => body,
+        };
+        let doc = match &mut restore {
+            Some(r) => r.plain(ctx.api, &doc),
+            None => doc,
+        };
+        if restore.as_ref().is_some_and(ResponseText::blocked) {
+            let e = block_error(ctx, restore.as_ref());
+            failure = Some((Outcome::Rejected, ErrorKind::ContentBlocked, e.message));
+        } else {
+            parts.push(Bytes::from(doc));
         }
-        Some(Translate::Body(dir)) if failure.is_none() => {
-            let body = ctx.response_payload.concat();
-            let model = ctx
-                .inspection
-                .original_model
-                .as_deref()
-                .unwrap_or(&ctx.inspection.model);
-            let out = crate::translate::response(dir, ctx.status, &body, model);
-            parts.push(Bytes::from(match &mut restore {
-                Some(r) => r.whole(&out),
-                None => out,
-            }));
+    }
+    if let Some(Translate::Stream(mut t)) = translate {
+        t.finish(failure.is_none() && reader.is_done(), &mut parts)
+    }
+    if let Some(r) = &mut restore {
+        for f in r.take_found() {
+            ctx.guard.count(&snap, &f.class, f.action, f.rule, true);
         }
-        Some(Translate::Stream(mut t)) => {
-            t.finish(failure.is_none() && reader.is_done(), &mut parts)
-        }
-        _ => {}
     }
     if ctx.usage.is_some() {
         ctx.response_payload.clear();
@@ -495,12 +541,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
                     .await;
             } else if down.gone_at.is_none() && sse {
                 settle::seal(w, ctx, attribution.as_ref());
-                let err = GateError::new(kind, msg).to_response(ctx.api.wire());
-                let frame = match ctx.api.wire() {
-                    Wire::OpenAi => format!("data: {}\n\n", err.body),
-                    Wire::Anthropic => format!("event: error\ndata: {}\n\n", err.body),
-                };
-                parts.push(Bytes::from(frame));
+                parts.push(error_event(ctx.api.wire(), GateError::new(kind, msg)));
                 down.send(&mut parts, false).await;
             } else {
                 if down.gone_at.is_none() {
@@ -516,7 +557,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             }
             if let Some(mut c) = capture.take() {
                 c.keep(&parts);
-                if reader.is_done() {
+                if reader.is_done() && blocked_at.is_none() {
                     c.store(w, ctx);
                 }
             }
@@ -538,6 +579,31 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     if reader.is_done() && head.keep_alive && ctx.outcome != Outcome::UpstreamReset {
         w.pool.borrow_mut().put(conn, Instant::now());
     }
+}
+
+/// An error as one event of the client's stream format.
+fn error_event(wire: Wire, e: GateError) -> Bytes {
+    let err = e.to_response(wire);
+    Bytes::from(match wire {
+        Wire::OpenAi => format!("data: {}\n\n", err.body),
+        Wire::Anthropic => format!("event: error\ndata: {}\n\n", err.body),
+    })
+}
+
+/// The refusal for a response a guardrail blocked: the rule and class, never the text.
+fn block_error(ctx: &RequestCtx, text: Option<&ResponseText>) -> GateError {
+    let found = text.and_then(ResponseText::blocking);
+    let rule = found
+        .and_then(|f| ctx.snap.cfg.guardrails.get(f.rule as usize))
+        .map_or("", |r| r.name.as_str());
+    let class = found.map_or("".into(), |f| f.class.name());
+    GateError::new(
+        ErrorKind::ContentBlocked,
+        format!(
+            "the response was blocked by guardrail `{rule}`: it contains {class} that may not \
+             be returned"
+        ),
+    )
 }
 
 /// The client's response head: the provider's status and end-to-end headers, our request id,

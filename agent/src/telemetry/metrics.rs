@@ -54,6 +54,9 @@ pub const MODEL_INTERCEPTED: u32 = u32::MAX - 1;
 
 /// Labels of one series. `model`/`provider` are indices into the config (u32::MAX: none;
 /// [`MODEL_INTERCEPTED`]: an intercepted passthrough).
+/// `(class, action, side)` of a guardrail finding counter.
+type GuardSeries = (String, &'static str, &'static str);
+
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub struct SeriesKey {
     pub model: u32,
@@ -83,7 +86,7 @@ pub struct Shard {
     /// Batch-class requests: waiting now, that waited, that were deferred (same publisher).
     pub batch: [AtomicU64; 3],
     /// Guardrail findings by (class, action), added as requests settle.
-    guard: Mutex<BTreeMap<(String, &'static str), u64>>,
+    guard: Mutex<BTreeMap<GuardSeries, u64>>,
     /// Response caches, indexed by [`CacheStat`].
     pub cache: [AtomicU64; CACHE_STATS.len()],
 }
@@ -129,9 +132,9 @@ pub enum CacheStat {
 
 impl Shard {
     /// Counts `n` findings of `class` handled with `action`.
-    pub fn record_guard(&self, class: &str, action: &'static str, n: u64) {
+    pub fn record_guard(&self, class: &str, action: &'static str, side: &'static str, n: u64) {
         let mut map = self.guard.lock().unwrap_or_else(|e| e.into_inner());
-        *map.entry((class.to_string(), action)).or_default() += n;
+        *map.entry((class.to_string(), action, side)).or_default() += n;
     }
 
     pub fn add_cache(&self, stat: CacheStat, n: u64) {
@@ -474,18 +477,18 @@ impl Metrics {
                 v.load(Ordering::Relaxed)
             );
         }
-        let mut guard: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        let mut guard: BTreeMap<GuardSeries, u64> = BTreeMap::new();
         for shard in &self.shards {
             let map = shard.guard.lock().unwrap_or_else(|e| e.into_inner());
             for (k, v) in map.iter() {
                 *guard.entry(k.clone()).or_default() += v;
             }
         }
-        out.push_str("# HELP tollgate_guard_findings_total Guardrail findings, by class and the action taken.\n# TYPE tollgate_guard_findings_total counter\n");
-        for ((class, action), v) in &guard {
+        out.push_str("# HELP tollgate_guard_findings_total Guardrail findings, by class, the action taken and where (request or response).\n# TYPE tollgate_guard_findings_total counter\n");
+        for ((class, action, side), v) in &guard {
             let _ = writeln!(
                 out,
-                "tollgate_guard_findings_total{{class=\"{}\",action=\"{action}\"}} {v}",
+                "tollgate_guard_findings_total{{class=\"{}\",action=\"{action}\",side=\"{side}\"}} {v}",
                 escape(class)
             );
         }

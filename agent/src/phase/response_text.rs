@@ -1,46 +1,103 @@
-//! The response side of `pseudonymize`: relay passes the provider's body through here so the
-//! client reads its real values while the provider only ever saw placeholders.
+//! The response text as the guardrails want the client to read it. Relay passes the
+//! provider's body through here when the request was pseudonymized (the originals go back in)
+//! or guardrails cover the response (`on: response|both`: what they find is redacted, logged,
+//! or the response is blocked).
 //!
-//! * Plain bodies are restored piece by piece as they arrive (a placeholder split across pieces
-//!   is held back until it completes: at most one placeholder length).
-//! * Event streams are restored per content delta. Models stream a few characters per event, so
-//!   `<EMAIL_1>` usually arrives as `<EM`, `AIL_`, `1>` in separate events; each choice (or
-//!   content block) has its own [`Restorer`] fed the raw JSON string of its deltas, and each
-//!   event carries what its restorer let out. What a restorer still holds when its choice ends
-//!   (`finish_reason`, `content_block_stop`, `output_text.done`) or the stream ends (`[DONE]`,
-//!   `message_stop`, `response.completed`) goes out in a delta event of the same shape, before
-//!   the event that ends it. Anything else in an event (a `done` event's full text, a final
-//!   response object) is restored within the event.
+//! * Plain bodies: restored piece by piece as they arrive (a placeholder split across pieces is
+//!   held back until it completes: at most one placeholder length). When the response is
+//!   scanned, relay keeps the body whole and hands it over at the end ([`ResponseText::plain`]):
+//!   the text fields of the API's shape are scanned, and a block becomes an error response.
+//! * Event streams: per content delta. Models stream a few characters per event, so
+//!   `<EMAIL_1>` or `bob@example.com` arrive in pieces. Each choice (or content block, or
+//!   output part) has its own lane: a [`StreamScanner`] (holds back at most one match length)
+//!   then a [`Restorer`] (holds back at most one placeholder), fed the raw JSON string of its
+//!   deltas; each event carries what its lane let out. What a lane still holds when its choice
+//!   ends (`finish_reason`, `content_block_stop`, `output_text.done`) or the stream ends
+//!   (`[DONE]`, `message_stop`, `response.completed`) goes out in a delta event of the same
+//!   shape, before the event that ends it. Events without a text delta (a `done` event's full
+//!   text, a final response object) are scanned and restored within the event.
 //!
-//! Tool-call arguments are not restored: they are JSON inside a JSON string, and a value put
-//! back there would need a second level of escaping (left for later; the placeholder reaches
-//! the client as it is).
+//! Scanning runs before restoring, so the values the client itself sent (and gets back) are
+//! not taken for values the provider produced. Not covered: tool-call arguments and logprobs
+//! inside events that also carry a text delta, and restoring placeholders in tool-call
+//! arguments (JSON inside a JSON string would need a second level of escaping).
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use sonic_rs::{JsonValueTrait, LazyValue};
 
 use crate::api::Api;
-use crate::guard::{Encoding, PseudoMap, Restorer};
+use crate::guard::{
+    redaction_marker, settle_overlaps, Action, Encoding, Found, Match, PseudoMap, ResponseRule,
+    Restorer, StreamScanner,
+};
 use crate::metering::sse::frame_data;
 
-/// Restores one response.
-pub struct Restore {
-    map: std::sync::Arc<PseudoMap>,
+/// Rewrites one response.
+pub struct ResponseText {
+    map: Option<Arc<PseudoMap>>,
+    rules: Option<Arc<[ResponseRule]>>,
     /// The wire format of the frames it is given (the provider's).
     api: Api,
     body: Option<Restorer>,
-    /// One restorer per open stream key (choice index, content block, output item).
-    open: Vec<(u64, Restorer)>,
+    /// One lane per open stream key (choice index, content block, output part).
+    lanes: Vec<(u64, Lane)>,
     /// Restores within one event or document (its held bytes are always flushed).
-    scratch: Restorer,
+    scratch: Option<Restorer>,
     /// The previous event (by reference): where a delta event Tollgate writes itself takes the
     /// ids the current event lacks. Read only then, so events are not parsed for it.
     previous: Option<Bytes>,
+    /// What the response rules found and acted on.
+    found: Vec<Found>,
+    blocked: bool,
+    /// A text delta was seen: whole events (a `done` event repeating the text) are then
+    /// rewritten without counting their findings again.
+    seen_delta: bool,
 }
 
-/// What one event carries that restoring cares about.
+/// One text stream's filters: scan, then restore.
+struct Lane {
+    scan: Option<StreamScanner>,
+    restore: Option<Restorer>,
+}
+
+impl Lane {
+    fn held(&self) -> usize {
+        self.scan.as_ref().map_or(0, StreamScanner::held)
+            + self.restore.as_ref().map_or(0, Restorer::held)
+    }
+
+    /// Feeds raw JSON string bytes; with `last`, flushes everything held.
+    fn push(&mut self, raw: &[u8], last: bool, out: &mut Vec<u8>, found: &mut Vec<Found>) {
+        match (&mut self.scan, &mut self.restore) {
+            (None, None) => out.extend_from_slice(raw),
+            (Some(s), None) => s.push(raw, last, out, found),
+            (scan, Some(r)) => {
+                let mut scanned;
+                let raw = match scan {
+                    Some(s) => {
+                        scanned = Vec::with_capacity(raw.len() + 32);
+                        s.push(raw, last, &mut scanned, found);
+                        &scanned[..]
+                    }
+                    None => raw,
+                };
+                r.push(raw, out);
+                if last {
+                    r.finish(out);
+                }
+            }
+        }
+    }
+
+    fn blocked(&self) -> bool {
+        self.scan.as_ref().is_some_and(StreamScanner::blocked)
+    }
+}
+
+/// What one event carries that the lanes care about.
 #[derive(Default)]
 struct Parsed {
     /// (stream key, span of the raw JSON string of the delta text) in `data`.
@@ -51,24 +108,55 @@ struct Parsed {
     last: bool,
 }
 
-impl Restore {
-    pub fn new(map: std::sync::Arc<PseudoMap>, api: Api) -> Restore {
-        Restore {
-            scratch: Restorer::new(&map, Encoding::Json),
+impl ResponseText {
+    pub fn new(
+        map: Option<Arc<PseudoMap>>,
+        rules: Option<Arc<[ResponseRule]>>,
+        api: Api,
+    ) -> ResponseText {
+        ResponseText {
+            scratch: map.as_ref().map(|m| Restorer::new(m, Encoding::Json)),
             map,
+            rules,
             api,
             body: None,
-            open: Vec::new(),
+            lanes: Vec::new(),
             previous: None,
+            found: Vec::new(),
+            blocked: false,
+            seen_delta: false,
         }
     }
 
-    /// A piece of a plain (non-stream) body. A piece with no `<` while nothing is held passes
-    /// by reference.
+    /// Whether the response is scanned (relay then keeps a plain body whole).
+    pub fn scans(&self) -> bool {
+        self.rules.is_some()
+    }
+
+    /// A `block` rule matched: the client must get no more of the response.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    /// The finding that blocked the response.
+    pub fn blocking(&self) -> Option<&Found> {
+        self.found.iter().rev().find(|f| f.action == Action::Block)
+    }
+
+    /// What the response rules found (taken once, at the end).
+    pub fn take_found(&mut self) -> Vec<Found> {
+        std::mem::take(&mut self.found)
+    }
+
+    /// A piece of a plain (non-stream) body that is only restored, not scanned. A piece with no
+    /// `<` while nothing is held passes by reference.
     pub fn body_piece(&mut self, piece: Bytes) -> Bytes {
+        let Some(map) = &self.map else {
+            return piece;
+        };
         let r = self
             .body
-            .get_or_insert_with(|| Restorer::new(&self.map, Encoding::Json));
+            .get_or_insert_with(|| Restorer::new(map, Encoding::Json));
         if r.held() == 0 && memchr::memchr(b'<', &piece).is_none() {
             return piece;
         }
@@ -84,18 +172,37 @@ impl Restore {
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 
-    /// A whole document (a translated body), restored at once.
-    pub fn whole(&mut self, doc: &[u8]) -> Vec<u8> {
+    /// A whole plain body in `api`'s shape (kept whole, or translated): its text fields
+    /// scanned, then placeholders restored. Check [`blocked`](Self::blocked) after.
+    pub fn plain(&mut self, api: Api, doc: &[u8]) -> Vec<u8> {
+        let scanned;
+        let doc = match &self.rules {
+            Some(rules) => {
+                let spans = text_spans(api, doc);
+                let mut found = Vec::new();
+                for r in rules.iter() {
+                    for m in r.detectors.scan_spans(doc, &spans) {
+                        found.push((m, r.action, r.rule));
+                    }
+                }
+                scanned = self.act(doc, settle_overlaps(found), true);
+                &scanned[..]
+            }
+            None => doc,
+        };
         let mut out = Vec::with_capacity(doc.len() + 32);
-        whole_into(&mut self.scratch, doc, &mut out);
+        self.restore_into(doc, &mut out);
         out
     }
 
     /// One event-stream frame; what the client should get goes to `out`.
     pub fn frame(&mut self, frame: Bytes, out: &mut Vec<Bytes>) {
-        // Most events hold no `<`: with nothing held back they leave as they came, unparsed
-        // (a restorer with nothing held has nothing to flush when its choice ends).
-        if self.held() == 0 && memchr::memchr(b'<', &frame).is_none() {
+        if self.blocked {
+            return;
+        }
+        // Unscanned, most events hold no `<`: with nothing held back they leave as they came,
+        // unparsed (a lane with nothing held has nothing to flush when its choice ends).
+        if self.rules.is_none() && self.held() == 0 && memchr::memchr(b'<', &frame).is_none() {
             self.previous = Some(frame.clone());
             out.push(frame);
             return;
@@ -107,9 +214,12 @@ impl Restore {
         };
         let data: &[u8] = match data {
             std::borrow::Cow::Borrowed(d) => d,
-            // A multi-line data field: restored within the frame only.
+            // A multi-line data field: rewritten within the frame only.
             std::borrow::Cow::Owned(_) => {
-                out.push(Bytes::from(self.whole(&frame)));
+                let doc = self.whole_event(&frame);
+                if !self.blocked {
+                    out.push(Bytes::from(doc));
+                }
                 return;
             }
         };
@@ -125,7 +235,7 @@ impl Restore {
         // Keys that end here without a delta of their own, and at the stream's end every key:
         // what they hold goes out first, in an event of their own.
         let flush: Vec<u64> = if parsed.last {
-            self.open.iter().map(|(k, _)| *k).collect()
+            self.lanes.iter().map(|(k, _)| *k).collect()
         } else {
             parsed
                 .ends
@@ -139,71 +249,145 @@ impl Restore {
                 let e = delta_event(self.api, key, &held, Some(&frame), previous.as_deref());
                 out.push(e);
             }
+            if self.blocked {
+                return;
+            }
         }
         if parsed.deltas.is_empty() {
-            out.push(if memchr::memchr(b'<', data).is_some() {
-                Bytes::from(self.whole(&frame))
-            } else {
-                frame
-            });
+            let doc = self.whole_event(&frame[..]);
+            if !self.blocked {
+                out.push(Bytes::from(doc));
+            }
             return;
         }
+        self.seen_delta = true;
         let mut body = Vec::with_capacity(frame.len() + 32);
         body.extend_from_slice(&frame[..at]);
         let mut pos = 0;
         for (key, span) in &parsed.deltas {
-            whole_into(&mut self.scratch, &data[pos..span.start], &mut body);
+            self.restore_into(&data[pos..span.start], &mut body);
             body.push(b'"');
             let inner = &data[span.start + 1..span.end - 1];
-            self.restorer(*key).push(inner, &mut body);
-            if parsed.ends.contains(key) {
-                if let Some(held) = self.close(*key) {
-                    body.extend_from_slice(&held);
-                }
+            let end = parsed.ends.contains(key);
+            let mut lane = self.take_lane(*key);
+            lane.push(inner, end, &mut body, &mut self.found);
+            self.blocked |= lane.blocked();
+            if !end {
+                self.lanes.push((*key, lane));
+            }
+            if self.blocked {
+                return;
             }
             body.push(b'"');
             pos = span.end;
         }
-        whole_into(&mut self.scratch, &data[pos..], &mut body);
+        self.restore_into(&data[pos..], &mut body);
         body.extend_from_slice(&frame[at + data.len()..]);
         out.push(Bytes::from(body));
     }
 
     /// The stream ended without a closing event (cut short): what is held goes out.
     pub fn finish_stream(&mut self, out: &mut Vec<Bytes>) {
-        let keys: Vec<u64> = self.open.iter().map(|(k, _)| *k).collect();
+        let keys: Vec<u64> = self.lanes.iter().map(|(k, _)| *k).collect();
         for key in keys {
             if let Some(held) = self.close(key) {
+                if self.blocked {
+                    return;
+                }
                 let e = delta_event(self.api, key, &held, self.previous.as_deref(), None);
                 out.push(e);
             }
         }
     }
 
-    /// Bytes held back over all open streams.
+    /// Bytes held back over all open lanes.
     pub fn held(&self) -> usize {
-        self.open.iter().map(|(_, r)| r.held()).sum()
+        self.lanes.iter().map(|(_, l)| l.held()).sum()
     }
 
-    fn restorer(&mut self, key: u64) -> &mut Restorer {
-        let i = match self.open.iter().position(|(k, _)| *k == key) {
-            Some(i) => i,
-            None => {
-                self.open
-                    .push((key, Restorer::new(&self.map, Encoding::Json)));
-                self.open.len() - 1
-            }
-        };
-        &mut self.open[i].1
+    /// `key`'s lane, out of the list (the caller puts it back unless it ended).
+    fn take_lane(&mut self, key: u64) -> Lane {
+        match self.lanes.iter().position(|(k, _)| *k == key) {
+            Some(i) => self.lanes.swap_remove(i).1,
+            None => Lane {
+                scan: self.rules.clone().map(StreamScanner::new),
+                restore: self.map.as_ref().map(|m| Restorer::new(m, Encoding::Json)),
+            },
+        }
     }
 
-    /// Ends `key`'s restorer; returns what it held, if anything.
+    /// Ends `key`'s lane; returns what it held, if anything.
     fn close(&mut self, key: u64) -> Option<Vec<u8>> {
-        let i = self.open.iter().position(|(k, _)| *k == key)?;
-        let (_, mut r) = self.open.swap_remove(i);
+        let i = self.lanes.iter().position(|(k, _)| *k == key)?;
+        let (_, mut lane) = self.lanes.swap_remove(i);
         let mut held = Vec::new();
-        r.finish(&mut held);
+        lane.push(&[], true, &mut held, &mut self.found);
+        self.blocked |= lane.blocked();
         (!held.is_empty()).then_some(held)
+    }
+
+    /// An event with no text delta, scanned and restored as a whole. Its findings are counted
+    /// only while no delta has been seen (a `done` event repeats text already counted).
+    fn whole_event(&mut self, doc: &[u8]) -> Vec<u8> {
+        let scanned;
+        let doc = match &self.rules {
+            Some(rules) => {
+                let mut found = Vec::new();
+                for r in rules.iter() {
+                    for m in r.detectors.scan_json(doc) {
+                        found.push((m, r.action, r.rule));
+                    }
+                }
+                scanned = self.act(doc, settle_overlaps(found), !self.seen_delta);
+                &scanned[..]
+            }
+            None => doc,
+        };
+        let mut out = Vec::with_capacity(doc.len() + 32);
+        self.restore_into(doc, &mut out);
+        out
+    }
+
+    /// `doc` with `found`'s actions applied (redacted, or left for `log`); a `block` marks the
+    /// response blocked. With `count`, the findings are recorded.
+    fn act(&mut self, doc: &[u8], found: Vec<(Match, Action, u16)>, count: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(doc.len() + 32);
+        let mut pos = 0;
+        for (m, action, rule) in found {
+            if count || action == Action::Block {
+                self.found.push(Found {
+                    class: m.class.clone(),
+                    action,
+                    rule,
+                });
+            }
+            match action {
+                Action::Log => continue,
+                Action::Block => {
+                    self.blocked = true;
+                    return Vec::new();
+                }
+                Action::Redact | Action::Pseudonymize => {
+                    out.extend_from_slice(&doc[pos..m.range.start]);
+                    out.extend_from_slice(&redaction_marker(&m.class));
+                    pos = m.range.end;
+                }
+            }
+        }
+        out.extend_from_slice(&doc[pos..]);
+        out
+    }
+
+    /// `doc` with every whole placeholder restored (JSON-escaped), appended to `out`; copied
+    /// as it is when nothing was pseudonymized or it holds no `<`.
+    fn restore_into(&mut self, doc: &[u8], out: &mut Vec<u8>) {
+        match &mut self.scratch {
+            Some(r) if memchr::memchr(b'<', doc).is_some() => {
+                r.push(doc, out);
+                r.finish(out);
+            }
+            _ => out.extend_from_slice(doc),
+        }
     }
 }
 
@@ -290,17 +474,6 @@ fn delta_event(
         }
     }
     Bytes::from(e)
-}
-
-/// `doc` with every whole placeholder restored (JSON-escaped), appended to `out`; copied as it
-/// is when it holds no `<`.
-fn whole_into(scratch: &mut Restorer, doc: &[u8], out: &mut Vec<u8>) {
-    if memchr::memchr(b'<', doc).is_none() {
-        out.extend_from_slice(doc);
-        return;
-    }
-    scratch.push(doc, out);
-    scratch.finish(out);
 }
 
 fn span_of(data: &[u8], v: &LazyValue<'_>) -> Range<usize> {
@@ -405,6 +578,53 @@ fn parse_responses(data: &[u8], p: &mut Parsed) {
     }
 }
 
+/// Spans (raw JSON string values, quotes included) of the generated text in a plain
+/// response of `api`'s shape: chat `choices[].message.content`, completions `choices[].text`,
+/// messages `content[].text`, responses `output[].content[].text`. Anything else yields none.
+fn text_spans(api: Api, doc: &[u8]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let each = |path: &str| -> Vec<LazyValue<'_>> {
+        sonic_rs::get(doc, [path])
+            .ok()
+            .and_then(|v| v.into_array_iter())
+            .map(|it| it.flatten().collect())
+            .unwrap_or_default()
+    };
+    match api {
+        Api::ChatCompletions | Api::Completions | Api::Embeddings => {
+            for choice in each("choices") {
+                let text = choice.get("text").filter(|v| v.is_str());
+                let content = sonic_rs::get(choice.as_raw_str(), ["message", "content"])
+                    .ok()
+                    .filter(|v| v.is_str());
+                if let Some(v) = text.or(content) {
+                    out.push(span_of(doc, &v));
+                }
+            }
+        }
+        Api::Messages => {
+            for block in each("content") {
+                if let Some(v) = block.get("text").filter(|v| v.is_str()) {
+                    out.push(span_of(doc, &v));
+                }
+            }
+        }
+        Api::Responses => {
+            for item in each("output") {
+                let Some(parts) = item.get("content").and_then(|c| c.into_array_iter()) else {
+                    continue;
+                };
+                for part in parts.flatten() {
+                    if let Some(v) = part.get("text").filter(|v| v.is_str()) {
+                        out.push(span_of(doc, &v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +670,7 @@ mod tests {
 
     #[test]
     fn a_placeholder_split_over_chat_events_is_restored() {
-        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut r = ResponseText::new(Some(map()), None, Api::ChatCompletions);
         let mut out = Vec::new();
         for piece in ["Write to <EM", "AIL", "_1> today", " <EMAIL_1>."] {
             r.frame(chat(piece, None), &mut out);
@@ -467,7 +687,7 @@ mod tests {
 
     #[test]
     fn a_lookalike_held_at_the_end_is_flushed_before_done() {
-        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut r = ResponseText::new(Some(map()), None, Api::ChatCompletions);
         let mut out = Vec::new();
         r.frame(chat("a <EMA", None), &mut out);
         r.frame(
@@ -486,7 +706,7 @@ mod tests {
 
     #[test]
     fn anthropic_text_deltas_are_restored_per_block() {
-        let mut r = Restore::new(map(), Api::Messages);
+        let mut r = ResponseText::new(Some(map()), None, Api::Messages);
         let mut out = Vec::new();
         let ev = |i: u32, t: &str| {
             Bytes::from(format!(
@@ -523,7 +743,7 @@ mod tests {
                 1..8,
             ),
         ) {
-            let mut r = Restore::new(map(), api);
+            let mut r = ResponseText::new(Some(map()), None, api);
             for f in frames {
                 let clean = !f.contains(&b'<') && r.held() == 0;
                 let mut out = Vec::new();
@@ -539,7 +759,7 @@ mod tests {
 
     #[test]
     fn plain_bodies_restore_across_pieces() {
-        let mut r = Restore::new(map(), Api::ChatCompletions);
+        let mut r = ResponseText::new(Some(map()), None, Api::ChatCompletions);
         let mut out = Vec::new();
         // The last piece has no `<` and nothing is held: it passes by reference.
         for p in [&b"{\"c\":\"x <EMAIL"[..], b"_1> y", b" z\"}"] {
@@ -549,5 +769,99 @@ mod tests {
             out.extend_from_slice(&b);
         }
         assert_eq!(out, b"{\"c\":\"x bob@example.com y z\"}");
+    }
+
+    fn rules(classes: &str, action: Action) -> Arc<[ResponseRule]> {
+        let det = crate::guard::Detectors::new(&crate::guard::DetectorConfig {
+            classes: Class::parse(classes).unwrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        Arc::from(vec![ResponseRule {
+            detectors: Arc::new(det),
+            action,
+            rule: 0,
+        }])
+    }
+
+    #[test]
+    fn a_value_the_provider_streams_in_pieces_is_redacted_and_counted() {
+        let mut r = ResponseText::new(
+            None,
+            Some(rules("email", Action::Redact)),
+            Api::ChatCompletions,
+        );
+        let mut out = Vec::new();
+        for piece in ["Mail ", "carol@exa", "mple.org", " or call."] {
+            r.frame(chat(piece, None), &mut out);
+        }
+        r.frame(chat("", Some("stop")), &mut out);
+        r.frame(Bytes::from_static(b"data: [DONE]\n\n"), &mut out);
+        assert_eq!(content_of(&out), "Mail [REDACTED_EMAIL] or call.");
+        assert_eq!(r.take_found().len(), 1);
+        // Every event the client gets is valid JSON.
+        for f in &out {
+            let d = frame_data(f).unwrap();
+            assert!(&*d == b"[DONE]" || serde_json::from_slice::<serde_json::Value>(&d).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_clients_own_values_come_back_unscanned() {
+        let mut r = ResponseText::new(
+            Some(map()),
+            Some(rules("email", Action::Redact)),
+            Api::ChatCompletions,
+        );
+        let mut out = Vec::new();
+        for piece in ["To <EMAIL", "_1> and x@y", ".io"] {
+            r.frame(chat(piece, None), &mut out);
+        }
+        r.frame(chat("", Some("stop")), &mut out);
+        assert_eq!(content_of(&out), "To bob@example.com and [REDACTED_EMAIL]");
+    }
+
+    #[test]
+    fn a_blocked_stream_releases_nothing_of_the_value() {
+        let mut r = ResponseText::new(None, Some(rules("secrets", Action::Block)), Api::Messages);
+        let mut out = Vec::new();
+        let ev = |t: &str| {
+            Bytes::from(format!(
+                "event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":{}}}}}\n\n",
+                serde_json::to_string(t).unwrap()
+            ))
+        };
+        for t in [
+            "the key is AKIA",
+            "IOSFODNN7EX",
+            "AMPLE ok",
+            &" more".repeat(30),
+        ] {
+            r.frame(ev(t), &mut out);
+        }
+        assert!(r.blocked());
+        assert!(!content_of(&out).contains("AKIA"));
+        assert_eq!(r.blocking().unwrap().class, Class::AwsKey);
+    }
+
+    #[test]
+    fn plain_bodies_have_their_text_fields_scanned() {
+        let mut r = ResponseText::new(
+            None,
+            Some(rules("email", Action::Redact)),
+            Api::ChatCompletions,
+        );
+        let doc = br#"{"id":"a@b.io","choices":[{"index":0,"message":{"role":"assistant","content":"write to d@e.io"}}]}"#;
+        let out = r.plain(Api::ChatCompletions, doc);
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#"{"id":"a@b.io","choices":[{"index":0,"message":{"role":"assistant","content":"write to [REDACTED_EMAIL]"}}]}"#
+        );
+        let mut r = ResponseText::new(None, Some(rules("email", Action::Block)), Api::Messages);
+        r.plain(
+            Api::Messages,
+            br#"{"content":[{"type":"text","text":"d@e.io"}]}"#,
+        );
+        assert!(r.blocked());
     }
 }
