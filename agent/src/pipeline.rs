@@ -32,7 +32,7 @@ use crate::phase::inspect::Inspection;
 use crate::phase::read::{Request, Reservation};
 use crate::phase::route::Target;
 use crate::phase::{
-    admit, cache, forward, guard, identify, inspect, passthrough, relay, route, settle,
+    admit, cache, forward, guard, guard_model, identify, inspect, passthrough, relay, route, settle,
 };
 use crate::snapshot::Snapshot;
 use crate::worker::Worker;
@@ -266,6 +266,7 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
     route::run(&snap, &w.route, ctx, client.original_dst())?;
     let forwarded = loop {
         guard::run(&snap, client, ctx)?;
+        guard_model::run(w, ctx).await?;
         match forward::run(w, ctx).await {
             Ok(f) => {
                 let status = f.head.status;

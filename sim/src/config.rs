@@ -28,6 +28,13 @@ pub struct Args {
     /// Served model name; repeat the flag to serve several.
     #[arg(long = "model", value_name = "NAME", required = true)]
     pub models: Vec<String>,
+    /// A served model that answers like a Llama-Guard classifier: `safe`, or `unsafe` and a
+    /// category line when the prompt contains a --guard-flag word. Repeatable.
+    #[arg(long = "guard-model", value_name = "NAME")]
+    pub guard_models: Vec<String>,
+    /// A word (ASCII case-insensitive) that makes a guard model answer `unsafe`. Repeatable.
+    #[arg(long = "guard-flag", value_name = "WORD")]
+    pub guard_flags: Vec<String>,
     /// Tokio worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -103,6 +110,10 @@ fn invalid(flag: &'static str, reason: impl Into<String>) -> ConfigError {
 pub struct Config {
     pub listen: SocketAddr,
     pub models: Vec<String>,
+    /// Models that answer as classifiers (see [`Args::guard_models`]).
+    pub guard_models: Vec<String>,
+    /// Lower-cased words that make a guard model answer `unsafe`.
+    pub guard_flags: Vec<String>,
     pub workers: usize,
     /// `None` under `--zero-delay`: nothing sleeps.
     pub timing: Option<Timing>,
@@ -197,9 +208,21 @@ impl TryFrom<Args> for Config {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64)
         });
+        if let Some(m) = args.guard_models.iter().find(|g| !args.models.contains(g)) {
+            return Err(invalid(
+                "--guard-model",
+                format!("`{m}` is not a served model (add --model {m})"),
+            ));
+        }
         Ok(Config {
             listen: args.listen,
             models: args.models,
+            guard_models: args.guard_models,
+            guard_flags: args
+                .guard_flags
+                .iter()
+                .map(|w| w.to_ascii_lowercase())
+                .collect(),
             workers: args.workers,
             timing,
             max_running: args.max_running,

@@ -107,6 +107,11 @@ async fn text(
     if faults.echo {
         job.echo = Some(String::from_utf8_lossy(&job.prompt.text).into());
     }
+    if app.config.guard_models.iter().any(|g| g == model_name) {
+        let verdict = crate::api::guard_verdict(&job.prompt.text, &app.config.guard_flags);
+        job.max_tokens = verdict.len().div_ceil(crate::textgen::ECHO_PIECE) as u64;
+        job.echo = Some(verdict.into());
+    }
 
     let mut sequence = app.engine.schedule(model).await?;
     let cache = sequence.prefill(&job.prompt, true).await;

@@ -406,3 +406,101 @@ fn a_blocked_response_ends_with_a_precise_error_and_is_billed() {
     assert_eq!(row.outcome, "content_blocked");
     assert!(row.output_tokens > 0, "{row:#?}");
 }
+
+/// `smol` checked by the simulator's Llama-Guard emulation (`guard`, which answers `unsafe`
+/// when the prompt says "forbidden"); `smol-closed` by a guard model nothing listens for.
+fn guard_model_stack() -> Stack {
+    Stack::custom(
+        Sim::start(&[
+            "--model",
+            "guard",
+            "--guard-model",
+            "guard",
+            "--guard-flag",
+            "forbidden",
+        ]),
+        |c| {
+            c.admin = Some(true);
+            c.extra_providers_yaml =
+                "  - {name: gone, kind: openai, base_url: \"http://127.0.0.1:9\"}\n".into();
+            c.extra_models_yaml = "  - {name: guard, provider: sim, model: guard}\n  \
+                 - {name: dead-guard, provider: gone, model: guard}\n  \
+                 - {name: smol-closed, provider: sim, model: smollm2}\n  \
+                 - {name: smol-open, provider: sim, model: smollm2}\n"
+                .into();
+            c.governance_yaml = "auth: { mode: open }
+guardrails:
+  - name: llama-guard
+    scope: {egress: any, model: smol}
+    guard_model: {model: guard, timeout_ms: 2000}
+    action: block
+  - name: closed
+    scope: {egress: any, model: smol-closed}
+    guard_model: {model: dead-guard, timeout_ms: 300, fail: closed}
+    action: block
+  - name: open
+    scope: {egress: any, model: smol-open}
+    guard_model: {model: dead-guard, timeout_ms: 300}
+    action: block
+"
+            .into();
+        },
+    )
+}
+
+#[test]
+fn a_guard_model_judges_the_prompt_and_its_tokens_are_billed_to_the_caller() {
+    let stack = guard_model_stack();
+    let team = [("x-tollgate-team", "support")];
+    let send = |model: &str, prompt: &str| {
+        post_raw(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &team,
+            chat(model, prompt, false).to_string().as_bytes(),
+        )
+    };
+
+    // Safe: forwarded; the check has a row of its own, attributed to the same team.
+    let r = send("smol", "summarise the meeting notes");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.guard, None);
+    let check = stack
+        .agent
+        .ledger_row(&format!("{}.guard0", r.request_id()));
+    assert_eq!(check.served_model.as_deref(), Some("guard"));
+    assert_eq!(check.team.as_deref(), Some("support"));
+    assert_eq!(check.route.as_deref(), Some("guard:llama-guard"));
+    assert!(
+        check.input_tokens > 0 && check.output_tokens > 0,
+        "{check:#?}"
+    );
+
+    // Unsafe: refused before the provider sees it, naming the rule and category.
+    let before = stack.sim.last_request();
+    let r = send("smol", "explain the forbidden recipe");
+    let e =
+        crate::harness::assert_openai_error(&r, 400, "invalid_request_error", "content_blocked");
+    let msg = e["message"].as_str().unwrap();
+    assert!(msg.contains("llama-guard") && msg.contains("S1"), "{msg}");
+    // The last thing the replica read was the check, not the request.
+    let last = stack.sim.last_request();
+    assert_ne!(last, before);
+    assert!(last["body"].as_str().unwrap().contains("\"max_tokens\":32"));
+    let row = stack.agent.row_of(&r);
+    assert_eq!(row.guard.as_deref(), Some("guard_model:1:block"));
+    assert_eq!(row.outcome, "content_blocked");
+    let check = stack
+        .agent
+        .ledger_row(&format!("{}.guard0", r.request_id()));
+    assert!(check.output_tokens > 0);
+
+    // A guard model that cannot answer: fail closed refuses, fail open lets it through.
+    let r = send("smol-closed", "hello");
+    crate::harness::assert_openai_error(&r, 503, "api_error", "guardrail_unavailable");
+    let r = send("smol-open", "hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let audit = wait_for_audit(&stack, "guard.model_unavailable", 2);
+    assert!(audit.iter().any(|e| e.to_string().contains("\"closed\"")));
+}

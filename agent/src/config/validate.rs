@@ -518,7 +518,8 @@ impl Validator<'_> {
         let replicas = self.replicas(&f.replicas);
         let batch_jobs = self.batch_jobs(&f.batch_jobs);
         let cluster = self.cluster(f.cluster.as_ref(), env);
-        let guardrails = self.guardrails(f.guardrails);
+        let kinds: Vec<ProviderKind> = providers.iter().map(|(p, _)| p.kind).collect();
+        let guardrails = self.guardrails(f.guardrails, &models, &kinds);
         let cache = self.cache(f.cache);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(

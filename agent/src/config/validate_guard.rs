@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::validate::Validator;
 use super::validate_governance::ScopeFile;
 use super::Glob;
-use crate::guard::{Action, Class, DetectorConfig, Detectors, Egress, Guardrail};
+use crate::guard::{Action, Class, DetectorConfig, Detectors, Egress, GuardModel, Guardrail};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,12 +26,23 @@ struct GuardrailFile {
     action: String,
     /// `request` (default), `response` or `both`.
     on: Option<String>,
+    /// A classifier model asked about the prompt.
+    guard_model: Option<GuardModelFile>,
     /// Operator patterns: name → regex; each adds the class `custom:<name>`.
     #[serde(default)]
     patterns: BTreeMap<String, String>,
     /// Operator word lists: name → words (whole words, ASCII case-insensitive).
     #[serde(default)]
     words: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardModelFile {
+    model: String,
+    timeout_ms: Option<u64>,
+    /// `open` (default) or `closed`.
+    fail: Option<String>,
 }
 
 /// A governance scope plus the destination: `egress` (public, private, any) and `provider`.
@@ -122,7 +133,12 @@ struct SemanticFile {
 }
 
 impl Validator<'_> {
-    pub(super) fn guardrails(&mut self, items: Vec<serde_yaml_ng::Value>) -> Vec<Guardrail> {
+    pub(super) fn guardrails(
+        &mut self,
+        items: Vec<serde_yaml_ng::Value>,
+        models: &[super::Model],
+        provider_kinds: &[super::ProviderKind],
+    ) -> Vec<Guardrail> {
         let mut out: Vec<Guardrail> = Vec::new();
         for (i, raw) in items.into_iter().enumerate() {
             let path = format!("guardrails[{i}]");
@@ -198,10 +214,23 @@ impl Validator<'_> {
                     }
                 }
             }
-            if classes.is_empty() && g.patterns.is_empty() && g.words.is_empty() {
+            let guard_model = match &g.guard_model {
+                None => None,
+                Some(gm) => {
+                    match self.guard_model(&path, gm, action, on_response, models, provider_kinds) {
+                        Some(m) => Some(m),
+                        None => continue,
+                    }
+                }
+            };
+            if classes.is_empty()
+                && g.patterns.is_empty()
+                && g.words.is_empty()
+                && guard_model.is_none()
+            {
                 self.problem(
                     format!("{path}.detect"),
-                    "names nothing to detect (give classes, `patterns` or `words`)",
+                    "names nothing to detect (give classes, `patterns`, `words` or `guard_model`)",
                 );
                 continue;
             }
@@ -224,11 +253,74 @@ impl Validator<'_> {
                 provider: g.scope.provider.as_deref().map(Glob::new),
                 detectors,
                 action,
+                guard_model,
                 on_request,
                 on_response,
             });
         }
         out
+    }
+
+    fn guard_model(
+        &mut self,
+        path: &str,
+        gm: &GuardModelFile,
+        action: Action,
+        on_response: bool,
+        models: &[super::Model],
+        provider_kinds: &[super::ProviderKind],
+    ) -> Option<GuardModel> {
+        let path = format!("{path}.guard_model");
+        let Some(model) = models.iter().position(|m| m.name == gm.model) else {
+            self.problem(
+                format!("{path}.model"),
+                format!("`{}` is not a configured model", gm.model),
+            );
+            return None;
+        };
+        let chat = models[model]
+            .targets
+            .first()
+            .is_some_and(|t| provider_kinds[t.provider] == super::ProviderKind::OpenAi);
+        if !chat {
+            self.problem(
+                format!("{path}.model"),
+                format!(
+                    "`{}` must be served by an OpenAI-compatible provider (the check is a chat \
+                     completion)",
+                    gm.model
+                ),
+            );
+            return None;
+        }
+        if !matches!(action, Action::Block | Action::Log) || on_response {
+            self.problem(
+                path,
+                "a guard model checks the prompt before forwarding: use action block or log, on: request",
+            );
+            return None;
+        }
+        let fail_closed = match gm.fail.as_deref().unwrap_or("open") {
+            "open" => false,
+            "closed" => true,
+            other => {
+                self.problem(
+                    format!("{path}.fail"),
+                    format!("`{other}` is not one of open, closed"),
+                );
+                return None;
+            }
+        };
+        let ms = gm.timeout_ms.unwrap_or(500);
+        if !(1..=60_000).contains(&ms) {
+            self.problem(format!("{path}.timeout_ms"), "must be between 1 and 60000");
+            return None;
+        }
+        Some(GuardModel {
+            model,
+            timeout: Duration::from_millis(ms),
+            fail_closed,
+        })
     }
 
     fn cache_scope(&mut self, path: &str, v: Option<&str>) -> CacheScope {
@@ -321,6 +413,30 @@ mod tests {
             "guardrails[3]",
             "does not compile",
             "guardrails[4].scope.egress",
+        ] {
+            assert!(e.contains(want), "{want} missing from:\n{e}");
+        }
+    }
+
+    #[test]
+    fn response_and_guard_model_rules_are_checked() {
+        let c = load(
+            "guardrails:\n  - {name: out, on: both, detect: [email], action: redact}\n  - {name: g, guard_model: {model: m, timeout_ms: 200, fail: closed}, action: block}\n",
+        )
+        .unwrap();
+        assert!(c.guardrails[0].on_request && c.guardrails[0].on_response);
+        let gm = c.guardrails[1].guard_model.as_ref().unwrap();
+        assert!(gm.fail_closed && gm.timeout.as_millis() == 200);
+        let e = load(
+            "guardrails:\n  - {name: a, on: response, detect: [email], action: pseudonymize}\n  - {name: b, on: sideways, detect: [email], action: log}\n  - {name: c, guard_model: {model: nope}, action: block}\n  - {name: d, guard_model: {model: m}, action: redact}\n  - {name: e, guard_model: {model: m, fail: maybe}, action: log}\n",
+        )
+        .unwrap_err();
+        for want in [
+            "guardrails[0].action",
+            "guardrails[1].on",
+            "guardrails[2].guard_model.model",
+            "guardrails[3].guard_model",
+            "guardrails[4].guard_model.fail",
         ] {
             assert!(e.contains(want), "{want} missing from:\n{e}");
         }

@@ -30,6 +30,8 @@ pub enum Class {
     Secret,
     /// `custom:<name>`: an operator's regex or word list.
     Custom(Arc<str>),
+    /// A guard model (a Llama-Guard-style classifier) judged the prompt unsafe.
+    GuardModel,
 }
 
 /// Personal data (`pii` in configuration).
@@ -103,6 +105,7 @@ impl Class {
             Class::Jwt => "jwt",
             Class::Secret => "secret",
             Class::Custom(n) => return format!("custom:{n}").into(),
+            Class::GuardModel => "guard_model",
         };
         s.into()
     }
@@ -142,14 +145,14 @@ impl Class {
             Class::Email => 264,
             Class::Jwt => 1024,
             // Operator classes: from the pattern itself (`Detectors::new`).
-            Class::Custom(_) => 0,
+            Class::Custom(_) | Class::GuardModel => 0,
         }
     }
 
     /// Bit of a built-in class in a [`ClassSet`]; `None` for operator classes.
     pub(crate) fn bit(&self) -> Option<u32> {
         let i = match self {
-            Class::Custom(_) => return None,
+            Class::Custom(_) | Class::GuardModel => return None,
             c => Class::builtin().position(|b| &b == c).unwrap_or(0),
         };
         Some(1 << i)
@@ -169,7 +172,7 @@ impl Class {
             | Class::StripeKey
             | Class::Jwt => 1,
             Class::CreditCard | Class::Iban | Class::NationalId => 2,
-            Class::Custom(_) => 3,
+            Class::Custom(_) | Class::GuardModel => 3,
             Class::Secret => 4,
             Class::Email => 5,
             Class::Phone | Class::Ip => 6,

@@ -62,7 +62,7 @@ use std::ops::Range;
 
 pub use class::{Class, ClassSet, PII, SECRETS};
 pub use detect::Detectors;
-pub use policy::{settle_overlaps, Action, Egress, Guardrail};
+pub use policy::{settle_overlaps, Action, Egress, GuardModel, Guardrail};
 pub use restore::Restorer;
 pub use stream::{Found, ResponseRule, StreamScanner};
 

@@ -79,6 +79,19 @@ impl Egress {
     }
 }
 
+/// `guard_model:` of a rule: a Llama-Guard-style classifier (a configured model served by an
+/// OpenAI-compatible replica) that answers `safe` or `unsafe` and its categories.
+#[derive(Clone, Debug)]
+pub struct GuardModel {
+    /// Index into the configuration's models.
+    pub model: usize,
+    /// The check's whole budget: connect, send, answer.
+    pub timeout: std::time::Duration,
+    /// When the check fails or times out: refuse the request (`fail: closed`) instead of
+    /// letting it through (`open`, the default).
+    pub fail_closed: bool,
+}
+
 /// One `guardrails:` entry.
 #[derive(Clone)]
 pub struct Guardrail {
@@ -90,6 +103,8 @@ pub struct Guardrail {
     pub provider: Option<Glob>,
     pub detectors: Arc<Detectors>,
     pub action: Action,
+    /// A classifier model asked about the prompt before forwarding.
+    pub guard_model: Option<GuardModel>,
     /// Where it looks: the prompt (`on: request`, the default), the response, or both.
     pub on_request: bool,
     pub on_response: bool,

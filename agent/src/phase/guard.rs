@@ -39,6 +39,8 @@ pub struct GuardState {
     pub pseudo: Option<Arc<PseudoMap>>,
     /// Per class, action and side: how many values.
     pub findings: Vec<Finding>,
+    /// Rules whose guard model was asked already (`phase/guard_model.rs`).
+    pub model_checked: Vec<u16>,
     /// The rules that cover the response (`on: response|both`); relay scans it with them.
     pub response_rules: Option<Arc<[ResponseRule]>>,
     /// The refusal, when a `block` rule matched.
@@ -57,6 +59,21 @@ pub struct Finding {
 }
 
 impl GuardState {
+    /// Rules covering this attempt whose guard model has not been asked yet.
+    pub fn due_model_checks(&self, snap: &Snapshot) -> Vec<u16> {
+        let Some(applied) = &self.applied else {
+            return Vec::new();
+        };
+        applied
+            .iter()
+            .copied()
+            .filter(|i| {
+                snap.cfg.guardrails[*i as usize].guard_model.is_some()
+                    && !self.model_checked.contains(i)
+            })
+            .collect()
+    }
+
     /// Counts one finding of `rule` (and names the rule for the audit entry).
     pub fn count(
         &mut self,
@@ -119,7 +136,18 @@ pub fn run(snap: &Snapshot, client: &ClientConn, ctx: &mut RequestCtx) -> Result
         .map(|(i, _)| i as u16)
         .collect();
     if ctx.guard.applied.as_ref() != Some(&applied) {
+        // Guard-model answers hold for the request, whatever the destination.
+        let checked = std::mem::take(&mut ctx.guard.model_checked);
+        let answered: Vec<Finding> = ctx
+            .guard
+            .findings
+            .iter()
+            .filter(|f| f.class == Class::GuardModel)
+            .cloned()
+            .collect();
         ctx.guard = evaluate(snap, ctx, &provider.name, applied);
+        ctx.guard.model_checked = checked;
+        ctx.guard.findings.extend(answered);
     }
     match &ctx.guard.blocked {
         Some(e) => Err(e.clone()),

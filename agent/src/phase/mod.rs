@@ -5,6 +5,7 @@ pub mod admit;
 pub mod cache;
 pub mod forward;
 pub mod guard;
+pub mod guard_model;
 pub mod identify;
 pub mod inspect;
 pub mod passthrough;

@@ -22,7 +22,7 @@ use crate::kernel::ConnAttribution;
 use crate::ledger::writer::LedgerMsg;
 use crate::ledger::UsageRecord;
 use crate::metering::estimate::EstimateInput;
-use crate::pipeline::{Outcome, RequestCtx};
+use crate::pipeline::RequestCtx;
 use crate::telemetry::metrics::{SeriesKey, MODEL_INTERCEPTED};
 use crate::worker::Worker;
 
@@ -187,8 +187,9 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
         };
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.
+    // (A response a guardrail blocked mid-stream counts too: the provider generated it.)
     let produced = (200..300).contains(&ctx.status) && ctx.response_started;
-    let needs_estimate = ctx.usage.is_none() && produced && ctx.outcome != Outcome::Rejected;
+    let needs_estimate = ctx.usage.is_none() && produced;
     if needs_estimate {
         LedgerMsg::Estimate {
             record: Box::new(record),

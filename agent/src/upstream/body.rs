@@ -15,6 +15,7 @@ use crate::http::response::ResponseFraming;
 use crate::http::HttpError;
 
 /// Why the provider's body stopped early.
+#[derive(Debug)]
 pub enum PieceError {
     Reset(io::Error),
     Timeout,

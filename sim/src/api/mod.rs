@@ -84,6 +84,20 @@ impl TextApi {
     }
 }
 
+/// What a guard model (Llama Guard's output format) says about `prompt`: `safe`, or `unsafe`
+/// and the category line `S1` when it contains one of `flags` (lower-case words).
+pub fn guard_verdict(prompt: &[u8], flags: &[String]) -> &'static str {
+    let text = String::from_utf8_lossy(prompt).to_ascii_lowercase();
+    if flags
+        .iter()
+        .any(|f| !f.is_empty() && text.contains(f.as_str()))
+    {
+        "unsafe\nS1"
+    } else {
+        "safe"
+    }
+}
+
 /// What a text-generating request asks of the engine, whatever API carried it.
 #[derive(Debug, Clone)]
 pub struct Job {
