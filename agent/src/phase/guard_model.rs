@@ -16,29 +16,19 @@
 //!
 //! Reads: `ctx.body`, `ctx.guard` (the rules that cover this attempt). Writes: `ctx.guard`.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use bytes::Bytes;
 use sonic_rs::JsonValueTrait;
 
 use crate::api::Api;
 use crate::error::{ErrorKind, GateError};
 use crate::guard::{Action, Class, GuardModel};
-use crate::http::iovec::BytesVec;
-use crate::ledger::writer::LedgerMsg;
-use crate::ledger::UsageRecord;
 use crate::metering::usage::extract_usage;
 use crate::metering::Usage;
-use crate::phase::forward::{self, Forwarded};
+use crate::phase::side_call;
 use crate::pipeline::RequestCtx;
 use crate::snapshot::Snapshot;
-use crate::telemetry::metrics::SeriesKey;
-use crate::upstream::body::BodyReader;
 use crate::worker::Worker;
-
-/// Largest classifier answer read.
-const MAX_ANSWER: usize = 64 * 1024;
 
 /// Tokens the classifier may write: a verdict and a category line.
 const MAX_VERDICT_TOKENS: u32 = 32;
@@ -74,7 +64,18 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx) -> Result<(), GateError> {
         let model = &snap.cfg.models[gm.model].name;
         match answer {
             Ok(a) => {
-                record(w, &snap, ctx, rule, gm, a.usage, started);
+                side_call::record(
+                    w,
+                    ctx,
+                    side_call::Call {
+                        model: gm.model,
+                        api: Api::ChatCompletions,
+                        id_suffix: &format!("guard{rule}"),
+                        route: &format!("guard:{}", r.name),
+                        usage: a.usage,
+                        started,
+                    },
+                );
                 let Verdict::Unsafe(categories) = a.verdict else {
                     continue;
                 };
@@ -132,40 +133,9 @@ async fn ask(
     ctx: &RequestCtx,
     gm: &GuardModel,
 ) -> Result<Answer, String> {
-    let model = &snap.cfg.models[gm.model];
-    let target = model
-        .targets
-        .first()
-        .ok_or_else(|| "the guard model has no target".to_string())?;
-    let provider = &snap.cfg.providers[target.provider];
-    let body = Bytes::from(check_body(ctx, &target.upstream_model));
-    let head = Bytes::from(check_head(provider, body.len(), &ctx.id));
-    let parts = || {
-        let mut v = BytesVec::with_capacity(2);
-        v.push(head.clone());
-        v.push(body.clone());
-        v
-    };
-    let Forwarded { mut conn, head } =
-        forward::exchange(w, snap, target.provider, &model.timeouts, parts)
-            .await
-            .map_err(|e| e.message)?;
-    let mut reader = BodyReader::new(head.framing);
-    let mut answer = Vec::new();
-    while !reader.is_done() {
-        match reader.next(&mut conn, model.timeouts.idle).await {
-            Ok(Some(p)) if answer.len() + p.len() <= MAX_ANSWER => answer.extend_from_slice(&p),
-            Ok(Some(_)) => return Err(format!("answer over {MAX_ANSWER} bytes")),
-            Ok(None) => break,
-            Err(e) => return Err(format!("reading the answer: {e:?}")),
-        }
-    }
-    if reader.is_done() && head.keep_alive {
-        w.pool.borrow_mut().put(conn, Instant::now());
-    }
-    if head.status != 200 {
-        return Err(format!("the guard model answered {}", head.status));
-    }
+    let upstream = side_call::upstream_model(snap, gm.model)?;
+    let body = check_body(ctx, upstream);
+    let answer = side_call::post(w, snap, gm.model, Api::ChatCompletions, body, &ctx.id).await?;
     let content = sonic_rs::get(
         &answer[..],
         &sonic_rs::pointer!["choices", 0, "message", "content"],
@@ -205,7 +175,7 @@ fn parse_verdict(content: &str) -> Result<Verdict, String> {
 
 /// The chat request: the client's `messages` spliced raw (a chat request), else its prompt
 /// text as one user turn; a short greedy answer.
-fn check_body(ctx: &RequestCtx, upstream_model: &str) -> Vec<u8> {
+fn check_body(ctx: &RequestCtx, upstream_model: &str) -> bytes::Bytes {
     let raw = (ctx.api == Api::ChatCompletions)
         .then(|| sonic_rs::get(&ctx.body[..], ["messages"]).ok())
         .flatten()
@@ -219,88 +189,7 @@ fn check_body(ctx: &RequestCtx, upstream_model: &str) -> Vec<u8> {
     format!(
         "{{\"model\":{model},\"messages\":{messages},\"max_tokens\":{MAX_VERDICT_TOKENS},\"temperature\":0}}"
     )
-    .into_bytes()
-}
-
-fn check_head(provider: &crate::config::Provider, body_len: usize, id: &str) -> Vec<u8> {
-    let mut h = format!(
-        "POST {}{} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n\
-         accept-encoding: identity\r\ncontent-length: {body_len}\r\nx-tollgate-request-id: {id}\r\n",
-        provider.base_path,
-        Api::ChatCompletions.upstream_path(),
-        provider.host_header,
-    );
-    if let Some(k) = &provider.api_key {
-        h.push_str("authorization: Bearer ");
-        h.push_str(k);
-        h.push_str("\r\n");
-    }
-    h.push_str("\r\n");
-    h.into_bytes()
-}
-
-/// The classifier call's own ledger row and metrics, attributed to the caller.
-fn record(
-    w: &Worker,
-    snap: &Snapshot,
-    ctx: &RequestCtx,
-    rule: u16,
-    gm: &GuardModel,
-    usage: Option<Usage>,
-    started: Instant,
-) {
-    let model = &snap.cfg.models[gm.model];
-    let Some(target) = model.targets.first() else {
-        return;
-    };
-    let latency = started.elapsed();
-    let usage = usage.unwrap_or_default();
-    let cost = target.price.map_or(0, |p| p.micro_usd(&usage));
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as i64;
-    let rec = UsageRecord {
-        id: format!("{}.guard{rule}", ctx.id),
-        ts_ms: now_ms - latency.as_millis() as i64,
-        latency_us: latency.as_micros() as u64,
-        status: 200,
-        outcome: "ok".into(),
-        api: Api::ChatCompletions.label(),
-        identity: ctx.identity.clone(),
-        requested_model: Some(model.name.clone()),
-        served_model: Some(target.upstream_model.clone()),
-        provider: Some(snap.cfg.providers[target.provider].name.clone()),
-        usage,
-        key_id: ctx.key.as_ref().map(|k| k.id.clone()),
-        cost_micro_usd: cost,
-        price: target.price,
-        route: Some(format!("guard:{}", snap.cfg.guardrails[rule as usize].name)),
-        attempts: 1,
-        ..UsageRecord::default()
-    };
-    let series = SeriesKey {
-        model: snap.model_labels[gm.model],
-        provider: snap.providers[target.provider].label,
-        api: Api::ChatCompletions.label(),
-        status: crate::telemetry::metrics::status_series(200),
-    };
-    let shard = &w.shared.metrics.shards[w.index];
-    shard.record_request(series, latency, None);
-    shard.record_usage(series, &usage, false);
-    w.shared
-        .metrics
-        .globals
-        .ledger_queue
-        .fetch_add(1, Ordering::Relaxed);
-    if !w.ledger.push(LedgerMsg::Record(Box::new(rec)), true) {
-        w.shared
-            .metrics
-            .globals
-            .ledger_queue
-            .fetch_sub(1, Ordering::Relaxed);
-        tracing::error!(id = %ctx.id, "ledger writer is gone; guard-model usage record lost");
-    }
+    .into()
 }
 
 #[cfg(test)]

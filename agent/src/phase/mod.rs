@@ -14,3 +14,4 @@ pub mod relay;
 pub mod response_text;
 pub mod route;
 pub mod settle;
+pub mod side_call;

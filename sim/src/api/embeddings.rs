@@ -1,7 +1,12 @@
 //! `POST /v1/embeddings`: deterministic unit vectors, one per input.
 //!
-//! Each input is tokenised on its own (`ceil(bytes / 4)`), and its vector is drawn from a hash of
-//! its bytes, so equal inputs embed equally. `encoding_format: "base64"` (what the OpenAI SDKs ask
+//! Each input is tokenised on its own (`ceil(bytes / 4)`). Its vector is a lexical embedding:
+//! the input's words (lower-cased, a few stop words dropped, plural and tense endings cut) and
+//! their character trigrams, feature-hashed into the dimensions with a sign and normalised. So
+//! equal inputs embed equally, and texts that share words and word pieces land near each other
+//! (cosine similarity), as a semantic cache needs; it is not a neural model, and paraphrases
+//! with no words in common are far apart. An input with no words gets a vector drawn from its
+//! hash. `encoding_format: "base64"` (what the OpenAI SDKs ask
 //! for by default) returns little-endian f32 bytes in base64. Embeddings queue and prefill like
 //! any request but never use the prefix cache, as vLLM's pooling models do not.
 
@@ -134,8 +139,53 @@ pub fn render(model: &str, job: &EmbeddingJob, default_dimensions: usize) -> Vec
     })
 }
 
-/// A deterministic vector of length 1 drawn from the input's hash.
+/// Words too common to say what a text is about.
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "is", "are", "was", "be", "to", "of", "in", "on", "for", "and", "or", "it",
+    "do", "does", "i", "me", "my", "you", "your", "can", "could", "please", "what", "how", "with",
+];
+
+/// A word with its plural or tense ending cut (`dogs` → `dog`, `running` → `runn`).
+fn stem(w: &str) -> &str {
+    for suffix in ["ing", "ed", "es", "s"] {
+        if w.len() > suffix.len() + 2 {
+            if let Some(s) = w.strip_suffix(suffix) {
+                return s;
+            }
+        }
+    }
+    w
+}
+
+/// The lexical embedding of `input` (see the module comment); length 1.
 pub fn unit_vector(input: &[u8], dimensions: usize) -> Vec<f32> {
+    let text = String::from_utf8_lossy(input).to_lowercase();
+    let mut v = vec![0f64; dimensions];
+    let mut add = |feature: &[u8], weight: f64| {
+        let h = hash_bytes(3, feature);
+        let sign = if h >> 63 == 0 { 1.0 } else { -1.0 };
+        v[(h % dimensions as u64) as usize] += sign * weight;
+    };
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty() && !STOP_WORDS.contains(w))
+    {
+        let w = stem(word);
+        add(w.as_bytes(), 1.0);
+        let padded: Vec<char> = format!("<{w}>").chars().collect();
+        for t in padded.windows(3) {
+            add(t.iter().collect::<String>().as_bytes(), 0.4);
+        }
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        return hashed_unit_vector(input, dimensions);
+    }
+    v.iter().map(|x| (x / norm) as f32).collect()
+}
+
+/// A deterministic vector of length 1 drawn from the input's hash.
+fn hashed_unit_vector(input: &[u8], dimensions: usize) -> Vec<f32> {
     let seed = hash_bytes(2, input);
     let raw: Vec<f64> = (0..dimensions as u64)
         .map(|i| (mix64(seed.wrapping_add(i)) >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
@@ -189,9 +239,25 @@ mod tests {
         let a = unit_vector(b"hello", 16);
         assert_eq!(a.len(), 16);
         assert_eq!(a, unit_vector(b"hello", 16));
-        assert_ne!(a, unit_vector(b"hellO", 16));
+        assert_ne!(a, unit_vector(b"world", 16));
         let norm: f32 = a.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-4);
+        let b = unit_vector(b"!!", 16);
+        assert!((b.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn texts_sharing_words_are_near() {
+        let cos = |a: &str, b: &str| -> f32 {
+            let (x, y) = (unit_vector(a.as_bytes(), 384), unit_vector(b.as_bytes(), 384));
+            x.iter().zip(&y).map(|(a, b)| a * b).sum()
+        };
+        let near = cos(
+            "How do I reset my password?",
+            "how can I reset the password",
+        );
+        let far = cos("How do I reset my password?", "Best pizza in Naples");
+        assert!(near > 0.8 && far < 0.3, "near {near}, far {far}");
     }
 
     #[test]
