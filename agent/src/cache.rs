@@ -130,6 +130,150 @@ pub fn key_of(p: &KeyParts<'_>) -> Option<Key> {
     Some(h.finalize().into())
 }
 
+/// A chat request's semantic-cache bucket and the text to embed: the bucket is the exact key
+/// of the request with the last user turn's text blanked (same scope, API, model, stream flag,
+/// system prompt, earlier turns and parameters), and the text is that turn's. `None` for
+/// anything but a chat request ending in a user turn with text.
+pub fn semantic_parts(p: &KeyParts<'_>) -> Option<(Key, String)> {
+    if p.api != Api::ChatCompletions {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_slice(p.body).ok()?;
+    let last = v.get_mut("messages")?.as_array_mut()?.last_mut()?;
+    if last.get("role")?.as_str()? != "user" {
+        return None;
+    }
+    let content = last.get_mut("content")?;
+    let text = match content {
+        serde_json::Value::String(s) => std::mem::take(s),
+        serde_json::Value::Array(parts) => {
+            let mut t = String::new();
+            for part in parts.iter_mut() {
+                if let Some(serde_json::Value::String(s)) = part.get_mut("text") {
+                    t.push_str(s);
+                    t.push('\n');
+                    s.clear();
+                }
+            }
+            t
+        }
+        _ => return None,
+    };
+    if text.trim().is_empty() {
+        return None;
+    }
+    let blanked = serde_json::to_vec(&v).ok()?;
+    let bucket = key_of(&KeyParts {
+        body: &blanked,
+        ..*p
+    })?;
+    Some((bucket, text))
+}
+
+/// One answered request in the semantic index.
+struct SemEntry {
+    vector: Box<[f32]>,
+    /// Where its answer is, in the exact store.
+    exact: Key,
+    stored_at: Instant,
+}
+
+/// Shards of the semantic index (by bucket), so workers rarely meet on a lock.
+const SEM_SHARDS: usize = 16;
+
+/// The semantic index: per bucket (scope, model, conversation before the last turn), the
+/// embeddings of the last user turns answered, searched exhaustively. Exact search: at the
+/// sizes a bucket holds (`max_entries`, 4096 by default) a scan of unit vectors is a few
+/// hundred microseconds at most, less than the embedding call before it, and never misses
+/// the nearest entry as an approximate index can.
+pub struct SemanticIndex {
+    shards:
+        Vec<std::sync::Mutex<std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>>>,
+}
+
+impl Default for SemanticIndex {
+    fn default() -> Self {
+        SemanticIndex {
+            shards: (0..SEM_SHARDS).map(|_| Default::default()).collect(),
+        }
+    }
+}
+
+impl SemanticIndex {
+    fn shard(
+        &self,
+        bucket: &Key,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>,
+    > {
+        self.shards[bucket[0] as usize % SEM_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The closest entry of `bucket` to `vector` (unit length) younger than `ttl`, with its
+    /// cosine similarity, when at least `threshold`.
+    pub fn nearest(
+        &self,
+        bucket: &Key,
+        vector: &[f32],
+        threshold: f32,
+        ttl: std::time::Duration,
+    ) -> Option<(Key, f32)> {
+        let mut shard = self.shard(bucket);
+        let entries = shard.get_mut(bucket)?;
+        entries.retain(|e| e.stored_at.elapsed() < ttl);
+        entries
+            .iter()
+            .filter(|e| e.vector.len() == vector.len())
+            .map(|e| (e.exact, dot(&e.vector, vector)))
+            .filter(|(_, s)| *s >= threshold)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Adds an answered request; the bucket keeps its newest `max_entries`.
+    pub fn insert(&self, bucket: Key, vector: Vec<f32>, exact: Key, max_entries: usize) {
+        let mut shard = self.shard(&bucket);
+        let entries = shard.entry(bucket).or_default();
+        entries.retain(|e| e.exact != exact);
+        while entries.len() >= max_entries {
+            entries.pop_front();
+        }
+        entries.push_back(SemEntry {
+            vector: vector.into_boxed_slice(),
+            exact,
+            stored_at: Instant::now(),
+        });
+    }
+
+    /// Entries held, over all buckets.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |m| m.values().map(|v| v.len()).sum()))
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `v` scaled to unit length (`None` for a zero or non-finite vector).
+pub fn unit(mut v: Vec<f32>) -> Option<Vec<f32>> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !norm.is_finite() || norm == 0.0 {
+        return None;
+    }
+    v.iter_mut().for_each(|x| *x /= norm);
+    Some(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +349,58 @@ mod tests {
                 .is_none(),
             "expired entries are dropped"
         );
+    }
+
+    #[test]
+    fn semantic_buckets_ignore_only_the_last_user_turn() {
+        let a = semantic_parts(&parts(
+            br#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"reset my password"}]}"#,
+            Some("k1"),
+        ))
+        .unwrap();
+        let b = semantic_parts(&parts(
+            br#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"how to reset password"}]}"#,
+            Some("k1"),
+        ))
+        .unwrap();
+        assert_eq!(a.0, b.0);
+        assert_eq!(a.1, "reset my password");
+        let other_system = semantic_parts(&parts(
+            br#"{"messages":[{"role":"system","content":"be long"},{"role":"user","content":"reset my password"}]}"#,
+            Some("k1"),
+        ))
+        .unwrap();
+        assert_ne!(a.0, other_system.0);
+        let other_key = semantic_parts(&parts(
+            br#"{"messages":[{"role":"system","content":"be brief"},{"role":"user","content":"reset my password"}]}"#,
+            Some("k2"),
+        ))
+        .unwrap();
+        assert_ne!(a.0, other_key.0);
+        assert!(semantic_parts(&parts(
+            br#"{"messages":[{"role":"assistant","content":"hi"}]}"#,
+            Some("k1")
+        ))
+        .is_none());
+    }
+
+    #[test]
+    fn the_index_serves_the_nearest_above_the_threshold_per_bucket() {
+        let idx = SemanticIndex::default();
+        let ttl = std::time::Duration::from_secs(60);
+        let (b1, b2) = ([1u8; 32], [2u8; 32]);
+        idx.insert(b1, unit(vec![1.0, 0.0, 0.0]).unwrap(), [10; 32], 2);
+        idx.insert(b1, unit(vec![0.0, 1.0, 0.0]).unwrap(), [11; 32], 2);
+        let q = unit(vec![0.9, 0.1, 0.0]).unwrap();
+        let (k, s) = idx.nearest(&b1, &q, 0.9, ttl).unwrap();
+        assert_eq!(k, [10; 32]);
+        assert!(s > 0.99);
+        assert!(idx.nearest(&b1, &q, 0.999, ttl).is_none());
+        assert!(idx.nearest(&b2, &q, 0.5, ttl).is_none());
+        // The bucket keeps its newest entries.
+        idx.insert(b1, unit(vec![0.0, 0.0, 1.0]).unwrap(), [12; 32], 2);
+        assert_eq!(idx.len(), 2);
+        assert!(idx.nearest(&b1, &q, 0.9, ttl).is_none());
+        assert!(unit(vec![0.0, 0.0]).is_none());
     }
 }

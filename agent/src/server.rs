@@ -286,6 +286,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
             .exact
             .as_ref()
             .map(|e| Arc::new(crate::cache::ExactCache::new(e.max_bytes))),
+        semantic: Default::default(),
     });
     let cluster = crate::cluster::start(&shared)?;
     let cluster_sync = crate::cluster::keys::start(&shared)?;

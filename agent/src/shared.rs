@@ -49,6 +49,8 @@ pub struct Shared {
     /// The exact response cache, sized by the configuration the agent started with (a reload
     /// changes its TTL and scope, not its size; enabling it needs a restart).
     pub cache: Option<Arc<crate::cache::ExactCache>>,
+    /// The semantic cache's index (its answers live in `cache`).
+    pub semantic: crate::cache::SemanticIndex,
 }
 
 impl Shared {

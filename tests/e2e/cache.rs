@@ -164,3 +164,208 @@ fn a_streamed_request_is_replayed_as_a_well_formed_stream() {
         .filter_map(|f| frame_data(f))
         .all(|v| v.get("usage").is_none_or(Value::is_null)));
 }
+
+/// The semantic cache on the simulator's lexical embeddings (`embed`, served by the same
+/// simulator: a local replica).
+fn semantic_stack(timeout_ms: u64) -> Stack {
+    semantic_stack_at(0.8, timeout_ms)
+}
+
+fn semantic_stack_at(threshold: f64, timeout_ms: u64) -> Stack {
+    Stack::custom(Sim::start(&["--model", "embed"]), |c| {
+        c.admin = Some(true);
+        c.extra_models_yaml = "  - {name: embed, provider: sim, model: embed}\n".into();
+        c.governance_yaml = format!(
+            "auth: {{ mode: keys }}\n\
+             cache:\n  exact: {{enabled: true, ttl_s: 600, max_mb: 8, scope: key}}\n  \
+             semantic: {{enabled: true, embedding_model: embed, threshold: {threshold}, timeout_ms: {timeout_ms}}}\n\
+             prices:\n  smol: {{input: 2.0, output: 8.0}}\n"
+        );
+    })
+}
+
+#[test]
+fn a_close_question_is_answered_by_the_semantic_cache_within_its_scope() {
+    let stack = semantic_stack(2000);
+    let (key, _) = create_key(&stack, json!({"team": "a"}));
+    let (other, _) = create_key(&stack, json!({"team": "b"}));
+
+    let first = post(
+        &stack,
+        &key,
+        &[],
+        &body("How do I reset my password?", 0.0, false),
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    // The embedding is a call of its own, billed to the caller.
+    let embed_row = stack
+        .agent
+        .ledger_row(&format!("{}.embed", first.request_id()));
+    assert_eq!(embed_row.route.as_deref(), Some("cache:semantic"));
+    assert_eq!(embed_row.served_model.as_deref(), Some("embed"));
+    assert!(embed_row.input_tokens > 0);
+    let served = sim_requests(&stack);
+
+    let close = post(
+        &stack,
+        &key,
+        &[],
+        &body("how can I reset the password", 0.0, false),
+    );
+    assert_eq!(close.status, 200, "{}", close.text());
+    assert_eq!(
+        close.header("x-tollgate-cache"),
+        Some("hit"),
+        "{:?}",
+        close.headers
+    );
+    let sim: f64 = close
+        .header("x-tollgate-cache-similarity")
+        .expect("similarity header")
+        .parse()
+        .unwrap();
+    assert!((0.8..=1.0).contains(&sim), "{sim}");
+    assert_eq!(close.body, first.body);
+    let row = stack.agent.row_of(&close);
+    assert_eq!(row.cache.as_deref(), Some("semantic"));
+    assert_eq!((row.output_tokens, row.cost_micro_usd), (0, 0));
+    assert!(row.saved_micro_usd > 0);
+
+    // A different question, and the same question from another tenant, go to the provider.
+    let far = post(
+        &stack,
+        &key,
+        &[],
+        &body("Plan a trip to Naples", 0.0, false),
+    );
+    assert_eq!(far.header("x-tollgate-cache"), Some("miss"));
+    let tenant = post(
+        &stack,
+        &other,
+        &[],
+        &body("how can I reset the password", 0.0, false),
+    );
+    assert_eq!(tenant.header("x-tollgate-cache"), Some("miss"));
+    // The hit reached the simulator only for its embedding (one request, not two).
+    let _ = served;
+    let m = stack.agent.metrics();
+    assert!(m.contains("tollgate_cache_semantic_hits_total 1"), "{m}");
+}
+
+#[test]
+fn a_slow_embedding_never_delays_the_request_beyond_its_bound() {
+    // The simulator delays every request by 400 ms, the embedding's bound is 50 ms: the
+    // request is a miss, answered after the simulator's own delay, not the embedding's.
+    let stack = Stack::custom(
+        Sim::start(&["--model", "embed", "--delay-ms", "400"]),
+        |c| {
+            c.admin = Some(true);
+            c.extra_models_yaml = "  - {name: embed, provider: sim, model: embed}\n".into();
+            c.governance_yaml = "auth: { mode: keys }\n\
+             cache:\n  exact: {enabled: true, ttl_s: 600, max_mb: 8, scope: key}\n  \
+             semantic: {enabled: true, embedding_model: embed, timeout_ms: 50}\n"
+                .into();
+        },
+    );
+    let (key, _) = create_key(&stack, json!({}));
+    let r = post(
+        &stack,
+        &key,
+        &[],
+        &body("How do I reset my password?", 0.0, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-tollgate-cache"), Some("miss"));
+    let m = stack.agent.metrics();
+    assert!(
+        m.contains("tollgate_cache_embedding_failures_total 1"),
+        "{m}"
+    );
+    // The embedding was abandoned at its bound: it has no row (nothing answered).
+    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    assert!(
+        rows.iter().all(|row| !row.id.ends_with(".embed")),
+        "{rows:#?}"
+    );
+    assert_eq!(stack.agent.row_of(&r).cache.as_deref(), Some("miss"));
+}
+
+/// The threshold trade-off on a paraphrase set (`tests/fixtures/semantic_paraphrases.json`),
+/// through the whole request path: each group's question is answered and stored, then its
+/// paraphrases (a hit with the group's answer is right) and near misses (any hit is a wrong
+/// answer) are asked. Writes the table to `target/semantic-paraphrases.md`.
+#[test]
+fn the_threshold_trades_hit_rate_against_wrong_answers() {
+    let set: Value = serde_json::from_str(include_str!("../fixtures/semantic_paraphrases.json"))
+        .expect("paraphrase set");
+    let groups = set["groups"].as_array().unwrap();
+    let mut table = String::from(
+        "| threshold | paraphrases answered right | wrong answers (of all lookups) | near misses served |\n|---|---|---|---|\n",
+    );
+    let mut rates = Vec::new();
+    for threshold in [0.6, 0.7, 0.8, 0.9, 0.95] {
+        let stack = semantic_stack_at(threshold, 5000);
+        let (key, _) = create_key(&stack, json!({}));
+        let ask = |q: &str| post(&stack, &key, &[], &body(q, 0.0, false));
+        // What each answer served is: the group it was first given to.
+        let mut answers: Vec<(Vec<u8>, usize)> = Vec::new();
+        // Each group's question is answered fresh and stored (`refresh`: not looked up).
+        for (g, group) in groups.iter().enumerate() {
+            let b = body(group["q"].as_str().unwrap(), 0.0, false);
+            let r = post(&stack, &key, &[("x-tollgate-cache", "refresh")], &b);
+            assert_eq!(r.header("x-tollgate-cache"), Some("miss"));
+            answers.push((r.body.clone(), g));
+        }
+        let (mut same, mut right, mut wrong, mut near, mut near_hit) = (0, 0, 0, 0, 0);
+        for (g, group) in groups.iter().enumerate() {
+            for q in group["same"].as_array().unwrap() {
+                same += 1;
+                let r = ask(q.as_str().unwrap());
+                assert_eq!(r.status, 200);
+                if r.header("x-tollgate-cache") == Some("hit") {
+                    match answers.iter().find(|(b, _)| *b == r.body) {
+                        Some((_, owner)) if *owner == g => right += 1,
+                        _ => wrong += 1,
+                    }
+                } else {
+                    answers.push((r.body.clone(), g));
+                }
+            }
+            for q in group["different"].as_array().unwrap() {
+                near += 1;
+                let r = ask(q.as_str().unwrap());
+                if r.header("x-tollgate-cache") == Some("hit") {
+                    wrong += 1;
+                    near_hit += 1;
+                } else {
+                    // Its own answer, belonging to no group.
+                    answers.push((r.body.clone(), usize::MAX));
+                }
+            }
+        }
+        let pct = |a: i32, b: i32| 100.0 * f64::from(a) / f64::from(b);
+        table.push_str(&format!(
+            "| {threshold} | {right}/{same} ({:.0} %) | {wrong}/{} ({:.1} %) | {near_hit}/{near} |\n",
+            pct(right, same),
+            same + near,
+            pct(wrong, same + near),
+        ));
+        rates.push((pct(right, same), pct(wrong, same + near)));
+    }
+    println!("{table}");
+    let _ = std::fs::write(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../target/semantic-paraphrases.md"
+        ),
+        &table,
+    );
+    // A higher threshold never answers more, nor more wrongly; the loosest one answers some
+    // paraphrases, and the strictest answers fewer wrongly than the loosest.
+    for w in rates.windows(2) {
+        assert!(w[1].0 <= w[0].0 && w[1].1 <= w[0].1, "{table}");
+    }
+    assert!(rates[0].0 > 0.0, "{table}");
+    assert!(rates[4].1 < rates[0].1, "{table}");
+}

@@ -22,7 +22,7 @@ pub use validate::{
     BatchJobsSettings, Config, ConfigProblem, ConfigProblems, IoDriver, LedgerSettings, Limits,
     Model, ModelTarget, Provider, ProviderKind, ReplicaSettings, UpstreamSettings, INTERCEPTED,
 };
-pub use validate_guard::{CacheScope, CacheSettings, ExactCacheSettings};
+pub use validate_guard::{CacheScope, CacheSettings, ExactCacheSettings, SemanticCacheSettings};
 
 /// Reads, parses and validates a configuration file.
 pub fn load(path: &std::path::Path) -> Result<Config, ConfigProblems> {

@@ -520,7 +520,7 @@ impl Validator<'_> {
         let cluster = self.cluster(f.cluster.as_ref(), env);
         let kinds: Vec<ProviderKind> = providers.iter().map(|(p, _)| p.kind).collect();
         let guardrails = self.guardrails(f.guardrails, &models, &kinds);
-        let cache = self.cache(f.cache);
+        let cache = self.cache(f.cache, &models, &kinds);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(
             GovernanceFile {

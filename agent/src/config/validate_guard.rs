@@ -101,10 +101,25 @@ pub struct ExactCacheSettings {
     pub max_entry_bytes: u64,
 }
 
+/// The semantic cache (`cache.semantic`): answers a chat request whose last user turn is
+/// close enough to one already answered, in the same conversation, scope and model.
+#[derive(Clone, Debug)]
+pub struct SemanticCacheSettings {
+    /// Index into the configuration's models: the embedding model.
+    pub model: usize,
+    /// Least cosine similarity served as a hit.
+    pub threshold: f32,
+    /// The embedding call's whole budget; past it the request goes on as a miss.
+    pub timeout: Duration,
+    /// Entries kept per scope and conversation; the oldest go first.
+    pub max_entries: usize,
+}
+
 /// `cache:`.
 #[derive(Clone, Debug, Default)]
 pub struct CacheSettings {
     pub exact: Option<ExactCacheSettings>,
+    pub semantic: Option<SemanticCacheSettings>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -125,11 +140,14 @@ struct ExactFile {
     max_entry_kb: Option<u64>,
 }
 
-/// `cache.semantic`: not built, so only `enabled` is read; the other keys of the sketch
-/// (`embedding_model`, `threshold`, ...) are accepted as they are.
 #[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct SemanticFile {
     enabled: Option<bool>,
+    embedding_model: Option<String>,
+    threshold: Option<f32>,
+    timeout_ms: Option<u64>,
+    max_entries: Option<usize>,
 }
 
 impl Validator<'_> {
@@ -323,6 +341,63 @@ impl Validator<'_> {
         })
     }
 
+    fn semantic(
+        &mut self,
+        sf: SemanticFile,
+        exact: bool,
+        models: &[super::Model],
+        provider_kinds: &[super::ProviderKind],
+    ) -> Option<SemanticCacheSettings> {
+        let path = "cache.semantic";
+        if !exact {
+            self.problem(
+                path,
+                "the semantic cache keeps its answers in the exact cache's store: enable cache.exact",
+            );
+            return None;
+        }
+        let Some(name) = sf.embedding_model else {
+            self.problem(format!("{path}.embedding_model"), "is required");
+            return None;
+        };
+        let Some(model) = models.iter().position(|m| m.name == name) else {
+            self.problem(
+                format!("{path}.embedding_model"),
+                format!("`{name}` is not a configured model"),
+            );
+            return None;
+        };
+        let openai = models[model]
+            .targets
+            .first()
+            .is_some_and(|t| provider_kinds[t.provider] == super::ProviderKind::OpenAi);
+        if !openai {
+            self.problem(
+                format!("{path}.embedding_model"),
+                format!(
+                    "`{name}` must be served by an OpenAI-compatible provider (/v1/embeddings)"
+                ),
+            );
+            return None;
+        }
+        let threshold = sf.threshold.unwrap_or(0.95);
+        if !(threshold > 0.0 && threshold <= 1.0) {
+            self.problem(format!("{path}.threshold"), "must be in (0, 1]");
+            return None;
+        }
+        let ms = sf.timeout_ms.unwrap_or(100);
+        if !(1..=10_000).contains(&ms) {
+            self.problem(format!("{path}.timeout_ms"), "must be between 1 and 10000");
+            return None;
+        }
+        Some(SemanticCacheSettings {
+            model,
+            threshold,
+            timeout: Duration::from_millis(ms),
+            max_entries: sf.max_entries.unwrap_or(4096).clamp(1, 1 << 20),
+        })
+    }
+
     fn cache_scope(&mut self, path: &str, v: Option<&str>) -> CacheScope {
         match v.unwrap_or("key") {
             "key" => CacheScope::Key,
@@ -335,7 +410,12 @@ impl Validator<'_> {
         }
     }
 
-    pub(super) fn cache(&mut self, raw: Option<serde_yaml_ng::Value>) -> CacheSettings {
+    pub(super) fn cache(
+        &mut self,
+        raw: Option<serde_yaml_ng::Value>,
+        models: &[super::Model],
+        provider_kinds: &[super::ProviderKind],
+    ) -> CacheSettings {
         let Some(raw) = raw else {
             return CacheSettings::default();
         };
@@ -361,15 +441,13 @@ impl Validator<'_> {
             }
             _ => None,
         };
-        // `semantic` parses (the names work) but is refused when enabled rather than
-        // accepted and ignored: an operator who turns it on must not believe it runs.
-        if f.semantic.is_some_and(|s| s.enabled.unwrap_or(false)) {
-            self.problem(
-                "cache.semantic.enabled",
-                "the semantic cache is not built yet; only `enabled: false` is accepted",
-            );
-        }
-        CacheSettings { exact }
+        let semantic = match f.semantic {
+            Some(sf) if sf.enabled.unwrap_or(false) => {
+                self.semantic(sf, exact.is_some(), models, provider_kinds)
+            }
+            _ => None,
+        };
+        CacheSettings { exact, semantic }
     }
 }
 
@@ -438,6 +516,25 @@ mod tests {
             "guardrails[3].guard_model",
             "guardrails[4].guard_model.fail",
         ] {
+            assert!(e.contains(want), "{want} missing from:\n{e}");
+        }
+    }
+
+    #[test]
+    fn the_semantic_cache_needs_the_exact_store_and_an_embedding_model() {
+        let c = load(
+            "cache:\n  exact: {enabled: true}\n  semantic: {enabled: true, embedding_model: m, threshold: 0.9, timeout_ms: 80}\n",
+        )
+        .unwrap();
+        let s = c.cache.semantic.as_ref().unwrap();
+        assert_eq!((s.model, s.threshold, s.timeout.as_millis()), (0, 0.9, 80));
+        for (yaml, want) in [
+            ("  semantic: {enabled: true, embedding_model: m}\n", "enable cache.exact"),
+            ("  exact: {enabled: true}\n  semantic: {enabled: true}\n", "embedding_model"),
+            ("  exact: {enabled: true}\n  semantic: {enabled: true, embedding_model: x}\n", "not a configured model"),
+            ("  exact: {enabled: true}\n  semantic: {enabled: true, embedding_model: m, threshold: 1.5}\n", "threshold"),
+        ] {
+            let e = load(&format!("cache:\n{yaml}")).unwrap_err();
             assert!(e.contains(want), "{want} missing from:\n{e}");
         }
     }

@@ -1,5 +1,7 @@
 //! Phase 5a, cache: after admission (the caller may use this model, and its limits count the
-//! request) and before routing, a repeated request is answered from the exact cache.
+//! request) and before routing, a repeated request is answered from the exact cache, and a
+//! chat request whose last user turn is close enough to one answered before (same scope,
+//! model and conversation) from the semantic cache.
 //!
 //! * Only requests that ask for repeatable output are cached by default (`temperature` 0 or a
 //!   `seed`; embeddings always), and only 200 responses with reported usage are stored.
@@ -7,6 +9,12 @@
 //!   stores the fresh answer. Responses say `x-tollgate-cache: hit` or `miss`.
 //! * A hit costs nothing: its ledger row has zero tokens and zero cost, and records what it
 //!   saved (`saved_tokens`, `saved_micro_usd`) so FinOps can show the saving.
+//!
+//! * Semantic (`cache.semantic`, off by default): the last user turn is embedded by the
+//!   configured model on a local replica (`side_call`, its own ledger row), bounded by
+//!   `timeout_ms` (a failure or timeout is a miss, never an error or a longer wait); the
+//!   nearest answered turn in the bucket is served when its cosine similarity reaches
+//!   `threshold`. A miss's embedding is indexed when its answer is stored.
 //!
 //! Reads: `ctx.inspection`, identity, key, the `x-tollgate-cache` header. Writes: `ctx.cache`;
 //! on a hit the whole response.
@@ -16,13 +24,16 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::api::Api;
-use crate::cache::{key_of, Entry, Key, KeyParts};
+use crate::cache::{key_of, semantic_parts, unit, Entry, Key, KeyParts};
 use crate::client::ClientConn;
+use crate::config::SemanticCacheSettings;
 use crate::error::{ErrorKind, GateError};
 use crate::http::head::{ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
+use crate::metering::usage::extract_usage;
 use crate::metering::Usage;
 use crate::phase::settle;
+use crate::phase::side_call;
 use crate::pipeline::{Outcome, RequestCtx};
 use crate::telemetry::metrics::CacheStat;
 use crate::worker::Worker;
@@ -37,12 +48,18 @@ pub enum CacheState {
     /// `x-tollgate-cache: refresh`: not looked up, stored again.
     Refresh,
     Hit,
+    /// The semantic cache answered (a close enough earlier question).
+    SemanticHit,
 }
 
 #[derive(Default)]
 pub struct CacheCtx {
     pub state: CacheState,
     key: Option<Key>,
+    /// A semantic miss: its bucket and embedding, indexed when the answer is stored.
+    semantic: Option<(Key, Vec<f32>)>,
+    /// A semantic hit's cosine similarity.
+    pub similarity: Option<f32>,
     /// Tokens and micro-USD a hit did not spend.
     pub saved_tokens: u64,
     pub saved_micro_usd: u64,
@@ -56,6 +73,7 @@ impl CacheCtx {
             CacheState::Miss => Some("miss".into()),
             CacheState::Refresh => Some("refresh".into()),
             CacheState::Hit => Some("exact".into()),
+            CacheState::SemanticHit => Some("semantic".into()),
         }
     }
 
@@ -69,7 +87,7 @@ impl CacheCtx {
         match self.state {
             CacheState::Off => None,
             CacheState::Miss | CacheState::Refresh => Some(b"miss"),
-            CacheState::Hit => Some(b"hit"),
+            CacheState::Hit | CacheState::SemanticHit => Some(b"hit"),
         }
     }
 }
@@ -100,7 +118,7 @@ pub async fn run(
     if !cacheable {
         return Ok(false);
     }
-    let Some(key) = key_of(&KeyParts {
+    let parts = KeyParts {
         scope: settings.scope,
         key_id: ctx.key.as_ref().map(|k| k.id.as_str()),
         team: ctx.identity.team.as_deref(),
@@ -108,31 +126,122 @@ pub async fn run(
         model: &ctx.inspection.model,
         stream: ctx.inspection.stream,
         body: &ctx.body,
-    }) else {
+    };
+    let Some(key) = key_of(&parts) else {
         return Ok(false);
     };
+    let semantic = snap
+        .cfg
+        .cache
+        .semantic
+        .as_ref()
+        .and_then(|sem| Some((sem, semantic_parts(&parts)?)));
     ctx.cache.key = Some(key);
     let shard = &w.shared.metrics.shards[w.index];
     if refresh {
+        // Not looked up; the fresh answer is stored, and indexed for the semantic cache.
+        if let Some((sem, (bucket, text))) = semantic {
+            if let Some(vector) = embed(w, ctx, sem, &text).await {
+                ctx.cache.semantic = Some((bucket, vector));
+            }
+        }
         ctx.cache.state = CacheState::Refresh;
         return Ok(false);
     }
     match store.get(&key, settings.ttl) {
         Some(e) if e.stream == ctx.inspection.stream => {
             shard.add_cache(CacheStat::Hits, 1);
-            serve(w, client, ctx, &e).await;
-            Ok(true)
+            serve(w, client, ctx, &e, CacheState::Hit).await;
+            return Ok(true);
         }
-        _ => {
-            shard.add_cache(CacheStat::Misses, 1);
-            ctx.cache.state = CacheState::Miss;
-            Ok(false)
+        _ => {}
+    }
+    if let Some((sem, (bucket, text))) = semantic {
+        if let Some(vector) = embed(w, ctx, sem, &text).await {
+            let near = w
+                .shared
+                .semantic
+                .nearest(&bucket, &vector, sem.threshold, settings.ttl);
+            let entry = near.and_then(|(k, sim)| Some((store.get(&k, settings.ttl)?, sim)));
+            if let Some((e, sim)) = entry.filter(|(e, _)| e.stream == ctx.inspection.stream) {
+                shard.add_cache(CacheStat::Hits, 1);
+                shard.add_cache(CacheStat::SemanticHits, 1);
+                ctx.cache.similarity = Some(sim);
+                serve(w, client, ctx, &e, CacheState::SemanticHit).await;
+                return Ok(true);
+            }
+            ctx.cache.semantic = Some((bucket, vector));
+        }
+    }
+    shard.add_cache(CacheStat::Misses, 1);
+    ctx.cache.state = CacheState::Miss;
+    Ok(false)
+}
+
+/// The unit-length embedding of `text` from the semantic cache's model, within its timeout;
+/// `None` (counted, and the request goes on as a miss) when the call fails or runs out.
+async fn embed(
+    w: &Worker,
+    ctx: &RequestCtx,
+    sem: &SemanticCacheSettings,
+    text: &str,
+) -> Option<Vec<f32>> {
+    let started = Instant::now();
+    let call = async {
+        let upstream = side_call::upstream_model(&ctx.snap, sem.model)?;
+        let body =
+            serde_json::json!({"model": upstream, "input": text, "encoding_format": "float"});
+        let answer = side_call::post(
+            w,
+            &ctx.snap,
+            sem.model,
+            Api::Embeddings,
+            Bytes::from(body.to_string()),
+            &ctx.id,
+        )
+        .await?;
+        let v: Vec<f32> = sonic_rs::get(&answer[..], &sonic_rs::pointer!["data", 0, "embedding"])
+            .ok()
+            .and_then(|v| sonic_rs::from_str(v.as_raw_str()).ok())
+            .ok_or_else(|| "the answer has no data[0].embedding".to_string())?;
+        Ok::<_, String>((v, extract_usage(Api::Embeddings, &answer)))
+    };
+    let result = match monoio::time::timeout(sem.timeout, call).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no embedding within {:?}", sem.timeout)),
+    };
+    match result {
+        Ok((v, usage)) => {
+            side_call::record(
+                w,
+                ctx,
+                side_call::Call {
+                    model: sem.model,
+                    api: Api::Embeddings,
+                    id_suffix: "embed",
+                    route: "cache:semantic",
+                    usage,
+                    started,
+                },
+            );
+            unit(v)
+        }
+        Err(why) => {
+            w.shared.metrics.shards[w.index].add_cache(CacheStat::EmbeddingFailures, 1);
+            tracing::debug!(id = %ctx.id, error = %why, "semantic cache: no embedding; going on as a miss");
+            None
         }
     }
 }
 
 /// Answers a hit: the stored body, as the first client received it.
-async fn serve(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx, e: &Entry) {
+async fn serve(
+    w: &Worker,
+    client: &mut ClientConn,
+    ctx: &mut RequestCtx,
+    e: &Entry,
+    state: CacheState,
+) {
     let snap = ctx.snap.clone();
     let cfg = &snap.cfg;
     let model = ctx.inspection.model.as_str();
@@ -140,7 +249,7 @@ async fn serve(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx, e: &En
         .model_by_name(model)
         .and_then(|(_, m)| m.targets.iter().find_map(|t| t.price))
         .or_else(|| cfg.prices.lookup(&[model]));
-    ctx.cache.state = CacheState::Hit;
+    ctx.cache.state = state;
     ctx.cache.saved_tokens = e.usage.input_tokens + e.usage.output_tokens;
     ctx.cache.saved_micro_usd = price.map_or(0, |p| p.micro_usd(&e.usage));
     let shard = &w.shared.metrics.shards[w.index];
@@ -159,6 +268,12 @@ async fn serve(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx, e: &En
     );
     head.header("x-tollgate-request-id", ctx.id.as_bytes());
     head.header("x-tollgate-cache", b"hit");
+    if let Some(sim) = ctx.cache.similarity {
+        head.header(
+            "x-tollgate-cache-similarity",
+            format!("{sim:.4}").as_bytes(),
+        );
+    }
     if let Some(q) = &ctx.quota {
         head.lines(crate::phase::admit::render_quota(q, ctx.api.wire()).as_bytes());
     }
@@ -234,5 +349,12 @@ impl Capture {
             },
         );
         w.shared.metrics.shards[w.index].add_cache(CacheStat::Stores, 1);
+        if let (Some((bucket, vector)), Some(sem)) =
+            (&ctx.cache.semantic, &ctx.snap.cfg.cache.semantic)
+        {
+            w.shared
+                .semantic
+                .insert(*bucket, vector.clone(), key, sem.max_entries);
+        }
     }
 }

@@ -92,7 +92,7 @@ pub struct Shard {
 }
 
 /// Cache counters: their metric names and help, in the order of `Shard::cache`.
-pub const CACHE_STATS: [(&str, &str, &str); 5] = [
+pub const CACHE_STATS: [(&str, &str, &str); 7] = [
     (
         "tollgate_cache_hits_total",
         "counter",
@@ -118,6 +118,16 @@ pub const CACHE_STATS: [(&str, &str, &str); 5] = [
         "counter",
         "What cache hits would have cost, in micro-USD.",
     ),
+    (
+        "tollgate_cache_semantic_hits_total",
+        "counter",
+        "Requests the semantic cache answered (also counted in tollgate_cache_hits_total).",
+    ),
+    (
+        "tollgate_cache_embedding_failures_total",
+        "counter",
+        "Semantic-cache embeddings that failed or ran past cache.semantic.timeout_ms (the request went on as a miss).",
+    ),
 ];
 
 /// Index into `Shard::cache`.
@@ -128,6 +138,8 @@ pub enum CacheStat {
     Stores,
     SavedTokens,
     SavedMicroUsd,
+    SemanticHits,
+    EmbeddingFailures,
 }
 
 impl Shard {

@@ -249,7 +249,10 @@ mod tests {
     #[test]
     fn texts_sharing_words_are_near() {
         let cos = |a: &str, b: &str| -> f32 {
-            let (x, y) = (unit_vector(a.as_bytes(), 384), unit_vector(b.as_bytes(), 384));
+            let (x, y) = (
+                unit_vector(a.as_bytes(), 384),
+                unit_vector(b.as_bytes(), 384),
+            );
             x.iter().zip(&y).map(|(a, b)| a * b).sum()
         };
         let near = cos(
