@@ -3,14 +3,15 @@
 //! every proxied request is metered and recorded, whatever failed.
 //!
 //! ```text
-//! accept (worker.rs) → read → identify → inspect → admit → cache → route → guard → forward
-//!     → relay → settle
+//! accept (worker.rs) → read → identify → inspect → admit → cache → route → guard
+//!     → guard_model → forward → relay → settle
 //! ```
 //! `admit` decides who may spend (keys, model access, loop guard, rate limits, budgets) and
 //! reserves what the request may use; the ledger writer settles it to the actual usage.
-//! `cache` answers a repeated request from the exact cache (relay stores fresh answers).
-//! `guard` runs before every attempt, since a retry may go to a provider other guardrails
-//! cover; `relay` puts pseudonymized values back into the response.
+//! `cache` answers a repeated request from the exact cache, or a close paraphrase from the
+//! semantic cache (relay stores fresh answers). `guard` and `guard_model` run before every
+//! attempt, since a retry may go to a provider other guardrails cover; `relay` scans the
+//! response where guardrails cover it and puts pseudonymized values back.
 //! Kernel attribution was looked up once at accept and lives on the `ClientConn`: route reads
 //! its original destination (intercepted connections), settle hands it to the ledger. On an
 //! intercepted connection, requests that are not inference calls bypass the phases and are
