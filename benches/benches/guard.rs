@@ -1,11 +1,15 @@
 //! Guardrail scan throughput (request path: every prompt byte when a guard policy is on):
 //! `scan_json` over a chat request's `messages` value with every built-in detector on, for a
 //! ~4 KB and a ~64 KB prompt of English prose, a code snippet (so `\n` and `\"` escapes) and a
-//! few numbers, with no match; plus the same prose through `scan_text`.
+//! few numbers, with no match; plus the same prose through `scan_text`. And the response side:
+//! a 4 KB answer streamed in 4-byte deltas through a `StreamScanner` (what relay does per
+//! choice), for the `pii` classes (264-byte hold) and for every class (1 KiB hold).
 //! Run: `cargo bench -p tollgate-benches --bench guard -- --warm-up-time 1 --measurement-time 3`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use tollgate::guard::Detectors;
+use std::sync::Arc;
+
+use tollgate::guard::{Action, Class, DetectorConfig, Detectors, ResponseRule, StreamScanner};
 
 const PROSE: [&str; 8] = [
     "We are migrating the billing service from the old cron-based batch jobs to an event-driven design. The main concern is idempotency: a retried message must never charge a customer twice, so every handler records the event id before it acts.",
@@ -87,6 +91,42 @@ fn bench(c: &mut Criterion) {
     g.bench_function("scan_json_u_escape/65536", |b| {
         b.iter(|| det.scan_json(std::hint::black_box(&escaped)))
     });
+    // Response side: 4-character deltas, as models stream, each the raw JSON string body it
+    // is in an event (quotes and newlines escaped).
+    let answer = prompt(4096);
+    let chars: Vec<char> = answer.chars().collect();
+    let deltas: Vec<Vec<u8>> = chars
+        .chunks(4)
+        .map(|c| {
+            let json = serde_json::to_string(&c.iter().collect::<String>()).expect("string");
+            json.as_bytes()[1..json.len() - 1].to_vec()
+        })
+        .collect();
+    g.throughput(Throughput::Bytes(answer.len() as u64));
+    for (name, classes) in [("pii", "pii"), ("all", "all")] {
+        let det = Detectors::new(&DetectorConfig {
+            classes: Class::parse(classes).expect("group"),
+            ..DetectorConfig::default()
+        })
+        .expect("detectors");
+        let rules: Arc<[ResponseRule]> = Arc::from(vec![ResponseRule {
+            detectors: Arc::new(det),
+            action: Action::Redact,
+            rule: 0,
+        }]);
+        g.bench_function(BenchmarkId::new("stream_4b_deltas", name), |b| {
+            b.iter(|| {
+                let mut s = StreamScanner::new(rules.clone());
+                let (mut out, mut found) = (Vec::with_capacity(4200), Vec::new());
+                for piece in &deltas {
+                    s.push(piece, false, &mut out, &mut found);
+                }
+                s.push(b"", true, &mut out, &mut found);
+                assert!(found.is_empty());
+                out.len()
+            })
+        });
+    }
     g.finish();
 }
 

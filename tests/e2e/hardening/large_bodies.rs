@@ -121,7 +121,7 @@ fn slow_read(addr: std::net::SocketAddr, request: &[u8], pause: Duration) -> (St
 
 fn large_response_survives_a_slow_reader(driver: &str) {
     let Some(stack) = stack(driver) else { return };
-    let inputs: Vec<String> = (0..20_000).map(|i| format!("input number {i}")).collect();
+    let inputs: Vec<String> = (0..30_000).map(|i| format!("input number {i}")).collect();
     let request = |model: &str| {
         let body = json!({"model": model, "input": inputs}).to_string();
         request_bytes(
