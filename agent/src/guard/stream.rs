@@ -3,9 +3,10 @@
 //! text stream (an SSE choice, content block or output part) keeps the tail that could still be
 //! the start of a value and releases the rest.
 //!
-//! * It holds back at most [`Detectors::stream_hold`] bytes (one match length for the classes
-//!   configured), plus a value the detectors report while it is still growing (a PEM key
-//!   arriving line by line): held from its start until it ends.
+//! * It holds back [`Detectors::stream_hold`] bytes (one match length for the classes
+//!   configured) plus at most an eighth of that not yet scanned (scans are batched: each reads
+//!   the whole held tail), and a value the detectors report while it is still growing (a PEM
+//!   key arriving line by line), from its start until it ends.
 //! * What it releases is final: every value in it was either wholly inside the scanned text
 //!   and acted on, or cannot exist (any value that reached into the held tail would have
 //!   started there).
@@ -49,8 +50,13 @@ pub struct StreamScanner {
     buf: Vec<u8>,
     /// Where the unreleased bytes start in `buf`.
     start: usize,
-    /// A rule blocks: every push is scanned, so the stream stops as soon as a value shows.
+    /// A rule blocks: the held text is scanned even when nothing can be released yet, so the
+    /// stream stops as soon as a value shows.
     any_block: bool,
+    /// Bytes appended since the last scan, and how many make a scan worth it: every scan reads
+    /// the whole held tail, so scanning per 4-byte delta would read each byte ~70 times.
+    unscanned: usize,
+    step: usize,
     blocked: bool,
 }
 
@@ -65,6 +71,8 @@ impl StreamScanner {
             any_block: rules.iter().any(|r| r.action == Action::Block),
             rules,
             hold,
+            unscanned: 0,
+            step: (hold / 8).max(16),
             buf: vec![b'"'],
             start: 1,
             blocked: false,
@@ -89,6 +97,10 @@ impl StreamScanner {
             return;
         }
         self.buf.extend_from_slice(raw);
+        self.unscanned += raw.len();
+        if !last && self.unscanned < self.step {
+            return;
+        }
         let n = self.buf.len();
         let target = if last { n } else { n.saturating_sub(self.hold) };
         let mut cut = safe_cut(&self.buf, self.start, target);
@@ -99,6 +111,7 @@ impl StreamScanner {
         self.buf.push(b'"');
         let matches = self.scan();
         self.buf.pop();
+        self.unscanned = 0;
         let start = self.start;
         let open = |m: &Match| m.range.end > start;
         // A value a `block` rule covers ends the stream as soon as it is seen, settled or not.
