@@ -69,18 +69,16 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
         // The usage is final: settle the reservations here, where admission took them.
         crate::governance::settle_record(r, &w.shared.governor);
     }
-    w.shared
-        .metrics
-        .globals
-        .ledger_queue
-        .fetch_add(1, Ordering::Relaxed);
+    enqueue(w, msg, journal, &ctx.id);
+}
+
+/// Hands a record to the ledger writer, counted in the queue gauge until it is written.
+pub fn enqueue(w: &Worker, msg: LedgerMsg, journal: bool, id: &str) {
+    let queue = &w.shared.metrics.globals.ledger_queue;
+    queue.fetch_add(1, Ordering::Relaxed);
     if !w.ledger.push(msg, journal) {
-        w.shared
-            .metrics
-            .globals
-            .ledger_queue
-            .fetch_sub(1, Ordering::Relaxed);
-        tracing::error!(id = %ctx.id, "ledger writer is gone; usage record lost");
+        queue.fetch_sub(1, Ordering::Relaxed);
+        tracing::error!(id = %id, "ledger writer is gone; usage record lost");
     }
 }
 

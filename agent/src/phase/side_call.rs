@@ -5,7 +5,6 @@
 //! model's provider and price, a `route` naming why it was made) and the model's metrics.
 //! The caller bounds the whole call with its own timeout.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -149,17 +148,5 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
     let shard = &w.shared.metrics.shards[w.index];
     shard.record_request(series, latency, None);
     shard.record_usage(series, &usage, false);
-    w.shared
-        .metrics
-        .globals
-        .ledger_queue
-        .fetch_add(1, Ordering::Relaxed);
-    if !w.ledger.push(LedgerMsg::Record(Box::new(rec)), true) {
-        w.shared
-            .metrics
-            .globals
-            .ledger_queue
-            .fetch_sub(1, Ordering::Relaxed);
-        tracing::error!(id = %ctx.id, "ledger writer is gone; a side call's usage record lost");
-    }
+    crate::phase::settle::enqueue(w, LedgerMsg::Record(Box::new(rec)), true, &ctx.id);
 }
