@@ -103,7 +103,11 @@ pub struct KeyParts<'a> {
 /// The key of a request, or `None` when its body is not a JSON object (inspect has already
 /// refused those; this is defence, not a path).
 pub fn key_of(p: &KeyParts<'_>) -> Option<Key> {
-    let mut v: serde_json::Value = serde_json::from_slice(p.body).ok()?;
+    key_of_value(p, serde_json::from_slice(p.body).ok()?)
+}
+
+/// [`key_of`] over the already parsed body `v` (`p.body` is not read).
+fn key_of_value(p: &KeyParts<'_>, mut v: serde_json::Value) -> Option<Key> {
     let obj = v.as_object_mut()?;
     for k in ["model", "stream", "stream_options"] {
         obj.remove(k);
@@ -162,12 +166,7 @@ pub fn semantic_parts(p: &KeyParts<'_>) -> Option<(Key, String)> {
     if text.trim().is_empty() {
         return None;
     }
-    let blanked = serde_json::to_vec(&v).ok()?;
-    let bucket = key_of(&KeyParts {
-        body: &blanked,
-        ..*p
-    })?;
-    Some((bucket, text))
+    Some((key_of_value(p, v)?, text))
 }
 
 /// One answered request in the semantic index.
@@ -181,9 +180,14 @@ struct SemEntry {
 /// Shards of the semantic index (by bucket), so workers rarely meet on a lock.
 const SEM_SHARDS: usize = 16;
 
+/// Entries one shard holds over all its buckets. Every conversation is a bucket of its own,
+/// so without this the index would grow with the number of conversations ever seen; past it
+/// the bucket used least recently goes (16 K entries in all: 24 MiB of 384-dim vectors).
+const SEM_SHARD_ENTRIES: usize = 1024;
+
 /// The semantic index: per bucket (scope, model, conversation before the last turn), the
 /// embeddings of the last user turns answered, searched exhaustively. Exact search: at the
-/// sizes a bucket holds (`max_entries`, 4096 by default) a scan of unit vectors is a few
+/// sizes a bucket holds (`max_entries`, 1024 by default and at most) a scan of unit vectors is a few
 /// hundred microseconds at most, less than the embedding call before it, and never misses
 /// the nearest entry as an approximate index can.
 pub struct SemanticIndex {
@@ -234,7 +238,12 @@ impl SemanticIndex {
 
     /// Adds an answered request; the bucket keeps its newest `max_entries`.
     pub fn insert(&self, bucket: Key, vector: Vec<f32>, exact: Key, max_entries: usize) {
+        let max_entries = max_entries.clamp(1, SEM_SHARD_ENTRIES);
         let mut shard = self.shard(&bucket);
+        let total: usize = shard.values().map(|v| v.len()).sum();
+        if total >= SEM_SHARD_ENTRIES {
+            evict_oldest_bucket(&mut shard, &bucket);
+        }
         let entries = shard.entry(bucket).or_default();
         entries.retain(|e| e.exact != exact);
         while entries.len() >= max_entries {
@@ -257,6 +266,30 @@ impl SemanticIndex {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Drops the bucket (other than `keep`) whose newest entry is oldest; rare (a shard at its
+/// bound), so a scan of the shard is fine.
+fn evict_oldest_bucket(
+    shard: &mut std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>,
+    keep: &Key,
+) {
+    let oldest = shard
+        .iter()
+        .filter(|(k, _)| *k != keep)
+        .min_by_key(|(_, v)| v.back().map(|e| e.stored_at))
+        .map(|(k, _)| *k);
+    match oldest {
+        Some(k) => {
+            shard.remove(&k);
+        }
+        // Only `keep` holds entries: its own bound applies.
+        None => {
+            if let Some(v) = shard.get_mut(keep) {
+                v.pop_front();
+            }
+        }
     }
 }
 
@@ -402,5 +435,17 @@ mod tests {
         assert_eq!(idx.len(), 2);
         assert!(idx.nearest(&b1, &q, 0.9, ttl).is_none());
         assert!(unit(vec![0.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn the_index_stays_bounded_however_many_conversations() {
+        let idx = SemanticIndex::default();
+        let v = unit(vec![1.0, 0.0]).unwrap();
+        for i in 0..(SEM_SHARD_ENTRIES * SEM_SHARDS * 3) {
+            let mut bucket = [0u8; 32];
+            bucket[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            idx.insert(bucket, v.clone(), bucket, 4);
+        }
+        assert!(idx.len() <= SEM_SHARD_ENTRIES * SEM_SHARDS, "{}", idx.len());
     }
 }

@@ -205,7 +205,6 @@ fn a_close_question_is_answered_by_the_semantic_cache_within_its_scope() {
     assert_eq!(embed_row.route.as_deref(), Some("cache:semantic"));
     assert_eq!(embed_row.served_model.as_deref(), Some("embed"));
     assert!(embed_row.input_tokens > 0);
-    let served = sim_requests(&stack);
 
     let close = post(
         &stack,
@@ -247,8 +246,6 @@ fn a_close_question_is_answered_by_the_semantic_cache_within_its_scope() {
         &body("how can I reset the password", 0.0, false),
     );
     assert_eq!(tenant.header("x-tollgate-cache"), Some("miss"));
-    // The hit reached the simulator only for its embedding (one request, not two).
-    let _ = served;
     let m = stack.agent.metrics();
     assert!(m.contains("tollgate_cache_semantic_hits_total 1"), "{m}");
 }

@@ -111,7 +111,7 @@ pub struct SemanticCacheSettings {
     pub threshold: f32,
     /// The embedding call's whole budget; past it the request goes on as a miss.
     pub timeout: Duration,
-    /// Entries kept per scope and conversation; the oldest go first.
+    /// Entries kept per scope and conversation (at most 1024); the oldest go first.
     pub max_entries: usize,
 }
 
@@ -394,7 +394,7 @@ impl Validator<'_> {
             model,
             threshold,
             timeout: Duration::from_millis(ms),
-            max_entries: sf.max_entries.unwrap_or(4096).clamp(1, 1 << 20),
+            max_entries: sf.max_entries.unwrap_or(1024).clamp(1, 1024),
         })
     }
 

@@ -61,6 +61,8 @@ pub struct ResponseText {
 struct Lane {
     scan: Option<StreamScanner>,
     restore: Option<Restorer>,
+    /// What the scanner released, on its way to the restorer (reused across deltas).
+    between: Vec<u8>,
 }
 
 impl Lane {
@@ -75,12 +77,11 @@ impl Lane {
             (None, None) => out.extend_from_slice(raw),
             (Some(s), None) => s.push(raw, last, out, found),
             (scan, Some(r)) => {
-                let mut scanned;
                 let raw = match scan {
                     Some(s) => {
-                        scanned = Vec::with_capacity(raw.len() + 32);
-                        s.push(raw, last, &mut scanned, found);
-                        &scanned[..]
+                        self.between.clear();
+                        s.push(raw, last, &mut self.between, found);
+                        &self.between[..]
                     }
                     None => raw,
                 };
@@ -312,6 +313,7 @@ impl ResponseText {
             None => Lane {
                 scan: self.rules.clone().map(StreamScanner::new),
                 restore: self.map.as_ref().map(|m| Restorer::new(m, Encoding::Json)),
+                between: Vec::new(),
             },
         }
     }
