@@ -158,6 +158,10 @@ impl Running {
             let _ = tx.send(crate::batch::runner::Msg::Stop);
             let _ = thread.join();
         }
+        // No worker stores any more: the cache's disk writes are finished.
+        if let Some(c) = &self.shared.cache {
+            c.stop();
+        }
         // Every worker has flushed its records; the writer commits them and exits.
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
@@ -176,6 +180,39 @@ impl Running {
             }
         }
     }
+}
+
+/// The exact cache (with its spill to `data_dir`, which indexes what an earlier run stored)
+/// and the semantic index.
+fn open_caches(
+    cfg: &Config,
+) -> anyhow::Result<(
+    Option<Arc<crate::cache::ExactCache>>,
+    Arc<crate::cache::SemanticIndex>,
+)> {
+    let semantic = Arc::new(crate::cache::SemanticIndex::default());
+    let Some(exact) = &cfg.cache.exact else {
+        return Ok((None, semantic));
+    };
+    let store = match exact.spill_max_bytes {
+        None => crate::cache::ExactCache::new(exact.max_bytes),
+        Some(max_bytes) => {
+            let dir = cfg.data_dir.join("cache").join("exact");
+            let spill = crate::cache::spill::Spill::start(crate::cache::spill::SpillSettings {
+                dir: dir.clone(),
+                max_bytes,
+                ttl: exact.ttl,
+                semantic: cfg
+                    .cache
+                    .semantic
+                    .as_ref()
+                    .map(|s| (s.max_entries, semantic.clone())),
+            })
+            .with_context(|| format!("opening the cache spill in {}", dir.display()))?;
+            crate::cache::ExactCache::with_spill(exact.max_bytes, spill)
+        }
+    };
+    Ok((Some(Arc::new(store)), semantic))
 }
 
 /// The file a configuration came from, for reloads and its history.
@@ -257,6 +294,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     } else {
         None
     };
+    let (cache, semantic) = open_caches(&cfg)?;
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         snapshot: ArcSwap::from_pointee(first_snapshot),
@@ -281,12 +319,8 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
             .cluster
             .as_ref()
             .map(|c| Arc::new(crate::cluster::ClusterStatus::new(&c.node))),
-        cache: cfg
-            .cache
-            .exact
-            .as_ref()
-            .map(|e| Arc::new(crate::cache::ExactCache::new(e.max_bytes))),
-        semantic: Default::default(),
+        cache,
+        semantic,
     });
     let cluster = crate::cluster::start(&shared)?;
     let cluster_sync = crate::cluster::keys::start(&shared)?;

@@ -50,7 +50,7 @@ pub struct Shared {
     /// changes its TTL and scope, not its size; enabling it needs a restart).
     pub cache: Option<Arc<crate::cache::ExactCache>>,
     /// The semantic cache's index (its answers live in `cache`).
-    pub semantic: crate::cache::SemanticIndex,
+    pub semantic: Arc<crate::cache::SemanticIndex>,
 }
 
 impl Shared {
@@ -63,6 +63,9 @@ impl Shared {
         render_queues(&snap, &mut out);
         self.metrics.targets.render(&mut out);
         if let Some(c) = &self.cluster {
+            c.render(&mut out);
+        }
+        if let Some(c) = &self.cache {
             c.render(&mut out);
         }
         out

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 8] = [
+const TARGETS: [(&str, Target); 9] = [
     ("request_head", tollgate::fuzzing::request_head),
     ("chunked", tollgate::fuzzing::chunked),
     ("inspect_rewrite", tollgate::fuzzing::inspect_rewrite),
@@ -16,6 +16,7 @@ const TARGETS: [(&str, Target); 8] = [
     ("config", tollgate::fuzzing::config),
     ("batch_upload", tollgate::fuzzing::batch_upload),
     ("guard_scan", tollgate::fuzzing::guard_scan),
+    ("cache_spill", tollgate::fuzzing::cache_spill),
 ];
 
 fn fuzz_dir() -> PathBuf {

@@ -172,12 +172,17 @@ fn semantic_stack(timeout_ms: u64) -> Stack {
 }
 
 fn semantic_stack_at(threshold: f64, timeout_ms: u64) -> Stack {
+    semantic_stack_with(threshold, timeout_ms, "")
+}
+
+/// `exact_extra` goes into `cache.exact` (`, spill: {...}`).
+fn semantic_stack_with(threshold: f64, timeout_ms: u64, exact_extra: &str) -> Stack {
     Stack::custom(Sim::start(&["--model", "embed"]), |c| {
         c.admin = Some(true);
         c.extra_models_yaml = "  - {name: embed, provider: sim, model: embed}\n".into();
         c.governance_yaml = format!(
             "auth: {{ mode: keys }}\n\
-             cache:\n  exact: {{enabled: true, ttl_s: 600, max_mb: 8, scope: key}}\n  \
+             cache:\n  exact: {{enabled: true, ttl_s: 600, max_mb: 8, scope: key{exact_extra}}}\n  \
              semantic: {{enabled: true, embedding_model: embed, threshold: {threshold}, timeout_ms: {timeout_ms}}}\n\
              prices:\n  smol: {{input: 2.0, output: 8.0}}\n"
         );
@@ -248,6 +253,123 @@ fn a_close_question_is_answered_by_the_semantic_cache_within_its_scope() {
     assert_eq!(tenant.header("x-tollgate-cache"), Some("miss"));
     let m = stack.agent.metrics();
     assert!(m.contains("tollgate_cache_semantic_hits_total 1"), "{m}");
+}
+
+/// The value of an unlabelled series in a `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Polls the agent's `/metrics` until `name` reaches `want` (the spill's writer and start-up
+/// index run on their own thread); panics with the last text after 10 s.
+fn wait_metric(stack: &Stack, name: &str, want: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let m = stack.agent.metrics();
+        if metric(&m, name) == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never reached {want}:\n{m}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_spill_keeps_both_caches_warm_across_a_crash() {
+    let stack = &mut semantic_stack_with(0.8, 2000, ", spill: {max_mb: 64}");
+    let (key, _) = create_key(stack, json!({"team": "a"}));
+    let question = body("How do I reset my password?", 0.0, false);
+    let first = post(stack, &key, &[], &question);
+    assert_eq!(first.header("x-tollgate-cache"), Some("miss"));
+    wait_metric(stack, "tollgate_cache_spill_writes_total", 1);
+    let files: Vec<_> = walk(&stack.agent.data_dir.join("cache/exact"));
+    assert_eq!(files.len(), 1, "{files:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&files[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "cached answers are the agent's alone");
+
+    // SIGKILL: nothing is flushed at exit; what was written is all there is.
+    stack.agent.crash_and_restart(1);
+    wait_metric(stack, "tollgate_cache_spill_indexed", 1);
+    assert_eq!(
+        metric(&stack.agent.metrics(), "tollgate_cache_spill_entries"),
+        Some(1)
+    );
+    let served = sim_requests(stack);
+    let again = post(stack, &key, &[], &question);
+    assert_eq!(
+        again.header("x-tollgate-cache"),
+        Some("hit"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(again.body, first.body, "the disk replays the first answer");
+    assert_eq!(stack.agent.row_of(&again).cache.as_deref(), Some("exact"));
+    // The semantic index came back with it: a paraphrase is answered without the provider
+    // (its embedding is the only call made).
+    let close = post(
+        stack,
+        &key,
+        &[],
+        &body("how can I reset the password", 0.0, false),
+    );
+    assert_eq!(
+        close.header("x-tollgate-cache"),
+        Some("hit"),
+        "{:?}",
+        close.headers
+    );
+    assert_eq!(close.body, first.body);
+    assert_eq!(
+        sim_requests(stack),
+        served + 1,
+        "only the embedding reached the simulator"
+    );
+    let m = stack.agent.metrics();
+    assert_eq!(
+        metric(&m, "tollgate_cache_spill_hits_total"),
+        Some(1),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "tollgate_cache_spill_errors_total"),
+        Some(0),
+        "{m}"
+    );
+
+    // A damaged file is never served: it fails its checksum and the request goes on as a miss.
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&files[0], bytes).unwrap();
+    stack.agent.restart(2);
+    wait_metric(stack, "tollgate_cache_spill_indexed", 1);
+    let after = post(stack, &key, &[], &question);
+    assert_eq!(after.header("x-tollgate-cache"), Some("miss"));
+    assert_eq!(after.status, 200);
+    let m = stack.agent.metrics();
+    assert_eq!(
+        metric(&m, "tollgate_cache_spill_errors_total"),
+        Some(1),
+        "{m}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[test]

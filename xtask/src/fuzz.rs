@@ -68,7 +68,7 @@ struct Target {
     dict: &'static str,
 }
 
-const TARGETS: [Target; 8] = [
+const TARGETS: [Target; 9] = [
     Target {
         name: "request_head",
         max_len: 4096,
@@ -124,6 +124,13 @@ const TARGETS: [Target; 8] = [
         rss_limit_mb: 2048,
         timeout_s: 10,
         dict: "guard.dict",
+    },
+    Target {
+        name: "cache_spill",
+        max_len: 4096,
+        rss_limit_mb: 2048,
+        timeout_s: 10,
+        dict: "spill.dict",
     },
 ];
 

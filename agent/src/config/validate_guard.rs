@@ -99,6 +99,9 @@ pub struct ExactCacheSettings {
     pub nondeterministic: bool,
     /// Largest response cached.
     pub max_entry_bytes: u64,
+    /// Bytes of cached responses kept on disk under `<data_dir>/cache/exact/`
+    /// (`spill.max_mb`), when the spill is on.
+    pub spill_max_bytes: Option<u64>,
 }
 
 /// The semantic cache (`cache.semantic`): answers a chat request whose last user turn is
@@ -138,6 +141,14 @@ struct ExactFile {
     scope: Option<String>,
     nondeterministic: Option<bool>,
     max_entry_kb: Option<u64>,
+    spill: Option<SpillFile>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SpillFile {
+    enabled: Option<bool>,
+    max_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -431,12 +442,25 @@ impl Validator<'_> {
                     );
                 }
                 let scope = self.cache_scope("cache.exact.scope", e.scope.as_deref());
+                let spill_max_bytes = match e.spill {
+                    Some(sp) if sp.enabled.unwrap_or(true) => {
+                        if sp.max_mb == Some(0) {
+                            self.problem(
+                                "cache.exact.spill.max_mb",
+                                "must be at least 1 (set enabled: false to turn the spill off)",
+                            );
+                        }
+                        Some(sp.max_mb.unwrap_or(1024) << 20)
+                    }
+                    _ => None,
+                };
                 Some(ExactCacheSettings {
                     ttl: Duration::from_secs(e.ttl_s.unwrap_or(3600)),
                     max_bytes: e.max_mb.unwrap_or(256) << 20,
                     scope,
                     nondeterministic: e.nondeterministic.unwrap_or(false),
                     max_entry_bytes: e.max_entry_kb.unwrap_or(1024) << 10,
+                    spill_max_bytes,
                 })
             }
             _ => None,
@@ -537,5 +561,21 @@ mod tests {
             let e = load(&format!("cache:\n{yaml}")).unwrap_err();
             assert!(e.contains(want), "{want} missing from:\n{e}");
         }
+    }
+
+    #[test]
+    fn the_spill_is_off_unless_asked_and_bounded_when_on() {
+        let c = load("cache:\n  exact: {enabled: true}\n").unwrap();
+        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, None);
+        let c = load("cache:\n  exact: {enabled: true, spill: {}}\n").unwrap();
+        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, Some(1024 << 20));
+        let c = load("cache:\n  exact: {spill: {max_mb: 3}}\n").unwrap();
+        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, Some(3 << 20));
+        let c = load("cache:\n  exact: {spill: {enabled: false, max_mb: 3}}\n").unwrap();
+        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, None);
+        let e = load("cache:\n  exact: {spill: {max_mb: 0}}\n").unwrap_err();
+        assert!(e.contains("cache.exact.spill.max_mb"), "{e}");
+        let e = load("cache:\n  exact: {spill: {dir: /tmp}}\n").unwrap_err();
+        assert!(e.contains("dir"), "{e}");
     }
 }

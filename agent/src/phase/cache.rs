@@ -24,7 +24,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::api::Api;
-use crate::cache::{key_of, semantic_parts, unit, Entry, Key, KeyParts};
+use crate::cache::{key_of, semantic_parts, unit, Entry, Key, KeyParts, Stamp};
 use crate::client::ClientConn;
 use crate::config::SemanticCacheSettings;
 use crate::error::{ErrorKind, GateError};
@@ -148,7 +148,7 @@ pub async fn run(
         ctx.cache.state = CacheState::Refresh;
         return Ok(false);
     }
-    match store.get(&key, settings.ttl) {
+    match store.lookup(&key, settings.ttl).await {
         Some(e) if e.stream == ctx.inspection.stream => {
             shard.add_cache(CacheStat::Hits, 1);
             serve(w, client, ctx, &e, CacheState::Hit).await;
@@ -162,7 +162,10 @@ pub async fn run(
                 .shared
                 .semantic
                 .nearest(&bucket, &vector, sem.threshold, settings.ttl);
-            let entry = near.and_then(|(k, sim)| Some((store.get(&k, settings.ttl)?, sim)));
+            let entry = match near {
+                Some((k, sim)) => store.lookup(&k, settings.ttl).await.map(|e| (e, sim)),
+                None => None,
+            };
             if let Some((e, sim)) = entry.filter(|(e, _)| e.stream == ctx.inspection.stream) {
                 shard.add_cache(CacheStat::Hits, 1);
                 shard.add_cache(CacheStat::SemanticHits, 1);
@@ -339,19 +342,24 @@ impl Capture {
         if self.over {
             return;
         }
+        let (Some(settings), semantic) = (&ctx.snap.cfg.cache.exact, &ctx.snap.cfg.cache.semantic)
+        else {
+            return;
+        };
+        let indexed = ctx.cache.semantic.as_ref().filter(|_| semantic.is_some());
         store.put(
             key,
             Entry {
                 body: Bytes::from(self.parts.concat()),
                 stream: ctx.inspection.stream,
                 usage,
-                stored_at: Instant::now(),
+                stored_at: Stamp::now(),
             },
+            indexed,
+            settings.ttl,
         );
         w.shared.metrics.shards[w.index].add_cache(CacheStat::Stores, 1);
-        if let (Some((bucket, vector)), Some(sem)) =
-            (&ctx.cache.semantic, &ctx.snap.cfg.cache.semantic)
-        {
+        if let (Some((bucket, vector)), Some(sem)) = (indexed, semantic) {
             w.shared
                 .semantic
                 .insert(*bucket, vector.clone(), key, sem.max_entries);

@@ -13,7 +13,7 @@
 //! replays a well-formed body or stream.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -22,8 +22,39 @@ use crate::api::Api;
 use crate::config::CacheScope;
 use crate::metering::Usage;
 
+mod semantic;
+pub mod spill;
+
+pub use semantic::{unit, SemanticIndex};
+
 /// A cache key.
 pub type Key = [u8; 32];
+
+/// When something was stored, as an age that can predate this process (an entry reloaded
+/// from the spill keeps the age it had; `Instant` alone cannot reach before boot).
+#[derive(Clone, Copy, Debug)]
+pub struct Stamp {
+    at: Instant,
+    before: Duration,
+}
+
+impl Stamp {
+    pub fn now() -> Stamp {
+        Stamp::aged(Duration::ZERO)
+    }
+
+    /// Stored `age` ago.
+    pub fn aged(age: Duration) -> Stamp {
+        Stamp {
+            at: Instant::now(),
+            before: age,
+        }
+    }
+
+    pub fn age(&self) -> Duration {
+        self.before + self.at.elapsed()
+    }
+}
 
 /// One stored response.
 pub struct Entry {
@@ -32,7 +63,7 @@ pub struct Entry {
     pub stream: bool,
     /// What the original request used: what a hit saves.
     pub usage: Usage,
-    pub stored_at: Instant,
+    pub stored_at: Stamp,
 }
 
 #[derive(Clone)]
@@ -45,9 +76,10 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
     }
 }
 
-/// The shared store.
+/// The shared store: memory, and the disk behind it when `spill` is on.
 pub struct ExactCache {
     inner: quick_cache::sync::Cache<Key, Arc<Entry>, Weigh>,
+    spill: Option<spill::Spill>,
 }
 
 impl ExactCache {
@@ -56,13 +88,22 @@ impl ExactCache {
         let items = (max_bytes / 8192).clamp(16, 1 << 20) as usize;
         ExactCache {
             inner: quick_cache::sync::Cache::with_weighter(items, max_bytes, Weigh),
+            spill: None,
         }
     }
 
-    /// The entry for `key`, if it is younger than `ttl`.
-    pub fn get(&self, key: &Key, ttl: std::time::Duration) -> Option<Arc<Entry>> {
+    /// A store that also writes every entry to disk and reads misses back from it.
+    pub fn with_spill(max_bytes: u64, spill: spill::Spill) -> ExactCache {
+        ExactCache {
+            spill: Some(spill),
+            ..ExactCache::new(max_bytes)
+        }
+    }
+
+    /// The entry for `key` in memory, if it is younger than `ttl`.
+    pub fn get(&self, key: &Key, ttl: Duration) -> Option<Arc<Entry>> {
         let e = self.inner.get(key)?;
-        if e.stored_at.elapsed() < ttl {
+        if e.stored_at.age() < ttl {
             Some(e)
         } else {
             self.inner.remove(key);
@@ -70,11 +111,43 @@ impl ExactCache {
         }
     }
 
-    pub fn put(&self, key: Key, e: Entry) {
-        self.inner.insert(key, Arc::new(e));
+    /// The entry for `key` in memory or, past a memory miss, on disk (then kept in memory).
+    pub async fn lookup(&self, key: &Key, ttl: Duration) -> Option<Arc<Entry>> {
+        if let Some(e) = self.get(key, ttl) {
+            return Some(e);
+        }
+        let (r, age) = self.spill.as_ref()?.load(key, ttl).await?;
+        let e = Arc::new(Entry {
+            body: r.body,
+            stream: r.stream,
+            usage: r.usage,
+            stored_at: Stamp::aged(age),
+        });
+        self.inner.insert(*key, e.clone());
+        Some(e)
     }
 
-    /// Entries held now.
+    /// Stores `e` (and queues it for the disk, with the semantic bucket and embedding it is
+    /// indexed under, so a restart can index it again).
+    pub fn put(&self, key: Key, e: Entry, semantic: Option<&(Key, Vec<f32>)>, ttl: Duration) {
+        let e = Arc::new(e);
+        if let Some(s) = &self.spill {
+            s.put(
+                spill::Record {
+                    key,
+                    stored_at_ms: spill::now_ms(),
+                    stream: e.stream,
+                    usage: e.usage,
+                    body: e.body.clone(),
+                    semantic: semantic.cloned(),
+                },
+                ttl,
+            );
+        }
+        self.inner.insert(key, e);
+    }
+
+    /// Entries held in memory now.
     pub fn len(&self) -> usize {
         self.inner.len()
     }
@@ -83,9 +156,94 @@ impl ExactCache {
         self.inner.is_empty()
     }
 
-    /// Bytes held now (the weight the bound applies to).
+    /// Bytes held in memory now (the weight the bound applies to).
     pub fn bytes(&self) -> u64 {
         self.inner.weight()
+    }
+
+    /// Writes what the spill has queued and stops its thread.
+    pub fn stop(&self) {
+        if let Some(s) = &self.spill {
+            s.stop();
+        }
+    }
+
+    /// The store's gauges and the spill's counters, for `/metrics`.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let mut gauge = |name: &str, kind: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        gauge(
+            "tollgate_cache_entries",
+            "gauge",
+            "Answers the exact cache holds in memory.",
+            self.len() as u64,
+        );
+        gauge(
+            "tollgate_cache_bytes",
+            "gauge",
+            "Bytes the exact cache holds in memory.",
+            self.bytes(),
+        );
+        let Some(s) = &self.spill else {
+            return;
+        };
+        let st = &s.stats;
+        for (name, kind, help, v) in [
+            (
+                "tollgate_cache_spill_entries",
+                "gauge",
+                "Answers the exact cache holds on disk.",
+                &st.entries,
+            ),
+            (
+                "tollgate_cache_spill_bytes",
+                "gauge",
+                "Bytes the exact cache holds on disk.",
+                &st.bytes,
+            ),
+            (
+                "tollgate_cache_spill_indexed",
+                "gauge",
+                "1 once the answers an earlier run left on disk are indexed.",
+                &st.indexed,
+            ),
+            (
+                "tollgate_cache_spill_hits_total",
+                "counter",
+                "Memory misses the disk answered.",
+                &st.hits,
+            ),
+            (
+                "tollgate_cache_spill_writes_total",
+                "counter",
+                "Answers written to disk.",
+                &st.writes,
+            ),
+            (
+                "tollgate_cache_spill_dropped_total",
+                "counter",
+                "Answers not written to disk because its writer was behind.",
+                &st.dropped,
+            ),
+            (
+                "tollgate_cache_spill_errors_total",
+                "counter",
+                "Disk entries that could not be written, or were found damaged and removed.",
+                &st.errors,
+            ),
+        ] {
+            gauge(
+                name,
+                kind,
+                help,
+                v.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
     }
 }
 
@@ -169,144 +327,6 @@ pub fn semantic_parts(p: &KeyParts<'_>) -> Option<(Key, String)> {
     Some((key_of_value(p, v)?, text))
 }
 
-/// One answered request in the semantic index.
-struct SemEntry {
-    vector: Box<[f32]>,
-    /// Where its answer is, in the exact store.
-    exact: Key,
-    stored_at: Instant,
-}
-
-/// Shards of the semantic index (by bucket), so workers rarely meet on a lock.
-const SEM_SHARDS: usize = 16;
-
-/// Entries one shard holds over all its buckets. Every conversation is a bucket of its own,
-/// so without this the index would grow with the number of conversations ever seen; past it
-/// the bucket used least recently goes (16 K entries in all: 24 MiB of 384-dim vectors).
-const SEM_SHARD_ENTRIES: usize = 1024;
-
-/// The semantic index: per bucket (scope, model, conversation before the last turn), the
-/// embeddings of the last user turns answered, searched exhaustively. Exact search: at the
-/// sizes a bucket holds (`max_entries`, 1024 by default and at most) a scan of unit vectors is a few
-/// hundred microseconds at most, less than the embedding call before it, and never misses
-/// the nearest entry as an approximate index can.
-pub struct SemanticIndex {
-    shards:
-        Vec<std::sync::Mutex<std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>>>,
-}
-
-impl Default for SemanticIndex {
-    fn default() -> Self {
-        SemanticIndex {
-            shards: (0..SEM_SHARDS).map(|_| Default::default()).collect(),
-        }
-    }
-}
-
-impl SemanticIndex {
-    fn shard(
-        &self,
-        bucket: &Key,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>,
-    > {
-        self.shards[bucket[0] as usize % SEM_SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The closest entry of `bucket` to `vector` (unit length) younger than `ttl`, with its
-    /// cosine similarity, when at least `threshold`.
-    pub fn nearest(
-        &self,
-        bucket: &Key,
-        vector: &[f32],
-        threshold: f32,
-        ttl: std::time::Duration,
-    ) -> Option<(Key, f32)> {
-        let mut shard = self.shard(bucket);
-        let entries = shard.get_mut(bucket)?;
-        entries.retain(|e| e.stored_at.elapsed() < ttl);
-        entries
-            .iter()
-            .filter(|e| e.vector.len() == vector.len())
-            .map(|e| (e.exact, dot(&e.vector, vector)))
-            .filter(|(_, s)| *s >= threshold)
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-    }
-
-    /// Adds an answered request; the bucket keeps its newest `max_entries`.
-    pub fn insert(&self, bucket: Key, vector: Vec<f32>, exact: Key, max_entries: usize) {
-        let max_entries = max_entries.clamp(1, SEM_SHARD_ENTRIES);
-        let mut shard = self.shard(&bucket);
-        let total: usize = shard.values().map(|v| v.len()).sum();
-        if total >= SEM_SHARD_ENTRIES {
-            evict_oldest_bucket(&mut shard, &bucket);
-        }
-        let entries = shard.entry(bucket).or_default();
-        entries.retain(|e| e.exact != exact);
-        while entries.len() >= max_entries {
-            entries.pop_front();
-        }
-        entries.push_back(SemEntry {
-            vector: vector.into_boxed_slice(),
-            exact,
-            stored_at: Instant::now(),
-        });
-    }
-
-    /// Entries held, over all buckets.
-    pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map_or(0, |m| m.values().map(|v| v.len()).sum()))
-            .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-/// Drops the bucket (other than `keep`) whose newest entry is oldest; rare (a shard at its
-/// bound), so a scan of the shard is fine.
-fn evict_oldest_bucket(
-    shard: &mut std::collections::HashMap<Key, std::collections::VecDeque<SemEntry>>,
-    keep: &Key,
-) {
-    let oldest = shard
-        .iter()
-        .filter(|(k, _)| *k != keep)
-        .min_by_key(|(_, v)| v.back().map(|e| e.stored_at))
-        .map(|(k, _)| *k);
-    match oldest {
-        Some(k) => {
-            shard.remove(&k);
-        }
-        // Only `keep` holds entries: its own bound applies.
-        None => {
-            if let Some(v) = shard.get_mut(keep) {
-                v.pop_front();
-            }
-        }
-    }
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
-}
-
-/// `v` scaled to unit length (`None` for a zero or non-finite vector).
-pub fn unit(mut v: Vec<f32>) -> Option<Vec<f32>> {
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-    if !norm.is_finite() || norm == 0.0 {
-        return None;
-    }
-    v.iter_mut().for_each(|x| *x /= norm);
-    Some(v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,14 +385,14 @@ mod tests {
             body: Bytes::from(vec![b'x'; n]),
             stream: false,
             usage: Usage::default(),
-            stored_at: Instant::now(),
+            stored_at: Stamp::now(),
         };
         for i in 0..100u8 {
-            c.put([i; 32], entry(4096));
+            c.put([i; 32], entry(4096), None, Duration::from_secs(60));
         }
         assert!(c.bytes() <= 64 * 1024, "{}", c.bytes());
         assert!(c.len() < 100);
-        c.put([200; 32], entry(10));
+        c.put([200; 32], entry(10), None, Duration::from_secs(60));
         assert!(c
             .get(&[200; 32], std::time::Duration::from_secs(60))
             .is_some());
@@ -418,34 +438,41 @@ mod tests {
     }
 
     #[test]
-    fn the_index_serves_the_nearest_above_the_threshold_per_bucket() {
-        let idx = SemanticIndex::default();
-        let ttl = std::time::Duration::from_secs(60);
-        let (b1, b2) = ([1u8; 32], [2u8; 32]);
-        idx.insert(b1, unit(vec![1.0, 0.0, 0.0]).unwrap(), [10; 32], 2);
-        idx.insert(b1, unit(vec![0.0, 1.0, 0.0]).unwrap(), [11; 32], 2);
-        let q = unit(vec![0.9, 0.1, 0.0]).unwrap();
-        let (k, s) = idx.nearest(&b1, &q, 0.9, ttl).unwrap();
-        assert_eq!(k, [10; 32]);
-        assert!(s > 0.99);
-        assert!(idx.nearest(&b1, &q, 0.999, ttl).is_none());
-        assert!(idx.nearest(&b2, &q, 0.5, ttl).is_none());
-        // The bucket keeps its newest entries.
-        idx.insert(b1, unit(vec![0.0, 0.0, 1.0]).unwrap(), [12; 32], 2);
-        assert_eq!(idx.len(), 2);
-        assert!(idx.nearest(&b1, &q, 0.9, ttl).is_none());
-        assert!(unit(vec![0.0, 0.0]).is_none());
-    }
-
-    #[test]
-    fn the_index_stays_bounded_however_many_conversations() {
-        let idx = SemanticIndex::default();
-        let v = unit(vec![1.0, 0.0]).unwrap();
-        for i in 0..(SEM_SHARD_ENTRIES * SEM_SHARDS * 3) {
-            let mut bucket = [0u8; 32];
-            bucket[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            idx.insert(bucket, v.clone(), bucket, 4);
+    fn a_memory_miss_is_answered_from_the_spill_and_promoted() {
+        let dir = std::env::temp_dir().join(format!("tg-exact-spill-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ttl = Duration::from_secs(60);
+        let spill = spill::Spill::start(spill::SpillSettings {
+            dir: dir.clone(),
+            max_bytes: 1 << 20,
+            ttl,
+            semantic: None,
+        })
+        .unwrap();
+        let c = ExactCache::with_spill(64 * 1024, spill);
+        for i in 0..100u8 {
+            let e = Entry {
+                body: Bytes::from(vec![i; 4096]),
+                stream: false,
+                usage: Usage::default(),
+                stored_at: Stamp::now(),
+            };
+            c.put([i; 32], e, None, ttl);
         }
-        assert!(idx.len() <= SEM_SHARD_ENTRIES * SEM_SHARDS, "{}", idx.len());
+        // Every write is on disk once the writer stops.
+        c.stop();
+        let evicted = (0..100u8)
+            .find(|i| c.get(&[*i; 32], ttl).is_none())
+            .expect("memory holds 64 KiB, not 400");
+        let rt = || {
+            monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+                .build()
+                .unwrap()
+        };
+        let e = rt().block_on(c.lookup(&[evicted; 32], ttl)).unwrap();
+        assert_eq!(&e.body[..], &vec![evicted; 4096][..]);
+        assert!(c.get(&[evicted; 32], ttl).is_some(), "promoted into memory");
+        assert!(rt().block_on(c.lookup(&[200; 32], ttl)).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
