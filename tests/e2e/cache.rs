@@ -172,11 +172,11 @@ fn semantic_stack(timeout_ms: u64) -> Stack {
 }
 
 fn semantic_stack_at(threshold: f64, timeout_ms: u64) -> Stack {
-    semantic_stack_with(threshold, timeout_ms, "")
+    semantic_stack_with(threshold, timeout_ms, "", "")
 }
 
-/// `exact_extra` goes into `cache.exact` (`, spill: {...}`).
-fn semantic_stack_with(threshold: f64, timeout_ms: u64, exact_extra: &str) -> Stack {
+/// `exact_extra` goes into `cache.exact` (`, spill: {...}`), `more` after the cache block.
+fn semantic_stack_with(threshold: f64, timeout_ms: u64, exact_extra: &str, more: &str) -> Stack {
     Stack::custom(Sim::start(&["--model", "embed"]), |c| {
         c.admin = Some(true);
         c.extra_models_yaml = "  - {name: embed, provider: sim, model: embed}\n".into();
@@ -184,7 +184,7 @@ fn semantic_stack_with(threshold: f64, timeout_ms: u64, exact_extra: &str) -> St
             "auth: {{ mode: keys }}\n\
              cache:\n  exact: {{enabled: true, ttl_s: 600, max_mb: 8, scope: key{exact_extra}}}\n  \
              semantic: {{enabled: true, embedding_model: embed, threshold: {threshold}, timeout_ms: {timeout_ms}}}\n\
-             prices:\n  smol: {{input: 2.0, output: 8.0}}\n"
+             prices:\n  smol: {{input: 2.0, output: 8.0}}\n{more}"
         );
     })
 }
@@ -280,7 +280,7 @@ fn wait_metric(stack: &Stack, name: &str, want: u64) {
 
 #[test]
 fn the_spill_keeps_both_caches_warm_across_a_crash() {
-    let stack = &mut semantic_stack_with(0.8, 2000, ", spill: {max_mb: 64}");
+    let stack = &mut semantic_stack_with(0.8, 2000, ", spill: {max_mb: 64}", "");
     let (key, _) = create_key(stack, json!({"team": "a"}));
     let question = body("How do I reset my password?", 0.0, false);
     let first = post(stack, &key, &[], &question);
@@ -370,6 +370,48 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn embedding_calls_are_charged_to_the_callers_budget() {
+    let stack = semantic_stack_with(
+        0.8,
+        2000,
+        "",
+        "budgets:\n  - {name: team-a, scope: {team: a}, tokens: 100000, window: day}\n",
+    );
+    let (key, _) = create_key(&stack, json!({"team": "a"}));
+    let first = post(
+        &stack,
+        &key,
+        &[],
+        &body("How do I reset my password?", 0.0, false),
+    );
+    let close = post(
+        &stack,
+        &key,
+        &[],
+        &body("how can I reset the password", 0.0, false),
+    );
+    assert_eq!(close.header("x-tollgate-cache"), Some("hit"));
+    let tokens = |id: &str| {
+        let r = stack.agent.ledger_row(id);
+        r.input_tokens + r.output_tokens
+    };
+    let embeds = tokens(&format!("{}.embed", first.request_id()))
+        + tokens(&format!("{}.embed", close.request_id()));
+    assert!(embeds > 0);
+    let spent = tokens(first.request_id()) + tokens(close.request_id()) + embeds;
+    let m = stack.agent.metrics();
+    let used = m
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_budget_used_tokens{budget=\"team-a\"} "))
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .expect("the budget gauge");
+    assert_eq!(
+        used, spent,
+        "the budget counts the request and its embeddings:\n{m}"
+    );
 }
 
 #[test]

@@ -568,9 +568,15 @@ mod tests {
         let c = load("cache:\n  exact: {enabled: true}\n").unwrap();
         assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, None);
         let c = load("cache:\n  exact: {enabled: true, spill: {}}\n").unwrap();
-        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, Some(1024 << 20));
+        assert_eq!(
+            c.cache.exact.as_ref().unwrap().spill_max_bytes,
+            Some(1024 << 20)
+        );
         let c = load("cache:\n  exact: {spill: {max_mb: 3}}\n").unwrap();
-        assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, Some(3 << 20));
+        assert_eq!(
+            c.cache.exact.as_ref().unwrap().spill_max_bytes,
+            Some(3 << 20)
+        );
         let c = load("cache:\n  exact: {spill: {enabled: false, max_mb: 3}}\n").unwrap();
         assert_eq!(c.cache.exact.as_ref().unwrap().spill_max_bytes, None);
         let e = load("cache:\n  exact: {spill: {max_mb: 0}}\n").unwrap_err();

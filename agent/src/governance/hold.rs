@@ -86,6 +86,37 @@ impl Hold {
         self.budgets.iter().map(|b| b.tokens).max().unwrap_or(0)
     }
 
+    /// A hold on the same budgets and token rate limits that reserves nothing: settled with
+    /// the use of a call made on the request's behalf (a guard model's check, a semantic-cache
+    /// embedding), it charges that use where the request's own would go.
+    pub fn companion(&self) -> Hold {
+        Hold {
+            budgets: self
+                .budgets
+                .iter()
+                .map(|b| HeldBudget {
+                    state: b.state.clone(),
+                    info: b.info.clone(),
+                    tokens: 0,
+                    micro_usd: 0,
+                    ..*b
+                })
+                .collect(),
+            rates: self
+                .rates
+                .iter()
+                .filter(|r| r.kind != RateKind::Requests)
+                .map(|r| HeldRate {
+                    gcra: r.gcra.clone(),
+                    kind: r.kind,
+                    reserved: 0,
+                })
+                .collect(),
+            session: None,
+            settled: false,
+        }
+    }
+
     /// Replaces every reservation by the actual use; returns the alerts this use raised.
     pub fn settle(&mut self, usage: &Usage, micro_usd: u64) -> Vec<Alert> {
         self.settled = true;

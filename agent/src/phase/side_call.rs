@@ -2,7 +2,8 @@
 //! cache's embedding. Each goes to the first target of a configured model (an OpenAI-compatible
 //! replica) over the worker's connection pool, and is metered and attributed like any request:
 //! a ledger row of its own (id `<request id>.<suffix>`, the caller's identity and key, the
-//! model's provider and price, a `route` naming why it was made) and the model's metrics.
+//! model's provider and price, a `route` naming why it was made), the model's metrics, and a
+//! charge to the budgets and token rate limits the request was admitted under.
 //! The caller bounds the whole call with its own timeout.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -120,7 +121,7 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)
         .as_millis() as i64;
-    let rec = UsageRecord {
+    let mut rec = UsageRecord {
         id: format!("{}.{}", ctx.id, call.id_suffix),
         ts_ms: now_ms - latency.as_millis() as i64,
         latency_us: latency.as_micros() as u64,
@@ -137,6 +138,8 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
         price: target.price,
         route: Some(call.route.to_string()),
         attempts: 1,
+        // Charged to the budgets and token limits the request was admitted under.
+        hold: ctx.hold.companion(),
         ..UsageRecord::default()
     };
     let series = SeriesKey {
@@ -148,5 +151,6 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
     let shard = &w.shared.metrics.shards[w.index];
     shard.record_request(series, latency, None);
     shard.record_usage(series, &usage, false);
+    crate::governance::settle_record(&mut rec, &w.shared.governor);
     crate::phase::settle::enqueue(w, LedgerMsg::Record(Box::new(rec)), true, &ctx.id);
 }
