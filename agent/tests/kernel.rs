@@ -731,6 +731,97 @@ mod privileged {
     }
 
     #[test]
+    fn a_second_agent_takes_over_without_a_gap_and_owns_the_pins_once_the_first_exits() {
+        require_privilege!();
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let icpt = addr(&format!("127.0.0.1:{}", unused_port("127.0.0.1")));
+        let cfg = config(
+            vec![l.local_addr().unwrap_or_else(|e| panic!("{e}"))],
+            vec![icpt],
+        );
+        let old = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
+        assert!(old.owns_pin_dir() && old.is_current());
+        redirect_case(&old, &l, icpt);
+
+        // The upgrade's new agent, on the same pin directory while the old one runs.
+        let new = Kernel::load(&cfg).unwrap_or_else(|e| panic!("take-over: {e}"));
+        assert!(new.is_current() && !old.is_current());
+        assert!(
+            !new.owns_pin_dir(),
+            "the old agent still holds the directory"
+        );
+        assert!(
+            new.features().interception.is_active(),
+            "{}",
+            new.features()
+        );
+        // The new programs redirect; both agents read the same attribution map.
+        redirect_case(&new, &l, icpt);
+        redirect_case(&old, &l, icpt);
+        // One hand-over at a time.
+        match Kernel::load(&cfg) {
+            Err(KernelError::Busy { .. }) => {}
+            other => panic!("a third agent during a hand-over: {other:?}"),
+        }
+
+        // The old agent stops: it leaves the maps to the new one, which becomes the owner.
+        let old_ids: Vec<u32> = old.program_ids().iter().map(|(_, id)| *id).collect();
+        drop(old);
+        assert!(
+            cfg.pin_dir.join("tg_attr").exists(),
+            "the old agent removed the pins"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !new.owns_pin_dir() {
+            assert!(
+                Instant::now() < deadline,
+                "the new agent never took the directory"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(new.is_current());
+        redirect_case(&new, &l, icpt);
+        if let Some(tool) = bpftool_or_skip() {
+            let v: serde_json::Value =
+                serde_json::from_str(&bpftool_out(&tool, &["-j", "prog", "show"]))
+                    .unwrap_or_default();
+            let mut found = Vec::new();
+            collect_ids(&v, &old_ids, &mut found);
+            assert!(
+                found.is_empty(),
+                "the old agent's programs are still loaded: {found:?}"
+            );
+        }
+        new.detach().unwrap_or_else(|e| panic!("detach: {e}"));
+        assert!(!cfg.pin_dir.exists());
+    }
+
+    #[test]
+    fn a_successor_that_stops_first_gives_the_programs_back() {
+        require_privilege!();
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+        let icpt = addr(&format!("127.0.0.1:{}", unused_port("127.0.0.1")));
+        let cfg = config(
+            vec![l.local_addr().unwrap_or_else(|e| panic!("{e}"))],
+            vec![icpt],
+        );
+        let old = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
+        let new = Kernel::load(&cfg).unwrap_or_else(|e| panic!("take-over: {e}"));
+        assert!(!old.is_current());
+        drop(new);
+        assert!(old.is_current(), "the running agent acts again");
+        redirect_case(&old, &l, icpt);
+        // And a later upgrade can take over again.
+        let again = Kernel::load(&cfg).unwrap_or_else(|e| panic!("second take-over: {e}"));
+        assert!(again.is_current());
+        drop(again);
+        old.detach().unwrap_or_else(|e| panic!("detach: {e}"));
+        assert!(!cfg.pin_dir.exists());
+    }
+
+    #[test]
     fn dropping_without_detach_also_cleans_up() {
         require_privilege!();
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);

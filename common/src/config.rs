@@ -7,6 +7,8 @@ use crate::AddrKey;
 pub const MAP_NAME: &str = "tg_config";
 /// The only index of the array.
 pub const INDEX: u32 = 0;
+/// The programs' rodata global that says which `generation` they serve.
+pub const GENERATION_SYMBOL: &str = "tg_generation";
 
 /// The programs act only while this is set; the agent clears it first when it detaches.
 pub const FLAG_ENABLED: u32 = 1 << 0;
@@ -15,7 +17,7 @@ pub const FLAG_REDIRECT4: u32 = 1 << 1;
 /// `redirect6` is valid.
 pub const FLAG_REDIRECT6: u32 = 1 << 2;
 
-/// `struct tg_config`. 56 bytes.
+/// `struct tg_config`. 64 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
@@ -29,8 +31,13 @@ pub struct Config {
     pub redirect4: AddrKey,
     /// Where redirected IPv6 connects go.
     pub redirect6: AddrKey,
+    /// The programs that act: those loaded with this `tg_generation` (an upgrade's new agent
+    /// attaches its own beside the old ones and takes over by writing its generation here).
+    pub generation: u32,
+    /// During a hand-over, the other agent's tgid, exempt like `agent_tgid`; 0 = none.
+    pub agent_tgid2: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 64);
 
 crate::impl_pod!(Config);

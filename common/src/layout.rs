@@ -53,7 +53,15 @@ pub const ALL: &[StructLayout] = &[
     layout!(
         "tg_config",
         Config,
-        [agent_tgid, flags, agent_cgroup_id, redirect4, redirect6]
+        [
+            agent_tgid,
+            flags,
+            agent_cgroup_id,
+            redirect4,
+            redirect6,
+            generation,
+            agent_tgid2
+        ]
     ),
     layout!("tg_intercept_entry", InterceptEntry, [hits]),
     layout!("tg_listen_entry", ListenEntry, [flags, _pad]),
@@ -126,7 +134,7 @@ mod tests {
     fn sizes_are_the_c_sizes() {
         let want = [
             ("tg_addr_key", 20),
-            ("tg_config", 56),
+            ("tg_config", 64),
             ("tg_intercept_entry", 8),
             ("tg_listen_entry", 8),
             ("tg_attribution", 72),

@@ -76,6 +76,8 @@ static __always_inline void tg_on_close(struct sock___tg *sk)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(tg_sock_state, struct sock___tg *sk, int oldstate, int newstate)
 {
+	if (!tg_current())
+		return 0;
 	tg_stat_inc(TG_STAT_STATE);
 	if (newstate == TG_TCP_CLOSE)
 		tg_on_close(sk);

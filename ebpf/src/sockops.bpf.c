@@ -38,7 +38,7 @@ static __always_inline void tg_on_established(struct bpf_sock_ops *skops)
 SEC("sockops")
 int tg_sockops(struct bpf_sock_ops *skops)
 {
-	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+	if (skops->op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && tg_current())
 		tg_on_established(skops);
 	return 1;
 }

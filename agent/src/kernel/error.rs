@@ -44,6 +44,13 @@ pub enum KernelError {
     )]
     Busy { path: PathBuf, owner: Option<u32> },
 
+    /// Taking over from the agent running on the same pin directory failed; it keeps its
+    /// programs.
+    #[error(
+        "taking the kernel programs over from the running agent failed ({detail}); it keeps them"
+    )]
+    Handover { detail: String },
+
     /// The configuration cannot be expressed in the maps.
     #[error("invalid kernel configuration: {0}")]
     Config(String),

@@ -36,6 +36,7 @@ use tracing::{info, warn};
 
 use super::attribution::{addr_of, key_of, AttributionReader};
 use super::counters::{CounterMaps, CounterWriter};
+use super::handover::{claim, running_config, Ownership, RELEASE_WAIT};
 use super::{objects, sys, FeatureState, Features, KernelConfig, KernelError};
 
 /// Every map maps.h declares, i.e. every pin this loader creates and removes.
@@ -80,7 +81,7 @@ pub struct KernelStats {
 }
 
 /// The maps the loader itself writes: identity, redirect targets, listen and intercept sets.
-struct Control {
+pub(super) struct Control {
     config_map: Array<MapData, Config>,
     config: Config,
     intercept: HashMap<MapData, AddrKey, InterceptEntry>,
@@ -94,8 +95,9 @@ struct Attached {
     programs: Vec<(&'static str, Ebpf)>,
     pin_dir: PathBuf,
     pins: Vec<PathBuf>,
-    /// The exclusive lock on `pin_dir` (see [`super::pins::lock`]); released after teardown.
-    _lock: File,
+    /// Leave the pins (and the hand-over directory) in place: another agent's programs use
+    /// the maps.
+    keep_pins: bool,
 }
 
 impl Attached {
@@ -103,6 +105,10 @@ impl Attached {
         // Dropping an object unloads its programs and closes their links: detached.
         while let Some((_name, ebpf)) = self.programs.pop() {
             drop(ebpf);
+        }
+        if self.keep_pins {
+            self.pins.clear();
+            return Ok(());
         }
         let mut first_err = None;
         for pin in self.pins.drain(..) {
@@ -117,7 +123,8 @@ impl Attached {
                 }
             }
         }
-        // Only succeeds when empty: pins someone else put there stay, and so does the directory.
+        // Only succeed when empty: pins someone else put there stay, and so does the directory.
+        let _ = std::fs::remove_dir(self.pin_dir.join(super::pins::HANDOVER));
         let _ = std::fs::remove_dir(&self.pin_dir);
         first_err.map_or(Ok(()), Err)
     }
@@ -133,7 +140,14 @@ impl Drop for Attached {
 
 /// The loaded and attached kernel side. Dropping it detaches everything and removes its pins.
 pub struct Kernel {
-    control: Mutex<Control>,
+    control: Arc<Mutex<Control>>,
+    /// The `tg_config.generation` this agent's programs serve.
+    generation: u32,
+    /// The configuration of the agent this one took over from (a successor), written back if
+    /// this one stops before that agent has gone.
+    previous: Option<Config>,
+    ownership: Arc<Ownership>,
+    released: bool,
     attr: Arc<HashMap<MapData, AddrKey, Attribution>>,
     stats: PerCpuArray<MapData, u64>,
     counters: CounterWriter,
@@ -177,15 +191,18 @@ impl Kernel {
         let cgroup = File::open(&cgroup_root)
             .map_err(|e| KernelError::io(format!("opening cgroup {}", cgroup_root.display()), e))?;
         prepare_pin_dir(&cfg.pin_dir)?;
-        // One agent per pin directory: a second one would replace the first one's pins.
-        let lock = super::pins::lock(&cfg.pin_dir)?;
-        remove_stale_pins(&cfg.pin_dir)?;
+        // The pin directory has one owner. An agent that finds it owned takes over from the
+        // running one (an upgrade: see `handover.rs`), holding the hand-over lock meanwhile.
+        let (lock, _handover) = claim(&cfg.pin_dir)?;
+        if lock.is_some() {
+            remove_stale_pins(&cfg.pin_dir)?;
+        }
 
         let mut attached = Attached {
             programs: Vec::new(),
             pin_dir: cfg.pin_dir.clone(),
             pins: Vec::new(),
-            _lock: lock,
+            keep_pins: lock.is_none(),
         };
         let btf = if sys::kernel_btf_present() {
             Btf::from_sys_fs().ok()
@@ -193,12 +210,19 @@ impl Kernel {
             None
         };
 
-        // Maps first. From here on `attached` removes the pins on any early return.
+        // Maps first (a successor opens the running agent's pins). From here on `attached`
+        // removes the pins on any early return, unless they are the running agent's.
         attached.pins = MAP_NAMES.iter().map(|n| cfg.pin_dir.join(n)).collect();
-        let mut maps = load_object(btf.as_ref(), &cfg.pin_dir, "maps", objects::MAPS)?;
+        let mut maps = load_object(btf.as_ref(), &cfg.pin_dir, "maps", objects::MAPS, None)?;
+        let config_map: Array<MapData, Config> = take_map(&mut maps, config::MAP_NAME)?;
+        let previous = match lock {
+            Some(_) => None,
+            None => Some(running_config(&config_map, &cfg.pin_dir)?),
+        };
+        let generation = previous.map_or(1, |p| p.generation.checked_add(1).unwrap_or(1));
         let control = Control {
-            config_map: take_map(&mut maps, config::MAP_NAME)?,
-            config: Config::default(),
+            config_map,
+            config: previous.unwrap_or_default(),
             intercept: take_map(&mut maps, intercept::MAP_NAME)?,
             listen: take_map(&mut maps, listen::MAP_NAME)?,
             listen_keys: plan.listen_keys.clone(),
@@ -231,14 +255,13 @@ impl Kernel {
         let (ebpf, id) = attach_sock_addr(
             btf.as_ref(),
             pin_dir,
-            "connect4",
-            objects::CONNECT4,
-            "tg_connect4",
+            generation,
+            ("connect4", objects::CONNECT4, "tg_connect4"),
             &cgroup,
         )?;
         attached.programs.push(("connect4", ebpf));
         program_ids.push(("tg_connect4", id));
-        let (ebpf, id) = attach_sockops(btf.as_ref(), pin_dir, &cgroup)?;
+        let (ebpf, id) = attach_sockops(btf.as_ref(), pin_dir, generation, &cgroup)?;
         attached.programs.push(("sockops", ebpf));
         program_ids.push(("tg_sockops", id));
 
@@ -246,9 +269,8 @@ impl Kernel {
         match attach_sock_addr(
             btf.as_ref(),
             pin_dir,
-            "connect6",
-            objects::CONNECT6,
-            "tg_connect6",
+            generation,
+            ("connect6", objects::CONNECT6, "tg_connect6"),
             &cgroup,
         ) {
             Ok((ebpf, id)) => {
@@ -268,7 +290,7 @@ impl Kernel {
                      so attribution entries age out of the LRU map instead",
                 )
             }
-            Some(btf) => match attach_sock_state(btf, pin_dir) {
+            Some(btf) => match attach_sock_state(btf, pin_dir, generation) {
                 Ok((ebpf, id)) => {
                     attached.programs.push(("sock_state", ebpf));
                     program_ids.push(("tg_sock_state", id));
@@ -278,7 +300,11 @@ impl Kernel {
         }
 
         let kernel = Kernel {
-            control: Mutex::new(control),
+            control: Arc::new(Mutex::new(control)),
+            generation,
+            previous,
+            ownership: Arc::new(Ownership::new(lock)),
+            released: false,
             attr: Arc::new(attr),
             stats,
             counters,
@@ -287,7 +313,19 @@ impl Kernel {
             cgroup_root,
             attached,
         };
-        kernel.finish(cfg, &plan)
+        let kernel = kernel.finish(cfg, &plan)?;
+        if kernel.previous.is_some() {
+            info!(
+                generation,
+                "took the kernel programs over from the running agent; it is exempt until it exits"
+            );
+            kernel.ownership.promote_when_free(
+                cfg.pin_dir.clone(),
+                kernel.control.clone(),
+                generation,
+            );
+        }
+        Ok(kernel)
     }
 
     /// Writes the configuration, runs the self-test, then enables the intercepts.
@@ -305,6 +343,9 @@ impl Kernel {
             agent_cgroup_id: cfg.exempt_cgroup_id.unwrap_or(0),
             redirect4: plan.redirect4.unwrap_or_default(),
             redirect6: plan.redirect6.unwrap_or_default(),
+            // Writing it makes this agent's programs the ones that act.
+            generation: self.generation,
+            agent_tgid2: self.previous.map_or(0, |p| p.agent_tgid),
         };
         {
             let mut c = self.lock();
@@ -337,6 +378,13 @@ impl Kernel {
                     );
                 }
                 self.set_intercepts(&cfg.intercept)?;
+            }
+            Err(reason) if self.previous.is_some() => {
+                // Without its own tgid this agent cannot be exempted: hand the maps back
+                // (dropping `self` writes the running agent's configuration again).
+                return Err(KernelError::Handover {
+                    detail: format!("the attribution self-test failed: {reason}"),
+                });
             }
             Err(reason) => {
                 warn!("kernel attribution self-test failed: {reason}");
@@ -532,32 +580,92 @@ impl Kernel {
     /// Detaches every program and removes the pins, reporting what could not be removed.
     /// (Dropping the `Kernel` does the same and logs instead.)
     pub fn detach(mut self) -> Result<(), KernelError> {
-        self.disable();
-        self.attached.teardown()
+        self.release()
     }
 
-    /// Clears `TG_CFG_ENABLED` so the programs stop acting before they are detached.
-    fn disable(&mut self) {
-        let mut c = self.lock();
-        let conf = Config {
-            flags: 0,
-            ..c.config
-        };
-        if let Err(e) = c.write_config(conf) {
-            warn!("disabling the kernel programs: {e}");
+    /// Whether this agent's programs are the ones acting (false once a successor took over).
+    pub fn is_current(&self) -> bool {
+        self.lock()
+            .current()
+            .is_ok_and(|cur| cur.generation == self.generation)
+    }
+
+    /// Whether this agent owns the pin directory (a successor does once its predecessor exits).
+    pub fn owns_pin_dir(&self) -> bool {
+        self.ownership.holds_lock()
+    }
+
+    /// Stops this agent's programs: an owner that is still current disables them and removes
+    /// the pins; one that was taken over from leaves the maps to its successor; a successor
+    /// whose predecessor still runs gives the maps back to it. Runs once.
+    fn release(&mut self) -> Result<(), KernelError> {
+        if std::mem::replace(&mut self.released, true) {
+            return Ok(());
         }
+        self.ownership.stop_promoter();
+        // Not while a successor is taking over (it holds this lock from its check to its switch).
+        let handover = super::pins::lock_handover(&self.attached.pin_dir, RELEASE_WAIT);
+        if let Err(e) = &handover {
+            warn!("stopping without the hand-over lock: {e}");
+        }
+        let owner = self.ownership.holds_lock();
+        let keep_pins = {
+            let control = Arc::clone(&self.control);
+            let mut c = control.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = c.current().unwrap_or(c.config);
+            if current.generation != self.generation {
+                info!(
+                    pid = current.agent_tgid,
+                    "kernel programs handed over to the agent that took over; leaving its maps"
+                );
+                true
+            } else if owner {
+                let conf = Config {
+                    flags: 0,
+                    ..current
+                };
+                if let Err(e) = c.write_config(conf) {
+                    warn!("disabling the kernel programs: {e}");
+                }
+                false
+            } else {
+                if let Some(previous) = self.previous {
+                    info!(
+                        pid = previous.agent_tgid,
+                        "giving the kernel programs back to the running agent"
+                    );
+                    if let Err(e) = c.write_config(previous) {
+                        warn!("giving the kernel programs back: {e}");
+                    }
+                }
+                true
+            }
+        };
+        self.attached.keep_pins = keep_pins;
+        let result = self.attached.teardown();
+        drop(handover);
+        self.ownership.give_up();
+        result
     }
 }
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        self.disable();
-        // `attached` is dropped next and detaches and unpins.
+        if let Err(e) = self.release() {
+            warn!("kernel teardown: {e}");
+        }
     }
 }
 
 impl Control {
-    fn write_config(&mut self, conf: Config) -> Result<(), KernelError> {
+    /// `tg_config` as the programs see it now (another agent may have written it).
+    pub(super) fn current(&self) -> Result<Config, KernelError> {
+        self.config_map
+            .get(&config::INDEX, 0)
+            .map_err(KernelError::map(config::MAP_NAME))
+    }
+
+    pub(super) fn write_config(&mut self, conf: Config) -> Result<(), KernelError> {
         self.config_map
             .set(config::INDEX, conf, 0)
             .map_err(KernelError::map(config::MAP_NAME))?;
@@ -751,15 +859,20 @@ fn remove_stale_pins(dir: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Loads `bytes`; a program object is told the `generation` it serves.
 fn load_object(
     btf: Option<&Btf>,
     pin_dir: &Path,
     object: &'static str,
     bytes: &[u8],
+    generation: Option<u32>,
 ) -> Result<Ebpf, KernelError> {
-    EbpfLoader::new()
-        .btf(btf)
-        .default_map_pin_directory(pin_dir)
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf).default_map_pin_directory(pin_dir);
+    if let Some(g) = &generation {
+        loader.override_global(config::GENERATION_SYMBOL, g, true);
+    }
+    loader
         .load(bytes)
         .map_err(|source| KernelError::Load { object, source })
 }
@@ -816,12 +929,11 @@ fn cgroup_attach_mode() -> CgroupAttachMode {
 fn attach_sock_addr(
     btf: Option<&Btf>,
     pin_dir: &Path,
-    object: &'static str,
-    bytes: &[u8],
-    program: &'static str,
+    generation: u32,
+    (object, bytes, program): (&'static str, &[u8], &'static str),
     cgroup: &File,
 ) -> Result<(Ebpf, u32), KernelError> {
-    let mut ebpf = load_object(btf, pin_dir, object, bytes)?;
+    let mut ebpf = load_object(btf, pin_dir, object, bytes, Some(generation))?;
     let prog: &mut CgroupSockAddr = ebpf
         .program_mut(program)
         .ok_or_else(|| missing_program(object, program))?
@@ -837,10 +949,11 @@ fn attach_sock_addr(
 fn attach_sockops(
     btf: Option<&Btf>,
     pin_dir: &Path,
+    generation: u32,
     cgroup: &File,
 ) -> Result<(Ebpf, u32), KernelError> {
     const PROGRAM: &str = "tg_sockops";
-    let mut ebpf = load_object(btf, pin_dir, "sockops", objects::SOCKOPS)?;
+    let mut ebpf = load_object(btf, pin_dir, "sockops", objects::SOCKOPS, Some(generation))?;
     let prog: &mut SockOps = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| missing_program("sockops", PROGRAM))?
@@ -853,9 +966,19 @@ fn attach_sockops(
     Ok((ebpf, id))
 }
 
-fn attach_sock_state(btf: &Btf, pin_dir: &Path) -> Result<(Ebpf, u32), KernelError> {
+fn attach_sock_state(
+    btf: &Btf,
+    pin_dir: &Path,
+    generation: u32,
+) -> Result<(Ebpf, u32), KernelError> {
     const PROGRAM: &str = "tg_sock_state";
-    let mut ebpf = load_object(Some(btf), pin_dir, "sock_state", objects::SOCK_STATE)?;
+    let mut ebpf = load_object(
+        Some(btf),
+        pin_dir,
+        "sock_state",
+        objects::SOCK_STATE,
+        Some(generation),
+    )?;
     let prog: &mut BtfTracePoint = ebpf
         .program_mut(PROGRAM)
         .ok_or_else(|| missing_program("sock_state", PROGRAM))?

@@ -21,6 +21,7 @@ pub mod attribution;
 pub mod cgroup;
 pub mod counters;
 pub mod error;
+mod handover;
 pub mod loader;
 pub mod objects;
 pub mod pins;

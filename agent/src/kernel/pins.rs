@@ -59,6 +59,30 @@ pub fn lock(dir: &Path) -> Result<File, KernelError> {
     ))
 }
 
+/// The directory inside the pin directory whose lock serialises a hand-over: a successor
+/// taking over and an agent tearing down never overlap (bpffs holds only directories and bpf
+/// objects, and no name with a dot, so the lock is on a plain directory name).
+pub const HANDOVER: &str = "handover";
+
+/// Takes the hand-over lock of `dir`, waiting up to `wait` for whoever holds it.
+pub fn lock_handover(dir: &Path, wait: std::time::Duration) -> Result<File, KernelError> {
+    let path = dir.join(HANDOVER);
+    match std::fs::create_dir(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(KernelError::io(format!("creating {}", path.display()), e)),
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match lock(&path) {
+            Err(KernelError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens a pinned map read-only.
 pub fn open_read_only(path: &Path) -> Result<MapData, KernelError> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| {
@@ -140,11 +164,15 @@ pub fn remove_stale(dir: &Path) -> Result<Removed, KernelError> {
     let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
     paths.sort();
     for path in paths {
-        let ours = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| MAP_NAMES.contains(&n));
-        if !ours {
+        let name = path.file_name().and_then(|n| n.to_str());
+        if name == Some(HANDOVER) {
+            // Empty unless someone put something there: then it stays, and is reported.
+            if std::fs::remove_dir(&path).is_err() {
+                out.left.push(path);
+            }
+            continue;
+        }
+        if !name.is_some_and(|n| MAP_NAMES.contains(&n)) {
             out.left.push(path);
             continue;
         }

@@ -17,10 +17,28 @@
 #include "tollgate/types.h"
 #include "tollgate/maps.h"
 
-static __always_inline const struct tg_config *tg_cfg(void)
+/*
+ * The configuration generation these programs serve, set by the loader
+ * (rodata). During an upgrade two agents' programs are attached side by side
+ * on the same pinned maps; only those of tg_config.generation act.
+ */
+volatile const __u32 tg_generation = 0;
+
+/* The configuration, when these programs are the acting generation. */
+static __always_inline const struct tg_config *tg_current(void)
 {
 	__u32 zero = 0;
 	const struct tg_config *cfg = bpf_map_lookup_elem(&tg_config, &zero);
+
+	if (!cfg || cfg->generation != tg_generation)
+		return 0;
+	return cfg;
+}
+
+/* The configuration, when these programs act and are enabled. */
+static __always_inline const struct tg_config *tg_cfg(void)
+{
+	const struct tg_config *cfg = tg_current();
 
 	if (!cfg || !(cfg->flags & TG_CFG_ENABLED))
 		return 0;
@@ -71,7 +89,7 @@ static __always_inline int tg_is_exempt(const struct tg_config *cfg)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
-	if (tgid == cfg->agent_tgid)
+	if (tgid == cfg->agent_tgid || (cfg->agent_tgid2 && tgid == cfg->agent_tgid2))
 		return 1;
 	return cfg->agent_cgroup_id && bpf_get_current_cgroup_id() == cfg->agent_cgroup_id;
 }

@@ -48,15 +48,22 @@ _Static_assert(sizeof(struct tg_addr_key) == 20, "tg_addr_key layout");
 #define TG_CFG_REDIRECT4 (1U << 1)  /* redirect4 is valid */
 #define TG_CFG_REDIRECT6 (1U << 2)  /* redirect6 is valid */
 
-/* tg_config[0]: written by the agent at load, read by the connect programs. 56 bytes. */
+/*
+ * tg_config[0]: written by the agent at load, read by every program. 64 bytes.
+ * Only the programs loaded for `generation` act (their tg_generation); the
+ * others stay inert, so an upgrade hands the maps to the new agent's programs
+ * with one write of this entry.
+ */
 struct tg_config {
 	__u32 agent_tgid;       /* connects from this tgid (init pid namespace) are never redirected */
 	__u32 flags;            /* TG_CFG_* */
 	__u64 agent_cgroup_id;  /* connects from this cgroup are never redirected; 0 = none */
 	struct tg_addr_key redirect4;  /* where redirected IPv4 connects go */
 	struct tg_addr_key redirect6;  /* where redirected IPv6 connects go */
+	__u32 generation;       /* the programs that act: those loaded with this tg_generation */
+	__u32 agent_tgid2;      /* during a hand-over, the other agent: never redirected either; 0 = none */
 };
-_Static_assert(sizeof(struct tg_config) == 56, "tg_config layout");
+_Static_assert(sizeof(struct tg_config) == 64, "tg_config layout");
 
 /* tg_intercept value: one per destination that is redirected to the agent. 8 bytes. */
 struct tg_intercept_entry {
