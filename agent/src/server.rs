@@ -41,6 +41,7 @@ fn start_kernel(cfg: &Config, addr: SocketAddr) -> (Option<Kernel>, KernelReport
         features: Features::unavailable("kernel.enabled is off in the configuration"),
         programs: Vec::new(),
         intercept: cfg.intercept.clone(),
+        took_over_from: None,
     };
     if cfg.kernel.enabled == KernelMode::Off {
         if !cfg.intercept.is_empty() {
@@ -59,6 +60,7 @@ fn start_kernel(cfg: &Config, addr: SocketAddr) -> (Option<Kernel>, KernelReport
     if let Some(k) = &k {
         report.loaded = true;
         report.programs = k.program_ids().to_vec();
+        report.took_over_from = k.took_over_from();
     }
     (k, report)
 }

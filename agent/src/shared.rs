@@ -262,6 +262,8 @@ pub struct KernelReport {
     /// Program names and kernel ids (as `bpftool prog show` lists them).
     pub programs: Vec<(&'static str, u32)>,
     pub intercept: Vec<SocketAddr>,
+    /// The agent this one took the kernel programs over from at start (an upgrade), by tgid.
+    pub took_over_from: Option<u32>,
 }
 
 impl KernelReport {
@@ -287,6 +289,7 @@ impl KernelReport {
             "features": features,
             "programs": self.programs.iter().map(|(name, id)| serde_json::json!({ "name": name, "id": id })).collect::<Vec<_>>(),
             "intercept": self.intercept.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "took_over_from": self.took_over_from,
         })
     }
 }

@@ -210,6 +210,8 @@ pub(crate) struct KernelAgent {
     pub(crate) proc: Option<Proc>,
     pub(crate) data_dir: PathBuf,
     pub(crate) pin_dir: PathBuf,
+    config_path: PathBuf,
+    listen: String,
     _dir: TempDir,
 }
 
@@ -254,6 +256,32 @@ impl KernelAgent {
             proc: Some(proc),
             data_dir,
             pin_dir,
+            config_path,
+            listen: listen.to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// A second agent on the same configuration, address, data and pin directories, started
+    /// while this one runs: an upgrade's new agent.
+    pub(crate) fn successor(&self) -> KernelAgent {
+        let dir = TempDir::new("agent-kernel-next");
+        let mut cmd = Launch::Plain.command();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .args(["--listen", &self.listen])
+            .env("SIM_KEY", OPENAI_PROVIDER_KEY)
+            .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY);
+        let (proc, bound) =
+            Proc::spawn("tollgate", cmd, dir.path(), "tollgate").expect("starting tollgate");
+        KernelAgent {
+            addr: SocketAddr::from(([127, 0, 0, 1], bound.port())),
+            proc: Some(proc),
+            data_dir: self.data_dir.clone(),
+            pin_dir: self.pin_dir.clone(),
+            config_path: self.config_path.clone(),
+            listen: self.listen.clone(),
             _dir: dir,
         }
     }

@@ -79,6 +79,7 @@ mod stream_without_usage;
 /// An https provider through nginx with a private CA: rustls, keep-alive, IP SAN, untrusted CA.
 mod tls_upstream;
 /// A provider reset mid-stream: error event, cut connection, estimated usage.
+mod upgrade;
 mod upstream_reset;
 /// Every POST endpoint without streaming: ledger usage equals the simulator's report.
 mod usage_plain;

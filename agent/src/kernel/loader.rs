@@ -314,9 +314,10 @@ impl Kernel {
             attached,
         };
         let kernel = kernel.finish(cfg, &plan)?;
-        if kernel.previous.is_some() {
+        if let Some(previous) = kernel.previous {
             info!(
                 generation,
+                from_pid = previous.agent_tgid,
                 "took the kernel programs over from the running agent; it is exempt until it exits"
             );
             kernel.ownership.promote_when_free(
@@ -588,6 +589,11 @@ impl Kernel {
         self.lock()
             .current()
             .is_ok_and(|cur| cur.generation == self.generation)
+    }
+
+    /// The tgid of the agent this one took over from at load (an upgrade), if it did.
+    pub fn took_over_from(&self) -> Option<u32> {
+        self.previous.map(|p| p.agent_tgid)
     }
 
     /// Whether this agent owns the pin directory (a successor does once its predecessor exits).

@@ -111,6 +111,11 @@ impl Proc {
         std::fs::read_to_string(&self.stdout_log).unwrap_or_default()
     }
 
+    /// What the process wrote on stderr (its log) so far.
+    pub fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
     /// The process id (for a test that signals it at an exact moment).
     pub fn pid(&self) -> u32 {
         self.child.id()
