@@ -730,16 +730,22 @@ mod privileged {
         );
     }
 
-    #[test]
-    fn a_second_agent_takes_over_without_a_gap_and_owns_the_pins_once_the_first_exits() {
-        require_privilege!();
-        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    /// A listener, an intercepted address nobody listens on, and a config redirecting it there.
+    fn one_intercept() -> (TcpListener, SocketAddr, KernelConfig) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
         let icpt = addr(&format!("127.0.0.1:{}", unused_port("127.0.0.1")));
         let cfg = config(
             vec![l.local_addr().unwrap_or_else(|e| panic!("{e}"))],
             vec![icpt],
         );
+        (l, icpt, cfg)
+    }
+
+    #[test]
+    fn a_second_agent_takes_over_without_a_gap_and_owns_the_pins_once_the_first_exits() {
+        require_privilege!();
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let (l, icpt, cfg) = one_intercept();
         let old = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
         assert!(old.owns_pin_dir() && old.is_current());
         redirect_case(&old, &l, icpt);
@@ -801,12 +807,7 @@ mod privileged {
     fn a_successor_that_stops_first_gives_the_programs_back() {
         require_privilege!();
         let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let l = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-        let icpt = addr(&format!("127.0.0.1:{}", unused_port("127.0.0.1")));
-        let cfg = config(
-            vec![l.local_addr().unwrap_or_else(|e| panic!("{e}"))],
-            vec![icpt],
-        );
+        let (l, icpt, cfg) = one_intercept();
         let old = Kernel::load(&cfg).unwrap_or_else(|e| panic!("load: {e}"));
         let new = Kernel::load(&cfg).unwrap_or_else(|e| panic!("take-over: {e}"));
         assert!(!old.is_current());

@@ -242,17 +242,9 @@ impl KernelAgent {
             std::os::unix::fs::chown(&data_dir, Some(65534), Some(65534))
                 .expect("handing the data dir to nobody");
         }
-        let mut cmd = launch.command();
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", listen])
-            .env("SIM_KEY", OPENAI_PROVIDER_KEY)
-            .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY);
-        let (proc, bound) =
-            Proc::spawn("tollgate", cmd, dir.path(), "tollgate").expect("starting tollgate");
+        let (proc, addr) = serve(launch, &config_path, listen, &dir);
         KernelAgent {
-            addr: SocketAddr::from(([127, 0, 0, 1], bound.port())),
+            addr,
             proc: Some(proc),
             data_dir,
             pin_dir,
@@ -266,17 +258,9 @@ impl KernelAgent {
     /// while this one runs: an upgrade's new agent.
     pub(crate) fn successor(&self) -> KernelAgent {
         let dir = TempDir::new("agent-kernel-next");
-        let mut cmd = Launch::Plain.command();
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .args(["--listen", &self.listen])
-            .env("SIM_KEY", OPENAI_PROVIDER_KEY)
-            .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY);
-        let (proc, bound) =
-            Proc::spawn("tollgate", cmd, dir.path(), "tollgate").expect("starting tollgate");
+        let (proc, addr) = serve(&Launch::Plain, &self.config_path, &self.listen, &dir);
         KernelAgent {
-            addr: SocketAddr::from(([127, 0, 0, 1], bound.port())),
+            addr,
             proc: Some(proc),
             data_dir: self.data_dir.clone(),
             pin_dir: self.pin_dir.clone(),
@@ -310,6 +294,21 @@ impl KernelAgent {
             .map(|p| p.iter().filter_map(|p| p["id"].as_u64()).collect())
             .unwrap_or_default()
     }
+}
+
+/// `tollgate serve --config CONFIG --listen LISTEN`, its logs in `dir`; the process and the
+/// loopback address it bound.
+fn serve(launch: &Launch, config: &Path, listen: &str, dir: &TempDir) -> (Proc, SocketAddr) {
+    let mut cmd = launch.command();
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", listen])
+        .env("SIM_KEY", OPENAI_PROVIDER_KEY)
+        .env("SIM_ANTHROPIC_KEY", ANTHROPIC_PROVIDER_KEY);
+    let (proc, bound) =
+        Proc::spawn("tollgate", cmd, dir.path(), "tollgate").expect("starting tollgate");
+    (proc, SocketAddr::from(([127, 0, 0, 1], bound.port())))
 }
 
 impl Drop for KernelAgent {
