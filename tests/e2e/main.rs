@@ -16,6 +16,7 @@ mod cached_tokens;
 /// `tollgate demo --no-wait` runs and prints usage.
 mod cli_demo;
 /// `tollgate import litellm` converts a LiteLLM config that then validates and serves.
+mod cli_export;
 mod cli_import;
 /// `tollgate validate` reports every problem with its line.
 mod cli_validate;

@@ -7,7 +7,8 @@
 //!    loopback port), `nginx` and `openssl` (the bench floor and the TLS
 //!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
-//!    `tests/python/requirements.txt` (reinstalled when that file changes), and `.venv-deploy`
+//!    `tests/python/requirements.txt` (reinstalled when that file changes), `.venv-focus` with
+//!    the FOCUS validator (`tests/finops/requirements.txt`), and `.venv-deploy`
 //!    with `tests/deploy/requirements.txt` (checkov, kubernetes-validate). Also `golang-go` and
 //!    Debian's Sprig and YAML Go sources, for the Helm chart renderer (`deploy/helm/render`).
 //! 2. `cargo build -p tollgate -p tollgate-sim`: the binaries the end-to-end tests spawn.
@@ -45,6 +46,9 @@ const OPTIONAL_PACKAGES: [&str; 2] = ["nginx", "openssl"];
 const SDK_VENV: (&str, &str) = (".venv", "tests/python/requirements.txt");
 /// The deployment checks' venv: apart, because checkov pins an older `packaging` than pytest 9.
 const DEPLOY_VENV: (&str, &str) = (".venv-deploy", "tests/deploy/requirements.txt");
+/// The FinOps Foundation's FOCUS validator, for `tollgate export focus` (its own venv: it pins
+/// old numpy and pandas). The end-to-end test finds it through `TOLLGATE_FOCUS_VALIDATOR`.
+const FOCUS_VENV: (&str, &str) = (".venv-focus", "tests/finops/requirements.txt");
 /// Written into the venv after a successful install: the requirements it was made from.
 const VENV_MARKER: &str = ".tollgate-requirements";
 
@@ -188,6 +192,12 @@ fn install(root: &Path) -> Venvs {
         return (Err(why.clone()), Err(why));
     };
     let make = |v| venv(root, &python, v).map_err(|e| format!("{e:#}"));
+    // The export test reads this: the validator's python, or why there is none (then it fails
+    // with that reason instead of skipping).
+    match make(FOCUS_VENV) {
+        Ok(p) => std::env::set_var("TOLLGATE_FOCUS_VALIDATOR", p),
+        Err(why) => std::env::set_var("TOLLGATE_FOCUS_VALIDATOR", format!("missing: {why}")),
+    }
     (make(SDK_VENV), make(DEPLOY_VENV))
 }
 

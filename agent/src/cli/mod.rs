@@ -5,6 +5,7 @@
 
 pub mod config_cmd;
 pub mod demo;
+pub mod export;
 pub mod kernel;
 pub mod keys;
 pub mod report;
@@ -87,6 +88,11 @@ pub enum Command {
         by: GroupBy,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
+    },
+    /// The ledger in formats other tools read: `focus` (FinOps FOCUS 1.0 CSV).
+    Export {
+        #[command(subcommand)]
+        command: export::ExportCommand,
     },
     /// Reports over the ledger: `findings` (spend patterns with the requests behind them).
     Report {
@@ -243,6 +249,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", query::render(&rows, format, &key));
             Ok(())
         }
+        Command::Export { command } => export::run(command),
         Command::Report { command } => report::run(command),
         Command::Demo(args) => demo::run(args),
         Command::Status { addr, json } => status::run(&addr, json),
@@ -268,7 +275,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn open_ledger(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
+pub(crate) fn open_ledger(data_dir: &std::path::Path) -> anyhow::Result<rusqlite::Connection> {
     let db = crate::ledger::db_path(data_dir);
     anyhow::ensure!(
         db.exists(),

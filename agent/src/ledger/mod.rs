@@ -14,6 +14,7 @@
 
 pub mod enrich;
 pub mod findings;
+pub mod focus;
 pub mod journal;
 pub mod local;
 pub mod query;

@@ -1,0 +1,198 @@
+//! `tollgate export focus`: the ledger of a running agent becomes FOCUS 1.0 CSV whose sums are
+//! the ledger's, and which the FinOps Foundation's own validator accepts.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::procs::{run_tollgate, TempDir};
+use crate::harness::{post_raw, Sim, Stack};
+
+/// The validator's python: from `cargo xtask test` (which installs it, or says why not), else a
+/// `.venv-focus` left by an earlier run. `Err` is why there is none.
+fn validator_python() -> Result<PathBuf, String> {
+    match std::env::var("TOLLGATE_FOCUS_VALIDATOR") {
+        Ok(v) => match v.strip_prefix("missing: ") {
+            Some(why) => Err(format!("cargo xtask test could not install it: {why}")),
+            None => Ok(PathBuf::from(v)),
+        },
+        Err(_) => {
+            let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-focus/bin/python");
+            local
+                .exists()
+                .then_some(local)
+                .ok_or_else(|| "no .venv-focus (run `cargo xtask test`)".to_string())
+        }
+    }
+}
+
+/// Splits one CSV line (fields quoted with `"`, quotes doubled).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => out.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    out.push(field);
+    out
+}
+
+/// `"0.001234"` as micro-USD.
+fn micro(s: &str) -> i64 {
+    let (whole, frac) = s.split_once('.').unwrap_or((s, "0"));
+    let frac = format!("{frac:0<6}");
+    whole.parse::<i64>().expect("whole USD") * 1_000_000
+        + frac[..6].parse::<i64>().expect("fraction")
+}
+
+#[test]
+fn the_ledger_exports_as_focus_that_the_finops_validator_accepts() {
+    let stack = Stack::custom(Sim::start(&[]), |c| {
+        c.governance_yaml
+            .push_str("prices:\n  smol: {input: 2.0, output: 8.0}\n");
+    });
+    let body = json!({"model": "smol", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8});
+    let mut ledger_cost: HashMap<String, i64> = HashMap::new();
+    for (team, n) in [("search", 3), ("ads", 2)] {
+        for _ in 0..n {
+            let r = post_raw(
+                stack.agent.addr,
+                "/v1/chat/completions",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-tollgate-team", team),
+                ],
+                body.to_string().as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let row = stack.agent.row_of(&r);
+            *ledger_cost.entry(team.to_string()).or_default() += row.cost_micro_usd;
+        }
+    }
+    assert!(ledger_cost.values().all(|c| *c > 0), "{ledger_cost:?}");
+
+    let dir = TempDir::new("focus");
+    let out = dir.path().join("focus.csv");
+    let data_dir = stack.agent.data_dir.to_string_lossy().into_owned();
+    let run = run_tollgate(
+        &[
+            "export",
+            "focus",
+            "--data-dir",
+            &data_dir,
+            "--out",
+            &out.to_string_lossy(),
+            "--account",
+            "node-a",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let text = std::fs::read_to_string(&out).expect("the export");
+    let mut lines = text.lines();
+    let header = csv_fields(lines.next().expect("a header"));
+    for required in [
+        "BilledCost",
+        "EffectiveCost",
+        "ListCost",
+        "ContractedCost",
+        "BillingCurrency",
+        "ChargePeriodStart",
+        "ChargePeriodEnd",
+        "BillingPeriodStart",
+        "ChargeCategory",
+        "ServiceName",
+        "ServiceCategory",
+        "ResourceId",
+        "SkuId",
+        "PricingUnit",
+        "PricingQuantity",
+        "ConsumedQuantity",
+        "ConsumedUnit",
+        "Provider",
+        "Publisher",
+        "InvoiceIssuer",
+        "Tags",
+    ] {
+        assert!(
+            header.iter().any(|h| h == required),
+            "no {required} in {header:?}"
+        );
+    }
+    let col = |name: &str| header.iter().position(|h| h == name).expect(name);
+    let mut exported: HashMap<String, (i64, u64)> = HashMap::new();
+    for line in lines {
+        let f = csv_fields(line);
+        assert_eq!(f.len(), header.len(), "{line}");
+        let tags: serde_json::Value = serde_json::from_str(&f[col("Tags")]).expect("Tags is JSON");
+        let team = tags["team"].as_str().expect("a team tag").to_string();
+        assert_eq!(f[col("SubAccountId")], team);
+        assert_eq!(f[col("BilledCost")], f[col("EffectiveCost")]);
+        assert_eq!(f[col("ConsumedUnit")], "Tokens");
+        assert_eq!(f[col("BillingAccountId")], "node-a");
+        let e = exported.entry(team).or_default();
+        e.0 += micro(&f[col("BilledCost")]);
+        e.1 += f[col("x_Requests")].parse::<u64>().expect("x_Requests");
+    }
+    assert_eq!(exported.get("search").map(|e| e.1), Some(3));
+    assert_eq!(exported.get("ads").map(|e| e.1), Some(2));
+    for (team, cost) in &ledger_cost {
+        assert_eq!(
+            exported[team].0, *cost,
+            "{team}: the export's cost is the ledger's"
+        );
+    }
+
+    // The FinOps Foundation's validator (FOCUS 1.0), with the overrides its README documents
+    // for two rules of its own that contradict the specification.
+    let python = match validator_python() {
+        Ok(p) => p,
+        Err(why) if std::env::var_os("TOLLGATE_FOCUS_VALIDATOR").is_some() => panic!("{why}"),
+        Err(why) => {
+            eprintln!("skipping the FOCUS validator: {why}");
+            return;
+        }
+    };
+    // It reads its currency list relative to the working directory: run it from its package's.
+    let site = Command::new(&python)
+        .args(["-c", "import focus_validator, os; print(os.path.dirname(os.path.dirname(focus_validator.__file__)))"])
+        .output()
+        .expect("running the validator's python");
+    assert!(
+        site.status.success(),
+        "{}",
+        String::from_utf8_lossy(&site.stderr)
+    );
+    let overrides =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("finops/focus-validator-overrides.yaml");
+    let check = Command::new(&python)
+        .current_dir(String::from_utf8_lossy(&site.stdout).trim())
+        .args([
+            "-m",
+            "focus_validator.main",
+            "--validate-version",
+            "1.0",
+            "--data-file",
+        ])
+        .arg(&out)
+        .arg("--override-file")
+        .arg(&overrides)
+        .output()
+        .expect("running focus-validator");
+    let report = String::from_utf8_lossy(&check.stdout).into_owned()
+        + &String::from_utf8_lossy(&check.stderr);
+    assert!(report.contains("Validation succeeded."), "{report}");
+}
