@@ -76,19 +76,9 @@ pub enum Command {
         #[arg(long, default_value = "month", value_parser = ["day", "month"], requires = "cluster")]
         period: String,
     },
-    /// What each team spent in a UTC month, for chargeback (table, CSV or JSON).
-    Chargeback {
-        #[arg(long, default_value = "./tollgate-data")]
-        data_dir: PathBuf,
-        /// The month, `YYYY-MM` (default: the current one).
-        #[arg(long)]
-        month: Option<String>,
-        /// Group by team (default) or cost center, project, key, user.
-        #[arg(long, value_enum, default_value = "team")]
-        by: GroupBy,
-        #[arg(long, value_enum, default_value = "table")]
-        format: Format,
-    },
+    /// What each team spent in a UTC month, against the month before and its budget (the
+    /// same as `tollgate report chargeback`).
+    Chargeback(report::ChargebackArgs),
     /// The ledger in formats other tools read: `focus` (FinOps FOCUS 1.0 CSV).
     Export {
         #[command(subcommand)]
@@ -228,27 +218,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", query::render(&rows, format, &key));
             Ok(())
         }
-        Command::Chargeback {
-            data_dir,
-            month,
-            by,
-            format,
-        } => {
-            let conn = open_ledger(&data_dir)?;
-            let month = month.unwrap_or_else(|| {
-                crate::governance::window::rfc3339(crate::governance::window::now_ms())[..7]
-                    .to_string()
-            });
-            let (from, to) = month_range(&month)?;
-            let rows = query::summarize_range(&conn, by, from, to)?;
-            let key = format!("{by:?}").to_lowercase();
-            if format == Format::Table {
-                let total: f64 = rows.iter().map(|r| r.cost_usd).sum();
-                println!("Chargeback for {month} (UTC), by {key}: ${total:.2} in total");
-            }
-            print!("{}", query::render(&rows, format, &key));
-            Ok(())
-        }
+        Command::Chargeback(args) => report::chargeback(args),
         Command::Export { command } => export::run(command),
         Command::Report { command } => report::run(command),
         Command::Demo(args) => demo::run(args),

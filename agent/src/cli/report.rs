@@ -1,13 +1,17 @@
 //! `tollgate report findings`: spend patterns in the ledger (`ledger/findings.rs`), for a UTC
-//! month or the last N days, with their thresholds as flags.
+//! month or the last N days, with their thresholds as flags. `tollgate report chargeback`: a
+//! month's spend per group against the month before and its budget (`ledger/chargeback.rs`).
 
 use std::path::PathBuf;
 
 use crate::ledger::findings::{findings, render, Thresholds};
-use crate::ledger::query::Format;
+use crate::ledger::query::{self, Format, GroupBy};
 
 #[derive(clap::Subcommand)]
 pub enum ReportCommand {
+    /// What each team (or project, cost center, key, user) spent in a UTC month: tokens,
+    /// requests, cost, the change against the previous month, and the use of its monthly budget.
+    Chargeback(ChargebackArgs),
     /// Premium-model overuse, context stuffing, token spikes and retry storms, with the
     /// requests behind each.
     Findings {
@@ -35,8 +39,62 @@ pub enum ReportCommand {
     },
 }
 
+#[derive(clap::Args)]
+pub struct ChargebackArgs {
+    /// The agent's data directory (default ./tollgate-data, or `data_dir` of `--config`).
+    #[arg(long, conflicts_with = "config")]
+    pub data_dir: Option<PathBuf>,
+    /// The agent's config file: its `data_dir`, and its `budgets:` for budget use.
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// The month, `YYYY-MM` (default: the current one).
+    #[arg(long)]
+    pub month: Option<String>,
+    /// Group by team (default) or cost center, project, key, user.
+    #[arg(long, value_enum, default_value = "team")]
+    pub by: GroupBy,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+}
+
+/// `tollgate report chargeback` (also `tollgate chargeback`).
+pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
+    let cfg = a.config.as_deref().map(super::load).transpose()?;
+    let data_dir = match (a.data_dir, &cfg) {
+        (Some(d), _) => d,
+        (None, Some(c)) => c.data_dir.clone(),
+        (None, None) => PathBuf::from("./tollgate-data"),
+    };
+    let conn = super::open_ledger(&data_dir)?;
+    let now = crate::governance::window::now_ms();
+    let month = a
+        .month
+        .unwrap_or_else(|| crate::governance::window::rfc3339(now)[..7].to_string());
+    let (from, to) = super::month_range(&month)?;
+    // The month before: the one containing the last millisecond before this one.
+    let prev = crate::governance::window::Window::Month.at(from - 1);
+    let rows = query::summarize_range(&conn, a.by, from, to)?;
+    let previous = query::summarize_range(&conn, a.by, prev.start_ms, prev.end_ms)?;
+    let budgets = cfg.as_ref().map_or(&[][..], |c| &c.governance.budgets[..]);
+    let rows = crate::ledger::chargeback::build(rows, &previous, budgets, a.by);
+    let key = format!("{:?}", a.by).to_lowercase();
+    if a.format == Format::Table {
+        let total: f64 = rows.iter().map(|r| r.month.cost_usd).sum();
+        let before: f64 = rows.iter().map(|r| r.previous_cost_usd).sum();
+        println!(
+            "Chargeback for {month} (UTC), by {key}: ${total:.2} in total (${before:.2} the month before)"
+        );
+    }
+    print!(
+        "{}",
+        crate::ledger::chargeback::render(&rows, a.format, &key)
+    );
+    Ok(())
+}
+
 pub fn run(command: ReportCommand) -> anyhow::Result<()> {
     match command {
+        ReportCommand::Chargeback(a) => chargeback(a),
         ReportCommand::Findings {
             data_dir,
             month,

@@ -12,6 +12,7 @@
 //! before the row is written. Ledgers created before those columns existed are migrated in
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
+pub mod chargeback;
 pub mod enrich;
 pub mod findings;
 pub mod focus;

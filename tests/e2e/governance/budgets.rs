@@ -69,15 +69,76 @@ fn block_reports_the_reset_and_costs_come_from_the_catalog() {
     }
     let chargeback = cli_on_data(&stack, &["chargeback", "--format", "csv"]);
     let want_cost: i64 = rows.iter().map(|r| r.cost_micro_usd).sum();
-    let line = chargeback
+    let header: Vec<&str> = chargeback
+        .lines()
+        .next()
+        .expect("a header")
+        .split(',')
+        .collect();
+    let line: Vec<&str> = chargeback
         .lines()
         .find(|l| l.starts_with("search,"))
-        .expect("a row for search");
-    assert!(
-        line.ends_with(&format!("{:.6}", want_cost as f64 / 1e6)),
-        "{line} vs {want_cost}"
+        .expect("a row for search")
+        .split(',')
+        .collect();
+    let cost = header
+        .iter()
+        .position(|h| *h == "cost_usd")
+        .expect("cost_usd");
+    assert_eq!(
+        line[cost],
+        format!("{:.6}", want_cost as f64 / 1e6),
+        "{chargeback}"
     );
     assert!(cli_on_data(&stack, &["usage", "--by", "key"]).contains("k_"));
+}
+
+#[test]
+fn chargeback_reports_monthly_budget_use_from_the_config() {
+    let stack = governed(
+        Sim::start(&[]),
+        "prices:\n  smol: {input: 1.0, output: 2.0}\n\
+         budgets:\n  - name: search-month\n    scope: {team: search}\n    tokens: 100000\n    window: month\n",
+    );
+    let (key, _) = create_key(&stack, json!({"team": "search"}));
+    let ids: Vec<String> = (0..2)
+        .map(|_| {
+            let r = smol_as(&stack, &key, 20);
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.request_id().to_string()
+        })
+        .collect();
+    let rows = rows_of(&stack, &ids);
+    let config = stack.agent.config_path.to_string_lossy().into_owned();
+    // Run where the agent runs: its config names the admin token's variable.
+    let out = crate::harness::procs::run_tollgate_env(
+        &[
+            "report",
+            "chargeback",
+            "--config",
+            &config,
+            "--format",
+            "json",
+        ],
+        &[("TOLLGATE_ADMIN_TOKEN", super::ADMIN_TOKEN)],
+        std::time::Duration::from_secs(10),
+    );
+    assert!(out.status.success(), "{out:#?}");
+    let report: Value = serde_json::from_str(&out.stdout).expect("JSON");
+    let search = report
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["key"] == "search"))
+        .unwrap_or_else(|| panic!("no row for search: {report}"));
+    assert_eq!(search["requests"], 2);
+    let cost: i64 = rows.iter().map(|r| r.cost_micro_usd).sum();
+    assert!((search["cost_usd"].as_f64().unwrap_or(-1.0) - cost as f64 / 1e6).abs() < 1e-9);
+    // Nothing last month (a fresh ledger): no percentage, zero before.
+    assert_eq!(search["previous_cost_usd"], 0.0);
+    assert!(search["change_pct"].is_null(), "{search}");
+    assert_eq!(search["budget"]["name"], "search-month");
+    let want = tokens(&rows) as f64 / 100_000.0 * 100.0;
+    let used = search["budget"]["used_pct"].as_f64().unwrap_or(-1.0);
+    assert!((used - want).abs() < 1e-9, "{used} vs {want}");
 }
 
 #[test]
