@@ -85,6 +85,8 @@ fn bench(c: &mut Criterion) {
                     scope: "team=search".into(),
                     window: Window::Month,
                     alert_at: vec![0.8, 1.0],
+                    limit_tokens: None,
+                    limit_micro_usd: Some(10_000_000),
                 }),
             )
         })

@@ -33,7 +33,10 @@ COMBOS = {
         "--set", "config.cluster.password_env=REDIS_PASSWORD",
         "--set", "secrets.providerKeys.REDIS_PASSWORD=redis-secret",
     ],
-    "monitoring": ["--set", "serviceMonitor.enabled=true", "--set", "dashboard.enabled=true"],
+    "monitoring": [
+        "--set", "serviceMonitor.enabled=true", "--set", "dashboard.enabled=true",
+        "--set", "prometheusRule.enabled=true",
+    ],
     "existing-secret-pvc": [
         "--set", "secrets.existingSecret=tollgate-keys",
         "--set", "dataDir.persistentVolumeClaim=tollgate-data",
@@ -41,7 +44,7 @@ COMBOS = {
     ],
 }
 # Kinds whose schema is a CRD's, not Kubernetes': checked by hand below.
-CRD_KINDS = {"ServiceMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
 KERNEL_CAPS = ["BPF", "NET_ADMIN", "PERFMON"]
 
 
@@ -82,13 +85,20 @@ def test_renders_and_validates_against_the_kubernetes_schemas(renderer, combo):
         assert o["metadata"]["namespace"] == "tollgate", o["metadata"]
         if o["kind"] in CRD_KINDS:
             assert o["apiVersion"] == "monitoring.coreos.com/v1"
-            assert o["spec"]["endpoints"][0]["port"] == "admin"
+            if o["kind"] == "ServiceMonitor":
+                assert o["spec"]["endpoints"][0]["port"] == "admin"
+            else:
+                rules = [r for g in o["spec"]["groups"] for r in g["rules"]]
+                assert {r["alert"] for r in rules} >= {
+                    "TollgateBudgetBurnRateUSD", "TollgateBreakerOpen", "TollgateLedgerLag", "TollgateReplicaDown",
+                }
+                assert all(r["expr"].strip() for r in rules)
             continue
         # strict: a field Kubernetes does not know is an error, not silently dropped.
         kubernetes_validate.validate(o, KUBE_VERSION, strict=True)
     assert "DaemonSet" in kinds and "ConfigMap" in kinds
     if combo == "monitoring":
-        assert {"ServiceMonitor", "Service"} <= set(kinds)
+        assert {"ServiceMonitor", "Service", "PrometheusRule"} <= set(kinds)
         dash = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
         panels = json.loads(dash[0]["data"]["tollgate.json"])["panels"]
         assert len(panels) >= 8

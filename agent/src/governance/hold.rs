@@ -21,6 +21,9 @@ pub struct BudgetInfo {
     pub scope: String,
     pub window: Window,
     pub alert_at: Vec<f64>,
+    /// The configured limits (exceptions may raise them per request), for `/metrics`.
+    pub limit_tokens: Option<u64>,
+    pub limit_micro_usd: Option<u64>,
 }
 
 #[derive(Debug)]

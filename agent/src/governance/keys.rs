@@ -254,6 +254,8 @@ impl KeyTable {
                 scope: format!("key={}", rec.id),
                 window: rec.spec.window.unwrap_or(Window::Month),
                 alert_at: vec![0.8, 1.0],
+                limit_tokens: rec.spec.budget_tokens,
+                limit_micro_usd: rec.spec.budget_usd.map(|u| (u * 1e6).round() as u64),
             });
             let entry = Arc::new(KeyEntry {
                 id: rec.id,
@@ -403,6 +405,8 @@ mod tests {
                 scope: "key=k".into(),
                 window: Window::Month,
                 alert_at: Vec::new(),
+                limit_tokens: None,
+                limit_micro_usd: None,
             }),
         };
         assert!(entry.ip_allowed("10.1.2.3".parse().unwrap()));

@@ -215,6 +215,8 @@ impl Governor {
                     scope: b.scope.label(),
                     window: b.window,
                     alert_at: b.alert_at.clone(),
+                    limit_tokens: b.tokens,
+                    limit_micro_usd: b.micro_usd,
                 }),
             ));
         }
@@ -384,6 +386,33 @@ impl Governor {
                 "tollgate_budget_used_usd{{budget=\"{}\"}} {:.6}",
                 crate::telemetry::metrics::escape(&info.name),
                 state.micro_usd.used(span.index) as f64 / 1e6
+            );
+        }
+        out.push_str("# HELP tollgate_budget_limit_tokens The budget's token limit (as configured).\n# TYPE tollgate_budget_limit_tokens gauge\n");
+        for (_, info) in &bound.budgets {
+            if let Some(l) = info.limit_tokens {
+                let name = crate::telemetry::metrics::escape(&info.name);
+                let _ = writeln!(out, "tollgate_budget_limit_tokens{{budget=\"{name}\"}} {l}");
+            }
+        }
+        out.push_str("# HELP tollgate_budget_limit_usd The budget's USD limit (as configured).\n# TYPE tollgate_budget_limit_usd gauge\n");
+        for (_, info) in &bound.budgets {
+            if let Some(l) = info.limit_micro_usd {
+                let name = crate::telemetry::metrics::escape(&info.name);
+                let _ = writeln!(
+                    out,
+                    "tollgate_budget_limit_usd{{budget=\"{name}\"}} {:.6}",
+                    l as f64 / 1e6
+                );
+            }
+        }
+        out.push_str("# HELP tollgate_budget_window_end_timestamp_seconds When the budget's current window ends (it then starts again from zero).\n# TYPE tollgate_budget_window_end_timestamp_seconds gauge\n");
+        for (_, info) in &bound.budgets {
+            let name = crate::telemetry::metrics::escape(&info.name);
+            let end = info.window.at(now).end_ms / 1000;
+            let _ = writeln!(
+                out,
+                "tollgate_budget_window_end_timestamp_seconds{{budget=\"{name}\"}} {end}"
             );
         }
         let shared: Vec<_> = bound

@@ -148,7 +148,12 @@ fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
             if let Some(p) = record.price {
                 record.cost_micro_usd = p.micro_usd(&record.usage);
             }
-            ctl.metrics.shards[ctl.shard].record_usage(series, &record.usage, true);
+            ctl.metrics.shards[ctl.shard].record_usage(
+                series,
+                &record.usage,
+                record.cost_micro_usd,
+                true,
+            );
             *record
         }
     };

@@ -62,8 +62,8 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     }
     let shard = &w.shared.metrics.shards[w.index];
     shard.record_request(series, latency, ctx.first_byte_at.map(|t| t - ctx.started));
-    if let (LedgerMsg::Record(_), Some(u)) = (&msg, &ctx.usage) {
-        shard.record_usage(series, u, false);
+    if let (LedgerMsg::Record(r), Some(u)) = (&msg, &ctx.usage) {
+        shard.record_usage(series, u, r.cost_micro_usd, false);
     }
     if let LedgerMsg::Record(r) = &mut msg {
         // The usage is final: settle the reservations here, where admission took them.

@@ -150,7 +150,7 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
     };
     let shard = &w.shared.metrics.shards[w.index];
     shard.record_request(series, latency, None);
-    shard.record_usage(series, &usage, false);
+    shard.record_usage(series, &usage, rec.cost_micro_usd, false);
     crate::governance::settle_record(&mut rec, &w.shared.governor);
     crate::phase::settle::enqueue(w, LedgerMsg::Record(Box::new(rec)), true, &ctx.id);
 }

@@ -69,6 +69,8 @@ pub struct SeriesKey {
 struct Series {
     requests: u64,
     tokens: [u64; 5],
+    /// What the requests cost, at the catalog's prices.
+    micro_usd: u64,
     estimated: u64,
     latency: Histogram,
     ttft: Histogram,
@@ -165,9 +167,10 @@ impl Shard {
     }
 
     /// Adds token usage (possibly later than the request, for estimates).
-    pub fn record_usage(&self, key: SeriesKey, u: &Usage, estimated: bool) {
+    pub fn record_usage(&self, key: SeriesKey, u: &Usage, micro_usd: u64, estimated: bool) {
         let mut map = self.series.lock().unwrap_or_else(|e| e.into_inner());
         let s = map.entry(key).or_default();
+        s.micro_usd += micro_usd;
         let vals = [
             u.input_tokens,
             u.cached_tokens,
@@ -317,6 +320,7 @@ impl Metrics {
                     *a += b;
                 }
                 m.estimated += s.estimated;
+                m.micro_usd += s.micro_usd;
                 m.latency.merge(&s.latency);
                 m.ttft.merge(&s.ttft);
             }
@@ -356,6 +360,16 @@ impl Metrics {
                     );
                 }
             }
+        }
+        out.push_str("# HELP tollgate_cost_usd_total What metered requests cost at the price catalog's prices, in USD.\n# TYPE tollgate_cost_usd_total counter\n");
+        for (k, s) in merged.iter().filter(|(_, s)| s.micro_usd > 0) {
+            let _ = writeln!(
+                out,
+                "tollgate_cost_usd_total{{{}}} {}.{:06}",
+                labels(k),
+                s.micro_usd / 1_000_000,
+                s.micro_usd % 1_000_000
+            );
         }
         out.push_str("# HELP tollgate_usage_estimated_total Requests whose usage was estimated with the tokenizer.\n# TYPE tollgate_usage_estimated_total counter\n");
         for (k, s) in merged.iter().filter(|(_, s)| s.estimated > 0) {
@@ -619,6 +633,15 @@ impl Metrics {
                 }
             }
         }
+        let name = "tollgate_replica_up";
+        let _ = writeln!(
+            out,
+            "# HELP {name} 1 when the replica's latest /metrics scrape succeeded, else 0.\n# TYPE {name} gauge"
+        );
+        for st in states.iter() {
+            let up = u8::from(st.load.is_some());
+            let _ = writeln!(out, "{name}{{provider=\"{}\"}} {up}", escape(&st.provider));
+        }
         let name = "tollgate_replica_scrape_errors_total";
         let _ = writeln!(
             out,
@@ -636,10 +659,9 @@ impl Metrics {
 
     /// `tollgate_gpu_*`: the latest NVML sample of each GPU (nothing without a GPU).
     fn render_gpus(&self, out: &mut String) {
+        // The families are listed even without a GPU (empty), so dashboards and alerts over
+        // them stay valid on every node.
         let samples = self.gpus.samples();
-        if samples.is_empty() {
-            return;
-        }
         type Pick = fn(&super::gpu::GpuSample) -> f64;
         let gauges: [(&str, &str, Pick); 3] = [
             (
@@ -689,9 +711,11 @@ mod tests {
                 output_tokens: 2,
                 ..Usage::default()
             },
+            1_250_000,
             true,
         );
         let text = m.render();
+        assert!(text.contains("tollgate_cost_usd_total{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 1.250000"), "{text}");
         assert!(text.contains("tollgate_requests_total{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 2"), "{text}");
         assert!(text.contains("kind=\"input\"} 7"));
         assert!(text.contains("tollgate_usage_estimated_total{model=\"smol\",provider=\"local\",api=\"chat\",status=\"200\"} 1"));
