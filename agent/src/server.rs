@@ -167,6 +167,10 @@ impl Running {
         // Every worker has flushed its records; the writer commits them and exits.
         let _ = self.writer_tx.send(ledger::writer::ToWriter::Stop);
         let _ = self.control.join();
+        // The ledger writer has offered its last spans: send them.
+        if let Some(x) = &self.shared.otlp {
+            x.stop();
+        }
         if let Some(c) = self.cluster {
             c.stop();
         }
@@ -297,6 +301,13 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         None
     };
     let (cache, semantic) = open_caches(&cfg)?;
+    let otlp = cfg
+        .otlp
+        .clone()
+        .map(crate::telemetry::otlp::Exporter::start)
+        .transpose()
+        .context("starting the OTLP exporter")?
+        .map(Arc::new);
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         snapshot: ArcSwap::from_pointee(first_snapshot),
@@ -323,6 +334,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
             .map(|c| Arc::new(crate::cluster::ClusterStatus::new(&c.node))),
         cache,
         semantic,
+        otlp,
     });
     let cluster = crate::cluster::start(&shared)?;
     let cluster_sync = crate::cluster::keys::start(&shared)?;
@@ -354,12 +366,21 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let (tx, rx) = mpsc::channel();
     let settings = cfg.ledger.clone();
     let control_metrics = metrics.clone();
+    let writer_otlp = shared.otlp.clone();
     let control = std::thread::Builder::new()
         .name("tollgate-control".into())
         // Estimates parse prompt JSON (depth-checked, recursive) on this thread too.
         .stack_size(worker::STACK_BYTES)
         .spawn(move || {
-            ledger::writer::run(conn, rx, settings, control_metrics, enricher, governor)
+            ledger::writer::run(
+                conn,
+                rx,
+                settings,
+                control_metrics,
+                enricher,
+                governor,
+                writer_otlp,
+            )
         })?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {

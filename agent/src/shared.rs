@@ -49,6 +49,8 @@ pub struct Shared {
     /// The exact response cache, sized by the configuration the agent started with (a reload
     /// changes its TTL and scope, not its size; enabling it needs a restart).
     pub cache: Option<Arc<crate::cache::ExactCache>>,
+    /// Request spans to an OpenTelemetry collector (`otlp:`); fed by the ledger writer.
+    pub otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
     /// The semantic cache's index (its answers live in `cache`).
     pub semantic: Arc<crate::cache::SemanticIndex>,
 }
@@ -67,6 +69,9 @@ impl Shared {
         }
         if let Some(c) = &self.cache {
             c.render(&mut out);
+        }
+        if let Some(x) = &self.otlp {
+            x.render(&mut out);
         }
         out
     }

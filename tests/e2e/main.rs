@@ -59,6 +59,7 @@ mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.
 mod models_and_metrics;
 mod observability;
+mod otlp;
 
 /// The kernel side with only the Helm chart's three capabilities, and with each one missing.
 mod privileges;

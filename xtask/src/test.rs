@@ -198,7 +198,14 @@ fn install(root: &Path) -> Venvs {
         Ok(p) => std::env::set_var("TOLLGATE_FOCUS_VALIDATOR", p),
         Err(why) => std::env::set_var("TOLLGATE_FOCUS_VALIDATOR", format!("missing: {why}")),
     }
-    (make(SDK_VENV), make(DEPLOY_VENV))
+    let sdk = make(SDK_VENV);
+    // The OTLP test runs its receiver with this venv's python (the official protobuf
+    // definitions are installed there), or fails with why there is none.
+    match &sdk {
+        Ok(p) => std::env::set_var("TOLLGATE_SDK_PYTHON", p),
+        Err(why) => std::env::set_var("TOLLGATE_SDK_PYTHON", format!("missing: {why}")),
+    }
+    (sdk, make(DEPLOY_VENV))
 }
 
 /// Whether dpkg has the package installed (false where there is no dpkg).

@@ -81,6 +81,8 @@ pub struct FileConfig {
     pub guardrails: Vec<serde_yaml_ng::Value>,
     /// Response caches: `{exact: {...}, semantic: {...}}`.
     pub cache: Option<serde_yaml_ng::Value>,
+    /// Traces to an OpenTelemetry collector: `{endpoint: http://..., ...}`.
+    pub otlp: Option<serde_yaml_ng::Value>,
 }
 
 /// `batch_jobs:` — the Batch API and the thread that runs its jobs.

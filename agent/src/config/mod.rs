@@ -8,6 +8,7 @@ pub mod cluster;
 mod file;
 pub mod kernel;
 mod lines;
+pub mod otlp;
 pub mod routing;
 mod validate;
 pub mod validate_governance;

@@ -279,6 +279,8 @@ pub struct Config {
     pub guardrails: Vec<crate::guard::Guardrail>,
     /// `cache:`.
     pub cache: super::validate_guard::CacheSettings,
+    /// Request spans to an OpenTelemetry collector (`otlp:`), when configured.
+    pub otlp: Option<super::otlp::OtlpSettings>,
 }
 
 impl Config {
@@ -521,6 +523,7 @@ impl Validator<'_> {
         let kinds: Vec<ProviderKind> = providers.iter().map(|(p, _)| p.kind).collect();
         let guardrails = self.guardrails(f.guardrails, &models, &kinds);
         let cache = self.cache(f.cache, &models, &kinds);
+        let otlp = self.otlp(f.otlp, env);
         let (admin, metrics_on_client_port) = self.admin(&f.admin, env);
         let (governance, prices) = self.governance(
             GovernanceFile {
@@ -573,6 +576,7 @@ impl Validator<'_> {
             cluster,
             guardrails,
             cache,
+            otlp,
         }
     }
 

@@ -50,12 +50,14 @@ pub fn run(
     metrics: Arc<Metrics>,
     enricher: Enricher,
     governor: Arc<Governor>,
+    otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
 ) {
     let mut ctl = Control {
         shard: metrics.shards.len() - 1,
         metrics: metrics.clone(),
         enricher,
         governor,
+        otlp,
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
@@ -120,6 +122,8 @@ struct Control {
     shard: usize,
     enricher: Enricher,
     governor: Arc<Governor>,
+    /// Where each final record also goes, as a span (`otlp:`).
+    otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
 }
 
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
@@ -129,7 +133,11 @@ fn absorb(ctl: &mut Control, msgs: Vec<LedgerMsg>, batch: &mut Vec<UsageRecord>)
         .ledger_queue
         .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
     for m in msgs {
-        batch.push(prepare(ctl, m));
+        let record = prepare(ctl, m);
+        if let Some(x) = &ctl.otlp {
+            x.offer(&record);
+        }
+        batch.push(record);
     }
     ctl.enricher.flush_counters();
 }

@@ -5,6 +5,7 @@
 pub mod control;
 pub mod gpu;
 pub mod metrics;
+pub mod otlp;
 pub mod prom;
 pub mod replicas;
 pub mod sched;
