@@ -101,8 +101,39 @@ fn request_spans_follow_the_genai_conventions_and_join_their_ledger_rows() {
     });
     let plain = ask(&stack, "search", false);
     let streamed = ask(&stack, "ads", true);
-    let got = spans(&out, 2);
-    assert_eq!(got.len(), 2, "{got:#?}");
+    // A client that started a trace: the request's span joins it, under the client's span.
+    let traced = post_raw(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ],
+        json!({"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(traced.status, 200);
+    let forwarded = crate::harness::get(stack.sim.addr, "/sim/last-request").json();
+    assert_eq!(
+        forwarded["headers"]["traceparent"],
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "the provider gets the client's trace context"
+    );
+    let got = spans(&out, 3);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    let child = got
+        .iter()
+        .find(|s| {
+            attr(s, "tollgate.request_id").and_then(|v| v["stringValue"].as_str())
+                == Some(traced.request_id())
+        })
+        .expect("the traced request's span");
+    assert_eq!(child["traceIdHex"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(child["parentSpanIdHex"], "00f067aa0ba902b7");
     for (r, team) in [(&plain, "search"), (&streamed, "ads")] {
         let id = r.request_id();
         let row = stack.agent.row_of(r);
@@ -145,6 +176,10 @@ fn request_spans_follow_the_genai_conventions_and_join_their_ledger_rows() {
         // The trace id is derived from the request id: a row joins its trace.
         let trace = sha2_hex16(id);
         assert_eq!(span["traceIdHex"], trace);
+        assert_eq!(
+            span["parentSpanIdHex"], "",
+            "a root span without a client trace"
+        );
         let resource = &span["resource"]["attributes"];
         assert!(resource.to_string().contains("tollgate-test"), "{resource}");
         let (start, end) = (
@@ -164,14 +199,14 @@ fn request_spans_follow_the_genai_conventions_and_join_their_ledger_rows() {
     // The stream's time to first token is an event.
     let stream_span = got
         .iter()
-        .find(|s| attr(s, "tollgate.team").unwrap()["stringValue"] == "ads")
+        .find(|s| attr(s, "tollgate.team").is_some_and(|v| v["stringValue"] == "ads"))
         .unwrap();
     assert_eq!(
         stream_span["events"][0]["name"], "gen_ai.first_token",
         "{stream_span}"
     );
     let m = stack.agent.metrics();
-    assert!(m.contains("tollgate_otlp_spans_exported_total 2"), "{m}");
+    assert!(m.contains("tollgate_otlp_spans_exported_total 3"), "{m}");
 }
 
 /// Hex of the first 16 bytes of SHA-256(s), computed by the receiver's python (no extra crate).

@@ -49,6 +49,7 @@ class Handler(BaseHTTPRequestHandler):
                         d = json_format.MessageToDict(span)
                         d["traceIdHex"] = span.trace_id.hex()
                         d["spanIdHex"] = span.span_id.hex()
+                        d["parentSpanIdHex"] = span.parent_span_id.hex()
                         d["resource"] = resource
                         d["scope"] = ss.scope.name
                         out.write(json.dumps(d) + "\n")

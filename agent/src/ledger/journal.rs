@@ -210,6 +210,8 @@ impl<'a> Entry<'a> {
             cache: owned(self.cache),
             saved_micro_usd: self.saved_micro_usd,
             saved_tokens: self.saved_tokens,
+            // Spans are sent for live records only; a replayed one has no trace context.
+            trace_parent: None,
         }
     }
 }

@@ -81,6 +81,9 @@ pub struct UsageRecord {
     pub saved_micro_usd: u64,
     /// Input plus output tokens a cache hit did not spend.
     pub saved_tokens: u64,
+    /// The client's W3C `traceparent` (trace id, parent span id), for the request's span.
+    /// Not stored in the ledger.
+    pub trace_parent: Option<([u8; 16], [u8; 8])>,
 }
 
 pub const SCHEMA: &str = "

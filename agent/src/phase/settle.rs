@@ -144,6 +144,10 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
     };
     let record =
         UsageRecord {
+            trace_parent: ctx
+                .head
+                .header("traceparent")
+                .and_then(crate::telemetry::otlp::parse_traceparent),
             id: ctx.id.clone(),
             ts_ms: start_ms(latency),
             latency_us: latency.as_micros() as u64,

@@ -7,9 +7,9 @@
 //! - **Bounded.** When the queue is full (a slow or absent collector), new spans are dropped
 //!   and counted (`tollgate_otlp_spans_dropped_total`). A batch the collector refuses is retried
 //!   twice (after 0.5 s and 1 s), then dropped and counted.
-//! - **Trace ids.** With no incoming trace context, a span's trace and span ids are derived from
-//!   the request id (SHA-256). A ledger row can then be joined to its trace: the trace id is the
-//!   first 16 bytes of SHA-256(request id).
+//! - **Trace ids.** A request that sent a W3C `traceparent` gets a span in that trace, as a child
+//!   of the client's span. Otherwise the trace id is the first 16 bytes of SHA-256(request id),
+//!   so a ledger row can be joined to its trace. The span id is always bytes 16..24 of that hash.
 
 mod proto;
 mod span;
@@ -24,7 +24,7 @@ use prost::Message;
 use crate::config::otlp::OtlpSettings;
 use crate::ledger::UsageRecord;
 
-pub use span::{span_of, trace_id_of};
+pub use span::{parse_traceparent, span_of, trace_id_of};
 
 /// What the exporter has done, for `/metrics`.
 #[derive(Default)]

@@ -19,6 +19,36 @@ pub fn trace_id_of(request_id: &str) -> [u8; 16] {
     id
 }
 
+/// A W3C `traceparent` (`00-<trace id>-<parent span id>-<flags>`): its trace id and parent span
+/// id, unless malformed or all zeros (which the specification says to ignore).
+pub fn parse_traceparent(v: &[u8]) -> Option<([u8; 16], [u8; 8])> {
+    let s = std::str::from_utf8(v).ok()?.trim();
+    let mut parts = s.split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2
+        || version == "ff"
+        || flags.len() != 2
+        || (version == "00" && parts.next().is_some())
+    {
+        return None;
+    }
+    fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+        if s.len() != N * 2 || !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        Some(out)
+    }
+    let trace: [u8; 16] = hex(trace)?;
+    let span: [u8; 8] = hex(span)?;
+    hex::<1>(flags)?;
+    (trace != [0; 16] && span != [0; 8]).then_some((trace, span))
+}
+
 /// The GenAI operation name of an API label.
 fn operation(api: &str) -> &str {
     match api {
@@ -96,10 +126,14 @@ pub fn span_of(r: &UsageRecord) -> Span {
         .into_iter()
         .collect();
     let failed = r.status >= 400 || r.outcome != "ok";
+    let (trace_id, parent_span_id) = match r.trace_parent {
+        Some((trace, parent)) => (trace.to_vec(), parent.to_vec()),
+        None => (h[..16].to_vec(), Vec::new()),
+    };
     Span {
-        trace_id: h[..16].to_vec(),
+        trace_id,
         span_id: h[16..24].to_vec(),
-        parent_span_id: Vec::new(),
+        parent_span_id,
         name: format!("{op} {requested}"),
         kind: SPAN_KIND_CLIENT,
         start_time_unix_nano: start,
@@ -171,6 +205,28 @@ mod tests {
         let bytes = span.encode_to_vec();
         assert_eq!(Span::decode(&bytes[..]).unwrap(), span);
 
+        let tp =
+            parse_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        r.trace_parent = Some(tp);
+        let child = span_of(&r);
+        assert_eq!(
+            (child.trace_id, child.parent_span_id),
+            (tp.0.to_vec(), tp.1.to_vec())
+        );
+        for bad in [
+            &b"00-00000000000000000000000000000000-00f067aa0ba902b7-01"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(
+                parse_traceparent(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        r.trace_parent = None;
         r.status = 502;
         r.outcome = "upstream_error".into();
         let failed = span_of(&r);
