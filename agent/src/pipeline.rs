@@ -97,6 +97,9 @@ pub struct RequestCtx {
     pub partial_usage: Option<Usage>,
     /// Response bytes kept for metering when no usage has been seen (by reference).
     pub response_payload: Vec<Bytes>,
+    /// Keep `response_payload` although the provider reported usage: the record is estimated
+    /// too, to measure the estimator (`ledger.accuracy_sample_every`).
+    pub sample_accuracy: bool,
     /// The record, journalled before the response's last byte (see `settle::seal`).
     pub sealed: Option<settle::Sealed>,
     /// The body's share of the worker's buffer budget, held until the request is done.
@@ -147,6 +150,7 @@ impl RequestCtx {
             usage: None,
             partial_usage: None,
             response_payload: Vec::new(),
+            sample_accuracy: false,
             sealed: None,
             reservation: req.reservation,
             snap: req.snap,

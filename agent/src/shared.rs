@@ -64,6 +64,7 @@ impl Shared {
         render_breakers(&snap, &mut out);
         render_queues(&snap, &mut out);
         self.metrics.targets.render(&mut out);
+        self.metrics.accuracy.render(&mut out);
         if let Some(c) = &self.cluster {
             c.render(&mut out);
         }

@@ -51,6 +51,8 @@ pub struct Worker {
     /// "io_uring" or "epoll".
     pub driver: &'static str,
     next_id: Cell<u64>,
+    /// Relayed responses with provider usage, for `ledger.accuracy_sample_every`.
+    accuracy_tick: Cell<u32>,
     in_flight: Cell<usize>,
     /// Client connections this worker holds (capped by `limits.max_connections_per_worker`).
     connections: Cell<usize>,
@@ -66,6 +68,18 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Whether this response (with provider usage) is also estimated, to measure the
+    /// estimator: one in `ledger.accuracy_sample_every`.
+    pub fn samples_accuracy(&self) -> bool {
+        let every = self.boot.ledger.accuracy_sample_every;
+        if every == 0 {
+            return false;
+        }
+        let n = self.accuracy_tick.get().wrapping_add(1);
+        self.accuracy_tick.set(n % every);
+        n.is_multiple_of(every)
+    }
+
     pub fn next_request_id(&self) -> String {
         let n = self.next_id.get();
         self.next_id.set(n + 1);
@@ -160,6 +174,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         ledger: LedgerLocal::new(seed.ledger, journal),
         driver,
         next_id: Cell::new(0),
+        accuracy_tick: Cell::new(0),
         in_flight: Cell::new(0),
         connections: Cell::new(0),
         released: Cell::new(0),

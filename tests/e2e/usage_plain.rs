@@ -143,3 +143,62 @@ fn anthropic_messages() {
     assert_ok_row(&row, "messages", "claude", "sim-anthropic");
     assert_eq!(row.tokens(), reported);
 }
+
+/// The estimator is measured against the provider's own counts: with every request sampled
+/// (`ledger.accuracy_sample_every: 1`), each plain and streamed request is estimated as well,
+/// its pair stored, counted in `/metrics`, and reported by `tollgate report accuracy`.
+#[test]
+fn sampled_requests_measure_the_estimator_against_provider_usage() {
+    let stack = crate::harness::Stack::custom(crate::harness::Sim::start(&[]), |c| {
+        c.extra_ledger = ", accuracy_sample_every: 1".into();
+    });
+    let mut ids = Vec::new();
+    for stream in [false, true, false] {
+        let body =
+            crate::harness::chat_body("smol", "count these tokens for me, please", 16, stream);
+        let r = crate::harness::post_json(stack.agent.addr, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let row = stack.agent.row_of(&r);
+        assert!(
+            !row.estimated,
+            "the provider's usage is what is billed: {row:?}"
+        );
+        ids.push(row);
+    }
+    let data_dir = stack.agent.data_dir.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let report = loop {
+        let out = crate::harness::procs::run_tollgate(
+            &[
+                "report",
+                "accuracy",
+                "--data-dir",
+                &data_dir,
+                "--format",
+                "json",
+            ],
+            std::time::Duration::from_secs(10),
+        );
+        assert!(out.status.success(), "{out:#?}");
+        let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
+        if v[0]["samples"] == 3 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(report[0]["samples"], 3, "{report}");
+    // The simulator counts 4 prompt bytes per token and one token per output word; the
+    // estimator uses o200k: both errors are measured, and finite.
+    for k in ["input_error_pct", "output_error_pct"] {
+        let e = report[0][k].as_f64().unwrap_or(f64::NAN);
+        assert!(e.is_finite() && e >= 0.0, "{k}: {report}");
+    }
+    let m = stack.agent.metrics();
+    let samples: u64 = m
+        .lines()
+        .filter(|l| l.starts_with("tollgate_estimate_samples_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(samples, 3, "{m}");
+    eprintln!("estimator against the simulator: {report}");
+}

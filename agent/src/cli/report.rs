@@ -12,6 +12,19 @@ pub enum ReportCommand {
     /// What each team (or project, cost center, key, user) spent in a UTC month: tokens,
     /// requests, cost, the change against the previous month, and the use of its monthly budget.
     Chargeback(ChargebackArgs),
+    /// How right the token estimates are, per model: requests whose provider reported usage,
+    /// sampled (`ledger.accuracy_sample_every`) and estimated too.
+    Accuracy {
+        #[arg(long, default_value = "./tollgate-data")]
+        data_dir: PathBuf,
+        /// A UTC month, `YYYY-MM` (default: the last `--days` days).
+        #[arg(long)]
+        month: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// Premium-model overuse, context stuffing, token spikes and retry storms, with the
     /// requests behind each.
     Findings {
@@ -95,6 +108,18 @@ pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
 pub fn run(command: ReportCommand) -> anyhow::Result<()> {
     match command {
         ReportCommand::Chargeback(a) => chargeback(a),
+        ReportCommand::Accuracy {
+            data_dir,
+            month,
+            days,
+            format,
+        } => {
+            let conn = super::open_ledger(&data_dir)?;
+            let (from, to) = period(month.as_deref(), days)?;
+            let rows = crate::ledger::accuracy::report(&conn, from, to)?;
+            print!("{}", crate::ledger::accuracy::render(&rows, format));
+            Ok(())
+        }
         ReportCommand::Findings {
             data_dir,
             month,
@@ -106,13 +131,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             format,
         } => {
             let conn = super::open_ledger(&data_dir)?;
-            let (from, to) = match month {
-                Some(m) => super::month_range(&m)?,
-                None => {
-                    let now = crate::governance::window::now_ms();
-                    (now - i64::from(days) * 86_400_000, i64::MAX)
-                }
-            };
+            let (from, to) = period(month.as_deref(), days)?;
             let t = Thresholds {
                 premium_share,
                 context_tokens,
@@ -122,6 +141,17 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             let list = findings(&conn, from, to, t)?;
             print!("{}", render(&list, format));
             Ok(())
+        }
+    }
+}
+
+/// A UTC month, or the last `days` days.
+fn period(month: Option<&str>, days: u32) -> anyhow::Result<(i64, i64)> {
+    match month {
+        Some(m) => super::month_range(m),
+        None => {
+            let now = crate::governance::window::now_ms();
+            Ok((now - i64::from(days) * 86_400_000, i64::MAX))
         }
     }
 }

@@ -323,6 +323,8 @@ pub struct LedgerFile {
     pub batch_max: Option<usize>,
     /// Append every record to a per-worker journal before queueing it (crash safety).
     pub journal: Option<bool>,
+    /// Estimate one in this many requests that carry provider usage too (0 = never).
+    pub accuracy_sample_every: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -112,6 +112,9 @@ pub struct LedgerSettings {
     pub batch_max: usize,
     /// Per-worker journals make records crash-safe before they are committed (default on).
     pub journal: bool,
+    /// One request in this many whose provider reports usage is also estimated, to measure
+    /// the estimator (`ledger.accuracy_sample_every`, default 100; 0 = never).
+    pub accuracy_sample_every: u32,
 }
 
 /// Scraping the replicas' `/metrics` for their load (`replicas:`).
@@ -500,6 +503,7 @@ impl Validator<'_> {
             flush_interval: ms(f.ledger.flush_interval_ms, 20),
             batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
             journal: f.ledger.journal.unwrap_or(true),
+            accuracy_sample_every: f.ledger.accuracy_sample_every.unwrap_or(100),
         };
 
         let mut providers = self.providers(f.providers, env);

@@ -48,7 +48,7 @@ impl LedgerLocal {
         let mut slot = self.journal.borrow_mut();
         let Some(j) = slot.as_mut() else { return };
         let written = match msg {
-            LedgerMsg::Record(r) => j.append(r, None),
+            LedgerMsg::Record(r) | LedgerMsg::Sampled { record: r, .. } => j.append(r, None),
             LedgerMsg::Estimate { record, input, .. } => j.append(record, Some(approximate(input))),
         };
         match written.map(|()| j.take_retired()) {

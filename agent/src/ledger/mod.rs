@@ -12,6 +12,7 @@
 //! before the row is written. Ledgers created before those columns existed are migrated in
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
 
+pub mod accuracy;
 pub mod chargeback;
 pub mod enrich;
 pub mod findings;
@@ -170,6 +171,7 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(accuracy::SCHEMA)?;
     migrate(&conn)?;
     conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
     Ok(conn)

@@ -22,6 +22,12 @@ use crate::telemetry::metrics::{Metrics, SeriesKey};
 pub enum LedgerMsg {
     /// A finished record with the provider's own usage.
     Record(Box<UsageRecord>),
+    /// A record with the provider's usage that is estimated as well, to measure the estimator
+    /// (`ledger/accuracy.rs`); written as it is.
+    Sampled {
+        record: Box<UsageRecord>,
+        input: Box<EstimateInput>,
+    },
     /// A record whose usage must be estimated before it is written.
     Estimate {
         record: Box<UsageRecord>,
@@ -58,6 +64,7 @@ pub fn run(
         enricher,
         governor,
         otlp,
+        samples: Vec::new(),
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
@@ -79,7 +86,7 @@ pub fn run(
                     }
                 }
                 for _ in 0..50 {
-                    flush(&mut conn, &mut batch, &metrics);
+                    flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired);
                         break;
@@ -96,7 +103,7 @@ pub fn run(
                 absorb(&mut ctl, msgs, &mut batch);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
-                    flush(&mut conn, &mut batch, &metrics);
+                    flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired);
                     }
@@ -105,7 +112,7 @@ pub fn run(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                flush(&mut conn, &mut batch, &metrics);
+                flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
                 if batch.is_empty() {
                     remove_retired(&mut retired);
                 }
@@ -124,6 +131,8 @@ struct Control {
     governor: Arc<Governor>,
     /// Where each final record also goes, as a span (`otlp:`).
     otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
+    /// Accuracy samples waiting to be written (with the next batch).
+    samples: Vec<super::accuracy::Sample>,
 }
 
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
@@ -146,6 +155,27 @@ fn absorb(ctl: &mut Control, msgs: Vec<LedgerMsg>, batch: &mut Vec<UsageRecord>)
 fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
     let mut record = match m {
         LedgerMsg::Record(r) => *r,
+        LedgerMsg::Sampled { record, input } => {
+            let est = estimate(&EstimateInput {
+                partial: None,
+                ..*input
+            });
+            let sample = super::accuracy::Sample {
+                ts_ms: record.ts_ms,
+                model: record
+                    .served_model
+                    .clone()
+                    .or_else(|| record.requested_model.clone())
+                    .unwrap_or_else(|| "unknown".into()),
+                provider_input: record.usage.input_tokens,
+                estimated_input: est.input_tokens,
+                provider_output: record.usage.output_tokens,
+                estimated_output: est.output_tokens,
+            };
+            ctl.metrics.accuracy.observe(&sample);
+            ctl.samples.push(sample);
+            *record
+        }
         LedgerMsg::Estimate {
             mut record,
             input,
@@ -180,7 +210,19 @@ fn remove_retired(retired: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {
+fn flush(
+    conn: &mut Connection,
+    batch: &mut Vec<UsageRecord>,
+    samples: &mut Vec<super::accuracy::Sample>,
+    metrics: &Metrics,
+) {
+    if !samples.is_empty() {
+        // Measurements, not spend: one attempt, and a failure costs only the samples.
+        if let Err(e) = super::accuracy::insert(conn, samples) {
+            tracing::warn!(error = %e, samples = samples.len(), "writing estimate samples failed");
+        }
+        samples.clear();
+    }
     if batch.is_empty() {
         return;
     }

@@ -517,7 +517,10 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         }
     }
     if ctx.usage.is_some() {
-        ctx.response_payload.clear();
+        ctx.sample_accuracy = !ctx.response_payload.is_empty() && w.samples_accuracy();
+        if !ctx.sample_accuracy {
+            ctx.response_payload.clear();
+        }
     }
     if let Some(body) = substitute {
         parts.clear();

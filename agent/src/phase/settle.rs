@@ -62,10 +62,10 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     }
     let shard = &w.shared.metrics.shards[w.index];
     shard.record_request(series, latency, ctx.first_byte_at.map(|t| t - ctx.started));
-    if let (LedgerMsg::Record(r), Some(u)) = (&msg, &ctx.usage) {
-        shard.record_usage(series, u, r.cost_micro_usd, false);
-    }
-    if let LedgerMsg::Record(r) = &mut msg {
+    if let Some(r) = final_record(&mut msg) {
+        if let Some(u) = &ctx.usage {
+            shard.record_usage(series, u, r.cost_micro_usd, false);
+        }
         // The usage is final: settle the reservations here, where admission took them.
         crate::governance::settle_record(r, &w.shared.governor);
     }
@@ -115,14 +115,22 @@ fn start_ms(latency: std::time::Duration) -> i64 {
 fn record_of(msg: &LedgerMsg) -> &UsageRecord {
     match msg {
         LedgerMsg::Record(r) => r,
-        LedgerMsg::Estimate { record, .. } => record,
+        LedgerMsg::Sampled { record, .. } | LedgerMsg::Estimate { record, .. } => record,
     }
 }
 
 fn record_mut(msg: &mut LedgerMsg) -> &mut UsageRecord {
     match msg {
         LedgerMsg::Record(r) => r,
-        LedgerMsg::Estimate { record, .. } => record,
+        LedgerMsg::Sampled { record, .. } | LedgerMsg::Estimate { record, .. } => record,
+    }
+}
+
+/// The record when its usage is final (the provider's): settled here, on the worker.
+fn final_record(msg: &mut LedgerMsg) -> Option<&mut UsageRecord> {
+    match msg {
+        LedgerMsg::Record(r) | LedgerMsg::Sampled { record: r, .. } => Some(r),
+        LedgerMsg::Estimate { .. } => None,
     }
 }
 
@@ -204,6 +212,18 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 partial: ctx.partial_usage,
             }),
             series: series(ctx),
+        }
+    } else if ctx.sample_accuracy && ctx.usage.is_some() {
+        LedgerMsg::Sampled {
+            record: Box::new(record),
+            input: Box::new(EstimateInput {
+                api: ctx.upstream_api,
+                stream: ctx.inspection.stream,
+                request_body: ctx.body.clone(),
+                prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
+                response: std::mem::take(&mut ctx.response_payload),
+                partial: None,
+            }),
         }
     } else {
         LedgerMsg::Record(Box::new(record))

@@ -223,6 +223,8 @@ pub struct Metrics {
     pub gpus: Arc<GpuBoard>,
     /// Requests and prefix hits per target, added by the ledger writer as requests settle.
     pub targets: Arc<super::sched::TargetTotals>,
+    /// The estimator measured against provider usage (`ledger/accuracy.rs`), by the writer.
+    pub accuracy: crate::ledger::accuracy::AccuracyMetrics,
     /// Label tables, indexed by the ids in `SeriesKey`. They only grow (a reload adds names,
     /// never renumbers), so a series keeps its labels; locked at reload and scrape only.
     model_names: Mutex<Vec<String>>,
@@ -275,6 +277,7 @@ impl Metrics {
             replicas: Arc::default(),
             gpus: Arc::default(),
             targets: Arc::default(),
+            accuracy: Default::default(),
             model_names: Mutex::new(model_names),
             provider_names: Mutex::new(provider_names),
         }

@@ -315,6 +315,8 @@ pub struct AgentConfig {
     pub drain_timeout_ms: u64,
     /// How long the ledger writer may hold records before committing them.
     pub ledger_flush_interval_ms: u64,
+    /// More `ledger:` keys, rendered after the flush interval (`, key: value`).
+    pub extra_ledger: String,
     pub providers: Vec<Provider>,
     /// (client name, provider, provider model).
     pub models: Vec<(String, String, String)>,
@@ -356,6 +358,7 @@ impl AgentConfig {
             read_timeout_ms: 2000,
             drain_timeout_ms: 5000,
             ledger_flush_interval_ms: 20,
+            extra_ledger: String::new(),
             providers: vec![
                 Provider {
                     name: "sim".into(),
@@ -396,7 +399,7 @@ impl AgentConfig {
              io: {{ driver: {} }}\n\
              limits: {{ max_body_bytes: {}, header_timeout_ms: {}, body_timeout_ms: {}, idle_timeout_ms: {}, max_head_bytes: {}, max_headers: {}{} }}\n\
              upstream: {{ connect_timeout_ms: {}, response_timeout_ms: {}, read_timeout_ms: {}, drain_timeout_ms: {} }}\n\
-             ledger: {{ flush_interval_ms: {} }}\n\
+             ledger: {{ flush_interval_ms: {}{} }}\n\
              providers:\n",
             data_dir.display(),
             self.workers,
@@ -416,6 +419,7 @@ impl AgentConfig {
             self.read_timeout_ms,
             self.drain_timeout_ms,
             self.ledger_flush_interval_ms,
+            self.extra_ledger,
         );
         for p in &self.providers {
             y.push_str(&format!(
