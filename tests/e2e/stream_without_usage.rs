@@ -68,3 +68,39 @@ fn completions_stream_without_usage_header() {
     assert!(row.estimated, "{row:#?}");
     assert!(row.input_tokens > 0 && row.output_tokens > 0, "{row:#?}");
 }
+
+/// A model with its own `tokenizer.json` is estimated with it, not o200k: a word-level
+/// tokenizer (one token per whitespace-separated word) with one framing token per message and
+/// none per request counts exactly the words of the prompt and of the streamed answer.
+#[test]
+fn a_models_own_tokenizer_counts_its_estimates() {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/tests/fixtures/word-tokenizer.json");
+    let stack = Stack::custom(Sim::start(&["--no-stream-usage"]), |c| {
+        c.extra_models_yaml = format!(
+            "  - name: worded\n    provider: sim\n    model: {}\n    tokenizer: {{file: \"{}\", per_message: 1, per_request: 0}}\n",
+            crate::harness::procs::SIM_MODEL,
+            fixture.display()
+        );
+    });
+    let prompt = "count exactly these seven words of prompt";
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("worded", prompt, 12, true),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let text = crate::harness::http::chat_stream_text(&r.frames());
+    let row = stack.agent.row_of(&r);
+    assert!(row.estimated, "{row:#?}");
+    assert_eq!(
+        row.input_tokens,
+        7 + 1,
+        "seven words and one message: {row:#?}"
+    );
+    assert_eq!(
+        row.output_tokens,
+        text.split_whitespace().count() as i64,
+        "one token per generated word ({text:?}): {row:#?}"
+    );
+}

@@ -384,6 +384,20 @@ pub struct ModelFile {
     /// How a replica is chosen among available targets: `weighted`, `round_robin`,
     /// `least_load` or `prefix` (default for several targets).
     pub balance: Option<String>,
+    /// The model family's `tokenizer.json` for usage estimates: a path, or
+    /// `{file, per_message, per_request}` with its chat framing.
+    pub tokenizer: Option<TokenizerFile>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum TokenizerFile {
+    Path(String),
+    Framed {
+        file: String,
+        per_message: Option<u64>,
+        per_request: Option<u64>,
+    },
 }
 
 #[derive(Debug, Deserialize)]

@@ -209,6 +209,8 @@ pub struct Model {
     /// How a replica is chosen among available targets (default: `prefix` with several
     /// targets).
     pub balance: routing::Balance,
+    /// The family's own tokenizer for usage estimates (`tokenizer:`); o200k without one.
+    pub tokenizer: Option<crate::metering::tokenizer::ModelTokenizer>,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -754,6 +756,38 @@ impl Validator<'_> {
         out
     }
 
+    /// Loads a model's `tokenizer.json` (relative paths from the working directory).
+    fn tokenizer(
+        &mut self,
+        path: &str,
+        t: &super::file::TokenizerFile,
+    ) -> Option<crate::metering::tokenizer::ModelTokenizer> {
+        use super::file::TokenizerFile;
+        let (file, per_message, per_request) = match t {
+            TokenizerFile::Path(f) => (f, None, None),
+            TokenizerFile::Framed {
+                file,
+                per_message,
+                per_request,
+            } => (file, *per_message, *per_request),
+        };
+        let loaded = crate::metering::tokenizer::ModelTokenizer::load(
+            std::path::Path::new(file),
+            per_message.unwrap_or(3),
+            per_request.unwrap_or(3),
+        );
+        match loaded {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("`{file}` is not a usable tokenizer.json: {e}"),
+                );
+                None
+            }
+        }
+    }
+
     fn models(
         &mut self,
         items: Vec<serde_yaml_ng::Value>,
@@ -841,6 +875,10 @@ impl Validator<'_> {
                         routing::Balance::Weighted
                     },
                 ),
+                tokenizer: m
+                    .tokenizer
+                    .as_ref()
+                    .and_then(|t| self.tokenizer(&format!("{path}.tokenizer"), t)),
                 name: m.name,
                 targets,
                 max_output_tokens: m.max_output_tokens,

@@ -1,7 +1,8 @@
 //! Token estimates for responses whose provider reported no usage. Exact BPE counting costs
 //! tens of microseconds per KB, so this never runs on a worker: settle hands the request body
 //! and the retained response payload to the control thread, which calls [`estimate`].
-//! Counts use OpenAI's o200k_base encoding; records made this way are flagged `estimated`.
+//! Counts use the model's own tokenizer when one is configured (`metering/tokenizer.rs`), else
+//! OpenAI's o200k_base encoding; records made this way are flagged `estimated`.
 
 use std::sync::OnceLock;
 
@@ -40,22 +41,52 @@ pub struct EstimateInput {
     pub response: Vec<Bytes>,
     /// Usage the provider did report (e.g. Anthropic's message_start before a reset).
     pub partial: Option<Usage>,
+    /// The served model's own tokenizer, if configured (else o200k).
+    pub tokenizer: Option<super::tokenizer::ModelTokenizer>,
 }
 
 /// Estimates usage, keeping any numbers the provider did report.
 pub fn estimate(input: &EstimateInput) -> Usage {
     let mut u = input.partial.unwrap_or_default();
+    let tok = input.tokenizer.as_ref();
     if u.input_tokens == 0 {
-        u.input_tokens = estimate_input(&input.request_body, &input.prompt_spans);
+        u.input_tokens = match tok {
+            Some(t) => count_input(
+                &input.request_body,
+                &input.prompt_spans,
+                t.per_message,
+                t.per_request,
+                |s| t.count(s),
+            ),
+            None => estimate_input(&input.request_body, &input.prompt_spans),
+        };
     }
     if u.output_tokens <= 1 {
-        u.output_tokens = count_tokens(&generated_text(input.api, input.stream, &input.response));
+        let text = generated_text(input.api, input.stream, &input.response);
+        u.output_tokens = tok.map_or_else(|| count_tokens(&text), |t| t.count(&text));
     }
     u
 }
 
 /// Prompt tokens: every text in the prompt values counted, plus per-message framing.
 pub fn estimate_input(body: &[u8], spans: &[std::ops::Range<usize>]) -> u64 {
+    count_input(
+        body,
+        spans,
+        TOKENS_PER_MESSAGE,
+        TOKENS_PER_MESSAGE,
+        count_tokens,
+    )
+}
+
+/// `per_request`, plus each prompt text's count and `per_message`.
+fn count_input(
+    body: &[u8],
+    spans: &[std::ops::Range<usize>],
+    per_message: u64,
+    per_request: u64,
+    count: impl Fn(&str) -> u64,
+) -> u64 {
     let mut texts = Vec::new();
     let values: Vec<sonic_rs::Value> = spans
         .iter()
@@ -65,11 +96,7 @@ pub fn estimate_input(body: &[u8], spans: &[std::ops::Range<usize>]) -> u64 {
     for v in &values {
         collect_texts(v, &mut texts);
     }
-    TOKENS_PER_MESSAGE
-        + texts
-            .iter()
-            .map(|t| count_tokens(t) + TOKENS_PER_MESSAGE)
-            .sum::<u64>()
+    per_request + texts.iter().map(|t| count(t) + per_message).sum::<u64>()
 }
 
 /// Strings, arrays of strings, message objects' `content` and content parts' `text`. Token-id
@@ -239,6 +266,7 @@ mod tests {
                 output_tokens: 1,
                 ..Usage::default()
             }),
+            tokenizer: None,
         };
         let u = estimate(&input);
         assert_eq!((u.input_tokens, u.output_tokens), (40, 2));

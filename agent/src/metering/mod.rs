@@ -5,6 +5,7 @@
 pub mod estimate;
 pub mod prices;
 pub mod sse;
+pub mod tokenizer;
 pub mod usage;
 
 pub use usage::{Usage, UsageAccumulator};

@@ -210,6 +210,7 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
                 response: std::mem::take(&mut ctx.response_payload),
                 partial: ctx.partial_usage,
+                tokenizer: tokenizer_of(ctx),
             }),
             series: series(ctx),
         }
@@ -223,9 +224,16 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
                 response: std::mem::take(&mut ctx.response_payload),
                 partial: None,
+                tokenizer: tokenizer_of(ctx),
             }),
         }
     } else {
         LedgerMsg::Record(Box::new(record))
     }
+}
+
+/// The served model's tokenizer, when its configuration names one.
+fn tokenizer_of(ctx: &RequestCtx) -> Option<crate::metering::tokenizer::ModelTokenizer> {
+    let m = ctx.target.and_then(|t| t.model_index())?;
+    ctx.snap.cfg.models[m].tokenizer.clone()
 }
