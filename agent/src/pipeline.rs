@@ -100,6 +100,8 @@ pub struct RequestCtx {
     /// Keep `response_payload` although the provider reported usage: the record is estimated
     /// too, to measure the estimator (`ledger.accuracy_sample_every`).
     pub sample_accuracy: bool,
+    /// The model version the provider said served the response (`metering::usage::upstream_version`).
+    pub upstream_version: Option<String>,
     /// The record, journalled before the response's last byte (see `settle::seal`).
     pub sealed: Option<settle::Sealed>,
     /// The body's share of the worker's buffer budget, held until the request is done.
@@ -151,6 +153,7 @@ impl RequestCtx {
             partial_usage: None,
             response_payload: Vec::new(),
             sample_accuracy: false,
+            upstream_version: None,
             sealed: None,
             reservation: req.reservation,
             snap: req.snap,

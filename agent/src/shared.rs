@@ -65,6 +65,7 @@ impl Shared {
         render_queues(&snap, &mut out);
         self.metrics.targets.render(&mut out);
         self.metrics.accuracy.render(&mut out);
+        self.metrics.drift.render(&mut out);
         if let Some(c) = &self.cluster {
             c.render(&mut out);
         }

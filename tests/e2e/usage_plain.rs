@@ -202,3 +202,32 @@ fn sampled_requests_measure_the_estimator_against_provider_usage() {
     assert_eq!(samples, 3, "{m}");
     eprintln!("estimator against the simulator: {report}");
 }
+
+/// The model version the provider reports (`model`, and `system_fingerprint` when sent) and the
+/// prompt's bytes are recorded, plain and streamed, and feed the tokens-per-byte gauge that
+/// tokenizer drift is watched on.
+#[test]
+fn the_reported_model_version_and_prompt_bytes_are_recorded() {
+    let stack = crate::harness::Stack::start();
+    for stream in [false, true] {
+        let body = crate::harness::chat_body("smol", "how many tokens per byte?", 8, stream);
+        let r = crate::harness::post_json(stack.agent.addr, "/v1/chat/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let (version, bytes) =
+            crate::harness::ledger::version_of(&stack.agent.data_dir, r.request_id());
+        assert_eq!(
+            version.as_deref(),
+            Some(crate::harness::procs::SIM_MODEL),
+            "stream: {stream}"
+        );
+        assert!(bytes >= "how many tokens per byte?".len() as i64, "{bytes}");
+    }
+    let m = stack.agent.metrics();
+    assert!(
+        m.contains(&format!(
+            "tollgate_tokens_per_prompt_byte{{model=\"{0}\",version=\"{0}\"}}",
+            crate::harness::procs::SIM_MODEL
+        )),
+        "{m}"
+    );
+}

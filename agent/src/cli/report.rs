@@ -47,6 +47,9 @@ pub enum ReportCommand {
         /// A minute in which more than this share of a model's requests were retried.
         #[arg(long, default_value_t = 0.1)]
         retry_share: f64,
+        /// A new model version whose prompt tokens per byte moved more than this share.
+        #[arg(long, default_value_t = 0.05)]
+        drift_share: f64,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -128,6 +131,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             context_tokens,
             spike_factor,
             retry_share,
+            drift_share,
             format,
         } => {
             let conn = super::open_ledger(&data_dir)?;
@@ -137,6 +141,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
                 context_tokens,
                 spike_factor,
                 retry_share,
+                drift_share,
             };
             let list = findings(&conn, from, to, t)?;
             print!("{}", render(&list, format));

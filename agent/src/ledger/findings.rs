@@ -8,6 +8,9 @@
 //!   median minute (sessions with at least five active minutes).
 //! - **Retry storms**: a minute in which more than `retry_share` of a model's requests needed
 //!   another target (the ledger's `attempts` > 1), with at least ten requests.
+//! - **Tokenizer drift**: a model version (`upstream_version`, as the provider reports it) whose
+//!   prompt tokens per prompt byte moved more than `drift_share` from the version before it,
+//!   each with at least 20 requests the provider counted.
 //!
 //! Pure SQL over the ledger plus a little arithmetic; no state, nothing on the request path.
 
@@ -21,6 +24,7 @@ pub struct Thresholds {
     pub context_tokens: f64,
     pub spike_factor: f64,
     pub retry_share: f64,
+    pub drift_share: f64,
 }
 
 impl Default for Thresholds {
@@ -30,6 +34,7 @@ impl Default for Thresholds {
             context_tokens: 20_000.0,
             spike_factor: 5.0,
             retry_share: 0.1,
+            drift_share: 0.05,
         }
     }
 }
@@ -70,6 +75,7 @@ pub fn findings(
     stuffing(conn, from_ms, to_ms, t, &mut out)?;
     spikes(conn, from_ms, to_ms, t, &mut out)?;
     retries(conn, from_ms, to_ms, t, &mut out)?;
+    drift(conn, from_ms, to_ms, t, &mut out)?;
     Ok(out)
 }
 
@@ -259,6 +265,65 @@ fn retries(
     Ok(())
 }
 
+fn drift(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(
+        "SELECT COALESCE(served_model, requested_model, '-'), upstream_version, MIN(ts_ms), COUNT(*),
+                SUM(input_tokens), SUM(prompt_bytes)
+         FROM usage WHERE ts_ms >= ?1 AND ts_ms < ?2 AND upstream_version IS NOT NULL
+              AND estimated = 0 AND status < 400 AND COALESCE(prompt_bytes, 0) > 0
+         GROUP BY 1, 2 HAVING COUNT(*) >= ?3 ORDER BY 1, 3",
+    )?;
+    let rows: Vec<(String, String, i64, i64, i64, i64)> = stmt
+        .query_map(
+            rusqlite::params![from, to, crate::ledger::drift::MIN_SAMPLES as i64],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    for pair in rows.windows(2) {
+        let ((m1, v1, _, _, t1, b1), (m2, v2, _, n2, t2, b2)) = (&pair[0], &pair[1]);
+        if m1 != m2 || *b1 <= 0 || *b2 <= 0 || *t1 <= 0 {
+            continue;
+        }
+        let (before, after) = (*t1 as f64 / *b1 as f64, *t2 as f64 / *b2 as f64);
+        let change = (after - before) / before;
+        if change.abs() <= t.drift_share {
+            continue;
+        }
+        out.push(Finding {
+            kind: "tokenizer_drift",
+            subject: format!("{m2}: {v1} -> {v2}"),
+            detail: format!(
+                "prompt tokens per prompt byte {before:.4} -> {after:.4} ({:+.1} %)",
+                change * 100.0
+            ),
+            examples: examples(
+                conn,
+                "SELECT id FROM usage WHERE COALESCE(served_model, requested_model, '-') = ?1 AND upstream_version = ?2 LIMIT 5",
+                &[m2, v2],
+            )?,
+            value: change,
+            threshold: t.drift_share,
+            requests: *n2 as u64,
+        });
+    }
+    Ok(())
+}
+
 /// The findings as a table, CSV or JSON.
 pub fn render(list: &[Finding], format: super::query::Format) -> String {
     use super::query::Format;
@@ -392,8 +457,35 @@ mod tests {
                 if k < 5 { 2 } else { 1 },
             ));
         }
+        // Model `tok`: version v1 counts 0.25 tokens per prompt byte, v2 (a new fingerprint)
+        // the same, v3 0.30: one drift, v2 -> v3.
+        for (v, tokens, at) in [("tok@v1", 25, 10), ("tok@v2", 25, 20), ("tok@v3", 30, 30)] {
+            for k in 0..20 {
+                let mut r = rec(
+                    &format!("{v}-{k}"),
+                    T0 + at * 60_000,
+                    "ops",
+                    None,
+                    "tok",
+                    tokens,
+                    1,
+                    1,
+                );
+                r.upstream_version = Some(v.into());
+                r.prompt_bytes = 100;
+                rows.push(r);
+            }
+        }
         insert_batch(&mut c, &rows).unwrap();
         let list = findings(&c, T0, T0 + 3_600_000, Thresholds::default()).unwrap();
+        let drifts: Vec<&Finding> = list
+            .iter()
+            .filter(|f| f.kind == "tokenizer_drift")
+            .collect();
+        assert_eq!(drifts.len(), 1, "{list:#?}");
+        assert_eq!(drifts[0].subject, "tok: tok@v2 -> tok@v3");
+        assert!((drifts[0].value - 0.2).abs() < 1e-9);
+        assert_eq!(drifts[0].examples.len(), 5);
         let of = |kind: &str| -> Vec<&Finding> { list.iter().filter(|f| f.kind == kind).collect() };
         let premium = of("premium_model_overuse");
         assert_eq!(premium.len(), 1, "{list:#?}");
@@ -417,6 +509,7 @@ mod tests {
             context_tokens: 100_000.0,
             spike_factor: 100.0,
             retry_share: 0.5,
+            drift_share: 0.5,
         };
         assert!(findings(&c, T0, T0 + 3_600_000, calm).unwrap().is_empty());
         // Outside the period: nothing.

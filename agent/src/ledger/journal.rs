@@ -89,6 +89,10 @@ struct Entry<'a> {
     saved_micro_usd: u64,
     #[serde(default)]
     saved_tokens: u64,
+    #[serde(default, borrow)]
+    upstream_version: Option<Cow<'a, str>>,
+    #[serde(default)]
+    prompt_bytes: u64,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -157,6 +161,8 @@ impl<'a> Entry<'a> {
             cache: borrowed(&r.cache),
             saved_micro_usd: r.saved_micro_usd,
             saved_tokens: r.saved_tokens,
+            upstream_version: borrowed(&r.upstream_version),
+            prompt_bytes: r.prompt_bytes,
         }
     }
 
@@ -210,6 +216,8 @@ impl<'a> Entry<'a> {
             cache: owned(self.cache),
             saved_micro_usd: self.saved_micro_usd,
             saved_tokens: self.saved_tokens,
+            upstream_version: owned(self.upstream_version),
+            prompt_bytes: self.prompt_bytes,
             // Spans are sent for live records only; a replayed one has no trace context.
             trace_parent: None,
         }

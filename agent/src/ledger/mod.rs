@@ -14,6 +14,7 @@
 
 pub mod accuracy;
 pub mod chargeback;
+pub mod drift;
 pub mod enrich;
 pub mod findings;
 pub mod focus;
@@ -82,6 +83,11 @@ pub struct UsageRecord {
     pub saved_micro_usd: u64,
     /// Input plus output tokens a cache hit did not spend.
     pub saved_tokens: u64,
+    /// The model version the provider reported serving (`model`, with `@system_fingerprint`
+    /// when it sends one), for tokenizer drift.
+    pub upstream_version: Option<String>,
+    /// Bytes of the prompt values (messages, input), for tokens-per-byte.
+    pub prompt_bytes: u64,
     /// The client's W3C `traceparent` (trace id, parent span id), for the request's span.
     /// Not stored in the ledger.
     pub trace_parent: Option<([u8; 16], [u8; 8])>,
@@ -108,7 +114,8 @@ CREATE TABLE IF NOT EXISTS usage (
     container_id TEXT, pod_uid TEXT, original_dst TEXT,
     key_id TEXT, cost_micro_usd INTEGER,
     route TEXT, attempts INTEGER, score REAL, prefix_bytes INTEGER,
-    guard TEXT, cache TEXT, saved_micro_usd INTEGER, saved_tokens INTEGER
+    guard TEXT, cache TEXT, saved_micro_usd INTEGER, saved_tokens INTEGER,
+    upstream_version TEXT, prompt_bytes INTEGER
 );
 CREATE INDEX IF NOT EXISTS usage_ts ON usage(ts_ms);
 ";
@@ -134,6 +141,8 @@ const ADDED_COLUMNS: &[(&str, &str)] = &[
     ("cache", "TEXT"),
     ("saved_micro_usd", "INTEGER"),
     ("saved_tokens", "INTEGER"),
+    ("upstream_version", "TEXT"),
+    ("prompt_bytes", "INTEGER"),
 ];
 
 /// Adds the columns of [`ADDED_COLUMNS`] that the `usage` table lacks.
@@ -200,9 +209,10 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
              requested_model, served_model, provider,
              input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
              pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd, saved_tokens)
+             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd, saved_tokens,
+             upstream_version, prompt_bytes)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40)"
+             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42)"
         ))?;
         for r in records {
             let i = &r.identity;
@@ -249,6 +259,8 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 r.cache,
                 r.saved_micro_usd as i64,
                 r.saved_tokens as i64,
+                r.upstream_version,
+                r.prompt_bytes as i64,
             ])?;
         }
     }

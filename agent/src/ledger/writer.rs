@@ -143,12 +143,45 @@ fn absorb(ctl: &mut Control, msgs: Vec<LedgerMsg>, batch: &mut Vec<UsageRecord>)
         .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
     for m in msgs {
         let record = prepare(ctl, m);
+        watch_drift(ctl, &record);
         if let Some(x) = &ctl.otlp {
             x.offer(&record);
         }
         batch.push(record);
     }
     ctl.enricher.flush_counters();
+}
+
+/// Feeds the tokenizer-drift watch with a record the provider counted; a drift is audited.
+fn watch_drift(ctl: &Control, r: &UsageRecord) {
+    let (Some(version), false) = (&r.upstream_version, r.estimated) else {
+        return;
+    };
+    let model = r
+        .served_model
+        .as_deref()
+        .or(r.requested_model.as_deref())
+        .unwrap_or("unknown");
+    let seen = ctl
+        .metrics
+        .drift
+        .observe(model, version, r.usage.input_tokens, r.prompt_bytes);
+    if let Some(d) = seen {
+        tracing::warn!(
+            model = %d.model, from = %d.from, to = %d.to,
+            change_pct = d.change() * 100.0,
+            "tokenizer drift: tokens per prompt byte moved with the new model version"
+        );
+        ctl.governor.audit(
+            "tokenizer.drift",
+            &d.model,
+            serde_json::json!({
+                "from": d.from, "to": d.to,
+                "tokens_per_byte_before": d.before, "tokens_per_byte_after": d.after,
+                "change_pct": d.change() * 100.0,
+            }),
+        );
+    }
 }
 
 /// Estimates usage where needed, enriches the record, and settles what it reserved.

@@ -76,6 +76,24 @@ pub(crate) fn too_deep(json: &[u8]) -> bool {
 }
 
 /// Reads usage from a complete non-streaming response body.
+/// The model version a response says served it: its `model` (Anthropic: `message.model`), with
+/// `@<system_fingerprint>` when the provider sends one. At most 128 printable characters.
+pub fn upstream_version(data: &[u8]) -> Option<String> {
+    if too_deep(data) {
+        return None;
+    }
+    let text = |path: &[&str]| -> Option<String> {
+        let v = sonic_rs::get(data, path).ok()?;
+        let s = v.as_str()?;
+        (!s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)).then(|| s.to_string())
+    };
+    let model = text(&["model"]).or_else(|| text(&["message", "model"]))?;
+    Some(match text(&["system_fingerprint"]) {
+        Some(fp) => format!("{model}@{fp}"),
+        None => model,
+    })
+}
+
 pub fn extract_usage(api: Api, body: &[u8]) -> Option<Usage> {
     // sonic-rs validates skipped values by recursion: refuse what could overflow the stack.
     if too_deep(body) {

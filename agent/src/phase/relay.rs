@@ -21,7 +21,7 @@ use crate::http::head::{reason, ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::metering::sse::{frame_data, FrameSplitter};
-use crate::metering::usage::{extract_usage, FrameUsage};
+use crate::metering::usage::{extract_usage, upstream_version, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
 use crate::phase::response_text::ResponseText;
@@ -85,6 +85,8 @@ struct Meter {
     text: Option<ResponseText>,
     /// A plain body is kept whole and handed over at the end: translated or scanned.
     hold_body: bool,
+    /// The model version the stream says served it, read from the first frame with usage.
+    version: Option<String>,
 }
 
 enum Translate {
@@ -116,7 +118,14 @@ impl Meter {
         self.splitter.push(piece, |f| frames.push(f));
         for frame in self.frames.drain(..) {
             let usage = match frame_data(&frame) {
-                Some(data) => self.acc.observe_frame(self.api, &data),
+                Some(data) => {
+                    let usage = self.acc.observe_frame(self.api, &data);
+                    // Usage frames are parsed anyway; the version is read from the first.
+                    if usage != FrameUsage::None && self.version.is_none() {
+                        self.version = upstream_version(&data);
+                    }
+                    usage
+                }
                 None => FrameUsage::None,
             };
             if self.hide_usage_chunk && usage == FrameUsage::UsageOnly {
@@ -343,6 +352,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         acc: UsageAccumulator::default(),
         frames: Vec::with_capacity(16),
         retained_bytes: 0,
+        version: None,
     };
     let mut parts: Vec<Bytes> = Vec::with_capacity(16);
     // A cacheable miss keeps what the client is sent (by reference) for the exact cache.
@@ -439,8 +449,12 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         mut translate,
         text: mut restore,
         retained_bytes,
+        version,
         ..
     } = meter;
+    if version.is_some() {
+        ctx.upstream_version = version;
+    }
     if let Some(rest) = splitter.take_rest() {
         ctx.response_payload.push(rest.clone());
         if translate.is_none() {
@@ -475,6 +489,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             many => Bytes::from(many.concat()),
         };
         ctx.usage = extract_usage(ctx.upstream_api, &body);
+        if ctx.usage.is_some() {
+            ctx.upstream_version = upstream_version(&body);
+        }
     }
     if hold_body && retained_bytes == usize::MAX {
         failure.get_or_insert((

@@ -156,6 +156,13 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 .head
                 .header("traceparent")
                 .and_then(crate::telemetry::otlp::parse_traceparent),
+            upstream_version: ctx.upstream_version.clone(),
+            prompt_bytes: ctx
+                .inspection
+                .prompt_spans
+                .iter()
+                .map(|s| s.len() as u64)
+                .sum(),
             id: ctx.id.clone(),
             ts_ms: start_ms(latency),
             latency_us: latency.as_micros() as u64,

@@ -225,6 +225,8 @@ pub struct Metrics {
     pub targets: Arc<super::sched::TargetTotals>,
     /// The estimator measured against provider usage (`ledger/accuracy.rs`), by the writer.
     pub accuracy: crate::ledger::accuracy::AccuracyMetrics,
+    /// Tokens per prompt byte by model version, and drifts seen (`ledger/drift.rs`).
+    pub drift: crate::ledger::drift::DriftTracker,
     /// Label tables, indexed by the ids in `SeriesKey`. They only grow (a reload adds names,
     /// never renumbers), so a series keeps its labels; locked at reload and scrape only.
     model_names: Mutex<Vec<String>>,
@@ -278,6 +280,7 @@ impl Metrics {
             gpus: Arc::default(),
             targets: Arc::default(),
             accuracy: Default::default(),
+            drift: Default::default(),
             model_names: Mutex::new(model_names),
             provider_names: Mutex::new(provider_names),
         }

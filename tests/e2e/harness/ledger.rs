@@ -106,6 +106,18 @@ fn from_sql(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     })
 }
 
+/// The model version the provider reported and the prompt bytes of the row `id` (committed).
+pub fn version_of(data_dir: &Path, id: &str) -> (Option<String>, i64) {
+    let _ = row(data_dir, id);
+    let conn = open(data_dir).expect("the ledger");
+    conn.query_row(
+        "SELECT upstream_version, COALESCE(prompt_bytes, 0) FROM usage WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .expect("the row")
+}
+
 fn open(data_dir: &Path) -> Option<Connection> {
     let path = data_dir.join("ledger.sqlite");
     if !path.exists() {
