@@ -1,6 +1,11 @@
 //! How right the usage estimates are, measured continuously: one request in
-//! `ledger.accuracy_sample_every` whose provider reported usage is estimated as well (on the
-//! ledger writer's thread, as for a stream without usage), and the pair is kept here.
+//! `ledger.accuracy_sample_every` whose provider reported usage is estimated as well, and the
+//! pair is kept here.
+//!
+//! - **Thread.** The estimate runs on a thread of its own ([`Sampler`]), fed through a bounded
+//!   queue by the ledger writer. The writer never waits on it: a tokenizer's first load takes
+//!   a second or more, and the ledger and the budgets must not stall behind an optional
+//!   measurement. A full queue drops the sample.
 //!
 //! - **Table.** `estimate_samples`: one row per sample. Never billed.
 //! - **Metrics.** Per served model (at most [`MAX_MODELS`] labels, the rest as `other`):
@@ -67,6 +72,53 @@ pub fn insert(conn: &mut Connection, samples: &[Sample]) -> rusqlite::Result<()>
         }
     }
     tx.commit()
+}
+
+/// The sampling thread and its queue.
+pub struct Sampler {
+    tx: std::sync::mpsc::SyncSender<(Sample, Box<crate::metering::estimate::EstimateInput>)>,
+}
+
+impl Sampler {
+    /// Starts the thread; it writes to the ledger database at `db` over its own connection.
+    pub fn start(
+        db: std::path::PathBuf,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    ) -> std::io::Result<Sampler> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(
+            Sample,
+            Box<crate::metering::estimate::EstimateInput>,
+        )>(64);
+        std::thread::Builder::new()
+            .name("tollgate-accuracy".into())
+            .spawn(move || {
+                let mut conn: Option<Connection> = None;
+                while let Ok((mut sample, input)) = rx.recv() {
+                    let est = crate::metering::estimate::estimate(&input);
+                    sample.estimated_input = est.input_tokens;
+                    sample.estimated_output = est.output_tokens;
+                    metrics.accuracy.observe(&sample);
+                    if conn.is_none() {
+                        conn = Connection::open(&db)
+                            .and_then(|c| c.busy_timeout(std::time::Duration::from_secs(5)).map(|()| c))
+                            .map_err(|e| tracing::warn!(error = %e, "accuracy samples: opening the ledger"))
+                            .ok();
+                    }
+                    if let Some(c) = conn.as_mut() {
+                        if let Err(e) = insert(c, std::slice::from_ref(&sample)) {
+                            tracing::warn!(error = %e, "writing an estimate sample failed");
+                        }
+                    }
+                }
+            })?;
+        Ok(Sampler { tx })
+    }
+
+    /// Queues a record's sample (its provider numbers) with what to estimate; dropped when the
+    /// thread is behind.
+    pub fn offer(&self, sample: Sample, input: Box<crate::metering::estimate::EstimateInput>) {
+        let _ = self.tx.try_send((sample, input));
+    }
 }
 
 /// Running sums per model, for `/metrics`.

@@ -64,7 +64,10 @@ pub fn run(
         enricher,
         governor,
         otlp,
-        samples: Vec::new(),
+        sampler: conn
+            .path()
+            .map(std::path::PathBuf::from)
+            .and_then(|db| super::accuracy::Sampler::start(db, metrics.clone()).ok()),
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
@@ -86,7 +89,7 @@ pub fn run(
                     }
                 }
                 for _ in 0..50 {
-                    flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
+                    flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired);
                         break;
@@ -103,7 +106,7 @@ pub fn run(
                 absorb(&mut ctl, msgs, &mut batch);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
-                    flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
+                    flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired);
                     }
@@ -112,7 +115,7 @@ pub fn run(
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
-                flush(&mut conn, &mut batch, &mut ctl.samples, &metrics);
+                flush(&mut conn, &mut batch, &metrics);
                 if batch.is_empty() {
                     remove_retired(&mut retired);
                 }
@@ -131,8 +134,8 @@ struct Control {
     governor: Arc<Governor>,
     /// Where each final record also goes, as a span (`otlp:`).
     otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
-    /// Accuracy samples waiting to be written (with the next batch).
-    samples: Vec<super::accuracy::Sample>,
+    /// Where sampled records are estimated, off this thread (`ledger/accuracy.rs`).
+    sampler: Option<super::accuracy::Sampler>,
 }
 
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
@@ -189,24 +192,21 @@ fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
     let mut record = match m {
         LedgerMsg::Record(r) => *r,
         LedgerMsg::Sampled { record, input } => {
-            let est = estimate(&EstimateInput {
-                partial: None,
-                ..*input
-            });
-            let sample = super::accuracy::Sample {
-                ts_ms: record.ts_ms,
-                model: record
-                    .served_model
-                    .clone()
-                    .or_else(|| record.requested_model.clone())
-                    .unwrap_or_else(|| "unknown".into()),
-                provider_input: record.usage.input_tokens,
-                estimated_input: est.input_tokens,
-                provider_output: record.usage.output_tokens,
-                estimated_output: est.output_tokens,
-            };
-            ctl.metrics.accuracy.observe(&sample);
-            ctl.samples.push(sample);
+            if let Some(s) = &ctl.sampler {
+                let sample = super::accuracy::Sample {
+                    ts_ms: record.ts_ms,
+                    model: record
+                        .served_model
+                        .clone()
+                        .or_else(|| record.requested_model.clone())
+                        .unwrap_or_else(|| "unknown".into()),
+                    provider_input: record.usage.input_tokens,
+                    estimated_input: 0,
+                    provider_output: record.usage.output_tokens,
+                    estimated_output: 0,
+                };
+                s.offer(sample, input);
+            }
             *record
         }
         LedgerMsg::Estimate {
@@ -243,19 +243,7 @@ fn remove_retired(retired: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-fn flush(
-    conn: &mut Connection,
-    batch: &mut Vec<UsageRecord>,
-    samples: &mut Vec<super::accuracy::Sample>,
-    metrics: &Metrics,
-) {
-    if !samples.is_empty() {
-        // Measurements, not spend: one attempt, and a failure costs only the samples.
-        if let Err(e) = super::accuracy::insert(conn, samples) {
-            tracing::warn!(error = %e, samples = samples.len(), "writing estimate samples failed");
-        }
-        samples.clear();
-    }
+fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {
     if batch.is_empty() {
         return;
     }
