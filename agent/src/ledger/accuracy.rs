@@ -289,46 +289,11 @@ pub fn render(rows: &[AccuracyRow], format: Format) -> String {
             format!("{:.1}", r.within_2pct),
         ]
     };
+    let all: Vec<Vec<String>> = rows.iter().map(cells).collect();
     match format {
         Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => {
-            let mut out = headers.join(",") + "\n";
-            for r in rows {
-                let c = cells(r);
-                let model = if c[0].contains([',', '"', '\n']) {
-                    format!("\"{}\"", c[0].replace('"', "\"\""))
-                } else {
-                    c[0].clone()
-                };
-                out.push_str(&model);
-                for v in &c[1..] {
-                    out.push(',');
-                    out.push_str(v);
-                }
-                out.push('\n');
-            }
-            out
-        }
-        Format::Table => {
-            let all: Vec<Vec<String>> = rows.iter().map(cells).collect();
-            let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-            for row in &all {
-                for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            let mut out = String::new();
-            let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-            for row in std::iter::once(&head).chain(all.iter()) {
-                let mut line = format!("{:<w$}", row[0], w = widths[0]);
-                for (c, w) in row.iter().zip(&widths).skip(1) {
-                    line.push_str(&format!("  {c:>w$}", w = *w));
-                }
-                out.push_str(&line);
-                out.push('\n');
-            }
-            out
-        }
+        Format::Csv => super::table::csv(&headers, &all),
+        Format::Table => super::table::table(&headers, &all),
     }
 }
 

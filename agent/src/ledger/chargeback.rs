@@ -170,46 +170,8 @@ pub fn render(rows: &[ChargebackRow], format: Format, key_name: &str) -> String 
     let all: Vec<Vec<String>> = rows.iter().map(cells).collect();
     match format {
         Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => {
-            let quote = |s: &str| {
-                if s.contains([',', '"', '\n']) {
-                    format!("\"{}\"", s.replace('"', "\"\""))
-                } else {
-                    s.to_string()
-                }
-            };
-            let mut out = headers.join(",") + "\n";
-            for row in &all {
-                let line: Vec<String> = row.iter().map(|c| quote(c)).collect();
-                out.push_str(&line.join(","));
-                out.push('\n');
-            }
-            out
-        }
-        Format::Table => {
-            let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-            for row in &all {
-                for (w, c) in widths.iter_mut().zip(row) {
-                    *w = (*w).max(c.chars().count());
-                }
-            }
-            let line = |cols: &[String]| {
-                let mut s = format!("{:<w$}", cols[0], w = widths[0]);
-                for (c, w) in cols.iter().zip(&widths).skip(1) {
-                    s.push_str(&format!("  {c:>w$}", w = *w));
-                }
-                s.push('\n');
-                s
-            };
-            let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
-            let mut out = line(&head);
-            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1)));
-            out.push('\n');
-            for row in &all {
-                out.push_str(&line(row));
-            }
-            out
-        }
+        Format::Csv => super::table::csv(&headers, &all),
+        Format::Table => super::table::table(&headers, &all),
     }
 }
 

@@ -21,6 +21,7 @@ pub mod focus;
 pub mod journal;
 pub mod local;
 pub mod query;
+pub mod table;
 pub mod writer;
 
 use std::collections::HashSet;

@@ -155,52 +155,12 @@ pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
     if nodes {
         headers.push("nodes".into());
     }
+    let all: Vec<Vec<String>> = rows.iter().map(|r| cells(r, nodes)).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
     match format {
         Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => {
-            let mut out = headers.join(",");
-            out.push('\n');
-            for r in rows {
-                let c = cells(r, nodes);
-                let key = if c[0].contains([',', '"', '\n']) {
-                    format!("\"{}\"", c[0].replace('"', "\"\""))
-                } else {
-                    c[0].clone()
-                };
-                out.push_str(&key);
-                for v in &c[1..] {
-                    out.push(',');
-                    out.push_str(v);
-                }
-                out.push('\n');
-            }
-            out
-        }
-        Format::Table => {
-            let all: Vec<Vec<String>> = rows.iter().map(|r| cells(r, nodes)).collect();
-            let mut widths: Vec<usize> = headers.iter().map(String::len).collect();
-            for row in &all {
-                for (w, c) in widths.iter_mut().zip(row.iter()) {
-                    *w = (*w).max(c.len());
-                }
-            }
-            let line = |cols: &[String]| {
-                let mut s = format!("{:<w$}", cols[0], w = widths[0]);
-                for (c, w) in cols.iter().zip(widths.iter()).skip(1) {
-                    s.push_str(&format!("  {c:>w$}", w = *w));
-                }
-                s.push('\n');
-                s
-            };
-            let mut out = line(&headers);
-            let total: usize = widths.iter().sum::<usize>() + 2 * (widths.len() - 1);
-            out.push_str(&"-".repeat(total));
-            out.push('\n');
-            for row in &all {
-                out.push_str(&line(row));
-            }
-            out
-        }
+        Format::Csv => super::table::csv(&headers, &all),
+        Format::Table => super::table::table(&headers, &all),
     }
 }
 
