@@ -11,22 +11,9 @@ use serde_json::json;
 use crate::harness::procs::{run_tollgate, TempDir};
 use crate::harness::{post_raw, Sim, Stack};
 
-/// The validator's python: from `cargo xtask test` (which installs it, or says why not), else a
-/// `.venv-focus` left by an earlier run. `Err` is why there is none.
-fn validator_python() -> Result<PathBuf, String> {
-    match std::env::var("TOLLGATE_FOCUS_VALIDATOR") {
-        Ok(v) => match v.strip_prefix("missing: ") {
-            Some(why) => Err(format!("cargo xtask test could not install it: {why}")),
-            None => Ok(PathBuf::from(v)),
-        },
-        Err(_) => {
-            let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv-focus/bin/python");
-            local
-                .exists()
-                .then_some(local)
-                .ok_or_else(|| "no .venv-focus (run `cargo xtask test`)".to_string())
-        }
-    }
+/// The FOCUS validator's python, or `None` to skip.
+fn validator_python() -> Option<PathBuf> {
+    crate::harness::venv::python("TOLLGATE_FOCUS_VALIDATOR", ".venv-focus", "focus_validator")
 }
 
 /// Splits one CSV line (fields quoted with `"`, quotes doubled).
@@ -158,13 +145,8 @@ fn the_ledger_exports_as_focus_that_the_finops_validator_accepts() {
 
     // The FinOps Foundation's validator (FOCUS 1.0), with the overrides its README documents
     // for two rules of its own that contradict the specification.
-    let python = match validator_python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("TOLLGATE_FOCUS_VALIDATOR").is_some() => panic!("{why}"),
-        Err(why) => {
-            eprintln!("skipping the FOCUS validator: {why}");
-            return;
-        }
+    let Some(python) = validator_python() else {
+        return;
     };
     // It reads its currency list relative to the working directory: run it from its package's.
     let site = Command::new(&python)

@@ -11,35 +11,14 @@ use serde_json::{json, Value};
 use crate::harness::procs::{Proc, TempDir};
 use crate::harness::{post_raw, Response, Sim, Stack};
 
-/// The SDK venv's python (opentelemetry-proto is installed there), or why there is none.
-fn python() -> Result<PathBuf, String> {
-    match std::env::var("TOLLGATE_SDK_PYTHON") {
-        Ok(v) => match v.strip_prefix("missing: ") {
-            Some(why) => Err(format!("cargo xtask test could not install it: {why}")),
-            None => Ok(PathBuf::from(v)),
-        },
-        Err(_) => {
-            let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-            let ok = Command::new(&local)
-                .args(["-c", "import opentelemetry.proto"])
-                .output()
-                .is_ok_and(|o| o.status.success());
-            ok.then_some(local)
-                .ok_or_else(|| "no .venv with opentelemetry-proto (run `cargo xtask test`)".into())
-        }
-    }
+/// The SDK venv's python (opentelemetry-proto is installed there), or `None` to skip.
+fn python() -> Option<PathBuf> {
+    crate::harness::venv::python("TOLLGATE_SDK_PYTHON", ".venv", "opentelemetry.proto")
 }
 
 /// The receiver, and the file it appends spans to.
 fn receiver(dir: &TempDir) -> Option<(Proc, std::net::SocketAddr, PathBuf)> {
-    let python = match python() {
-        Ok(p) => p,
-        Err(why) if std::env::var_os("TOLLGATE_SDK_PYTHON").is_some() => panic!("{why}"),
-        Err(why) => {
-            eprintln!("skipping: {why}");
-            return None;
-        }
-    };
+    let python = python()?;
     let out = dir.path().join("spans.jsonl");
     let mut cmd = Command::new(python);
     cmd.arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/otlp_receiver.py"))
@@ -211,7 +190,7 @@ fn request_spans_follow_the_genai_conventions_and_join_their_ledger_rows() {
 
 /// Hex of the first 16 bytes of SHA-256(s), computed by the receiver's python (no extra crate).
 fn sha2_hex16(s: &str) -> String {
-    let py = python().expect("python");
+    let py = python().expect("the receiver's python ran already");
     let out = Command::new(py)
         .args([
             "-c",

@@ -208,35 +208,36 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
     let produced = (200..300).contains(&ctx.status) && ctx.response_started;
     let needs_estimate = ctx.usage.is_none() && produced;
     if needs_estimate {
+        let partial = ctx.partial_usage;
         LedgerMsg::Estimate {
             record: Box::new(record),
-            input: Box::new(EstimateInput {
-                api: ctx.upstream_api,
-                stream: ctx.inspection.stream,
-                request_body: ctx.body.clone(),
-                prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
-                response: std::mem::take(&mut ctx.response_payload),
-                partial: ctx.partial_usage,
-                tokenizer: tokenizer_of(ctx),
-            }),
+            input: estimate_input(ctx, partial),
             series: series(ctx),
         }
     } else if ctx.sample_accuracy && ctx.usage.is_some() {
         LedgerMsg::Sampled {
             record: Box::new(record),
-            input: Box::new(EstimateInput {
-                api: ctx.upstream_api,
-                stream: ctx.inspection.stream,
-                request_body: ctx.body.clone(),
-                prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
-                response: std::mem::take(&mut ctx.response_payload),
-                partial: None,
-                tokenizer: tokenizer_of(ctx),
-            }),
+            input: estimate_input(ctx, None),
         }
     } else {
         LedgerMsg::Record(Box::new(record))
     }
+}
+
+/// What the estimator needs, moved out of `ctx` (nothing reads it after settle).
+fn estimate_input(
+    ctx: &mut RequestCtx,
+    partial: Option<crate::metering::Usage>,
+) -> Box<EstimateInput> {
+    Box::new(EstimateInput {
+        api: ctx.upstream_api,
+        stream: ctx.inspection.stream,
+        request_body: ctx.body.clone(),
+        prompt_spans: std::mem::take(&mut ctx.inspection.prompt_spans),
+        response: std::mem::take(&mut ctx.response_payload),
+        partial,
+        tokenizer: tokenizer_of(ctx),
+    })
 }
 
 /// The served model's tokenizer, when its configuration names one.

@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod procs;
 pub mod upstream;
 pub mod usage;
+pub mod venv;
 
 pub use http::{get, post_json, post_raw, Client, Response};
 pub use ledger::Row;
