@@ -40,6 +40,7 @@ mod forwarding;
 mod golden;
 /// Governance: virtual keys, rate limits, budgets, model access, exceptions, loop guard, audit.
 mod governance;
+mod gpu_cost;
 /// Guardrails: block, redact, pseudonymize (restored in plain and streamed responses), log.
 mod guardrails;
 /// Hostile clients and providers: each defect the hardening review found, reproduced and fixed.

@@ -12,6 +12,21 @@ pub enum ReportCommand {
     /// What each team (or project, cost center, key, user) spent in a UTC month: tokens,
     /// requests, cost, the change against the previous month, and the use of its monthly budget.
     Chargeback(ChargebackArgs),
+    /// What self-hosted tokens cost in GPU time, per team (next to cloud spend) and per
+    /// replica (busy and idle cost, USD per 1M tokens, against its `compare_to` model).
+    Gpu {
+        #[arg(long, default_value = "./tollgate-data")]
+        data_dir: PathBuf,
+        /// A UTC month, `YYYY-MM` (default: the last `--days` days).
+        #[arg(long)]
+        month: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long, value_enum, default_value = "team")]
+        by: GroupBy,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
     /// How right the token estimates are, per model: requests whose provider reported usage,
     /// sampled (`ledger.accuracy_sample_every`) and estimated too.
     Accuracy {
@@ -111,6 +126,20 @@ pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
 pub fn run(command: ReportCommand) -> anyhow::Result<()> {
     match command {
         ReportCommand::Chargeback(a) => chargeback(a),
+        ReportCommand::Gpu {
+            data_dir,
+            month,
+            days,
+            by,
+            format,
+        } => {
+            let conn = super::open_ledger(&data_dir)?;
+            let (from, to) = period(month.as_deref(), days)?;
+            let r = crate::ledger::gpu_cost::report(&conn, from, to, by)?;
+            let key = format!("{by:?}").to_lowercase();
+            print!("{}", crate::ledger::gpu_cost::render(&r, format, &key));
+            Ok(())
+        }
         ReportCommand::Accuracy {
             data_dir,
             month,

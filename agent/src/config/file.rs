@@ -83,6 +83,11 @@ pub struct FileConfig {
     pub cache: Option<serde_yaml_ng::Value>,
     /// Traces to an OpenTelemetry collector: `{endpoint: http://..., ...}`.
     pub otlp: Option<serde_yaml_ng::Value>,
+    /// USD per GPU-hour by GPU model: `{H100: 2.50}`.
+    #[serde(default)]
+    pub gpu_pricing: std::collections::HashMap<String, f64>,
+    /// Which self-hosted providers run on which GPUs (`config/gpu.rs`).
+    pub gpu_accounting: Option<serde_yaml_ng::Value>,
 }
 
 /// `batch_jobs:` — the Batch API and the thread that runs its jobs.

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod cluster;
 mod file;
+pub mod gpu;
 pub mod kernel;
 mod lines;
 pub mod otlp;

@@ -286,6 +286,8 @@ pub struct Config {
     pub cache: super::validate_guard::CacheSettings,
     /// Request spans to an OpenTelemetry collector (`otlp:`), when configured.
     pub otlp: Option<super::otlp::OtlpSettings>,
+    /// GPU-based cost of self-hosted replicas (`gpu_pricing:`, `gpu_accounting:`).
+    pub gpu_accounting: Option<super::gpu::GpuAccounting>,
 }
 
 impl Config {
@@ -555,6 +557,9 @@ impl Validator<'_> {
             }
         }
 
+        let provider_names: Vec<String> = providers.iter().map(|(p, _)| p.name.clone()).collect();
+        let gpu_accounting =
+            self.gpu_accounting(&f.gpu_pricing, f.gpu_accounting, &provider_names, &prices);
         Config {
             listen,
             data_dir: PathBuf::from(f.data_dir.as_deref().unwrap_or("./tollgate-data")),
@@ -583,6 +588,7 @@ impl Validator<'_> {
             guardrails,
             cache,
             otlp,
+            gpu_accounting,
         }
     }
 

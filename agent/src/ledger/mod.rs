@@ -18,6 +18,7 @@ pub mod drift;
 pub mod enrich;
 pub mod findings;
 pub mod focus;
+pub mod gpu_cost;
 pub mod journal;
 pub mod local;
 pub mod query;
@@ -182,6 +183,7 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(accuracy::SCHEMA)?;
+    conn.execute_batch(gpu_cost::SCHEMA)?;
     migrate(&conn)?;
     conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
     Ok(conn)

@@ -203,6 +203,12 @@ pub fn run(
     let mut next_scrape = Instant::now();
     let mut next_gpu = Instant::now();
     let mut next_sched = Instant::now();
+    let wall_ms = crate::governance::window::now_ms;
+    // GPU cost lines of self-hosted replicas (`gpu_accounting:`, as the agent started).
+    let mut gpu_cost = cfg
+        .gpu_accounting
+        .clone()
+        .map(|g| crate::ledger::gpu_cost::Accountant::new(g, &cfg.data_dir, wall_ms()));
     while !shared.shutting_down.load(Ordering::Acquire) {
         let now = Instant::now();
         // A reload may add or remove replicas: scrape what the current configuration lists.
@@ -218,7 +224,13 @@ pub fn run(
                     .unwrap_or_default()
             };
             scraper.scrape_once(&addrs);
+            if let Some(a) = gpu_cost.as_mut() {
+                a.observe(&metrics.replicas);
+            }
             next_scrape = (next_scrape + interval).max(Instant::now());
+        }
+        if let Some(a) = gpu_cost.as_mut() {
+            a.close_due(wall_ms(), false);
         }
         if let Some(s) = sampler.as_mut() {
             if now >= next_gpu {
@@ -242,9 +254,16 @@ pub fn run(
         if sampler.is_some() {
             wake = wake.min(next_gpu);
         }
+        if let Some(a) = &gpu_cost {
+            wake = wake.min(now + a.due_in(wall_ms()));
+        }
         // Sleep in short steps so a stop is noticed quickly.
         let left = wake.saturating_duration_since(Instant::now());
         std::thread::sleep(left.min(Duration::from_millis(50)));
+    }
+    // The interval running at the stop is cut there, so no GPU time goes unaccounted.
+    if let Some(a) = gpu_cost.as_mut() {
+        a.close_due(wall_ms(), true);
     }
 }
 
