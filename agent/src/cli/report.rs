@@ -15,13 +15,8 @@ pub enum ReportCommand {
     /// What self-hosted tokens cost in GPU time, per team (next to cloud spend) and per
     /// replica (busy and idle cost, USD per 1M tokens, against its `compare_to` model).
     Gpu {
-        #[arg(long, default_value = "./tollgate-data")]
-        data_dir: PathBuf,
-        /// A UTC month, `YYYY-MM` (default: the last `--days` days).
-        #[arg(long)]
-        month: Option<String>,
-        #[arg(long, default_value_t = 30)]
-        days: u32,
+        #[command(flatten)]
+        period: Period,
         #[arg(long, value_enum, default_value = "team")]
         by: GroupBy,
         #[arg(long, value_enum, default_value = "table")]
@@ -30,26 +25,16 @@ pub enum ReportCommand {
     /// How right the token estimates are, per model: requests whose provider reported usage,
     /// sampled (`ledger.accuracy_sample_every`) and estimated too.
     Accuracy {
-        #[arg(long, default_value = "./tollgate-data")]
-        data_dir: PathBuf,
-        /// A UTC month, `YYYY-MM` (default: the last `--days` days).
-        #[arg(long)]
-        month: Option<String>,
-        #[arg(long, default_value_t = 30)]
-        days: u32,
+        #[command(flatten)]
+        period: Period,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
     /// Premium-model overuse, context stuffing, token spikes and retry storms, with the
     /// requests behind each.
     Findings {
-        #[arg(long, default_value = "./tollgate-data")]
-        data_dir: PathBuf,
-        /// A UTC month, `YYYY-MM` (default: the last `--days` days).
-        #[arg(long)]
-        month: Option<String>,
-        #[arg(long, default_value_t = 30)]
-        days: u32,
+        #[command(flatten)]
+        period: Period,
         /// A team spending more than this share of its cost on the most expensive model.
         #[arg(long, default_value_t = 0.5)]
         premium_share: f64,
@@ -68,6 +53,33 @@ pub enum ReportCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
+}
+
+/// Which ledger, and which requests in it.
+#[derive(clap::Args)]
+pub struct Period {
+    #[arg(long, default_value = "./tollgate-data")]
+    data_dir: PathBuf,
+    /// A UTC month, `YYYY-MM` (default: the last `--days` days).
+    #[arg(long)]
+    month: Option<String>,
+    #[arg(long, default_value_t = 30)]
+    days: u32,
+}
+
+impl Period {
+    /// The ledger, read-only, and the period as `[from, to)` in ms.
+    fn open(&self) -> anyhow::Result<(rusqlite::Connection, i64, i64)> {
+        let conn = super::open_ledger(&self.data_dir)?;
+        let (from, to) = match &self.month {
+            Some(m) => super::month_range(m)?,
+            None => {
+                let now = crate::governance::window::now_ms();
+                (now - i64::from(self.days) * 86_400_000, i64::MAX)
+            }
+        };
+        Ok((conn, from, to))
+    }
 }
 
 #[derive(clap::Args)]
@@ -126,36 +138,21 @@ pub fn chargeback(a: ChargebackArgs) -> anyhow::Result<()> {
 pub fn run(command: ReportCommand) -> anyhow::Result<()> {
     match command {
         ReportCommand::Chargeback(a) => chargeback(a),
-        ReportCommand::Gpu {
-            data_dir,
-            month,
-            days,
-            by,
-            format,
-        } => {
-            let conn = super::open_ledger(&data_dir)?;
-            let (from, to) = period(month.as_deref(), days)?;
+        ReportCommand::Gpu { period, by, format } => {
+            let (conn, from, to) = period.open()?;
             let r = crate::ledger::gpu_cost::report(&conn, from, to, by)?;
             let key = format!("{by:?}").to_lowercase();
             print!("{}", crate::ledger::gpu_cost::render(&r, format, &key));
             Ok(())
         }
-        ReportCommand::Accuracy {
-            data_dir,
-            month,
-            days,
-            format,
-        } => {
-            let conn = super::open_ledger(&data_dir)?;
-            let (from, to) = period(month.as_deref(), days)?;
+        ReportCommand::Accuracy { period, format } => {
+            let (conn, from, to) = period.open()?;
             let rows = crate::ledger::accuracy::report(&conn, from, to)?;
             print!("{}", crate::ledger::accuracy::render(&rows, format));
             Ok(())
         }
         ReportCommand::Findings {
-            data_dir,
-            month,
-            days,
+            period,
             premium_share,
             context_tokens,
             spike_factor,
@@ -163,8 +160,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             drift_share,
             format,
         } => {
-            let conn = super::open_ledger(&data_dir)?;
-            let (from, to) = period(month.as_deref(), days)?;
+            let (conn, from, to) = period.open()?;
             let t = Thresholds {
                 premium_share,
                 context_tokens,
@@ -175,17 +171,6 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             let list = findings(&conn, from, to, t)?;
             print!("{}", render(&list, format));
             Ok(())
-        }
-    }
-}
-
-/// A UTC month, or the last `days` days.
-fn period(month: Option<&str>, days: u32) -> anyhow::Result<(i64, i64)> {
-    match month {
-        Some(m) => super::month_range(m),
-        None => {
-            let now = crate::governance::window::now_ms();
-            Ok((now - i64::from(days) * 86_400_000, i64::MAX))
         }
     }
 }

@@ -173,16 +173,8 @@ pub fn sum(fields: Vec<(String, String)>, by: GroupBy) -> Vec<SummaryRow> {
         let (acc, nodes) = rows.entry(key.to_string()).or_insert_with(|| {
             (
                 SummaryRow {
-                    key: key.to_string(),
-                    requests: 0,
-                    errors: 0,
-                    input_tokens: 0,
-                    cached_tokens: 0,
-                    output_tokens: 0,
-                    reasoning_tokens: 0,
-                    estimated: 0,
-                    cost_usd: 0.0,
                     nodes: Some(0),
+                    ..SummaryRow::empty(key.to_string())
                 },
                 BTreeSet::new(),
             )

@@ -91,18 +91,7 @@ pub fn build(
     // Groups that spent last month and nothing now.
     for p in previous {
         if !rows.iter().any(|r| r.key == p.key) {
-            rows.push(SummaryRow {
-                key: p.key.clone(),
-                requests: 0,
-                errors: 0,
-                input_tokens: 0,
-                cached_tokens: 0,
-                output_tokens: 0,
-                reasoning_tokens: 0,
-                estimated: 0,
-                cost_usd: 0.0,
-                nodes: None,
-            });
+            rows.push(SummaryRow::empty(p.key.clone()));
         }
     }
     rows.sort_by(|a, b| a.key.cmp(&b.key));

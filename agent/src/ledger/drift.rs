@@ -83,7 +83,10 @@ impl DriftTracker {
         if !models.contains_key(model) && models.len() >= MAX_MODELS {
             return None;
         }
-        let versions = models.entry(model.to_string()).or_default();
+        if !models.contains_key(model) {
+            models.insert(model.to_string(), BTreeMap::new());
+        }
+        let versions = models.get_mut(model)?;
         if !versions.contains_key(version) && versions.len() >= MAX_VERSIONS {
             // The oldest version goes (its comparison is long done).
             let oldest = versions
@@ -94,14 +97,16 @@ impl DriftTracker {
                 versions.remove(&k);
             }
         }
-        *seq += 1;
-        let next = *seq;
-        let v = versions
-            .entry(version.to_string())
-            .or_insert_with(|| Version {
-                seq: next,
+        // Allocates only for a version seen for the first time.
+        if !versions.contains_key(version) {
+            *seq += 1;
+            let first = Version {
+                seq: *seq,
                 ..Version::default()
-            });
+            };
+            versions.insert(version.to_string(), first);
+        }
+        let v = versions.get_mut(version)?;
         v.samples += 1;
         v.tokens += tokens;
         v.bytes += bytes;

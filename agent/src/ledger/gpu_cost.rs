@@ -192,6 +192,18 @@ pub struct GroupCost {
     pub cloud_cost_usd: f64,
 }
 
+impl GroupCost {
+    fn empty(key: String) -> GroupCost {
+        GroupCost {
+            key,
+            self_hosted_tokens: 0,
+            gpu_cost_usd: 0.0,
+            cloud_tokens: 0,
+            cloud_cost_usd: 0.0,
+        }
+    }
+}
+
 /// One replica's month.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ReplicaCost {
@@ -340,13 +352,9 @@ pub fn report(
         if let (Some(c), Some(pi), Some(po)) = (rep.compare_usd.as_mut(), cin, cout) {
             *c += (input as f64 * pi + output as f64 * po) / 1e6;
         }
-        let g = groups.entry(k.clone()).or_insert_with(|| GroupCost {
-            key: k,
-            self_hosted_tokens: 0,
-            gpu_cost_usd: 0.0,
-            cloud_tokens: 0,
-            cloud_cost_usd: 0.0,
-        });
+        let g = groups
+            .entry(k.clone())
+            .or_insert_with(|| GroupCost::empty(k));
         g.self_hosted_tokens += tokens.max(0) as u64;
         if total > 0.0 {
             g.gpu_cost_usd += busy * weight / total;
@@ -370,13 +378,9 @@ pub fn report(
     })?;
     for c in cloud {
         let (k, tokens, micro) = c?;
-        let g = groups.entry(k.clone()).or_insert_with(|| GroupCost {
-            key: k,
-            self_hosted_tokens: 0,
-            gpu_cost_usd: 0.0,
-            cloud_tokens: 0,
-            cloud_cost_usd: 0.0,
-        });
+        let g = groups
+            .entry(k.clone())
+            .or_insert_with(|| GroupCost::empty(k));
         g.cloud_tokens += tokens.max(0) as u64;
         g.cloud_cost_usd += micro as f64 / 1e6;
     }

@@ -41,6 +41,24 @@ pub struct SummaryRow {
     pub nodes: Option<u64>,
 }
 
+impl SummaryRow {
+    /// A group with nothing summed yet.
+    pub fn empty(key: String) -> SummaryRow {
+        SummaryRow {
+            key,
+            requests: 0,
+            errors: 0,
+            input_tokens: 0,
+            cached_tokens: 0,
+            output_tokens: 0,
+            reasoning_tokens: 0,
+            estimated: 0,
+            cost_usd: 0.0,
+            nodes: None,
+        }
+    }
+}
+
 /// Sums the ledger grouped by `by`.
 pub fn summarize(conn: &Connection, by: GroupBy) -> rusqlite::Result<Vec<SummaryRow>> {
     summarize_range(conn, by, i64::MIN, i64::MAX)

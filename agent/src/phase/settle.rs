@@ -156,7 +156,7 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 .head
                 .header("traceparent")
                 .and_then(crate::telemetry::otlp::parse_traceparent),
-            upstream_version: ctx.upstream_version.clone(),
+            upstream_version: ctx.upstream_version.take(),
             prompt_bytes: ctx
                 .inspection
                 .prompt_spans

@@ -116,6 +116,7 @@ fn run(settings: &OtlpSettings, rx: &Receiver<Msg>, stats: &OtlpStats) {
         .user_agent("tollgate")
         .build()
         .into();
+    let resource = resource(settings);
     let mut batch: Vec<proto::Span> = Vec::with_capacity(settings.batch);
     let mut deadline: Option<Instant> = None;
     loop {
@@ -134,13 +135,8 @@ fn run(settings: &OtlpSettings, rx: &Receiver<Msg>, stats: &OtlpStats) {
         };
         let due = deadline.is_some_and(|d| Instant::now() >= d);
         if !batch.is_empty() && (stopping || due || batch.len() >= settings.batch) {
-            export(
-                &agent,
-                settings,
-                std::mem::take(&mut batch),
-                stats,
-                stopping,
-            );
+            let req = request(&resource, std::mem::take(&mut batch));
+            export(&agent, settings, req, stats, stopping);
             deadline = None;
         }
         if stopping {
@@ -153,12 +149,17 @@ fn run(settings: &OtlpSettings, rx: &Receiver<Msg>, stats: &OtlpStats) {
 fn export(
     agent: &ureq::Agent,
     settings: &OtlpSettings,
-    spans: Vec<proto::Span>,
+    req: proto::ExportTraceServiceRequest,
     stats: &OtlpStats,
     stopping: bool,
 ) {
-    let n = spans.len() as u64;
-    let body = request(settings, spans).encode_to_vec();
+    let n = req
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len() as u64)
+        .sum::<u64>();
+    let body = req.encode_to_vec();
     let attempts = if stopping { 1 } else { 3 };
     for attempt in 0..attempts {
         if attempt > 0 {
@@ -189,23 +190,31 @@ fn export(
     stats.dropped.fetch_add(n, Relaxed);
 }
 
-fn request(settings: &OtlpSettings, spans: Vec<proto::Span>) -> proto::ExportTraceServiceRequest {
+/// Who sends the spans: the same for every batch, built once.
+fn resource(settings: &OtlpSettings) -> proto::Resource {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    proto::Resource {
+        attributes: vec![
+            proto::kv(
+                "service.name",
+                proto::Value::String(settings.service_name.clone()),
+            ),
+            proto::kv(
+                "service.version",
+                proto::Value::String(env!("CARGO_PKG_VERSION").into()),
+            ),
+            proto::kv("host.name", proto::Value::String(host.trim().to_string())),
+        ],
+    }
+}
+
+fn request(
+    resource: &proto::Resource,
+    spans: Vec<proto::Span>,
+) -> proto::ExportTraceServiceRequest {
     proto::ExportTraceServiceRequest {
         resource_spans: vec![proto::ResourceSpans {
-            resource: Some(proto::Resource {
-                attributes: vec![
-                    proto::kv(
-                        "service.name",
-                        proto::Value::String(settings.service_name.clone()),
-                    ),
-                    proto::kv(
-                        "service.version",
-                        proto::Value::String(env!("CARGO_PKG_VERSION").into()),
-                    ),
-                    proto::kv("host.name", proto::Value::String(host.trim().to_string())),
-                ],
-            }),
+            resource: Some(resource.clone()),
             scope_spans: vec![proto::ScopeSpans {
                 scope: Some(proto::InstrumentationScope {
                     name: "tollgate".into(),
