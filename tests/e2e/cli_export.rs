@@ -1,5 +1,5 @@
-//! `tollgate export focus`: the ledger of a running agent becomes FOCUS 1.0 CSV whose sums are
-//! the ledger's, and which the FinOps Foundation's own validator accepts.
+//! `tollgate export focus`: the ledger of a running agent becomes FOCUS 1.0 CSV and Parquet
+//! whose sums are the ledger's, and which the FinOps Foundation's own validator accepts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -143,8 +143,74 @@ fn the_ledger_exports_as_focus_that_the_finops_validator_accepts() {
         );
     }
 
-    // The FinOps Foundation's validator (FOCUS 1.0), with the overrides its README documents
-    // for two rules of its own that contradict the specification.
+    // The same rows as Parquet, typed: the same sums, read back with an independent reader.
+    let parquet = dir.path().join("focus.parquet");
+    let run = run_tollgate(
+        &[
+            "export",
+            "focus",
+            "--data-dir",
+            &data_dir,
+            "--format",
+            "parquet",
+            "--out",
+            &parquet.to_string_lossy(),
+            "--account",
+            "node-a",
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let typed = parquet_sums(&parquet);
+    for (team, cost) in &ledger_cost {
+        assert_eq!(
+            typed.get(team).map(|t| t.0),
+            Some(*cost),
+            "{team}: {typed:?}"
+        );
+    }
+    assert_eq!(typed.get("search").map(|t| t.1), Some(3));
+    assert_eq!(typed.get("ads").map(|t| t.1), Some(2));
+
+    validate(&out);
+    validate(&parquet);
+}
+
+/// Per team: (micro-USD of BilledCost, x_Requests) of a FOCUS Parquet file, checking each
+/// column's physical type on the way.
+fn parquet_sums(path: &std::path::Path) -> HashMap<String, (i64, i64)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let bytes = bytes::Bytes::from(std::fs::read(path).expect("the Parquet export"));
+    let reader = SerializedFileReader::new(bytes).expect("a Parquet file");
+    let mut sums: HashMap<String, (i64, i64)> = HashMap::new();
+    for row in reader.get_row_iter(None).expect("rows") {
+        let row = row.expect("a row");
+        let mut team = None;
+        let (mut cost, mut requests) = (None, None);
+        for (name, field) in row.get_column_iter() {
+            match (name.as_str(), field) {
+                ("SubAccountId", Field::Str(t)) => team = Some(t.clone()),
+                ("BilledCost", Field::Double(c)) => cost = Some((c * 1e6).round() as i64),
+                ("x_Requests", Field::Long(n)) => requests = Some(*n),
+                ("ChargePeriodStart" | "ChargePeriodEnd", f) => {
+                    assert!(matches!(f, Field::TimestampMillis(_)), "{name}: {f:?}")
+                }
+                ("BilledCost" | "x_Requests" | "SubAccountId", f) => panic!("{name}: {f:?}"),
+                _ => {}
+            }
+        }
+        let e = sums.entry(team.expect("a team")).or_default();
+        e.0 += cost.expect("a cost");
+        e.1 += requests.expect("requests");
+    }
+    sums
+}
+
+/// Runs the FinOps Foundation's validator (FOCUS 1.0) on `file` (CSV or Parquet, by its
+/// extension), with the overrides its README documents for two rules of its own that
+/// contradict the specification.
+fn validate(file: &std::path::Path) {
     let Some(python) = validator_python() else {
         return;
     };
@@ -169,12 +235,16 @@ fn the_ledger_exports_as_focus_that_the_finops_validator_accepts() {
             "1.0",
             "--data-file",
         ])
-        .arg(&out)
+        .arg(file)
         .arg("--override-file")
         .arg(&overrides)
         .output()
         .expect("running focus-validator");
     let report = String::from_utf8_lossy(&check.stdout).into_owned()
         + &String::from_utf8_lossy(&check.stderr);
-    assert!(report.contains("Validation succeeded."), "{report}");
+    assert!(
+        report.contains("Validation succeeded."),
+        "{}: {report}",
+        file.display()
+    );
 }

@@ -1,4 +1,4 @@
-//! `tollgate export focus`: the ledger as FOCUS 1.0 CSV (see `ledger/focus.rs`).
+//! `tollgate export focus`: the ledger as FOCUS 1.0 CSV or Parquet (see `ledger/focus/`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -22,10 +22,10 @@ pub enum ExportCommand {
         /// First UTC day not included, `YYYY-MM-DD` (default: after the ledger's last).
         #[arg(long)]
         to: Option<String>,
-        /// Only CSV is written (Parquet is not built yet).
-        #[arg(long, value_parser = ["csv"], default_value = "csv")]
+        /// `csv`, or `parquet` (typed columns; needs `--out`).
+        #[arg(long, value_parser = ["csv", "parquet"], default_value = "csv")]
         format: String,
-        /// Where to write (default: standard output).
+        /// Where to write (default: standard output, for CSV).
         #[arg(long, short)]
         out: Option<PathBuf>,
         /// The billing account the rows name (default: the host name).
@@ -40,7 +40,7 @@ pub fn run(command: ExportCommand) -> anyhow::Result<()> {
         config,
         from,
         to,
-        format: _,
+        format,
         out,
         account,
     } = command;
@@ -54,6 +54,19 @@ pub fn run(command: ExportCommand) -> anyhow::Result<()> {
     let to = to.as_deref().map(day_ms).transpose()?;
     let charges = crate::ledger::focus::charges(&conn, from, to)?;
     let account = account.unwrap_or_else(host_name);
+    if format == "parquet" {
+        let path = out.context("--format parquet needs --out FILE (Parquet is not streamed)")?;
+        let f =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        crate::ledger::focus::parquet::write(&charges, &account, std::io::BufWriter::new(f))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "{} charge rows written to {}",
+            charges.len(),
+            path.display()
+        );
+        return Ok(());
+    }
     match out {
         Some(path) => {
             let mut f = std::io::BufWriter::new(

@@ -14,8 +14,14 @@
 //! - Rows with no provider (refused before routing, cache hits) carry the provider `tollgate`:
 //!   the column may not be empty, and their cost is zero.
 //!
-//! Checked with the FinOps Foundation's validator (`focus-validator`, FOCUS 1.0) in
-//! `tests/e2e/cli_export.rs`.
+//! - Cells are typed ([`Cell`]): CSV writes them as the specification's text forms, Parquet
+//!   (`focus/parquet.rs`) as typed columns: decimals as DOUBLE, date-times as UTC millisecond
+//!   timestamps, counts as INT64, text and `Tags` as UTF-8, an empty cell as null.
+//!
+//! Checked with the FinOps Foundation's validator (`focus-validator`, FOCUS 1.0), in both
+//! formats, in `tests/e2e/cli_export.rs`.
+
+pub mod parquet;
 
 use std::io::{self, Write};
 
@@ -23,59 +29,118 @@ use rusqlite::Connection;
 
 use crate::governance::window::{rfc3339, Window};
 
-/// The FOCUS 1.0 columns, then Tollgate's.
-pub const COLUMNS: &[&str] = &[
-    "AvailabilityZone",
-    "BilledCost",
-    "BillingAccountId",
-    "BillingAccountName",
-    "BillingCurrency",
-    "BillingPeriodEnd",
-    "BillingPeriodStart",
-    "ChargeCategory",
-    "ChargeClass",
-    "ChargeDescription",
-    "ChargeFrequency",
-    "ChargePeriodEnd",
-    "ChargePeriodStart",
-    "CommitmentDiscountCategory",
-    "CommitmentDiscountId",
-    "CommitmentDiscountName",
-    "CommitmentDiscountStatus",
-    "CommitmentDiscountType",
-    "ConsumedQuantity",
-    "ConsumedUnit",
-    "ContractedCost",
-    "ContractedUnitPrice",
-    "EffectiveCost",
-    "InvoiceIssuer",
-    "ListCost",
-    "ListUnitPrice",
-    "PricingCategory",
-    "PricingQuantity",
-    "PricingUnit",
-    "Provider",
-    "Publisher",
-    "RegionId",
-    "RegionName",
-    "ResourceId",
-    "ResourceName",
-    "ResourceType",
-    "ServiceCategory",
-    "ServiceName",
-    "SkuId",
-    "SkuPriceId",
-    "SubAccountId",
-    "SubAccountName",
-    "Tags",
-    "x_Requests",
-    "x_InputTokens",
-    "x_CachedInputTokens",
-    "x_OutputTokens",
-    "x_ReasoningTokens",
-    "x_EstimatedRequests",
-    "x_SavedCost",
+/// The FOCUS 1.0 columns, then Tollgate's, with their types.
+pub const COLUMNS: &[(&str, Kind)] = &[
+    ("AvailabilityZone", Kind::Text),
+    ("BilledCost", Kind::Decimal),
+    ("BillingAccountId", Kind::Text),
+    ("BillingAccountName", Kind::Text),
+    ("BillingCurrency", Kind::Text),
+    ("BillingPeriodEnd", Kind::DateTime),
+    ("BillingPeriodStart", Kind::DateTime),
+    ("ChargeCategory", Kind::Text),
+    ("ChargeClass", Kind::Text),
+    ("ChargeDescription", Kind::Text),
+    ("ChargeFrequency", Kind::Text),
+    ("ChargePeriodEnd", Kind::DateTime),
+    ("ChargePeriodStart", Kind::DateTime),
+    ("CommitmentDiscountCategory", Kind::Text),
+    ("CommitmentDiscountId", Kind::Text),
+    ("CommitmentDiscountName", Kind::Text),
+    ("CommitmentDiscountStatus", Kind::Text),
+    ("CommitmentDiscountType", Kind::Text),
+    ("ConsumedQuantity", Kind::Decimal),
+    ("ConsumedUnit", Kind::Text),
+    ("ContractedCost", Kind::Decimal),
+    ("ContractedUnitPrice", Kind::Decimal),
+    ("EffectiveCost", Kind::Decimal),
+    ("InvoiceIssuer", Kind::Text),
+    ("ListCost", Kind::Decimal),
+    ("ListUnitPrice", Kind::Decimal),
+    ("PricingCategory", Kind::Text),
+    ("PricingQuantity", Kind::Decimal),
+    ("PricingUnit", Kind::Text),
+    ("Provider", Kind::Text),
+    ("Publisher", Kind::Text),
+    ("RegionId", Kind::Text),
+    ("RegionName", Kind::Text),
+    ("ResourceId", Kind::Text),
+    ("ResourceName", Kind::Text),
+    ("ResourceType", Kind::Text),
+    ("ServiceCategory", Kind::Text),
+    ("ServiceName", Kind::Text),
+    ("SkuId", Kind::Text),
+    ("SkuPriceId", Kind::Text),
+    ("SubAccountId", Kind::Text),
+    ("SubAccountName", Kind::Text),
+    ("Tags", Kind::Text),
+    ("x_Requests", Kind::Count),
+    ("x_InputTokens", Kind::Count),
+    ("x_CachedInputTokens", Kind::Count),
+    ("x_OutputTokens", Kind::Count),
+    ("x_ReasoningTokens", Kind::Count),
+    ("x_EstimatedRequests", Kind::Count),
+    ("x_SavedCost", Kind::Decimal),
 ];
+
+/// What a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    Decimal,
+    DateTime,
+    Count,
+}
+
+/// One typed cell of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    /// No value (an empty CSV field, a Parquet null).
+    Null,
+    Text(String),
+    /// `units / 10^scale`, exact (costs are micro-USD, scale 6).
+    Decimal {
+        units: i64,
+        scale: u32,
+    },
+    /// Milliseconds since the Unix epoch, UTC.
+    DateTime(i64),
+    Count(u64),
+}
+
+impl Cell {
+    fn usd(micro: i64) -> Cell {
+        Cell::Decimal {
+            units: micro,
+            scale: 6,
+        }
+    }
+
+    /// The specification's text form (CSV).
+    pub fn text(&self) -> String {
+        match self {
+            Cell::Null => String::new(),
+            Cell::Text(s) => s.clone(),
+            Cell::Decimal { units, scale: 0 } => format!("{units}.0"),
+            Cell::Decimal { units, scale } => {
+                let sign = if *units < 0 { "-" } else { "" };
+                let m = units.unsigned_abs();
+                let p = 10u64.pow(*scale);
+                format!("{sign}{}.{:0w$}", m / p, m % p, w = *scale as usize)
+            }
+            Cell::DateTime(ms) => rfc3339(*ms),
+            Cell::Count(n) => n.to_string(),
+        }
+    }
+
+    /// The value as a floating-point number (Parquet DOUBLE), for decimals.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Cell::Decimal { units, scale } => Some(*units as f64 / 10f64.powi(*scale as i32)),
+            _ => None,
+        }
+    }
+}
 
 /// One charge: the ledger's rows of one day and one group, summed.
 #[derive(Debug, Clone, PartialEq)]
@@ -150,13 +215,6 @@ pub fn charges(
     rows.collect()
 }
 
-/// Micro-USD as a decimal number of USD (always with a fraction: FOCUS decimals).
-fn usd(micro: i64) -> String {
-    let sign = if micro < 0 { "-" } else { "" };
-    let m = micro.unsigned_abs();
-    format!("{sign}{}.{:06}", m / 1_000_000, m % 1_000_000)
-}
-
 /// A CSV field, quoted when it must be.
 fn field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
@@ -167,9 +225,9 @@ fn field(s: &str) -> String {
 }
 
 /// The row's cells, in [`COLUMNS`] order. `account` names the billing account (the node).
-pub fn cells(c: &Charge, account: &str) -> Vec<String> {
+pub fn cells(c: &Charge, account: &str) -> Vec<Cell> {
     let tokens = c.input_tokens + c.output_tokens;
-    let cost = usd(c.cost_micro_usd);
+    let cost = Cell::usd(c.cost_micro_usd);
     let month = Window::Month.at(c.day_ms);
     let mut tags = serde_json::Map::new();
     for (k, v) in [
@@ -184,77 +242,93 @@ pub fn cells(c: &Charge, account: &str) -> Vec<String> {
         }
     }
     tags.insert("api".into(), c.api.clone().into());
-    // Per 1M tokens; the blended price of the mix (cost / quantity), empty without tokens.
-    let pricing_quantity = tokens as f64 / 1e6;
+    // Per 1M tokens: micro-USD per token is USD per million. The blended price of the mix
+    // (cost / quantity), rounded to the micro-USD; none without tokens.
     let unit_price = if tokens > 0 {
-        format!("{:.6}", c.cost_micro_usd as f64 / tokens as f64)
+        let t = i128::from(tokens);
+        let units = (i128::from(c.cost_micro_usd) * 1_000_000 + t / 2).div_euclid(t);
+        Cell::Decimal {
+            units: i64::try_from(units).unwrap_or(i64::MAX),
+            scale: 6,
+        }
     } else {
-        String::new()
+        Cell::Null
     };
+    let tokens_i = i64::try_from(tokens).unwrap_or(i64::MAX);
     let description = format!(
         "{} {} request(s) to {} on {}: {} input and {} output tokens",
         c.requests, c.api, c.model, c.provider, c.input_tokens, c.output_tokens
     );
-    let team = c.team.clone().unwrap_or_default();
+    let text = |s: &str| Cell::Text(s.to_string());
+    let team = c.team.as_deref().map_or(Cell::Null, text);
+    let resource = text(&format!("{}/{}", c.provider, c.model));
     vec![
-        String::new(),
+        Cell::Null,
         cost.clone(),
-        account.to_string(),
-        account.to_string(),
-        "USD".into(),
-        rfc3339(month.end_ms),
-        rfc3339(month.start_ms),
-        "Usage".into(),
-        String::new(),
-        description,
-        "Usage-Based".into(),
-        rfc3339(c.day_ms + DAY_MS),
-        rfc3339(c.day_ms),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        format!("{tokens}.0"),
-        "Tokens".into(),
+        text(account),
+        text(account),
+        text("USD"),
+        Cell::DateTime(month.end_ms),
+        Cell::DateTime(month.start_ms),
+        text("Usage"),
+        Cell::Null,
+        Cell::Text(description),
+        text("Usage-Based"),
+        Cell::DateTime(c.day_ms + DAY_MS),
+        Cell::DateTime(c.day_ms),
+        Cell::Null,
+        Cell::Null,
+        Cell::Null,
+        Cell::Null,
+        Cell::Null,
+        Cell::Decimal {
+            units: tokens_i,
+            scale: 0,
+        },
+        text("Tokens"),
         cost.clone(),
         unit_price.clone(),
         cost.clone(),
-        c.provider.clone(),
+        text(&c.provider),
         cost,
         unit_price,
-        "Standard".into(),
-        format!("{pricing_quantity:.6}"),
-        "1M Tokens".into(),
-        c.provider.clone(),
-        c.provider.clone(),
-        String::new(),
-        String::new(),
-        format!("{}/{}", c.provider, c.model),
-        c.model.clone(),
-        "LLM".into(),
-        "AI and Machine Learning".into(),
-        c.api.clone(),
-        format!("{}/{}", c.provider, c.model),
-        String::new(),
+        text("Standard"),
+        // Millions of tokens, exactly.
+        Cell::Decimal {
+            units: tokens_i,
+            scale: 6,
+        },
+        text("1M Tokens"),
+        text(&c.provider),
+        text(&c.provider),
+        Cell::Null,
+        Cell::Null,
+        resource.clone(),
+        text(&c.model),
+        text("LLM"),
+        text("AI and Machine Learning"),
+        text(&c.api),
+        resource,
+        Cell::Null,
         team.clone(),
         team,
-        serde_json::Value::Object(tags).to_string(),
-        c.requests.to_string(),
-        c.input_tokens.to_string(),
-        c.cached_tokens.to_string(),
-        c.output_tokens.to_string(),
-        c.reasoning_tokens.to_string(),
-        c.estimated.to_string(),
-        usd(c.saved_micro_usd),
+        Cell::Text(serde_json::Value::Object(tags).to_string()),
+        Cell::Count(c.requests),
+        Cell::Count(c.input_tokens),
+        Cell::Count(c.cached_tokens),
+        Cell::Count(c.output_tokens),
+        Cell::Count(c.reasoning_tokens),
+        Cell::Count(c.estimated),
+        Cell::usd(c.saved_micro_usd),
     ]
 }
 
 /// Writes `charges` as FOCUS CSV (header first).
 pub fn write_csv(charges: &[Charge], account: &str, out: &mut impl Write) -> io::Result<()> {
-    writeln!(out, "{}", COLUMNS.join(","))?;
+    let header: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
+    writeln!(out, "{}", header.join(","))?;
     for c in charges {
-        let row: Vec<String> = cells(c, account).iter().map(|s| field(s)).collect();
+        let row: Vec<String> = cells(c, account).iter().map(|s| field(&s.text())).collect();
         writeln!(out, "{}", row.join(","))?;
     }
     Ok(())
@@ -324,17 +398,28 @@ mod tests {
         assert_eq!(charges(&c, None, Some(day + 5_000)).unwrap().len(), 1);
 
         let cells = cells(search, "node-a");
-        let col = |name: &str| &cells[COLUMNS.iter().position(|c| *c == name).unwrap()];
+        let col = |name: &str| cells[COLUMNS.iter().position(|c| c.0 == name).unwrap()].text();
         assert_eq!(cells.len(), COLUMNS.len());
+        // Every cell has its column's type (or is empty).
+        for (cell, (name, kind)) in cells.iter().zip(COLUMNS) {
+            let fits = match cell {
+                Cell::Null => true,
+                Cell::Text(_) => *kind == Kind::Text,
+                Cell::Decimal { .. } => *kind == Kind::Decimal,
+                Cell::DateTime(_) => *kind == Kind::DateTime,
+                Cell::Count(_) => *kind == Kind::Count,
+            };
+            assert!(fits, "{name}: {cell:?} in a {kind:?} column");
+        }
         assert_eq!(col("BilledCost"), "0.006000");
         assert_eq!(col("ConsumedQuantity"), "5000.0");
         assert_eq!(col("PricingQuantity"), "0.005000");
         // Blended: $0.006 for 5000 tokens is $1.20 per million.
         assert_eq!(col("ListUnitPrice"), "1.200000");
-        assert_eq!(col("ChargePeriodStart"), &rfc3339(day));
-        assert_eq!(col("ChargePeriodEnd"), &rfc3339(day + DAY_MS));
+        assert_eq!(col("ChargePeriodStart"), rfc3339(day));
+        assert_eq!(col("ChargePeriodEnd"), rfc3339(day + DAY_MS));
         assert_eq!(col("SubAccountId"), "search");
-        let tags: serde_json::Value = serde_json::from_str(col("Tags")).unwrap();
+        let tags: serde_json::Value = serde_json::from_str(&col("Tags")).unwrap();
         assert_eq!(tags["team"], "search");
         assert_eq!(tags["key"], "key_1");
 
@@ -343,6 +428,7 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 4);
         assert!(text.contains("\"node, \"\"a\"\"\""), "{text}");
-        assert_eq!(usd(-1_234_567), "-1.234567");
+        assert_eq!(Cell::usd(-1_234_567).text(), "-1.234567");
+        assert_eq!(Cell::usd(-1_234_567).as_f64(), Some(-1.234567));
     }
 }
