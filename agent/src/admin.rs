@@ -2,7 +2,9 @@
 //! bearer token compared in constant time. It serves `/metrics`, `/readyz`, `/healthz`,
 //! `POST /admin/config/reload` (the answer says what was applied, or every problem of a refused
 //! file), `GET /admin/config/history` and `GET /admin/config/versions/N` (a version's file),
-//! and the governance API: keys, exceptions, audit log (`governance/api.rs`).
+//! and the governance API: keys, exceptions, audit log (`governance/api.rs`). It also serves
+//! the web dashboard: the page at `/dashboard/` (no data, no token) and its data under
+//! `/admin/dashboard/` (token required; `dashboard/`).
 //! Control plane: hyper on a current-thread tokio runtime on its own thread, never on a worker.
 //! The token never appears in a log line or a response.
 
@@ -131,7 +133,7 @@ async fn accept_loop(
                                         )))
                                     }
                                 };
-                                Ok::<_, Infallible>(handle(&ctx, &parts, &body))
+                                Ok::<_, Infallible>(route(ctx, parts, body).await)
                             }
                         });
                         let _ = http1::Builder::new()
@@ -175,6 +177,65 @@ fn authorized(req: &hyper::http::request::Parts, token: &[u8]) -> bool {
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
         .is_some_and(|given| bool::from(given.ct_eq(token)))
+}
+
+/// The dashboard's page and data; everything else goes to [`handle`].
+async fn route(ctx: Ctx, parts: hyper::http::request::Parts, body: Bytes) -> Response<Full<Bytes>> {
+    let path = parts.uri.path();
+    if parts.method == hyper::Method::GET {
+        if path == "/dashboard" {
+            return redirect("/dashboard/");
+        }
+        if let Some((content_type, page)) = crate::dashboard::asset(path) {
+            let mut r = respond(StatusCode::OK, content_type, page.to_string());
+            let h = r.headers_mut();
+            use hyper::header::{
+                HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, X_CONTENT_TYPE_OPTIONS,
+            };
+            h.insert(
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(crate::dashboard::CSP),
+            );
+            h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            return r;
+        }
+        if crate::dashboard::is_api(path) && authorized(&parts, &ctx.token) {
+            let snap = ctx.shared.snapshot.load_full();
+            let data_dir = ctx.shared.governor.data_dir().to_path_buf();
+            let (path, query) = (
+                path.to_string(),
+                parts.uri.query().unwrap_or("").to_string(),
+            );
+            let store = ctx.store.clone();
+            // SQLite blocks: on the blocking pool, so `/metrics` never waits behind a query.
+            let answer = tokio::task::spawn_blocking(move || {
+                crate::dashboard::api(&data_dir, &snap.governance, &store, &path, &query)
+            })
+            .await;
+            return match answer {
+                Ok((status, body)) => json(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    body,
+                ),
+                Err(e) => error(&GateError::new(
+                    ErrorKind::Internal,
+                    format!("the dashboard query failed: {e}"),
+                )),
+            };
+        }
+    }
+    handle(&ctx, &parts, &body)
+}
+
+fn redirect(to: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    r.headers_mut().insert(
+        hyper::header::LOCATION,
+        hyper::header::HeaderValue::from_static(to),
+    );
+    r
 }
 
 fn handle(ctx: &Ctx, req: &hyper::http::request::Parts, body: &[u8]) -> Response<Full<Bytes>> {

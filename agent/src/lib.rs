@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod fuzzing;
 pub mod governance;

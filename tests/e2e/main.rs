@@ -26,6 +26,8 @@ mod cluster;
 mod connection;
 /// SIGKILL before the ledger commit: the journal brings every record back on restart.
 mod crash_recovery;
+/// The web dashboard in headless Chromium against the reports.
+mod dashboard;
 /// A client that hangs up mid-stream is billed the full completion.
 mod disconnect_billing;
 /// Protocol errors: 431, 413, 408, 400 malformed, 404, 405.

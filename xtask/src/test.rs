@@ -4,7 +4,8 @@
 //!    Debian packages (`apt-get update` once, then `apt-get install -y`): `python3-venv` when
 //!    Python cannot make a virtual environment, `clang-19 llvm-19 libbpf-dev bpftool` for the
 //!    kernel programs and their tests, `redis-server` (cluster-mode tests start their own on a
-//!    loopback port), `nginx` and `openssl` (the bench floor and the TLS
+//!    loopback port), `chromium` (the dashboard test drives it with Playwright from `.venv`),
+//!    `nginx` and `openssl` (the bench floor and the TLS
 //!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
 //!    `tests/python/requirements.txt` (reinstalled when that file changes), `.venv-focus` with
@@ -34,6 +35,10 @@ use anyhow::{bail, Context};
 const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 /// Servers the end-to-end tests start themselves on loopback (and stop by pid).
 const SERVICE_PACKAGES: [&str; 1] = ["redis-server"];
+/// The browser the dashboard test drives (Playwright's own downloads are not reachable).
+const BROWSER_PACKAGES: [&str; 1] = ["chromium"];
+/// Where Debian puts it; the test finds it through `TOLLGATE_CHROMIUM`.
+const CHROMIUM: &str = "/usr/bin/chromium";
 /// The Helm chart renderer's toolchain: Go with Helm's template library (Sprig v3) from Debian.
 const DEPLOY_PACKAGES: [&str; 3] = [
     "golang-go",
@@ -166,6 +171,7 @@ fn install(root: &Path) -> Venvs {
     let python = find_python();
     let mut required: Vec<&str> = KERNEL_PACKAGES.to_vec();
     required.extend(SERVICE_PACKAGES);
+    required.extend(BROWSER_PACKAGES);
     required.extend(DEPLOY_PACKAGES);
     if python.is_none() {
         required.insert(0, "python3-venv");
@@ -186,6 +192,14 @@ fn install(root: &Path) -> Venvs {
         if let Err(e) = apt.install(&missing_optional) {
             eprintln!("xtask test: warning: optional {missing_optional:?} not installed: {e:#}");
         }
+    }
+    if Path::new(CHROMIUM).exists() {
+        std::env::set_var("TOLLGATE_CHROMIUM", CHROMIUM);
+    } else {
+        std::env::set_var(
+            "TOLLGATE_CHROMIUM",
+            format!("missing: no {CHROMIUM} after apt-get"),
+        );
     }
     let Some(python) = python.or_else(find_python) else {
         let why = "no python3 that can create a virtual environment (python3-venv)".to_string();

@@ -461,6 +461,7 @@ pub fn audit(a: AuditArgs) -> anyhow::Result<()> {
         action: a.action.clone(),
         subject: a.subject.clone(),
         limit: None,
+        newest_first: false,
     })?;
     for e in &entries {
         if a.json {

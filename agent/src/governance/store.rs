@@ -136,6 +136,8 @@ pub struct AuditQuery {
     pub action: Option<String>,
     pub subject: Option<String>,
     pub limit: Option<usize>,
+    /// The newest entries first (the dashboard's "latest N").
+    pub newest_first: bool,
 }
 
 /// A whole key row; `put_key` adds its upsert clause.
@@ -351,11 +353,15 @@ impl Store {
     }
 
     pub fn audit(&self, q: &AuditQuery) -> rusqlite::Result<Vec<AuditEntry>> {
-        let mut stmt = self.conn.prepare(
+        let mut stmt = self.conn.prepare(if q.newest_first {
             "SELECT seq, ts_ms, actor, action, subject, detail FROM audit
              WHERE ts_ms >= ?1 AND action LIKE ?2 ESCAPE '\\' AND (?3 IS NULL OR subject = ?3)
-             ORDER BY seq LIMIT ?4",
-        )?;
+             ORDER BY seq DESC LIMIT ?4"
+        } else {
+            "SELECT seq, ts_ms, actor, action, subject, detail FROM audit
+             WHERE ts_ms >= ?1 AND action LIKE ?2 ESCAPE '\\' AND (?3 IS NULL OR subject = ?3)
+             ORDER BY seq LIMIT ?4"
+        })?;
         let action = format!(
             "{}%",
             q.action

@@ -303,8 +303,7 @@ mod tests {
 
     #[test]
     fn samples_become_errors_bias_and_a_within_2pct_share() {
-        let mut c = Connection::open_in_memory().unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        let mut c = crate::ledger::open_in_memory().unwrap();
         let s = |model: &str, pi, ei, po, eo| Sample {
             ts_ms: 1000,
             model: model.into(),

@@ -369,7 +369,7 @@ pub fn render(list: &[Finding], format: super::query::Format) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{insert_batch, UsageRecord, SCHEMA};
+    use crate::ledger::{insert_batch, UsageRecord};
     use crate::metering::Usage;
 
     const T0: i64 = 1_796_000_000_000 / 60_000 * 60_000;
@@ -408,8 +408,7 @@ mod tests {
 
     #[test]
     fn each_pattern_is_found_with_its_requests_and_quiet_traffic_is_not() {
-        let mut c = Connection::open_in_memory().unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        let mut c = crate::ledger::open_in_memory().unwrap();
         let mut rows = vec![
             // Team "rich" spends 90 % of its cost on the dear model; "frugal" 10 %.
             rec("r1", T0, "rich", None, "dear", 100, 9_000, 1),

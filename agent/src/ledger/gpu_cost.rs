@@ -459,7 +459,7 @@ pub fn render(r: &GpuReport, format: Format, key_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{insert_batch, UsageRecord, SCHEMA as USAGE};
+    use crate::ledger::{insert_batch, UsageRecord};
     use crate::metering::Usage;
 
     fn rec(
@@ -508,9 +508,7 @@ mod tests {
 
     #[test]
     fn busy_cost_follows_token_weight_and_idle_is_its_own_line() {
-        let mut c = Connection::open_in_memory().unwrap();
-        c.execute_batch(USAGE).unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        let mut c = crate::ledger::open_in_memory().unwrap();
         // Interval 0: a (weight 100 + 3×100 = 400) and b (weight 100): 4/5 and 1/5 of the busy
         // 0.8 × $1. Interval 1000: nobody, all idle. Cloud: b spends $0.5.
         insert_batch(

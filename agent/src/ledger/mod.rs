@@ -22,6 +22,7 @@ pub mod gpu_cost;
 pub mod journal;
 pub mod local;
 pub mod query;
+pub mod rollup;
 pub mod table;
 pub mod writer;
 
@@ -176,17 +177,32 @@ pub fn open(data_dir: &Path) -> rusqlite::Result<Connection> {
             data_dir.display()
         ))));
     }
-    let conn = Connection::open(db_path(data_dir))?;
+    let mut conn = Connection::open(db_path(data_dir))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // NORMAL in WAL mode survives a process crash; only an OS crash can lose the last commit.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    prepare(&mut conn)?;
+    Ok(conn)
+}
+
+/// A ledger in memory with everything [`open`] sets up (tests, benches).
+pub fn open_in_memory() -> rusqlite::Result<Connection> {
+    let mut conn = Connection::open_in_memory()?;
+    prepare(&mut conn)?;
+    Ok(conn)
+}
+
+/// The schema, migrations, indexes and rollups.
+fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
+    // The rollups' delete triggers must fire on the writer's INSERT OR REPLACE (`rollup.rs`).
+    conn.pragma_update(None, "recursive_triggers", "ON")?;
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(accuracy::SCHEMA)?;
     conn.execute_batch(gpu_cost::SCHEMA)?;
-    migrate(&conn)?;
+    migrate(conn)?;
     conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
-    Ok(conn)
+    rollup::install(conn)
 }
 
 /// Inserts records in one transaction (a record with an id already present replaces it).
@@ -203,8 +219,33 @@ pub fn insert_batch_keep_existing(
     insert(conn, records, "INSERT OR IGNORE")
 }
 
+/// `records` with each id once: its last occurrence when a later row replaces an earlier one,
+/// else its first. The table ends the same, and the rollups' in-memory sums never miss a
+/// replacement of a row they have not written yet.
+fn distinct(records: &[UsageRecord], last_wins: bool) -> Vec<&UsageRecord> {
+    let mut seen = HashSet::with_capacity(records.len());
+    let mut out: Vec<&UsageRecord> = if last_wins {
+        records
+            .iter()
+            .rev()
+            .filter(|r| seen.insert(r.id.as_str()))
+            .collect()
+    } else {
+        records
+            .iter()
+            .filter(|r| seen.insert(r.id.as_str()))
+            .collect()
+    };
+    if last_wins {
+        out.reverse();
+    }
+    out
+}
+
 fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
+    let mut rollups = rollup::Pending::default();
+    let records = distinct(records, verb == "INSERT OR REPLACE");
     {
         let mut stmt = tx.prepare_cached(&format!(
             "{verb} INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
@@ -221,7 +262,7 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
             let i = &r.identity;
             let k = r.conn.as_deref();
             let cg = r.cgroup.as_deref();
-            stmt.execute(params![
+            let inserted = stmt.execute(params![
                 r.id,
                 r.ts_ms,
                 r.latency_us as i64,
@@ -265,8 +306,14 @@ fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlit
                 r.upstream_version,
                 r.prompt_bytes as i64,
             ])?;
+            // 0 when `INSERT OR IGNORE` kept the row already there.
+            if inserted > 0 {
+                rollups.add(r);
+            }
         }
     }
+    // The rollups, in the same transaction: never ahead of or behind the rows.
+    rollups.write(&tx)?;
     tx.commit()
 }
 

@@ -185,13 +185,12 @@ pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{insert_batch, UsageRecord, SCHEMA};
+    use crate::ledger::{insert_batch, UsageRecord};
     use crate::metering::Usage;
 
     #[test]
     fn groups_and_renders() {
-        let mut c = Connection::open_in_memory().unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        let mut c = crate::ledger::open_in_memory().unwrap();
         let mk = |id: &str, model: &str, out: u64, status: u16| UsageRecord {
             id: id.into(),
             ts_ms: 1_700_000_000_000,

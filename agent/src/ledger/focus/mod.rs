@@ -337,7 +337,7 @@ pub fn write_csv(charges: &[Charge], account: &str, out: &mut impl Write) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{insert_batch, UsageRecord, SCHEMA};
+    use crate::ledger::{insert_batch, UsageRecord};
     use crate::metering::Usage;
 
     fn record(id: &str, ts_ms: i64, team: &str, input: u64, output: u64, cost: u64) -> UsageRecord {
@@ -364,8 +364,7 @@ mod tests {
 
     #[test]
     fn a_day_and_group_is_one_charge_with_exact_sums() {
-        let mut c = Connection::open_in_memory().unwrap();
-        c.execute_batch(SCHEMA).unwrap();
+        let mut c = crate::ledger::open_in_memory().unwrap();
         let day = 20_000 * DAY_MS;
         insert_batch(
             &mut c,
