@@ -564,6 +564,8 @@ impl Loop {
             Err(e) => {
                 tracing::error!(error = %e, "ledger shipping is off");
                 self.stats.errors.fetch_add(1, Relaxed);
+                // Nothing is known to be shipped: the lag is the whole ledger.
+                self.count_lag();
                 let _ = stop.recv();
                 return;
             }
