@@ -171,6 +171,10 @@ impl Running {
         if let Some(x) = &self.shared.otlp {
             x.stop();
         }
+        // ... and committed its last rows: one bounded attempt to ship them.
+        if let Some(s) = &self.shared.ship {
+            s.stop();
+        }
         if let Some(c) = self.cluster {
             c.stop();
         }
@@ -308,6 +312,15 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         .transpose()
         .context("starting the OTLP exporter")?
         .map(Arc::new);
+    // Reads the ledger (journal replayed above) over its own read-only connection.
+    let ship = cfg
+        .ledger
+        .ship
+        .clone()
+        .map(|s| ledger::ship::Shipper::start(&cfg.data_dir, s))
+        .transpose()
+        .context("starting the ledger shipping thread")?
+        .map(Arc::new);
     let shared = Arc::new(Shared {
         metrics: metrics.clone(),
         snapshot: ArcSwap::from_pointee(first_snapshot),
@@ -335,6 +348,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         cache,
         semantic,
         otlp,
+        ship,
     });
     let cluster = crate::cluster::start(&shared)?;
     let cluster_sync = crate::cluster::keys::start(&shared)?;

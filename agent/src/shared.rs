@@ -51,6 +51,8 @@ pub struct Shared {
     pub cache: Option<Arc<crate::cache::ExactCache>>,
     /// Request spans to an OpenTelemetry collector (`otlp:`); fed by the ledger writer.
     pub otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
+    /// Copies committed ledger rows to an organisation-wide store (`ledger.ship`).
+    pub ship: Option<Arc<crate::ledger::ship::Shipper>>,
     /// The semantic cache's index (its answers live in `cache`).
     pub semantic: Arc<crate::cache::SemanticIndex>,
 }
@@ -74,6 +76,9 @@ impl Shared {
         }
         if let Some(x) = &self.otlp {
             x.render(&mut out);
+        }
+        if let Some(s) = &self.ship {
+            s.render(&mut out);
         }
         out
     }

@@ -57,6 +57,8 @@ mod io_drivers;
 mod large_responses;
 /// The ledger survives a graceful restart; `tollgate usage` sums it.
 mod ledger_restart;
+/// `ledger.ship` to a real PostgreSQL: exact copy, outages caught up, nothing lost or doubled on SIGKILL.
+mod ledger_ship;
 /// Models with several targets: a compatible, healthy one serves.
 mod model_targets;
 /// `/v1/models`, health, readiness and Prometheus counters.

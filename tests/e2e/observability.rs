@@ -1,7 +1,8 @@
 //! The Grafana dashboard and the Prometheus alerting rules shipped in the chart refer only to
 //! metrics the agent exports: every `tollgate_*` name in them is a family in the `/metrics` of
 //! an agent configured with every feature they watch (budgets with limits, a breaker, a fair
-//! queue, replica scraping, a priced request). A renamed metric fails here, not on a dashboard.
+//! queue, replica scraping, a priced request, ledger shipping). A renamed metric fails here,
+//! not on a dashboard.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -60,6 +61,9 @@ fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     assert!(used.len() >= 20, "{used:?}");
 
     let stack = Stack::custom(Sim::start(&[]), |c| {
+        // Shipping to a store that is not there still exports its metrics (up 0, errors).
+        c.extra_ledger =
+            ", ship: { sink: postgres, url: \"postgres://tollgate@127.0.0.1:1/none\" }".into();
         c.extra_models_yaml = format!(
             "  - name: gated\n    targets:\n      - {{provider: sim, model: {SIM_MODEL}, max_in_flight: 4}}\n    breaker: {{failures: 5}}\n"
         );

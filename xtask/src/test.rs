@@ -4,8 +4,10 @@
 //!    Debian packages (`apt-get update` once, then `apt-get install -y`): `python3-venv` when
 //!    Python cannot make a virtual environment, `clang-19 llvm-19 libbpf-dev bpftool` for the
 //!    kernel programs and their tests, `redis-server` (cluster-mode tests start their own on a
-//!    loopback port), `chromium` (the dashboard test drives it with Playwright from `.venv`),
-//!    `nginx` and `openssl` (the bench floor and the TLS
+//!    loopback port), `postgresql` (the ledger-shipping test runs its own server from the
+//!    package's binaries, `initdb` into a temporary directory, on a loopback port), `chromium`
+//!    (the dashboard test drives it with Playwright from `.venv`), `nginx` and `openssl` (the
+//!    bench floor and the TLS
 //!    upstream tests; optional, a failure only warns). A first install that stops on dpkg's "interrupted" error is repaired with
 //!    `dpkg --configure -a` and retried. Then a Python virtual environment in `.venv` with
 //!    `tests/python/requirements.txt` (reinstalled when that file changes), `.venv-focus` with
@@ -34,7 +36,7 @@ use anyhow::{bail, Context};
 /// Packages the kernel build and tests need.
 const KERNEL_PACKAGES: [&str; 4] = ["clang-19", "llvm-19", "libbpf-dev", "bpftool"];
 /// Servers the end-to-end tests start themselves on loopback (and stop by pid).
-const SERVICE_PACKAGES: [&str; 1] = ["redis-server"];
+const SERVICE_PACKAGES: [&str; 2] = ["redis-server", "postgresql"];
 /// The browser the dashboard test drives (Playwright's own downloads are not reachable).
 const BROWSER_PACKAGES: [&str; 1] = ["chromium"];
 /// Where Debian puts it; the test finds it through `TOLLGATE_CHROMIUM`.

@@ -107,7 +107,7 @@ impl ClusterSettings {
 
 /// The default node name: `TOLLGATE_NODE_NAME` (the Helm chart sets it to the Kubernetes node
 /// name, which outlives pods; a pod's host name changes with every restart), else the host name.
-fn host_name() -> String {
+pub(super) fn host_name() -> String {
     if let Some(n) = std::env::var("TOLLGATE_NODE_NAME")
         .ok()
         .map(|s| s.trim().to_string())

@@ -330,6 +330,8 @@ pub struct LedgerFile {
     pub journal: Option<bool>,
     /// Estimate one in this many requests that carry provider usage too (0 = never).
     pub accuracy_sample_every: Option<u32>,
+    /// Copy the ledger to an organisation-wide store (`config/ship.rs`); off when absent.
+    pub ship: Option<serde_yaml_ng::Value>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -11,6 +11,7 @@ pub mod kernel;
 mod lines;
 pub mod otlp;
 pub mod routing;
+pub mod ship;
 mod validate;
 pub mod validate_governance;
 mod validate_guard;

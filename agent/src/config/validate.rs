@@ -115,6 +115,8 @@ pub struct LedgerSettings {
     /// One request in this many whose provider reports usage is also estimated, to measure
     /// the estimator (`ledger.accuracy_sample_every`, default 100; 0 = never).
     pub accuracy_sample_every: u32,
+    /// Copy the ledger to an organisation-wide store (`ledger.ship`), when configured.
+    pub ship: Option<super::ship::ShipSettings>,
 }
 
 /// Scraping the replicas' `/metrics` for their load (`replicas:`).
@@ -508,6 +510,7 @@ impl Validator<'_> {
             batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
             journal: f.ledger.journal.unwrap_or(true),
             accuracy_sample_every: f.ledger.accuracy_sample_every.unwrap_or(100),
+            ship: self.ship(f.ledger.ship.clone(), env),
         };
 
         let mut providers = self.providers(f.providers, env);

@@ -11,6 +11,9 @@
 //! `ConnAttribution`; the control thread adds the cgroup path, container and pod (`enrich.rs`)
 //! before the row is written. Ledgers created before those columns existed are migrated in
 //! place by [`open`] (`ALTER TABLE ... ADD COLUMN`), so old rows keep working with NULLs.
+//!
+//! With `ledger.ship`, a thread of its own copies committed rows to an organisation-wide store
+//! (`ship/`: PostgreSQL), reading the ledger over a read-only connection after a cursor.
 
 pub mod accuracy;
 pub mod chargeback;
@@ -23,6 +26,7 @@ pub mod journal;
 pub mod local;
 pub mod query;
 pub mod rollup;
+pub mod ship;
 pub mod table;
 pub mod writer;
 

@@ -1,6 +1,7 @@
 //! Shared test machinery: real `tollgate` and `tollgate-sim` processes on loopback (`procs`), a raw
 //! HTTP/1.1 client over `std::net::TcpStream` (`http`), a ledger reader with bounded polling
-//! (`ledger`), and the provider usage shapes normalised to ledger columns (`usage`).
+//! (`ledger`), the provider usage shapes normalised to ledger columns (`usage`), and a private
+//! PostgreSQL server (`postgres`).
 //!
 //! The binaries come from the cargo target directory next to this test binary; `cargo xtask test`
 //! builds them first (`cargo build -p tollgate -p tollgate-sim`). Every process and temporary
@@ -8,6 +9,7 @@
 
 pub mod http;
 pub mod ledger;
+pub mod postgres;
 pub mod procs;
 pub mod upstream;
 pub mod usage;
