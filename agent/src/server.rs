@@ -381,14 +381,16 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let settings = cfg.ledger.clone();
     let control_metrics = metrics.clone();
     let writer_otlp = shared.otlp.clone();
+    let own = tx.clone();
     let control = std::thread::Builder::new()
         .name("tollgate-control".into())
-        // Estimates parse prompt JSON (depth-checked, recursive) on this thread too.
+        // Without an estimator thread, estimates parse prompt JSON (depth-checked, recursive)
+        // on this thread.
         .stack_size(worker::STACK_BYTES)
         .spawn(move || {
             ledger::writer::run(
                 conn,
-                rx,
+                (rx, own),
                 settings,
                 control_metrics,
                 enricher,

@@ -71,6 +71,9 @@ pub struct Args {
     /// Never put usage in streaming responses, even when the client asks for it.
     #[arg(long)]
     pub no_stream_usage: bool,
+    /// Serve no `/tokenize` (404), like an engine without one.
+    #[arg(long)]
+    pub no_tokenize: bool,
     /// Fraction of inference requests that fail with --fail-status.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
@@ -123,6 +126,8 @@ pub struct Config {
     pub embedding_dim: usize,
     pub faults: FaultConfig,
     pub max_body_bytes: usize,
+    /// `/tokenize` answers 404 (`--no-tokenize`).
+    pub no_tokenize: bool,
 }
 
 /// The latency model, in nanoseconds.
@@ -241,6 +246,7 @@ impl TryFrom<Args> for Config {
                 seed,
             },
             max_body_bytes: args.max_body_bytes,
+            no_tokenize: args.no_tokenize,
         })
     }
 }

@@ -31,10 +31,16 @@ enum Route {
     LastRequest,
     Text(TextApi),
     Embeddings,
+    Tokenize,
 }
 
 impl Route {
-    fn of(method: &Method, path: &str) -> Result<Route, SimError> {
+    #[cfg(test)]
+    fn of_test(method: &Method, path: &str) -> Result<Route, SimError> {
+        Route::of(method, path, false)
+    }
+
+    fn of(method: &Method, path: &str, no_tokenize: bool) -> Result<Route, SimError> {
         let (route, expected) = match path {
             "/health" => (Route::Health, Method::GET),
             "/v1/models" => (Route::Models, Method::GET),
@@ -45,6 +51,7 @@ impl Route {
             "/v1/responses" => (Route::Text(TextApi::Responses), Method::POST),
             "/v1/messages" => (Route::Text(TextApi::Messages), Method::POST),
             "/v1/embeddings" => (Route::Embeddings, Method::POST),
+            "/tokenize" if !no_tokenize => (Route::Tokenize, Method::POST),
             _ => return Err(SimError::NotFound(format!("No route for {path}."))),
         };
         if *method == expected {
@@ -66,7 +73,7 @@ pub async fn handle(
     } else {
         ErrorStyle::OpenAi
     };
-    let route = match Route::of(request.method(), path) {
+    let route = match Route::of(request.method(), path, app.config.no_tokenize) {
         Ok(route) => route,
         Err(error) => return error.into_response(style),
     };
@@ -88,6 +95,7 @@ pub async fn handle(
             .ok_or_else(|| SimError::NotFound("No POST request received yet.".into())),
         Route::Text(api) => text(&app, &conn, api, request).await,
         Route::Embeddings => embed(&app, &conn, request).await,
+        Route::Tokenize => tokenize(&app, request).await,
     };
     result.unwrap_or_else(|error| error.into_response(style))
 }
@@ -178,9 +186,43 @@ async fn embed(
     Ok(json_response(StatusCode::OK, body))
 }
 
+/// `POST /tokenize`, as vLLM answers it: the prompt's tokens as a request would count them
+/// (`messages` through the chat API's prompt, else `prompt` through the completions API's),
+/// with `count`, `max_model_len` and the token ids. Not recorded as the last request.
+async fn tokenize(app: &App, request: Request<Incoming>) -> Result<Response<SimBody>, SimError> {
+    let (_, body) = request.into_parts();
+    let body = read_body(app, body).await?;
+    let fields: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| SimError::invalid(format!("The body is not JSON: {e}")))?;
+    let api = if fields.get("messages").is_some() {
+        TextApi::Chat
+    } else {
+        TextApi::Completions
+    };
+    let job = api.parse(&body)?;
+    app.resolve_model(job.model.as_deref())?;
+    let count = job.prompt.tokens;
+    let answer = serde_json::json!({
+        "count": count,
+        "max_model_len": app.config.max_model_len_tokens,
+        "tokens": (0..count).map(|i| i % 50_000).collect::<Vec<_>>(),
+    });
+    Ok(json_response(
+        StatusCode::OK,
+        answer.to_string().into_bytes(),
+    ))
+}
+
 /// Reads the body within the size limit and records the request.
 async fn receive(app: &App, request: Request<Incoming>) -> Result<(Parts, Bytes), SimError> {
     let (parts, body) = request.into_parts();
+    let body = read_body(app, body).await?;
+    app.last_request.record(&parts, &body);
+    Ok((parts, body))
+}
+
+/// The body, within the size limit.
+async fn read_body(app: &App, body: Incoming) -> Result<Bytes, SimError> {
     let limit = app.config.max_body_bytes;
     let body = match Limited::new(body, limit).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -193,8 +235,7 @@ async fn receive(app: &App, request: Request<Incoming>) -> Result<(Parts, Bytes)
             )))
         }
     };
-    app.last_request.record(&parts, &body);
-    Ok((parts, body))
+    Ok(body)
 }
 
 /// Decides this request's faults and applies those that come before the engine.
@@ -217,16 +258,22 @@ mod tests {
     #[test]
     fn routes_by_path_and_method() {
         assert_eq!(
-            Route::of(&Method::POST, "/v1/messages").unwrap(),
+            Route::of_test(&Method::POST, "/v1/messages").unwrap(),
             Route::Text(TextApi::Messages)
         );
-        assert_eq!(Route::of(&Method::GET, "/metrics").unwrap(), Route::Metrics);
         assert_eq!(
-            Route::of(&Method::GET, "/v1/chat/completions")
+            Route::of_test(&Method::GET, "/metrics").unwrap(),
+            Route::Metrics
+        );
+        assert_eq!(
+            Route::of_test(&Method::GET, "/v1/chat/completions")
                 .unwrap_err()
                 .status(),
             405
         );
-        assert_eq!(Route::of(&Method::GET, "/nope").unwrap_err().status(), 404);
+        assert_eq!(
+            Route::of_test(&Method::GET, "/nope").unwrap_err().status(),
+            404
+        );
     }
 }

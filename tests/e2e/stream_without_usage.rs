@@ -104,3 +104,81 @@ fn a_models_own_tokenizer_counts_its_estimates() {
         "one token per generated word ({text:?}): {row:#?}"
     );
 }
+
+/// The value of an unlabelled metric line `name N`.
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// `tokenizer: {engine: true}`: the prompt of a stream without usage is counted by the
+/// engine's own `/tokenize` on the estimator thread, and so equals what the engine reports
+/// when it does report usage; an engine without `/tokenize` falls back to the local count.
+#[test]
+fn the_engine_counts_the_prompt_when_the_model_asks_it_to() {
+    let prompt = "Count me the way the engine does: its chat template, not a guess at framing.";
+    let engine_model = |c: &mut crate::harness::procs::AgentConfig| {
+        c.extra_models_yaml =
+            "  - {name: counted, provider: sim, model: smollm2, tokenizer: {engine: true}}\n"
+                .into();
+    };
+    let stack = Stack::custom(Sim::start(&["--no-stream-usage"]), engine_model);
+    // Without streaming the engine reports usage: the exact prompt count.
+    let exact = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("counted", prompt, 4, false),
+    );
+    assert_eq!(exact.status, 200, "{}", exact.text());
+    let exact = stack.agent.row_of(&exact);
+    assert!(!exact.estimated);
+    let streamed = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("counted", prompt, 4, true),
+    );
+    assert_eq!(streamed.status, 200, "{}", streamed.text());
+    let row = stack.agent.row_of(&streamed);
+    assert!(row.estimated, "{row:#?}");
+    assert_eq!(
+        row.input_tokens, exact.input_tokens,
+        "the engine's count: {row:#?}"
+    );
+    assert_eq!(row.output_tokens, 4, "output is counted locally: {row:#?}");
+    let m = stack.agent.metrics();
+    assert_eq!(metric(&m, "tollgate_estimator_engine_counts_total"), 1);
+    assert_eq!(metric(&m, "tollgate_estimator_engine_errors_total"), 0);
+    // Without the engine, o200k and OpenAI framing guess differently for this prompt.
+    let local = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("smol", prompt, 4, true),
+    );
+    let local = stack.agent.row_of(&local);
+    eprintln!(
+        "prompt tokens: engine {} (exact {}), o200k {}",
+        row.input_tokens, exact.input_tokens, local.input_tokens
+    );
+    assert_ne!(local.input_tokens, exact.input_tokens);
+
+    // An engine without /tokenize: counted locally, and the failure counted.
+    let stack = Stack::custom(
+        Sim::start(&["--no-stream-usage", "--no-tokenize"]),
+        engine_model,
+    );
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("counted", prompt, 4, true),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let row = stack.agent.row_of(&r);
+    assert!(
+        row.estimated && row.input_tokens == local.input_tokens,
+        "{row:#?}"
+    );
+    let m = stack.agent.metrics();
+    assert_eq!(metric(&m, "tollgate_estimator_engine_errors_total"), 1);
+}

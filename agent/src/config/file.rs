@@ -392,7 +392,9 @@ pub struct ModelFile {
     /// `least_load` or `prefix` (default for several targets).
     pub balance: Option<String>,
     /// The model family's `tokenizer.json` for usage estimates: a path, or
-    /// `{file, per_message, per_request}` with its chat framing.
+    /// `{file, per_message, per_request}` with its chat framing; `engine: true` counts prompts
+    /// with the serving engine's own `/tokenize` (its chat template applied), off the request
+    /// path, and falls back to `file` (or o200k) when the engine cannot answer.
     pub tokenizer: Option<TokenizerFile>,
 }
 
@@ -401,7 +403,8 @@ pub struct ModelFile {
 pub enum TokenizerFile {
     Path(String),
     Framed {
-        file: String,
+        file: Option<String>,
+        engine: Option<bool>,
         per_message: Option<u64>,
         per_request: Option<u64>,
     },

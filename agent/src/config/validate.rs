@@ -213,6 +213,8 @@ pub struct Model {
     pub balance: routing::Balance,
     /// The family's own tokenizer for usage estimates (`tokenizer:`); o200k without one.
     pub tokenizer: Option<crate::metering::tokenizer::ModelTokenizer>,
+    /// Prompts are counted by the serving engine's `/tokenize` (`tokenizer: {engine: true}`).
+    pub tokenize_engine: bool,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -775,10 +777,22 @@ impl Validator<'_> {
         let (file, per_message, per_request) = match t {
             TokenizerFile::Path(f) => (f, None, None),
             TokenizerFile::Framed {
-                file,
+                file: Some(file),
                 per_message,
                 per_request,
+                ..
             } => (file, *per_message, *per_request),
+            TokenizerFile::Framed {
+                file: None, engine, ..
+            } => {
+                if *engine != Some(true) {
+                    self.problem(
+                        path,
+                        "needs `file` (a tokenizer.json), `engine: true` (the engine's /tokenize), or both",
+                    );
+                }
+                return None;
+            }
         };
         let loaded = crate::metering::tokenizer::ModelTokenizer::load(
             std::path::Path::new(file),
@@ -888,6 +902,13 @@ impl Validator<'_> {
                     .tokenizer
                     .as_ref()
                     .and_then(|t| self.tokenizer(&format!("{path}.tokenizer"), t)),
+                tokenize_engine: matches!(
+                    m.tokenizer,
+                    Some(super::file::TokenizerFile::Framed {
+                        engine: Some(true),
+                        ..
+                    })
+                ),
                 name: m.name,
                 targets,
                 max_output_tokens: m.max_output_tokens,

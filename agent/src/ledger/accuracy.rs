@@ -93,8 +93,11 @@ impl Sampler {
             .name("tollgate-accuracy".into())
             .spawn(move || {
                 let mut conn: Option<Connection> = None;
+                let agent = crate::metering::engine_tokenize::client(std::time::Duration::from_secs(2));
                 while let Ok((mut sample, input)) = rx.recv() {
-                    let est = crate::metering::estimate::estimate(&input);
+                    // As a record without usage would be counted (the engine's /tokenize where
+                    // the model asks for it), so the error measured is the estimates' own.
+                    let (est, _) = crate::metering::estimate::estimate_with_engine(&input, &agent);
                     sample.estimated_input = est.input_tokens;
                     sample.estimated_output = est.output_tokens;
                     metrics.accuracy.observe(&sample);

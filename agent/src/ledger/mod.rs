@@ -19,6 +19,7 @@ pub mod accuracy;
 pub mod chargeback;
 pub mod drift;
 pub mod enrich;
+pub mod estimator;
 pub mod findings;
 pub mod focus;
 pub mod gpu_cost;

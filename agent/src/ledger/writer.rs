@@ -1,8 +1,10 @@
-//! The ledger writer, running on the control thread: receives records (and requests to
-//! estimate usage first), enriches each with kernel facts (cgroup path, container, pod,
-//! attribution rules) and adds it to the node counters (`enrich.rs`), commits them in batches,
-//! and flushes everything when the last sender is dropped. If a commit fails the batch is kept
-//! and retried, so spend is not dropped on a transient error (e.g. a locked database).
+//! The ledger writer, running on the control thread: receives records, hands those whose
+//! usage must be estimated to the estimator thread (`estimator.rs`) and takes them back when
+//! counted, enriches each with kernel facts (cgroup path, container, pod, attribution rules)
+//! and adds it to the node counters (`enrich.rs`), commits them in batches, and flushes
+//! everything when told to stop. If a commit fails the batch is kept and retried, so spend is
+//! not dropped on a transient error (e.g. a locked database). Journal segments are deleted
+//! only when their records are committed and no estimate is outstanding.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 use super::enrich::Enricher;
+use super::estimator::{Estimator, Job};
 use super::{insert_batch, UsageRecord};
 use crate::config::LedgerSettings;
 use crate::governance::Governor;
@@ -42,22 +45,32 @@ pub enum ToWriter {
     Batch(Vec<LedgerMsg>),
     /// A journal segment whose records have all been sent: delete it after the next commit.
     Retire(std::path::PathBuf),
+    /// A record the estimator thread counted, back for settling and commit.
+    Estimated {
+        record: Box<UsageRecord>,
+        series: SeriesKey,
+    },
     /// Sent by the server once every worker has stopped and flushed: commit and return.
     /// (Waiting for the senders to drop is not enough: a task left on a stopped worker's
     /// runtime may still own one.)
     Stop,
 }
 
-/// Runs until told to stop (or every sender is gone), then flushes and returns.
+/// Longest the writer waits, when stopping, for estimates still being counted.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs until told to stop, then flushes and returns. `channel` is the writer's channel, both
+/// ends: the estimator thread answers on its sender.
 pub fn run(
     mut conn: Connection,
-    rx: Receiver<ToWriter>,
+    channel: (Receiver<ToWriter>, std::sync::mpsc::Sender<ToWriter>),
     settings: LedgerSettings,
     metrics: Arc<Metrics>,
     enricher: Enricher,
     governor: Arc<Governor>,
     otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
 ) {
+    let (rx, own) = channel;
     let mut ctl = Control {
         shard: metrics.shards.len() - 1,
         metrics: metrics.clone(),
@@ -68,6 +81,12 @@ pub fn run(
             .path()
             .map(std::path::PathBuf::from)
             .and_then(|db| super::accuracy::Sampler::start(db, metrics.clone()).ok()),
+        estimator: Estimator::start(own, metrics.clone(), crate::worker::STACK_BYTES)
+            .map_err(
+                |e| tracing::warn!(error = %e, "no estimator thread; estimating on the writer"),
+            )
+            .ok(),
+        outstanding: 0,
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
@@ -80,18 +99,38 @@ pub fn run(
         };
         match msg {
             Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                // Whatever is still queued was sent before the stop.
-                while let Ok(m) = rx.try_recv() {
+                // Whatever is still queued was sent before the stop; estimates still being
+                // counted come back on the same channel.
+                let until = Instant::now() + STOP_WAIT;
+                loop {
+                    let m = if ctl.outstanding > 0 {
+                        rx.recv_timeout(until.saturating_duration_since(Instant::now()))
+                            .map_err(|_| ())
+                    } else {
+                        rx.try_recv().map_err(|_| ())
+                    };
                     match m {
-                        ToWriter::Batch(msgs) => absorb(&mut ctl, msgs, &mut batch),
-                        ToWriter::Retire(path) => retired.push(path),
-                        ToWriter::Stop => {}
+                        Ok(ToWriter::Batch(msgs)) => absorb(&mut ctl, msgs, &mut batch),
+                        Ok(ToWriter::Retire(path)) => retired.push(path),
+                        Ok(ToWriter::Estimated { record, series }) => {
+                            estimated(&mut ctl, record, series, &mut batch)
+                        }
+                        Ok(ToWriter::Stop) => {}
+                        Err(()) => break,
                     }
+                }
+                if ctl.outstanding > 0 {
+                    tracing::warn!(
+                        records = ctl.outstanding,
+                        "stopping with estimates still being counted; the journal replays them on the next start"
+                    );
                 }
                 for _ in 0..50 {
                     flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
-                        remove_retired(&mut retired);
+                        if ctl.outstanding == 0 {
+                            remove_retired(&mut retired);
+                        }
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -102,24 +141,32 @@ pub fn run(
                 retired.push(path);
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
             }
-            Ok(ToWriter::Batch(msgs)) => {
-                absorb(&mut ctl, msgs, &mut batch);
+            Ok(m @ (ToWriter::Batch(_) | ToWriter::Estimated { .. })) => {
+                match m {
+                    ToWriter::Batch(msgs) => absorb(&mut ctl, msgs, &mut batch),
+                    ToWriter::Estimated { record, series } => {
+                        estimated(&mut ctl, record, series, &mut batch)
+                    }
+                    _ => {}
+                }
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
-                    if batch.is_empty() {
+                    if batch.is_empty() && ctl.outstanding == 0 {
                         remove_retired(&mut retired);
                     }
-                    deadline =
-                        (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
+                    deadline = (!batch.is_empty() || !retired.is_empty())
+                        .then(|| Instant::now() + settings.flush_interval);
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
                 flush(&mut conn, &mut batch, &metrics);
-                if batch.is_empty() {
+                if batch.is_empty() && ctl.outstanding == 0 {
                     remove_retired(&mut retired);
                 }
-                deadline = (!batch.is_empty()).then(|| Instant::now() + settings.flush_interval);
+                // Segments kept for outstanding estimates are looked at again next interval.
+                deadline = (!batch.is_empty() || !retired.is_empty())
+                    .then(|| Instant::now() + settings.flush_interval);
             }
         }
     }
@@ -136,6 +183,10 @@ struct Control {
     otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
     /// Where sampled records are estimated, off this thread (`ledger/accuracy.rs`).
     sampler: Option<super::accuracy::Sampler>,
+    /// Where records without usage are counted, off this thread (`ledger/estimator.rs`).
+    estimator: Option<Estimator>,
+    /// Records handed to the estimator and not back yet.
+    outstanding: usize,
 }
 
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
@@ -145,14 +196,37 @@ fn absorb(ctl: &mut Control, msgs: Vec<LedgerMsg>, batch: &mut Vec<UsageRecord>)
         .ledger_queue
         .fetch_sub(msgs.len() as u64, Ordering::Relaxed);
     for m in msgs {
-        let record = prepare(ctl, m);
-        watch_drift(ctl, &record);
-        if let Some(x) = &ctl.otlp {
-            x.offer(&record);
+        if let Some(record) = prepare(ctl, m) {
+            admit(ctl, record, batch);
         }
-        batch.push(record);
     }
     ctl.enricher.flush_counters();
+}
+
+/// Takes back a record the estimator counted.
+fn estimated(
+    ctl: &mut Control,
+    record: Box<UsageRecord>,
+    series: SeriesKey,
+    batch: &mut Vec<UsageRecord>,
+) {
+    ctl.outstanding = ctl.outstanding.saturating_sub(1);
+    ctl.metrics
+        .globals
+        .estimator_queue
+        .store(ctl.outstanding as u64, Ordering::Relaxed);
+    let record = settle_estimate(ctl, *record, series);
+    admit(ctl, record, batch);
+    ctl.enricher.flush_counters();
+}
+
+/// A prepared record joins the pending commit (and the drift watch and span export).
+fn admit(ctl: &Control, record: UsageRecord, batch: &mut Vec<UsageRecord>) {
+    watch_drift(ctl, &record);
+    if let Some(x) = &ctl.otlp {
+        x.offer(&record);
+    }
+    batch.push(record);
 }
 
 /// Feeds the tokenizer-drift watch with a record the provider counted; a drift is audited.
@@ -187,8 +261,9 @@ fn watch_drift(ctl: &Control, r: &UsageRecord) {
     }
 }
 
-/// Estimates usage where needed, enriches the record, and settles what it reserved.
-fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
+/// Enriches a record and settles what it reserved; one that needs an estimate goes to the
+/// estimator instead (`None`: it comes back as [`ToWriter::Estimated`]).
+fn prepare(ctl: &mut Control, m: LedgerMsg) -> Option<UsageRecord> {
     let mut record = match m {
         LedgerMsg::Record(r) => *r,
         LedgerMsg::Sampled { record, input } => {
@@ -210,26 +285,45 @@ fn prepare(ctl: &mut Control, m: LedgerMsg) -> UsageRecord {
             *record
         }
         LedgerMsg::Estimate {
-            mut record,
+            record,
             input,
             series,
         } => {
-            record.usage = estimate(&input);
-            record.estimated = true;
-            if let Some(p) = record.price {
-                record.cost_micro_usd = p.micro_usd(&record.usage);
-            }
-            ctl.metrics.shards[ctl.shard].record_usage(
+            let job = Job {
+                record,
+                input,
                 series,
-                &record.usage,
-                record.cost_micro_usd,
-                true,
-            );
-            *record
+            };
+            let job = match &ctl.estimator {
+                Some(e) => match e.submit(job) {
+                    Ok(()) => {
+                        ctl.outstanding += 1;
+                        ctl.metrics
+                            .globals
+                            .estimator_queue
+                            .store(ctl.outstanding as u64, Ordering::Relaxed);
+                        return None;
+                    }
+                    Err(job) => job,
+                },
+                None => job,
+            };
+            // No estimator thread: count here, with local tokenizers only.
+            let mut record = job.record;
+            super::estimator::apply(&mut record, estimate(&job.input));
+            return Some(settle_estimate(ctl, *record, job.series));
         }
     };
     ctl.enricher.apply(&mut record);
-    // Records with the provider's usage were settled on their worker; estimates settle here.
+    // Records with the provider's usage were settled on their worker.
+    crate::governance::settle_record(&mut record, &ctl.governor);
+    Some(record)
+}
+
+/// A counted estimate: into the node's usage metrics, enriched, and settled.
+fn settle_estimate(ctl: &mut Control, mut record: UsageRecord, series: SeriesKey) -> UsageRecord {
+    ctl.metrics.shards[ctl.shard].record_usage(series, &record.usage, record.cost_micro_usd, true);
+    ctl.enricher.apply(&mut record);
     crate::governance::settle_record(&mut record, &ctl.governor);
     record
 }

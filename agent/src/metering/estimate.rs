@@ -43,22 +43,55 @@ pub struct EstimateInput {
     pub partial: Option<Usage>,
     /// The served model's own tokenizer, if configured (else o200k).
     pub tokenizer: Option<super::tokenizer::ModelTokenizer>,
+    /// The engine that served, when its model counts prompts with the engine's `/tokenize`.
+    pub engine: Option<super::engine_tokenize::EngineTokenize>,
 }
 
-/// Estimates usage, keeping any numbers the provider did report.
+/// Estimates usage locally, keeping any numbers the provider did report.
 pub fn estimate(input: &EstimateInput) -> Usage {
+    estimate_counted(input, None)
+}
+
+/// Like [`estimate`], with the prompt counted by the serving engine when the input names one
+/// and the provider reported no prompt count; the local count stands in on any error, which
+/// is returned with the outcome (`None`: the engine was not asked). Blocks on HTTP: estimator
+/// and sampler threads only.
+pub fn estimate_with_engine(
+    input: &EstimateInput,
+    agent: &ureq::Agent,
+) -> (
+    Usage,
+    Option<Result<u64, super::engine_tokenize::TokenizeError>>,
+) {
+    let reported = input.partial.is_some_and(|p| p.input_tokens > 0);
+    let asked = match &input.engine {
+        Some(e) if !reported => Some(super::engine_tokenize::prompt_tokens(
+            agent,
+            e,
+            input.api,
+            &input.request_body,
+        )),
+        _ => None,
+    };
+    let counted = asked.as_ref().and_then(|r| r.as_ref().ok().copied());
+    (estimate_counted(input, counted), asked)
+}
+
+/// The estimate, with `prompt` as the prompt count when the engine gave one.
+fn estimate_counted(input: &EstimateInput, prompt: Option<u64>) -> Usage {
     let mut u = input.partial.unwrap_or_default();
     let tok = input.tokenizer.as_ref();
     if u.input_tokens == 0 {
-        u.input_tokens = match tok {
-            Some(t) => count_input(
+        u.input_tokens = match (prompt, tok) {
+            (Some(counted), _) => counted,
+            (None, Some(t)) => count_input(
                 &input.request_body,
                 &input.prompt_spans,
                 t.per_message,
                 t.per_request,
                 |s| t.count(s),
             ),
-            None => estimate_input(&input.request_body, &input.prompt_spans),
+            (None, None) => estimate_input(&input.request_body, &input.prompt_spans),
         };
     }
     if u.output_tokens <= 1 {
@@ -267,6 +300,7 @@ mod tests {
                 ..Usage::default()
             }),
             tokenizer: None,
+            engine: None,
         };
         let u = estimate(&input);
         assert_eq!((u.input_tokens, u.output_tokens), (40, 2));

@@ -237,7 +237,29 @@ fn estimate_input(
         response: std::mem::take(&mut ctx.response_payload),
         partial,
         tokenizer: tokenizer_of(ctx),
+        engine: engine_of(ctx),
     })
+}
+
+/// The engine that served, when its model counts prompts with the engine's `/tokenize`.
+fn engine_of(ctx: &RequestCtx) -> Option<crate::metering::engine_tokenize::EngineTokenize> {
+    let target = ctx.target?;
+    let (m, t) = target.model?;
+    let cfg = &ctx.snap.cfg;
+    if !cfg.models[m].tokenize_engine {
+        return None;
+    }
+    let p = &cfg.providers[target.provider];
+    let base = format!(
+        "{}://{}:{}",
+        if p.tls { "https" } else { "http" },
+        p.host,
+        p.port
+    );
+    crate::metering::engine_tokenize::EngineTokenize::for_base(
+        &base,
+        &cfg.models[m].targets[t].upstream_model,
+    )
 }
 
 /// The served model's tokenizer, when its configuration names one.

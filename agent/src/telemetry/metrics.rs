@@ -204,6 +204,11 @@ pub struct Globals {
     pub upstream_retries: AtomicU64,
     pub ledger_written: AtomicU64,
     pub ledger_errors: AtomicU64,
+    /// Records at the estimator thread (`ledger/estimator.rs`).
+    pub estimator_queue: AtomicU64,
+    /// Prompts the serving engine counted (`tokenizer: {engine: true}`), and failed attempts.
+    pub estimator_engine_counts: AtomicU64,
+    pub estimator_engine_errors: AtomicU64,
     pub ledger_queue: AtomicU64,
     /// Batch API: a job running now (0 or 1), jobs ended by status (completed, failed,
     /// cancelled, expired), and lines recorded in output and error files.
@@ -483,6 +488,24 @@ impl Metrics {
                 "gauge",
                 "Usage records waiting to be committed.",
                 &g.ledger_queue,
+            ),
+            (
+                "tollgate_estimator_queue",
+                "gauge",
+                "Records without provider usage being counted by the estimator thread.",
+                &g.estimator_queue,
+            ),
+            (
+                "tollgate_estimator_engine_counts_total",
+                "counter",
+                "Prompts counted by the serving engine's /tokenize.",
+                &g.estimator_engine_counts,
+            ),
+            (
+                "tollgate_estimator_engine_errors_total",
+                "counter",
+                "Engine /tokenize calls that failed (the prompt was counted locally).",
+                &g.estimator_engine_errors,
             ),
             (
                 "tollgate_batch_jobs_running",
