@@ -728,3 +728,42 @@ fn the_admin_api_predicts_which_replica_holds_a_prompts_prefix() {
     let r = predict(&serde_json::json!({"messages": []}));
     assert_openai_error(&r, 400, "invalid_request_error", "invalid_request");
 }
+
+/// A replica that keeps no prefix cache recomputes the prompt prefix the prefix balancer sent
+/// it on purpose: `tollgate report findings` names the waste, with the requests behind it.
+#[test]
+fn a_replica_without_prefix_cache_is_found_wasting_the_prefix() {
+    let cold = Sim::start(&["--prefix-cache-blocks", "1"]);
+    let cold_url = cold.url();
+    let stack = two_providers(
+        "cold",
+        &cold_url,
+        format!(
+            "  - name: pair\n    balance: prefix\n    targets:\n      - {{provider: cold, model: {SIM_MODEL}}}\n      - {{provider: cold, model: {SIM_MODEL}}}\n"
+        ),
+        "",
+    );
+    let shared = "You are the release assistant. Follow the checklist exactly. ".repeat(40);
+    for i in 0..12 {
+        let (r, _) = chat(&stack, "pair", &format!("{shared} Question {i}?"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let out = crate::governance::cli_on_data(&stack, &["report", "findings", "--format", "json"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let waste = list
+        .as_array()
+        .and_then(|l| l.iter().find(|f| f["kind"] == "cache_miss_waste"))
+        .unwrap_or_else(|| panic!("no cache_miss_waste in {out}"));
+    assert_eq!(waste["subject"], SIM_MODEL);
+    assert!(waste["value"].as_f64().is_some_and(|v| v > 0.9), "{waste}");
+    assert!(
+        waste["requests"].as_u64().is_some_and(|n| n >= 10),
+        "{waste}"
+    );
+    assert_eq!(
+        waste["examples"].as_array().map(Vec::len),
+        Some(5),
+        "{waste}"
+    );
+}

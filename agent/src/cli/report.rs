@@ -30,8 +30,8 @@ pub enum ReportCommand {
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
-    /// Premium-model overuse, context stuffing, token spikes and retry storms, with the
-    /// requests behind each.
+    /// Premium-model overuse, context stuffing, token spikes, retry storms, tokenizer drift
+    /// and cache-miss waste, with the requests behind each.
     Findings {
         #[command(flatten)]
         period: Period,
@@ -50,6 +50,10 @@ pub enum ReportCommand {
         /// A new model version whose prompt tokens per byte moved more than this share.
         #[arg(long, default_value_t = 0.05)]
         drift_share: f64,
+        /// A model whose engines recomputed more than this share of the prompt prefixes the
+        /// serving replica had already been sent.
+        #[arg(long, default_value_t = 0.5)]
+        cache_waste_share: f64,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -158,6 +162,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
             spike_factor,
             retry_share,
             drift_share,
+            cache_waste_share,
             format,
         } => {
             let (conn, from, to) = period.open()?;
@@ -167,6 +172,7 @@ pub fn run(command: ReportCommand) -> anyhow::Result<()> {
                 spike_factor,
                 retry_share,
                 drift_share,
+                cache_waste_share,
             };
             let list = findings(&conn, from, to, t)?;
             print!("{}", render(&list, format));

@@ -11,6 +11,12 @@
 //! - **Tokenizer drift**: a model version (`upstream_version`, as the provider reports it) whose
 //!   prompt tokens per prompt byte moved more than `drift_share` from the version before it,
 //!   each with at least 20 requests the provider counted.
+//! - **Cache-miss waste**: a model whose engines recomputed more than `cache_waste_share` of the
+//!   prompt prefixes the serving replica had already been sent (the prefix balancer's
+//!   `prefix_bytes`, as tokens at the request's own tokens per byte) instead of reading them
+//!   from their prefix cache (the provider's `cached_tokens`), over at least ten such
+//!   requests. The usual causes: prefix caching off, a KV cache too small for the working set,
+//!   or a balancer that does not route by prefix.
 //!
 //! Pure SQL over the ledger plus a little arithmetic; no state, nothing on the request path.
 
@@ -25,6 +31,7 @@ pub struct Thresholds {
     pub spike_factor: f64,
     pub retry_share: f64,
     pub drift_share: f64,
+    pub cache_waste_share: f64,
 }
 
 impl Default for Thresholds {
@@ -35,6 +42,7 @@ impl Default for Thresholds {
             spike_factor: 5.0,
             retry_share: 0.1,
             drift_share: 0.05,
+            cache_waste_share: 0.5,
         }
     }
 }
@@ -76,6 +84,7 @@ pub fn findings(
     spikes(conn, from_ms, to_ms, t, &mut out)?;
     retries(conn, from_ms, to_ms, t, &mut out)?;
     drift(conn, from_ms, to_ms, t, &mut out)?;
+    cache_waste(conn, from_ms, to_ms, t, &mut out)?;
     Ok(out)
 }
 
@@ -259,6 +268,59 @@ fn retries(
             )?,
             value: share,
             threshold: t.retry_share,
+            requests: n as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Prefix tokens a request's replica had seen: its prefix bytes at the request's own tokens
+/// per prompt byte. (SQL over `usage`; provider-counted, successful requests only.)
+const KNOWN_PREFIX: &str = "MIN(input_tokens, prefix_bytes * input_tokens / prompt_bytes)";
+const RECOMPUTED: &str =
+    "MAX(0, MIN(input_tokens, prefix_bytes * input_tokens / prompt_bytes) - cached_tokens)";
+const PREFIXED: &str = "ts_ms >= ?1 AND ts_ms < ?2 AND estimated = 0 AND status < 400
+    AND COALESCE(prefix_bytes, 0) > 0 AND COALESCE(prompt_bytes, 0) > 0";
+
+fn cache_waste(
+    conn: &Connection,
+    from: i64,
+    to: i64,
+    t: Thresholds,
+    out: &mut Vec<Finding>,
+) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT COALESCE(served_model, requested_model, '-'), COUNT(*),
+                SUM({KNOWN_PREFIX}), SUM({RECOMPUTED})
+         FROM usage WHERE {PREFIXED}
+         GROUP BY 1 HAVING COUNT(*) >= 10 AND SUM({RECOMPUTED}) > ?3 * SUM({KNOWN_PREFIX})
+         ORDER BY 1"
+    ))?;
+    let rows: Vec<(String, i64, i64, i64)> = stmt
+        .query_map(rusqlite::params![from, to, t.cache_waste_share], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (model, n, known, recomputed) in rows {
+        let share = recomputed as f64 / known.max(1) as f64;
+        out.push(Finding {
+            kind: "cache_miss_waste",
+            subject: model.clone(),
+            detail: format!(
+                "{recomputed} of {known} prompt-prefix tokens the serving replica had already been sent were computed again ({:.0} %)",
+                share * 100.0
+            ),
+            examples: examples(
+                conn,
+                &format!(
+                    "SELECT id FROM usage WHERE {PREFIXED}
+                     AND COALESCE(served_model, requested_model, '-') = ?3
+                     ORDER BY {RECOMPUTED} DESC, id LIMIT 5"
+                ),
+                &[&from, &to, &model],
+            )?,
+            value: share,
+            threshold: t.cache_waste_share,
             requests: n as u64,
         });
     }
@@ -475,6 +537,28 @@ mod tests {
                 rows.push(r);
             }
         }
+        // Model `cold`: 12 requests whose 4000-byte prompt prefix (1000 tokens at 0.25 per byte)
+        // their replica had seen, 200 tokens of it read from cache: 80 % recomputed. Model
+        // `warm`: the same, all 1000 cached.
+        for (model, cached) in [("cold", 200), ("warm", 1000)] {
+            for k in 0..12 {
+                let mut r = rec(
+                    &format!("{model}{k}"),
+                    T0 + 40 * 60_000,
+                    "ops",
+                    None,
+                    model,
+                    1200,
+                    1,
+                    1,
+                );
+                r.served_model = Some(model.into());
+                r.prompt_bytes = 4800;
+                r.prefix_bytes = 4000;
+                r.usage.cached_tokens = cached;
+                rows.push(r);
+            }
+        }
         insert_batch(&mut c, &rows).unwrap();
         let list = findings(&c, T0, T0 + 3_600_000, Thresholds::default()).unwrap();
         let drifts: Vec<&Finding> = list
@@ -502,6 +586,16 @@ mod tests {
         assert_eq!(storms.len(), 1, "{list:#?}");
         assert!(storms[0].subject.starts_with("flaky @ "));
         assert_eq!(storms[0].examples.len(), 5);
+        let waste = of("cache_miss_waste");
+        assert_eq!(waste.len(), 1, "{list:#?}");
+        assert_eq!(waste[0].subject, "cold");
+        assert!((waste[0].value - 0.8).abs() < 1e-9, "{:?}", waste[0]);
+        assert_eq!(waste[0].requests, 12);
+        assert!(
+            waste[0].detail.starts_with("9600 of 12000"),
+            "{}",
+            waste[0].detail
+        );
         // Raised thresholds: nothing.
         let calm = Thresholds {
             premium_share: 0.95,
@@ -509,6 +603,7 @@ mod tests {
             spike_factor: 100.0,
             retry_share: 0.5,
             drift_share: 0.5,
+            cache_waste_share: 0.9,
         };
         assert!(findings(&c, T0, T0 + 3_600_000, calm).unwrap().is_empty());
         // Outside the period: nothing.
