@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::procs::{run_tollgate, TempDir};
-use crate::harness::{post_raw, Sim, Stack};
+use crate::harness::{Sim, Stack};
 
 /// The FOCUS validator's python, or `None` to skip.
 fn validator_python() -> Option<PathBuf> {
@@ -55,16 +55,7 @@ fn the_ledger_exports_as_focus_that_the_finops_validator_accepts() {
     let mut ledger_cost: HashMap<String, i64> = HashMap::new();
     for (team, n) in [("search", 3), ("ads", 2)] {
         for _ in 0..n {
-            let r = post_raw(
-                stack.agent.addr,
-                "/v1/chat/completions",
-                &[
-                    ("content-type", "application/json"),
-                    ("x-tollgate-team", team),
-                ],
-                body.to_string().as_bytes(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
+            let r = crate::harness::chat_as_team(stack.agent.addr, team, &body);
             let row = stack.agent.row_of(&r);
             *ledger_cost.entry(team.to_string()).or_default() += row.cost_micro_usd;
         }

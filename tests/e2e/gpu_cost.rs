@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::harness::procs::run_tollgate;
-use crate::harness::{post_raw, Sim, Stack};
+use crate::harness::{Sim, Stack};
 
 #[test]
 fn self_hosted_tokens_carry_their_gpu_cost_and_idle_time_is_its_own_line() {
@@ -26,16 +26,7 @@ fn self_hosted_tokens_carry_their_gpu_cost_and_idle_time_is_its_own_line() {
     while started.elapsed() < Duration::from_millis(2500) {
         for team in ["a", "a", "b"] {
             let body = json!({"model": "smol", "messages": [{"role": "user", "content": "what does a GPU second cost?"}], "max_tokens": 16});
-            let r = post_raw(
-                stack.agent.addr,
-                "/v1/chat/completions",
-                &[
-                    ("content-type", "application/json"),
-                    ("x-tollgate-team", team),
-                ],
-                body.to_string().as_bytes(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
+            let r = crate::harness::chat_as_team(stack.agent.addr, team, &body);
             let row = stack.agent.row_of(&r);
             tokens += row.input_tokens + row.output_tokens;
         }

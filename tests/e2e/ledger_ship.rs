@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::harness::ledger;
 use crate::harness::postgres::Postgres;
-use crate::harness::{chat_body, post_raw, Sim, Stack};
+use crate::harness::{chat_body, Sim, Stack};
 
 /// Generous: the machines that run this are small and busy; nothing is asserted about time.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -137,16 +137,7 @@ fn send(stack: &Stack, n: usize, tag: &str) -> Vec<String> {
         .map(|i| {
             let team = if i % 2 == 0 { "search" } else { "ads" };
             let body = chat_body("smol", &format!("{tag} {i}"), 5 + (i % 3) as u64, false);
-            let r = post_raw(
-                stack.agent.addr,
-                "/v1/chat/completions",
-                &[
-                    ("content-type", "application/json"),
-                    ("x-tollgate-team", team),
-                ],
-                body.to_string().as_bytes(),
-            );
-            assert_eq!(r.status, 200, "{}", r.text());
+            let r = crate::harness::chat_as_team(stack.agent.addr, team, &body);
             r.request_id().to_string()
         })
         .collect()

@@ -30,17 +30,7 @@ fn receiver(dir: &TempDir) -> Option<(Proc, std::net::SocketAddr, PathBuf)> {
 
 fn ask(stack: &Stack, team: &str, stream: bool) -> Response {
     let body = json!({"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "stream": stream});
-    let r = post_raw(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &[
-            ("content-type", "application/json"),
-            ("x-tollgate-team", team),
-        ],
-        body.to_string().as_bytes(),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r
+    crate::harness::chat_as_team(stack.agent.addr, team, &body)
 }
 
 fn spans(path: &PathBuf, n: usize) -> Vec<Value> {

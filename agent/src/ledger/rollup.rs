@@ -56,26 +56,24 @@ struct Rollup {
 }
 
 const MODEL: &str = "COALESCE(R.served_model, R.requested_model, '')";
+/// Team × model × key: the hour and day rollups' dimensions.
+const BY_KEY: &[(&str, &str)] = &[
+    ("team", "COALESCE(R.team, '')"),
+    ("model", MODEL),
+    ("key_id", "COALESCE(R.key_id, '')"),
+];
 
 const ROLLUPS: &[Rollup] = &[
     Rollup {
         table: "rollup_hour",
         period_ms: HOUR_MS,
-        dims: &[
-            ("team", "COALESCE(R.team, '')"),
-            ("model", MODEL),
-            ("key_id", "COALESCE(R.key_id, '')"),
-        ],
+        dims: BY_KEY,
         filter: "1",
     },
     Rollup {
         table: "rollup_day",
         period_ms: DAY_MS,
-        dims: &[
-            ("team", "COALESCE(R.team, '')"),
-            ("model", MODEL),
-            ("key_id", "COALESCE(R.key_id, '')"),
-        ],
+        dims: BY_KEY,
         filter: "1",
     },
     Rollup {

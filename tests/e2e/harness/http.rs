@@ -460,6 +460,21 @@ pub fn post_json(addr: SocketAddr, path: &str, body: &Value) -> Response {
     post_raw(addr, path, &[], body.to_string().as_bytes())
 }
 
+/// A chat completion charged to `team` (`x-tollgate-team`), asserted to answer 200.
+pub fn chat_as_team(addr: SocketAddr, team: &str, body: &Value) -> Response {
+    let r = post_raw(
+        addr,
+        "/v1/chat/completions",
+        &[
+            ("content-type", "application/json"),
+            ("x-tollgate-team", team),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
+}
+
 /// `POST path` with extra headers and raw body bytes on a new connection.
 pub fn post_raw(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
     let mut all = vec![("connection", "close")];

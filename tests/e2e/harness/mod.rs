@@ -15,7 +15,7 @@ pub mod upstream;
 pub mod usage;
 pub mod venv;
 
-pub use http::{get, post_json, post_raw, Client, Response};
+pub use http::{chat_as_team, get, post_json, post_raw, Client, Response};
 pub use ledger::Row;
 pub use procs::{AgentConfig, Sim, Stack};
 pub use usage::Tokens;
