@@ -74,6 +74,13 @@ pub struct Args {
     /// Serve no `/tokenize` (404), like an engine without one.
     #[arg(long)]
     pub no_tokenize: bool,
+    /// `system_fingerprint` in chat completions (null without), as OpenAI sends one per
+    /// backend configuration.
+    #[arg(long)]
+    pub system_fingerprint: Option<String>,
+    /// Prompt bytes per token (the simulated tokenizer), for a tokenizer that changed.
+    #[arg(long, default_value_t = 4)]
+    pub bytes_per_token: usize,
     /// Fraction of inference requests that fail with --fail-status.
     #[arg(long, default_value_t = 0.0)]
     pub fail_rate: f64,
@@ -128,6 +135,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// `/tokenize` answers 404 (`--no-tokenize`).
     pub no_tokenize: bool,
+    pub system_fingerprint: Option<String>,
+    pub bytes_per_token: usize,
 }
 
 /// The latency model, in nanoseconds.
@@ -191,6 +200,9 @@ impl TryFrom<Args> for Config {
         if args.block_tokens == 0 {
             return Err(invalid("block-tokens", "must be at least 1"));
         }
+        if args.bytes_per_token == 0 {
+            return Err(invalid("bytes-per-token", "must be at least 1"));
+        }
         if !(0.0..=1.0).contains(&args.fail_rate) {
             return Err(invalid("fail-rate", "must be between 0 and 1"));
         }
@@ -247,6 +259,8 @@ impl TryFrom<Args> for Config {
             },
             max_body_bytes: args.max_body_bytes,
             no_tokenize: args.no_tokenize,
+            system_fingerprint: args.system_fingerprint,
+            bytes_per_token: args.bytes_per_token,
         })
     }
 }

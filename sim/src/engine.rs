@@ -18,7 +18,7 @@ use crate::config::{Config, Timing};
 use crate::error::SimError;
 use crate::metrics::{Finish, Metrics, ModelMetrics};
 use crate::prefix_cache::{block_hashes, PrefixCache};
-use crate::textgen::{hash_bytes, BYTES_PER_TOKEN};
+use crate::textgen::hash_bytes;
 
 /// A prompt as the engine sees it.
 #[derive(Debug, Clone)]
@@ -32,6 +32,11 @@ impl Prompt {
     pub fn from_text(text: Vec<u8>) -> Self {
         let tokens = crate::textgen::count_tokens(text.len());
         Prompt { text, tokens }
+    }
+
+    /// Counts the prompt again under `--bytes-per-token` (the default is [`from_text`]'s).
+    pub fn retokenize(&mut self, bytes_per_token: usize) {
+        self.tokens = crate::textgen::count_tokens_at(self.text.len(), bytes_per_token);
     }
 
     /// Seed of the generated text: same prompt, same output.
@@ -62,6 +67,8 @@ struct Inner {
     running: AtomicU64,
     cache: Mutex<PrefixCache>,
     block_tokens: u64,
+    /// Prompt bytes per token: a cache block is `block_tokens` of them.
+    bytes_per_token: usize,
     /// Cache salt per model, so that models never share blocks.
     model_salts: Vec<u64>,
     metrics: Arc<Metrics>,
@@ -76,6 +83,7 @@ impl Engine {
                 running: AtomicU64::new(0),
                 cache: Mutex::new(PrefixCache::new(config.cache.capacity_blocks)),
                 block_tokens: config.cache.block_tokens as u64,
+                bytes_per_token: config.bytes_per_token.max(1),
                 model_salts: config
                     .models
                     .iter()
@@ -143,13 +151,14 @@ impl Sequence {
     pub async fn prefill(&mut self, prompt: &Prompt, cacheable: bool) -> CacheUsage {
         let inner = &self.engine.inner;
         let block_tokens = inner.block_tokens;
+        let bytes_per_token = inner.bytes_per_token;
         let blocks = if cacheable {
             let salt = inner
                 .model_salts
                 .get(self.model)
                 .copied()
                 .unwrap_or_default();
-            block_hashes(salt, &prompt.text, block_tokens as usize * BYTES_PER_TOKEN)
+            block_hashes(salt, &prompt.text, block_tokens as usize * bytes_per_token)
         } else {
             Vec::new()
         };

@@ -109,6 +109,7 @@ async fn text(
 ) -> Result<Response<SimBody>, SimError> {
     let (parts, body) = receive(app, request).await?;
     let mut job = api.parse(&body)?;
+    job.prompt.retokenize(app.config.bytes_per_token);
     let (model, model_name) = app.resolve_model(job.model.as_deref())?;
     job.check_context(app.config.max_model_len_tokens)?;
     let faults = plan_faults(app, &parts).await?;
@@ -124,7 +125,8 @@ async fn text(
     let mut sequence = app.engine.schedule(model).await?;
     let cache = sequence.prefill(&job.prompt, true).await;
     let usage = Usage::new(&job, cache);
-    let meta = Meta::new(api, model_name);
+    let mut meta = Meta::new(api, model_name);
+    meta.fingerprint.clone_from(&app.config.system_fingerprint);
     let completion = Completion {
         finish: job.finish,
         generated_tokens: usage.completion_tokens,
@@ -199,7 +201,8 @@ async fn tokenize(app: &App, request: Request<Incoming>) -> Result<Response<SimB
     } else {
         TextApi::Completions
     };
-    let job = api.parse(&body)?;
+    let mut job = api.parse(&body)?;
+    job.prompt.retokenize(app.config.bytes_per_token);
     app.resolve_model(job.model.as_deref())?;
     let count = job.prompt.tokens;
     let answer = serde_json::json!({

@@ -14,7 +14,12 @@ pub const BYTES_PER_TOKEN: usize = 4;
 
 /// Prompt tokens for a prompt of `bytes` bytes.
 pub fn count_tokens(bytes: usize) -> u64 {
-    bytes.div_ceil(BYTES_PER_TOKEN) as u64
+    count_tokens_at(bytes, BYTES_PER_TOKEN)
+}
+
+/// Prompt tokens for `bytes` bytes under a tokenizer of `bytes_per_token` (`--bytes-per-token`).
+pub fn count_tokens_at(bytes: usize, bytes_per_token: usize) -> u64 {
+    bytes.div_ceil(bytes_per_token.max(1)) as u64
 }
 
 /// Output vocabulary; every entry is one token and carries its leading space.

@@ -86,6 +86,8 @@ mod shutdown;
 mod stream_without_usage;
 /// An https provider through nginx with a private CA: rustls, keep-alive, IP SAN, untrusted CA.
 mod tls_upstream;
+/// A provider's silent tokenizer change: metric, audit entry and finding.
+mod tokenizer_drift;
 /// A provider reset mid-stream: error event, cut connection, estimated usage.
 mod upgrade;
 mod upstream_reset;

@@ -72,7 +72,7 @@ struct ChatCompletion<'a> {
     model: &'a str,
     choices: Vec<Choice<'a>>,
     usage: OpenAiUsage,
-    system_fingerprint: (),
+    system_fingerprint: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -111,7 +111,7 @@ pub fn render(meta: &Meta, job: &Job, usage: &Usage) -> Vec<u8> {
             })
             .collect(),
         usage: usage.openai(),
-        system_fingerprint: (),
+        system_fingerprint: meta.fingerprint.as_deref(),
     })
 }
 
@@ -124,6 +124,9 @@ struct Chunk<'a> {
     choices: &'a [ChunkChoice<'a>],
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<OpenAiUsage>,
+    /// Only with `--system-fingerprint` (streams without one stay as they were).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_fingerprint: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -167,6 +170,7 @@ impl ChatStream {
             model: &self.meta.model,
             choices,
             usage,
+            system_fingerprint: self.meta.fingerprint.as_deref(),
         })
     }
 }

@@ -298,6 +298,8 @@ pub struct Meta {
     /// Unix seconds.
     pub created: u64,
     pub model: String,
+    /// `system_fingerprint` of chat completions (`--system-fingerprint`; else null).
+    pub fingerprint: Option<String>,
 }
 
 impl Meta {
@@ -306,6 +308,7 @@ impl Meta {
             id: new_id(api.id_prefix()),
             created: unix_now(),
             model: model.to_owned(),
+            fingerprint: None,
         }
     }
 }
@@ -366,6 +369,7 @@ pub(crate) mod test_support {
             id: "id-1".into(),
             created: 1,
             model: "m".into(),
+            fingerprint: None,
         }
     }
 

@@ -272,6 +272,13 @@ impl Sim {
         }
     }
 
+    /// Stops this simulator and starts another on the same address with `flags` (an engine
+    /// upgraded in place: clients keep the address).
+    pub fn replace(&mut self, flags: &[&str]) {
+        let _ = self._proc.terminate();
+        *self = Sim::start_on(self.addr, flags);
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
