@@ -256,3 +256,56 @@ fn the_ledger_reaches_postgres_once_per_request_through_outages_and_crashes() {
     );
     assert!(want.iter().all(|id| have.contains_key(id)));
 }
+
+/// `sslmode=require`: the rows travel over TLS, the store's certificate checked against the
+/// configured private CA; an agent that does not trust that CA ships nothing and says so.
+#[test]
+fn the_ledger_reaches_postgres_over_verified_tls() {
+    let Some(openssl) = crate::harness::pki::find_binary("openssl") else {
+        eprintln!("skipping: no `openssl` to make a CA (apt-get install openssl)");
+        return;
+    };
+    let dir = crate::harness::procs::TempDir::new("pg-tls");
+    let pki = crate::harness::pki::Pki::create(&openssl, &dir.path().join("pki"));
+    let mut pg = Postgres::start();
+    pg.enable_tls(&pki);
+    let url = format!("{}?sslmode=require", pg.url());
+    let ca = pki.ca.display().to_string();
+    let stack = Stack::custom(Sim::start(&[]), |c| {
+        c.extra_ledger = format!(
+            ", ship: {{ sink: postgres, url: \"{url}\", ca_file: \"{ca}\", interval_ms: 50, node: e2e-node }}"
+        );
+    });
+    send(&stack, 6, "tls");
+    assert_eq!(converged(&stack, &pg, "over TLS"), 6);
+    let encrypted: Vec<bool> = pg
+        .client()
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'tollgate-ledger-ship'",
+            &[],
+        )
+        .expect("pg_stat_ssl")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(encrypted, [true], "the shipper's connection is TLS");
+
+    // Only the webpki roots: the private CA's certificate is refused, nothing is shipped.
+    let untrusting = Stack::custom(Sim::start(&[]), |c| {
+        c.extra_ledger = format!(
+            ", ship: {{ sink: postgres, url: \"{url}\", table: refused, interval_ms: 50, node: e2e-node }}"
+        );
+    });
+    send(&untrusting, 2, "untrusted");
+    wait_metric(
+        &untrusting,
+        "tollgate_ledger_ship_errors_total",
+        "refused",
+        |v| v >= 1.0,
+    );
+    assert_eq!(metric(&untrusting, "tollgate_ledger_ship_up"), 0.0);
+    assert_eq!(metric(&untrusting, "tollgate_ledger_ship_rows_total"), 0.0);
+    let logs = untrusting.agent.proc.logs_tail();
+    assert!(logs.contains("certificate"), "the error says why:\n{logs}");
+}

@@ -17,6 +17,9 @@ pub(super) struct ShipFile {
     url: Option<String>,
     /// The environment variable holding the store's password.
     password_env: Option<String>,
+    /// PEM certificates of a private CA the store's certificate is checked against (with
+    /// `sslmode=require` in the URL), besides the webpki roots.
+    ca_file: Option<String>,
     /// Table in the store (`tollgate_usage`; `schema.table` allowed), created when missing.
     table: Option<String>,
     /// Rows per transaction at most.
@@ -55,6 +58,10 @@ pub struct ShipSettings {
     pub url: String,
     /// From `password_env`, read at load (never logged).
     pub password: Option<String>,
+    /// `sslmode=require`: TLS (rustls), the server's certificate verified against the webpki
+    /// roots and `ca_file`, and its name against the URL's host.
+    pub tls: bool,
+    pub ca_file: Option<std::path::PathBuf>,
     /// A lower-case SQL name, optionally `schema.table` (interpolated into SQL: checked here).
     pub table: String,
     /// Rows per transaction at most.
@@ -119,10 +126,11 @@ impl Validator<'_> {
                 None
             }
         };
+        let mut tls = false;
         let url = match f.url.as_deref().map(str::trim) {
             Some(u) => {
                 if sink == Some(SinkKind::Postgres) {
-                    self.postgres_url(u);
+                    tls = self.postgres_url(u);
                 }
                 u.to_string()
             }
@@ -144,6 +152,17 @@ impl Validator<'_> {
             }
             v
         });
+        let ca_file = f.ca_file.map(std::path::PathBuf::from);
+        if let Some(ca) = &ca_file {
+            if !tls {
+                self.problem(
+                    "ledger.ship.ca_file",
+                    "applies to TLS only: add sslmode=require to the url",
+                );
+            } else if let Err(e) = crate::upstream::tls::client_config(Some(ca)) {
+                self.problem("ledger.ship.ca_file", format!("not a usable CA file: {e}"));
+            }
+        }
         let table = f.table.unwrap_or_else(|| "tollgate_usage".into());
         let parts: Vec<&str> = table.split('.').collect();
         if parts.len() > 2 || !parts.iter().all(|p| sql_name(p)) {
@@ -180,6 +199,8 @@ impl Validator<'_> {
             sink: sink?,
             url,
             password,
+            tls,
+            ca_file,
             table,
             batch: batch.clamp(1, MAX_BATCH),
             interval: Duration::from_millis(interval_ms.max(1)),
@@ -187,21 +208,22 @@ impl Validator<'_> {
         })
     }
 
-    /// A `postgres://` URL the client can use: parsed, a host, no password, no required TLS.
-    fn postgres_url(&mut self, url: &str) {
+    /// A `postgres://` URL the client can use: parsed, a host, no password. True when it asks
+    /// for TLS (`sslmode=require`).
+    fn postgres_url(&mut self, url: &str) -> bool {
         const FIELD: &str = "ledger.ship.url";
         if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             self.problem(
                 FIELD,
                 format!("`{url}` is not a postgres:// or postgresql:// URL"),
             );
-            return;
+            return false;
         }
         let cfg: postgres::Config = match url.parse() {
             Ok(c) => c,
             Err(e) => {
                 self.problem(FIELD, format!("`{url}` does not parse: {e}"));
-                return;
+                return false;
             }
         };
         if cfg.get_password().is_some() {
@@ -213,13 +235,15 @@ impl Validator<'_> {
         if cfg.get_hosts().is_empty() {
             self.problem(FIELD, format!("`{url}` names no host"));
         }
-        if cfg.get_ssl_mode() == postgres::config::SslMode::Require {
+        if cfg.get_ssl_mode() == postgres::config::SslMode::Prefer && url.contains("sslmode=prefer")
+        {
             self.problem(
                 FIELD,
-                "sslmode=require: TLS to PostgreSQL is not supported yet (the connection is \
-                 plain TCP; use a loopback or private network)",
+                "sslmode=prefer would fall back to plain TCP: say sslmode=require (TLS, the \
+                 certificate verified) or sslmode=disable",
             );
         }
+        cfg.get_ssl_mode() == postgres::config::SslMode::Require
     }
 }
 
@@ -299,8 +323,17 @@ mod tests {
                 "carries a password",
             ),
             (
-                "{sink: postgres, url: \"postgres://u@db/x?sslmode=require\"}".to_string(),
-                "TLS to PostgreSQL is not supported yet",
+                "{sink: postgres, url: \"postgres://u@db/x?sslmode=prefer\"}".to_string(),
+                "sslmode=prefer would fall back to plain TCP",
+            ),
+            (
+                format!("{{sink: postgres, url: \"{URL}\", ca_file: /etc/hostname}}"),
+                "ledger.ship.ca_file: applies to TLS only",
+            ),
+            (
+                "{sink: postgres, url: \"postgres://u@db/x?sslmode=require\", ca_file: /no/such/ca.pem}"
+                    .to_string(),
+                "ledger.ship.ca_file: not a usable CA file",
             ),
             (
                 format!("{{sink: postgres, url: \"{URL}\", batch: 0}}"),

@@ -15,11 +15,12 @@ pub struct Tls {
     pub server_name: ServerName<'static>,
 }
 
-/// Builds the TLS settings for an https provider.
-pub fn for_provider(p: &Provider) -> Result<Tls, String> {
+/// A rustls client configuration trusting the webpki roots plus the PEM certificates of
+/// `ca_file` (a private CA), if any. Also used for the ledger-shipping store (`ledger/ship/`).
+pub fn client_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &p.ca_file {
+    if let Some(ca) = ca_file {
         let certs =
             CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?;
         for c in certs {
@@ -28,11 +29,16 @@ pub fn for_provider(p: &Provider) -> Result<Tls, String> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_no_client_auth())
+}
+
+/// Builds the TLS settings for an https provider.
+pub fn for_provider(p: &Provider) -> Result<Tls, String> {
+    let config = client_config(p.ca_file.as_deref())?;
     let server_name =
         ServerName::try_from(p.host.clone()).map_err(|e| format!("{}: {e}", p.host))?;
     Ok(Tls {

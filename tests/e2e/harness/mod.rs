@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod ledger;
+pub mod pki;
 pub mod postgres;
 pub mod procs;
 pub mod upstream;

@@ -28,6 +28,8 @@ pub struct Postgres {
     /// The uid and gid the server runs as (`postgres` when the test runs as root).
     user: Option<(u32, u32)>,
     child: Option<Child>,
+    /// Serving TLS with this certificate and key (copies owned by the server's user).
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// The newest `/usr/lib/postgresql/<version>/bin` that has `initdb` and `postgres`.
@@ -99,6 +101,7 @@ impl Postgres {
             dir,
             user,
             child: None,
+            tls: None,
         };
         let mut initdb = pg.command("initdb");
         initdb
@@ -151,8 +154,15 @@ impl Postgres {
             .args(["-p", &self.port.to_string()])
             .args(["-c", "listen_addresses=127.0.0.1"])
             // A test's data: nothing to keep after a power loss.
-            .args(["-c", "fsync=off"])
-            .stdin(Stdio::null())
+            .args(["-c", "fsync=off"]);
+        if let Some((cert, key)) = &self.tls {
+            cmd.args(["-c", "ssl=on"])
+                .arg("-c")
+                .arg(format!("ssl_cert_file={}", cert.display()))
+                .arg("-c")
+                .arg(format!("ssl_key_file={}", key.display()));
+        }
+        cmd.stdin(Stdio::null())
             .stdout(self.log("postgres.log"))
             .stderr(self.log("postgres.log"));
         let mut child = cmd.spawn().expect("spawning postgres");
@@ -175,6 +185,26 @@ impl Postgres {
             std::thread::sleep(Duration::from_millis(50));
         }
         self.child = Some(child);
+    }
+
+    /// Restarts the server serving TLS as well, with `pki`'s server certificate (SAN
+    /// `127.0.0.1`); plain connections still work (the test's own client uses them).
+    pub fn enable_tls(&mut self, pki: &super::pki::Pki) {
+        use std::os::unix::fs::PermissionsExt;
+        let cert = self.dir.join("server.crt");
+        let key = self.dir.join("server.key");
+        std::fs::copy(&pki.cert, &cert).expect("copying the server certificate");
+        std::fs::copy(&pki.key, &key).expect("copying the server key");
+        // PostgreSQL refuses a key that others can read.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod the server key");
+        if let Some(u) = self.user {
+            chown(&cert, u);
+            chown(&key, u);
+        }
+        self.stop();
+        self.tls = Some((cert, key));
+        self.start_again();
     }
 
     /// Stops the server by its pid: SIGINT (fast shutdown: clients are cut), SIGKILL after 15 s.

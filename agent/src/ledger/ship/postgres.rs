@@ -8,14 +8,17 @@
 //!   batch sent twice leaves one row per request id, and the version sent last (the ledger's
 //!   newest) wins. One statement with one array per column, whatever the batch size (no limit
 //!   on bind parameters, one round trip).
-//! - **Connection.** Opened on the first batch and after every failure; plain TCP (`NoTls`: TLS
-//!   is not done yet, `sslmode=require` is refused at load), connect timeout 5 s, TCP
+//! - **Connection.** Opened on the first batch and after every failure; connect timeout 5 s, TCP
 //!   keep-alives and a 60 s statement timeout so a stuck store cannot hold the thread forever.
+//!   With `sslmode=require` in the URL it is TLS (rustls, as for https providers): the server's
+//!   certificate must chain to the webpki roots or `ca_file` and name the URL's host, like
+//!   libpq's `verify-full` (libpq's `require` checks nothing). Otherwise plain TCP.
 
 use std::time::Duration;
 
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Statement};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{Column, Kind, ShipRow, Sink, SinkError, COLUMNS};
 use crate::config::ship::ShipSettings;
@@ -28,6 +31,8 @@ pub struct PostgresSink {
     /// The URL without password, for messages.
     url: String,
     table: String,
+    /// `sslmode=require`: the private CA to trust besides the webpki roots, if any.
+    tls: Option<Option<std::path::PathBuf>>,
     /// The client and its prepared upsert, while connected.
     conn: Option<(Client, Statement)>,
 }
@@ -50,16 +55,27 @@ impl PostgresSink {
             config,
             url: settings.url.clone(),
             table: settings.table.clone(),
+            tls: settings.tls.then(|| settings.ca_file.clone()),
             conn: None,
         }
     }
 
     fn connect(&mut self) -> Result<&mut (Client, Statement), SinkError> {
         if self.conn.is_none() {
-            let mut client = self.config.connect(NoTls).map_err(|e| SinkError::Connect {
+            let connect = |e| SinkError::Connect {
                 what: self.url.clone(),
-                source: detailed(e),
-            })?;
+                source: e,
+            };
+            let mut client = match &self.tls {
+                // Read at each connection: a CA file rotated on disk is picked up.
+                Some(ca) => {
+                    let tls = crate::upstream::tls::client_config(ca.as_deref())
+                        .map_err(|e| connect(e.into()))?;
+                    self.config.connect(MakeRustlsConnect::new(tls))
+                }
+                None => self.config.connect(NoTls),
+            }
+            .map_err(|e| connect(detailed(e)))?;
             let schema = |e: postgres::Error| SinkError::Schema {
                 table: self.table.clone(),
                 source: detailed(e),
@@ -102,12 +118,20 @@ impl Sink for PostgresSink {
     }
 }
 
-/// The error with what the server said (`postgres::Error` displays only "db error").
+/// The error with what the server said (`postgres::Error` displays only "db error"), or with
+/// its causes (a TLS failure displays only "error performing TLS handshake").
 fn detailed(e: postgres::Error) -> Box<dyn std::error::Error + Send + Sync> {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()).into(),
-        None => Box::new(e),
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {} ({})", db.severity(), db.message(), db.code().code()).into();
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text.into()
 }
 
 fn sql_type(kind: Kind) -> &'static str {
