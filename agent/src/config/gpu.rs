@@ -10,7 +10,12 @@
 //!   decode_weight: 3                            #   input tokens × 1 + output tokens × 3
 //!   replicas:
 //!     - {provider: vllm-a, gpu: H100, count: 1, compare_to: gpt-4o-mini}
+//!     - {provider: vllm-b, gpu: H100, count: 2, nvml_gpus: [2, 3]}   # busy share from NVML
 //! ```
+//!
+//! `nvml_gpus` names the NVML device indices (on this node) the replica runs on: its busy share
+//! is then their mean utilisation over the interval, as NVML measures it, instead of the share
+//! of engine scrapes that saw work.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -36,6 +41,7 @@ struct GpuReplicaFile {
     gpu: String,
     count: Option<u32>,
     compare_to: Option<String>,
+    nvml_gpus: Option<Vec<u32>>,
 }
 
 /// One self-hosted provider's GPUs.
@@ -49,6 +55,8 @@ pub struct GpuReplica {
     /// A priced (cloud) model to compare this replica's tokens with, and its price per 1M
     /// input and output tokens.
     pub compare_to: Option<(String, f64, f64)>,
+    /// NVML device indices whose utilisation is the busy share (empty: engine scrapes).
+    pub nvml_gpus: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +114,13 @@ impl Validator<'_> {
                     }
                 },
             };
+            let nvml_gpus = r.nvml_gpus.unwrap_or_default();
+            let mut distinct = nvml_gpus.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            if distinct.len() != nvml_gpus.len() {
+                self.problem(format!("{path}.nvml_gpus"), "names a GPU index twice");
+            }
             replicas.push(GpuReplica {
                 provider,
                 provider_name: r.provider,
@@ -113,6 +128,7 @@ impl Validator<'_> {
                 count: r.count.unwrap_or(1).max(1),
                 usd_per_hour,
                 compare_to,
+                nvml_gpus,
             });
         }
         let weight = |w: Option<f64>, d: f64, name: &str, me: &mut Self| match w {
@@ -168,6 +184,7 @@ mod tests {
         );
         for (yaml, want) in [
             ("gpu_accounting: {replicas: [{provider: nope, gpu: H100}]}\n", "not a configured provider"),
+            ("gpu_pricing: {H100: 1}\ngpu_accounting: {replicas: [{provider: vllm, gpu: H100, nvml_gpus: [1, 1]}]}\n", "names a GPU index twice"),
             ("gpu_accounting: {replicas: [{provider: vllm, gpu: H100}]}\n", "no price in gpu_pricing"),
             ("gpu_pricing: {H100: -1}\n", "gpu_pricing.H100"),
             ("gpu_pricing: {H100: 1}\ngpu_accounting: {replicas: [{provider: vllm, gpu: H100, compare_to: nothing}]}\n", "compare_to"),

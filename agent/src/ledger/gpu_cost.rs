@@ -4,8 +4,11 @@
 //! - **Intervals.** The telemetry thread closes one interval per replica every `interval_s`,
 //!   aligned to the wall clock, and writes its line to `gpu_intervals`.
 //!   - Its cost is GPUs × USD/hour × length.
-//!   - Its busy share is the fraction of the interval's engine scrapes that reported requests
+//!   - Its busy share is what NVML measured when the replica names its GPUs (`nvml_gpus`):
+//!     their mean utilisation over the interval's samples (every 5 s). Otherwise, or when NVML
+//!     gave no sample, the fraction of the interval's engine scrapes that reported requests
 //!     running or waiting (`vllm:num_requests_*`; all of it when the engine was not scraped).
+//!     The line says which (`busy_source`: `nvml` or `engine`).
 //!   - Busy cost is cost × busy share; the rest is idle cost, its own line, in nobody's bill.
 //! - **Apportioning.** A request's share of its interval's busy cost is its weight over the
 //!   interval's total. The weight is `prefill_weight` × input tokens + `decode_weight` × output
@@ -40,9 +43,23 @@ CREATE TABLE IF NOT EXISTS gpu_intervals (
     compare_model TEXT,
     compare_input_usd_per_m REAL,
     compare_output_usd_per_m REAL,
+    busy_source TEXT NOT NULL DEFAULT 'engine',
     PRIMARY KEY (provider, start_ms)
 );
 ";
+
+/// Adds `busy_source` to a table made before it existed.
+pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('gpu_intervals') WHERE name = 'busy_source'")?
+        .exists([])?;
+    if !has {
+        conn.execute_batch(
+            "ALTER TABLE gpu_intervals ADD COLUMN busy_source TEXT NOT NULL DEFAULT 'engine'",
+        )?;
+    }
+    Ok(())
+}
 
 /// One closed interval of one replica.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +71,8 @@ pub struct Interval {
     pub gpus: u32,
     pub usd_per_hour: f64,
     pub busy_share: f64,
+    /// `nvml` or `engine`: where the busy share came from.
+    pub busy_source: &'static str,
     pub cost_micro_usd: u64,
     pub prefill_weight: f64,
     pub decode_weight: f64,
@@ -64,8 +83,8 @@ pub fn insert(conn: &Connection, rows: &[Interval]) -> rusqlite::Result<()> {
     let mut stmt = conn.prepare_cached(
         "INSERT OR REPLACE INTO gpu_intervals (start_ms, interval_ms, provider, gpu, gpus,
          usd_per_hour, busy_share, cost_micro_usd, prefill_weight, decode_weight, compare_model,
-         compare_input_usd_per_m, compare_output_usd_per_m)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         compare_input_usd_per_m, compare_output_usd_per_m, busy_source)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     for r in rows {
         let c = r.compare_to.as_ref();
@@ -83,6 +102,7 @@ pub fn insert(conn: &Connection, rows: &[Interval]) -> rusqlite::Result<()> {
             c.map(|c| c.0.as_str()),
             c.map(|c| c.1),
             c.map(|c| c.2),
+            r.busy_source,
         ])?;
     }
     Ok(())
@@ -96,6 +116,9 @@ pub struct Accountant {
     start_ms: i64,
     /// Per replica: scrapes that reported work, scrapes in all.
     samples: Vec<(u64, u64)>,
+    /// Per replica with `nvml_gpus`: the sum of its GPUs' mean utilisation (0..=1) per NVML
+    /// sample, and the samples.
+    nvml: Vec<(f64, u64)>,
 }
 
 impl Accountant {
@@ -103,6 +126,7 @@ impl Accountant {
         let interval_ms = cfg.interval.as_millis() as i64;
         Accountant {
             samples: vec![(0, 0); cfg.replicas.len()],
+            nvml: vec![(0.0, 0); cfg.replicas.len()],
             start_ms: now_ms - now_ms.rem_euclid(interval_ms),
             cfg,
             db: super::db_path(data_dir),
@@ -126,6 +150,29 @@ impl Accountant {
         }
     }
 
+    /// Counts one NVML sample of this node's GPUs, for the replicas that name theirs. A sample
+    /// missing one of a replica's GPUs does not count for it.
+    pub fn observe_gpus(&mut self, gpus: &[crate::telemetry::gpu::GpuSample]) {
+        for (r, n) in self.cfg.replicas.iter().zip(self.nvml.iter_mut()) {
+            if r.nvml_gpus.is_empty() {
+                continue;
+            }
+            let util: Option<Vec<u32>> = r
+                .nvml_gpus
+                .iter()
+                .map(|i| {
+                    gpus.iter()
+                        .find(|g| g.index == *i)
+                        .map(|g| g.utilization_pct.min(100))
+                })
+                .collect();
+            if let Some(util) = util {
+                n.0 += f64::from(util.iter().sum::<u32>()) / (100.0 * util.len() as f64);
+                n.1 += 1;
+            }
+        }
+    }
+
     /// When the next interval closes, from `now_ms`.
     pub fn due_in(&self, now_ms: i64) -> Duration {
         let end = self.start_ms + self.interval_ms();
@@ -139,11 +186,19 @@ impl Accountant {
         let interval_ms = self.interval_ms();
         while self.start_ms + interval_ms <= now_ms || (last && self.start_ms < now_ms) {
             let length_ms = interval_ms.min(now_ms - self.start_ms);
-            for (r, s) in self.cfg.replicas.iter().zip(self.samples.iter_mut()) {
-                let busy_share = if s.1 == 0 {
-                    1.0
+            for ((r, s), n) in self
+                .cfg
+                .replicas
+                .iter()
+                .zip(self.samples.iter_mut())
+                .zip(self.nvml.iter_mut())
+            {
+                let (busy_share, busy_source) = if n.1 > 0 {
+                    (n.0 / n.1 as f64, "nvml")
+                } else if s.1 == 0 {
+                    (1.0, "engine")
                 } else {
-                    s.0 as f64 / s.1 as f64
+                    (s.0 as f64 / s.1 as f64, "engine")
                 };
                 let cost = f64::from(r.count) * r.usd_per_hour * length_ms as f64 / 3_600_000.0;
                 rows.push(Interval {
@@ -154,12 +209,14 @@ impl Accountant {
                     gpus: r.count,
                     usd_per_hour: r.usd_per_hour,
                     busy_share,
+                    busy_source,
                     cost_micro_usd: (cost * 1e6).round() as u64,
                     prefill_weight: self.cfg.prefill_weight,
                     decode_weight: self.cfg.decode_weight,
                     compare_to: r.compare_to.clone(),
                 });
                 *s = (0, 0);
+                *n = (0.0, 0);
             }
             self.start_ms += interval_ms;
             if last {
@@ -499,6 +556,7 @@ mod tests {
             gpus: 1,
             usd_per_hour: 3.6,
             busy_share: busy,
+            busy_source: "engine",
             cost_micro_usd: cost,
             prefill_weight: 1.0,
             decode_weight: 3.0,
@@ -544,5 +602,58 @@ mod tests {
         let sum: f64 = r.groups.iter().map(|g| g.gpu_cost_usd).sum::<f64>() + v.idle_usd;
         assert!((sum - 2.0).abs() < 1e-9);
         assert!(render(&r, Format::Table, "team").contains("usd_per_1m_tokens"));
+    }
+
+    #[test]
+    fn a_replica_naming_its_gpus_is_busy_as_nvml_measured_them() {
+        use crate::config::gpu::{GpuAccounting, GpuReplica};
+        use crate::telemetry::gpu::GpuSample;
+        let dir = std::env::temp_dir().join(format!("tollgate-gpu-nvml-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let replica = |name: &str, gpus: Vec<u32>| GpuReplica {
+            provider: 0,
+            provider_name: name.into(),
+            gpu: "H100".into(),
+            count: 2,
+            usd_per_hour: 2.0,
+            compare_to: None,
+            nvml_gpus: gpus,
+        };
+        let cfg = GpuAccounting {
+            interval: Duration::from_secs(60),
+            prefill_weight: 1.0,
+            decode_weight: 3.0,
+            replicas: vec![replica("nvml", vec![0, 1]), replica("scraped", vec![])],
+        };
+        let mut a = Accountant::new(cfg, &dir, 0);
+        let gpu = |index, util| GpuSample {
+            index,
+            utilization_pct: util,
+            memory_used_bytes: 0,
+            memory_total_bytes: 1,
+        };
+        // Two samples: GPUs at 50 % and 100 % (0.75), then both idle (0); one that lacks GPU 1
+        // does not count; a reading above 100 % counts as 100 %.
+        a.observe_gpus(&[gpu(0, 50), gpu(1, 100), gpu(2, 100)]);
+        a.observe_gpus(&[gpu(0, 0), gpu(1, 0)]);
+        a.observe_gpus(&[gpu(0, 100)]);
+        a.observe_gpus(&[gpu(0, 250), gpu(1, 100)]);
+        a.close_due(60_000, false);
+        let c = crate::ledger::open(&dir).unwrap();
+        let rows: Vec<(String, f64, String, i64)> = c
+            .prepare("SELECT provider, busy_share, busy_source, cost_micro_usd FROM gpu_intervals ORDER BY provider")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        // (0.75 + 0 + 1) / 3; the other replica was never scraped: all busy, from the engine side.
+        assert_eq!(rows[0].0, "nvml");
+        assert!((rows[0].1 - 1.75 / 3.0).abs() < 1e-9, "{rows:?}");
+        assert_eq!(rows[0].2, "nvml");
+        assert_eq!(rows[1], ("scraped".into(), 1.0, "engine".into(), 66_667));
+        // 2 GPUs × $2/h × 1 minute.
+        assert_eq!(rows[0].3, 66_667);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

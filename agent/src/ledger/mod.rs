@@ -205,6 +205,7 @@ fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)?;
     conn.execute_batch(accuracy::SCHEMA)?;
     conn.execute_batch(gpu_cost::SCHEMA)?;
+    gpu_cost::migrate(conn)?;
     migrate(conn)?;
     conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
     rollup::install(conn)

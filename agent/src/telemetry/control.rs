@@ -234,7 +234,11 @@ pub fn run(
         }
         if let Some(s) = sampler.as_mut() {
             if now >= next_gpu {
-                let _ = s.sample_once();
+                if s.sample_once().is_ok() {
+                    if let Some(a) = gpu_cost.as_mut() {
+                        a.observe_gpus(&metrics.gpus.samples());
+                    }
+                }
                 next_gpu = (next_gpu + GPU_INTERVAL).max(Instant::now());
             }
         }
