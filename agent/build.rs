@@ -15,7 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Program objects, compiled in this order; the loader embeds each by this name.
-const PROGRAMS: &[&str] = &["maps", "connect4", "connect6", "sockops", "sock_state"];
+const PROGRAMS: &[&str] = &[
+    "maps",
+    "connect4",
+    "connect6",
+    "sockops",
+    "sock_state",
+    "reuseport",
+];
 
 /// Headers every program includes; a change to one rebuilds all.
 const HEADERS: &[&str] = &["types.h", "maps.h", "attr.h"];

@@ -276,6 +276,16 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         listeners.push(bind_reuseport(addr).with_context(|| format!("binding {addr}"))?);
     }
     let listener_fds: Vec<i32> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    // Connections queued on a listener that closes move to one that stays (a successor's),
+    // instead of being reset (`kernel/reuseport.rs`).
+    if cfg.kernel.enabled != crate::config::kernel::KernelMode::Off {
+        match crate::kernel::reuseport::enable_migration(&listeners[0]) {
+            Ok(()) => tracing::info!("queued connections migrate to a successor's listener"),
+            Err(e) => tracing::info!(
+                "queued connections are reset when this agent stops (no request migration): {e}"
+            ),
+        }
+    }
 
     // The kernel side needs the bound address (port 0 resolved) to redirect to.
     let (kernel, kernel_report) = start_kernel(&cfg, addr);

@@ -3,6 +3,8 @@
 //! and exits. Clients that talk to the provider's own address (intercepted, no idea an agent
 //! exists) see no failure, and every one of their requests is metered: a response without the
 //! agent's request id would have reached the provider directly (the interception gap).
+//! Connections the kernel had queued on the old agent's listeners when it stops migrate to the
+//! new agent's (`sk_reuseport/migrate`); without that, a few were reset under load.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -82,6 +84,11 @@ fn an_upgrade_under_intercepted_load_fails_nothing_and_meters_everything() {
     assert!(
         took_over,
         "the new agent did not take the programs over:\n{log}"
+    );
+    // Connections queued on the old agent's listeners when it stops move to these.
+    assert!(
+        log.contains("queued connections migrate to a successor's listener"),
+        "no request migration on the listening group:\n{log}"
     );
     std::thread::sleep(Duration::from_millis(300));
     let at_stop = tally.lock().expect("tally").ids.len();

@@ -25,6 +25,7 @@ mod handover;
 pub mod loader;
 pub mod objects;
 pub mod pins;
+pub mod reuseport;
 pub mod sys;
 
 use std::fmt;

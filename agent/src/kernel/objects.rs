@@ -22,7 +22,12 @@ pub const SOCKOPS: &[u8] =
 pub const SOCK_STATE: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf/sock_state.bpf.o"));
 
-/// Every object with its file stem, in load order.
+/// `sk_reuseport/migrate` (`tg_reuseport`): request migration for the listening group, loaded
+/// apart from the others (`kernel/reuseport.rs`).
+pub const REUSEPORT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bpf/reuseport.bpf.o"));
+
+/// Every object with its file stem, in load order (`REUSEPORT` is not part of the set).
 pub const ALL: &[(&str, &[u8])] = &[
     ("maps", MAPS),
     ("connect4", CONNECT4),
