@@ -142,16 +142,12 @@ impl Rollup {
              ON CONFLICT DO UPDATE SET {set}",
             t = self.table,
             names = self.dim_names(),
-            mnames = MEASURES.iter().map(|m| m.0).collect::<Vec<_>>().join(", "),
+            mnames = measure_names(),
             params = (1..=n)
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            set = MEASURES
-                .iter()
-                .map(|m| format!("{0} = {0} + excluded.{0}", m.0))
-                .collect::<Vec<_>>()
-                .join(", "),
+            set = add_excluded(),
         )
     }
 
@@ -166,7 +162,7 @@ impl Rollup {
             t = self.table,
             p = self.period_ms,
             names = self.dim_names(),
-            mnames = MEASURES.iter().map(|m| m.0).collect::<Vec<_>>().join(", "),
+            mnames = measure_names(),
             dims = self
                 .dims
                 .iter()
@@ -183,13 +179,23 @@ impl Rollup {
                 .map(|i| i.to_string())
                 .collect::<Vec<_>>()
                 .join(", "),
-            set = MEASURES
-                .iter()
-                .map(|m| format!("{0} = {0} + excluded.{0}", m.0))
-                .collect::<Vec<_>>()
-                .join(", "),
+            set = add_excluded(),
         )
     }
+}
+
+/// The measures' column names, comma-separated.
+fn measure_names() -> String {
+    MEASURES.iter().map(|m| m.0).collect::<Vec<_>>().join(", ")
+}
+
+/// An upsert's `SET`: each measure plus the row that conflicted.
+fn add_excluded() -> String {
+    MEASURES
+        .iter()
+        .map(|m| format!("{0} = {0} + excluded.{0}", m.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rollup deltas of records being inserted, summed by group; [`Pending::write`] upserts them.
