@@ -199,23 +199,23 @@ fn add_excluded() -> String {
 }
 
 /// Rollup deltas of records being inserted, summed by group; [`Pending::write`] upserts them.
+/// Keys borrow the records' strings: summing allocates nothing but the map.
 #[derive(Default)]
-pub struct Pending {
+pub struct Pending<'a> {
     /// (rollup index, period, dimensions) → measures in [`MEASURES`] order.
-    groups: HashMap<(usize, i64, [String; 3]), [i64; 7]>,
+    groups: HashMap<(usize, i64, [&'a str; 3]), [i64; 7]>,
 }
 
-impl Pending {
+impl<'a> Pending<'a> {
     /// Adds one inserted record, computing what the SQL expressions of [`ROLLUPS`] compute
     /// over its stored row (the delete trigger subtracts exactly that).
-    pub fn add(&mut self, r: &super::UsageRecord) {
-        let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
-        let team = or_empty(&r.identity.team);
+    pub fn add(&mut self, r: &'a super::UsageRecord) {
+        let team = r.identity.team.as_deref().unwrap_or("");
         let model = r
             .served_model
-            .clone()
-            .or_else(|| r.requested_model.clone())
-            .unwrap_or_default();
+            .as_deref()
+            .or(r.requested_model.as_deref())
+            .unwrap_or("");
         let measures = [
             1,
             i64::from(r.status >= 400),
@@ -225,26 +225,29 @@ impl Pending {
             r.ttft_us.map_or(0, |t| t as i64),
             i64::from(r.ttft_us.is_some()),
         ];
-        let mut add = |rollup: usize, dims: [String; 3]| {
+        let mut add = |rollup: usize, dims: [&'a str; 3]| {
             let period = (r.ts_ms / ROLLUPS[rollup].period_ms) * ROLLUPS[rollup].period_ms;
             let sums = self.groups.entry((rollup, period, dims)).or_default();
             for (s, m) in sums.iter_mut().zip(measures) {
                 *s += m;
             }
         };
-        let by_key = [team.clone(), model, or_empty(&r.key_id)];
-        add(0, by_key.clone());
+        let by_key = [team, model, r.key_id.as_deref().unwrap_or("")];
+        add(0, by_key);
         add(1, by_key);
         if let Some(session) = &r.identity.session {
-            add(2, [session.clone(), team, String::new()]);
+            add(2, [session, team, ""]);
         }
     }
 
     /// Upserts the sums (call in the inserting transaction).
     pub fn write(self, conn: &Connection) -> rusqlite::Result<()> {
+        // Each rollup's upsert, built once per process.
+        static UPSERTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+        let upserts = UPSERTS.get_or_init(|| ROLLUPS.iter().map(Rollup::upsert).collect());
         for ((rollup, period, dims), sums) in self.groups {
             let r = &ROLLUPS[rollup];
-            let mut stmt = conn.prepare_cached(&r.upsert())?;
+            let mut stmt = conn.prepare_cached(&upserts[rollup])?;
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&period];
             values.extend(
                 dims.iter()
