@@ -17,7 +17,9 @@ use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::http::{find_head_end, is_hop_by_hop, HttpError};
 use crate::metering::sse::{frame_data, frame_end, frame_event, FrameSplitter};
-use crate::metering::usage::{extract_usage, FrameUsage, UsageAccumulator};
+use crate::metering::usage::{
+    extract_usage, plain_response_facts, upstream_version, FrameUsage, UsageAccumulator,
+};
 use crate::phase::forward::rewrite_body;
 use crate::phase::inspect::inspect_body;
 use crate::upstream::body::BodyReader;
@@ -232,7 +234,10 @@ pub fn sse_usage(data: &[u8]) {
         }
         let _ = acc.is_complete();
         let _ = acc.finish();
-        let _ = extract_usage(api, data);
+        // The one-pass reader of plain bodies agrees with the two it replaces.
+        let usage = extract_usage(api, data);
+        let version = usage.and_then(|_| upstream_version(data));
+        assert_eq!(plain_response_facts(api, data), (usage, version));
     }
 }
 

@@ -75,7 +75,6 @@ pub(crate) fn too_deep(json: &[u8]) -> bool {
     crate::json::depth_exceeds(json, crate::json::DEFAULT_MAX_DEPTH).is_some()
 }
 
-/// Reads usage from a complete non-streaming response body.
 /// The model version a response says served it: its `model` (Anthropic: `message.model`), with
 /// `@<system_fingerprint>` when the provider sends one. At most 128 printable characters.
 pub fn upstream_version(data: &[u8]) -> Option<String> {
@@ -83,17 +82,62 @@ pub fn upstream_version(data: &[u8]) -> Option<String> {
         return None;
     }
     let text = |path: &[&str]| -> Option<String> {
-        let v = sonic_rs::get(data, path).ok()?;
-        let s = v.as_str()?;
-        (!s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)).then(|| s.to_string())
+        version_text(sonic_rs::get(data, path).ok()?.as_str()?)
     };
     let model = text(&["model"]).or_else(|| text(&["message", "model"]))?;
-    Some(match text(&["system_fingerprint"]) {
-        Some(fp) => format!("{model}@{fp}"),
-        None => model,
-    })
+    Some(versioned(model, text(&["system_fingerprint"])))
 }
 
+/// A version part: non-empty, at most 128 characters, none of them control characters.
+fn version_text(s: &str) -> Option<String> {
+    (!s.is_empty() && s.len() <= 128 && !s.chars().any(char::is_control)).then(|| s.to_string())
+}
+
+fn versioned(model: String, fingerprint: Option<String>) -> String {
+    match fingerprint {
+        Some(fp) => format!("{model}@{fp}"),
+        None => model,
+    }
+}
+
+/// The usage of a complete non-streaming response body, and (when it has usage) the model
+/// version it reports, in one pass over its top-level fields (`extract_usage` and
+/// `upstream_version` would each scan the body: three times in all for a chat completion,
+/// whose `system_fingerprint` follows its `usage`). The first occurrence of a field counts, as
+/// with `sonic_rs::get`.
+pub fn plain_response_facts(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
+    if too_deep(body) {
+        return (None, None);
+    }
+    let (mut usage, mut model, mut fingerprint) = (None, None, None);
+    for pair in sonic_rs::to_object_iter(body) {
+        // A malformed body: what was read before the fault stands, as `get` would have it.
+        let Ok((key, value)) = pair else { break };
+        match &*key {
+            "usage" if usage.is_none() => usage = Some(value),
+            "model" if model.is_none() => model = Some(value),
+            "system_fingerprint" if fingerprint.is_none() => fingerprint = Some(value),
+            _ => {}
+        }
+    }
+    let Some(v) = usage.filter(|v| v.is_object()) else {
+        return (None, None);
+    };
+    let mut acc = UsageAccumulator::default();
+    match api {
+        Api::Messages => acc.anthropic = Some(anthropic_usage(&v)),
+        _ => acc.openai = Some(openai_usage(&v)),
+    }
+    let Some(usage) = acc.finish() else {
+        return (None, None);
+    };
+    let text =
+        |v: Option<LazyValue<'_>>| v.as_ref().and_then(|v| v.as_str()).and_then(version_text);
+    let version = text(model).map(|m| versioned(m, text(fingerprint)));
+    (Some(usage), version)
+}
+
+/// Reads usage from a complete non-streaming response body.
 pub fn extract_usage(api: Api, body: &[u8]) -> Option<Usage> {
     // sonic-rs validates skipped values by recursion: refuse what could overflow the stack.
     if too_deep(body) {
@@ -330,6 +374,38 @@ mod tests {
         assert_eq!(
             (u.input_tokens, u.cached_tokens, u.output_tokens),
             (21, 16, 12)
+        );
+    }
+
+    /// The one-pass reader of plain bodies says what `extract_usage` and `upstream_version`
+    /// say, field order and absences included.
+    #[test]
+    fn plain_response_facts_match_the_separate_readers() {
+        let bodies: [(Api, &[u8]); 8] = [
+            (Api::ChatCompletions, br#"{"id":"x","model":"gpt-4o","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"system_fingerprint":"fp_9"}"#),
+            (Api::ChatCompletions, br#"{"usage":{"prompt_tokens":3,"completion_tokens":2},"model":"m","system_fingerprint":null}"#),
+            (Api::ChatCompletions, br#"{"model":"m","choices":[]}"#),
+            (Api::ChatCompletions, br#"{"model":"","usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+            (Api::ChatCompletions, br#"{"model":"a","usage":{"prompt_tokens":1,"completion_tokens":1},"model":"b"}"#),
+            (Api::Messages, br#"{"id":"msg","type":"message","model":"claude","content":[],"usage":{"input_tokens":10,"output_tokens":4,"cache_read_input_tokens":2}}"#),
+            (Api::Responses, br#"{"object":"response","model":"gpt-5","output":[],"usage":{"input_tokens":7,"output_tokens":9,"total_tokens":16}}"#),
+            (Api::ChatCompletions, br#"{"model":"m","usage":{"prompt_tokens":1,"completion_tokens":1},"oops"#),
+        ];
+        for (api, body) in bodies {
+            let usage = extract_usage(api, body);
+            let version = usage.and_then(|_| upstream_version(body));
+            assert_eq!(
+                plain_response_facts(api, body),
+                (usage, version),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            plain_response_facts(Api::ChatCompletions, bodies[0].1)
+                .1
+                .as_deref(),
+            Some("gpt-4o@fp_9")
         );
     }
 }

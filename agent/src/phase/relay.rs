@@ -21,7 +21,7 @@ use crate::http::head::{reason, ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::metering::sse::{frame_data, FrameSplitter};
-use crate::metering::usage::{extract_usage, upstream_version, FrameUsage};
+use crate::metering::usage::{plain_response_facts, upstream_version, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
 use crate::phase::response_text::ResponseText;
@@ -488,10 +488,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
         };
-        ctx.usage = extract_usage(ctx.upstream_api, &body);
-        if ctx.usage.is_some() {
-            ctx.upstream_version = upstream_version(&body);
-        }
+        (ctx.usage, ctx.upstream_version) = plain_response_facts(ctx.upstream_api, &body);
     }
     if hold_body && retained_bytes == usize::MAX {
         failure.get_or_insert((
