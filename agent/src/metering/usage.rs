@@ -104,15 +104,19 @@ fn versioned(model: String, fingerprint: Option<String>) -> String {
 /// version it reports, in one pass over its top-level fields (`extract_usage` and
 /// `upstream_version` would each scan the body: three times in all for a chat completion,
 /// whose `system_fingerprint` follows its `usage`). The first occurrence of a field counts, as
-/// with `sonic_rs::get`.
+/// with `sonic_rs::get`; a body the one pass cannot read is read field by field.
 pub fn plain_response_facts(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
     if too_deep(body) {
         return (None, None);
     }
     let (mut usage, mut model, mut fingerprint) = (None, None, None);
     for pair in sonic_rs::to_object_iter(body) {
-        // A malformed body: what was read before the fault stands, as `get` would have it.
-        let Ok((key, value)) = pair else { break };
+        // A body the iterator refuses (it checks all of its UTF-8 first, `get` reads only up
+        // to the field): the field-by-field reading decides, as before.
+        let Ok((key, value)) = pair else {
+            let usage = extract_usage(api, body);
+            return (usage, usage.and_then(|_| upstream_version(body)));
+        };
         match &*key {
             "usage" if usage.is_none() => usage = Some(value),
             "model" if model.is_none() => model = Some(value),
