@@ -41,8 +41,22 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Runs each file through its target; returns (files run, files that panicked).
+/// Runs each file through its target on a thread with a worker's stack (the agent parses
+/// provider JSON on `worker::STACK_BYTES` stacks; a test thread's 2 MiB, with a debug
+/// build's large frames, overflows on inputs nested within the depth limit that the agent
+/// handles); returns (files run, files that panicked).
 fn replay(kind: &str) -> (usize, Vec<String>) {
+    let kind = kind.to_string();
+    std::thread::Builder::new()
+        .name(format!("replay-{kind}"))
+        .stack_size(tollgate::worker::STACK_BYTES)
+        .spawn(move || replay_here(&kind))
+        .unwrap_or_else(|e| panic!("spawning the replay thread: {e}"))
+        .join()
+        .unwrap_or_else(|_| panic!("the replay thread panicked outside a target"))
+}
+
+fn replay_here(kind: &str) -> (usize, Vec<String>) {
     let mut run = 0;
     let mut failed = Vec::new();
     for (name, target) in TARGETS {
