@@ -293,11 +293,7 @@ pub fn render(rows: &[AccuracyRow], format: Format) -> String {
         ]
     };
     let all: Vec<Vec<String>> = rows.iter().map(cells).collect();
-    match format {
-        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => super::table::csv(&headers, &all),
-        Format::Table => super::table::table(&headers, &all),
-    }
+    super::table::render(format, rows, &headers, &all)
 }
 
 #[cfg(test)]

@@ -157,11 +157,7 @@ fn cells(r: &ChargebackRow) -> Vec<String> {
 pub fn render(rows: &[ChargebackRow], format: Format, key_name: &str) -> String {
     let headers: Vec<&str> = std::iter::once(key_name).chain(HEADERS).collect();
     let all: Vec<Vec<String>> = rows.iter().map(cells).collect();
-    match format {
-        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => super::table::csv(&headers, &all),
-        Format::Table => super::table::table(&headers, &all),
-    }
+    super::table::render(format, rows, &headers, &all)
 }
 
 #[cfg(test)]

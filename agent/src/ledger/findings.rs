@@ -392,21 +392,32 @@ pub fn render(list: &[Finding], format: super::query::Format) -> String {
     match format {
         Format::Json => serde_json::to_string_pretty(list).unwrap_or_else(|_| "[]".into()),
         Format::Csv => {
-            let mut out = String::from("kind,subject,value,threshold,requests,detail,examples\n");
-            let q = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-            for f in list {
-                out.push_str(&format!(
-                    "{},{},{:.4},{},{},{},{}\n",
-                    f.kind,
-                    q(&f.subject),
-                    f.value,
-                    f.threshold,
-                    f.requests,
-                    q(&f.detail),
-                    q(&f.examples.join(" "))
-                ));
-            }
-            out
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.kind.to_string(),
+                        f.subject.clone(),
+                        format!("{:.4}", f.value),
+                        f.threshold.to_string(),
+                        f.requests.to_string(),
+                        f.detail.clone(),
+                        f.examples.join(" "),
+                    ]
+                })
+                .collect();
+            super::table::csv(
+                &[
+                    "kind",
+                    "subject",
+                    "value",
+                    "threshold",
+                    "requests",
+                    "detail",
+                    "examples",
+                ],
+                &rows,
+            )
         }
         Format::Table => {
             if list.is_empty() {

@@ -175,11 +175,7 @@ pub fn render(rows: &[SummaryRow], format: Format, key_name: &str) -> String {
     }
     let all: Vec<Vec<String>> = rows.iter().map(|r| cells(r, nodes)).collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    match format {
-        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
-        Format::Csv => super::table::csv(&headers, &all),
-        Format::Table => super::table::table(&headers, &all),
-    }
+    super::table::render(format, rows, &headers, &all)
 }
 
 #[cfg(test)]

@@ -1,7 +1,24 @@
-//! Report rows as an aligned text table or CSV (each report serialises its own JSON).
+//! Report rows as an aligned text table, CSV or JSON: the one renderer of every `tollgate
+//! report` and of the FOCUS CSV's fields.
+
+use super::query::Format;
+
+/// `rows` as JSON (their own serialisation), or their `cells` under `headers` as CSV or a table.
+pub fn render<T: serde::Serialize>(
+    format: Format,
+    rows: &[T],
+    headers: &[&str],
+    cells: &[Vec<String>],
+) -> String {
+    match format {
+        Format::Json => serde_json::to_string_pretty(rows).unwrap_or_else(|_| "[]".into()),
+        Format::Csv => csv(headers, cells),
+        Format::Table => table(headers, cells),
+    }
+}
 
 /// A CSV field, quoted when it must be.
-fn field(s: &str) -> String {
+pub fn field(s: &str) -> String {
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {

@@ -215,15 +215,6 @@ pub fn charges(
     rows.collect()
 }
 
-/// A CSV field, quoted when it must be.
-fn field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// The row's cells, in [`COLUMNS`] order. `account` names the billing account (the node).
 pub fn cells(c: &Charge, account: &str) -> Vec<Cell> {
     let tokens = c.input_tokens + c.output_tokens;
@@ -328,7 +319,10 @@ pub fn write_csv(charges: &[Charge], account: &str, out: &mut impl Write) -> io:
     let header: Vec<&str> = COLUMNS.iter().map(|(name, _)| *name).collect();
     writeln!(out, "{}", header.join(","))?;
     for c in charges {
-        let row: Vec<String> = cells(c, account).iter().map(|s| field(&s.text())).collect();
+        let row: Vec<String> = cells(c, account)
+            .iter()
+            .map(|s| crate::ledger::table::field(&s.text()))
+            .collect();
         writeln!(out, "{}", row.join(","))?;
     }
     Ok(())
