@@ -213,8 +213,6 @@ pub struct Model {
     pub balance: routing::Balance,
     /// The family's own tokenizer for usage estimates (`tokenizer:`); o200k without one.
     pub tokenizer: Option<crate::metering::tokenizer::ModelTokenizer>,
-    /// Prompts are counted by the serving engine's `/tokenize` (`tokenizer: {engine: true}`).
-    pub tokenize_engine: bool,
 }
 
 /// One deployment of a model: a provider and the name it knows the model by.
@@ -237,6 +235,9 @@ pub struct ModelTarget {
     /// What this target's tokens cost: the catalog price of the model's name, else of
     /// `upstream_model`; resolved once when the configuration is built, not per request.
     pub price: Option<crate::metering::prices::Price>,
+    /// Where this target's engine counts prompts (`tokenizer: {engine: true}`), built once
+    /// here rather than for each estimate.
+    pub tokenize: Option<std::sync::Arc<crate::metering::engine_tokenize::EngineTokenize>>,
 }
 
 impl Model {
@@ -842,7 +843,7 @@ impl Validator<'_> {
                 .as_deref()
                 .map(|t| self.tier_rules(&format!("{path}.tiers"), t))
                 .unwrap_or_default();
-            let targets = if m.tiers.is_some() {
+            let mut targets = if m.tiers.is_some() {
                 if tiers.is_empty() {
                     self.problem(format!("{path}.tiers"), "must list at least one tier");
                 }
@@ -866,6 +867,24 @@ impl Validator<'_> {
                     format!("model `{}` is defined twice", m.name),
                 );
                 continue;
+            }
+            if matches!(
+                m.tokenizer,
+                Some(super::file::TokenizerFile::Framed {
+                    engine: Some(true),
+                    ..
+                })
+            ) {
+                for t in &mut targets {
+                    t.tokenize = providers.get(t.provider).map(|(p, _)| {
+                        std::sync::Arc::new(
+                            crate::metering::engine_tokenize::EngineTokenize::for_provider(
+                                p,
+                                &t.upstream_model,
+                            ),
+                        )
+                    });
+                }
             }
             index.insert(m.name.clone(), models.len());
             if m.max_output_tokens == Some(0) {
@@ -902,13 +921,6 @@ impl Validator<'_> {
                     .tokenizer
                     .as_ref()
                     .and_then(|t| self.tokenizer(&format!("{path}.tokenizer"), t)),
-                tokenize_engine: matches!(
-                    m.tokenizer,
-                    Some(super::file::TokenizerFile::Framed {
-                        engine: Some(true),
-                        ..
-                    })
-                ),
                 name: m.name,
                 targets,
                 max_output_tokens: m.max_output_tokens,
@@ -1016,6 +1028,7 @@ impl Validator<'_> {
                 hours: cond.hours,
                 max_in_flight: cond.max_in_flight.unwrap_or(routing.queue.max_in_flight),
                 price: None,
+                tokenize: None,
             });
         }
         Some(out)

@@ -24,16 +24,19 @@ pub struct EngineTokenize {
 }
 
 impl EngineTokenize {
-    /// For a provider whose base URL is `base` (`http://10.0.0.5:8000/v1`).
-    pub fn for_base(base: &str, model: &str) -> Option<EngineTokenize> {
-        let parsed = url::Url::parse(base).ok()?;
-        let mut root = parsed.clone();
-        root.set_path("/tokenize");
-        root.set_query(None);
-        Some(EngineTokenize {
-            url: root.to_string(),
+    /// For `model` served by `p`: its scheme, host and port, path `/tokenize` (whatever its
+    /// base path: engines serve it at their root).
+    pub fn for_provider(p: &crate::config::Provider, model: &str) -> EngineTokenize {
+        let scheme = if p.tls { "https" } else { "http" };
+        let host = if p.host.contains(':') {
+            format!("[{}]", p.host)
+        } else {
+            p.host.clone()
+        };
+        EngineTokenize {
+            url: format!("{scheme}://{host}:{}/tokenize", p.port),
             model: model.to_string(),
-        })
+        }
     }
 }
 
@@ -136,8 +139,34 @@ mod tests {
 
     #[test]
     fn the_engine_root_is_found_and_the_prompt_goes_verbatim() {
-        let e = EngineTokenize::for_base("http://10.0.0.5:8000/v1?x=1", "llama-3").unwrap();
-        assert_eq!(e.url, "http://10.0.0.5:8000/tokenize");
+        let cfg = crate::config::Config::from_yaml(
+            concat!(
+                "providers:\n",
+                "  - {name: a, kind: openai, base_url: \"http://10.0.0.5:8000/v1\"}\n",
+                "  - {name: b, kind: openai, base_url: \"http://[fd00::5]:9000\"}\n",
+                "models:\n",
+                "  - {name: m, targets: [{provider: a, model: llama-3}, {provider: b, model: llama-3}], tokenizer: {engine: true}}\n",
+                "  - {name: plain, provider: a, model: q}\n",
+            ),
+            &|_| None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let urls: Vec<Option<String>> = cfg
+            .models
+            .iter()
+            .flat_map(|m| &m.targets)
+            .map(|t| t.tokenize.as_ref().map(|e| e.url.clone()))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                Some("http://10.0.0.5:8000/tokenize".to_string()),
+                Some("http://[fd00::5]:9000/tokenize".to_string()),
+                None
+            ]
+        );
+        let e = cfg.models[0].targets[0].tokenize.clone().unwrap();
+        assert_eq!(e.model, "llama-3");
         let body = br#"{"model":"virtual","messages":[{"role":"user","content":"h\u00e9 \"q\""}],"stream":true}"#;
         let sent = request_body(&e, Api::ChatCompletions, body).unwrap();
         assert_eq!(

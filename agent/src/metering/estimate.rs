@@ -44,7 +44,7 @@ pub struct EstimateInput {
     /// The served model's own tokenizer, if configured (else o200k).
     pub tokenizer: Option<super::tokenizer::ModelTokenizer>,
     /// The engine that served, when its model counts prompts with the engine's `/tokenize`.
-    pub engine: Option<super::engine_tokenize::EngineTokenize>,
+    pub engine: Option<std::sync::Arc<super::engine_tokenize::EngineTokenize>>,
 }
 
 /// Estimates usage locally, keeping any numbers the provider did report.

@@ -242,24 +242,11 @@ fn estimate_input(
 }
 
 /// The engine that served, when its model counts prompts with the engine's `/tokenize`.
-fn engine_of(ctx: &RequestCtx) -> Option<crate::metering::engine_tokenize::EngineTokenize> {
-    let target = ctx.target?;
-    let (m, t) = target.model?;
-    let cfg = &ctx.snap.cfg;
-    if !cfg.models[m].tokenize_engine {
-        return None;
-    }
-    let p = &cfg.providers[target.provider];
-    let base = format!(
-        "{}://{}:{}",
-        if p.tls { "https" } else { "http" },
-        p.host,
-        p.port
-    );
-    crate::metering::engine_tokenize::EngineTokenize::for_base(
-        &base,
-        &cfg.models[m].targets[t].upstream_model,
-    )
+fn engine_of(
+    ctx: &RequestCtx,
+) -> Option<std::sync::Arc<crate::metering::engine_tokenize::EngineTokenize>> {
+    let (m, t) = ctx.target?.model?;
+    ctx.snap.cfg.models[m].targets[t].tokenize.clone()
 }
 
 /// The served model's tokenizer, when its configuration names one.
