@@ -179,6 +179,15 @@ fn the_engine_counts_the_prompt_when_the_model_asks_it_to() {
         row.estimated && row.input_tokens == local.input_tokens,
         "{row:#?}"
     );
+    // An engine that failed is left alone for a while: the next estimates do not ask it.
+    for _ in 0..2 {
+        let r = post_json(
+            stack.agent.addr,
+            "/v1/chat/completions",
+            &chat_body("counted", prompt, 4, true),
+        );
+        assert!(stack.agent.row_of(&r).estimated);
+    }
     let m = stack.agent.metrics();
     assert_eq!(metric(&m, "tollgate_estimator_engine_errors_total"), 1);
 }

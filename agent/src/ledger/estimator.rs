@@ -14,6 +14,8 @@
 //!   while one is here replays it on the next start.
 //! - **Engine errors** fall back to the local count (the family's `tokenizer.json`, else o200k)
 //!   and are counted (`tollgate_estimator_engine_errors_total`), logged at most every 30 s.
+//!   An engine that failed is not asked again for [`ENGINE_REST`]: one that hangs would
+//!   otherwise cost [`ENGINE_TIMEOUT`] per record and let the queue grow without bound.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender};
@@ -28,6 +30,8 @@ use crate::telemetry::metrics::{Metrics, SeriesKey};
 /// How long one `/tokenize` call may take.
 const ENGINE_TIMEOUT: Duration = Duration::from_secs(2);
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// How long an engine that failed is left alone.
+const ENGINE_REST: Duration = Duration::from_secs(30);
 
 /// A record whose usage must be estimated.
 pub struct Job {
@@ -66,27 +70,46 @@ impl Estimator {
 fn run(rx: &Receiver<Job>, writer: &Sender<ToWriter>, metrics: &Metrics) {
     let agent = crate::metering::engine_tokenize::client(ENGINE_TIMEOUT);
     let mut last_log: Option<Instant> = None;
-    while let Ok(job) = rx.recv() {
-        let record = finish(job, &agent, metrics, &mut last_log);
+    // Engines (by `/tokenize` URL) that failed, and until when they are left alone.
+    let mut resting: std::collections::HashMap<String, Instant> = Default::default();
+    while let Ok(mut job) = rx.recv() {
+        let url = job.input.engine.as_ref().map(|e| e.url.clone());
+        if let Some(u) = &url {
+            if resting.get(u).is_some_and(|until| Instant::now() < *until) {
+                job.input.engine = None;
+            }
+        }
+        let (record, engine_ok) = finish(job, &agent, metrics, &mut last_log);
+        match (engine_ok, url) {
+            (Some(false), Some(u)) => {
+                resting.insert(u, Instant::now() + ENGINE_REST);
+            }
+            (Some(true), Some(u)) => {
+                resting.remove(&u);
+            }
+            _ => {}
+        }
         if writer.send(record).is_err() {
             return;
         }
     }
 }
 
-/// Estimates one job's usage and cost; the answer for the writer.
-pub fn finish(
+/// Estimates one job's usage and cost: the answer for the writer, and whether the engine
+/// counted the prompt (`None`: it was not asked).
+fn finish(
     job: Job,
     agent: &ureq::Agent,
     metrics: &Metrics,
     last_log: &mut Option<Instant>,
-) -> ToWriter {
+) -> (ToWriter, Option<bool>) {
     let Job {
         mut record,
         input,
         series,
     } = job;
     let (usage, engine) = estimate_with_engine(&input, agent);
+    let engine_ok = engine.as_ref().map(Result::is_ok);
     match engine {
         Some(Ok(_)) => {
             metrics
@@ -107,7 +130,7 @@ pub fn finish(
         None => {}
     }
     apply(&mut record, usage);
-    ToWriter::Estimated { record, series }
+    (ToWriter::Estimated { record, series }, engine_ok)
 }
 
 /// Gives a record its estimated usage and that usage's cost.

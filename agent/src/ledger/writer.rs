@@ -3,8 +3,10 @@
 //! counted, enriches each with kernel facts (cgroup path, container, pod, attribution rules)
 //! and adds it to the node counters (`enrich.rs`), commits them in batches, and flushes
 //! everything when told to stop. If a commit fails the batch is kept and retried, so spend is
-//! not dropped on a transient error (e.g. a locked database). Journal segments are deleted
-//! only when their records are committed and no estimate is outstanding.
+//! not dropped on a transient error (e.g. a locked database). A journal segment is deleted
+//! once its records are committed, including those it sent to be estimated: the estimator
+//! answers in order, so a segment retired after the n-th hand-over waits for n answers
+//! (steady estimate traffic never holds older segments back).
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -87,11 +89,14 @@ pub fn run(
             )
             .ok(),
         outstanding: 0,
+        handed: 0,
+        returned: 0,
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
     // Journal segments whose records are all in `batch` or committed; deleted once `batch` is empty.
-    let mut retired: Vec<std::path::PathBuf> = Vec::new();
+    // Each with the hand-overs made before it was retired.
+    let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
     loop {
         let msg = match deadline {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -111,7 +116,7 @@ pub fn run(
                     };
                     match m {
                         Ok(ToWriter::Batch(msgs)) => absorb(&mut ctl, msgs, &mut batch),
-                        Ok(ToWriter::Retire(path)) => retired.push(path),
+                        Ok(ToWriter::Retire(path)) => retired.push((path, ctl.handed)),
                         Ok(ToWriter::Estimated { record, series }) => {
                             estimated(&mut ctl, record, series, &mut batch)
                         }
@@ -128,9 +133,7 @@ pub fn run(
                 for _ in 0..50 {
                     flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
-                        if ctl.outstanding == 0 {
-                            remove_retired(&mut retired);
-                        }
+                        remove_retired(&mut retired, ctl.returned);
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(100));
@@ -138,7 +141,7 @@ pub fn run(
                 return;
             }
             Ok(ToWriter::Retire(path)) => {
-                retired.push(path);
+                retired.push((path, ctl.handed));
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
             }
             Ok(m @ (ToWriter::Batch(_) | ToWriter::Estimated { .. })) => {
@@ -152,8 +155,8 @@ pub fn run(
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     flush(&mut conn, &mut batch, &metrics);
-                    if batch.is_empty() && ctl.outstanding == 0 {
-                        remove_retired(&mut retired);
+                    if batch.is_empty() {
+                        remove_retired(&mut retired, ctl.returned);
                     }
                     deadline = (!batch.is_empty() || !retired.is_empty())
                         .then(|| Instant::now() + settings.flush_interval);
@@ -161,8 +164,8 @@ pub fn run(
             }
             Err(RecvTimeoutError::Timeout) => {
                 flush(&mut conn, &mut batch, &metrics);
-                if batch.is_empty() && ctl.outstanding == 0 {
-                    remove_retired(&mut retired);
+                if batch.is_empty() {
+                    remove_retired(&mut retired, ctl.returned);
                 }
                 // Segments kept for outstanding estimates are looked at again next interval.
                 deadline = (!batch.is_empty() || !retired.is_empty())
@@ -187,6 +190,9 @@ struct Control {
     estimator: Option<Estimator>,
     /// Records handed to the estimator and not back yet.
     outstanding: usize,
+    /// Records ever handed to the estimator, and ever back from it (it answers in order).
+    handed: u64,
+    returned: u64,
 }
 
 /// Takes one worker batch into the pending commit, and adds its node-counter deltas.
@@ -211,6 +217,7 @@ fn estimated(
     batch: &mut Vec<UsageRecord>,
 ) {
     ctl.outstanding = ctl.outstanding.saturating_sub(1);
+    ctl.returned += 1;
     ctl.metrics
         .globals
         .estimator_queue
@@ -298,6 +305,7 @@ fn prepare(ctl: &mut Control, m: LedgerMsg) -> Option<UsageRecord> {
                 Some(e) => match e.submit(job) {
                     Ok(()) => {
                         ctl.outstanding += 1;
+                        ctl.handed += 1;
                         ctl.metrics
                             .globals
                             .estimator_queue
@@ -328,13 +336,18 @@ fn settle_estimate(ctl: &mut Control, mut record: UsageRecord, series: SeriesKey
     record
 }
 
-/// Deletes journal segments whose every record is committed.
-fn remove_retired(retired: &mut Vec<std::path::PathBuf>) {
-    for path in retired.drain(..) {
-        if let Err(e) = std::fs::remove_file(&path) {
+/// Deletes the journal segments whose every record is committed: the batch is (the caller
+/// checks), and so are the estimates handed over before each was retired.
+fn remove_retired(retired: &mut Vec<(std::path::PathBuf, u64)>, returned: u64) {
+    retired.retain(|(path, handed)| {
+        if *handed > returned {
+            return true;
+        }
+        if let Err(e) = std::fs::remove_file(path) {
             tracing::warn!(path = %path.display(), error = %e, "could not remove a committed journal segment");
         }
-    }
+        false
+    });
 }
 
 fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {
@@ -356,5 +369,33 @@ fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics)
                 .fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, records = batch.len(), "ledger commit failed; will retry");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment retired after n hand-overs to the estimator goes once n answers are back,
+    /// whatever is still outstanding after it.
+    #[test]
+    fn a_retired_segment_waits_only_for_the_estimates_handed_over_before_it() {
+        let dir = std::env::temp_dir().join(format!("tollgate-retire-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut retired: Vec<(std::path::PathBuf, u64)> = [0, 2, 5]
+            .into_iter()
+            .map(|mark| {
+                let p = dir.join(format!("seg-{mark}"));
+                std::fs::write(&p, b"x").unwrap();
+                (p, mark)
+            })
+            .collect();
+        remove_retired(&mut retired, 2);
+        assert!(!dir.join("seg-0").exists() && !dir.join("seg-2").exists());
+        assert!(dir.join("seg-5").exists());
+        assert_eq!(retired.len(), 1);
+        remove_retired(&mut retired, 5);
+        assert!(retired.is_empty() && !dir.join("seg-5").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
