@@ -1,0 +1,91 @@
+"""Agent CPU per request of two agent binaries, side by side, in ABBA windows at 64
+connections against one zero-delay simulator (the method behind the "ABBA" figures in
+ARCHITECTURE.md). Build first: `cargo build --release -p tollgate -p tollgate-sim -p
+tollgate-benches --bin tollgate-load`.
+
+usage: ab_cpu.py OLD_TOLLGATE NEW_TOLLGATE [ROUNDS]   (default 3 rounds of ABBA, 5 s windows)
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+RELEASE = os.path.join(os.path.dirname(__file__), "../../target/release")
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        fields = open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
+
+
+def start(cmd, log):
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def wait_line(log, prefix):
+    for _ in range(200):
+        for line in open(log):
+            if line.startswith(prefix):
+                return line[len(prefix):].strip()
+        time.sleep(0.05)
+    sys.exit(f"no `{prefix}` in {log}")
+
+
+def main():
+    old, new = sys.argv[1], sys.argv[2]
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    work = tempfile.mkdtemp(prefix="tollgate-ab-")
+    procs = []
+    try:
+        sim_log = os.path.join(work, "sim.log")
+        procs.append(start([f"{RELEASE}/tollgate-sim", "--listen", "127.0.0.1:0", "--model", "smol", "--zero-delay"], sim_log))
+        sim = wait_line(sim_log, "tollgate-sim listening on ")
+        agents = {}
+        for name, binary in (("old", old), ("new", new)):
+            cfg = os.path.join(work, f"{name}.yaml")
+            open(cfg, "w").write(
+                f"listen: 127.0.0.1:0\ndata_dir: {work}/data-{name}\nworkers: 1\n"
+                "auth: { mode: open }\nio: { driver: io_uring }\n"
+                f"providers:\n  - {{name: local, kind: openai, base_url: \"http://{sim}\"}}\n"
+                "models:\n  - {name: smol, provider: local, model: smol}\n"
+            )
+            log = os.path.join(work, f"{name}.log")
+            p = start([binary, "serve", "--config", cfg], log)
+            procs.append(p)
+            agents[name] = (p.pid, wait_line(log, "tollgate listening on "))
+        results = {"old": [], "new": []}
+        for name in ["old", "new", "new", "old"] * rounds:
+            pid, addr = agents[name]
+            before = cpu_seconds(pid)
+            out = subprocess.check_output(
+                [f"{RELEASE}/tollgate-load", "--target", addr, "--connections", "64",
+                 "--duration", "5", "--warmup", "1", "--drain", "1"],
+                stderr=subprocess.DEVNULL,
+            )
+            spent = cpu_seconds(pid) - before
+            d = json.loads(out)
+            # CPU covers warm-up and window; requests are counted in the window: scale by time.
+            us = spent / (d["requests"] * 6.0 / 5.0) * 1e6
+            results[name].append((d["rps"], us))
+            print(f"{name} {d['rps']:.0f} req/s {us:.2f} us/req", flush=True)
+        for name, rows in results.items():
+            print(f"{name}: mean {sum(r[0] for r in rows) / len(rows):.0f} req/s, "
+                  f"{sum(r[1] for r in rows) / len(rows):.2f} us of agent CPU per request")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
