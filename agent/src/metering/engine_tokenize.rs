@@ -124,10 +124,12 @@ pub fn prompt_tokens(
             status,
         });
     }
+    // vLLM lists every token id after the count: ~6 bytes a token, so 8 MiB covers prompts
+    // past a million tokens.
     let text = answer
         .body_mut()
         .with_config()
-        .limit(1 << 20)
+        .limit(8 << 20)
         .read_to_vec()
         .map_err(http)?;
     parse_answer(&text).ok_or_else(|| TokenizeError::Answer { url: e.url.clone() })
