@@ -3,6 +3,7 @@
 
 pub mod abort;
 pub mod admin;
+pub mod alloc;
 pub mod api;
 pub mod batch;
 pub mod cache;

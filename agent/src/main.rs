@@ -2,6 +2,10 @@
 
 use clap::Parser;
 
+/// jemalloc, configured in `tollgate::alloc` (why: see there).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = tollgate::cli::Cli::parse();
     tollgate::telemetry::init_logging();

@@ -291,8 +291,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let (kernel, kernel_report) = start_kernel(&cfg, addr);
     // Loading parses the kernel's BTF (tens of MB of small allocations, all freed by now);
     // hand that memory back so the idle agent stays small.
-    // SAFETY: malloc_trim only releases free heap memory; it has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    crate::alloc::release_free_memory();
     let counters = kernel
         .as_ref()
         .filter(|k| k.features().counters.is_active())

@@ -26,7 +26,7 @@ impl HeadWriter {
     pub fn new(status: u16, capacity: usize) -> Self {
         let mut out = Vec::with_capacity(capacity.max(128));
         out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.to_string().as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
         out.push(b' ');
         out.extend_from_slice(reason(status).as_bytes());
         out.extend_from_slice(b"\r\n");
@@ -52,7 +52,8 @@ impl HeadWriter {
         match body {
             ClientBody::Length(n) => {
                 self.out.extend_from_slice(b"content-length: ");
-                self.out.extend_from_slice(n.to_string().as_bytes());
+                self.out
+                    .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
                 self.out.extend_from_slice(b"\r\n");
             }
             ClientBody::Chunked => self

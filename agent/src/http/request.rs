@@ -42,6 +42,10 @@ fn range_in(base: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
+/// Header slots parsed into on the stack (a `Header` is 32 bytes): a 3.2 KB heap array per
+/// request was one of the allocations a worker's profile named.
+const STACK_HEADERS: usize = 32;
+
 impl RequestHead {
     /// Parses a complete head (`raw` ends with the blank line, as `find_head_end` found it).
     ///
@@ -53,9 +57,27 @@ impl RequestHead {
         if memchr::memchr_iter(b'\n', &raw).any(|i| i == 0 || raw[i - 1] != b'\r') {
             return Err(HttpError::Malformed("bare LF in the request head"));
         }
-        let mut storage = vec![httparse::EMPTY_HEADER; max_headers];
-        let mut req = httparse::Request::new(&mut storage);
-        match req.parse(&raw) {
+        // Most heads fit the stack array; only a longer one is parsed again into the heap.
+        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        if max_headers <= STACK_HEADERS {
+            return Self::parse_into(&raw, &mut stack[..max_headers], max_headers);
+        }
+        match Self::parse_into(&raw, &mut stack, max_headers) {
+            Err(HttpError::TooManyHeaders { .. }) => {
+                let mut heap = vec![httparse::EMPTY_HEADER; max_headers];
+                Self::parse_into(&raw, &mut heap, max_headers)
+            }
+            parsed => parsed,
+        }
+    }
+
+    fn parse_into<'r>(
+        raw: &'r Bytes,
+        storage: &mut [httparse::Header<'r>],
+        max_headers: usize,
+    ) -> Result<RequestHead, HttpError> {
+        let mut req = httparse::Request::new(storage);
+        match req.parse(raw) {
             Ok(httparse::Status::Complete(n)) if n == raw.len() => {}
             Ok(httparse::Status::Complete(_)) => {
                 return Err(HttpError::Malformed("the request head ends early"))
@@ -72,7 +94,7 @@ impl RequestHead {
             Some("POST") => Method::Post,
             _ => Method::Other,
         };
-        let path = range_in(&raw, req.path.unwrap_or("/").as_bytes());
+        let path = range_in(raw, req.path.unwrap_or("/").as_bytes());
         let minor_version = req.version.unwrap_or(1);
         let mut headers = Vec::with_capacity(req.headers.len());
         let mut content_length: Option<u64> = None;
@@ -102,7 +124,7 @@ impl RequestHead {
             } else if name.eq_ignore_ascii_case(b"expect") {
                 expect_continue = has_token(h.value, b"100-continue");
             }
-            headers.push((range_in(&raw, name), range_in(&raw, h.value)));
+            headers.push((range_in(raw, name), range_in(raw, h.value)));
         }
         // RFC 9112 6.3: both present is a smuggling vector; refuse it.
         let framing = match (chunked, content_length) {
@@ -123,7 +145,7 @@ impl RequestHead {
             framing,
             keep_alive: !conn_close,
             expect_continue,
-            raw,
+            raw: raw.clone(),
         })
     }
 
@@ -217,5 +239,24 @@ mod tests {
             parse(&format!("GET / HTTP/1.1\r\n{many}\r\n")).unwrap_err(),
             HttpError::TooManyHeaders { limit: 16 }
         );
+    }
+
+    /// Heads past the stack array are parsed again on the heap, up to the configured limit.
+    #[test]
+    fn header_limits_beyond_the_stack_array() {
+        let head = |n: usize| {
+            let lines: String = (0..n).map(|i| format!("H{i}: v{i}\r\n")).collect();
+            Bytes::from(format!("GET / HTTP/1.1\r\n{lines}\r\n"))
+        };
+        for limit in [STACK_HEADERS - 1, STACK_HEADERS, STACK_HEADERS + 1, 100] {
+            let fits = RequestHead::parse(head(limit), limit).unwrap();
+            assert_eq!(fits.headers().count(), limit);
+            let last = fits.headers().last().unwrap();
+            assert_eq!(last.1, format!("v{}", limit - 1).as_bytes());
+            assert_eq!(
+                RequestHead::parse(head(limit + 1), limit).unwrap_err(),
+                HttpError::TooManyHeaders { limit }
+            );
+        }
     }
 }

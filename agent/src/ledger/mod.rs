@@ -207,7 +207,9 @@ fn prepare(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch(gpu_cost::SCHEMA)?;
     gpu_cost::migrate(conn)?;
     migrate(conn)?;
-    conn.execute_batch("CREATE INDEX IF NOT EXISTS usage_key ON usage(key_id, ts_ms);")?;
+    // `usage_key (key_id, ts_ms)` served no query (per-key figures come from the rollups and
+    // time-range scans) and cost every insert a fourth B-tree: ledgers that have it lose it.
+    conn.execute_batch("DROP INDEX IF EXISTS usage_key;")?;
     rollup::install(conn)
 }
 

@@ -215,7 +215,7 @@ fn request_head(ctx: &RequestCtx, provider: &Provider, body_len: usize) -> Vec<u
     h.extend_from_slice(
         b"\r\ncontent-type: application/json\r\naccept-encoding: identity\r\ncontent-length: ",
     );
-    h.extend_from_slice(body_len.to_string().as_bytes());
+    h.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     h.extend_from_slice(b"\r\nx-tollgate-request-id: ");
     h.extend_from_slice(ctx.id.as_bytes());
     h.extend_from_slice(b"\r\n");

@@ -328,7 +328,8 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         gone_at: None,
         muted: false,
         out: BytesVec::with_capacity(8),
-        scratch: BytesMut::with_capacity(4096),
+        // Reserved on the first chunk-size line: a length-framed reply never needs it.
+        scratch: BytesMut::new(),
         pending_head: Some(Bytes::from(head_bytes)),
     };
     // Body bytes that came with the head go out with it. An empty body keeps the head back:

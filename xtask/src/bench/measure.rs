@@ -120,6 +120,12 @@ pub struct PointResult {
     pub syscalls_per_req: Option<f64>,
     /// Context switches of the server tree per request sent.
     pub cswitches_per_req: Option<f64>,
+    /// The server tree's CPU per request sent in user space and in the kernel, and the part of
+    /// both spent by tollgate's ledger writer, in µs (tick-based `stat`, coarser than
+    /// `server_cpu_us`).
+    pub cpu_split_us: Option<(f64, f64, f64)>,
+    /// TCP segments sent on the host per request sent (client, server and upstream together).
+    pub segments_per_req: Option<f64>,
 }
 
 /// Runs the generator.
@@ -165,6 +171,8 @@ impl Load {
         server_pid: u32,
     ) -> anyhow::Result<PointResult> {
         let cpu_before = procfs::tree_cpu_ns(server_pid);
+        let split_before = procfs::tree_cpu_split(server_pid);
+        let segments_before = procfs::tcp_out_segments();
         let counting = PerfCount::start(server_pid);
         let mut child = self
             .command(target, point, self.seconds)
@@ -184,6 +192,8 @@ impl Load {
             }
         }
         let cpu_after = procfs::tree_cpu_ns(server_pid);
+        let split_after = procfs::tree_cpu_split(server_pid);
+        let segments_after = procfs::tcp_out_segments();
         let counted = counting.and_then(PerfCount::finish);
         let out = child
             .wait_with_output()
@@ -206,6 +216,14 @@ impl Load {
             }
         }
         result.rss_peak_kib = rss_peak;
+        if sent > 0 {
+            if let (Some(before), Some(after)) = (split_before, split_after) {
+                result.cpu_split_us = Some(after.per_request_us(&before, sent));
+            }
+            if let (Some(before), Some(after)) = (segments_before, segments_after) {
+                result.segments_per_req = Some(after.saturating_sub(before) as f64 / sent as f64);
+            }
+        }
         if let (Some((syscalls, switches)), true) = (counted, sent > 0) {
             result.syscalls_per_req = Some(syscalls as f64 / sent as f64);
             result.cswitches_per_req = Some(switches as f64 / sent as f64);

@@ -243,16 +243,25 @@ fn render_latency(md: &mut String, paths: &[PathRun], points: &[Point]) {
     md.push('\n');
 }
 
-/// What each path asks of the kernel per request, side by side (issue 9: where a figure cannot
-/// reach nginx's for a physical reason, show it).
+/// What each path asks of the machine per request, side by side (issue 9: where a figure cannot
+/// reach nginx's for a physical reason, show it): CPU in user space and in the kernel (and
+/// tollgate's ledger writer's part), system calls, context switches, and TCP segments.
 fn render_syscalls(md: &mut String, paths: &[PathRun], points: &[Point]) {
     let _ = writeln!(
         md,
-        "## Syscalls and context switches per request (server process tree, `perf stat` tracepoints)\n"
+        "## Per request, side by side: CPU split, syscalls, context switches, TCP segments\n\n\
+         Server process tree. User and kernel CPU from `/proc/*/task/*/stat` (clock ticks); \
+         *ledger* is the part of both spent by tollgate's ledger writer (SQLite commits, \
+         enrichment, rollups), work nginx does not do. Syscalls and context switches from \
+         `perf stat` tracepoints. Segments: TCP segments sent on the host per request (client, \
+         server and upstream together: 2 direct, 4 through any proxy at best).\n"
     );
-    let _ = writeln!(md, "| point | path | syscalls/req | context switches/req |");
-    let _ = writeln!(md, "|---|---|---:|---:|");
-    let mut any = false;
+    let _ = writeln!(
+        md,
+        "| point | path | user µs/req | kernel µs/req | of which ledger µs/req | syscalls/req | context switches/req | TCP segments/req |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+    let num = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
     for &point in points {
         for path in paths {
             let Ok(measured) = &path.outcome else {
@@ -261,23 +270,23 @@ fn render_syscalls(md: &mut String, paths: &[PathRun], points: &[Point]) {
             let Some(r) = measured.at(point) else {
                 continue;
             };
-            let (Some(sc), Some(cs)) = (r.syscalls_per_req, r.cswitches_per_req) else {
-                continue;
+            let (user, kernel, ledger) = match r.cpu_split_us {
+                Some((u, k, l)) => (Some(u), Some(k), Some(l)),
+                None => (None, None, None),
             };
-            any = true;
             let _ = writeln!(
                 md,
-                "| {} | {} | {sc:.2} | {cs:.2} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 point.label(),
-                path.name
+                path.name,
+                num(user),
+                num(kernel),
+                num(ledger),
+                num(r.syscalls_per_req),
+                num(r.cswitches_per_req),
+                num(r.segments_per_req),
             );
         }
-    }
-    if !any {
-        let _ = writeln!(
-            md,
-            "| — | not measured (`perf` missing or not permitted) | | |"
-        );
     }
     md.push('\n');
 }
