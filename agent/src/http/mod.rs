@@ -25,8 +25,11 @@ pub enum HttpError {
 
 /// Finds the end of a head (`\r\n\r\n`), searching from `from` (to avoid rescanning).
 pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    // Built once: `memmem::find` builds a searcher per call, which a worker's profile named.
+    static HEAD_END: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
     let start = from.saturating_sub(3);
-    memchr::memmem::find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4)
+    HEAD_END.find(&buf[start..]).map(|i| start + i + 4)
 }
 
 /// True for headers that describe one connection hop and must not be forwarded.

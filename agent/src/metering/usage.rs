@@ -182,7 +182,10 @@ pub enum FrameUsage {
 impl UsageAccumulator {
     /// Reads the usage carried by one SSE frame's `data` payload, if any.
     pub fn observe_frame(&mut self, api: Api, data: &[u8]) -> FrameUsage {
-        if memchr::memmem::find(data, b"\"usage\"").is_none() || too_deep(data) {
+        // Built once, not per frame (`memmem::find` builds a searcher per call).
+        static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+            std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+        if USAGE_KEY.find(data).is_none() || too_deep(data) {
             return FrameUsage::None;
         }
         match api {
