@@ -10,7 +10,10 @@
 //!   `MADV_FREE` stage (`muzzy_decay_ms: 0`), so memory returns after a wave of connections
 //!   closes without a trim call of our own.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, CStr};
+
+/// The options jemalloc runs with (see above).
+pub const OPTIONS: &CStr = c"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
 /// jemalloc reads its options from this symbol (`malloc_conf`, prefixed as the
 /// `tikv-jemalloc-sys` build names its symbols) when it first allocates.
@@ -20,11 +23,8 @@ pub struct MallocConf(*const c_char);
 // SAFETY: a pointer to a constant, NUL-terminated string, never written.
 unsafe impl Sync for MallocConf {}
 
-pub const OPTIONS: &str = "narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0";
-
 #[export_name = "_rjem_malloc_conf"]
-pub static MALLOC_CONF: MallocConf =
-    MallocConf(c"narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+pub static MALLOC_CONF: MallocConf = MallocConf(OPTIONS.as_ptr());
 
 /// Hands every arena's free pages back to the system now (after a burst that freed a lot,
 /// e.g. the kernel loader's BTF parse), instead of waiting for the decay.
@@ -36,7 +36,7 @@ pub fn release_free_memory() {
 }
 
 /// Runs a jemalloc control that takes and returns nothing; its error number on failure.
-fn void_ctl(name: &std::ffi::CStr) -> Result<(), i32> {
+fn void_ctl(name: &CStr) -> Result<(), i32> {
     // SAFETY: a NUL-terminated name; a void control must get null pointers and a zero length
     // (a non-null pointer to a zero-sized value is refused with EINVAL).
     let rc = unsafe {
@@ -67,10 +67,8 @@ mod tests {
             unsafe { tikv_jemalloc_ctl::raw::read(b"opt.dirty_decay_ms\0") }.unwrap();
         let muzzy: isize =
             unsafe { tikv_jemalloc_ctl::raw::read(b"opt.muzzy_decay_ms\0") }.unwrap();
-        assert_eq!((narenas, dirty, muzzy), (1, 1000, 0), "{OPTIONS}");
-        // SAFETY: the string is NUL-terminated and lives as long as the process.
-        let conf = unsafe { std::ffi::CStr::from_ptr(MALLOC_CONF.0) };
-        assert_eq!(conf.to_str().unwrap(), OPTIONS);
+        // What jemalloc parsed from the symbol, not the string itself.
+        assert_eq!((narenas, dirty, muzzy), (1, 1000, 0), "{OPTIONS:?}");
         assert_eq!(void_ctl(c"thread.tcache.flush"), Ok(()));
         assert_eq!(void_ctl(c"arena.4096.purge"), Ok(()));
         assert!(void_ctl(c"no.such.control").is_err());

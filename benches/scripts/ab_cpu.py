@@ -3,7 +3,8 @@ connections against one zero-delay simulator (the method behind the "ABBA" figur
 ARCHITECTURE.md). Build first: `cargo build --release -p tollgate -p tollgate-sim -p
 tollgate-benches --bin tollgate-load`.
 
-usage: ab_cpu.py OLD_TOLLGATE NEW_TOLLGATE [ROUNDS]   (default 3 rounds of ABBA, 5 s windows)
+usage: ab_cpu.py OLD_TOLLGATE NEW_TOLLGATE [ROUNDS [CONNECTIONS]]
+       (default 3 rounds of ABBA, 5 s windows, 64 connections; each window also prints its p50)
 """
 
 import json
@@ -42,6 +43,7 @@ def wait_line(log, prefix):
 def main():
     old, new = sys.argv[1], sys.argv[2]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    connections = sys.argv[4] if len(sys.argv) > 4 else "64"
     work = tempfile.mkdtemp(prefix="tollgate-ab-")
     procs = []
     try:
@@ -66,7 +68,7 @@ def main():
             pid, addr = agents[name]
             before = cpu_seconds(pid)
             out = subprocess.check_output(
-                [f"{RELEASE}/tollgate-load", "--target", addr, "--connections", "64",
+                [f"{RELEASE}/tollgate-load", "--target", addr, "--connections", connections,
                  "--duration", "5", "--warmup", "1", "--drain", "1"],
                 stderr=subprocess.DEVNULL,
             )
@@ -74,11 +76,13 @@ def main():
             d = json.loads(out)
             # CPU covers warm-up and window; requests are counted in the window: scale by time.
             us = spent / (d["requests"] * 6.0 / 5.0) * 1e6
-            results[name].append((d["rps"], us))
-            print(f"{name} {d['rps']:.0f} req/s {us:.2f} us/req", flush=True)
+            p50 = d["latency_us"]["p50"]
+            results[name].append((d["rps"], us, p50))
+            print(f"{name} {d['rps']:.0f} req/s {us:.2f} us/req p50 {p50:.1f} us", flush=True)
         for name, rows in results.items():
             print(f"{name}: mean {sum(r[0] for r in rows) / len(rows):.0f} req/s, "
-                  f"{sum(r[1] for r in rows) / len(rows):.2f} us of agent CPU per request")
+                  f"{sum(r[1] for r in rows) / len(rows):.2f} us of agent CPU per request, "
+                  f"p50 {sum(r[2] for r in rows) / len(rows):.1f} us")
     finally:
         for p in procs:
             p.terminate()
