@@ -757,12 +757,17 @@ fn a_redis_cluster_holds_the_budget() {
     let nodes: Vec<Redis> = (0..3)
         .map(|i| {
             let port = free_port();
+            // Its own bus port: by default it is port + 10,000, which a free port above 55,535
+            // pushes past 65,535, and redis-server then refuses to start.
+            let bus = free_port().to_string();
             let conf = dir.path().join(format!("nodes-{i}.conf"));
             Redis::start_with(
                 port,
                 &[
                     "--cluster-enabled",
                     "yes",
+                    "--cluster-port",
+                    &bus,
                     "--cluster-config-file",
                     &conf.to_string_lossy(),
                 ],
