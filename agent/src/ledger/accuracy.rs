@@ -15,6 +15,7 @@
 //!   and the share of samples within 2 %.
 
 use std::collections::BTreeMap;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Mutex;
 
 use rusqlite::Connection;
@@ -74,6 +75,32 @@ pub fn insert(conn: &mut Connection, samples: &[Sample]) -> rusqlite::Result<()>
     tx.commit()
 }
 
+/// How often the sampling thread commits the samples it has: one transaction a second, not
+/// one per sample, so the samples cost the ledger's WAL a commit a second at most.
+const WRITE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Commits `pending` over the thread's own connection, opened on first use with the ledger's
+/// settings (WAL, `synchronous = NORMAL`: the default, FULL, would fsync every commit), and
+/// empties it. Samples are measurements, not spend: a failed write is logged and dropped.
+fn write(conn: &mut Option<Connection>, db: &std::path::Path, pending: &mut Vec<Sample>) {
+    if conn.is_none() {
+        *conn = Connection::open(db)
+            .and_then(|c| {
+                c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+                Ok(c)
+            })
+            .map_err(|e| tracing::warn!(error = %e, "accuracy samples: opening the ledger"))
+            .ok();
+    }
+    if let Some(c) = conn.as_mut() {
+        if let Err(e) = insert(c, pending) {
+            tracing::warn!(error = %e, samples = pending.len(), "writing estimate samples failed");
+        }
+    }
+    pending.clear();
+}
+
 /// The sampling thread and its queue.
 pub struct Sampler {
     tx: std::sync::mpsc::SyncSender<(Sample, Box<crate::metering::estimate::EstimateInput>)>,
@@ -93,24 +120,38 @@ impl Sampler {
             .name("tollgate-accuracy".into())
             .spawn(move || {
                 let mut conn: Option<Connection> = None;
-                let agent = crate::metering::engine_tokenize::client(std::time::Duration::from_secs(2));
-                while let Ok((mut sample, input)) = rx.recv() {
-                    // As a record without usage would be counted (the engine's /tokenize where
-                    // the model asks for it), so the error measured is the estimates' own.
-                    let (est, _) = crate::metering::estimate::estimate_with_engine(&input, &agent);
-                    sample.estimated_input = est.input_tokens;
-                    sample.estimated_output = est.output_tokens;
-                    metrics.accuracy.observe(&sample);
-                    if conn.is_none() {
-                        conn = Connection::open(&db)
-                            .and_then(|c| c.busy_timeout(std::time::Duration::from_secs(5)).map(|()| c))
-                            .map_err(|e| tracing::warn!(error = %e, "accuracy samples: opening the ledger"))
-                            .ok();
-                    }
-                    if let Some(c) = conn.as_mut() {
-                        if let Err(e) = insert(c, std::slice::from_ref(&sample)) {
-                            tracing::warn!(error = %e, "writing an estimate sample failed");
+                let agent =
+                    crate::metering::engine_tokenize::client(std::time::Duration::from_secs(2));
+                let mut pending: Vec<Sample> = Vec::new();
+                let mut last_write = std::time::Instant::now();
+                loop {
+                    let next = if pending.is_empty() {
+                        rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+                    } else {
+                        rx.recv_timeout(WRITE_EVERY.saturating_sub(last_write.elapsed()))
+                    };
+                    let stopping = match next {
+                        Ok((mut sample, input)) => {
+                            // As a record without usage would be counted (the engine's /tokenize
+                            // where the model asks for it), so the error measured is the
+                            // estimates' own.
+                            let (est, _) =
+                                crate::metering::estimate::estimate_with_engine(&input, &agent);
+                            sample.estimated_input = est.input_tokens;
+                            sample.estimated_output = est.output_tokens;
+                            metrics.accuracy.observe(&sample);
+                            pending.push(sample);
+                            false
                         }
+                        Err(RecvTimeoutError::Timeout) => false,
+                        Err(RecvTimeoutError::Disconnected) => true,
+                    };
+                    if !pending.is_empty() && (stopping || last_write.elapsed() >= WRITE_EVERY) {
+                        write(&mut conn, &db, &mut pending);
+                        last_write = std::time::Instant::now();
+                    }
+                    if stopping {
+                        return;
                     }
                 }
             })?;
@@ -348,5 +389,38 @@ mod tests {
             ),
             "{out}"
         );
+    }
+
+    /// The sampling thread's writes are batched and do not fsync each commit: its connection
+    /// runs with `synchronous = NORMAL` like the ledger's own, and one call commits every
+    /// pending sample.
+    #[test]
+    fn sample_writes_commit_in_one_batch_without_a_sync_per_commit() {
+        let dir = std::env::temp_dir().join(format!("tg-accuracy-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        drop(crate::ledger::open(&dir).unwrap());
+        let db = crate::ledger::db_path(&dir);
+        let mut conn = None;
+        let mut pending: Vec<Sample> = (0..3)
+            .map(|i| Sample {
+                ts_ms: 1000 + i,
+                model: "m".into(),
+                provider_input: 10,
+                estimated_input: 11,
+                provider_output: 5,
+                estimated_output: 5,
+            })
+            .collect();
+        write(&mut conn, &db, &mut pending);
+        assert!(pending.is_empty());
+        let c = conn.expect("the connection stays open for the next write");
+        let sync: i64 = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+        assert_eq!(sync, 1, "NORMAL; FULL (2) fsyncs the WAL on every commit");
+        let n: i64 = c
+            .query_row("SELECT count(*) FROM estimate_samples", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 3);
+        drop(c);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
