@@ -8,7 +8,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tollgate::api::Api;
 use tollgate::metering::sse::{frame_data, FrameSplitter};
-use tollgate::metering::usage::extract_usage;
+use tollgate::metering::usage::{extract_usage, plain_response_facts};
 use tollgate::metering::UsageAccumulator;
 
 /// Splits `stream` (delivered in reads of `read_size` bytes) into frames and meters each.
@@ -48,6 +48,14 @@ fn bench(c: &mut Criterion) {
     c.bench_function("usage_extract_chat_body", |b| {
         b.iter(|| extract_usage(Api::ChatCompletions, std::hint::black_box(body)))
     });
+    // What the relay reads of every plain response (usage, model, fingerprint): OpenAI's
+    // shape with the details objects, and a vLLM-shaped one without them.
+    let vllm = br#"{"id":"cmpl-1","object":"chat.completion","created":1,"model":"smol","choices":[{"index":0,"message":{"role":"assistant","content":"A reasonably long answer that goes on for a while."},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":900,"total_tokens":940,"completion_tokens":40}}"#;
+    for (name, body) in [("openai", &body[..]), ("vllm", &vllm[..])] {
+        c.bench_function(&format!("usage_plain_response_facts_{name}"), |b| {
+            b.iter(|| plain_response_facts(Api::ChatCompletions, std::hint::black_box(body)))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

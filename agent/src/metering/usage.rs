@@ -31,22 +31,46 @@ fn u(v: &LazyValue<'_>, path: &[&str]) -> Option<u64> {
         .map(|n| n.min(MAX_REPORTED_TOKENS))
 }
 
+/// Whether `v`'s text may hold a `*_details` key: it spells `_details` out, or it has an
+/// escape (a key can be written with escapes, and is read as a parser reads it). A lookup
+/// that finds nothing scans the whole object, and most usage objects (vLLM's, SGLang's,
+/// Anthropic's) have no details: four such scans per response, for nothing.
+fn may_have_details(v: &LazyValue<'_>) -> bool {
+    static DETAILS: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new("_details"));
+    let raw = v.as_raw_str().as_bytes();
+    memchr::memchr(b'\\', raw).is_some() || DETAILS.find(raw).is_some()
+}
+
 fn openai_usage(v: &LazyValue<'_>) -> Usage {
     let input = u(v, &["prompt_tokens"])
         .or_else(|| u(v, &["input_tokens"]))
         .unwrap_or(0);
+    let details = may_have_details(v);
+    let detail = |chat: &str, responses: &str, field: &str| {
+        if !details {
+            return 0;
+        }
+        u(v, &[chat, field])
+            .or_else(|| u(v, &[responses, field]))
+            .unwrap_or(0)
+    };
     Usage {
         input_tokens: input,
-        cached_tokens: u(v, &["prompt_tokens_details", "cached_tokens"])
-            .or_else(|| u(v, &["input_tokens_details", "cached_tokens"]))
-            .unwrap_or(0),
+        cached_tokens: detail(
+            "prompt_tokens_details",
+            "input_tokens_details",
+            "cached_tokens",
+        ),
         cache_write_tokens: 0,
         output_tokens: u(v, &["completion_tokens"])
             .or_else(|| u(v, &["output_tokens"]))
             .unwrap_or(0),
-        reasoning_tokens: u(v, &["completion_tokens_details", "reasoning_tokens"])
-            .or_else(|| u(v, &["output_tokens_details", "reasoning_tokens"]))
-            .unwrap_or(0),
+        reasoning_tokens: detail(
+            "completion_tokens_details",
+            "output_tokens_details",
+            "reasoning_tokens",
+        ),
     }
 }
 
@@ -272,6 +296,77 @@ impl UsageAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The readers without the `_details` text check: a `pointer` per field. The checked
+    /// readers must read every usage object the same.
+    fn openai_by_pointer(v: &LazyValue<'_>) -> Usage {
+        Usage {
+            input_tokens: u(v, &["prompt_tokens"])
+                .or_else(|| u(v, &["input_tokens"]))
+                .unwrap_or(0),
+            cached_tokens: u(v, &["prompt_tokens_details", "cached_tokens"])
+                .or_else(|| u(v, &["input_tokens_details", "cached_tokens"]))
+                .unwrap_or(0),
+            cache_write_tokens: 0,
+            output_tokens: u(v, &["completion_tokens"])
+                .or_else(|| u(v, &["output_tokens"]))
+                .unwrap_or(0),
+            reasoning_tokens: u(v, &["completion_tokens_details", "reasoning_tokens"])
+                .or_else(|| u(v, &["output_tokens_details", "reasoning_tokens"]))
+                .unwrap_or(0),
+        }
+    }
+
+    /// A usage field's value: counts, and what a count is not.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u64..100_000).prop_map(|n| n.to_string()),
+            Just(u64::MAX.to_string()),
+            Just("null".to_string()),
+            Just("-3".to_string()),
+            Just("2.5".to_string()),
+            Just("\"7\"".to_string()),
+            Just("[1]".to_string()),
+            (0u64..50).prop_map(|n| format!("{{\"cached_tokens\":{n},\"reasoning_tokens\":{n}}}")),
+            (0u64..50).prop_map(|n| format!("{{\"\\u0063ached_tokens\":{n}}}")),
+            Just("{\"cached_tokens\":null}".to_string()),
+        ]
+    }
+
+    fn key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "prompt_tokens_details",
+            "completion_tokens_details",
+            "input_tokens",
+            "output_tokens",
+            "input_tokens_details",
+            "output_tokens_details",
+            "other",
+            // Escaped spellings of the same keys: a parser reads them as the plain ones.
+            "prompt\\u005ftokens",
+            "prompt_tokens_det\\u0061ils",
+            "completion_tokens\\u005Fdetails",
+            "output\\u005Ftokens",
+        ])
+    }
+
+    proptest! {
+        /// Random usage objects, repeated keys, escaped keys and wrong types included, read
+        /// with the `_details` text check as a pointer per field reads them.
+        #[test]
+        fn checked_usage_reads_as_pointers_read(
+            fields in prop::collection::vec((key(), value()), 0..12)
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let json = format!("{{{}}}", body.join(","));
+            let v: LazyValue<'_> = sonic_rs::from_str(&json).expect("an object");
+            prop_assert_eq!(openai_usage(&v), openai_by_pointer(&v), "{}", json);
+        }
+    }
 
     #[test]
     fn absurd_counts_are_capped_not_wrapped() {
