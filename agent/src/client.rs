@@ -30,8 +30,9 @@ pub struct ClientConn {
     /// The client's cgroup (path, container, pod), resolved once per connection.
     pub cgroup: Option<Arc<crate::kernel::cgroup::CgroupInfo>>,
     /// What the attribution rules say about this client, resolved once per connection before
-    /// any request is admitted (so limits per team hold for unlabelled clients).
-    pub kernel_identity: Option<crate::identity::Identity>,
+    /// any request is admitted (so limits per team hold for unlabelled clients). Boxed: most
+    /// connections have none, and every idle connection would carry its 144 bytes.
+    pub kernel_identity: Option<Box<crate::identity::Identity>>,
 }
 
 impl ClientConn {

@@ -21,10 +21,11 @@ use crate::abort::AbortSignal;
 use crate::api::{Api, Wire};
 use crate::client::ClientConn;
 use crate::config::{Config, IoDriver};
+use crate::http::idle::IdleClock;
 use crate::ledger::journal::Journal;
 use crate::ledger::local::LedgerLocal;
 use crate::ledger::writer::ToWriter;
-use crate::phase::read::{self, BodyBudget, ReadEnd, Request, Reservation};
+use crate::phase::read::{self, BodyBudget, FirstRead, ReadEnd, Request, Reservation};
 use crate::phase::settle;
 use crate::pipeline::{self, RequestCtx};
 use crate::shared::Shared;
@@ -64,6 +65,8 @@ pub struct Worker {
     pub body_budget: Rc<BodyBudget>,
     /// Fired when the shutdown grace expires: requests still running are cut and recorded.
     abort: AbortSignal,
+    /// The deadlines of idle client connections (`http/idle.rs`).
+    idle: Rc<IdleClock>,
     /// Providers this worker saw refuse a connection lately (route avoids them).
     /// Weighted draws and the retry budget (`phase/route`).
     pub route: crate::phase::route::RouteLocal,
@@ -228,6 +231,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         released: Cell::new(0),
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
+        idle: Rc::default(),
         route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });
     let _ = w.shared.io_driver.set(driver);
@@ -239,6 +243,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     tracing::info!(worker = w.index, driver, "worker started");
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
     monoio::spawn(housekeeping(w.clone()));
+    monoio::spawn(w.idle.clone().run());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -272,7 +277,13 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         }
     }
     let stop = Instant::now();
-    while w.in_flight.get() > 0 && stop.elapsed() < w.boot.shutdown_grace {
+    // Idle connections close now; one whose request raced the stop is answered first. Waiting
+    // for the connections (not only the requests) is what keeps that request: its bytes were
+    // accepted, and dropping the connection unread would reset it.
+    w.idle.close();
+    while (w.in_flight.get() > 0 || w.connections.get() > 0)
+        && stop.elapsed() < w.boot.shutdown_grace
+    {
         monoio::time::sleep(Duration::from_millis(10)).await;
     }
     if w.in_flight.get() > 0 {
@@ -349,7 +360,7 @@ fn resolve_kernel_identity(w: &Worker, client: &mut ClientConn) {
         .cfg
         .attribution
         .rule_for(&facts)
-        .map(|rule| rule.fills.clone());
+        .map(|rule| Box::new(rule.fills.clone()));
 }
 
 /// Phase 1, accept, continues here: one task per client connection, serving its requests in
@@ -365,17 +376,26 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
     globals.connections_total.fetch_add(1, Ordering::Relaxed);
     // Counted down on drop, so a connection that ends in a panic is not counted forever.
     let _open = OpenConnection(&w);
+    let deadline = w.idle.deadline();
     loop {
         if w.shared.shutting_down.load(Ordering::Relaxed) {
             break;
         }
         if client.buf.is_empty() {
             // Idle between requests: a small wait; the buffer goes back if it lasts (read.rs).
-            let limits = &w.shared.snapshot.load().cfg.limits;
-            let (idle, head) = (limits.idle_timeout, limits.header_timeout);
-            match read::first_read(&mut client, idle, head, &|freed| w.released(freed)).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
+            let idle = w.shared.snapshot.load().cfg.limits.idle_timeout;
+            // Boxed: the read with a buffer is the larger state and lasts one second at most;
+            // a long-idle connection's task holds only the small `idle_wait` (`http/idle.rs`).
+            let released = |freed| w.released(freed);
+            let first = Box::pin(read::first_read(&mut client, &deadline, idle, &released));
+            match first.await {
+                Ok(FirstRead::Ready) => {}
+                Ok(FirstRead::Quiet(rest)) => {
+                    if read::idle_wait(&client, &deadline, rest).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(FirstRead::Closed) | Err(_) => break,
             }
         }
         // Boxed like the request below: neither's state sits in an idle connection's task.
@@ -403,7 +423,8 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
             }
             Err(ReadEnd::Closed) => break,
             Err(ReadEnd::Error(e)) => {
-                let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
+                // Boxed like the rest: an error answer's state need not sit in every task.
+                let _ = Box::pin(client.respond_error(&e, Wire::OpenAi, false, None)).await;
                 break;
             }
             Err(ReadEnd::BodyError(head, snap, e)) => {

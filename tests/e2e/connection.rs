@@ -128,3 +128,36 @@ fn connection_close_is_honoured() {
         "the agent closes after connection: close"
     );
 }
+
+/// A keep-alive connection quiet for longer than it keeps its read buffer (one second) waits
+/// on without one, on the worker's idle clock: a request after the quiet is served, on the
+/// same connection, and a connection quiet for the whole idle timeout is closed by the agent.
+#[test]
+fn a_quiet_keep_alive_connection_serves_on_then_idles_out() {
+    let stack = Stack::custom(crate::harness::Sim::start(&[]), |c| {
+        c.idle_timeout_ms = 3_000;
+    });
+    let mut client = Client::connect(stack.agent.addr);
+    let body = chat_body("smol", "before the quiet", 2, false).to_string();
+    let r = client.request("POST", "/v1/chat/completions", &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Past the buffer's second, inside the idle timeout: the buffer went back, the wait goes on.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    let body = chat_body("smol", "after the quiet", 3, false).to_string();
+    let r = client.request("POST", "/v1/chat/completions", &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(stack.agent.row_of(&r).output_tokens, 3);
+    // Quiet again, now for good: the agent closes the connection when the idle timeout
+    // passes (the read waits far longer than that, so a close is the agent's).
+    client.set_read_timeout(std::time::Duration::from_secs(30));
+    let quiet = std::time::Instant::now();
+    assert!(
+        client.closed_by_peer(),
+        "the agent closes an idle connection"
+    );
+    assert!(
+        quiet.elapsed() >= std::time::Duration::from_millis(2_500),
+        "closed after {:?}, before the idle timeout",
+        quiet.elapsed()
+    );
+}

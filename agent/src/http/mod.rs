@@ -4,6 +4,7 @@
 
 pub mod chunked;
 pub mod head;
+pub mod idle;
 pub mod iovec;
 pub mod request;
 pub mod response;

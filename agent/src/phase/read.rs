@@ -23,6 +23,7 @@ use crate::client::{read_more, take_spare, ClientConn};
 use crate::config::Limits;
 use crate::error::{ErrorKind, GateError};
 use crate::http::chunked::{ChunkedDecoder, Decoded};
+use crate::http::idle::Deadline;
 use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::{find_head_end, HttpError};
 use crate::snapshot::Snapshot;
@@ -157,45 +158,89 @@ pub async fn read_request(
 /// How long a quiet keep-alive connection keeps its read buffer.
 const KEEP_BUFFER: Duration = Duration::from_secs(1);
 
-/// The first read of the next request on a keep-alive connection whose buffer is empty (the
-/// connection task awaits this inline, and the larger read future only once bytes are here).
-/// A connection quiet for [`KEEP_BUFFER`] gives its read buffer back and waits for readability
-/// without one, so idle connections hold no buffer. The read in flight is cancelled with
-/// monoio's `cancelable_read`, which hands back the buffer *and any bytes that raced the
-/// cancel* (dropping an io_uring read in flight would lose them). `released` is told the bytes
-/// of buffer given back. `Ok(0)`: the client closed.
+/// How the first wait for the next request ended.
+pub enum FirstRead {
+    /// Bytes are in the buffer.
+    Ready,
+    /// The client closed.
+    Closed,
+    /// Quiet for [`KEEP_BUFFER`]: the buffer went back. [`idle_wait`] waits out the time left
+    /// of the idle timeout, which is this.
+    Quiet(Duration),
+}
+
+/// The first read of the next request on a keep-alive connection whose buffer is empty.
+///
+/// A connection quiet for [`KEEP_BUFFER`] gives its read buffer back (and then waits in
+/// [`idle_wait`], without one), so idle connections hold no buffer. The read in flight is
+/// cancelled with monoio's `cancelable_read`, which hands back the buffer *and any bytes that
+/// raced the cancel* (dropping an io_uring read in flight would lose them). `released` is told
+/// the bytes of buffer given back. `deadline` (the connection's, on the worker's idle clock)
+/// ends the wait: no monoio timer is involved (`http/idle.rs`).
 pub async fn first_read(
     conn: &mut ClientConn,
+    deadline: &Deadline,
     idle_timeout: Duration,
-    header_timeout: Duration,
     released: &dyn Fn(usize),
-) -> io::Result<usize> {
+) -> io::Result<FirstRead> {
     let started = Instant::now();
     let spare = take_spare(&mut conn.buf);
+    deadline.arm(KEEP_BUFFER.min(idle_timeout));
     let (res, spare) = {
         let canceller = Canceller::new();
         let mut read = std::pin::pin!(conn.stream.cancelable_read(spare, canceller.handle()));
-        match monoio::time::timeout(KEEP_BUFFER.min(idle_timeout), &mut read).await {
-            Ok(done) => done,
-            Err(_) => {
+        match first_of(read.as_mut(), deadline.expired()).await {
+            Some(done) => done,
+            None => {
                 let _ = canceller.cancel();
                 read.await
             }
         }
     };
+    deadline.disarm();
     conn.buf = spare.into_inner();
     match res {
         Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-        done => return done,
+        Err(e) => return Err(e),
+        Ok(0) => return Ok(FirstRead::Closed),
+        Ok(_) => return Ok(FirstRead::Ready),
     }
     released(conn.buf.capacity());
     conn.buf = BytesMut::new();
-    let rest = idle_timeout.saturating_sub(started.elapsed());
-    match monoio::time::timeout(rest, conn.stream.readable(false)).await {
-        Ok(Ok(())) => read_more(&mut conn.stream, &mut conn.buf, header_timeout).await,
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+    match idle_timeout.checked_sub(started.elapsed()) {
+        Some(rest) if !rest.is_zero() => Ok(FirstRead::Quiet(rest)),
+        _ => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
+}
+
+/// Waits, without a buffer, until the connection is readable (a request or the client's
+/// close: the request's own read, under the head's deadline, tells which), or `rest` passes.
+/// This is what a long-idle connection task awaits, so it is kept small: the readiness
+/// operation and the connection's deadline, no timer and no buffer.
+pub async fn idle_wait(conn: &ClientConn, deadline: &Deadline, rest: Duration) -> io::Result<()> {
+    deadline.arm(rest);
+    let readable = first_of(
+        std::pin::pin!(conn.stream.readable(false)),
+        deadline.expired(),
+    )
+    .await;
+    deadline.disarm();
+    readable.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+}
+
+/// `op`'s output, or `None` when `expired` resolves first.
+async fn first_of<F: std::future::Future>(
+    mut op: std::pin::Pin<&mut F>,
+    expired: impl std::future::Future<Output = ()>,
+) -> Option<F::Output> {
+    let mut expired = std::pin::pin!(expired);
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = op.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        expired.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 /// Time left until `deadline`, or a timeout error when it has passed.

@@ -1,0 +1,357 @@
+//! Deadlines of idle keep-alive connections, kept by one clock per worker instead of a monoio
+//! timer per connection.
+//!
+//! A monoio `Sleep` is 640 bytes (its timer entry is cache-padded), and a `timeout` around a
+//! wait makes the whole connection task 128-byte aligned: an idle connection's task was 1,792
+//! bytes, most of it timer. Here a connection holds one small [`Deadline`] for its life; arming
+//! it for the next wait writes two cells (no allocation, no timer-wheel insert and cancel per
+//! request), and the worker's [`IdleClock`] keeps at most a few heap entries per connection.
+//!
+//! The clock's heap holds `(when, ticket)` entries. An entry may be stale: the ticket was
+//! disarmed (data came), re-armed for later (the entry goes back with the new time), or
+//! dropped (the connection closed). The sweeper looks at each entry when its time comes and
+//! does what the ticket now says, so arming never searches the heap. A ticket armed *earlier*
+//! than its queued entry (a reload shortened a timeout) gets a second entry: every deadline is
+//! absolute.
+
+use std::cell::{Cell, RefCell};
+use std::cmp::{Ordering, Reverse};
+use std::collections::BinaryHeap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::{Rc, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// One connection's deadline. Armed for a wait, [`Deadline::expired`] resolves at the deadline.
+pub struct Deadline {
+    ticket: Rc<Ticket>,
+    clock: Rc<IdleClock>,
+}
+
+#[derive(Default)]
+struct Ticket {
+    /// When the current wait ends; `None`: no wait is armed.
+    at: Cell<Option<Instant>>,
+    /// The earliest time an entry for this ticket is queued for; `None`: none is queued.
+    queued: Cell<Option<Instant>>,
+    /// The armed wait's deadline passed.
+    fired: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+/// A heap entry, ordered by time only.
+struct Due {
+    at: Instant,
+    ticket: Weak<Ticket>,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+impl Eq for Due {}
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Due {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+/// A worker's clock for idle deadlines; [`IdleClock::run`] is its sweeper task.
+#[derive(Default)]
+pub struct IdleClock {
+    due: RefCell<BinaryHeap<Reverse<Due>>>,
+    /// The time the sweeper sleeps until (`None`: it waits for an entry).
+    wakes_at: Cell<Option<Instant>>,
+    /// The sweeper, when it waits: woken by an entry due before `wakes_at`.
+    sweeper: Cell<Option<Waker>>,
+    /// The worker is stopping: every wait ends now, and every wait armed from now on at once.
+    closing: Cell<bool>,
+}
+
+/// Deadlines this close to now fire in the same sweep (fewer wake-ups, none late).
+const SLACK: Duration = Duration::from_millis(1);
+
+impl IdleClock {
+    /// A deadline for one connection, disarmed.
+    pub fn deadline(self: &Rc<Self>) -> Deadline {
+        Deadline {
+            ticket: Rc::new(Ticket::default()),
+            clock: self.clone(),
+        }
+    }
+
+    fn queue(&self, at: Instant, ticket: &Rc<Ticket>) {
+        ticket.queued.set(Some(at));
+        self.due.borrow_mut().push(Reverse(Due {
+            at,
+            ticket: Rc::downgrade(ticket),
+        }));
+        if self.wakes_at.get().is_none_or(|w| at < w) {
+            if let Some(s) = self.sweeper.take() {
+                s.wake();
+            }
+        }
+    }
+
+    /// Ends every idle wait now, and every one armed later at once: the worker is stopping. A
+    /// connection whose request raced the stop still gets it read and answered (`first_read`
+    /// cancels its read and keeps the bytes); a quiet one closes.
+    pub fn close(&self) {
+        self.closing.set(true);
+        let due = std::mem::take(&mut *self.due.borrow_mut());
+        for Reverse(d) in due {
+            if let Some(t) = d.ticket.upgrade() {
+                t.queued.set(None);
+                if t.at.take().is_some() {
+                    t.fired.set(true);
+                    if let Some(w) = t.waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Entries queued (live or stale), for tests and the size check.
+    pub fn queued(&self) -> usize {
+        self.due.borrow().len()
+    }
+
+    /// Fires what is due at `now`; returns when the next entry is due.
+    fn sweep(&self, now: Instant) -> Option<Instant> {
+        let mut due = self.due.borrow_mut();
+        while let Some(Reverse(d)) = due.peek() {
+            if d.at > now + SLACK {
+                return Some(d.at);
+            }
+            let Some(Reverse(d)) = due.pop() else { break };
+            let Some(t) = d.ticket.upgrade() else {
+                continue;
+            };
+            // An older duplicate of a re-queued ticket: the newer entry speaks for it.
+            if t.queued.get() != Some(d.at) {
+                continue;
+            }
+            match t.at.get() {
+                None => t.queued.set(None),
+                Some(at) if at <= now + SLACK => {
+                    t.queued.set(None);
+                    t.at.set(None);
+                    t.fired.set(true);
+                    if let Some(w) = t.waker.take() {
+                        w.wake();
+                    }
+                }
+                Some(later) => {
+                    t.queued.set(Some(later));
+                    due.push(Reverse(Due {
+                        at: later,
+                        ticket: d.ticket,
+                    }));
+                }
+            }
+        }
+        None
+    }
+
+    /// The sweeper: runs on the worker for as long as the worker does.
+    pub async fn run(self: Rc<Self>) {
+        loop {
+            let next = self.sweep(Instant::now());
+            self.wakes_at.set(next);
+            let woken = WakeOn {
+                slot: &self.sweeper,
+                registered: false,
+            };
+            match next {
+                Some(at) => {
+                    monoio::select! {
+                        _ = monoio::time::sleep_until(at.into()) => {},
+                        _ = woken => {},
+                    }
+                }
+                None => woken.await,
+            }
+        }
+    }
+}
+
+impl Deadline {
+    /// Arms the deadline `timeout` from now, for the next wait.
+    pub fn arm(&self, timeout: Duration) {
+        let t = &self.ticket;
+        if self.clock.closing.get() {
+            t.at.set(None);
+            t.fired.set(true);
+            return;
+        }
+        let at = Instant::now() + timeout;
+        t.fired.set(false);
+        t.at.set(Some(at));
+        // An entry at or before `at` is already queued: the sweeper re-queues it then.
+        if t.queued.get().is_none_or(|q| q > at) {
+            self.clock.queue(at, t);
+        }
+    }
+
+    /// Ends the armed wait early (its operation finished first).
+    pub fn disarm(&self) {
+        self.ticket.at.set(None);
+        self.ticket.fired.set(false);
+        self.ticket.waker.set(None);
+    }
+
+    /// Resolves when the armed deadline passes (never, when none is armed).
+    pub fn expired(&self) -> Expired<'_> {
+        Expired(&self.ticket)
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        // The heap's entry, if any, is skipped when its time comes (its ticket is gone).
+        self.ticket.waker.set(None);
+    }
+}
+
+/// The future of [`Deadline::expired`].
+pub struct Expired<'a>(&'a Ticket);
+
+impl Future for Expired<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.fired.get() {
+            return Poll::Ready(());
+        }
+        self.0.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
+    }
+}
+
+/// Resolves once [`IdleClock::queue`] takes the waker this left in `slot` (it woke it).
+struct WakeOn<'a> {
+    slot: &'a Cell<Option<Waker>>,
+    registered: bool,
+}
+
+impl Future for WakeOn<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && self.slot.take().is_none() {
+            return Poll::Ready(());
+        }
+        self.slot.set(Some(cx.waker().clone()));
+        self.registered = true;
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("a runtime")
+            .block_on(f)
+    }
+
+    /// Whether `f` is ready when polled once now.
+    fn ready_now<F: Future>(f: F) -> bool {
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(Waker::noop());
+        f.as_mut().poll(&mut cx).is_ready()
+    }
+
+    /// Waits for `d` to expire, failing the test after a generous bound (not a timing claim:
+    /// a deadline that never fires would hang the test otherwise).
+    async fn expires(d: &Deadline) {
+        monoio::select! {
+            _ = d.expired() => {},
+            _ = monoio::time::sleep(Duration::from_secs(20)) => panic!("the deadline never fired"),
+        }
+    }
+
+    #[test]
+    fn an_armed_deadline_fires_and_a_disarmed_or_dropped_one_does_not() {
+        block_on(async {
+            let clock = Rc::new(IdleClock::default());
+            monoio::spawn(clock.clone().run());
+            let (fires, disarmed, dropped) = (clock.deadline(), clock.deadline(), clock.deadline());
+            for d in [&fires, &disarmed, &dropped] {
+                d.arm(Duration::from_millis(5));
+            }
+            disarmed.disarm();
+            drop(dropped);
+            assert!(!ready_now(fires.expired()));
+            expires(&fires).await;
+            // Every entry was due with the first: all swept, none left behind.
+            monoio::time::sleep(Duration::from_millis(20)).await;
+            assert!(!ready_now(disarmed.expired()));
+            assert_eq!(clock.queued(), 0);
+            // Fired once; armed again, it waits again.
+            fires.arm(Duration::from_secs(3600));
+            assert!(!ready_now(fires.expired()));
+        });
+    }
+
+    #[test]
+    fn re_arming_moves_the_deadline_both_ways() {
+        block_on(async {
+            let clock = Rc::new(IdleClock::default());
+            monoio::spawn(clock.clone().run());
+            let d = clock.deadline();
+            // Later: the queued entry is re-queued when its time comes, not fired.
+            d.arm(Duration::from_millis(5));
+            d.arm(Duration::from_secs(3600));
+            monoio::time::sleep(Duration::from_millis(30)).await;
+            assert!(!ready_now(d.expired()));
+            assert_eq!(clock.queued(), 1, "re-queued for the later time");
+            // Earlier than what is queued (a shortened timeout): it still fires on time.
+            d.arm(Duration::from_millis(5));
+            expires(&d).await;
+        });
+    }
+
+    #[test]
+    fn closing_the_clock_ends_every_wait_now_and_later() {
+        block_on(async {
+            let clock = Rc::new(IdleClock::default());
+            monoio::spawn(clock.clone().run());
+            let (waiting, later) = (clock.deadline(), clock.deadline());
+            waiting.arm(Duration::from_secs(3600));
+            assert!(!ready_now(waiting.expired()));
+            clock.close();
+            assert!(ready_now(waiting.expired()));
+            later.arm(Duration::from_secs(3600));
+            assert!(
+                ready_now(later.expired()),
+                "armed after the close: expired at once"
+            );
+            assert_eq!(clock.queued(), 0);
+        });
+    }
+
+    #[test]
+    fn a_busy_connection_keeps_one_entry_however_often_it_arms() {
+        block_on(async {
+            let clock = Rc::new(IdleClock::default());
+            monoio::spawn(clock.clone().run());
+            let d = clock.deadline();
+            for _ in 0..10_000 {
+                d.arm(Duration::from_secs(1));
+                d.disarm();
+            }
+            assert_eq!(clock.queued(), 1);
+        });
+    }
+}
