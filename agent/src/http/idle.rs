@@ -40,6 +40,18 @@ struct Ticket {
     waker: Cell<Option<Waker>>,
 }
 
+impl Ticket {
+    /// The armed wait's deadline passed (or the worker is stopping): end it.
+    fn fire(&self) {
+        self.queued.set(None);
+        self.at.set(None);
+        self.fired.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
 /// A heap entry, ordered by time only.
 struct Due {
     at: Instant,
@@ -67,9 +79,11 @@ impl Ord for Due {
 #[derive(Default)]
 pub struct IdleClock {
     due: RefCell<BinaryHeap<Reverse<Due>>>,
-    /// The time the sweeper sleeps until (`None`: it waits for an entry).
-    wakes_at: Cell<Option<Instant>>,
-    /// The sweeper, when it waits: woken by an entry due before `wakes_at`.
+    /// Deadlines alive (connections open): the heap is compacted when its stale entries
+    /// outnumber them.
+    live: Cell<usize>,
+    /// The sweeper, when it waits: woken by an entry due before the earliest queued one (the
+    /// time it sleeps until).
     sweeper: Cell<Option<Waker>>,
     /// The worker is stopping: every wait ends now, and every wait armed from now on at once.
     closing: Cell<bool>,
@@ -81,6 +95,7 @@ const SLACK: Duration = Duration::from_millis(1);
 impl IdleClock {
     /// A deadline for one connection, disarmed.
     pub fn deadline(self: &Rc<Self>) -> Deadline {
+        self.live.set(self.live.get() + 1);
         Deadline {
             ticket: Rc::new(Ticket::default()),
             clock: self.clone(),
@@ -89,11 +104,26 @@ impl IdleClock {
 
     fn queue(&self, at: Instant, ticket: &Rc<Ticket>) {
         ticket.queued.set(Some(at));
-        self.due.borrow_mut().push(Reverse(Due {
+        let mut due = self.due.borrow_mut();
+        // Closed connections leave their entry until its time (up to the idle timeout): with
+        // many short connections that idled past their buffer, the heap would hold one per
+        // connection of the last minute. Dropping what no live ticket stands behind once the
+        // heap is twice the live deadlines keeps it at most that, at amortised O(1) per entry.
+        if due.len() >= 2 * self.live.get() + 64 {
+            due.retain(|Reverse(d)| {
+                d.ticket
+                    .upgrade()
+                    .is_some_and(|t| t.queued.get() == Some(d.at))
+            });
+        }
+        let earliest = due.peek().map(|Reverse(d)| d.at);
+        due.push(Reverse(Due {
             at,
             ticket: Rc::downgrade(ticket),
         }));
-        if self.wakes_at.get().is_none_or(|w| at < w) {
+        drop(due);
+        // The sweeper sleeps until the earliest entry (or for one, when there is none).
+        if earliest.is_none_or(|e| at < e) {
             if let Some(s) = self.sweeper.take() {
                 s.wake();
             }
@@ -109,18 +139,16 @@ impl IdleClock {
         for Reverse(d) in due {
             if let Some(t) = d.ticket.upgrade() {
                 t.queued.set(None);
-                if t.at.take().is_some() {
-                    t.fired.set(true);
-                    if let Some(w) = t.waker.take() {
-                        w.wake();
-                    }
+                if t.at.get().is_some() {
+                    t.fire();
                 }
             }
         }
     }
 
-    /// Entries queued (live or stale), for tests and the size check.
-    pub fn queued(&self) -> usize {
+    /// Entries queued (live or stale).
+    #[cfg(test)]
+    fn queued(&self) -> usize {
         self.due.borrow().len()
     }
 
@@ -141,14 +169,7 @@ impl IdleClock {
             }
             match t.at.get() {
                 None => t.queued.set(None),
-                Some(at) if at <= now + SLACK => {
-                    t.queued.set(None);
-                    t.at.set(None);
-                    t.fired.set(true);
-                    if let Some(w) = t.waker.take() {
-                        w.wake();
-                    }
-                }
+                Some(at) if at <= now + SLACK => t.fire(),
                 Some(later) => {
                     t.queued.set(Some(later));
                     due.push(Reverse(Due {
@@ -165,7 +186,6 @@ impl IdleClock {
     pub async fn run(self: Rc<Self>) {
         loop {
             let next = self.sweep(Instant::now());
-            self.wakes_at.set(next);
             let woken = WakeOn {
                 slot: &self.sweeper,
                 registered: false,
@@ -188,8 +208,7 @@ impl Deadline {
     pub fn arm(&self, timeout: Duration) {
         let t = &self.ticket;
         if self.clock.closing.get() {
-            t.at.set(None);
-            t.fired.set(true);
+            t.fire();
             return;
         }
         let at = Instant::now() + timeout;
@@ -216,8 +235,9 @@ impl Deadline {
 
 impl Drop for Deadline {
     fn drop(&mut self) {
-        // The heap's entry, if any, is skipped when its time comes (its ticket is gone).
-        self.ticket.waker.set(None);
+        // The heap's entry, if any, is skipped when its time comes (its ticket is gone), or
+        // dropped when the heap is compacted.
+        self.clock.live.set(self.clock.live.get() - 1);
     }
 }
 
@@ -338,6 +358,26 @@ mod tests {
                 "armed after the close: expired at once"
             );
             assert_eq!(clock.queued(), 0);
+        });
+    }
+
+    #[test]
+    fn closed_connections_do_not_pile_up_in_the_heap() {
+        block_on(async {
+            let clock = Rc::new(IdleClock::default());
+            monoio::spawn(clock.clone().run());
+            let open: Vec<Deadline> = (0..10).map(|_| clock.deadline()).collect();
+            for d in &open {
+                d.arm(Duration::from_secs(3600));
+            }
+            // 10,000 connections, each idle for a while and then closed by its client.
+            for _ in 0..10_000 {
+                clock.deadline().arm(Duration::from_secs(3600));
+            }
+            assert!(clock.queued() <= 2 * open.len() + 64, "{}", clock.queued());
+            // The open ones still fire.
+            open[0].arm(Duration::from_millis(5));
+            expires(&open[0]).await;
         });
     }
 
