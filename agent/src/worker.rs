@@ -377,25 +377,32 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
     // Counted down on drop, so a connection that ends in a panic is not counted forever.
     let _open = OpenConnection(&w);
     let deadline = w.idle.deadline();
+    // A connection that has not carried a request yet is owed one answer even when the worker
+    // stops: its client connected to send a request and, not having sent one, cannot tell a
+    // close from a failure (a reused keep-alive connection's client can, and retries).
+    let mut served = false;
     loop {
-        if w.shared.shutting_down.load(Ordering::Relaxed) {
-            break;
-        }
-        if client.buf.is_empty() {
+        let stopping = || w.shared.shutting_down.load(Ordering::Relaxed);
+        // Whether the wait for the next request may end in a close (always, unless stopping).
+        let may_close = || served || !stopping();
+        if client.buf.is_empty() && may_close() {
             // Idle between requests: a small wait; the buffer goes back if it lasts (read.rs).
+            // Once the worker stops, the wait ends at once, keeping bytes that already came.
             let idle = w.shared.snapshot.load().cfg.limits.idle_timeout;
             // Boxed: the read with a buffer is the larger state and lasts one second at most;
             // a long-idle connection's task holds only the small `idle_wait` (`http/idle.rs`).
             let released = |freed| w.released(freed);
             let first = Box::pin(read::first_read(&mut client, &deadline, idle, &released));
-            match first.await {
-                Ok(FirstRead::Ready) => {}
-                Ok(FirstRead::Quiet(rest)) => {
-                    if read::idle_wait(&client, &deadline, rest).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(FirstRead::Closed) | Err(_) => break,
+            let waited = match first.await {
+                Ok(FirstRead::Ready) => Ok(()),
+                Ok(FirstRead::Quiet(rest)) => read::idle_wait(&client, &deadline, rest).await,
+                Ok(FirstRead::Closed) => break,
+                Err(e) => Err(e),
+            };
+            // Cut short by the stop, a fresh connection still waits for its request (below,
+            // under the head's deadline and the shutdown grace).
+            if waited.is_err() && may_close() {
+                break;
             }
         }
         // Boxed like the request below: neither's state sits in an idle connection's task.
@@ -406,7 +413,12 @@ async fn serve_conn(w: Rc<Worker>, mut client: ClientConn) {
         ))
         .await;
         match read {
-            Ok(req) => {
+            Ok(mut req) => {
+                served = true;
+                if stopping() {
+                    // Answered with `Connection: close`: the next request goes elsewhere.
+                    req.head.keep_alive = false;
+                }
                 let started = Instant::now();
                 let in_flight = InFlight::new(&w);
                 // Boxed: the request's state lives on the heap only while it runs, so an idle

@@ -62,6 +62,63 @@ fn a_stream_cut_by_shutdown_has_its_record() {
     assert_eq!(ok.outcome, "ok");
 }
 
+/// A stopping agent closes a keep-alive connection that waits between requests (its client
+/// retries elsewhere), but answers a connection it accepted before the stop and has not yet
+/// read a request from: that client connected to send one, and a close would fail it. The
+/// answer says `Connection: close` and has its ledger row.
+#[test]
+fn a_connection_opened_before_the_stop_gets_its_request_answered() {
+    let mut stack = Stack::custom(Sim::start(&[]), |c| {
+        c.shutdown_grace_ms = Some(10_000);
+    });
+    let addr = stack.agent.addr;
+    let mut reused = Client::connect(addr);
+    let first = reused.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        chat_body("smol", "before the stop", 2, false)
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(first.status, 200, "{}", first.text());
+    let mut fresh = Client::connect(addr);
+    // Both connections accepted and waiting before the stop.
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = libc::pid_t::try_from(stack.agent.proc.pid()).expect("pid");
+    // SAFETY: kill(2) on the agent this test spawned, which has not been reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    // The idle keep-alive connection is closed by the stop ...
+    reused.set_read_timeout(Duration::from_secs(5));
+    assert!(reused.closed_by_peer(), "the idle connection stayed open");
+    // ... and the fresh one, still open, carries its request through the drain.
+    let late = fresh.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("content-type", "application/json")],
+        chat_body("smol", "during the drain", 2, false)
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(late.status, 200, "{}", late.text());
+    assert_eq!(
+        late.header("connection"),
+        Some("close"),
+        "{:?}",
+        late.headers
+    );
+    let status = stack.agent.stop();
+    assert!(status.success(), "tollgate exited with {status}");
+    let rows = ledger::all(&stack.agent.data_dir);
+    for id in [first.request_id(), late.request_id()] {
+        let row = rows
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no row for {id} in {rows:#?}"));
+        assert_eq!((row.status, row.outcome.as_str()), (200, "ok"), "{row:#?}");
+    }
+}
+
 /// A rolling replacement on one node: the new agent starts on the same port (SO_REUSEPORT) and
 /// data directory while the old one serves, then the old one gets SIGTERM and drains. Clients
 /// open a connection per request, plain and streamed, throughout: none fails, every response
