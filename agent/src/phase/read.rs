@@ -174,16 +174,17 @@ pub enum FirstRead {
 /// A connection quiet for [`KEEP_BUFFER`] gives its read buffer back (and then waits in
 /// [`idle_wait`], without one), so idle connections hold no buffer. The read in flight is
 /// cancelled with monoio's `cancelable_read`, which hands back the buffer *and any bytes that
-/// raced the cancel* (dropping an io_uring read in flight would lose them). `released` is told
+/// raced the cancel* (dropping an io_uring read in flight would lose them). The worker is told
 /// the bytes of buffer given back. `deadline` (the connection's, on the worker's idle clock)
-/// ends the wait: no monoio timer is involved (`http/idle.rs`).
+/// ends the wait: no monoio timer is involved (`http/idle.rs`). The idle timeout is read here,
+/// not passed in: the caller's task would keep it, and every idle connection holds that task.
 pub async fn first_read(
     conn: &mut ClientConn,
     deadline: &Deadline,
-    idle_timeout: Duration,
-    released: &dyn Fn(usize),
+    w: &crate::worker::Worker,
 ) -> io::Result<FirstRead> {
     let started = Instant::now();
+    let idle_timeout = w.shared.snapshot.load().cfg.limits.idle_timeout;
     let spare = take_spare(&mut conn.buf);
     deadline.arm(KEEP_BUFFER.min(idle_timeout));
     let (res, spare) = {
@@ -205,7 +206,7 @@ pub async fn first_read(
         Ok(0) => return Ok(FirstRead::Closed),
         Ok(_) => return Ok(FirstRead::Ready),
     }
-    released(conn.buf.capacity());
+    w.released(conn.buf.capacity());
     conn.buf = BytesMut::new();
     match idle_timeout.checked_sub(started.elapsed()) {
         Some(rest) if !rest.is_zero() => Ok(FirstRead::Quiet(rest)),
@@ -216,16 +217,23 @@ pub async fn first_read(
 /// Waits, without a buffer, until the connection is readable (a request or the client's
 /// close: the request's own read, under the head's deadline, tells which), or `rest` passes.
 /// This is what a long-idle connection task awaits, so it is kept small: the readiness
-/// operation and the connection's deadline, no timer and no buffer.
-pub async fn idle_wait(conn: &ClientConn, deadline: &Deadline, rest: Duration) -> io::Result<()> {
+/// operation and the connection's deadline, no timer and no buffer. (Not an `async fn`, which
+/// would keep a second copy of its arguments in the state.)
+pub fn idle_wait<'a>(
+    conn: &'a ClientConn,
+    deadline: &'a Deadline,
+    rest: Duration,
+) -> impl std::future::Future<Output = io::Result<()>> + 'a {
     deadline.arm(rest);
-    let readable = first_of(
-        std::pin::pin!(conn.stream.readable(false)),
-        deadline.expired(),
-    )
-    .await;
-    deadline.disarm();
-    readable.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+    async move {
+        let readable = first_of(
+            std::pin::pin!(conn.stream.readable(false)),
+            deadline.expired(),
+        )
+        .await;
+        deadline.disarm();
+        readable.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+    }
 }
 
 /// `op`'s output, or `None` when `expired` resolves first.
