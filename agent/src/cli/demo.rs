@@ -256,7 +256,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!("\nworkload:");
     workload(agent, &keys)?;
-    // Let the ledger writer commit (it flushes every 20 ms) and estimates finish.
+    // Let the ledger writer commit (it flushes every 100 ms) and estimates finish.
     std::thread::sleep(Duration::from_millis(500));
     let conn = rusqlite::Connection::open(crate::ledger::db_path(&data_dir))?;
     for (by, name) in [

@@ -509,8 +509,12 @@ impl Validator<'_> {
             drain_max_bytes: u.drain_max_bytes.unwrap_or(8 * 1024 * 1024),
         };
         let ledger = LedgerSettings {
-            flush_interval: ms(f.ledger.flush_interval_ms, 20),
-            batch_max: f.ledger.batch_max.unwrap_or(512).max(1),
+            // A commit writes the pages it touched to the WAL whatever the rows in it: fewer,
+            // larger commits cost the writer less per row (20 ms / 512 before: at c=64 about
+            // 1 µs more per request, most of it the WAL's `pwrite`). The journal keeps records
+            // crash-safe until their commit, so only how soon rows are visible changes.
+            flush_interval: ms(f.ledger.flush_interval_ms, 100),
+            batch_max: f.ledger.batch_max.unwrap_or(2048).max(1),
             journal: f.ledger.journal.unwrap_or(true),
             accuracy_sample_every: f.ledger.accuracy_sample_every.unwrap_or(100),
             ship: self.ship(f.ledger.ship.clone(), env),
