@@ -250,71 +250,93 @@ fn distinct(records: &[UsageRecord], last_wins: bool) -> Vec<&UsageRecord> {
     out
 }
 
+/// The insert statement for `verb` (`INSERT OR REPLACE` or `INSERT OR IGNORE`).
+fn insert_sql(verb: &str) -> String {
+    format!(
+        "{verb} INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
+         team, project, user_id, session_id, workflow, cost_center,
+         requested_model, served_model, provider,
+         input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
+         pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
+         key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd, saved_tokens,
+         upstream_version, prompt_bytes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
+         ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42)"
+    )
+}
+
+/// Binds one record to an insert statement and runs it; returns the rows it inserted.
+fn insert_one(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    r: &UsageRecord,
+) -> rusqlite::Result<usize> {
+    let i = &r.identity;
+    let k = r.conn.as_deref();
+    let cg = r.cgroup.as_deref();
+    stmt.execute(params![
+        r.id,
+        r.ts_ms,
+        r.latency_us as i64,
+        r.ttft_us.map(|t| t as i64),
+        r.status,
+        r.outcome,
+        r.api,
+        i.team,
+        i.project,
+        i.user,
+        i.session,
+        i.workflow,
+        i.cost_center,
+        r.requested_model,
+        r.served_model,
+        r.provider,
+        r.usage.input_tokens as i64,
+        r.usage.cached_tokens as i64,
+        r.usage.cache_write_tokens as i64,
+        r.usage.output_tokens as i64,
+        r.usage.reasoning_tokens as i64,
+        r.estimated as i64,
+        k.map(|k| k.tgid),
+        k.map(|k| k.comm.as_str()),
+        k.map(|k| k.uid),
+        k.map(|k| k.cgroup_id as i64),
+        cg.map(|c| c.path.as_str()),
+        cg.and_then(|c| c.identity.container_id.as_deref()),
+        cg.and_then(|c| c.identity.pod_uid.as_deref()),
+        k.and_then(|k| k.original_dst).map(|a| a.to_string()),
+        r.key_id,
+        r.cost_micro_usd as i64,
+        r.route,
+        r.attempts,
+        r.score.map(f64::from),
+        r.prefix_bytes as i64,
+        r.guard,
+        r.cache,
+        r.saved_micro_usd as i64,
+        r.saved_tokens as i64,
+        r.upstream_version,
+        r.prompt_bytes as i64,
+    ])
+}
+
 fn insert(conn: &mut Connection, records: &[UsageRecord], verb: &str) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let mut rollups = rollup::Pending::default();
-    let records = distinct(records, verb == "INSERT OR REPLACE");
+    let replace = verb == "INSERT OR REPLACE";
+    let records = distinct(records, replace);
     {
-        let mut stmt = tx.prepare_cached(&format!(
-            "{verb} INTO usage (id, ts_ms, latency_us, ttft_us, status, outcome, api,
-             team, project, user_id, session_id, workflow, cost_center,
-             requested_model, served_model, provider,
-             input_tokens, cached_tokens, cache_write_tokens, output_tokens, reasoning_tokens, estimated,
-             pid, comm, uid, cgroup_id, cgroup_path, container_id, pod_uid, original_dst,
-             key_id, cost_micro_usd, route, attempts, score, prefix_bytes, guard, cache, saved_micro_usd, saved_tokens,
-             upstream_version, prompt_bytes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22,
-             ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42)"
-        ))?;
+        // Every row goes in with `INSERT OR IGNORE`; only one whose id is already there is
+        // then replaced. A REPLACE may delete a row, which fires the rollups' delete triggers,
+        // so SQLite gives each REPLACE a statement journal and copies every page it touches
+        // into it: ~0.4 µs per row measured (2.75 against 2.38 µs with the trigger present),
+        // ~10 % of the writer at c=64. Rows almost never exist already.
+        let mut keep = tx.prepare_cached(&insert_sql("INSERT OR IGNORE"))?;
         for r in records {
-            let i = &r.identity;
-            let k = r.conn.as_deref();
-            let cg = r.cgroup.as_deref();
-            let inserted = stmt.execute(params![
-                r.id,
-                r.ts_ms,
-                r.latency_us as i64,
-                r.ttft_us.map(|t| t as i64),
-                r.status,
-                r.outcome,
-                r.api,
-                i.team,
-                i.project,
-                i.user,
-                i.session,
-                i.workflow,
-                i.cost_center,
-                r.requested_model,
-                r.served_model,
-                r.provider,
-                r.usage.input_tokens as i64,
-                r.usage.cached_tokens as i64,
-                r.usage.cache_write_tokens as i64,
-                r.usage.output_tokens as i64,
-                r.usage.reasoning_tokens as i64,
-                r.estimated as i64,
-                k.map(|k| k.tgid),
-                k.map(|k| k.comm.as_str()),
-                k.map(|k| k.uid),
-                k.map(|k| k.cgroup_id as i64),
-                cg.map(|c| c.path.as_str()),
-                cg.and_then(|c| c.identity.container_id.as_deref()),
-                cg.and_then(|c| c.identity.pod_uid.as_deref()),
-                k.and_then(|k| k.original_dst).map(|a| a.to_string()),
-                r.key_id,
-                r.cost_micro_usd as i64,
-                r.route,
-                r.attempts,
-                r.score.map(f64::from),
-                r.prefix_bytes as i64,
-                r.guard,
-                r.cache,
-                r.saved_micro_usd as i64,
-                r.saved_tokens as i64,
-                r.upstream_version,
-                r.prompt_bytes as i64,
-            ])?;
-            // 0 when `INSERT OR IGNORE` kept the row already there.
+            // 0 when the id is already in the ledger: `INSERT OR IGNORE` kept that row.
+            let mut inserted = insert_one(&mut keep, r)?;
+            if inserted == 0 && replace {
+                inserted = insert_one(&mut tx.prepare_cached(&insert_sql(verb))?, r)?;
+            }
             if inserted > 0 {
                 rollups.add(r);
             }
