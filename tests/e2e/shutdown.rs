@@ -73,14 +73,7 @@ fn a_connection_opened_before_the_stop_gets_its_request_answered() {
     });
     let addr = stack.agent.addr;
     let mut reused = Client::connect(addr);
-    let first = reused.request(
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        chat_body("smol", "before the stop", 2, false)
-            .to_string()
-            .as_bytes(),
-    );
+    let first = reused.post_chat(&chat_body("smol", "before the stop", 2, false));
     assert_eq!(first.status, 200, "{}", first.text());
     let mut fresh = Client::connect(addr);
     // Both connections accepted and waiting before the stop.
@@ -92,14 +85,7 @@ fn a_connection_opened_before_the_stop_gets_its_request_answered() {
     reused.set_read_timeout(Duration::from_secs(5));
     assert!(reused.closed_by_peer(), "the idle connection stayed open");
     // ... and the fresh one, still open, carries its request through the drain.
-    let late = fresh.request(
-        "POST",
-        "/v1/chat/completions",
-        &[("content-type", "application/json")],
-        chat_body("smol", "during the drain", 2, false)
-            .to_string()
-            .as_bytes(),
-    );
+    let late = fresh.post_chat(&chat_body("smol", "during the drain", 2, false));
     assert_eq!(late.status, 200, "{}", late.text());
     assert_eq!(
         late.header("connection"),

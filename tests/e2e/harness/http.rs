@@ -205,6 +205,16 @@ impl Client {
             .unwrap_or_else(|e| panic!("reading the response to {method} {path}: {e}"))
     }
 
+    /// Sends a JSON body to `/v1/chat/completions` on this connection and reads the response.
+    pub fn post_chat(&mut self, body: &Value) -> Response {
+        self.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("content-type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    }
+
     /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
     fn fill(&mut self) -> io::Result<usize> {
         let mut chunk = [0u8; 16 * 1024];
