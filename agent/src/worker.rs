@@ -67,6 +67,9 @@ pub struct Worker {
     abort: AbortSignal,
     /// The deadlines of idle client connections (`http/idle.rs`).
     idle: Rc<IdleClock>,
+    /// Cancellers of finished first reads, reused (`read::first_read`): a new one costs two
+    /// allocations and a hash-set setup per request.
+    pub cancellers: RefCell<Vec<monoio::io::Canceller>>,
     /// Providers this worker saw refuse a connection lately (route avoids them).
     /// Weighted draws and the retry budget (`phase/route`).
     pub route: crate::phase::route::RouteLocal,
@@ -232,6 +235,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
         idle: Rc::default(),
+        cancellers: RefCell::default(),
         route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });
     let _ = w.shared.io_driver.set(driver);

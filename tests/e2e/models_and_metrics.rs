@@ -85,11 +85,18 @@ fn metrics_count_requests_and_tokens() {
         expected_input += prompt_tokens(prompt) as f64;
         expected_output += max_tokens as f64;
 
-        // Metrics are recorded when the request settles, just after the response: bounded wait.
+        // Metrics are recorded when the request settles, just after the response, one series
+        // after another: a scrape served by the other worker can fall between the request's
+        // count and its tokens (seen once under a loaded CI run). Bounded wait for all of them.
         let deadline = Instant::now() + Duration::from_secs(5);
         let metrics = loop {
             let metrics = stack.agent.metrics();
-            if sample(&metrics, &requests) >= expected_requests || Instant::now() > deadline {
+            let settled = sample(&metrics, &requests) >= expected_requests
+                && sample(&metrics, &tokens("input")) >= expected_input
+                && sample(&metrics, &tokens("output")) >= expected_output
+                && sample(&metrics, &durations) >= expected_requests
+                && sample(&metrics, &ttft) >= expected_requests;
+            if settled || Instant::now() > deadline {
                 break metrics;
             }
             std::thread::sleep(Duration::from_millis(10));

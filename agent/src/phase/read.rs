@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::{CancelableAsyncReadRent, Canceller};
+use monoio::io::CancelableAsyncReadRent;
 
 use crate::client::{read_more, take_spare, ClientConn};
 use crate::config::Limits;
@@ -158,6 +158,9 @@ pub async fn read_request(
 /// How long a quiet keep-alive connection keeps its read buffer.
 const KEEP_BUFFER: Duration = Duration::from_secs(1);
 
+/// Finished first reads' cancellers a worker keeps for reuse (each ~170 bytes).
+const MAX_SPARE_CANCELLERS: usize = 64;
+
 /// How the first wait for the next request ended.
 pub enum FirstRead {
     /// Bytes are in the buffer.
@@ -187,17 +190,27 @@ pub async fn first_read(
     let idle_timeout = w.shared.snapshot.load().cfg.limits.idle_timeout;
     let spare = take_spare(&mut conn.buf);
     deadline.arm(KEEP_BUFFER.min(idle_timeout));
-    let (res, spare) = {
-        let canceller = Canceller::new();
+    // Only a canceller that never cancelled goes back to the pool (a cancel, once a second
+    // per idle connection at most, is rare enough to pay for a new one).
+    let canceller = w.cancellers.borrow_mut().pop().unwrap_or_default();
+    let (res, spare, unused) = {
         let mut read = std::pin::pin!(conn.stream.cancelable_read(spare, canceller.handle()));
         match first_of(read.as_mut(), deadline.expired()).await {
-            Some(done) => done,
+            Some((res, spare)) => (res, spare, Some(canceller)),
             None => {
                 let _ = canceller.cancel();
-                read.await
+                let (res, spare) = read.await;
+                (res, spare, None)
             }
         }
     };
+    // The read is dropped, and with it its association with the canceller.
+    if let Some(c) = unused {
+        let mut pool = w.cancellers.borrow_mut();
+        if pool.len() < MAX_SPARE_CANCELLERS {
+            pool.push(c);
+        }
+    }
     deadline.disarm();
     conn.buf = spare.into_inner();
     match res {
