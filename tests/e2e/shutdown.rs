@@ -76,8 +76,16 @@ fn a_connection_opened_before_the_stop_gets_its_request_answered() {
     let first = reused.post_chat(&chat_body("smol", "before the stop", 2, false));
     assert_eq!(first.status, 200, "{}", first.text());
     let mut fresh = Client::connect(addr);
-    // Both connections accepted and waiting before the stop.
-    std::thread::sleep(Duration::from_millis(200));
+    // Both connections accepted and waiting before the stop (the scrape's own connection is
+    // the third open one).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while open_connections(&stack.agent.metrics()) < 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not accept both connections"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let pid = libc::pid_t::try_from(stack.agent.proc.pid()).expect("pid");
     // SAFETY: kill(2) on the agent this test spawned, which has not been reaped.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
@@ -103,6 +111,15 @@ fn a_connection_opened_before_the_stop_gets_its_request_answered() {
             .unwrap_or_else(|| panic!("no row for {id} in {rows:#?}"));
         assert_eq!((row.status, row.outcome.as_str()), (200, "ok"), "{row:#?}");
     }
+}
+
+/// `tollgate_connections_open` in a metrics scrape.
+fn open_connections(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tollgate_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A rolling replacement on one node: the new agent starts on the same port (SO_REUSEPORT) and

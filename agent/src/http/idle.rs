@@ -285,6 +285,13 @@ mod tests {
             .block_on(f)
     }
 
+    /// A clock with its sweeper running on the current runtime.
+    fn running_clock() -> Rc<IdleClock> {
+        let clock = Rc::new(IdleClock::default());
+        monoio::spawn(clock.clone().run());
+        clock
+    }
+
     /// Whether `f` is ready when polled once now.
     fn ready_now<F: Future>(f: F) -> bool {
         let mut f = std::pin::pin!(f);
@@ -304,8 +311,7 @@ mod tests {
     #[test]
     fn an_armed_deadline_fires_and_a_disarmed_or_dropped_one_does_not() {
         block_on(async {
-            let clock = Rc::new(IdleClock::default());
-            monoio::spawn(clock.clone().run());
+            let clock = running_clock();
             let (fires, disarmed, dropped) = (clock.deadline(), clock.deadline(), clock.deadline());
             for d in [&fires, &disarmed, &dropped] {
                 d.arm(Duration::from_millis(5));
@@ -327,8 +333,7 @@ mod tests {
     #[test]
     fn re_arming_moves_the_deadline_both_ways() {
         block_on(async {
-            let clock = Rc::new(IdleClock::default());
-            monoio::spawn(clock.clone().run());
+            let clock = running_clock();
             let d = clock.deadline();
             // Later: the queued entry is re-queued when its time comes, not fired.
             d.arm(Duration::from_millis(5));
@@ -345,8 +350,7 @@ mod tests {
     #[test]
     fn closing_the_clock_ends_every_wait_now_and_later() {
         block_on(async {
-            let clock = Rc::new(IdleClock::default());
-            monoio::spawn(clock.clone().run());
+            let clock = running_clock();
             let (waiting, later) = (clock.deadline(), clock.deadline());
             waiting.arm(Duration::from_secs(3600));
             assert!(!ready_now(waiting.expired()));
@@ -364,8 +368,7 @@ mod tests {
     #[test]
     fn closed_connections_do_not_pile_up_in_the_heap() {
         block_on(async {
-            let clock = Rc::new(IdleClock::default());
-            monoio::spawn(clock.clone().run());
+            let clock = running_clock();
             let open: Vec<Deadline> = (0..10).map(|_| clock.deadline()).collect();
             for d in &open {
                 d.arm(Duration::from_secs(3600));
@@ -384,8 +387,7 @@ mod tests {
     #[test]
     fn a_busy_connection_keeps_one_entry_however_often_it_arms() {
         block_on(async {
-            let clock = Rc::new(IdleClock::default());
-            monoio::spawn(clock.clone().run());
+            let clock = running_clock();
             let d = clock.deadline();
             for _ in 0..10_000 {
                 d.arm(Duration::from_secs(1));
