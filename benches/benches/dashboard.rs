@@ -6,6 +6,8 @@
 //! real insert path (so the rollups are built by their triggers), then each query is timed.
 //! Run: `cargo bench -p tollgate-benches --bench dashboard -- --warm-up-time 1 --measurement-time 3`.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -44,12 +46,12 @@ fn record(i: u64, ts_ms: i64) -> UsageRecord {
 }
 
 /// A ledger holding a year of requests ending now, in a temporary directory.
-fn year_ledger() -> (tempdir::Dir, Connection) {
+fn year_ledger() -> (common::TempDir, Connection) {
     let rows: u64 = std::env::var("TOLLGATE_BENCH_YEAR_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let dir = tempdir::Dir::new();
+    let dir = common::TempDir::new("dashboard");
     let mut conn = tollgate::ledger::open(dir.path()).expect("a ledger");
     let start = now_ms() - YEAR_MS;
     let step = YEAR_MS / rows as i64;
@@ -106,7 +108,7 @@ fn queries(c: &mut Criterion) {
 fn writer_commit(c: &mut Criterion) {
     let mut g = c.benchmark_group("ledger_commit_512");
     for typical in [false, true] {
-        let dir = tempdir::Dir::new();
+        let dir = common::TempDir::new("dashboard");
         let mut conn = tollgate::ledger::open(dir.path()).expect("a ledger");
         let mut next = 0u64;
         let now = now_ms();
@@ -132,37 +134,6 @@ fn writer_commit(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-mod tempdir {
-    use std::path::{Path, PathBuf};
-
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-    /// A directory removed on drop.
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new() -> Dir {
-            let p = std::env::temp_dir().join(format!(
-                "tollgate-bench-dashboard-{}-{}",
-                std::process::id(),
-                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).expect("a temp dir");
-            Dir(p)
-        }
-
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 criterion_group! {

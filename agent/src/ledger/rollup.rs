@@ -203,19 +203,26 @@ fn add_excluded() -> String {
 #[derive(Default)]
 pub struct Pending<'a> {
     /// (rollup index, period, dimensions) → measures in [`MEASURES`] order.
-    groups: HashMap<(usize, i64, [&'a str; 3]), [i64; 7]>,
+    groups: HashMap<(usize, i64, [Dim<'a>; 3]), [i64; 7]>,
+}
+
+/// A dimension's value; `None` for the `''` of a NULL or empty one. Two empty `&str`s are
+/// never compared: Rust compares them with `memcmp(p, q, 0)`, and glibc 2.36's AVX-512
+/// `memcmp` on AMD EPYC takes ~165 ns for that when `p` is the dangling pointer of an empty
+/// string (a masked load whose fault it must suppress), against ~2 ns otherwise. That was two
+/// to four calls per record: 0.35 to 0.75 µs of the writer's ~4.5 µs per request.
+type Dim<'a> = Option<&'a str>;
+
+fn dim(value: Option<&str>) -> Dim<'_> {
+    value.filter(|v| !v.is_empty())
 }
 
 impl<'a> Pending<'a> {
     /// Adds one inserted record, computing what the SQL expressions of [`ROLLUPS`] compute
     /// over its stored row (the delete trigger subtracts exactly that).
     pub fn add(&mut self, r: &'a super::UsageRecord) {
-        let team = r.identity.team.as_deref().unwrap_or("");
-        let model = r
-            .served_model
-            .as_deref()
-            .or(r.requested_model.as_deref())
-            .unwrap_or("");
+        let team = dim(r.identity.team.as_deref());
+        let model = dim(r.served_model.as_deref().or(r.requested_model.as_deref()));
         let measures = [
             1,
             i64::from(r.status >= 400),
@@ -225,18 +232,19 @@ impl<'a> Pending<'a> {
             r.ttft_us.map_or(0, |t| t as i64),
             i64::from(r.ttft_us.is_some()),
         ];
-        let mut add = |rollup: usize, dims: [&'a str; 3]| {
+        let mut add = |rollup: usize, dims: [Dim<'a>; 3]| {
             let period = (r.ts_ms / ROLLUPS[rollup].period_ms) * ROLLUPS[rollup].period_ms;
             let sums = self.groups.entry((rollup, period, dims)).or_default();
             for (s, m) in sums.iter_mut().zip(measures) {
                 *s += m;
             }
         };
-        let by_key = [team, model, r.key_id.as_deref().unwrap_or("")];
+        let by_key = [team, model, dim(r.key_id.as_deref())];
         add(0, by_key);
         add(1, by_key);
-        if let Some(session) = &r.identity.session {
-            add(2, [session, team, ""]);
+        // Every record that names a session, even an empty one (`session_id IS NOT NULL`).
+        if let Some(session) = r.identity.session.as_deref() {
+            add(2, [dim(Some(session)), team, None]);
         }
     }
 
@@ -248,6 +256,7 @@ impl<'a> Pending<'a> {
         for ((rollup, period, dims), sums) in self.groups {
             let r = &ROLLUPS[rollup];
             let mut stmt = conn.prepare_cached(&upserts[rollup])?;
+            let dims = dims.map(|d| d.unwrap_or(""));
             let mut values: Vec<&dyn rusqlite::ToSql> = vec![&period];
             values.extend(
                 dims.iter()
@@ -450,7 +459,7 @@ mod tests {
         fn rollups_stay_exact_under_any_batches(
             batches in proptest::collection::vec(
                 (proptest::bool::ANY, proptest::collection::vec(
-                    (0u8..12, 0i64..(3 * DAY_MS), 0u8..4, 0u8..3, 0u8..3, proptest::bool::ANY, 0u64..5_000, proptest::option::of(0u64..90_000)),
+                    (0u8..12, 0i64..(3 * DAY_MS), 0u8..5, 0u8..4, 0u8..4, proptest::bool::ANY, 0u64..5_000, proptest::option::of(0u64..90_000)),
                     0..20)),
                 1..6)
         ) {
@@ -459,13 +468,14 @@ mod tests {
                 let records: Vec<UsageRecord> = rows
                     .into_iter()
                     .map(|(id, ts, team, model, session, error, cost, ttft)| {
-                        let teams = [None, Some("a"), Some("b"), Some("c")];
-                        let mut r = record(&format!("r{id}"), 20_000 * DAY_MS + ts, teams[team as usize], [None, Some("s1"), Some("s2")][session as usize], cost * 3, cost);
+                        // Empty strings meet NULLs in every dimension: both are `''` in a rollup.
+                        let teams = [None, Some(""), Some("a"), Some("b"), Some("c")];
+                        let mut r = record(&format!("r{id}"), 20_000 * DAY_MS + ts, teams[team as usize], [None, Some(""), Some("s1"), Some("s2")][session as usize], cost * 3, cost);
                         r.status = if error { 500 } else { 200 };
                         r.ttft_us = ttft;
-                        r.served_model = [None, Some("m1".into()), Some("m2".into())][model as usize].clone();
+                        r.served_model = [None, Some(""), Some("m1"), Some("m2")][model as usize].map(String::from);
                         r.requested_model = Some("asked".into());
-                        r.key_id = (id % 2 == 0).then(|| "k".into());
+                        r.key_id = [None, Some(""), Some("k")][id as usize % 3].map(String::from);
                         r
                     })
                     .collect();

@@ -43,3 +43,29 @@ pub fn chat_stream(tokens: usize) -> Vec<u8> {
     s.push_str("data: [DONE]\n\n");
     s.into_bytes()
 }
+
+/// A directory under the system's temp dir, removed on drop (benches that write a ledger).
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(bench: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "tollgate-bench-{bench}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("a temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
