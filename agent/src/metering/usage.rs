@@ -27,7 +27,7 @@ pub const MAX_REPORTED_TOKENS: u64 = 1 << 32;
 
 fn u(v: &LazyValue<'_>, path: &[&str]) -> Option<u64> {
     v.pointer(path.iter().copied())
-        .and_then(|x| x.as_u64())
+        .and_then(|x| crate::json::as_u64(&x))
         .map(|n| n.min(MAX_REPORTED_TOKENS))
 }
 

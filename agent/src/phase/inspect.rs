@@ -232,14 +232,11 @@ pub fn inspect_body_with(body: &[u8], max_depth: usize) -> Result<Inspection, In
                 }
             }
             "max_tokens" | "max_completion_tokens" | "max_output_tokens" if !value.is_null() => {
-                out.max_output_tokens = Some(
-                    value
-                        .as_u64()
-                        .ok_or(InspectError::WrongType("max_tokens"))?,
-                );
+                out.max_output_tokens =
+                    Some(crate::json::as_u64(&value).ok_or(InspectError::WrongType("max_tokens"))?);
             }
             "n" if !value.is_null() => {
-                let n = value.as_u64().ok_or(InspectError::WrongType("n"))?;
+                let n = crate::json::as_u64(&value).ok_or(InspectError::WrongType("n"))?;
                 out.n = u32::try_from(n).unwrap_or(u32::MAX);
             }
             "tools" => {
