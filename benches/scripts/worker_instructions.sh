@@ -3,9 +3,9 @@
 # where CPU time on a shared VM moves by 20 % between runs (the "instructions" figures in
 # ARCHITECTURE.md). Runs TOLLGATE (default: target/release/tollgate) under callgrind with one
 # io_uring worker in front of a zero-delay simulator, warms it for 5 s, zeroes the counters,
-# sends 10 s of load on 4 connections, dumps, and prints each busy thread's instructions per
-# request (the worker's is the figure ARCHITECTURE.md cites; the sampler's is a fixed 20
-# estimates a second spread over the requests). Needs valgrind; build first:
+# sends 10 s of load on 4 connections, dumps, and prints the worker thread's instructions per
+# request with its main phases (the figures ARCHITECTURE.md and README.md cite). Needs
+# valgrind; build first:
 #   cargo build --release -p tollgate -p tollgate-sim -p tollgate-benches --bin tollgate-load
 # usage: benches/scripts/worker_instructions.sh [TOLLGATE]
 set -euo pipefail
@@ -14,7 +14,8 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$(realpath "${1:-$root/target/release/tollgate}")
 load=$root/target/release/tollgate-load
 work=$(mktemp -d)
-trap 'kill $sim $vg 2>/dev/null || true; rm -rf "$work"' EXIT
+echo "callgrind files in $work (kept with KEEP=1)"
+trap 'kill $sim $vg 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
 "$root/target/release/tollgate-sim" --listen 127.0.0.1:18180 --model smol --zero-delay >"$work/sim.log" 2>&1 &
 sim=$!
@@ -41,12 +42,19 @@ requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 2>/dev
 sleep 1
 callgrind_control -d "$vg" >/dev/null
 sleep 1
-echo "$requests requests"
+# The worker's thread is the one running `worker::run`. Its requests are counted by callgrind
+# itself (calls of the journal write, one per request) rather than by the load generator, whose
+# window does not line up exactly with the zeroing and the dump. Other threads are not reported:
+# valgrind runs one thread at a time, so the ledger writer and the sampler lag the requests and
+# their instructions cannot be put per request.
 for f in "$work"/cg."$vg".*-*; do
+  report=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null)
+  grep -q 'tollgate::worker::run' <<<"$report" || continue
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
-  [ "${total:-0}" -gt 1000000 ] || continue
-  # The thread's entry function names it: the worker, the ledger writer, the accuracy sampler.
-  what=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null |
-    grep -oE 'tollgate::(worker::run|ledger::writer::run|ledger::accuracy|metering::estimate|telemetry::[a-z_]+::run)' | head -1)
-  echo "${what:-other}: $((total / requests)) instructions per request"
+  calls=$(grep -oE '=> .*LedgerLocal::journal \(([0-9,]+)x\)' <<<"$report" | grep -oE '[0-9,]+x' | tr -d ',x' | head -1)
+  calls=${calls:-$requests}
+  echo "worker: $((total / calls)) instructions per request ($calls requests; the generator counted $requests)"
+  # Where they go (inclusive, per request): the usage read, inspection, journal, ...
+  grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt)[^ ]* \[' <<<"$report" |
+    awk -v n="$calls" '{c=$1; gsub(",", "", c); sub(/.*tollgate::/, "tollgate::"); sub(/ .*/, ""); printf "  %7.0f  %s\n", c / n, $0}'
 done

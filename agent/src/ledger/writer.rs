@@ -167,7 +167,7 @@ pub fn run(
             Err(RecvTimeoutError::Timeout) => {
                 // The node counters (BPF maps, per-target totals) move with the commit, not
                 // with each worker batch: one map update per model, cgroup and key per commit
-                // instead of per batch (0.11 `bpf` calls per request at c=64 before).
+                // instead of per batch (0.10 `bpf` calls per request at c=64 before).
                 ctl.enricher.flush_counters();
                 flush(&mut conn, &mut batch, &metrics);
                 if batch.is_empty() {
