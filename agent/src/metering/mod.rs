@@ -5,6 +5,7 @@
 
 pub mod engine_tokenize;
 pub mod estimate;
+mod one_pass;
 pub mod prices;
 pub mod sse;
 pub mod tokenizer;

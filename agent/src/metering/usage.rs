@@ -125,43 +125,60 @@ fn versioned(model: String, fingerprint: Option<String>) -> String {
 }
 
 /// The usage of a complete non-streaming response body, and (when it has usage) the model
-/// version it reports, in one pass over its top-level fields (`extract_usage` and
-/// `upstream_version` would each scan the body: three times in all for a chat completion,
-/// whose `system_fingerprint` follows its `usage`). The first occurrence of a field counts, as
-/// with `sonic_rs::get`; a body the one pass cannot read is read field by field.
+/// version it reports, in one serde pass over the body (`one_pass.rs`): `extract_usage` and
+/// `upstream_version` would scan it three times and the usage object four more. The first
+/// occurrence of a field counts, as with `sonic_rs::get`; a body that is not valid JSON is read
+/// field by field.
 pub fn plain_response_facts(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
+    use super::one_pass::Counts;
     if too_deep(body) {
         return (None, None);
     }
-    let (mut usage, mut model, mut fingerprint) = (None, None, None);
-    for pair in sonic_rs::to_object_iter(body) {
-        // A body the iterator refuses (it checks all of its UTF-8 first, `get` reads only up
-        // to the field): the field-by-field reading decides, as before.
-        let Ok((key, value)) = pair else {
-            let usage = extract_usage(api, body);
-            return (usage, usage.and_then(|_| upstream_version(body)));
-        };
-        match &*key {
-            "usage" if usage.is_none() => usage = Some(value),
-            "model" if model.is_none() => model = Some(value),
-            "system_fingerprint" if fingerprint.is_none() => fingerprint = Some(value),
-            _ => {}
-        }
-    }
-    let Some(v) = usage.filter(|v| v.is_object()) else {
+    let Some(facts) = super::one_pass::read(body) else {
+        let usage = extract_usage(api, body);
+        return (usage, usage.and_then(|_| upstream_version(body)));
+    };
+    let Some(Some(c)) = facts.usage else {
         return (None, None);
     };
+    let cap = |n: Option<u64>| n.map(|n| n.min(MAX_REPORTED_TOKENS));
+    let count = |n| cap(Counts::get(n));
+    let detail = |n| cap(Counts::detail(n));
     let mut acc = UsageAccumulator::default();
     match api {
-        Api::Messages => acc.anthropic = Some(anthropic_usage(&v)),
-        _ => acc.openai = Some(openai_usage(&v)),
+        Api::Messages => {
+            acc.anthropic = Some(AnthropicUsage {
+                input: count(c.input_tokens),
+                cache_read: count(c.cache_read_input_tokens),
+                cache_write: count(c.cache_creation_input_tokens),
+                output: count(c.output_tokens),
+            })
+        }
+        _ => {
+            acc.openai = Some(Usage {
+                input_tokens: count(c.prompt_tokens)
+                    .or(count(c.input_tokens))
+                    .unwrap_or(0),
+                cached_tokens: detail(c.prompt_tokens_details)
+                    .or(detail(c.input_tokens_details))
+                    .unwrap_or(0),
+                cache_write_tokens: 0,
+                output_tokens: count(c.completion_tokens)
+                    .or(count(c.output_tokens))
+                    .unwrap_or(0),
+                reasoning_tokens: detail(c.completion_tokens_details)
+                    .or(detail(c.output_tokens_details))
+                    .unwrap_or(0),
+            })
+        }
     }
     let Some(usage) = acc.finish() else {
         return (None, None);
     };
-    let text =
-        |v: Option<LazyValue<'_>>| v.as_ref().and_then(|v| v.as_str()).and_then(version_text);
-    let version = text(model).map(|m| versioned(m, text(fingerprint)));
+    let text = |t: Option<Option<std::borrow::Cow<'_, str>>>| {
+        t.flatten().as_deref().and_then(version_text)
+    };
+    let version = text(facts.model).map(|m| versioned(m, text(facts.fingerprint)));
     (Some(usage), version)
 }
 
@@ -318,6 +335,49 @@ mod tests {
         }
     }
 
+    /// The reader before the serde pass (sonic-rs's object iterator, then a `pointer` per count),
+    /// kept as the reference the serde pass must equal.
+    /// The usage of a complete non-streaming response body, and (when it has usage) the model
+    /// version it reports, in one pass over its top-level fields (`extract_usage` and
+    /// `upstream_version` would each scan the body: three times in all for a chat completion,
+    /// whose `system_fingerprint` follows its `usage`). The first occurrence of a field counts, as
+    /// with `sonic_rs::get`; a body the one pass cannot read is read field by field.
+    fn plain_response_facts_by_iterator(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
+        if too_deep(body) {
+            return (None, None);
+        }
+        let (mut usage, mut model, mut fingerprint) = (None, None, None);
+        for pair in sonic_rs::to_object_iter(body) {
+            // A body the iterator refuses (it checks all of its UTF-8 first, `get` reads only up
+            // to the field): the field-by-field reading decides, as before.
+            let Ok((key, value)) = pair else {
+                let usage = extract_usage(api, body);
+                return (usage, usage.and_then(|_| upstream_version(body)));
+            };
+            match &*key {
+                "usage" if usage.is_none() => usage = Some(value),
+                "model" if model.is_none() => model = Some(value),
+                "system_fingerprint" if fingerprint.is_none() => fingerprint = Some(value),
+                _ => {}
+            }
+        }
+        let Some(v) = usage.filter(|v| v.is_object()) else {
+            return (None, None);
+        };
+        let mut acc = UsageAccumulator::default();
+        match api {
+            Api::Messages => acc.anthropic = Some(anthropic_usage(&v)),
+            _ => acc.openai = Some(openai_usage(&v)),
+        }
+        let Some(usage) = acc.finish() else {
+            return (None, None);
+        };
+        let text =
+            |v: Option<LazyValue<'_>>| v.as_ref().and_then(|v| v.as_str()).and_then(version_text);
+        let version = text(model).map(|m| versioned(m, text(fingerprint)));
+        (Some(usage), version)
+    }
+
     /// A usage field's value: counts, and what a count is not.
     fn value() -> impl Strategy<Value = String> {
         prop_oneof![
@@ -365,6 +425,83 @@ mod tests {
             let json = format!("{{{}}}", body.join(","));
             let v: LazyValue<'_> = sonic_rs::from_str(&json).expect("an object");
             prop_assert_eq!(openai_usage(&v), openai_by_pointer(&v), "{}", json);
+        }
+    }
+
+    /// A top-level value of a response body: usage objects (built from the fields above),
+    /// texts, and the other types.
+    fn top_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::collection::vec((key(), value()), 0..8).prop_map(|fields| {
+                let body: Vec<String> =
+                    fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            }),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec![
+                        "input_tokens",
+                        "output_tokens",
+                        "cache_read_input_tokens",
+                        "cache_creation_input_tokens",
+                    ]),
+                    value()
+                ),
+                0..6
+            )
+            .prop_map(|fields| {
+                let body: Vec<String> =
+                    fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+                format!("{{{}}}", body.join(","))
+            }),
+            prop::sample::select(vec![
+                "\"gpt-4o\"",
+                "\"\"",
+                "\"fp_\\u0041\"",
+                "\"tab\\there\"",
+                "null",
+                "42",
+                "[\"a\",{\"usage\":1}]",
+                "{\"model\":\"inner\",\"usage\":{\"prompt_tokens\":9}}",
+            ])
+            .prop_map(String::from),
+            value(),
+        ]
+    }
+
+    fn top_key() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "usage",
+            "model",
+            "system_fingerprint",
+            "id",
+            "choices",
+            "message",
+            "us\\u0061ge",
+            "m\\u006fdel",
+        ])
+    }
+
+    proptest! {
+        /// Random response bodies (repeated, escaped and mistyped fields, nested look-alikes,
+        /// bodies cut short) read by the serde pass as the iterator-and-pointer reader read
+        /// them, for each API's usage names.
+        #[test]
+        fn one_pass_reads_as_the_iterator_read(
+            fields in prop::collection::vec((top_key(), top_value()), 0..8),
+            cut in prop::option::of(0usize..400),
+            api in prop::sample::select(vec![Api::ChatCompletions, Api::Responses, Api::Messages]),
+        ) {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let mut json = format!("{{{}}}", body.join(","));
+            if let Some(cut) = cut {
+                json.truncate(cut.min(json.len()));
+            }
+            prop_assert_eq!(
+                plain_response_facts(api, json.as_bytes()),
+                plain_response_facts_by_iterator(api, json.as_bytes()),
+                "{}", json
+            );
         }
     }
 
