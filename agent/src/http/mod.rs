@@ -34,19 +34,20 @@ pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
 }
 
 /// True for headers that describe one connection hop and must not be forwarded.
+/// Chosen by length first: a name is compared with at most two of them (~740 instructions
+/// per request went to trying all nine on each header, callgrind).
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 9] = [
-        b"connection",
-        b"keep-alive",
-        b"transfer-encoding",
-        b"content-length",
-        b"upgrade",
-        b"te",
-        b"trailer",
-        b"proxy-connection",
-        b"proxy-authorization",
-    ];
-    HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+    let is = |h: &[u8]| name.eq_ignore_ascii_case(h);
+    match name.len() {
+        2 => is(b"te"),
+        7 => is(b"upgrade") || is(b"trailer"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        14 => is(b"content-length"),
+        16 => is(b"proxy-connection"),
+        17 => is(b"transfer-encoding"),
+        19 => is(b"proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// Parses a decimal Content-Length value strictly (digits only).
@@ -70,6 +71,41 @@ pub fn has_token(value: &[u8], token: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The length switch says what a scan of the nine names says, in any case.
+    #[test]
+    fn hop_by_hop_names_by_length_match_the_list() {
+        const HOP: [&str; 9] = [
+            "connection",
+            "keep-alive",
+            "transfer-encoding",
+            "content-length",
+            "upgrade",
+            "te",
+            "trailer",
+            "proxy-connection",
+            "proxy-authorization",
+        ];
+        let mut names: Vec<String> = HOP.iter().map(|h| h.to_string()).collect();
+        names.extend(HOP.iter().map(|h| h.to_ascii_uppercase()));
+        names.extend(HOP.iter().map(|h| format!("{h}x")));
+        names.extend(HOP.iter().map(|h| h[1..].to_string()));
+        names.extend(
+            [
+                "content-type",
+                "x-request-id",
+                "authorization",
+                "t",
+                "",
+                "date",
+            ]
+            .map(String::from),
+        );
+        for n in names {
+            let listed = HOP.iter().any(|h| h.eq_ignore_ascii_case(&n));
+            assert_eq!(is_hop_by_hop(n.as_bytes()), listed, "{n}");
+        }
+    }
 
     #[test]
     fn head_end_across_reads() {
