@@ -189,7 +189,7 @@ pub async fn first_read(
     let started = Instant::now();
     let idle_timeout = w.shared.snapshot.load().cfg.limits.idle_timeout;
     let spare = take_spare(&mut conn.buf);
-    deadline.arm(KEEP_BUFFER.min(idle_timeout));
+    deadline.arm_at(started, KEEP_BUFFER.min(idle_timeout));
     // Only a canceller that never cancelled goes back to the pool (a cancel, once a second
     // per idle connection at most, is rare enough to pay for a new one).
     let canceller = w.cancellers.borrow_mut().pop().unwrap_or_default();
@@ -274,8 +274,10 @@ fn left(deadline: Instant) -> io::Result<Duration> {
 
 async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead, ReadEnd> {
     let mut scanned = 0;
-    // Pipelined bytes already here mean the head has started.
-    let mut deadline = (!conn.buf.is_empty()).then(|| Instant::now() + limits.header_timeout);
+    // Pipelined bytes already here mean the head has started; its deadline is read from the
+    // clock only if the head is not complete yet (it almost always is).
+    let started = !conn.buf.is_empty();
+    let mut deadline = None;
     loop {
         if let Some(end) = find_head_end(&conn.buf, scanned) {
             if end > limits.max_head_bytes {
@@ -292,6 +294,9 @@ async fn read_head(conn: &mut ClientConn, limits: &Limits) -> Result<RequestHead
             return Err(ReadEnd::Error(http_error(HttpError::HeadTooLarge {
                 limit: limits.max_head_bytes,
             })));
+        }
+        if started && deadline.is_none() {
+            deadline = Some(Instant::now() + limits.header_timeout);
         }
         // Between requests the idle timeout applies; once a head has started, its deadline.
         let idle = conn.buf.is_empty();
@@ -333,7 +338,8 @@ async fn read_body(
     limits: &Limits,
     reservation: &mut Reservation,
 ) -> Result<Bytes, GateError> {
-    let deadline = Instant::now() + limits.body_timeout;
+    // From the first time the body must be waited for (most bodies are already here).
+    let mut deadline = LazyDeadline::new(limits.body_timeout);
     let too_large = || {
         GateError::new(
             ErrorKind::BodyTooLarge {
@@ -354,6 +360,7 @@ async fn read_body(
                 return Err(overloaded());
             }
         }
+        deadline.get();
         conn.write_all(&b"HTTP/1.1 100 Continue\r\n\r\n"[..])
             .await
             .map_err(|e| {
@@ -374,7 +381,7 @@ async fn read_body(
                 conn.buf.reserve(n - conn.buf.len());
             }
             while conn.buf.len() < n {
-                fill(conn, deadline, "request body").await?;
+                fill(conn, deadline.get(), "request body").await?;
             }
             Ok(conn.buf.split_to(n).freeze())
         }
@@ -393,11 +400,27 @@ async fn read_body(
                         }
                         body.extend_from_slice(&d);
                     }
-                    Decoded::NeedMore => fill(conn, deadline, "request body").await?,
+                    Decoded::NeedMore => fill(conn, deadline.get(), "request body").await?,
                     Decoded::Done => return Ok(body.freeze()),
                 }
             }
         }
+    }
+}
+
+/// A deadline `timeout` after the first time it is asked for.
+struct LazyDeadline {
+    timeout: Duration,
+    at: Option<Instant>,
+}
+
+impl LazyDeadline {
+    fn new(timeout: Duration) -> Self {
+        Self { timeout, at: None }
+    }
+
+    fn get(&mut self) -> Instant {
+        *self.at.get_or_insert_with(|| Instant::now() + self.timeout)
     }
 }
 

@@ -592,10 +592,11 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         ctx.outcome = Outcome::ClientDisconnected;
         ctx.client_keep_alive = false;
     }
-    ctx.last_byte_at = Some(Instant::now());
+    let now = Instant::now();
+    ctx.last_byte_at = Some(now);
 
     if reader.is_done() && head.keep_alive && ctx.outcome != Outcome::UpstreamReset {
-        w.pool.borrow_mut().put(conn, Instant::now());
+        w.pool.borrow_mut().put(conn, now);
     }
 }
 

@@ -50,7 +50,8 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     let latency = end.duration_since(ctx.started);
     let record = record_mut(&mut msg);
     record.latency_us = latency.as_micros() as u64;
-    record.ts_ms = start_ms(latency);
+    // `ts_ms`, the request's wall-clock start, is the one `build` wrote (and journalled):
+    // reading the wall clock again would only move it by jitter.
     record.outcome = outcome_label(ctx);
     record.status = ctx.status;
     let journal = journalled.as_ref() != Some(&record.outcome);
