@@ -335,6 +335,10 @@ mod tests {
                 remaining,
                 reset: Duration::from_millis(ms),
             });
+            for (_, _, ms) in req.iter().chain(tok.iter()) {
+                let d = Duration::from_millis(*ms);
+                proptest::prop_assert_eq!(openai_duration(d), openai_duration_by_format(d));
+            }
             let q = Quota { requests: r(req), tokens: r(tok), fallback };
             for wire in [Wire::OpenAi, Wire::Anthropic] {
                 loop {
