@@ -531,22 +531,7 @@ mod tests {
              FROM usage ORDER BY id",
         )
         .unwrap()
-        .query_map([], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get(11)?,
-            ))
-        })
+        .query_map([], |r| Row::try_from(r))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
