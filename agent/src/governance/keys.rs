@@ -220,7 +220,9 @@ impl KeyEntry {
 /// Every key that is not revoked, by hash. Immutable; swapped whole.
 #[derive(Debug, Default)]
 pub struct KeyTable {
-    by_hash: HashMap<[u8; 32], Arc<KeyEntry>>,
+    /// foldhash, not SipHash: the keys are SHA-256 digests, which no client can choose to
+    /// collide, and the lookup runs on every governed request.
+    by_hash: HashMap<[u8; 32], Arc<KeyEntry>, foldhash::fast::RandomState>,
     /// The same entries by key id (the batch runner acts on behalf of a key it knows by id).
     by_id: HashMap<String, Arc<KeyEntry>>,
 }
@@ -234,7 +236,7 @@ impl KeyTable {
             .values()
             .map(|e| (e.id.as_str(), e))
             .collect();
-        let mut by_hash = HashMap::new();
+        let mut by_hash = HashMap::default();
         let mut by_id = HashMap::new();
         for (rec, hash) in rows {
             if rec.revoked_ms.is_some() {
