@@ -86,22 +86,41 @@ impl<'de> Visitor<'de> for TopVisitor {
         let mut facts = Facts::default();
         while let Some(key) = map.next_key::<Key<'de>>()? {
             match &*key.0 {
-                "usage" if facts.usage.is_none() => {
-                    facts.usage = Some(map.next_value::<UsageObject>()?.0);
+                "usage" => first(&mut map, &mut facts.usage, |u: UsageObject| u.0)?,
+                "model" => first(&mut map, &mut facts.model, |t: Text<'de>| t.0)?,
+                "system_fingerprint" => {
+                    first(&mut map, &mut facts.fingerprint, |t: Text<'de>| t.0)?
                 }
-                "model" if facts.model.is_none() => {
-                    facts.model = Some(map.next_value::<Text<'de>>()?.0);
-                }
-                "system_fingerprint" if facts.fingerprint.is_none() => {
-                    facts.fingerprint = Some(map.next_value::<Text<'de>>()?.0);
-                }
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                _ => skip(&mut map)?,
             }
         }
         Ok(Top(facts))
     }
+}
+
+/// Reads the value of the key just read into `slot` when the key is seen for the first time
+/// (`into` takes what the value reads as), else skips it: the first occurrence counts.
+fn first<'de, A, T, V>(
+    map: &mut A,
+    slot: &mut Option<V>,
+    into: impl FnOnce(T) -> V,
+) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    match slot {
+        Some(_) => skip(map),
+        None => {
+            *slot = Some(into(map.next_value::<T>()?));
+            Ok(())
+        }
+    }
+}
+
+/// Skips the value of the key just read.
+fn skip<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    map.next_value::<IgnoredAny>().map(|_| ())
 }
 
 /// An object key, borrowed from the body unless it had escapes.
@@ -255,10 +274,10 @@ impl<'de, const REASONING: bool> Deserialize<'de> for Detail<REASONING> {
                 };
                 let mut found = None;
                 while let Some(key) = map.next_key::<Key<'de>>()? {
-                    if found.is_none() && key.0 == field {
-                        found = Some(map.next_value::<Count>()?.0);
+                    if key.0 == field {
+                        first(&mut map, &mut found, |c: Count| c.0)?;
                     } else {
-                        map.next_value::<IgnoredAny>()?;
+                        skip(&mut map)?;
                     }
                 }
                 Ok(Some(found))
@@ -284,44 +303,31 @@ impl<'de> Deserialize<'de> for UsageObject {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut c = Counts::default();
+                let count = |n: Count| n.0;
+                let cached = |d: Detail<false>| d.0;
+                let reasoning = |d: Detail<true>| d.0;
                 while let Some(key) = map.next_key::<Key<'de>>()? {
-                    let count = match &*key.0 {
-                        "prompt_tokens" => &mut c.prompt_tokens,
-                        "input_tokens" => &mut c.input_tokens,
-                        "completion_tokens" => &mut c.completion_tokens,
-                        "output_tokens" => &mut c.output_tokens,
-                        "cache_read_input_tokens" => &mut c.cache_read_input_tokens,
-                        "cache_creation_input_tokens" => &mut c.cache_creation_input_tokens,
-                        "prompt_tokens_details"
-                        | "input_tokens_details"
-                        | "completion_tokens_details"
-                        | "output_tokens_details" => {
-                            let (slot, reasoning) = match &*key.0 {
-                                "prompt_tokens_details" => (&mut c.prompt_tokens_details, false),
-                                "input_tokens_details" => (&mut c.input_tokens_details, false),
-                                "completion_tokens_details" => {
-                                    (&mut c.completion_tokens_details, true)
-                                }
-                                _ => (&mut c.output_tokens_details, true),
-                            };
-                            if slot.is_some() {
-                                map.next_value::<IgnoredAny>()?;
-                            } else if reasoning {
-                                *slot = Some(map.next_value::<Detail<true>>()?.0);
-                            } else {
-                                *slot = Some(map.next_value::<Detail<false>>()?.0);
-                            }
-                            continue;
+                    let m = &mut map;
+                    match &*key.0 {
+                        "prompt_tokens" => first(m, &mut c.prompt_tokens, count)?,
+                        "input_tokens" => first(m, &mut c.input_tokens, count)?,
+                        "completion_tokens" => first(m, &mut c.completion_tokens, count)?,
+                        "output_tokens" => first(m, &mut c.output_tokens, count)?,
+                        "cache_read_input_tokens" => {
+                            first(m, &mut c.cache_read_input_tokens, count)?
                         }
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                            continue;
+                        "cache_creation_input_tokens" => {
+                            first(m, &mut c.cache_creation_input_tokens, count)?
                         }
-                    };
-                    if count.is_some() {
-                        map.next_value::<IgnoredAny>()?;
-                    } else {
-                        *count = Some(map.next_value::<Count>()?.0);
+                        "prompt_tokens_details" => first(m, &mut c.prompt_tokens_details, cached)?,
+                        "input_tokens_details" => first(m, &mut c.input_tokens_details, cached)?,
+                        "completion_tokens_details" => {
+                            first(m, &mut c.completion_tokens_details, reasoning)?
+                        }
+                        "output_tokens_details" => {
+                            first(m, &mut c.output_tokens_details, reasoning)?
+                        }
+                        _ => skip(m)?,
                     }
                 }
                 Ok(Some(c))

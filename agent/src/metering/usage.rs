@@ -336,12 +336,8 @@ mod tests {
     }
 
     /// The reader before the serde pass (sonic-rs's object iterator, then a `pointer` per count),
-    /// kept as the reference the serde pass must equal.
-    /// The usage of a complete non-streaming response body, and (when it has usage) the model
-    /// version it reports, in one pass over its top-level fields (`extract_usage` and
-    /// `upstream_version` would each scan the body: three times in all for a chat completion,
-    /// whose `system_fingerprint` follows its `usage`). The first occurrence of a field counts, as
-    /// with `sonic_rs::get`; a body the one pass cannot read is read field by field.
+    /// kept as the reference the serde pass must equal. The first occurrence of a field counts;
+    /// a body the iterator refuses is read field by field.
     fn plain_response_facts_by_iterator(api: Api, body: &[u8]) -> (Option<Usage>, Option<String>) {
         if too_deep(body) {
             return (None, None);

@@ -181,21 +181,20 @@ impl Named<'_> {
 pub fn render_quota(q: &Quota, wire: Wire) -> String {
     let mut out = String::with_capacity(384);
     let mut num = itoa::Buffer::new();
-    for (what, r) in [("requests", q.requests), ("tokens", q.tokens)] {
+    let headers = match wire {
+        Wire::OpenAi => &OPENAI_QUOTA_HEADERS,
+        Wire::Anthropic => &ANTHROPIC_QUOTA_HEADERS,
+    };
+    for (names, r) in headers.iter().zip([q.requests, q.tokens]) {
         let Some(r) = r else { continue };
-        let (prefix, limit, remaining, reset) = match wire {
-            Wire::OpenAi => ("x-ratelimit-", "limit-", "remaining-", "reset-"),
-            Wire::Anthropic => ("anthropic-ratelimit-", "-limit", "-remaining", "-reset"),
-        };
+        let [limit, remaining, reset] = names;
         for (name, value) in [(limit, r.limit), (remaining, r.remaining)] {
-            out.push_str(prefix);
-            header_name(&mut out, wire, what, name);
+            out.push_str(name);
             out.push_str(": ");
             out.push_str(num.format(value));
             out.push_str("\r\n");
         }
-        out.push_str(prefix);
-        header_name(&mut out, wire, what, reset);
+        out.push_str(reset);
         out.push_str(": ");
         match wire {
             Wire::OpenAi => write_openai_duration(&mut out, r.reset),
@@ -211,19 +210,32 @@ pub fn render_quota(q: &Quota, wire: Wire) -> String {
     out
 }
 
-/// `limit-requests` (OpenAI) or `requests-limit` (Anthropic).
-fn header_name(out: &mut String, wire: Wire, what: &str, part: &str) {
-    match wire {
-        Wire::OpenAi => {
-            out.push_str(part);
-            out.push_str(what);
-        }
-        Wire::Anthropic => {
-            out.push_str(what);
-            out.push_str(part);
-        }
-    }
-}
+/// The rate-limit header names for requests and for tokens: limit, remaining, reset.
+const OPENAI_QUOTA_HEADERS: [[&str; 3]; 2] = [
+    [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ],
+    [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ],
+];
+
+const ANTHROPIC_QUOTA_HEADERS: [[&str; 3]; 2] = [
+    [
+        "anthropic-ratelimit-requests-limit",
+        "anthropic-ratelimit-requests-remaining",
+        "anthropic-ratelimit-requests-reset",
+    ],
+    [
+        "anthropic-ratelimit-tokens-limit",
+        "anthropic-ratelimit-tokens-remaining",
+        "anthropic-ratelimit-tokens-reset",
+    ],
+];
 
 /// `20ms`, `1s`, `6m0s`, `1h2m3s`, as OpenAI writes its reset headers.
 pub fn openai_duration(d: Duration) -> String {
@@ -264,8 +276,6 @@ mod tests {
     use super::*;
 
     /// The `write!` rendering this file had, kept as the reference.
-    /// The providers' rate-limit headers for `q`, in the client's wire format, plus
-    /// `x-tollgate-fallback`. Written straight into one buffer (it runs for every governed response).
     fn render_quota_by_format(q: &Quota, wire: Wire) -> String {
         use std::fmt::Write;
         let mut out = String::with_capacity(384);
