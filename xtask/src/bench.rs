@@ -21,12 +21,14 @@
 //! cargo xtask bench --quick         # 1 s per point, smoke run
 //! cargo xtask bench --no-nginx --out /tmp/bench.md
 //! cargo xtask bench --baseline /tmp/old/target/release/tollgate   # another build, same run
+//! cargo xtask bench --against-nginx  # nginx, Tollgate, Tollgate governed: alternating windows
 //! ```
 //!
 //! Logs and configs of every process go to `target/tollgate-bench/`. On a 2-vCPU machine the generator,
 //! proxy and simulator share the cores: compare CPU per request and added latency, not raw rps.
 
 mod ab;
+mod against_nginx;
 mod agent;
 mod cluster;
 mod fairness;
@@ -93,6 +95,10 @@ pub struct Args {
     /// against one without rules, in alternating windows (`bench/guardrails.rs`).
     #[arg(long)]
     guardrails: bool,
+    /// Measure only Tollgate against nginx: nginx, Tollgate and Tollgate with governance in
+    /// alternating windows at 1, 16 and 64 connections (`bench/against_nginx.rs`).
+    #[arg(long)]
+    against_nginx: bool,
     /// Measure only what cluster mode costs: an agent enforcing alone against one leasing its
     /// budgets from a local redis-server, in alternating windows (`bench/cluster.rs`).
     #[arg(long)]
@@ -168,11 +174,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         || args.scheduling
         || args.fairness
         || args.cluster
+        || args.against_nginx
     {
         if let Err(e) = agent_build {
             bail!("building the agent failed: {e}");
         }
-        let (title, flag, suffix, table) = if args.cluster {
+        let (title, flag, suffix, table) = if args.against_nginx {
+            let t = against_nginx::run(&layout, &load, warmup)?;
+            (
+                "Tollgate against nginx, alternating windows",
+                "--against-nginx",
+                "against-nginx",
+                t,
+            )
+        } else if args.cluster {
             let t = cluster::run(&layout, &load, warmup)?;
             ("Cluster mode cost under load", "--cluster", "cluster", t)
         } else if args.fairness {

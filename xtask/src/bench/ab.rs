@@ -1,6 +1,8 @@
-//! Two agents in the same run, measured in alternating windows (ABBA, so neither side always
-//! runs right after the other) at one load point; reported per window with the difference of
-//! the means. Shared by the `--governance` and `--guardrails` benches.
+//! Agents (and nginx) in the same run, measured in alternating windows at one load point:
+//! each round runs every side once, even rounds in order and odd rounds reversed (ABBA for two
+//! sides), so no side always runs right after another. Reported per window, with each side's
+//! mean and its difference from the first side. Shared by the `--governance`, `--guardrails`,
+//! `--cluster` and `--against-nginx` benches.
 
 use std::fmt::Write as _;
 
@@ -14,6 +16,16 @@ pub struct Side<'a> {
     pub pid: u32,
 }
 
+/// Each side's mean over its windows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Means {
+    pub rps: f64,
+    pub p50: f64,
+    pub p99: f64,
+    /// `None` when no window could read the server's CPU.
+    pub cpu_us: Option<f64>,
+}
+
 /// Measures `a` and `b` for `rounds` ABBA rounds at `connections` closed-loop connections and
 /// renders the table; `what` names the difference ("governance adds").
 pub fn compare(
@@ -23,41 +35,9 @@ pub fn compare(
     connections: usize,
     what: &str,
 ) -> anyhow::Result<String> {
-    let point = Point {
-        pacing: Pacing::Closed(connections),
-        stream: false,
-    };
-    let mut rows: Vec<(&str, PointResult)> = Vec::new();
-    for round in 0..rounds {
-        let order = if round % 2 == 0 { [a, b] } else { [b, a] };
-        for side in order {
-            rows.push((side.name, side.load.measure(&side.target, point, side.pid)?));
-        }
-    }
-    let mut out = String::from(
-        "| window | rps | p50 µs | p99 µs | agent CPU µs/req | failed |\n|---|---|---|---|---|---|\n",
-    );
-    for (name, r) in &rows {
-        let t = r.latency.unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "| {name} | {:.0} | {:.0} | {:.0} | {} | {} |",
-            r.rps,
-            t.p50,
-            t.p99,
-            r.server_cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
-            r.errors
-        );
-    }
-    let mean = |name: &str| {
-        let v: Vec<f64> = rows
-            .iter()
-            .filter(|(n, _)| *n == name)
-            .filter_map(|(_, r)| r.server_cpu_us)
-            .collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-    };
-    if let (Some(x), Some(y)) = (mean(a.name), mean(b.name)) {
+    let (table, means) = windows(&[a, b], rounds, connections)?;
+    let mut out = table;
+    if let (Some(x), Some(y)) = (means[0].cpu_us, means[1].cpu_us) {
         let _ = writeln!(
             out,
             "\nMean agent CPU per request: {x:.1} µs ({}), {y:.1} µs ({}): {what} {:.1} µs.",
@@ -67,4 +47,99 @@ pub fn compare(
         );
     }
     Ok(out)
+}
+
+/// Runs `rounds` rounds over `sides` at `connections` and returns the per-window table with
+/// each side's means, in the order of `sides`.
+pub fn windows(
+    sides: &[&Side<'_>],
+    rounds: usize,
+    connections: usize,
+) -> anyhow::Result<(String, Vec<Means>)> {
+    let point = Point {
+        pacing: Pacing::Closed(connections),
+        stream: false,
+    };
+    let mut rows: Vec<(usize, PointResult)> = Vec::new();
+    for round in 0..rounds {
+        for i in round_order(sides.len(), round) {
+            let side = sides[i];
+            rows.push((i, side.load.measure(&side.target, point, side.pid)?));
+        }
+    }
+    let mut out = String::from(
+        "| window | rps | p50 µs | p99 µs | agent CPU µs/req | failed |\n|---|---|---|---|---|---|\n",
+    );
+    for (i, r) in &rows {
+        let t = r.latency.unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            sides[*i].name,
+            r.rps,
+            t.p50,
+            t.p99,
+            r.server_cpu_us.map_or("-".into(), |c| format!("{c:.1}")),
+            r.errors
+        );
+    }
+    let means = (0..sides.len())
+        .map(|i| {
+            let mine: Vec<&PointResult> = rows
+                .iter()
+                .filter(|(s, _)| *s == i)
+                .map(|(_, r)| r)
+                .collect();
+            let n = mine.len().max(1) as f64;
+            let cpu: Vec<f64> = mine.iter().filter_map(|r| r.server_cpu_us).collect();
+            let latency = |f: fn(&super::measure::Timing) -> f64| {
+                mine.iter()
+                    .filter_map(|r| r.latency.as_ref().map(f))
+                    .sum::<f64>()
+                    / n
+            };
+            Means {
+                rps: mine.iter().map(|r| r.rps).sum::<f64>() / n,
+                p50: latency(|t| t.p50),
+                p99: latency(|t| t.p99),
+                cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+            }
+        })
+        .collect();
+    Ok((out, means))
+}
+
+/// The order of the sides in round `round`: forward on even rounds, reversed on odd ones, so
+/// each side's mean position is the same.
+fn round_order(sides: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..sides).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn two_sides_alternate_abba_and_every_side_has_the_same_mean_position() {
+        assert_eq!(
+            [round_order(2, 0), round_order(2, 1)].concat(),
+            vec![0, 1, 1, 0]
+        );
+        for sides in 1..5 {
+            let mut position_sum = vec![0; sides];
+            for round in 0..4 {
+                for (position, side) in round_order(sides, round).into_iter().enumerate() {
+                    position_sum[side] += position;
+                }
+            }
+            assert!(
+                position_sum.iter().all(|&p| p == position_sum[0]),
+                "{position_sum:?}"
+            );
+        }
+    }
 }

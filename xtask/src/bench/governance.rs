@@ -5,6 +5,8 @@
 //! metering and the ledger. Windows alternate between the two (ABBA) at 16 connections; reported per
 //! window: rps, p50/p99 and the agent's CPU per request, and the difference of the means.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context};
@@ -34,54 +36,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
         false,
     )?;
 
-    let on_dir = work.join("on");
-    let data = on_dir.join("data");
-    std::fs::create_dir_all(&data)?;
-    let admin_port = super::process::free_port()?.port();
-    let yaml = agent::render_config(&data, "epoll", sim.addr, MODEL, false).replace(
-        "auth: { mode: open }\n",
-        &format!(
-            "auth: {{ mode: keys }}\n\
-             admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_ADMIN_TOKEN }}\n\
-             prices:\n  {MODEL}: {{ input: 0.10, output: 0.40 }}\n\
-             rate_limits:\n  - scope: {{ team: bench }}\n    requests_per_minute: 100000000\n    tokens_per_minute: 100000000000\n\
-             budgets:\n  - scope: {{ team: bench }}\n    tokens: 1000000000000\n    usd: 1000000\n    window: month\n"
-        ),
-    );
-    let config = on_dir.join("tollgate.yaml");
-    std::fs::write(&config, yaml).context("writing the governed config")?;
-    let mut cmd = Command::new(layout.bin("tollgate"));
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
-    let on = Server::start_announced("tollgate-governed", cmd, &on_dir)?;
-    let out = Command::new(layout.bin("tollgate"))
-        .args([
-            "keys",
-            "create",
-            "--admin",
-            &format!("http://127.0.0.1:{admin_port}"),
-        ])
-        .args(["--team", "bench", "--project", "load", "--rpm", "100000000"])
-        .args([
-            "--tpm",
-            "100000000000",
-            "--budget-tokens",
-            "1000000000000",
-            "--budget-usd",
-            "100000",
-        ])
-        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .context("creating the bench key")?;
-    if !out.status.success() {
-        bail!(
-            "tollgate keys create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (on, key) = start_governed(layout, &work.join("on"), "epoll", sim.addr)?;
     let keyed = Load {
         headers: vec![format!("Authorization: Bearer {key}")],
         ..load.clone()
@@ -113,4 +68,63 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     sim.stop()?;
 
     Ok(table)
+}
+
+/// Starts a governed agent (`auth: keys`, a team rate limit and budget, prices) with `driver`
+/// in `dir` in front of `upstream`, and creates its key through the admin API: the agent and
+/// its bearer key. `cargo xtask bench --against-nginx` measures it too.
+pub fn start_governed(
+    layout: &Layout,
+    dir: &Path,
+    driver: &str,
+    upstream: SocketAddr,
+) -> anyhow::Result<(Server, String)> {
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    let admin_port = super::process::free_port()?.port();
+    let yaml = agent::render_config(&data, driver, upstream, MODEL, false).replace(
+        "auth: { mode: open }\n",
+        &format!(
+            "auth: {{ mode: keys }}\n\
+             admin: {{ listen: \"127.0.0.1:{admin_port}\", token_env: TOLLGATE_ADMIN_TOKEN }}\n\
+             prices:\n  {MODEL}: {{ input: 0.10, output: 0.40 }}\n\
+             rate_limits:\n  - scope: {{ team: bench }}\n    requests_per_minute: 100000000\n    tokens_per_minute: 100000000000\n\
+             budgets:\n  - scope: {{ team: bench }}\n    tokens: 1000000000000\n    usd: 1000000\n    window: month\n"
+        ),
+    );
+    let config = dir.join("tollgate.yaml");
+    std::fs::write(&config, yaml).context("writing the governed config")?;
+    let mut cmd = Command::new(layout.bin("tollgate"));
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
+    let on = Server::start_announced("tollgate-governed", cmd, dir)?;
+    let out = Command::new(layout.bin("tollgate"))
+        .args([
+            "keys",
+            "create",
+            "--admin",
+            &format!("http://127.0.0.1:{admin_port}"),
+        ])
+        .args(["--team", "bench", "--project", "load", "--rpm", "100000000"])
+        .args([
+            "--tpm",
+            "100000000000",
+            "--budget-tokens",
+            "1000000000000",
+            "--budget-usd",
+            "100000",
+        ])
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .context("creating the bench key")?;
+    if !out.status.success() {
+        bail!(
+            "tollgate keys create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok((on, key))
 }
