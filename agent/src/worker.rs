@@ -69,6 +69,9 @@ pub struct Worker {
     abort: AbortSignal,
     /// The deadlines of idle client connections (`http/idle.rs`).
     idle: Rc<IdleClock>,
+    /// The deadlines of reads from providers (`client::read_more_by`): the same clock, but
+    /// never closed, since a stop lets responses in flight finish within the grace.
+    pub upstream_clock: Rc<IdleClock>,
     /// Cancellers of finished first reads, reused (`read::first_read`): a new one costs two
     /// allocations and a hash-set setup per request.
     pub cancellers: RefCell<Vec<monoio::io::Canceller>>,
@@ -276,6 +279,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         body_budget: BodyBudget::new(cfg_budget),
         abort: AbortSignal::default(),
         idle: Rc::default(),
+        upstream_clock: Rc::default(),
         cancellers: RefCell::default(),
         route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });
@@ -289,6 +293,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
     w.shared.workers_ready.fetch_add(1, Ordering::AcqRel);
     monoio::spawn(housekeeping(w.clone()));
     monoio::spawn(w.idle.clone().run());
+    monoio::spawn(w.upstream_clock.clone().run());
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -7,13 +7,20 @@
 # request with its main phases (the figures ARCHITECTURE.md and README.md cite). Needs
 # valgrind; build first:
 #   cargo build --release -p tollgate -p tollgate-sim -p tollgate-benches --bin tollgate-load
-# usage: benches/scripts/worker_instructions.sh [TOLLGATE]
+# With GOVERNED=1 the agent runs governance as `cargo xtask bench --governance` does (a key
+# with limits and a budget, a team rate limit and budget, prices) and the load sends the key.
+# GOVERNED=1 runs the epoll driver: valgrind 3.19 holds its thread lock across a blocking
+# `io_uring_enter`, so once an io_uring worker waits, the main thread's start-up (the admin
+# listener, which creates the key) crawls for minutes. Compare it with DRIVER=epoll.
+# usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] benches/scripts/worker_instructions.sh [TOLLGATE]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$(realpath "${1:-$root/target/release/tollgate}")
 load=$root/target/release/tollgate-load
 work=$(mktemp -d)
+driver=${DRIVER:-io_uring}
+[ -z "${GOVERNED:-}" ] || driver=epoll
 echo "callgrind files in $work (kept with KEEP=1)"
 trap 'kill $sim $vg 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 
@@ -23,22 +30,58 @@ cat >"$work/cfg.yaml" <<EOF
 listen: 127.0.0.1:18181
 data_dir: $work/data
 workers: 1
-auth: { mode: open }
-io: { driver: io_uring }
+io: { driver: $driver }
 providers:
   - {name: local, kind: openai, base_url: "http://127.0.0.1:18180"}
 models:
   - {name: smol, provider: local, model: smol}
 EOF
+if [ -n "${GOVERNED:-}" ]; then
+  export TOLLGATE_ADMIN_TOKEN=worker-instructions-admin-token
+  cat >>"$work/cfg.yaml" <<EOF
+auth: { mode: keys }
+admin: { listen: "127.0.0.1:18183", token_env: TOLLGATE_ADMIN_TOKEN }
+prices:
+  smol: { input: 0.10, output: 0.40 }
+rate_limits:
+  - scope: { team: bench }
+    requests_per_minute: 100000000
+    tokens_per_minute: 100000000000
+budgets:
+  - scope: { team: bench }
+    tokens: 1000000000000
+    usd: 1000000
+    window: month
+EOF
+else
+  echo "auth: { mode: open }" >>"$work/cfg.yaml"
+fi
 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/cg.%p" \
   "$bin" serve --config "$work/cfg.yaml" >"$work/agent.log" 2>&1 &
 vg=$!
 for _ in $(seq 120); do curl -s -m 1 127.0.0.1:18181/healthz >/dev/null && break; sleep 1; done
-"$load" --target 127.0.0.1:18181 --connections 4 --duration 5 >/dev/null 2>&1
+header=()
+if [ -n "${GOVERNED:-}" ]; then
+  # The admin listener comes up after /healthz answers, later still under valgrind.
+  for _ in $(seq 60); do
+    key=$("$bin" keys create --admin http://127.0.0.1:18183 --team bench --project load \
+      --rpm 100000000 --tpm 100000000000 --budget-tokens 1000000000000 --budget-usd 100000 \
+      2>"$work/keys.err") && break
+    sleep 1
+  done
+  [ -n "${key:-}" ] || { cat "$work/keys.err"; exit 1; }
+  header=(--header "Authorization: Bearer $key")
+fi
+"$load" --target 127.0.0.1:18181 --connections 4 --duration 5 "${header[@]}" >/dev/null 2>&1
 sleep 3
 callgrind_control -z "$vg" >/dev/null
-requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 2>/dev/null |
-  python3 -c 'import json, sys; print(json.load(sys.stdin)["requests"])')
+requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 "${header[@]}" 2>/dev/null |
+  python3 -c 'import json, sys
+d = json.load(sys.stdin)
+errors = d["errors"]
+failed = errors["status"] + errors["io"] + errors["connect"]
+# Failed requests take a shorter path: counting them would understate the work per request.
+sys.exit(f"{failed} requests failed: {errors}") if failed else print(d["requests"])')
 sleep 1
 callgrind_control -d "$vg" >/dev/null
 sleep 1
@@ -55,6 +98,6 @@ for f in "$work"/cg."$vg".*-*; do
   calls=${calls:-$requests}
   echo "worker: $((total / calls)) instructions per request ($calls requests; the generator counted $requests)"
   # Where they go (inclusive, per request): the usage read, inspection, journal, ...
-  grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt)[^ ]* \[' <<<"$report" |
+  grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt|phase::admit::auth::authenticate|phase::admit::limits::render_quota)[^ ]* \[' <<<"$report" |
     awk -v n="$calls" '{c=$1; gsub(",", "", c); sub(/.*tollgate::/, "tollgate::"); sub(/ .*/, ""); printf "  %7.0f  %s\n", c / n, $0}'
 done

@@ -1,5 +1,6 @@
 //! Deadlines of idle keep-alive connections, kept by one clock per worker instead of a monoio
-//! timer per connection.
+//! timer per connection. A second clock per worker bounds reads from providers the same way
+//! (`client::read_more_by`; it is never closed, so a stop lets responses in flight finish).
 //!
 //! A monoio `Sleep` is 640 bytes (its timer entry is cache-padded), and a `timeout` around a
 //! wait makes the whole connection task 128-byte aligned: an idle connection's task was 1,792
@@ -236,6 +237,21 @@ impl Deadline {
     pub fn expired(&self) -> Expired<'_> {
         Expired(&self.ticket)
     }
+}
+
+/// `op`'s output, or `None` when `expired` (a [`Deadline::expired`]) resolves first.
+pub async fn first_of<F: Future>(
+    mut op: Pin<&mut F>,
+    expired: impl Future<Output = ()>,
+) -> Option<F::Output> {
+    let mut expired = std::pin::pin!(expired);
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = op.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        expired.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }
 
 impl Drop for Deadline {

@@ -260,7 +260,8 @@ async fn serve(
     shard.add_cache(CacheStat::SavedMicroUsd, ctx.cache.saved_micro_usd);
     ctx.status = 200;
     ctx.usage = Some(Usage::default());
-    let mut head = HeadWriter::new(200, 256);
+    let quota = crate::phase::admit::room_for_quota(ctx.quota.as_deref());
+    let mut head = HeadWriter::new(200, 256 + quota);
     head.header(
         "content-type",
         if e.stream {

@@ -25,7 +25,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::api::Api;
-use crate::client::read_more;
+use crate::client::read_more_by;
 use crate::config::routing::Timeouts;
 use crate::config::{Provider, ProviderKind};
 use crate::error::{ErrorKind, GateError};
@@ -377,7 +377,7 @@ pub(crate) async fn exchange(
     let pooled = w.pool.borrow_mut().take(id, Instant::now());
     let mut conn = match pooled {
         Some(c) => c,
-        None => connect(snap, provider_idx, timeouts.connect).await?,
+        None => connect(w, snap, provider_idx, timeouts.connect).await?,
     };
     let mut retried = false;
     loop {
@@ -391,7 +391,7 @@ pub(crate) async fn exchange(
                     .upstream_retries
                     .fetch_add(1, Ordering::Relaxed);
                 retried = true;
-                conn = connect(snap, provider_idx, timeouts.connect).await?;
+                conn = connect(w, snap, provider_idx, timeouts.connect).await?;
             }
             Err(AttemptError::NotSent(e)) => {
                 let kind = if e.kind() == io::ErrorKind::TimedOut {
@@ -425,6 +425,7 @@ pub(crate) async fn exchange(
 }
 
 async fn connect(
+    w: &Worker,
     snap: &Snapshot,
     provider_idx: usize,
     timeout: std::time::Duration,
@@ -432,8 +433,16 @@ async fn connect(
     let provider = &snap.cfg.providers[provider_idx];
     let rt = &snap.providers[provider_idx];
     let addrs = rt.addrs.load_full();
-    let connected =
-        upstream::connect(rt.id, &addrs, &provider.host, rt.tls.as_ref(), timeout).await;
+    let tls = rt.tls.as_ref();
+    let connected = upstream::connect(
+        rt.id,
+        &addrs,
+        &provider.host,
+        tls,
+        timeout,
+        &w.upstream_clock,
+    )
+    .await;
     connected.map_err(|e| {
         let kind = match e {
             upstream::UpstreamError::ConnectTimeout(_) => ErrorKind::UpstreamTimeout,
@@ -480,7 +489,7 @@ async fn attempt(
             )));
         }
         let had_bytes = !conn.buf.is_empty();
-        match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+        match read_more_by(&mut conn.stream, &mut conn.buf, &conn.deadline, timeout).await {
             Ok(0) if !had_bytes => {
                 return Err(AttemptError::NoResponse(io::Error::new(
                     io::ErrorKind::ConnectionReset,

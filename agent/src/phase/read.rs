@@ -23,7 +23,7 @@ use crate::client::{read_more, take_spare, ClientConn};
 use crate::config::Limits;
 use crate::error::{ErrorKind, GateError};
 use crate::http::chunked::{ChunkedDecoder, Decoded};
-use crate::http::idle::Deadline;
+use crate::http::idle::{first_of, Deadline};
 use crate::http::request::{BodyFraming, RequestHead};
 use crate::http::{find_head_end, HttpError};
 use crate::snapshot::Snapshot;
@@ -247,21 +247,6 @@ pub fn idle_wait<'a>(
         deadline.disarm();
         readable.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
     }
-}
-
-/// `op`'s output, or `None` when `expired` resolves first.
-async fn first_of<F: std::future::Future>(
-    mut op: std::pin::Pin<&mut F>,
-    expired: impl std::future::Future<Output = ()>,
-) -> Option<F::Output> {
-    let mut expired = std::pin::pin!(expired);
-    std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(out) = op.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(out));
-        }
-        expired.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }
 
 /// Time left until `deadline`, or a timeout error when it has passed.

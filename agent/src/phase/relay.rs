@@ -633,7 +633,8 @@ fn response_head(
     framing: ClientFraming,
     substitute: Option<&Bytes>,
 ) -> Vec<u8> {
-    let mut out = HeadWriter::new(head.status, 256 + head.passthrough.len());
+    let quota = crate::phase::admit::room_for_quota(ctx.quota.as_deref());
+    let mut out = HeadWriter::new(head.status, 256 + head.passthrough.len() + quota);
     if substitute.is_some() {
         // Our body replaces an empty one: its content type is ours.
         for line in head.passthrough.split_inclusive(|b| *b == b'\n') {

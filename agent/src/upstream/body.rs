@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::UpstreamConn;
-use crate::client::read_more;
+use crate::client::read_more_by;
 use crate::http::chunked::{ChunkedDecoder, Decoded};
 use crate::http::response::ResponseFraming;
 use crate::http::HttpError;
@@ -59,7 +59,9 @@ impl BodyReader {
             if self.is_done() {
                 return Ok(None);
             }
-            let n = match read_more(&mut conn.stream, &mut conn.buf, timeout).await {
+            let n = match read_more_by(&mut conn.stream, &mut conn.buf, &conn.deadline, timeout)
+                .await
+            {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(PieceError::Timeout),
                 Err(e) => return Err(PieceError::Reset(e)),

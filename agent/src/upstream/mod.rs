@@ -11,6 +11,7 @@ pub mod tls;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -21,6 +22,7 @@ use monoio::BufResult;
 use monoio_rustls::ClientTlsStream;
 use thiserror::Error;
 
+use crate::http::idle::{Deadline, IdleClock};
 use crate::http::iovec::{write_all, BytesVec};
 
 #[derive(Debug, Error)]
@@ -86,6 +88,8 @@ pub struct UpstreamConn {
     /// The TCP socket under the stream (TLS included), for the liveness check of a pooled
     /// connection. Valid for as long as `stream` lives.
     fd: RawFd,
+    /// Bounds each read (`client::read_more_by`), on its worker's upstream clock.
+    pub deadline: Deadline,
 }
 
 impl UpstreamConn {
@@ -123,6 +127,7 @@ pub async fn connect(
     host: &str,
     tls: Option<&tls::Tls>,
     timeout: Duration,
+    clock: &Rc<IdleClock>,
 ) -> Result<UpstreamConn, UpstreamError> {
     let mut last = UpstreamError::NoAddress(host.to_string());
     for addr in addrs {
@@ -176,6 +181,7 @@ pub async fn connect(
             reused: false,
             idle_since: Instant::now(),
             fd,
+            deadline: clock.deadline(),
         });
     }
     Err(last)

@@ -179,7 +179,7 @@ impl Named<'_> {
 /// response), numbers with `itoa`: through `write!` it was ~5,400 of a governed request's
 /// ~55,000 worker instructions (callgrind).
 pub fn render_quota(q: &Quota, wire: Wire) -> String {
-    let mut out = String::with_capacity(384);
+    let mut out = String::with_capacity(QUOTA_HEADERS_CAPACITY);
     let mut num = itoa::Buffer::new();
     let headers = match wire {
         Wire::OpenAi => &OPENAI_QUOTA_HEADERS,
@@ -208,6 +208,16 @@ pub fn render_quota(q: &Quota, wire: Wire) -> String {
         out.push_str("\r\n");
     }
     out
+}
+
+/// Room for the headers [`render_quota`] writes (~410 bytes with both limits, Anthropic names
+/// and a 60-byte fallback).
+const QUOTA_HEADERS_CAPACITY: usize = 512;
+
+/// Bytes a response head reserves for `q`'s headers, so it never grows mid-head (a realloc
+/// there was ~550 instructions of every governed response).
+pub fn room_for_quota(q: Option<&Quota>) -> usize {
+    q.map_or(0, |_| QUOTA_HEADERS_CAPACITY)
 }
 
 /// The rate-limit header names for requests and for tokens: limit, remaining, reset.
@@ -362,6 +372,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_response_head_reserves_room_for_realistic_quota_headers() {
+        let both = Remaining {
+            limit: 1_000_000_000_000,
+            remaining: 999_999_999_999,
+            reset: Duration::from_secs(59 * 60 + 59),
+        };
+        let q = Quota {
+            requests: Some(both),
+            tokens: Some(both),
+            fallback: Some(format!(
+                "{} => {} (team-budget)",
+                "m".repeat(24),
+                "n".repeat(24)
+            )),
+        };
+        for wire in [Wire::OpenAi, Wire::Anthropic] {
+            let rendered = render_quota(&q, wire);
+            assert!(
+                rendered.len() <= room_for_quota(Some(&q)),
+                "{wire:?}: {} bytes",
+                rendered.len()
+            );
+        }
+        assert_eq!(room_for_quota(None), 0);
     }
 
     #[test]

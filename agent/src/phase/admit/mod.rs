@@ -38,7 +38,7 @@ use crate::snapshot::Snapshot;
 
 pub use auth::{authenticate, unmetered_post};
 pub use budgets::price_of;
-pub use limits::{openai_duration, render_quota, Quota, Remaining};
+pub use limits::{openai_duration, render_quota, room_for_quota, Quota, Remaining};
 
 pub async fn run(
     gov: &Governor,
