@@ -3,8 +3,9 @@ connections against one zero-delay simulator (the method behind the "ABBA" figur
 ARCHITECTURE.md). Build first: `cargo build --release -p tollgate -p tollgate-sim -p
 tollgate-benches --bin tollgate-load`.
 
-usage: ab_cpu.py OLD_TOLLGATE NEW_TOLLGATE [ROUNDS [CONNECTIONS]]
-       (default 3 rounds of ABBA, 5 s windows, 64 connections; each window also prints its p50)
+usage: ab_cpu.py OLD_TOLLGATE[:DRIVER] NEW_TOLLGATE[:DRIVER] [ROUNDS [CONNECTIONS]]
+       (default 3 rounds of ABBA, 5 s windows, 64 connections; each window also prints its p50;
+       DRIVER is io_uring (the default) or epoll, e.g. `T:io_uring T:epoll` compares the drivers)
 """
 
 import json
@@ -51,11 +52,14 @@ def main():
         procs.append(start([f"{RELEASE}/tollgate-sim", "--listen", "127.0.0.1:0", "--model", "smol", "--zero-delay"], sim_log))
         sim = wait_line(sim_log, "tollgate-sim listening on ")
         agents = {}
-        for name, binary in (("old", old), ("new", new)):
+        for name, spec in (("old", old), ("new", new)):
+            binary, driver = spec, "io_uring"
+            if spec.rsplit(":", 1)[-1] in ("io_uring", "epoll"):
+                binary, driver = spec.rsplit(":", 1)
             cfg = os.path.join(work, f"{name}.yaml")
             open(cfg, "w").write(
                 f"listen: 127.0.0.1:0\ndata_dir: {work}/data-{name}\nworkers: 1\n"
-                "auth: { mode: open }\nio: { driver: io_uring }\n"
+                f"auth: {{ mode: open }}\nio: {{ driver: {driver} }}\n"
                 f"providers:\n  - {{name: local, kind: openai, base_url: \"http://{sim}\"}}\n"
                 "models:\n  - {name: smol, provider: local, model: smol}\n"
             )
