@@ -31,6 +31,7 @@ pub mod ship;
 pub mod table;
 pub mod writer;
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,7 +53,9 @@ pub struct UsageRecord {
     pub ttft_us: Option<u64>,
     pub status: u16,
     /// `ok`, `client_disconnected`, `upstream_reset`, `upstream_error`, or an error code.
-    pub outcome: String,
+    /// Borrowed from the labels on the hot path (three allocations a request as a `String`);
+    /// owned when read back from a journal or another source.
+    pub outcome: Cow<'static, str>,
     pub api: &'static str,
     pub identity: Identity,
     pub requested_model: Option<String>,
@@ -325,7 +328,7 @@ fn bind_row(
     v!(r.latency_us as i64);
     o!(r.ttft_us.map(|t| t as i64));
     v!(r.status);
-    v!(r.outcome.as_str());
+    v!(&*r.outcome);
     v!(r.api);
     o!(i.team.as_deref());
     o!(i.project.as_deref());
@@ -488,7 +491,7 @@ mod tests {
             latency_us: 10 * i,
             ttft_us: i.is_multiple_of(2).then_some(7 * i),
             status: 200,
-            outcome: format!("ok-{tag}"),
+            outcome: format!("ok-{tag}").into(),
             api: "chat_completions",
             identity: crate::identity::Identity {
                 team: some(i.is_multiple_of(3), format!("team-{i}")),
@@ -542,7 +545,7 @@ mod tests {
             r.id.clone(),
             r.latency_us as i64,
             r.ttft_us.map(|t| t as i64),
-            r.outcome.clone(),
+            r.outcome.to_string(),
             r.identity.team.clone(),
             r.identity.session.clone(),
             r.served_model.clone(),

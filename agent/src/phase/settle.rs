@@ -14,6 +14,7 @@
 //! Reads: the whole `ctx` and the connection's attribution. Writes: `ctx.sealed`; metrics and
 //! the ledger channel.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -30,7 +31,7 @@ use crate::worker::Worker;
 pub struct Sealed {
     msg: LedgerMsg,
     /// The outcome that was journalled.
-    outcome: String,
+    outcome: Cow<'static, str>,
 }
 
 /// Builds the record and journals it. Call right before the response's final write.
@@ -98,11 +99,8 @@ fn series(ctx: &RequestCtx) -> SeriesKey {
     }
 }
 
-fn outcome_label(ctx: &RequestCtx) -> String {
-    match &ctx.error_code {
-        Some(code) => (*code).to_string(),
-        None => ctx.outcome.label().to_string(),
-    }
+fn outcome_label(ctx: &RequestCtx) -> Cow<'static, str> {
+    Cow::Borrowed(ctx.error_code.unwrap_or_else(|| ctx.outcome.label()))
 }
 
 /// Wall-clock start of a request that has run for `latency`.

@@ -141,7 +141,7 @@ pub fn span_of(r: &UsageRecord) -> Span {
         attributes,
         events,
         status: failed.then(|| Status {
-            message: r.outcome.clone(),
+            message: r.outcome.to_string(),
             code: STATUS_ERROR,
         }),
     }
