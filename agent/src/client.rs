@@ -66,7 +66,7 @@ pub async fn read_more<R: AsyncReadRent>(
 
 /// [`read_more`] for reads from providers, bounded by the connection's `deadline` on the
 /// worker's upstream clock instead of a monoio timer: a `timeout` built a 640-byte `Sleep`,
-/// inserted it into the timer wheel and took it out again on every read, ~1,500 instructions
+/// inserted it into the timer wheel and took it out again on every read, ~1,300 instructions
 /// of each request (callgrind). On expiry the read in flight is dropped, as `timeout` did
 /// (monoio keeps its buffer until the kernel finishes with it); the caller then drops the
 /// connection.
