@@ -31,10 +31,21 @@ pub struct Enricher {
     pending_models: HashMap<String, tollgate_common::Usage>,
     pending_cgroups: HashMap<u64, tollgate_common::Usage>,
     pending_keys: HashMap<u64, tollgate_common::Usage>,
-    /// Per target (`provider/model`): requests served, prefix hits, matched bytes (`tg_sched`,
-    /// `/metrics`).
-    pending_targets: HashMap<String, [u64; 3]>,
+    /// Per target, by provider then model: requests served, prefix hits, matched bytes
+    /// (`tg_sched`, `/metrics`, keyed `provider/model` there). Two levels so a record is
+    /// counted by looking up its two names: a `provider/model` key built per record was a
+    /// `format!` and an allocation for every row the writer takes.
+    pending_targets: HashMap<String, HashMap<String, [u64; 3]>>,
     totals: Option<std::sync::Arc<crate::telemetry::sched::TargetTotals>>,
+}
+
+/// `map`'s value for `key`, inserted empty if absent; the key is copied only then (`entry`
+/// would copy it on every call).
+fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("the key was inserted above")
 }
 
 fn add(into: &mut tollgate_common::Usage, d: &tollgate_common::Usage) {
@@ -99,10 +110,7 @@ impl Enricher {
         }
         if let (Some(provider), Some(model), true) = (&r.provider, &r.served_model, r.status < 500)
         {
-            let t = self
-                .pending_targets
-                .entry(format!("{provider}/{model}"))
-                .or_default();
+            let t = slot(slot(&mut self.pending_targets, provider), model);
             t[0] += 1;
             t[1] += u64::from(r.prefix_bytes > 0);
             t[2] += r.prefix_bytes;
@@ -144,8 +152,10 @@ impl Enricher {
     /// Writes the counter deltas gathered since the last call (one map update per key).
     pub fn flush_counters(&mut self) {
         if let Some(totals) = &self.totals {
-            for (target, delta) in &self.pending_targets {
-                totals.add(target, *delta);
+            for (provider, models) in &self.pending_targets {
+                for (model, delta) in models {
+                    totals.add(&format!("{provider}/{model}"), *delta);
+                }
             }
         }
         let Some(counters) = &self.counters else {
@@ -162,8 +172,11 @@ impl Enricher {
         for (key, delta) in self.pending_keys.drain() {
             result = result.and(counters.add_key_usage(key, &delta));
         }
-        for (target, [routed, hits, bytes]) in self.pending_targets.drain() {
-            result = result.and(counters.add_target_routing(&target, routed, hits, bytes));
+        for (provider, models) in self.pending_targets.drain() {
+            for (model, [routed, hits, bytes]) in models {
+                let target = format!("{provider}/{model}");
+                result = result.and(counters.add_target_routing(&target, routed, hits, bytes));
+            }
         }
         if let Err(e) = result {
             if !self.counter_failed {
@@ -234,6 +247,52 @@ mod tests {
         };
         e.apply(&mut r);
         assert_eq!(r.identity, Identity::default());
+    }
+
+    /// Per-target totals add up by provider and model, across batches, and skip records the
+    /// target failed (status 500 and up) or that no target served.
+    #[test]
+    fn target_totals_add_up_per_provider_and_model() {
+        let totals = Arc::new(crate::telemetry::sched::TargetTotals::default());
+        let mut e = Enricher::new(None, None, settings(vec![])).with_totals(totals.clone());
+        let served = |provider: &str, model: &str, status: u16, prefix_bytes: u64| UsageRecord {
+            provider: Some(provider.into()),
+            served_model: Some(model.into()),
+            status,
+            prefix_bytes,
+            ..UsageRecord::default()
+        };
+        for mut r in [
+            served("a", "m", 200, 10),
+            served("a", "m", 200, 0),
+            served("a", "n", 200, 5),
+            served("b", "m", 200, 0),
+            served("b", "m", 503, 7),
+            UsageRecord::default(),
+        ] {
+            e.apply(&mut r);
+        }
+        e.flush_counters();
+        let mut r = served("a", "m", 200, 1);
+        e.apply(&mut r);
+        e.flush_counters();
+        let mut text = String::new();
+        totals.render(&mut text);
+        for line in [
+            "tollgate_target_requests_total{target=\"a/m\"} 3",
+            "tollgate_target_requests_total{target=\"a/n\"} 1",
+            "tollgate_target_requests_total{target=\"b/m\"} 1",
+            "tollgate_target_prefix_hits_total{target=\"a/m\"} 2",
+            "tollgate_target_prefix_hits_total{target=\"b/m\"} 0",
+            "tollgate_target_prefix_bytes_total{target=\"a/m\"} 11",
+            "tollgate_target_prefix_bytes_total{target=\"a/n\"} 5",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert_eq!(text.lines().filter(|l| l.contains("{target=")).count(), 9);
     }
 
     #[test]
