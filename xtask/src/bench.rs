@@ -249,9 +249,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("bench: wrote {}", out.display());
         return Ok(());
     }
-    let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
-    sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
-    let sim = Server::start_announced("tollgate-sim", sim_cmd, &layout.work)?;
+    let sim = zero_delay_sim(&layout, &layout.work)?;
     eprintln!("bench: tollgate-sim on {} (pid {})", sim.addr, sim.pid());
 
     let mut paths = Vec::new();
@@ -370,6 +368,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("the direct path failed, so nothing could be compared");
     }
     Ok(())
+}
+
+/// `tollgate-sim --zero-delay` serving [`MODEL`] on a free loopback port, logging into `dir`:
+/// the upstream of every bench that measures the agent's own cost.
+pub(crate) fn zero_delay_sim(layout: &Layout, dir: &Path) -> anyhow::Result<Server> {
+    let mut cmd = Command::new(layout.bin("tollgate-sim"));
+    cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
+    Server::start_announced("tollgate-sim", cmd, dir)
 }
 
 /// Build the simulator and generator (required) and the agent (optional: while it does not build, its rows

@@ -10,13 +10,11 @@
 //! window, and per side the means with each Tollgate side's ratio to nginx.
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use anyhow::Context;
 
 use super::ab::{self, Means, Side};
 use super::measure::Load;
-use super::process::Server;
 use super::{agent, governance, nginx, Layout, MODEL};
 
 const ROUNDS: usize = 4;
@@ -26,9 +24,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     let found = nginx::find().context("nginx is not on PATH (apt-get install nginx-light)")?;
     let work = layout.work.join("against-nginx");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
-    sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
-    let sim = Server::start_announced("tollgate-sim", sim_cmd, &work)?;
+    let sim = super::zero_delay_sim(layout, &work)?;
     let proxy = nginx::start(&found, &work.join("nginx"), sim.addr)?;
     let open_dir = work.join("tollgate");
     std::fs::create_dir_all(&open_dir)?;

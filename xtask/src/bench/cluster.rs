@@ -50,9 +50,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
         .stdout(std::process::Stdio::null())
         .spawn()
         .context("starting redis-server (apt-get install redis-server)")?;
-    let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
-    sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
-    let sim = Server::start_announced("tollgate-sim", sim_cmd, &work)?;
+    let sim = super::zero_delay_sim(layout, &work)?;
     let rules = RULES.replace("{MODEL}", MODEL);
     let start = |name: &str, extra: String| -> anyhow::Result<Server> {
         let dir = work.join(name);

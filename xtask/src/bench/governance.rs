@@ -21,9 +21,7 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
 pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> {
     let work = layout.work.join("governance");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
-    sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
-    let sim = Server::start_announced("tollgate-sim", sim_cmd, &work)?;
+    let sim = super::zero_delay_sim(layout, &work)?;
 
     let off_dir = work.join("off");
     std::fs::create_dir_all(&off_dir)?;

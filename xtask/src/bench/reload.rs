@@ -5,7 +5,6 @@
 //! and failed requests per window, and how many reloads were sent.
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +12,6 @@ use std::time::Duration;
 use anyhow::Context;
 
 use super::measure::{Load, Pacing, Point, PointResult};
-use super::process::Server;
 use super::{agent, Layout, MODEL};
 
 /// Interval between reloads in the reloading windows.
@@ -24,9 +22,7 @@ const ROUNDS: usize = 3;
 pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> {
     let work = layout.work.join("reload");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let mut sim_cmd = Command::new(layout.bin("tollgate-sim"));
-    sim_cmd.args(["--listen", "127.0.0.1:0", "--model", MODEL, "--zero-delay"]);
-    let sim = Server::start_announced("tollgate-sim", sim_cmd, &work)?;
+    let sim = super::zero_delay_sim(layout, &work)?;
     let server = agent::start(
         &layout.bin("tollgate"),
         &work,
