@@ -41,6 +41,23 @@ def wait_line(log, prefix):
     sys.exit(f"no `{prefix}` in {log}")
 
 
+def paired(results):
+    """Each ABBA round's new-minus-old CPU per request (the two windows of each side
+    averaged), their mean with its standard error, and in how many rounds the new binary
+    was lower: on this host a window moves by ±2 µs, so a difference under about two
+    standard errors is noise."""
+    old, new = results["old"], results["new"]
+    diffs = [(new[i][1] + new[i + 1][1] - old[i][1] - old[i + 1][1]) / 2
+             for i in range(0, min(len(old), len(new)) - 1, 2)]
+    if len(diffs) < 2:
+        return "paired: too few rounds for a spread"
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    lower = sum(d < 0 for d in diffs)
+    return (f"paired: new - old {mean:+.2f} us/req, standard error {sd / len(diffs) ** 0.5:.2f}, "
+            f"new lower in {lower} of {len(diffs)} rounds")
+
+
 def main():
     old, new = sys.argv[1], sys.argv[2]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
@@ -87,6 +104,7 @@ def main():
             print(f"{name}: mean {sum(r[0] for r in rows) / len(rows):.0f} req/s, "
                   f"{sum(r[1] for r in rows) / len(rows):.2f} us of agent CPU per request, "
                   f"p50 {sum(r[2] for r in rows) / len(rows):.1f} us")
+        print(paired(results))
     finally:
         for p in procs:
             p.terminate()

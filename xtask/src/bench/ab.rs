@@ -17,13 +17,15 @@ pub struct Side<'a> {
 }
 
 /// Each side's mean over its windows.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Means {
     pub rps: f64,
     pub p50: f64,
     pub p99: f64,
     /// `None` when no window could read the server's CPU.
     pub cpu_us: Option<f64>,
+    /// The CPU per request of each round's window, in round order (`None` where unread).
+    pub cpu_by_round: Vec<Option<f64>>,
 }
 
 /// Measures `a` and `b` for `rounds` ABBA rounds at `connections` closed-loop connections and
@@ -46,7 +48,34 @@ pub fn compare(
             y - x
         );
     }
+    let diffs: Vec<f64> = means[0]
+        .cpu_by_round
+        .iter()
+        .zip(&means[1].cpu_by_round)
+        .filter_map(|(x, y)| Some((*y)? - (*x)?))
+        .collect();
+    if let Some((mean, se)) = mean_and_standard_error(&diffs) {
+        let _ = writeln!(
+            out,
+            "Per round ({} − {}): {mean:+.1} µs, standard error {se:.1} µs over {} rounds \
+             (a difference under about two standard errors is this host's noise).",
+            b.name,
+            a.name,
+            diffs.len()
+        );
+    }
     Ok(out)
+}
+
+/// The mean of `xs` and its standard error; `None` for fewer than two values.
+pub fn mean_and_standard_error(xs: &[f64]) -> Option<(f64, f64)> {
+    if xs.len() < 2 {
+        return None;
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, (var / n).sqrt()))
 }
 
 /// Runs `rounds` rounds over `sides` at `connections` and returns the per-window table with
@@ -61,10 +90,13 @@ pub fn windows(
         stream: false,
     };
     let mut rows: Vec<(usize, PointResult)> = Vec::new();
+    let mut by_round = vec![Vec::with_capacity(rounds); sides.len()];
     for round in 0..rounds {
         for i in round_order(sides.len(), round) {
             let side = sides[i];
-            rows.push((i, side.load.measure(&side.target, point, side.pid)?));
+            let r = side.load.measure(&side.target, point, side.pid)?;
+            by_round[i].push(r.server_cpu_us);
+            rows.push((i, r));
         }
     }
     let mut out = String::from(
@@ -103,6 +135,7 @@ pub fn windows(
                 p50: latency(|t| t.p50),
                 p99: latency(|t| t.p99),
                 cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+                cpu_by_round: by_round[i].clone(),
             }
         })
         .collect();
@@ -121,7 +154,16 @@ fn round_order(sides: usize, round: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::round_order;
+    use super::{mean_and_standard_error, round_order};
+
+    #[test]
+    fn standard_error_of_a_mean() {
+        assert_eq!(mean_and_standard_error(&[1.0]), None);
+        let (mean, se) = mean_and_standard_error(&[1.0, 3.0]).unwrap_or_default();
+        assert_eq!(mean, 2.0);
+        // Sample variance 2, n 2: sqrt(2 / 2).
+        assert!((se - 1.0).abs() < 1e-12, "{se}");
+    }
 
     #[test]
     fn two_sides_alternate_abba_and_every_side_has_the_same_mean_position() {

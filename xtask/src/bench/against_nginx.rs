@@ -67,8 +67,8 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     }
     let refs: Vec<&Side<'_>> = sides.iter().collect();
     let mut summary = String::from(
-        "| connections | side | req/s | p50 µs | p99 µs | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx |\n\
-         |---|---|---|---|---|---|---|---|\n",
+        "| connections | side | req/s | p50 µs | p99 µs | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx | CPU − nginx per round µs (± s.e.) |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
     for connections in CONNECTIONS {
@@ -101,8 +101,20 @@ fn summary_row(connections: usize, name: &str, m: &Means, nginx: &Means) -> Stri
     } else {
         "-".into()
     };
+    // Each round's difference from nginx's window of the same round: drift between rounds
+    // cancels, and the spread says how far the mean can be trusted.
+    let diffs: Vec<f64> = m
+        .cpu_by_round
+        .iter()
+        .zip(&nginx.cpu_by_round)
+        .filter_map(|(x, y)| Some((*x)? - (*y)?))
+        .collect();
+    let paired = match ab::mean_and_standard_error(&diffs) {
+        Some((mean, se)) if mean != 0.0 || se != 0.0 => format!("{mean:+.1} (± {se:.1})"),
+        _ => "-".into(),
+    };
     format!(
-        "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {rps_ratio} | {cpu_ratio} |\n",
+        "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {rps_ratio} | {cpu_ratio} | {paired} |\n",
         m.rps,
         m.p50,
         m.p99,
