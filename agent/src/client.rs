@@ -195,7 +195,8 @@ mod tests {
                 .err()
                 .unwrap_or_else(|| panic!("a silent peer must time out"));
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-            assert!(started.elapsed() >= Duration::from_millis(100));
+            // The clock fires what is due within its 1 ms slack in one sweep.
+            assert!(started.elapsed() >= Duration::from_millis(99));
             drop(silent);
             let mut talking = TcpStream::connect_addr(addr)
                 .await

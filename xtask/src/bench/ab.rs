@@ -48,27 +48,31 @@ pub fn compare(
             y - x
         );
     }
-    let diffs: Vec<f64> = means[0]
-        .cpu_by_round
-        .iter()
-        .zip(&means[1].cpu_by_round)
-        .filter_map(|(x, y)| Some((*y)? - (*x)?))
-        .collect();
-    if let Some((mean, se)) = mean_and_standard_error(&diffs) {
+    if let Some((mean, se)) = per_round_difference(&means[0], &means[1]) {
         let _ = writeln!(
             out,
-            "Per round ({} − {}): {mean:+.1} µs, standard error {se:.1} µs over {} rounds \
+            "Per round ({} − {}): {mean:+.1} µs, standard error {se:.1} µs over {rounds} rounds \
              (a difference under about two standard errors is this host's noise).",
-            b.name,
-            a.name,
-            diffs.len()
+            b.name, a.name,
         );
     }
     Ok(out)
 }
 
+/// `other`'s CPU per request minus `base`'s, round by round (drift between rounds cancels),
+/// as a mean with its standard error; `None` with fewer than two rounds read.
+pub fn per_round_difference(base: &Means, other: &Means) -> Option<(f64, f64)> {
+    let diffs: Vec<f64> = base
+        .cpu_by_round
+        .iter()
+        .zip(&other.cpu_by_round)
+        .filter_map(|(x, y)| Some((*y)? - (*x)?))
+        .collect();
+    mean_and_standard_error(&diffs)
+}
+
 /// The mean of `xs` and its standard error; `None` for fewer than two values.
-pub fn mean_and_standard_error(xs: &[f64]) -> Option<(f64, f64)> {
+fn mean_and_standard_error(xs: &[f64]) -> Option<(f64, f64)> {
     if xs.len() < 2 {
         return None;
     }
@@ -135,7 +139,7 @@ pub fn windows(
                 p50: latency(|t| t.p50),
                 p99: latency(|t| t.p99),
                 cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
-                cpu_by_round: by_round[i].clone(),
+                cpu_by_round: std::mem::take(&mut by_round[i]),
             }
         })
         .collect();

@@ -75,8 +75,12 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
         eprintln!("bench: against nginx at {connections} connections");
         let (table, means) = ab::windows(&refs, ROUNDS, connections)?;
         let _ = write!(windows, "\n### {connections} connections\n\n{table}");
-        for (side, m) in sides.iter().zip(&means) {
-            summary.push_str(&summary_row(connections, side.name, m, &means[0]));
+        for (i, (side, m)) in sides.iter().zip(&means).enumerate() {
+            // nginx's own row has no difference from itself.
+            let paired = (i > 0)
+                .then(|| ab::per_round_difference(&means[0], m))
+                .flatten();
+            summary.push_str(&summary_row(connections, side.name, m, &means[0], paired));
         }
     }
     governed.stop()?;
@@ -90,7 +94,14 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     ))
 }
 
-fn summary_row(connections: usize, name: &str, m: &Means, nginx: &Means) -> String {
+/// One side's row; `paired` is its per-round CPU difference from nginx (mean, standard error).
+fn summary_row(
+    connections: usize,
+    name: &str,
+    m: &Means,
+    nginx: &Means,
+    paired: Option<(f64, f64)>,
+) -> String {
     let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
     let cpu_ratio = match (m.cpu_us, nginx.cpu_us) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
@@ -101,18 +112,7 @@ fn summary_row(connections: usize, name: &str, m: &Means, nginx: &Means) -> Stri
     } else {
         "-".into()
     };
-    // Each round's difference from nginx's window of the same round: drift between rounds
-    // cancels, and the spread says how far the mean can be trusted.
-    let diffs: Vec<f64> = m
-        .cpu_by_round
-        .iter()
-        .zip(&nginx.cpu_by_round)
-        .filter_map(|(x, y)| Some((*x)? - (*y)?))
-        .collect();
-    let paired = match ab::mean_and_standard_error(&diffs) {
-        Some((mean, se)) if mean != 0.0 || se != 0.0 => format!("{mean:+.1} (± {se:.1})"),
-        _ => "-".into(),
-    };
+    let paired = paired.map_or("-".into(), |(mean, se)| format!("{mean:+.1} (± {se:.1})"));
     format!(
         "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {rps_ratio} | {cpu_ratio} | {paired} |\n",
         m.rps,
