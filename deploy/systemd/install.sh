@@ -1,7 +1,9 @@
 #!/bin/sh
 # Installs Tollgate as a systemd service: the binary, a dedicated user, the unit, a starter
 # config and an env file for secrets. Run as root from a checkout after
-# `cargo build --release -p tollgate`, or pass the binary: install.sh [path/to/tollgate].
+# `cargo build --release -p tollgate`, or pass the binary: install.sh [path/to/tollgate]
+# (the profile-guided build, faster per request: `cargo xtask pgo`, then
+# install.sh target/pgo/tollgate).
 # Idempotent: an existing config or env file is kept; the binary and unit are replaced and the
 # service restarted (SIGTERM drains in-flight requests first).
 set -eu

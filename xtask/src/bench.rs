@@ -22,6 +22,7 @@
 //! cargo xtask bench --no-nginx --out /tmp/bench.md
 //! cargo xtask bench --baseline /tmp/old/target/release/tollgate   # another build, same run
 //! cargo xtask bench --against-nginx  # nginx, Tollgate, Tollgate governed: alternating windows
+//! cargo xtask bench --against-nginx --agent target/pgo/tollgate --baseline target/release/tollgate
 //! ```
 //!
 //! Logs and configs of every process go to `target/tollgate-bench/`. On a 2-vCPU machine the generator,
@@ -29,13 +30,13 @@
 
 mod ab;
 mod against_nginx;
-mod agent;
+pub(crate) mod agent;
 mod cluster;
 mod fairness;
-mod governance;
+pub(crate) mod governance;
 mod guardrails;
 pub(crate) mod machine;
-mod measure;
+pub(crate) mod measure;
 mod nginx;
 pub(crate) mod process;
 pub(crate) mod procfs;
@@ -54,7 +55,7 @@ use process::Server;
 use report::{Measured, PathRun, Setup};
 
 /// Model the simulator serves and the agent routes.
-const MODEL: &str = "smol";
+pub(crate) const MODEL: &str = "smol";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -71,7 +72,8 @@ pub struct Args {
     #[arg(long)]
     no_build: bool,
     /// Also measure another agent binary (e.g. the previous commit's release build) in the
-    /// same run, as `baseline io_uring` / `baseline epoll`.
+    /// same run, as `baseline io_uring` / `baseline epoll` (with `--against-nginx`, a side
+    /// named `baseline`).
     #[arg(long)]
     baseline: Option<PathBuf>,
     /// Measure only what hot reloads cost: windows with a reload every 100 ms against windows
@@ -99,6 +101,10 @@ pub struct Args {
     /// alternating windows at 1, 16 and 64 connections (`bench/against_nginx.rs`).
     #[arg(long)]
     against_nginx: bool,
+    /// The agent binary to measure instead of target/release/tollgate (which is then not
+    /// built), e.g. `target/pgo/tollgate` from `cargo xtask pgo`.
+    #[arg(long)]
+    agent: Option<PathBuf>,
     /// Measure only what cluster mode costs: an agent enforcing alone against one leasing its
     /// budgets from a local redis-server, in alternating windows (`bench/cluster.rs`).
     #[arg(long)]
@@ -109,7 +115,10 @@ pub struct Args {
 pub(crate) struct Layout {
     pub(crate) root: PathBuf,
     pub(crate) release: PathBuf,
-    work: PathBuf,
+    pub(crate) work: PathBuf,
+    /// The agent binary the bench runs: `target/release/tollgate`, or `--agent` (e.g. the
+    /// profile-guided build of `cargo xtask pgo`).
+    pub(crate) agent: PathBuf,
 }
 
 impl Layout {
@@ -128,6 +137,7 @@ impl Layout {
         Ok(Self {
             release: target.join("release"),
             work: target.join("tollgate-bench"),
+            agent: target.join("release").join("tollgate"),
             root,
         })
     }
@@ -138,11 +148,15 @@ impl Layout {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let layout = Layout::discover()?;
+    let mut layout = Layout::discover()?;
+    if let Some(agent) = &args.agent {
+        layout.agent =
+            std::fs::canonicalize(agent).with_context(|| format!("--agent {}", agent.display()))?;
+    }
     let agent_build = if args.no_build {
         Ok(())
     } else {
-        build(&layout)?
+        build(&layout, args.agent.is_none())?
     };
     let seconds = if args.quick { 1.0 } else { 5.0 };
     let warmup = if args.quick { 0.5 } else { 1.0 };
@@ -180,7 +194,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("building the agent failed: {e}");
         }
         let (title, flag, suffix, table) = if args.against_nginx {
-            let t = against_nginx::run(&layout, &load, warmup)?;
+            let t = against_nginx::run(&layout, &load, warmup, args.baseline.as_deref())?;
             (
                 "Tollgate against nginx, alternating windows",
                 "--against-nginx",
@@ -260,7 +274,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         outcome: direct,
     });
 
-    let mut agents = vec![("tollgate", layout.bin("tollgate"))];
+    let mut agents = vec![("tollgate", layout.agent.clone())];
     if let Some(b) = &args.baseline {
         agents.push(("baseline", b.clone()));
     }
@@ -271,7 +285,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             variants.push((label, binary.clone(), driver, false));
         }
     }
-    variants.push(("tollgate", layout.bin("tollgate"), "io_uring", true));
+    variants.push(("tollgate", layout.agent.clone(), "io_uring", true));
     for (label, binary, driver, weighted) in &variants {
         {
             let driver = *driver;
@@ -378,9 +392,9 @@ pub(crate) fn zero_delay_sim(layout: &Layout, dir: &Path) -> anyhow::Result<Serv
     Server::start_announced("tollgate-sim", cmd, dir)
 }
 
-/// Build the simulator and generator (required) and the agent (optional: while it does not build, its rows
-/// say why). Returns the agent build's outcome.
-fn build(layout: &Layout) -> anyhow::Result<Result<(), String>> {
+/// Build the simulator and generator (required) and, with `agent`, the agent (optional: while it does not
+/// build, its rows say why). Returns the agent build's outcome.
+pub(crate) fn build(layout: &Layout, agent: bool) -> anyhow::Result<Result<(), String>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = Command::new(&cargo)
         .current_dir(&layout.root)
@@ -406,6 +420,9 @@ fn build(layout: &Layout) -> anyhow::Result<Result<(), String>> {
         .context("running cargo build")?;
     if !status.success() {
         bail!("building tollgate-sim and tollgate-load failed ({status})");
+    }
+    if !agent {
+        return Ok(Ok(()));
     }
     let status = Command::new(&cargo)
         .current_dir(&layout.root)

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod image;
+mod pgo;
 mod soak;
 mod test;
 
@@ -26,6 +27,8 @@ enum Command {
     Bench(bench::Args),
     /// Fuzz the agent's parsers with cargo-fuzz and write a markdown table under benches/results/.
     Fuzz(fuzz::Args),
+    /// Build the agent with profile-guided optimisation (trained on the bench's load) into target/pgo/.
+    Pgo(pgo::Args),
     /// Build the container image (docker or podman; says why not where no engine runs).
     Image(image::Args),
     /// Mixed traffic for 30 min while the agent is SIGKILLed and restarted; checks the ledger, RSS, fds.
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         Command::Fuzz(args) => fuzz::run(args),
         Command::Soak(args) => soak::run(args),
         Command::Image(args) => image::run(args),
+        Command::Pgo(args) => pgo::run(args),
     }
 }
 

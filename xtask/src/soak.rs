@@ -126,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = work.join("tollgate.yaml");
     let yaml = render_config(listen, &data_dir, clean.addr, faulty.addr);
     std::fs::write(&config, &yaml).context("writing the agent config")?;
-    let agent_bin = layout.bin("tollgate");
+    let agent_bin = layout.agent.clone();
     let spawn_agent = |generation: usize| start_agent(&agent_bin, &config, &work, generation);
 
     let mut agent = spawn_agent(0)?;

@@ -3,13 +3,15 @@
 //! another, and on a shared VM the same binary has measured 25 and 31 µs of CPU per request
 //! minutes apart; windows that alternate put every side under the same drift.
 //!
-//! Three sides in front of one zero-delay simulator: nginx (one worker, keep-alive upstream,
+//! The sides, in front of one zero-delay simulator: nginx (one worker, keep-alive upstream,
 //! `proxy_buffering off`), Tollgate on io_uring with metering and the ledger (`auth: open`),
-//! and the same with governance on (a key, team rate limits, a budget with reservation).
-//! Each connection count gets `ROUNDS` rounds, the sides forward then reversed. Reported: every
+//! and the same with governance on (a key, team rate limits, a budget with reservation); with
+//! `--baseline`, a fourth side runs that binary open (e.g. the plain release build against
+//! `--agent target/pgo/tollgate`). Each connection count gets `ROUNDS` rounds, the sides forward then reversed. Reported: every
 //! window, and per side the means with each Tollgate side's ratio to nginx.
 
 use std::fmt::Write as _;
+use std::path::Path;
 
 use anyhow::Context;
 
@@ -20,29 +22,31 @@ use super::{agent, governance, nginx, Layout, MODEL};
 const ROUNDS: usize = 4;
 const CONNECTIONS: [usize; 3] = [1, 16, 64];
 
-pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> {
+pub fn run(
+    layout: &Layout,
+    load: &Load,
+    warmup: f64,
+    baseline: Option<&Path>,
+) -> anyhow::Result<String> {
     let found = nginx::find().context("nginx is not on PATH (apt-get install nginx-light)")?;
     let work = layout.work.join("against-nginx");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let sim = super::zero_delay_sim(layout, &work)?;
     let proxy = nginx::start(&found, &work.join("nginx"), sim.addr)?;
-    let open_dir = work.join("tollgate");
-    std::fs::create_dir_all(&open_dir)?;
-    let open = agent::start(
-        &layout.bin("tollgate"),
-        &open_dir,
-        "io_uring",
-        sim.addr,
-        MODEL,
-        false,
-    )?;
+    let start_open = |binary: &Path, dir: &str| {
+        let dir = work.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        agent::start(binary, &dir, "io_uring", sim.addr, MODEL, false)
+    };
+    let open = start_open(&layout.agent, "tollgate")?;
+    let base = baseline.map(|b| start_open(b, "baseline")).transpose()?;
     let (governed, key) =
         governance::start_governed(layout, &work.join("governed"), "io_uring", sim.addr)?;
     let keyed = Load {
         headers: vec![format!("Authorization: Bearer {key}")],
         ..load.clone()
     };
-    let sides = [
+    let mut sides = vec![
         Side {
             name: "nginx",
             load,
@@ -55,13 +59,21 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
             target: open.addr.to_string(),
             pid: open.pid(),
         },
-        Side {
-            name: "tollgate governed",
-            load: &keyed,
-            target: governed.addr.to_string(),
-            pid: governed.pid(),
-        },
     ];
+    if let Some(b) = &base {
+        sides.push(Side {
+            name: "baseline",
+            load,
+            target: b.addr.to_string(),
+            pid: b.pid(),
+        });
+    }
+    sides.push(Side {
+        name: "tollgate governed",
+        load: &keyed,
+        target: governed.addr.to_string(),
+        pid: governed.pid(),
+    });
     for side in &sides {
         side.load.warm_up(&side.target, warmup)?;
     }
@@ -84,6 +96,9 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
         }
     }
     governed.stop()?;
+    if let Some(b) = base {
+        b.stop()?;
+    }
     open.stop()?;
     proxy.stop()?;
     sim.stop()?;

@@ -119,7 +119,7 @@ fn run_one(layout: &Layout, i: usize, s: &Scenario) -> anyhow::Result<[serde_jso
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, agent_config(&dir, replica.addr, s.cap))
         .context("writing the agent config")?;
-    let mut cmd = Command::new(layout.bin("tollgate"));
+    let mut cmd = Command::new(&layout.agent);
     cmd.arg("serve").arg("--config").arg(&config);
     let agent = Server::start_announced("tollgate", cmd, &dir)?;
     eprintln!(

@@ -25,14 +25,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
 
     let off_dir = work.join("off");
     std::fs::create_dir_all(&off_dir)?;
-    let off = agent::start(
-        &layout.bin("tollgate"),
-        &off_dir,
-        "epoll",
-        sim.addr,
-        MODEL,
-        false,
-    )?;
+    let off = agent::start(&layout.agent, &off_dir, "epoll", sim.addr, MODEL, false)?;
 
     let (on, key) = start_governed(layout, &work.join("on"), "epoll", sim.addr)?;
     let keyed = Load {
@@ -92,13 +85,13 @@ pub fn start_governed(
     );
     let config = dir.join("tollgate.yaml");
     std::fs::write(&config, yaml).context("writing the governed config")?;
-    let mut cmd = Command::new(layout.bin("tollgate"));
+    let mut cmd = Command::new(&layout.agent);
     cmd.arg("serve")
         .arg("--config")
         .arg(&config)
         .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN);
     let on = Server::start_announced("tollgate-governed", cmd, dir)?;
-    let out = Command::new(layout.bin("tollgate"))
+    let out = Command::new(&layout.agent)
         .args([
             "keys",
             "create",

@@ -29,7 +29,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
         let yaml = agent::render_config(&data, "epoll", sim.addr, MODEL, false) + extra;
         let config = dir.join("tollgate.yaml");
         std::fs::write(&config, yaml).context("writing the bench config")?;
-        let mut cmd = Command::new(layout.bin("tollgate"));
+        let mut cmd = Command::new(&layout.agent);
         cmd.arg("serve").arg("--config").arg(&config);
         Server::start_announced(name, cmd, &dir)
     };

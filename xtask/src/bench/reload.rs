@@ -23,14 +23,7 @@ pub fn run(layout: &Layout, load: &Load, warmup: f64) -> anyhow::Result<String> 
     let work = layout.work.join("reload");
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let sim = super::zero_delay_sim(layout, &work)?;
-    let server = agent::start(
-        &layout.bin("tollgate"),
-        &work,
-        "epoll",
-        sim.addr,
-        MODEL,
-        false,
-    )?;
+    let server = agent::start(&layout.agent, &work, "epoll", sim.addr, MODEL, false)?;
     let target = server.addr.to_string();
     load.warm_up(&target, warmup)?;
     let config = work.join("tollgate.yaml");

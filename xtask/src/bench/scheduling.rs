@@ -103,7 +103,7 @@ pub fn run(layout: &Layout) -> anyhow::Result<String> {
             let config = dir.join("tollgate.yaml");
             std::fs::write(&config, agent_config(&dir, &addrs, strategy))
                 .context("writing the agent config")?;
-            let mut cmd = Command::new(layout.bin("tollgate"));
+            let mut cmd = Command::new(&layout.agent);
             cmd.arg("serve").arg("--config").arg(&config);
             let agent = Server::start_announced("tollgate", cmd, &dir)?;
             let r = generator(layout, &["--target".into(), agent.addr.to_string()]);

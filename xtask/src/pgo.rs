@@ -1,0 +1,397 @@
+//! `cargo xtask pgo`: the agent built with profile-guided optimisation, at `target/pgo/tollgate`.
+//!
+//! Why: at one connection most of a request's user time is instruction-cache and branch misses
+//! (the load generator and the simulator run between two requests and evict the agent's code).
+//! A profile tells LLVM which paths are hot, so it lays them out together, inlines along them
+//! and moves cold code (errors, reloads, the CLI) out of the way. Measured in ARCHITECTURE.md.
+//!
+//! 1. Builds the agent instrumented (`-Cprofile-generate`) for the host triple given
+//!    explicitly, so build scripts and proc macros are not instrumented (cargo applies
+//!    `RUSTFLAGS` to them only when no `--target` is given).
+//! 2. Trains it in front of a zero-delay simulator with the bench's generator: one, 16 and 64
+//!    connections, 2 KB prompts, SSE streams, the governed path (a key, rate limits, a budget
+//!    with reservation) and the epoll driver. Every training request must succeed: a profile
+//!    of error paths would make them look hot.
+//! 3. Merges the profiles with `llvm-profdata` (a version that reads rustc's LLVM format:
+//!    `LLVM_PROFDATA`, rustup's `llvm-tools`, or the newest `llvm-profdata-N` on PATH; Debian
+//!    12's `llvm-19` reads rustc 1.95's) and builds again with `-Cprofile-use`.
+//!
+//! Two full release builds: about 15 minutes on 2 cores. Measure the result against the plain
+//! build with `cargo xtask bench --against-nginx --agent target/pgo/tollgate`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::bench::agent;
+use crate::bench::governance;
+use crate::bench::measure::{Load, Pacing, Point};
+use crate::bench::process::Server;
+use crate::bench::{Layout, MODEL};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Seconds of load per training point.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let layout = Layout::discover()?;
+    let host = host_triple()?;
+    // Found before the builds, so a missing tool fails in seconds rather than after one build.
+    let profdata = find_profdata(&host)?;
+    let pgo = layout
+        .release
+        .parent()
+        .context("target directory")?
+        .join("pgo");
+    let profiles = pgo.join("profiles");
+    if profiles.exists() {
+        std::fs::remove_dir_all(&profiles)
+            .with_context(|| format!("clearing {}", profiles.display()))?;
+    }
+    std::fs::create_dir_all(&profiles)?;
+    let build_dir = pgo.join("build");
+    let built = build_dir.join(&host).join("release").join("tollgate");
+
+    if let Err(e) = crate::bench::build(&layout, false)? {
+        bail!("{e}");
+    }
+    eprintln!("pgo: building the instrumented agent ({host})");
+    cargo_build(
+        &layout.root,
+        &build_dir,
+        &host,
+        &format!("-Cprofile-generate={}", profiles.display()),
+    )?;
+    let trained = Layout {
+        root: layout.root.clone(),
+        release: layout.release.clone(),
+        work: pgo.join("train"),
+        agent: built.clone(),
+    };
+    train(&trained, args.seconds)?;
+
+    let raw = profile_files(&profiles)?;
+    let merged = pgo.join("tollgate.profdata");
+    eprintln!(
+        "pgo: merging {} profile(s) with {}",
+        raw.len(),
+        profdata.display()
+    );
+    let status = Command::new(&profdata)
+        .arg("merge")
+        .arg("-o")
+        .arg(&merged)
+        .args(&raw)
+        .status()
+        .with_context(|| format!("running {}", profdata.display()))?;
+    if !status.success() {
+        bail!(
+            "{} merge failed ({status}): it may be older than rustc's LLVM (`rustc -vV`); \
+             install a newer one (apt-get install llvm-19) or set LLVM_PROFDATA",
+            profdata.display()
+        );
+    }
+
+    eprintln!("pgo: building the agent with the profile");
+    cargo_build(
+        &layout.root,
+        &build_dir,
+        &host,
+        &format!("-Cprofile-use={}", merged.display()),
+    )?;
+    let out = pgo.join("tollgate");
+    std::fs::copy(&built, &out)
+        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    println!("{}", out.display());
+    eprintln!(
+        "pgo: built {}; compare: cargo xtask bench --against-nginx --agent {}",
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// `cargo build --release -p tollgate --target HOST` into `target_dir` with `flag` added to the
+/// caller's `RUSTFLAGS`.
+fn cargo_build(root: &Path, target_dir: &Path, host: &str, flag: &str) -> anyhow::Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let flags = rustflags(std::env::var("RUSTFLAGS").ok().as_deref(), flag);
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "-p", "tollgate"])
+        .args(["--bin", "tollgate", "--target", host, "--target-dir"])
+        .arg(target_dir)
+        .env("RUSTFLAGS", flags)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build with {flag} failed ({status})");
+    }
+    Ok(())
+}
+
+/// The caller's `RUSTFLAGS` with `flag` appended.
+fn rustflags(existing: Option<&str>, flag: &str) -> String {
+    match existing.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(f) => format!("{f} {flag}"),
+        None => flag.to_string(),
+    }
+}
+
+/// The training load: each point against the open agent (io_uring), then the governed one,
+/// then the open agent on epoll.
+fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
+    let sim = crate::bench::zero_delay_sim(layout, &layout.work)?;
+    let load = Load {
+        binary: layout.bin("tollgate-load"),
+        seconds,
+        model: MODEL.into(),
+        headers: Vec::new(),
+        prompt_bytes: None,
+    };
+    let long = Load {
+        prompt_bytes: Some(2048),
+        ..load.clone()
+    };
+    let unary = |c| Point {
+        pacing: Pacing::Closed(c),
+        stream: false,
+    };
+    let stream = Point {
+        pacing: Pacing::Closed(4),
+        stream: true,
+    };
+
+    let open = start_open(layout, "io_uring", sim.addr)?;
+    let target = open.addr.to_string();
+    for (l, point) in [
+        (&load, unary(1)),
+        (&load, unary(16)),
+        (&load, unary(64)),
+        (&long, unary(16)),
+        (&load, stream),
+    ] {
+        point_ok(l, &target, point, &open)?;
+    }
+    stop_writing_profile(open)?;
+
+    let (governed, key) =
+        governance::start_governed(layout, &layout.work.join("governed"), "io_uring", sim.addr)?;
+    let keyed = Load {
+        headers: vec![format!("Authorization: Bearer {key}")],
+        ..load.clone()
+    };
+    let target = governed.addr.to_string();
+    for point in [unary(1), unary(64), stream] {
+        point_ok(&keyed, &target, point, &governed)?;
+    }
+    stop_writing_profile(governed)?;
+
+    let epoll = start_open(layout, "epoll", sim.addr)?;
+    let target = epoll.addr.to_string();
+    for point in [unary(16), stream] {
+        point_ok(&load, &target, point, &epoll)?;
+    }
+    stop_writing_profile(epoll)?;
+    sim.stop()
+}
+
+fn start_open(
+    layout: &Layout,
+    driver: &str,
+    upstream: std::net::SocketAddr,
+) -> anyhow::Result<Server> {
+    let dir = layout.work.join(format!("open-{driver}"));
+    std::fs::create_dir_all(&dir)?;
+    agent::start(&layout.agent, &dir, driver, upstream, MODEL, false)
+}
+
+/// One training point; fails when any request failed.
+fn point_ok(load: &Load, target: &str, point: Point, server: &Server) -> anyhow::Result<()> {
+    let r = load.measure(target, point, server.pid())?;
+    eprintln!(
+        "pgo: trained {} at {target}: {:.0} req/s",
+        point.label(),
+        r.rps
+    );
+    if r.errors > 0 {
+        bail!(
+            "{} requests failed while training at {}; see {}",
+            r.errors,
+            point.label(),
+            server.log.display()
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM: the instrumented agent writes its profile as it exits.
+fn stop_writing_profile(server: Server) -> anyhow::Result<()> {
+    let status = server.stop_within(std::time::Duration::from_secs(30))?;
+    if !status.success() {
+        bail!("the instrumented agent exited with {status}: its profile may be missing");
+    }
+    Ok(())
+}
+
+/// The `.profraw` files in `dir`, at least one.
+fn profile_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!(
+            "the instrumented agent wrote no profile in {}",
+            dir.display()
+        );
+    }
+    Ok(files)
+}
+
+/// The host target triple, from `rustc -vV`.
+fn host_triple() -> anyhow::Result<String> {
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
+    parse_host(&String::from_utf8_lossy(&out.stdout)).context("no `host:` line in `rustc -vV`")
+}
+
+fn parse_host(version: &str) -> Option<String> {
+    version
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_string())
+}
+
+/// `llvm-profdata` to merge with (see the module comment for the order).
+fn find_profdata(host: &str) -> anyhow::Result<PathBuf> {
+    let rustup = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .map(|o| {
+            PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+                .join("lib/rustlib")
+                .join(host)
+                .join("bin/llvm-profdata")
+        });
+    pick_profdata(
+        std::env::var_os("LLVM_PROFDATA").map(PathBuf::from),
+        rustup,
+        &|name| which(name),
+    )
+    .context(
+        "no llvm-profdata: install llvm-19 (apt-get install llvm-19), rustup's llvm-tools, \
+         or set LLVM_PROFDATA",
+    )
+}
+
+/// The first that exists of: `explicit`, `rustup` (made by rustc's own LLVM), the newest
+/// `llvm-profdata-N` that `on_path` finds, then plain `llvm-profdata` (often the distribution's
+/// oldest: Debian 12's is LLVM 14, which cannot read rustc 1.95's profiles).
+fn pick_profdata(
+    explicit: Option<PathBuf>,
+    rustup: Option<PathBuf>,
+    on_path: &dyn Fn(&str) -> Option<PathBuf>,
+) -> Option<PathBuf> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    if let Some(r) = rustup.filter(|r| r.is_file()) {
+        return Some(r);
+    }
+    (14..=40)
+        .rev()
+        .find_map(|v| on_path(&format!("llvm-profdata-{v}")))
+        .or_else(|| on_path("llvm-profdata"))
+}
+
+/// `name` on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_triple_is_read_from_rustc_version_output() {
+        let out = "rustc 1.95.0 (59807616e 2026-04-14)\nbinary: rustc\nhost: x86_64-unknown-linux-gnu\nrelease: 1.95.0\n";
+        assert_eq!(parse_host(out).as_deref(), Some("x86_64-unknown-linux-gnu"));
+        assert_eq!(parse_host("rustc 1.95.0\n"), None);
+    }
+
+    #[test]
+    fn rustflags_keep_the_callers_and_add_the_profile_flag() {
+        assert_eq!(rustflags(None, "-Cprofile-use=a"), "-Cprofile-use=a");
+        assert_eq!(rustflags(Some("  "), "-Cprofile-use=a"), "-Cprofile-use=a");
+        assert_eq!(
+            rustflags(Some("-Ctarget-cpu=native"), "-Cprofile-use=a"),
+            "-Ctarget-cpu=native -Cprofile-use=a"
+        );
+    }
+
+    #[test]
+    fn profdata_prefers_explicit_then_rustup_then_the_newest_versioned_tool() {
+        let dir = std::env::temp_dir().join(format!("xtask-pgo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rustup = dir.join("llvm-profdata");
+        let path = |names: &'static [&'static str]| {
+            move |n: &str| {
+                names
+                    .contains(&n)
+                    .then(|| PathBuf::from("/usr/bin").join(n))
+            }
+        };
+        let both = path(&["llvm-profdata", "llvm-profdata-14", "llvm-profdata-19"]);
+        // rustup's tool is used only when it is there.
+        assert_eq!(
+            pick_profdata(None, Some(rustup.clone()), &both),
+            Some(PathBuf::from("/usr/bin/llvm-profdata-19"))
+        );
+        std::fs::write(&rustup, b"").unwrap();
+        assert_eq!(
+            pick_profdata(None, Some(rustup.clone()), &both),
+            Some(rustup.clone())
+        );
+        assert_eq!(
+            pick_profdata(Some("/opt/p".into()), Some(rustup), &both),
+            Some(PathBuf::from("/opt/p"))
+        );
+        assert_eq!(
+            pick_profdata(None, None, &path(&["llvm-profdata"])),
+            Some(PathBuf::from("/usr/bin/llvm-profdata"))
+        );
+        assert_eq!(pick_profdata(None, None, &path(&[])), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_raw_profiles_are_merged() {
+        let dir = std::env::temp_dir().join(format!("xtask-pgo-raw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(
+            profile_files(&dir).is_err(),
+            "an empty directory is an error"
+        );
+        std::fs::write(dir.join("default_1_2.profraw"), b"x").unwrap();
+        std::fs::write(dir.join("merged.profdata"), b"x").unwrap();
+        let files = profile_files(&dir).unwrap();
+        assert_eq!(files, vec![dir.join("default_1_2.profraw")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
