@@ -160,13 +160,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let seconds = if args.quick { 1.0 } else { 5.0 };
     let warmup = if args.quick { 0.5 } else { 1.0 };
-    let load = Load {
-        binary: layout.bin("tollgate-load"),
-        seconds,
-        model: MODEL.into(),
-        headers: Vec::new(),
-        prompt_bytes: None,
-    };
+    let load = plain_load(&layout, seconds);
     let points = measure::points();
     if layout.work.exists() {
         std::fs::remove_dir_all(&layout.work)
@@ -382,6 +376,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("the direct path failed, so nothing could be compared");
     }
     Ok(())
+}
+
+/// The generator sending [`MODEL`] chat requests with its defaults, `seconds` per point.
+pub(crate) fn plain_load(layout: &Layout, seconds: f64) -> Load {
+    Load {
+        binary: layout.bin("tollgate-load"),
+        seconds,
+        model: MODEL.into(),
+        headers: Vec::new(),
+        prompt_bytes: None,
+    }
 }
 
 /// `tollgate-sim --zero-delay` serving [`MODEL`] on a free loopback port, logging into `dir`:

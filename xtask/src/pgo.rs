@@ -146,13 +146,7 @@ fn rustflags(existing: Option<&str>, flag: &str) -> String {
 /// then the open agent on epoll.
 fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
     let sim = crate::bench::zero_delay_sim(layout, &layout.work)?;
-    let load = Load {
-        binary: layout.bin("tollgate-load"),
-        seconds,
-        model: MODEL.into(),
-        headers: Vec::new(),
-        prompt_bytes: None,
-    };
+    let load = crate::bench::plain_load(layout, seconds);
     let long = Load {
         prompt_bytes: Some(2048),
         ..load.clone()
