@@ -200,7 +200,6 @@ fn start_open(
     upstream: std::net::SocketAddr,
 ) -> anyhow::Result<Server> {
     let dir = layout.work.join(format!("open-{driver}"));
-    std::fs::create_dir_all(&dir)?;
     agent::start(&layout.agent, &dir, driver, upstream, MODEL, false)
 }
 
@@ -281,7 +280,7 @@ fn find_profdata(host: &str) -> anyhow::Result<PathBuf> {
     pick_profdata(
         std::env::var_os("LLVM_PROFDATA").map(PathBuf::from),
         rustup,
-        &|name| which(name),
+        &|name| crate::test::on_path(name).then(|| PathBuf::from(name)),
     )
     .context(
         "no llvm-profdata: install llvm-19 (apt-get install llvm-19), rustup's llvm-tools, \
@@ -307,15 +306,6 @@ fn pick_profdata(
         .rev()
         .find_map(|v| on_path(&format!("llvm-profdata-{v}")))
         .or_else(|| on_path("llvm-profdata"))
-}
-
-/// `name` on PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
 }
 
 #[cfg(test)]

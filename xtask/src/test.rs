@@ -405,7 +405,7 @@ fn run_echoing(mut cmd: Command) -> anyhow::Result<(bool, Vec<String>)> {
 }
 
 /// Whether `name` is an executable in one of `PATH`'s directories.
-fn on_path(name: &str) -> bool {
+pub(crate) fn on_path(name: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }

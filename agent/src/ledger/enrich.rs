@@ -151,31 +151,28 @@ impl Enricher {
 
     /// Writes the counter deltas gathered since the last call (one map update per key).
     pub fn flush_counters(&mut self) {
-        if let Some(totals) = &self.totals {
-            for (provider, models) in &self.pending_targets {
-                for (model, delta) in models {
-                    totals.add(&format!("{provider}/{model}"), *delta);
+        let mut result = Ok(());
+        for (provider, models) in self.pending_targets.drain() {
+            for (model, delta) in models {
+                let target = format!("{provider}/{model}");
+                if let Some(totals) = &self.totals {
+                    totals.add(&target, delta);
+                }
+                if let Some(counters) = &self.counters {
+                    let [routed, hits, bytes] = delta;
+                    result = result.and(counters.add_target_routing(&target, routed, hits, bytes));
                 }
             }
         }
-        let Some(counters) = &self.counters else {
-            self.pending_targets.clear();
-            return;
-        };
-        let mut result = Ok(());
-        for (model, delta) in self.pending_models.drain() {
-            result = result.and(counters.add_model_usage(&model, &delta));
-        }
-        for (cgroup, delta) in self.pending_cgroups.drain() {
-            result = result.and(counters.add_cgroup_usage(cgroup, &delta));
-        }
-        for (key, delta) in self.pending_keys.drain() {
-            result = result.and(counters.add_key_usage(key, &delta));
-        }
-        for (provider, models) in self.pending_targets.drain() {
-            for (model, [routed, hits, bytes]) in models {
-                let target = format!("{provider}/{model}");
-                result = result.and(counters.add_target_routing(&target, routed, hits, bytes));
+        if let Some(counters) = &self.counters {
+            for (model, delta) in self.pending_models.drain() {
+                result = result.and(counters.add_model_usage(&model, &delta));
+            }
+            for (cgroup, delta) in self.pending_cgroups.drain() {
+                result = result.and(counters.add_cgroup_usage(cgroup, &delta));
+            }
+            for (key, delta) in self.pending_keys.drain() {
+                result = result.and(counters.add_key_usage(key, &delta));
             }
         }
         if let Err(e) = result {

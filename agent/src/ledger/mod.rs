@@ -179,7 +179,7 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 
 /// Page size of a new ledger. Rows are appended, so a commit writes mostly new pages: SQLite
 /// writes each WAL frame and, at a checkpoint, each page with its own `pwrite`, and 4 KiB pages
-/// made ~0.14 `pwrite`s per request on the writer at c=64.
+/// made ~0.16 `pwrite`s per request on the writer at c=64.
 const LEDGER_PAGE_SIZE: i64 = 16384;
 
 /// Opens (creating if needed) the ledger with WAL and the schema applied.

@@ -7,8 +7,9 @@
 //! `proxy_buffering off`), Tollgate on io_uring with metering and the ledger (`auth: open`),
 //! and the same with governance on (a key, team rate limits, a budget with reservation); with
 //! `--baseline`, a fourth side runs that binary open (e.g. the plain release build against
-//! `--agent target/pgo/tollgate`). Each connection count gets `ROUNDS` rounds, the sides forward then reversed. Reported: every
-//! window, and per side the means with each Tollgate side's ratio to nginx.
+//! `--agent target/pgo/tollgate`). Each connection count gets `ROUNDS` rounds, the sides
+//! forward then reversed. Reported: every window, and per side the means with each Tollgate
+//! side's ratio to nginx.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -34,9 +35,7 @@ pub fn run(
     let sim = super::zero_delay_sim(layout, &work)?;
     let proxy = nginx::start(&found, &work.join("nginx"), sim.addr)?;
     let start_open = |binary: &Path, dir: &str| {
-        let dir = work.join(dir);
-        std::fs::create_dir_all(&dir)?;
-        agent::start(binary, &dir, "io_uring", sim.addr, MODEL, false)
+        agent::start(binary, &work.join(dir), "io_uring", sim.addr, MODEL, false)
     };
     let open = start_open(&layout.agent, "tollgate")?;
     let base = baseline.map(|b| start_open(b, "baseline")).transpose()?;
