@@ -106,17 +106,7 @@ impl IdleClock {
     fn queue(&self, at: Instant, ticket: &Rc<Ticket>) {
         ticket.queued.set(Some(at));
         let mut due = self.due.borrow_mut();
-        // Closed connections leave their entry until its time (up to the idle timeout): with
-        // many short connections that idled past their buffer, the heap would hold one per
-        // connection of the last minute. Dropping what no live ticket stands behind once the
-        // heap is twice the live deadlines keeps it at most that, at amortised O(1) per entry.
-        if due.len() >= 2 * self.live.get() + 64 {
-            due.retain(|Reverse(d)| {
-                d.ticket
-                    .upgrade()
-                    .is_some_and(|t| t.queued.get() == Some(d.at))
-            });
-        }
+        self.compact(&mut due);
         let earliest = due.peek().map(|Reverse(d)| d.at);
         due.push(Reverse(Due {
             at,
@@ -128,6 +118,27 @@ impl IdleClock {
             if let Some(s) = self.sweeper.take() {
                 s.wake();
             }
+        }
+    }
+
+    /// Closed connections leave their entry until its time (up to the idle timeout), and the
+    /// entry's `Weak` keeps the ticket's allocation: with many short connections the heap would
+    /// hold one per connection of the last minute, and after a wave of closes their memory
+    /// would stay until the timeout. Dropping what no live ticket stands behind once the heap
+    /// is twice the live deadlines keeps it at most that, at amortised O(1) per entry; it runs
+    /// when an entry is queued and when a deadline is dropped, so memory returns as
+    /// connections close. The heap's own buffer shrinks with it.
+    fn compact(&self, due: &mut BinaryHeap<Reverse<Due>>) {
+        if due.len() < 2 * self.live.get() + 64 {
+            return;
+        }
+        due.retain(|Reverse(d)| {
+            d.ticket
+                .upgrade()
+                .is_some_and(|t| t.queued.get() == Some(d.at))
+        });
+        if due.capacity() > 4 * due.len() + 256 {
+            due.shrink_to(2 * due.len() + 64);
         }
     }
 
@@ -257,8 +268,13 @@ pub async fn first_of<F: Future>(
 impl Drop for Deadline {
     fn drop(&mut self) {
         // The heap's entry, if any, is skipped when its time comes (its ticket is gone), or
-        // dropped when the heap is compacted.
+        // dropped when the heap is compacted, which a wave of closes triggers from here.
         self.clock.live.set(self.clock.live.get() - 1);
+        // Never borrowed across a drop today (the sweep only wakes tasks); if it ever is, the
+        // next queue or drop compacts instead.
+        if let Ok(mut due) = self.clock.due.try_borrow_mut() {
+            self.clock.compact(&mut due);
+        }
     }
 }
 
@@ -402,6 +418,25 @@ mod tests {
             // The open ones still fire.
             open[0].arm(Duration::from_millis(5));
             expires(&open[0]).await;
+        });
+    }
+
+    /// A wave of connections that idle and then all close: their heap entries (and the
+    /// tickets their `Weak`s keep allocated) go with them, not at their idle timeout.
+    #[test]
+    fn a_wave_of_closes_empties_the_heap_without_waiting_for_the_timeouts() {
+        block_on(async {
+            let clock = running_clock();
+            let wave: Vec<Deadline> = (0..5_000).map(|_| clock.deadline()).collect();
+            for d in &wave {
+                d.arm(Duration::from_secs(3600));
+            }
+            assert_eq!(clock.queued(), 5_000);
+            let grown = clock.due.borrow().capacity();
+            drop(wave);
+            assert!(clock.queued() <= 64, "{} entries left", clock.queued());
+            let capacity = clock.due.borrow().capacity();
+            assert!(capacity < grown / 4, "{capacity} of {grown} kept");
         });
     }
 
