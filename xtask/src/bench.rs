@@ -81,7 +81,8 @@ pub struct Args {
     #[arg(long)]
     reload: bool,
     /// Measure only what governance costs: an agent with a key, rate limits and budgets
-    /// against one without, in alternating windows of the same run (`bench/governance.rs`).
+    /// against one without, in alternating windows of the same run at 1, 16 and 64
+    /// connections (`bench/governance.rs`).
     #[arg(long)]
     governance: bool,
     /// Measure only replica choice on an agentic workload: round_robin, least_load and prefix

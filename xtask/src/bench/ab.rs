@@ -42,12 +42,27 @@ pub fn compare(
     if let (Some(x), Some(y)) = (means[0].cpu_us, means[1].cpu_us) {
         let _ = writeln!(
             out,
-            "\nMean agent CPU per request: {x:.1} µs ({}), {y:.1} µs ({}): {what} {:.1} µs.",
+            "\nMean agent CPU per request: {x:.1} µs ({}), {y:.1} µs ({}): {what} {:.1} µs ({}).",
             a.name,
             b.name,
-            y - x
+            y - x,
+            percent(x, y)
         );
     }
+    let _ = writeln!(
+        out,
+        "Mean req/s {:.0} against {:.0} ({}); p50 {:.0} against {:.0} µs ({}); p99 {:.0} against \
+         {:.0} µs ({}).",
+        means[0].rps,
+        means[1].rps,
+        percent(means[0].rps, means[1].rps),
+        means[0].p50,
+        means[1].p50,
+        percent(means[0].p50, means[1].p50),
+        means[0].p99,
+        means[1].p99,
+        percent(means[0].p99, means[1].p99),
+    );
     if let Some((mean, se)) = per_round_difference(&means[0], &means[1]) {
         let _ = writeln!(
             out,
@@ -57,6 +72,14 @@ pub fn compare(
         );
     }
     Ok(out)
+}
+
+/// `to` against `from` as a signed percentage ("+6.6 %"); "-" when `from` is zero.
+fn percent(from: f64, to: f64) -> String {
+    if from == 0.0 {
+        return "-".into();
+    }
+    format!("{:+.1} %", (to / from - 1.0) * 100.0)
 }
 
 /// `other`'s CPU per request minus `base`'s, round by round (drift between rounds cancels),
@@ -159,6 +182,13 @@ fn round_order(sides: usize, round: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::{mean_and_standard_error, round_order};
+
+    #[test]
+    fn a_difference_as_a_percentage() {
+        assert_eq!(super::percent(33.4, 35.7), "+6.9 %");
+        assert_eq!(super::percent(100.0, 90.0), "-10.0 %");
+        assert_eq!(super::percent(0.0, 5.0), "-");
+    }
 
     #[test]
     fn standard_error_of_a_mean() {
