@@ -26,6 +26,9 @@ pub struct Means {
     pub cpu_us: Option<f64>,
     /// The CPU per request of each round's window, in round order (`None` where unread).
     pub cpu_by_round: Vec<Option<f64>>,
+    /// Of the CPU per request, the part tollgate's ledger writer spent (SQLite commits,
+    /// enrichment, rollups: work a plain proxy does not do); `None` when unread, 0 for nginx.
+    pub ledger_us: Option<f64>,
 }
 
 /// Measures `a` and `b` for `rounds` ABBA rounds at `connections` closed-loop connections and
@@ -151,6 +154,10 @@ pub fn windows(
                 .collect();
             let n = mine.len().max(1) as f64;
             let cpu: Vec<f64> = mine.iter().filter_map(|r| r.server_cpu_us).collect();
+            let ledger: Vec<f64> = mine
+                .iter()
+                .filter_map(|r| r.cpu_split_us.map(|(_, _, ledger)| ledger))
+                .collect();
             let latency = |f: fn(&super::measure::Timing) -> f64| {
                 mine.iter()
                     .filter_map(|r| r.latency.as_ref().map(f))
@@ -163,6 +170,8 @@ pub fn windows(
                 p99: latency(|t| t.p99),
                 cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
                 cpu_by_round: std::mem::take(&mut by_round[i]),
+                ledger_us: (!ledger.is_empty())
+                    .then(|| ledger.iter().sum::<f64>() / ledger.len() as f64),
             }
         })
         .collect();

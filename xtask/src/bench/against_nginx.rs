@@ -78,8 +78,8 @@ pub fn run(
     }
     let refs: Vec<&Side<'_>> = sides.iter().collect();
     let mut summary = String::from(
-        "| connections | side | req/s | p50 µs | p99 µs | CPU µs/req | req/s ÷ nginx | CPU ÷ nginx | CPU − nginx per round µs (± s.e.) |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+        "| connections | side | req/s | p50 µs | p99 µs | CPU µs/req | of which ledger writer | req/s ÷ nginx | CPU ÷ nginx | CPU without the ledger ÷ nginx | CPU − nginx per round µs (± s.e.) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
     for connections in CONNECTIONS {
@@ -117,10 +117,13 @@ fn summary_row(
     paired: Option<(f64, f64)>,
 ) -> String {
     let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
-    let cpu_ratio = match (m.cpu_us, nginx.cpu_us) {
+    let ratio = |a: Option<f64>| match (a, nginx.cpu_us) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "-".into(),
     };
+    let cpu_ratio = ratio(m.cpu_us);
+    // The ledger writer is split from tick-based counts, coarser than the total: a share of it.
+    let without_ledger = ratio(m.cpu_us.zip(m.ledger_us).map(|(c, l)| c - l));
     let rps_ratio = if nginx.rps > 0.0 {
         format!("{:.2}", m.rps / nginx.rps)
     } else {
@@ -128,10 +131,62 @@ fn summary_row(
     };
     let paired = paired.map_or("-".into(), |(mean, se)| format!("{mean:+.1} (± {se:.1})"));
     format!(
-        "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {rps_ratio} | {cpu_ratio} | {paired} |\n",
+        "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {} | {rps_ratio} | {cpu_ratio} | {without_ledger} | {paired} |\n",
         m.rps,
         m.p50,
         m.p99,
-        cpu(m.cpu_us)
+        cpu(m.cpu_us),
+        cpu(m.ledger_us),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_shows_the_ledger_writer_and_the_ratio_without_it() {
+        let nginx = Means {
+            rps: 40_000.0,
+            cpu_us: Some(20.0),
+            ledger_us: Some(0.0),
+            ..Means::default()
+        };
+        let tollgate = Means {
+            rps: 36_000.0,
+            cpu_us: Some(25.0),
+            ledger_us: Some(3.0),
+            ..Means::default()
+        };
+        let row = summary_row(64, "tollgate", &tollgate, &nginx, Some((5.0, 1.0)));
+        let cells: Vec<&str> = row
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            cells,
+            [
+                "64",
+                "tollgate",
+                "36000",
+                "0",
+                "0",
+                "25.0",
+                "3.0",
+                "0.90",
+                "1.25",
+                "1.10",
+                "+5.0 (± 1.0)"
+            ]
+        );
+        // Unread ledger figures leave the cells empty rather than guessing.
+        let unread = Means {
+            ledger_us: None,
+            ..tollgate
+        };
+        let row = summary_row(64, "tollgate", &unread, &nginx, None);
+        assert!(row.contains("| 25.0 | - | 0.90 | 1.25 | - | - |"), "{row}");
+    }
 }
