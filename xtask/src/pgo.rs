@@ -10,8 +10,9 @@
 //!    `RUSTFLAGS` to them only when no `--target` is given).
 //! 2. Trains it in front of a zero-delay simulator with the bench's generator: one, 16 and 64
 //!    connections, 2 KB prompts, SSE streams, the governed path (a key, rate limits, a budget
-//!    with reservation) and the epoll driver. Every training request must succeed: a profile
-//!    of error paths would make them look hot.
+//!    with reservation) and the epoll driver (only epoll where io_uring is refused, as in a
+//!    container build). Every training request must succeed: a profile of error paths would
+//!    make them look hot.
 //! 3. Merges the profiles with `llvm-profdata` (a version that reads rustc's LLVM format:
 //!    `LLVM_PROFDATA`, rustup's `llvm-tools`, or the newest `llvm-profdata-N` on PATH; Debian
 //!    12's `llvm-19` reads rustc 1.95's) and builds again with `-Cprofile-use`.
@@ -41,12 +42,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let layout = Layout::discover()?;
     let host = host_triple()?;
     // Found before the builds, so a missing tool fails in seconds rather than after one build.
-    let profdata = find_profdata(&host)?;
     let pgo = layout
         .release
         .parent()
         .context("target directory")?
         .join("pgo");
+    std::fs::create_dir_all(&pgo)?;
+    let profdata = find_profdata(&host, &pgo)?;
     let profiles = pgo.join("profiles");
     if profiles.exists() {
         std::fs::remove_dir_all(&profiles)
@@ -160,7 +162,15 @@ fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
         stream: true,
     };
 
-    let open = start_open(layout, "io_uring", sim.addr)?;
+    // Where io_uring is refused (a container build under Docker's default seccomp profile),
+    // the agent's `auto` driver serves on epoll: train that instead of failing.
+    let driver = if io_uring_available() {
+        "io_uring"
+    } else {
+        eprintln!("pgo: io_uring is not available here; training on epoll only");
+        "epoll"
+    };
+    let open = start_open(layout, driver, sim.addr)?;
     let target = open.addr.to_string();
     for (l, point) in [
         (&load, unary(1)),
@@ -174,7 +184,7 @@ fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
     stop_writing_profile(open)?;
 
     let (governed, key) =
-        governance::start_governed(layout, &layout.work.join("governed"), "io_uring", sim.addr)?;
+        governance::start_governed(layout, &layout.work.join("governed"), driver, sim.addr)?;
     let keyed = Load {
         headers: vec![format!("Authorization: Bearer {key}")],
         ..load.clone()
@@ -185,13 +195,31 @@ fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
     }
     stop_writing_profile(governed)?;
 
-    let epoll = start_open(layout, "epoll", sim.addr)?;
-    let target = epoll.addr.to_string();
-    for point in [unary(16), stream] {
-        point_ok(&load, &target, point, &epoll)?;
+    if driver != "epoll" {
+        let epoll = start_open(layout, "epoll", sim.addr)?;
+        let target = epoll.addr.to_string();
+        for point in [unary(16), stream] {
+            point_ok(&load, &target, point, &epoll)?;
+        }
+        stop_writing_profile(epoll)?;
     }
-    stop_writing_profile(epoll)?;
     sim.stop()
+}
+
+/// Whether this process may set up an io_uring (the kernel has it and no seccomp filter or
+/// `io_uring_disabled` sysctl refuses it).
+fn io_uring_available() -> bool {
+    // struct io_uring_params is 120 bytes; zeroed asks for nothing special.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes `params` (120 bytes, as the kernel's struct) and
+    // returns a new file descriptor or -1; the descriptor is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: a descriptor this function just opened and nothing else holds.
+    unsafe { libc::close(fd as i32) };
+    true
 }
 
 fn start_open(
@@ -266,7 +294,7 @@ fn parse_host(version: &str) -> Option<String> {
 }
 
 /// `llvm-profdata` to merge with (see the module comment for the order).
-fn find_profdata(host: &str) -> anyhow::Result<PathBuf> {
+fn find_profdata(host: &str, scratch: &Path) -> anyhow::Result<PathBuf> {
     let rustup = Command::new(std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into()))
         .args(["--print", "sysroot"])
         .output()
@@ -277,40 +305,129 @@ fn find_profdata(host: &str) -> anyhow::Result<PathBuf> {
                 .join(host)
                 .join("bin/llvm-profdata")
         });
-    pick_profdata(
-        std::env::var_os("LLVM_PROFDATA").map(PathBuf::from),
-        rustup,
-        &|name| crate::test::on_path(name).then(|| PathBuf::from(name)),
-    )
-    .context(
-        "no llvm-profdata: install llvm-19 (apt-get install llvm-19), rustup's llvm-tools, \
-         or set LLVM_PROFDATA",
+    let explicit = std::env::var_os("LLVM_PROFDATA").map(PathBuf::from);
+    let candidates = profdata_candidates(explicit.clone(), rustup, &|name| {
+        crate::test::on_path(name).then(|| PathBuf::from(name))
+    });
+    if candidates.is_empty() {
+        bail!(
+            "no llvm-profdata: install llvm-19 (apt-get install llvm-19), rustup's llvm-tools, \
+             or set LLVM_PROFDATA"
+        );
+    }
+    // A tool that exists may still be too old for rustc's profile format (Debian 12's
+    // llvm-profdata-14 is, for rustc 1.95): merge a tiny program's profile with each, so that
+    // an unusable one fails here in a second, not after an instrumented build and training.
+    let probe = probe_profile(scratch)?;
+    for tool in &candidates {
+        if merges(tool, &probe, scratch) {
+            return Ok(tool.clone());
+        }
+        eprintln!(
+            "pgo: {} cannot read rustc's profiles (older than rustc's LLVM, `rustc -vV`)",
+            tool.display()
+        );
+        if explicit.is_some() {
+            bail!(
+                "LLVM_PROFDATA={} cannot read rustc's profiles",
+                tool.display()
+            );
+        }
+    }
+    bail!(
+        "no llvm-profdata here reads rustc's profiles (tried {}): install a newer one \
+         (apt-get install llvm-19), rustup's llvm-tools, or set LLVM_PROFDATA",
+        candidates
+            .iter()
+            .map(|c| c.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
-/// The first that exists of: `explicit`, `rustup` (made by rustc's own LLVM), the newest
-/// `llvm-profdata-N` that `on_path` finds, then plain `llvm-profdata` (often the distribution's
-/// oldest: Debian 12's is LLVM 14, which cannot read rustc 1.95's profiles).
-fn pick_profdata(
+/// A raw profile written by an empty program built with this rustc's `-Cprofile-generate`.
+fn probe_profile(scratch: &Path) -> anyhow::Result<PathBuf> {
+    let dir = scratch.join("probe");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let raw = dir.join("raw");
+    std::fs::create_dir_all(&raw)?;
+    let source = dir.join("probe.rs");
+    std::fs::write(&source, "fn main() {}\n")?;
+    let binary = dir.join("probe");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let built = Command::new(rustc)
+        .arg(format!("-Cprofile-generate={}", raw.display()))
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .context("running rustc for the profile probe")?;
+    if !built.success() {
+        bail!("rustc could not build an instrumented probe ({built})");
+    }
+    let ran = Command::new(&binary)
+        .status()
+        .context("running the profile probe")?;
+    if !ran.success() {
+        bail!("the instrumented probe failed ({ran})");
+    }
+    profile_files(&raw)?
+        .into_iter()
+        .next()
+        .context("the probe wrote no profile")
+}
+
+/// Whether `tool merge` reads `raw`.
+fn merges(tool: &Path, raw: &Path, scratch: &Path) -> bool {
+    Command::new(tool)
+        .arg("merge")
+        .arg("-o")
+        .arg(scratch.join("probe").join("probe.profdata"))
+        .arg(raw)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The tools to try, in order: `explicit` alone when given; else `rustup`'s (made by rustc's
+/// own LLVM) when it exists, the `llvm-profdata-N` that `on_path` finds, newest first, then
+/// plain `llvm-profdata` (often the distribution's oldest: Debian 12's is LLVM 14).
+fn profdata_candidates(
     explicit: Option<PathBuf>,
     rustup: Option<PathBuf>,
     on_path: &dyn Fn(&str) -> Option<PathBuf>,
-) -> Option<PathBuf> {
-    if explicit.is_some() {
-        return explicit;
+) -> Vec<PathBuf> {
+    if let Some(e) = explicit {
+        return vec![e];
     }
-    if let Some(r) = rustup.filter(|r| r.is_file()) {
-        return Some(r);
-    }
-    (14..=40)
-        .rev()
-        .find_map(|v| on_path(&format!("llvm-profdata-{v}")))
-        .or_else(|| on_path("llvm-profdata"))
+    rustup
+        .filter(|r| r.is_file())
+        .into_iter()
+        .chain(
+            (14..=40)
+                .rev()
+                .filter_map(|v| on_path(&format!("llvm-profdata-{v}"))),
+        )
+        .chain(on_path("llvm-profdata"))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On this kernel (CI runs as root on the same one) io_uring is there; the probe must say
+    /// so, or training would silently skip the driver the agent serves on.
+    #[test]
+    fn the_io_uring_probe_matches_the_kernel() {
+        let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .map(|s| s.trim() == "2")
+            .unwrap_or(false);
+        assert_eq!(io_uring_available(), !disabled);
+    }
 
     #[test]
     fn the_host_triple_is_read_from_rustc_version_output() {
@@ -330,7 +447,7 @@ mod tests {
     }
 
     #[test]
-    fn profdata_prefers_explicit_then_rustup_then_the_newest_versioned_tool() {
+    fn profdata_candidates_are_explicit_alone_else_rustup_then_newest_versioned_first() {
         let dir = std::env::temp_dir().join(format!("xtask-pgo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let rustup = dir.join("llvm-profdata");
@@ -341,26 +458,41 @@ mod tests {
                     .then(|| PathBuf::from("/usr/bin").join(n))
             }
         };
-        let both = path(&["llvm-profdata", "llvm-profdata-14", "llvm-profdata-19"]);
-        // rustup's tool is used only when it is there.
+        let usr = |n: &str| PathBuf::from("/usr/bin").join(n);
+        let all = path(&["llvm-profdata", "llvm-profdata-14", "llvm-profdata-19"]);
+        // rustup's tool is tried only when it is there.
         assert_eq!(
-            pick_profdata(None, Some(rustup.clone()), &both),
-            Some(PathBuf::from("/usr/bin/llvm-profdata-19"))
+            profdata_candidates(None, Some(rustup.clone()), &all),
+            vec![
+                usr("llvm-profdata-19"),
+                usr("llvm-profdata-14"),
+                usr("llvm-profdata")
+            ]
         );
         std::fs::write(&rustup, b"").unwrap();
         assert_eq!(
-            pick_profdata(None, Some(rustup.clone()), &both),
-            Some(rustup.clone())
+            profdata_candidates(None, Some(rustup.clone()), &all)[0],
+            rustup
         );
         assert_eq!(
-            pick_profdata(Some("/opt/p".into()), Some(rustup), &both),
-            Some(PathBuf::from("/opt/p"))
+            profdata_candidates(Some("/opt/p".into()), Some(rustup), &all),
+            vec![PathBuf::from("/opt/p")]
         );
-        assert_eq!(
-            pick_profdata(None, None, &path(&["llvm-profdata"])),
-            Some(PathBuf::from("/usr/bin/llvm-profdata"))
-        );
-        assert_eq!(pick_profdata(None, None, &path(&[])), None);
+        assert!(profdata_candidates(None, None, &path(&[])).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The probe is what makes a too-old tool fail fast: an instrumented empty program must
+    /// leave a raw profile, and a tool that cannot merge anything must be refused.
+    #[test]
+    fn the_probe_profile_is_written_and_a_broken_tool_is_refused() {
+        let dir = std::env::temp_dir().join(format!("xtask-pgo-probe-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let raw = probe_profile(&dir).unwrap();
+        assert!(raw.extension().is_some_and(|x| x == "profraw"), "{raw:?}");
+        assert!(std::fs::metadata(&raw).unwrap().len() > 0);
+        assert!(!merges(Path::new("false"), &raw, &dir));
+        assert!(!merges(Path::new("/no/such/llvm-profdata"), &raw, &dir));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
