@@ -16,6 +16,7 @@
 //! (`ship/`: PostgreSQL), reading the ledger over a read-only connection after a cursor.
 
 pub mod accuracy;
+mod bind;
 pub mod chargeback;
 pub mod drift;
 pub mod enrich;
@@ -302,87 +303,13 @@ fn statements() -> &'static [String; 3] {
     })
 }
 
-/// Binds one record's values to parameters `first..first + COLUMN_COUNT` (1-based), each with
-/// its own type (no `dyn ToSql` per value). NULLs are not bound: the caller clears the
-/// statement's bindings first, once for all its rows, where a `sqlite3_bind_null` per absent
-/// value cost ~50 instructions each, ~20 of them per row.
-fn bind_row(
-    stmt: &mut rusqlite::CachedStatement<'_>,
-    first: usize,
-    r: &UsageRecord,
-) -> rusqlite::Result<()> {
-    let i = &r.identity;
-    let k = r.conn.as_deref();
-    let cg = r.cgroup.as_deref();
-    let mut n = first;
-    // `v` binds a value; `o` an `Option`, leaving a `None` as the NULL the clear left there.
-    macro_rules! v {
-        ($e:expr) => {{
-            stmt.raw_bind_parameter(n, $e)?;
-            n += 1;
-        }};
-    }
-    macro_rules! o {
-        ($e:expr) => {{
-            if let Some(x) = $e {
-                stmt.raw_bind_parameter(n, x)?;
-            }
-            n += 1;
-        }};
-    }
-    v!(r.id.as_str());
-    v!(r.ts_ms);
-    v!(r.latency_us as i64);
-    o!(r.ttft_us.map(|t| t as i64));
-    v!(r.status);
-    v!(&*r.outcome);
-    v!(r.api);
-    o!(i.team.as_deref());
-    o!(i.project.as_deref());
-    o!(i.user.as_deref());
-    o!(i.session.as_deref());
-    o!(i.workflow.as_deref());
-    o!(i.cost_center.as_deref());
-    o!(r.requested_model.as_deref());
-    o!(r.served_model.as_deref());
-    o!(r.provider.as_deref());
-    v!(r.usage.input_tokens as i64);
-    v!(r.usage.cached_tokens as i64);
-    v!(r.usage.cache_write_tokens as i64);
-    v!(r.usage.output_tokens as i64);
-    v!(r.usage.reasoning_tokens as i64);
-    v!(r.estimated as i64);
-    o!(k.map(|k| k.tgid));
-    o!(k.map(|k| k.comm.as_str()));
-    o!(k.map(|k| k.uid));
-    o!(k.map(|k| k.cgroup_id as i64));
-    o!(cg.map(|c| c.path.as_str()));
-    o!(cg.and_then(|c| c.identity.container_id.as_deref()));
-    o!(cg.and_then(|c| c.identity.pod_uid.as_deref()));
-    o!(k.and_then(|k| k.original_dst).map(|a| a.to_string()));
-    o!(r.key_id.as_deref());
-    v!(r.cost_micro_usd as i64);
-    o!(r.route.as_deref());
-    v!(r.attempts);
-    o!(r.score.map(f64::from));
-    v!(r.prefix_bytes as i64);
-    o!(r.guard.as_deref());
-    o!(r.cache.as_deref());
-    v!(r.saved_micro_usd as i64);
-    v!(r.saved_tokens as i64);
-    o!(r.upstream_version.as_deref());
-    v!(r.prompt_bytes as i64);
-    debug_assert_eq!(n - first, COLUMN_COUNT);
-    Ok(())
-}
-
 /// Binds one record to a one-row insert statement and runs it; returns the rows it inserted.
 fn insert_one(
     stmt: &mut rusqlite::CachedStatement<'_>,
     r: &UsageRecord,
 ) -> rusqlite::Result<usize> {
     stmt.clear_bindings();
-    bind_row(stmt, 1, r)?;
+    bind::bind_row(stmt, 1, r)?;
     stmt.raw_execute()
 }
 
@@ -428,14 +355,16 @@ fn insert_new(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Resu
     let [one, _, many] = statements();
     let mut chunks = records.chunks_exact(ROWS_PER_STATEMENT);
     {
-        let mut many = tx.prepare_cached(many)?;
-        for chunk in &mut chunks {
-            many.clear_bindings();
-            for (row, r) in chunk.iter().enumerate() {
-                bind_row(&mut many, 1 + row * COLUMN_COUNT, r)?;
-            }
-            if many.raw_execute()? != chunk.len() {
-                return Ok(false); // dropping `tx` rolls back
+        if records.len() >= ROWS_PER_STATEMENT {
+            let mut many = bind::ManyRows::prepare(&tx, many)?;
+            for chunk in &mut chunks {
+                many.clear_bindings();
+                for (row, r) in chunk.iter().enumerate() {
+                    bind::bind_row(&mut many, 1 + row * COLUMN_COUNT, r)?;
+                }
+                if many.execute()? != chunk.len() {
+                    return Ok(false); // dropping `tx` rolls back
+                }
             }
         }
         let mut one = tx.prepare_cached(one)?;
@@ -630,6 +559,66 @@ mod tests {
                 .unwrap();
             assert_eq!(requests, 37, "replace: {replace}");
         }
+    }
+
+    /// The kernel columns through the multi-row statement: strings borrowed from the records
+    /// (`comm`, the cgroup path) and one made for the bind (`original_dst`) read back per row.
+    #[test]
+    fn multi_row_statements_bind_kernel_attribution_per_row() {
+        let batch: Vec<UsageRecord> = (0..20u32)
+            .map(|i| UsageRecord {
+                id: format!("k-{i:02}"),
+                conn: Some(Arc::new(ConnAttribution {
+                    pid: 1000 + i,
+                    tgid: 2000 + i,
+                    uid: i,
+                    gid: 0,
+                    comm: format!("proc-{i}"),
+                    cgroup_id: 3000 + u64::from(i),
+                    original_dst: Some(format!("10.0.0.{i}:8000").parse().unwrap()),
+                    connect_ns: 1,
+                })),
+                cgroup: Some(Arc::new(CgroupInfo {
+                    id: 3000 + u64::from(i),
+                    path: format!("/pods/p{i}"),
+                    identity: crate::kernel::cgroup::parse_cgroup_path(&format!("/pods/p{i}")),
+                })),
+                ..varied(u64::from(i), "kernel")
+            })
+            .collect();
+        let mut c = open_in_memory().unwrap();
+        insert_batch(&mut c, &batch).unwrap();
+        let rows: Vec<(String, i64, String, i64, String, String)> = c
+            .prepare(
+                "SELECT id, pid, comm, cgroup_id, cgroup_path, original_dst FROM usage ORDER BY id",
+            )
+            .unwrap()
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let want: Vec<_> = (0..20)
+            .map(|i| {
+                (
+                    format!("k-{i:02}"),
+                    2000 + i,
+                    format!("proc-{i}"),
+                    3000 + i,
+                    format!("/pods/p{i}"),
+                    format!("10.0.0.{i}:8000"),
+                )
+            })
+            .collect();
+        assert_eq!(rows, want);
     }
 
     /// The schema before kernel attribution, as the first release created it.
