@@ -21,7 +21,7 @@ pub mod window;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -73,8 +73,13 @@ enum Slot {
 /// Governance state shared by every worker, the admin listener and the control threads.
 pub struct Governor {
     pub keys: ArcSwap<KeyTable>,
-    /// Exceptions in force (expired ones are removed by the governance thread).
-    pub exceptions: ArcSwap<Vec<Exception>>,
+    /// Exceptions in force (expired ones are removed by the governance thread). Read through
+    /// [`Governor::exceptions_in_force`].
+    exceptions: ArcSwap<Vec<Exception>>,
+    /// How many `exceptions` holds, stored after it: most nodes have none, and a relaxed read
+    /// of this answers every budget and model check without `ArcSwap::load`, whose debt-slot
+    /// `xchg` was ~40 % of the budget reservation in a profile of governed traffic.
+    exception_count: AtomicUsize,
     pub sessions: Sessions,
     pub counters: GovCounters,
     /// Rule counters by rule identity, so a reload keeps the spend of unchanged rules. Locked
@@ -107,6 +112,7 @@ impl Governor {
         let gov = Arc::new(Governor {
             keys: ArcSwap::from_pointee(KeyTable::default()),
             exceptions: ArcSwap::from_pointee(Vec::new()),
+            exception_count: AtomicUsize::new(0),
             sessions: Sessions::default(),
             counters: GovCounters::default(),
             slots: Mutex::new(HashMap::new()),
@@ -170,7 +176,9 @@ impl Governor {
         self.keys.store(Arc::new(table));
         let mut exceptions = store.exceptions()?;
         exceptions.retain(|x| x.expires_ms > now);
+        let count = exceptions.len();
         self.exceptions.store(Arc::new(exceptions));
+        self.exception_count.store(count, Ordering::Release);
         Ok(())
     }
 
@@ -248,10 +256,21 @@ impl Governor {
         }));
     }
 
+    /// The exceptions list, or `None` when it is empty (one relaxed read, no `ArcSwap` load).
+    fn exceptions_in_force(&self) -> Option<arc_swap::Guard<Arc<Vec<Exception>>>> {
+        if self.exception_count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        Some(self.exceptions.load())
+    }
+
     /// Whether an exception in force grants `model` to this request.
     pub fn exception_grants_model(&self, f: &Facts<'_>, model: &str) -> bool {
+        let Some(list) = self.exceptions_in_force() else {
+            return false;
+        };
         let now = window::now_ms();
-        self.exceptions.load().iter().any(|x| {
+        list.iter().any(|x| {
             x.expires_ms > now
                 && x.model
                     .as_deref()
@@ -262,8 +281,7 @@ impl Governor {
 
     /// Extra tokens and micro-USD that exceptions in force add to a key's own budget.
     pub fn exception_extra_for_key(&self, id: &str) -> (u64, u64) {
-        let list = self.exceptions.load();
-        if list.is_empty() {
+        if self.exceptions_in_force().is_none() {
             return (0, 0);
         }
         self.exception_extra(&Scope {
@@ -275,10 +293,9 @@ impl Governor {
     /// Extra tokens and micro-USD that exceptions in force add to a budget over `scope` (an
     /// exception for a team extends the budgets scoped to exactly that team, and so on).
     pub fn exception_extra(&self, scope: &Scope) -> (u64, u64) {
-        let list = self.exceptions.load();
-        if list.is_empty() {
+        let Some(list) = self.exceptions_in_force() else {
             return (0, 0);
-        }
+        };
         let now = window::now_ms();
         let mut extra = (0u64, 0u64);
         for x in list.iter() {
