@@ -588,21 +588,13 @@ mod tests {
             .collect();
         let mut c = open_in_memory().unwrap();
         insert_batch(&mut c, &batch).unwrap();
-        let rows: Vec<(String, i64, String, i64, String, String)> = c
+        type KernelRow = (String, i64, String, i64, String, String);
+        let rows: Vec<KernelRow> = c
             .prepare(
                 "SELECT id, pid, comm, cgroup_id, cgroup_path, original_dst FROM usage ORDER BY id",
             )
             .unwrap()
-            .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
-            })
+            .query_map([], |r| KernelRow::try_from(r))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
