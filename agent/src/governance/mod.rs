@@ -76,7 +76,7 @@ pub struct Governor {
     /// Exceptions in force (expired ones are removed by the governance thread). Read through
     /// [`Governor::exceptions_in_force`].
     exceptions: ArcSwap<Vec<Exception>>,
-    /// How many `exceptions` holds, stored after it: most nodes have none, and a relaxed read
+    /// How many `exceptions` holds, stored after it: most nodes have none, and one atomic read
     /// of this answers every budget and model check without `ArcSwap::load`, whose debt-slot
     /// `xchg` was ~40 % of the budget reservation in a profile of governed traffic.
     exception_count: AtomicUsize,
@@ -256,7 +256,7 @@ impl Governor {
         }));
     }
 
-    /// The exceptions list, or `None` when it is empty (one relaxed read, no `ArcSwap` load).
+    /// The exceptions list, or `None` when it is empty (one atomic read, no `ArcSwap` load).
     fn exceptions_in_force(&self) -> Option<arc_swap::Guard<Arc<Vec<Exception>>>> {
         if self.exception_count.load(Ordering::Acquire) == 0 {
             return None;

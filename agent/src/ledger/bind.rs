@@ -11,6 +11,12 @@
 //! traffic and ~20 % for governed traffic, whose rows carry a key, a team and a project.
 //! [`ManyRows`] binds strings borrowed from the records with `SQLITE_STATIC`: the records
 //! outlive the statement's execution (its lifetime says so), so SQLite reads them in place.
+//!
+//! It is prepared once per batch (a 672-parameter statement: ~170–190 µs,
+//! `benches/scripts/sqlite_prepare_cost.py`), where rusqlite's stays cached on the
+//! connection, so it pays only in large batches: at 2,048 rows (64 connections) the governed
+//! writer went 2.36 → 2.14 µs per request with the prepare included. Smaller batches, the
+//! common case below saturation, keep rusqlite's statement ([`IN_PLACE_MIN_ROWS`]).
 
 use std::ffi::{c_char, c_int, CStr};
 use std::marker::PhantomData;
@@ -20,9 +26,18 @@ use rusqlite::{ffi, Connection};
 
 use super::{UsageRecord, COLUMN_COUNT};
 
-/// Where [`bind_row`] puts a row's values. Parameters are 1-based; a `None` is left unbound
-/// (the caller cleared the bindings, so it is NULL).
-pub(super) trait Binder<'r> {
+/// Fewest rows in a batch for [`ManyRows`]: below it its prepare costs more than the copies
+/// it saves (~0.3 µs per governed row against ~180 µs per prepare breaks even near 600 rows,
+/// open rows save less).
+pub(super) const IN_PLACE_MIN_ROWS: usize = 1024;
+
+/// A multi-row `INSERT` that [`bind_row`] fills. Parameters are 1-based; a `None` is left
+/// unbound (the caller cleared the bindings, so it is NULL).
+pub(super) trait RowStatement<'r> {
+    /// Sets every parameter to NULL.
+    fn clear(&mut self);
+    /// Runs the statement once with what is bound; the rows it inserted.
+    fn run(&mut self) -> rusqlite::Result<usize>;
     fn int(&mut self, n: usize, v: i64) -> rusqlite::Result<()>;
     fn real(&mut self, n: usize, v: f64) -> rusqlite::Result<()>;
     /// A string that lives as long as the record.
@@ -31,7 +46,13 @@ pub(super) trait Binder<'r> {
     fn owned_text(&mut self, n: usize, v: String) -> rusqlite::Result<()>;
 }
 
-impl<'r> Binder<'r> for rusqlite::CachedStatement<'_> {
+impl<'r> RowStatement<'r> for rusqlite::CachedStatement<'_> {
+    fn clear(&mut self) {
+        self.clear_bindings();
+    }
+    fn run(&mut self) -> rusqlite::Result<usize> {
+        self.raw_execute()
+    }
     fn int(&mut self, n: usize, v: i64) -> rusqlite::Result<()> {
         self.raw_bind_parameter(n, v)
     }
@@ -51,7 +72,7 @@ impl<'r> Binder<'r> for rusqlite::CachedStatement<'_> {
 /// statement's bindings first, once for all its rows, where a `sqlite3_bind_null` per absent
 /// value cost ~50 instructions each, ~20 of them per row.
 pub(super) fn bind_row<'r>(
-    stmt: &mut impl Binder<'r>,
+    stmt: &mut impl RowStatement<'r>,
     first: usize,
     r: &'r UsageRecord,
 ) -> rusqlite::Result<()> {
@@ -135,8 +156,8 @@ pub(super) struct ManyRows<'c, 'r> {
 }
 
 impl<'c, 'r> ManyRows<'c, 'r> {
-    /// Prepares `sql` on `conn` (inside the caller's transaction; once per batch, a few
-    /// hundred microseconds against the thousands of rows a batch carries).
+    /// Prepares `sql` on `conn`, inside the caller's transaction (once per batch of at least
+    /// [`IN_PLACE_MIN_ROWS`]).
     pub(super) fn prepare(conn: &'c Connection, sql: &str) -> rusqlite::Result<Self> {
         // SAFETY: the handle is used only while `conn` is borrowed (`'c`), on this thread.
         let db = unsafe { conn.handle() };
@@ -165,15 +186,9 @@ impl<'c, 'r> ManyRows<'c, 'r> {
         })
     }
 
-    /// Sets every parameter to NULL (the values [`bind_row`] leaves unbound).
-    pub(super) fn clear_bindings(&mut self) {
-        // SAFETY: a live statement; clearing bindings cannot fail.
-        unsafe { ffi::sqlite3_clear_bindings(self.stmt.as_ptr()) };
-    }
-
     /// Runs the statement once with what is bound, then resets it; returns the rows it
     /// inserted.
-    pub(super) fn execute(&mut self) -> rusqlite::Result<usize> {
+    fn execute(&mut self) -> rusqlite::Result<usize> {
         // SAFETY: a live statement on this thread; every bound string outlives `self`.
         let rc = unsafe { ffi::sqlite3_step(self.stmt.as_ptr()) };
         // SAFETY: as above; the reset keeps the bindings (cleared by the caller when needed).
@@ -227,7 +242,14 @@ impl<'c, 'r> ManyRows<'c, 'r> {
     }
 }
 
-impl<'r> Binder<'r> for ManyRows<'_, 'r> {
+impl<'r> RowStatement<'r> for ManyRows<'_, 'r> {
+    fn clear(&mut self) {
+        // SAFETY: a live statement; clearing bindings cannot fail.
+        unsafe { ffi::sqlite3_clear_bindings(self.stmt.as_ptr()) };
+    }
+    fn run(&mut self) -> rusqlite::Result<usize> {
+        self.execute()
+    }
     fn int(&mut self, n: usize, v: i64) -> rusqlite::Result<()> {
         let n = Self::param(n)?;
         // SAFETY: a live statement; SQLite range-checks `n`.

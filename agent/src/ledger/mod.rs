@@ -355,17 +355,15 @@ fn insert_new(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Resu
     let [one, _, many] = statements();
     let mut chunks = records.chunks_exact(ROWS_PER_STATEMENT);
     {
-        if records.len() >= ROWS_PER_STATEMENT {
-            let mut many = bind::ManyRows::prepare(&tx, many)?;
-            for chunk in &mut chunks {
-                many.clear_bindings();
-                for (row, r) in chunk.iter().enumerate() {
-                    bind::bind_row(&mut many, 1 + row * COLUMN_COUNT, r)?;
-                }
-                if many.execute()? != chunk.len() {
-                    return Ok(false); // dropping `tx` rolls back
-                }
-            }
+        // Our statement saves SQLite's copy of every string but is prepared per batch
+        // (`bind.rs`); rusqlite's stays cached on the connection.
+        let all_new = if records.len() >= bind::IN_PLACE_MIN_ROWS {
+            insert_chunks(&mut bind::ManyRows::prepare(&tx, many)?, &mut chunks)?
+        } else {
+            insert_chunks(&mut tx.prepare_cached(many)?, &mut chunks)?
+        };
+        if !all_new {
+            return Ok(false); // dropping `tx` rolls back
         }
         let mut one = tx.prepare_cached(one)?;
         for r in chunks.remainder() {
@@ -380,6 +378,24 @@ fn insert_new(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Resu
     }
     rollups.write(&tx)?;
     tx.commit()?;
+    Ok(true)
+}
+
+/// Runs `stmt` (a [`ROWS_PER_STATEMENT`]-row insert) over every full chunk; false as soon as
+/// one inserts fewer rows than it carried.
+fn insert_chunks<'r>(
+    stmt: &mut impl bind::RowStatement<'r>,
+    chunks: &mut std::slice::ChunksExact<'_, &'r UsageRecord>,
+) -> rusqlite::Result<bool> {
+    for chunk in chunks {
+        stmt.clear();
+        for (row, r) in chunk.iter().enumerate() {
+            bind::bind_row(stmt, 1 + row * COLUMN_COUNT, r)?;
+        }
+        if stmt.run()? != chunk.len() {
+            return Ok(false);
+        }
+    }
     Ok(true)
 }
 
@@ -459,7 +475,7 @@ mod tests {
     fn varied(i: u64, tag: &str) -> UsageRecord {
         let some = |on: bool, s: String| on.then_some(s);
         UsageRecord {
-            id: format!("row-{i:03}"),
+            id: format!("row-{i:05}"),
             ts_ms: 1_000 + i as i64,
             latency_us: 10 * i,
             ttft_us: i.is_multiple_of(2).then_some(7 * i),
@@ -535,7 +551,14 @@ mod tests {
     /// sends the batch row by row: the writer's copy replaces the row, replay's keeps it.
     #[test]
     fn multi_row_statements_bind_every_row_and_fall_back_on_a_present_id() {
-        let batch: Vec<UsageRecord> = (0..37).map(|i| varied(i, "new")).collect();
+        // A small batch (rusqlite's cached statement) and a large one (`bind::ManyRows`).
+        for size in [37, bind::IN_PLACE_MIN_ROWS as u64 + 37] {
+            multi_row_batch(size);
+        }
+    }
+
+    fn multi_row_batch(size: u64) {
+        let batch: Vec<UsageRecord> = (0..size).map(|i| varied(i, "new")).collect();
         let mut c = open_in_memory().unwrap();
         insert_batch(&mut c, &batch).unwrap();
         assert_eq!(stored(&c), batch.iter().map(expected).collect::<Vec<_>>());
@@ -557,7 +580,7 @@ mod tests {
             let requests: i64 = c
                 .query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
                 .unwrap();
-            assert_eq!(requests, 37, "replace: {replace}");
+            assert_eq!(requests, size as i64, "replace: {replace}");
         }
     }
 
@@ -565,9 +588,12 @@ mod tests {
     /// (`comm`, the cgroup path) and one made for the bind (`original_dst`) read back per row.
     #[test]
     fn multi_row_statements_bind_kernel_attribution_per_row() {
-        let batch: Vec<UsageRecord> = (0..20u32)
+        // Above the size that takes `bind::ManyRows`, which borrows these strings.
+        let n = bind::IN_PLACE_MIN_ROWS as u32 + 20;
+        let dst = |i: u32| std::net::SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 8000));
+        let batch: Vec<UsageRecord> = (0..n)
             .map(|i| UsageRecord {
-                id: format!("k-{i:02}"),
+                id: format!("k-{i:05}"),
                 conn: Some(Arc::new(ConnAttribution {
                     pid: 1000 + i,
                     tgid: 2000 + i,
@@ -575,7 +601,7 @@ mod tests {
                     gid: 0,
                     comm: format!("proc-{i}"),
                     cgroup_id: 3000 + u64::from(i),
-                    original_dst: Some(format!("10.0.0.{i}:8000").parse().unwrap()),
+                    original_dst: Some(dst(i)),
                     connect_ns: 1,
                 })),
                 cgroup: Some(Arc::new(CgroupInfo {
@@ -598,15 +624,15 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let want: Vec<_> = (0..20)
+        let want: Vec<_> = (0..n)
             .map(|i| {
                 (
-                    format!("k-{i:02}"),
-                    2000 + i,
+                    format!("k-{i:05}"),
+                    2000 + i64::from(i),
                     format!("proc-{i}"),
-                    3000 + i,
+                    3000 + i64::from(i),
                     format!("/pods/p{i}"),
-                    format!("10.0.0.{i}:8000"),
+                    dst(i).to_string(),
                 )
             })
             .collect();
