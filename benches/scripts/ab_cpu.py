@@ -3,9 +3,11 @@ connections against one zero-delay simulator (the method behind the "ABBA" figur
 ARCHITECTURE.md). Build first: `cargo build --release -p tollgate -p tollgate-sim -p
 tollgate-benches --bin tollgate-load`.
 
-usage: ab_cpu.py OLD_TOLLGATE[:DRIVER] NEW_TOLLGATE[:DRIVER] [ROUNDS [CONNECTIONS]]
-       (default 3 rounds of ABBA, 5 s windows, 64 connections; each window also prints its p50;
-       DRIVER is io_uring (the default) or epoll, e.g. `T:io_uring T:epoll` compares the drivers)
+usage: ab_cpu.py OLD_TOLLGATE[:DRIVER] NEW_TOLLGATE[:DRIVER] [ROUNDS [CONNECTIONS [LOAD ARGS...]]]
+       (default 3 rounds of ABBA, 5 s windows, 64 connections; each window also prints its p50
+       and its user and kernel share; DRIVER is io_uring (the default) or epoll, e.g.
+       `T:io_uring T:epoll` compares the drivers; LOAD ARGS go to tollgate-load, e.g.
+       `--prompt-bytes 2048`)
 """
 
 import json
@@ -21,11 +23,13 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid):
-    total = 0
+    """(user, kernel) seconds of all of PID's threads."""
+    user = kernel = 0
     for t in os.listdir(f"/proc/{pid}/task"):
         fields = open(f"/proc/{pid}/task/{t}/stat").read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
+        user += int(fields[11])
+        kernel += int(fields[12])
+    return user / TICK, kernel / TICK
 
 
 def start(cmd, log):
@@ -62,6 +66,7 @@ def main():
     old, new = sys.argv[1], sys.argv[2]
     rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     connections = sys.argv[4] if len(sys.argv) > 4 else "64"
+    load_args = sys.argv[5:]
     work = tempfile.mkdtemp(prefix="tollgate-ab-")
     procs = []
     try:
@@ -90,16 +95,18 @@ def main():
             before = cpu_seconds(pid)
             out = subprocess.check_output(
                 [f"{RELEASE}/tollgate-load", "--target", addr, "--connections", connections,
-                 "--duration", "5", "--warmup", "1", "--drain", "1"],
+                 "--duration", "5", "--warmup", "1", "--drain", "1"] + load_args,
                 stderr=subprocess.DEVNULL,
             )
-            spent = cpu_seconds(pid) - before
+            after = cpu_seconds(pid)
             d = json.loads(out)
             # CPU covers warm-up and window; requests are counted in the window: scale by time.
-            us = spent / (d["requests"] * 6.0 / 5.0) * 1e6
+            per = [(a - b) / (d["requests"] * 6.0 / 5.0) * 1e6 for a, b in zip(after, before)]
+            us = per[0] + per[1]
             p50 = d["latency_us"]["p50"]
             results[name].append((d["rps"], us, p50))
-            print(f"{name} {d['rps']:.0f} req/s {us:.2f} us/req p50 {p50:.1f} us", flush=True)
+            print(f"{name} {d['rps']:.0f} req/s {us:.2f} us/req (user {per[0]:.2f}, kernel "
+                  f"{per[1]:.2f}) p50 {p50:.1f} us", flush=True)
         for name, rows in results.items():
             print(f"{name}: mean {sum(r[0] for r in rows) / len(rows):.0f} req/s, "
                   f"{sum(r[1] for r in rows) / len(rows):.2f} us of agent CPU per request, "

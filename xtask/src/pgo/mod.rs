@@ -17,8 +17,14 @@
 //!    `LLVM_PROFDATA`, rustup's `llvm-tools`, or the newest `llvm-profdata-N` on PATH; Debian
 //!    12's `llvm-19` reads rustc 1.95's) and builds again with `-Cprofile-use`.
 //!
-//! Two full release builds: about 15 minutes on 2 cores. Measure the result against the plain
+//! 4. When a BOLT is found (`bolt.rs`: `apt-get install bolt-19`), that build is linked with its
+//!    relocations, instrumented by BOLT, trained again the same way, and laid out by BOLT from
+//!    the counts. `--no-bolt` stops at step 3.
+//!
+//! Two full release builds: about 20 minutes on 2 cores. Measure the result against the plain
 //! build with `cargo xtask bench --against-nginx --agent target/pgo/tollgate`.
+
+mod bolt;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +42,9 @@ pub struct Args {
     /// Seconds of load per training point.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// Stop after the profile-guided build, without BOLT's layout even when llvm-bolt is there.
+    #[arg(long)]
+    no_bolt: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -49,6 +58,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .join("pgo");
     std::fs::create_dir_all(&pgo)?;
     let profdata = find_profdata(&host, &pgo)?;
+    let bolt = if args.no_bolt {
+        None
+    } else {
+        let found = bolt::find();
+        match &found {
+            Some(b) => eprintln!("pgo: laying the result out with {}", b.bolt.display()),
+            None => eprintln!(
+                "pgo: no llvm-bolt (apt-get install bolt-19, or set LLVM_BOLT): \
+                 the agent will be profile-guided only"
+            ),
+        }
+        found
+    };
     let profiles = pgo.join("profiles");
     if profiles.exists() {
         std::fs::remove_dir_all(&profiles)
@@ -99,15 +121,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     eprintln!("pgo: building the agent with the profile");
-    cargo_build(
-        &layout.root,
-        &build_dir,
-        &host,
-        &format!("-Cprofile-use={}", merged.display()),
-    )?;
+    let mut use_profile = format!("-Cprofile-use={}", merged.display());
+    if bolt.is_some() {
+        // BOLT moves functions only in a binary that kept its relocations.
+        use_profile.push_str(" -Clink-arg=-Wl,--emit-relocs");
+    }
+    cargo_build(&layout.root, &build_dir, &host, &use_profile)?;
     let out = pgo.join("tollgate");
-    std::fs::copy(&built, &out)
-        .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+    match &bolt {
+        Some(b) => lay_out(&layout, b, &built, &pgo, &out, args.seconds)?,
+        None => {
+            std::fs::copy(&built, &out)
+                .with_context(|| format!("copying {} to {}", built.display(), out.display()))?;
+        }
+    }
     println!("{}", out.display());
     eprintln!(
         "pgo: built {}; compare: cargo xtask bench --against-nginx --agent {}",
@@ -115,6 +142,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// Step 4: `built` instrumented by BOLT, trained like the compiler's profile, and laid out by the
+/// counts into `out`.
+fn lay_out(
+    layout: &Layout,
+    b: &bolt::Bolt,
+    built: &Path,
+    pgo: &Path,
+    out: &Path,
+    seconds: f64,
+) -> anyhow::Result<()> {
+    let dir = pgo.join("bolt");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    let counts = dir.join("counts");
+    std::fs::create_dir_all(&counts)?;
+    let instrumented = dir.join("tollgate");
+    eprintln!("pgo: instrumenting the profile-guided agent with BOLT");
+    b.instrument(built, &instrumented, &counts.join("tollgate"))?;
+    let trained = Layout {
+        root: layout.root.clone(),
+        release: layout.release.clone(),
+        work: dir.join("train"),
+        agent: instrumented,
+    };
+    train(&trained, seconds)?;
+    let fdata = dir.join("tollgate.fdata");
+    b.merge(&counts, &fdata)?;
+    eprintln!("pgo: laying the agent out with BOLT");
+    b.optimize(built, &fdata, out)
 }
 
 /// `cargo build --release -p tollgate --target HOST` into `target_dir` with `flag` added to the
