@@ -96,18 +96,7 @@ impl Bolt {
 
     /// Merges the `.fdata` files in `dir` into `out`; fails when there are none.
     pub fn merge(&self, dir: &Path, out: &Path) -> anyhow::Result<()> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "fdata"))
-            .collect();
-        files.sort();
-        if files.is_empty() {
-            bail!(
-                "the instrumented agent wrote no counts in {}",
-                dir.display()
-            );
-        }
+        let files = super::files_ending(dir, "fdata", "counts")?;
         let merged = Command::new(&self.merge)
             .args(&files)
             .stderr(std::process::Stdio::null())

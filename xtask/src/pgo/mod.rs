@@ -320,15 +320,21 @@ fn stop_writing_profile(server: Server) -> anyhow::Result<()> {
 
 /// The `.profraw` files in `dir`, at least one.
 fn profile_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    files_ending(dir, "profraw", "profile")
+}
+
+/// The files in `dir` with extension `ext`, sorted; at least one (else the instrumented agent
+/// wrote no `what`).
+fn files_ending(dir: &Path, ext: &str, what: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "profraw"))
+        .filter(|p| p.extension().is_some_and(|x| x == ext))
         .collect();
     files.sort();
     if files.is_empty() {
         bail!(
-            "the instrumented agent wrote no profile in {}",
+            "the instrumented agent wrote no {what} in {}",
             dir.display()
         );
     }
