@@ -30,17 +30,22 @@ pub struct Bolt {
 /// there without a versioned name on PATH). `None` when there is none.
 pub fn find() -> Option<Bolt> {
     let explicit = std::env::var_os("LLVM_BOLT").map(PathBuf::from);
-    candidates(explicit, &|name| which(name), &|p| p.is_file())
+    candidates(explicit, &on_path, &|p| p.is_file())
         .into_iter()
         .find_map(|bolt| {
-            let merge = bolt.with_file_name("merge-fdata");
-            let merge = if merge.is_file() {
-                merge
+            let beside = bolt.with_file_name("merge-fdata");
+            let merge = if beside.is_file() {
+                beside
             } else {
-                which("merge-fdata")?
+                on_path("merge-fdata")?
             };
             Some(Bolt { bolt, merge })
         })
+}
+
+/// `name` when it is on PATH (the command then finds it there).
+fn on_path(name: &str) -> Option<PathBuf> {
+    crate::test::on_path(name).then(|| PathBuf::from(name))
 }
 
 /// The `llvm-bolt` candidates in order: `explicit` alone when given, else the one `on_path`
@@ -62,13 +67,6 @@ fn candidates(
                 .filter(|p| exists(p)),
         )
         .collect()
-}
-
-/// `name`'s path on PATH.
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 impl Bolt {

@@ -208,18 +208,6 @@ fn rustflags(existing: Option<&str>, flag: &str) -> String {
 fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
     let sim = crate::bench::zero_delay_sim(layout, &layout.work)?;
     let load = crate::bench::plain_load(layout, seconds);
-    let long = Load {
-        prompt_bytes: Some(2048),
-        ..load.clone()
-    };
-    let unary = |c| Point {
-        pacing: Pacing::Closed(c),
-        stream: false,
-    };
-    let stream = Point {
-        pacing: Pacing::Closed(4),
-        stream: true,
-    };
 
     // Where io_uring is refused (a container build under Docker's default seccomp profile),
     // the agent's `auto` driver serves on epoll: train that instead of failing.
@@ -230,16 +218,7 @@ fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
         "epoll"
     };
     let open = start_open(layout, driver, sim.addr)?;
-    let target = open.addr.to_string();
-    for (l, point) in [
-        (&load, unary(1)),
-        (&load, unary(16)),
-        (&load, unary(64)),
-        (&long, unary(16)),
-        (&load, stream),
-    ] {
-        point_ok(l, &target, point, &open)?;
-    }
+    train_points(&load, &open)?;
     stop_writing_profile(open)?;
 
     let (governed, key) =
@@ -248,33 +227,54 @@ fn train(layout: &Layout, seconds: f64) -> anyhow::Result<()> {
         headers: vec![format!("Authorization: Bearer {key}")],
         ..load.clone()
     };
-    let keyed_long = Load {
-        prompt_bytes: Some(2048),
-        ..keyed.clone()
-    };
-    let target = governed.addr.to_string();
-    // The same points as the open agent: with fewer, BOLT laid the governed path out as
-    // colder code, and governance's share of a request grew from ~4 % to ~10 %.
-    for (l, point) in [
-        (&keyed, unary(1)),
-        (&keyed, unary(16)),
-        (&keyed, unary(64)),
-        (&keyed_long, unary(16)),
-        (&keyed, stream),
-    ] {
-        point_ok(l, &target, point, &governed)?;
-    }
+    // The same points as the open agent, so neither path is laid out from thinner counts
+    // (trained at fewer, governance measured ~10 % on the BOLT build; ARCHITECTURE.md).
+    train_points(&keyed, &governed)?;
     stop_writing_profile(governed)?;
 
     if driver != "epoll" {
         let epoll = start_open(layout, "epoll", sim.addr)?;
         let target = epoll.addr.to_string();
-        for point in [unary(16), stream] {
+        for point in [unary(16), STREAM] {
             point_ok(&load, &target, point, &epoll)?;
         }
         stop_writing_profile(epoll)?;
     }
     sim.stop()
+}
+
+/// A closed-loop point of `c` connections without streaming.
+fn unary(c: usize) -> Point {
+    Point {
+        pacing: Pacing::Closed(c),
+        stream: false,
+    }
+}
+
+/// The streaming point: four connections of SSE.
+const STREAM: Point = Point {
+    pacing: Pacing::Closed(4),
+    stream: true,
+};
+
+/// The points every agent side trains at: 1, 16 and 64 connections, 16 with 2 KB prompts,
+/// and streams.
+fn train_points(load: &Load, server: &Server) -> anyhow::Result<()> {
+    let long = Load {
+        prompt_bytes: Some(2048),
+        ..load.clone()
+    };
+    let target = server.addr.to_string();
+    for (l, point) in [
+        (load, unary(1)),
+        (load, unary(16)),
+        (load, unary(64)),
+        (&long, unary(16)),
+        (load, STREAM),
+    ] {
+        point_ok(l, &target, point, server)?;
+    }
+    Ok(())
 }
 
 /// Whether this process may set up an io_uring (the kernel has it and no seccomp filter or
