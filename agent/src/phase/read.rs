@@ -167,9 +167,10 @@ pub enum FirstRead {
     Ready,
     /// The client closed.
     Closed,
-    /// Quiet for [`KEEP_BUFFER`]: the buffer went back. [`idle_wait`] waits out the time left
-    /// of the idle timeout, which is this.
-    Quiet(Duration),
+    /// Quiet for [`KEEP_BUFFER`]: the buffer went back, and the connection's deadline is armed
+    /// for what is left of the idle timeout, which [`idle_wait`] waits out. (No payload: the
+    /// result is matched in the connection's task, which keeps it while the idle wait lasts.)
+    Quiet,
 }
 
 /// The first read of the next request on a keep-alive connection whose buffer is empty.
@@ -222,30 +223,58 @@ pub async fn first_read(
     w.released(conn.buf.capacity());
     conn.buf = BytesMut::new();
     match idle_timeout.checked_sub(started.elapsed()) {
-        Some(rest) if !rest.is_zero() => Ok(FirstRead::Quiet(rest)),
+        Some(rest) if !rest.is_zero() => {
+            deadline.arm(rest);
+            Ok(FirstRead::Quiet)
+        }
         _ => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
     }
 }
 
 /// Waits, without a buffer, until the connection is readable (a request or the client's
-/// close: the request's own read, under the head's deadline, tells which), or `rest` passes.
-/// This is what a long-idle connection task awaits, so it is kept small: the readiness
-/// operation and the connection's deadline, no timer and no buffer. (Not an `async fn`, which
-/// would keep a second copy of its arguments in the state.)
+/// close: the request's own read, under the head's deadline, tells which), or the deadline
+/// [`first_read`] armed passes. This is what a long-idle connection task awaits, so it is kept
+/// small: the readiness operation and the connection's deadline, no timer, no buffer, and no
+/// `async` wrapper (one around a `first_of` took 192 bytes where this takes 120).
 pub fn idle_wait<'a>(
     conn: &'a ClientConn,
     deadline: &'a Deadline,
-    rest: Duration,
 ) -> impl std::future::Future<Output = io::Result<()>> + 'a {
-    deadline.arm(rest);
-    async move {
-        let readable = first_of(
-            std::pin::pin!(conn.stream.readable(false)),
-            deadline.expired(),
-        )
-        .await;
-        deadline.disarm();
-        readable.unwrap_or_else(|| Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")))
+    IdleWait {
+        readable: conn.stream.readable(false),
+        expired: deadline.expired(),
+        deadline,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`idle_wait`].
+    struct IdleWait<'a, R> {
+        #[pin]
+        readable: R,
+        expired: crate::http::idle::Expired<'a>,
+        deadline: &'a Deadline,
+    }
+}
+
+impl<R: std::future::Future<Output = io::Result<()>>> std::future::Future for IdleWait<'_, R> {
+    type Output = io::Result<()>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        let this = self.project();
+        let out = match this.readable.poll(cx) {
+            Poll::Ready(readable) => readable,
+            Poll::Pending => match std::pin::Pin::new(this.expired).poll(cx) {
+                Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
+                Poll::Pending => return Poll::Pending,
+            },
+        };
+        this.deadline.disarm();
+        Poll::Ready(out)
     }
 }
 
