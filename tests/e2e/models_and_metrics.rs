@@ -54,35 +54,6 @@ fn models_health_and_readiness() {
     assert_eq!(ready.json()["status"], "ready", "{}", ready.text());
 }
 
-/// The ledger writer's commits run in the background CPU class (`SCHED_IDLE`, 5), so the
-/// threads a response waits on preempt them; as root it can leave the class again when it
-/// falls behind, so it enters it. (`privileges.rs` holds the other case: without
-/// `CAP_SYS_NICE` it stays at the normal policy.)
-#[test]
-fn the_ledger_writer_runs_in_the_background_cpu_class() {
-    let stack = Stack::start();
-    let pid = stack.agent.proc.pid();
-    // SAFETY: no arguments.
-    let root = unsafe { libc::geteuid() } == 0;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let policy = loop {
-        let p = crate::harness::procs::thread_policy(pid, "tollgate-contro");
-        if p == Some(5) || Instant::now() > deadline {
-            break p;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert_eq!(policy, Some(if root { 5 } else { 0 }), "root: {root}");
-    // And it commits: a request's row reaches the ledger.
-    let r = post_json(
-        stack.agent.addr,
-        "/v1/chat/completions",
-        &chat_body("smol", "background commit", 2, false),
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(stack.agent.row_of(&r).output_tokens, 2);
-}
-
 #[test]
 fn metrics_count_requests_and_tokens() {
     let stack = Stack::start();

@@ -94,8 +94,6 @@ pub fn run(
     };
     let mut batch: Vec<UsageRecord> = Vec::with_capacity(settings.batch_max);
     let mut deadline: Option<Instant> = None;
-    // Background CPU class while the commits keep up (`priority.rs`).
-    let mut priority = super::priority::Priority::background();
     // Journal segments whose records are all in `batch` or committed; deleted once `batch` is empty.
     // Each with the hand-overs made before it was retired.
     let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
@@ -106,7 +104,6 @@ pub fn run(
         };
         match msg {
             Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                priority.normal();
                 // Whatever is still queued was sent before the stop; estimates still being
                 // counted come back on the same channel.
                 let until = Instant::now() + STOP_WAIT;
@@ -135,7 +132,7 @@ pub fn run(
                 }
                 ctl.enricher.flush_counters();
                 for _ in 0..50 {
-                    flush(&mut conn, &mut batch, &metrics, &mut priority);
+                    flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired, ctl.returned);
                         break;
@@ -159,7 +156,7 @@ pub fn run(
                 deadline.get_or_insert_with(|| Instant::now() + settings.flush_interval);
                 if batch.len() >= settings.batch_max {
                     ctl.enricher.flush_counters();
-                    flush(&mut conn, &mut batch, &metrics, &mut priority);
+                    flush(&mut conn, &mut batch, &metrics);
                     if batch.is_empty() {
                         remove_retired(&mut retired, ctl.returned);
                     }
@@ -172,7 +169,7 @@ pub fn run(
                 // with each worker batch: one map update per model, cgroup and key per commit
                 // instead of per batch (0.10 `bpf` calls per request at c=64 before).
                 ctl.enricher.flush_counters();
-                flush(&mut conn, &mut batch, &metrics, &mut priority);
+                flush(&mut conn, &mut batch, &metrics);
                 if batch.is_empty() {
                     remove_retired(&mut retired, ctl.returned);
                 }
@@ -357,25 +354,12 @@ fn remove_retired(retired: &mut Vec<(std::path::PathBuf, u64)>, returned: u64) {
     });
 }
 
-fn flush(
-    conn: &mut Connection,
-    batch: &mut Vec<UsageRecord>,
-    metrics: &Metrics,
-    priority: &mut super::priority::Priority,
-) {
+fn flush(conn: &mut Connection, batch: &mut Vec<UsageRecord>, metrics: &Metrics) {
     if batch.is_empty() {
         return;
     }
-    // How far behind this commit is: the oldest record's end (its start plus its latency).
-    let oldest_end_ms = batch
-        .iter()
-        .map(|r| r.ts_ms.saturating_add((r.latency_us / 1000) as i64))
-        .min()
-        .unwrap_or(i64::MAX);
     match insert_batch(conn, batch) {
         Ok(()) => {
-            let lag_ms = crate::governance::window::now_ms().saturating_sub(oldest_end_ms);
-            priority.after_commit(Duration::from_millis(lag_ms.max(0) as u64));
             metrics
                 .globals
                 .ledger_written
