@@ -302,7 +302,6 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
                     monoio::spawn(refuse(w.clone(), stream));
                     continue;
                 }
-                w.connections.set(w.connections.get() + 1);
                 let panicked = w.clone();
                 monoio::spawn(CatchPanic {
                     task: serve_conn(w.clone(), ClientConn::new(stream, peer)),
@@ -423,8 +422,8 @@ fn resolve_kernel_identity(w: &Worker, client: &mut ClientConn) {
 /// idle connection costs (`idle_task_state_stays_small` below).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 fn serve_conn(w: Rc<Worker>, mut client: ClientConn) -> impl std::future::Future<Output = ()> {
-    // Counted down on drop, so a connection that ends in a panic is not counted forever. Made
-    // here, not in the block: the block captures it in place of the worker (a guard made
+    // Counted in here (before the next accept checks the cap) and out on drop, so a connection
+    // that ends in a panic is not counted forever. Made here, not in the block: the block captures it in place of the worker (a guard made
     // inside would be a second slot in every connection's task).
     let w = OpenConnection::new(w);
     async move {
@@ -445,7 +444,7 @@ fn serve_conn(w: Rc<Worker>, mut client: ClientConn) -> impl std::future::Future
                 // (read.rs). Once the worker stops, the wait ends at once, keeping bytes that
                 // already came. Boxed: the read with a buffer is the larger state and lasts one
                 // second at most; a long-idle connection's task holds only the small
-                // `idle_wait` (`http/idle.rs`).
+                // `read::idle_wait` on the worker's idle clock (`http/idle.rs`).
                 // The read's result is matched in a statement of its own: a match scrutinee
                 // lives to the end of the match, so awaiting the idle wait in an arm kept it
                 // (16 bytes) in every idle connection's task.
@@ -539,7 +538,9 @@ async fn answer(
 struct OpenConnection(Rc<Worker>);
 
 impl OpenConnection {
+    /// Counts the connection in (`Drop` counts it out).
     fn new(w: Rc<Worker>) -> OpenConnection {
+        w.connections.set(w.connections.get() + 1);
         let globals = &w.shared.metrics.globals;
         globals.connections_open.fetch_add(1, Ordering::Relaxed);
         globals.connections_total.fetch_add(1, Ordering::Relaxed);

@@ -7,7 +7,9 @@ GET /healthz on each and reads the answer, then leaves them idle; prints the ser
     python3 benches/scripts/idle_connections.py 127.0.0.1:4000 "$(pgrep -f 'tollgate serve')" 5000
 
 Used for the idle-connection figures in README.md and ARCHITECTURE.md (one agent worker,
-`io.driver` set to the driver being measured).
+`io.driver` set to the driver being measured). nginx, measured for comparison, needs
+`worker_connections` above N (the bench's 4096 makes it close idle connections past it) and a
+`location = /healthz { return 200; }` so that it answers the GET itself as Tollgate does.
 """
 
 import socket

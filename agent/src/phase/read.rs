@@ -169,7 +169,7 @@ pub enum FirstRead {
     Closed,
     /// Quiet for [`KEEP_BUFFER`]: the buffer went back, and the connection's deadline is armed
     /// for what is left of the idle timeout, which [`idle_wait`] waits out. (No payload: the
-    /// result is matched in the connection's task, which keeps it while the idle wait lasts.)
+    /// connection's task then keeps one `bool` across the idle wait, not a `Duration`.)
     Quiet,
 }
 
