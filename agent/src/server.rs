@@ -391,22 +391,23 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let control_metrics = metrics.clone();
     let writer_otlp = shared.otlp.clone();
     let own = tx.clone();
+    let writer_class = Arc::new(ledger::priority::WriterClass::default());
+    let parts = ledger::writer::Parts {
+        conn,
+        channel: (rx, own),
+        settings,
+        metrics: control_metrics,
+        enricher,
+        governor,
+        otlp: writer_otlp,
+        class: writer_class.clone(),
+    };
     let control = std::thread::Builder::new()
         .name("tollgate-control".into())
         // Without an estimator thread, estimates parse prompt JSON (depth-checked, recursive)
         // on this thread.
         .stack_size(worker::STACK_BYTES)
-        .spawn(move || {
-            ledger::writer::run(
-                conn,
-                (rx, own),
-                settings,
-                control_metrics,
-                enricher,
-                governor,
-                writer_otlp,
-            )
-        })?;
+        .spawn(move || ledger::writer::run(parts))?;
     let mut workers = Vec::with_capacity(cfg.workers);
     for (index, listener) in listeners.into_iter().enumerate() {
         let seed = WorkerSeed {
@@ -438,7 +439,10 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
     let tel_cfg = cfg.clone();
     let telemetry = std::thread::Builder::new()
         .name("tollgate-telemetry".into())
-        .spawn(move || telemetry_thread::run(tel_shared, tel_cfg, counters, gpu))?;
+        .spawn(move || {
+            let watchdog = ledger::priority::Watchdog::new(writer_class);
+            telemetry_thread::run(tel_shared, tel_cfg, counters, gpu, watchdog)
+        })?;
 
     let mut running = Running {
         addr,

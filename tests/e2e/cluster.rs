@@ -151,13 +151,28 @@ fn hammer(addr: SocketAddr, stop: Arc<AtomicBool>, until_exhausted: bool) -> (u6
     (ok, refused)
 }
 
-/// Tokens team `t` spent according to an agent's ledger.
+/// Tokens team `t` spent according to an agent's ledger (what is committed now).
 fn spent(data_dir: &Path) -> u64 {
-    crate::harness::ledger::all(data_dir)
-        .iter()
+    spent_in(&crate::harness::ledger::all(data_dir))
+}
+
+fn spent_in(rows: &[crate::harness::Row]) -> u64 {
+    rows.iter()
         .filter(|r| r.status == 200)
         .map(|r| (r.input_tokens + r.output_tokens) as u64)
         .sum()
+}
+
+/// Tokens team `t` spent according to an agent's ledger once it holds a row for each of the
+/// `served` responses (commits trail responses; the journal has them all along).
+fn spent_once_committed(data_dir: &Path, served: u64) -> u64 {
+    let rows = crate::harness::ledger::at_least(data_dir, served as usize, |r| r.status == 200);
+    let committed = rows.iter().filter(|r| r.status == 200).count() as u64;
+    assert!(
+        committed >= served,
+        "{served} responses served, {committed} rows committed"
+    );
+    spent_in(&rows)
 }
 
 fn readyz(stack: &Stack) -> serde_json::Value {
@@ -203,7 +218,7 @@ fn three_agents_spend_one_budget_to_the_end_and_never_past_it() {
     };
     // A first stretch, then agent b is killed mid-load and restarted on its data dir.
     let stop = Arc::new(AtomicBool::new(false));
-    let (threads, _) = load(&agents, false, &stop);
+    let (threads, first_counts) = load(&agents, false, &stop);
     // Until about 40 % of the budget is spent (by the ledgers), not for a fixed time: on a
     // fast machine a fixed stretch spent nearly all of it and left the last stretch too
     // little to reach every agent.
@@ -237,20 +252,22 @@ fn three_agents_spend_one_budget_to_the_end_and_never_past_it() {
     for t in threads {
         t.join().expect("client");
     }
-    let served: Vec<u64> = (0..3)
-        .map(|i| {
-            counts
-                .lock()
-                .unwrap()
-                .iter()
-                .filter(|(n, _)| *n == i)
-                .map(|(_, (ok, _))| *ok)
-                .sum()
-        })
+    let ok_of = |counts: &Mutex<Vec<(usize, (u64, u64))>>, i: usize| -> u64 {
+        counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| *n == i)
+            .map(|(_, (ok, _))| *ok)
+            .sum()
+    };
+    let served: Vec<u64> = (0..3).map(|i| ok_of(&counts, i)).collect();
+    // Every response of both stretches has its row (b's first-stretch rows by journal replay).
+    let per_agent: Vec<u64> = agents
+        .iter()
+        .enumerate()
+        .map(|(i, a)| spent_once_committed(&a.agent.data_dir, ok_of(&first_counts, i) + served[i]))
         .collect();
-    // Let the last records settle and reach the counters.
-    std::thread::sleep(Duration::from_millis(500));
-    let per_agent: Vec<u64> = agents.iter().map(|a| spent(&a.agent.data_dir)).collect();
     let total: u64 = per_agent.iter().sum();
     eprintln!("served in the last stretch {served:?}; spent per agent {per_agent:?}; total {total} of {BUDGET}; redis total {}", redis.field("total"));
     assert!(
@@ -744,11 +761,15 @@ fn spend_to_the_end(agents: &[Stack]) -> Vec<u64> {
             std::thread::spawn(move || hammer(addr, stop, true))
         })
         .collect();
-    for t in threads {
-        t.join().expect("client");
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    agents.iter().map(|a| spent(&a.agent.data_dir)).collect()
+    let served: Vec<u64> = threads
+        .into_iter()
+        .map(|t| t.join().expect("client").0)
+        .collect();
+    agents
+        .iter()
+        .zip(served)
+        .map(|(a, n)| spent_once_committed(&a.agent.data_dir, n))
+        .collect()
 }
 
 #[test]

@@ -54,6 +54,81 @@ fn models_health_and_readiness() {
     assert_eq!(ready.json()["status"], "ready", "{}", ready.text());
 }
 
+/// The ledger writer runs in the background CPU class (`SCHED_IDLE`, 5), so the threads a
+/// response waits on preempt it; as root its watchdog can move it back when it falls behind,
+/// so it enters the class. (`privileges.rs` holds the other case: without `CAP_SYS_NICE` it
+/// stays at the normal policy.)
+#[test]
+fn the_ledger_writer_runs_in_the_background_cpu_class() {
+    let stack = Stack::start();
+    let pid = stack.agent.proc.pid();
+    // SAFETY: no arguments.
+    let root = unsafe { libc::geteuid() } == 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let policy = loop {
+        let p = crate::harness::procs::thread_policy(pid, "tollgate-contro");
+        if p == Some(5) || Instant::now() > deadline {
+            break p;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(policy, Some(if root { 5 } else { 0 }), "root: {root}");
+    // And it commits: a request's row reaches the ledger.
+    let r = post_json(
+        stack.agent.addr,
+        "/v1/chat/completions",
+        &chat_body("smol", "background commit", 2, false),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(stack.agent.row_of(&r).output_tokens, 2);
+}
+
+/// A node whose every core is busy at the normal policy leaves an idle-class writer no time;
+/// the records of responses served meanwhile are still committed within the harness's wait
+/// (its watchdog moves it back to the normal policy past a second behind, when it needs to).
+#[test]
+fn the_ledger_keeps_committing_while_every_core_is_busy() {
+    let stack = Stack::start();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..cores * 2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            let r = post_json(
+                stack.agent.addr,
+                "/v1/chat/completions",
+                &chat_body("smol", &format!("busy node {i}"), 2, false),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.request_id().to_string()
+        })
+        .collect();
+    // Every row, committed while the hogs still run.
+    for id in &ids {
+        assert_eq!(stack.agent.ledger_row(id).output_tokens, 2);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for h in hogs {
+        let _ = h.join();
+    }
+    let moved = stack
+        .agent
+        .proc
+        .logs_tail()
+        .contains("fell behind in the idle CPU class");
+    eprintln!("the watchdog moved the writer: {moved}");
+}
+
 #[test]
 fn metrics_count_requests_and_tokens() {
     let stack = Stack::start();

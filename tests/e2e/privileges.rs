@@ -83,6 +83,13 @@ fn the_three_capabilities_are_enough_as_root_and_as_nobody() {
             "the agent holds exactly the three capabilities"
         );
         assert_eq!(agent.kernel_refused(), None, "uid {uid}");
+        // Without CAP_SYS_NICE the ledger writer could enter SCHED_IDLE but never leave it,
+        // so it stays at the normal policy (0).
+        assert_eq!(
+            crate::harness::procs::thread_policy(pid, "tollgate-contro"),
+            Some(0),
+            "uid {uid}"
+        );
         let ids = agent.program_ids();
         assert!(ids.len() >= 3, "programs: {ids:?}");
 

@@ -83,7 +83,7 @@ fn a_5xx_target_is_retried_elsewhere_and_only_the_answer_is_billed() {
     // Half the first choices are the failing target (24 draws: all on one side is 2^-23).
     assert!(retried > 0, "no request was retried");
     // One row per request: failed attempts add none.
-    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    let rows = crate::harness::ledger::at_least(&stack.agent.data_dir, 24, |_| true);
     assert_eq!(rows.len(), 24, "{rows:#?}");
     // `tollgate report findings` names the retry storm, with requests that were retried.
     let out = crate::governance::cli_on_data(&stack, &["report", "findings", "--format", "json"]);
@@ -414,8 +414,9 @@ fn weights_shift_through_the_admin_api_under_load_without_a_failed_request() {
     assert!(statuses.len() > 20, "{}", statuses.len());
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     // Before the change the canary got ~1 %, after it ~99 %.
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let rows = crate::harness::ledger::all(&stack.agent.data_dir);
+    let rows = crate::harness::ledger::at_least(&stack.agent.data_dir, statuses.len(), |r| {
+        r.requested_model.as_deref() == Some("split")
+    });
     let share = |after: bool| {
         let picked: Vec<&Row> = rows
             .iter()

@@ -6,9 +6,11 @@
 //! `/tokenize`. On the writer that stalled every commit behind it (and budgets settled late);
 //! here only the estimated records wait.
 //!
-//! - **Flow.** The writer hands each `LedgerMsg::Estimate` over and counts it outstanding; the
+//! - **Flow.** The writer hands each `LedgerMsg::Estimate` over and counts it outstanding.
+//!   Once counted, the record's budget and token-limit holds are settled here (the writer
+//!   runs in the idle CPU class, where a busy node may keep it waiting up to a second); the
 //!   finished record comes back on the writer's own channel as [`ToWriter::Estimated`], and the
-//!   writer settles, enriches and commits it like any other.
+//!   writer enriches and commits it like any other.
 //! - **Crash safety.** A record is journalled by its worker before it reaches the writer, and
 //!   the writer deletes journal segments only when no estimate is outstanding, so a crash
 //!   while one is here replays it on the next start.
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use super::writer::ToWriter;
 use super::UsageRecord;
+use crate::governance::Governor;
 use crate::metering::estimate::{estimate_with_engine, EstimateInput};
 use crate::telemetry::metrics::{Metrics, SeriesKey};
 
@@ -50,6 +53,7 @@ impl Estimator {
     pub fn start(
         writer: Sender<ToWriter>,
         metrics: Arc<Metrics>,
+        governor: Arc<Governor>,
         stack_bytes: usize,
     ) -> std::io::Result<Estimator> {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
@@ -57,7 +61,7 @@ impl Estimator {
             .name("tollgate-estimator".into())
             // Prompt JSON is parsed recursively (depth-checked), as on the workers.
             .stack_size(stack_bytes)
-            .spawn(move || run(&rx, &writer, &metrics))?;
+            .spawn(move || run(&rx, &writer, &metrics, &governor))?;
         Ok(Estimator { tx })
     }
 
@@ -67,7 +71,7 @@ impl Estimator {
     }
 }
 
-fn run(rx: &Receiver<Job>, writer: &Sender<ToWriter>, metrics: &Metrics) {
+fn run(rx: &Receiver<Job>, writer: &Sender<ToWriter>, metrics: &Metrics, governor: &Governor) {
     let agent = crate::metering::engine_tokenize::client(ENGINE_TIMEOUT);
     let mut last_log: Option<Instant> = None;
     // Engines (by `/tokenize` URL) that failed, and until when they are left alone.
@@ -79,7 +83,10 @@ fn run(rx: &Receiver<Job>, writer: &Sender<ToWriter>, metrics: &Metrics) {
                 job.input.engine = None;
             }
         }
-        let (record, engine_ok) = finish(job, &agent, metrics, &mut last_log);
+        let (mut record, engine_ok) = finish(job, &agent, metrics, &mut last_log);
+        if let ToWriter::Estimated { record, .. } = &mut record {
+            crate::governance::settle_record(record, governor);
+        }
         match (engine_ok, url) {
             (Some(false), Some(u)) => {
                 resting.insert(u, Instant::now() + ENGINE_REST);

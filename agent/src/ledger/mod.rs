@@ -26,6 +26,7 @@ pub mod focus;
 pub mod gpu_cost;
 pub mod journal;
 pub mod local;
+pub mod priority;
 pub mod query;
 pub mod rollup;
 pub mod ship;

@@ -7,9 +7,13 @@
 //! once its records are committed, including those it sent to be estimated: the estimator
 //! answers in order, so a segment retired after the n-th hand-over waits for n answers
 //! (steady estimate traffic never holds older segments back).
+//!
+//! Nobody waits on this thread (records are journalled, usage settled before they get here),
+//! so it runs in the idle CPU class while it keeps up, watched from the telemetry thread
+//! (`priority.rs`).
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +21,7 @@ use rusqlite::Connection;
 
 use super::enrich::Enricher;
 use super::estimator::{Estimator, Job};
+use super::priority::WriterClass;
 use super::{insert_batch, UsageRecord};
 use crate::config::LedgerSettings;
 use crate::governance::Governor;
@@ -61,29 +66,45 @@ pub enum ToWriter {
 /// Longest the writer waits, when stopping, for estimates still being counted.
 const STOP_WAIT: Duration = Duration::from_secs(10);
 
-/// Runs until told to stop, then flushes and returns. `channel` is the writer's channel, both
-/// ends: the estimator thread answers on its sender.
-pub fn run(
-    mut conn: Connection,
-    channel: (Receiver<ToWriter>, std::sync::mpsc::Sender<ToWriter>),
-    settings: LedgerSettings,
-    metrics: Arc<Metrics>,
-    enricher: Enricher,
-    governor: Arc<Governor>,
-    otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
-) {
-    let (rx, own) = channel;
+/// What the writer thread is started with.
+pub struct Parts {
+    pub conn: Connection,
+    /// The writer's channel, both ends: the estimator thread answers on its sender.
+    pub channel: (Receiver<ToWriter>, std::sync::mpsc::Sender<ToWriter>),
+    pub settings: LedgerSettings,
+    pub metrics: Arc<Metrics>,
+    pub enricher: Enricher,
+    pub governor: Arc<Governor>,
+    /// Where each final record also goes, as a span (`otlp:`).
+    pub otlp: Option<Arc<crate::telemetry::otlp::Exporter>>,
+    /// The thread's CPU class, shared with its watchdog (`priority.rs`).
+    pub class: Arc<WriterClass>,
+}
+
+/// Runs until told to stop, then flushes and returns.
+pub fn run(parts: Parts) {
+    let Parts {
+        mut conn,
+        channel: (rx, own),
+        settings,
+        metrics,
+        enricher,
+        governor,
+        otlp,
+        class,
+    } = parts;
+    class.enter();
     let mut ctl = Control {
         shard: metrics.shards.len() - 1,
         metrics: metrics.clone(),
         enricher,
-        governor,
+        governor: governor.clone(),
         otlp,
         sampler: conn
             .path()
             .map(std::path::PathBuf::from)
             .and_then(|db| super::accuracy::Sampler::start(db, metrics.clone()).ok()),
-        estimator: Estimator::start(own, metrics.clone(), crate::worker::STACK_BYTES)
+        estimator: Estimator::start(own, metrics.clone(), governor, crate::worker::STACK_BYTES)
             .map_err(
                 |e| tracing::warn!(error = %e, "no estimator thread; estimating on the writer"),
             )
@@ -98,12 +119,22 @@ pub fn run(
     // Each with the hand-overs made before it was retired.
     let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
     loop {
-        let msg = match deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        let msg = match rx.try_recv() {
+            Ok(m) => Ok(m),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => {
+                // Drained: tell the watchdog, which measures how far behind the writer is from
+                // the last time it got here.
+                class.drained(deadline.is_some());
+                match deadline {
+                    None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+                    Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+                }
+            }
         };
         match msg {
             Ok(ToWriter::Stop) | Err(RecvTimeoutError::Disconnected) => {
+                class.normal();
                 // Whatever is still queued was sent before the stop; estimates still being
                 // counted come back on the same channel.
                 let until = Instant::now() + STOP_WAIT;
@@ -332,7 +363,8 @@ fn prepare(ctl: &mut Control, m: LedgerMsg) -> Option<UsageRecord> {
     Some(record)
 }
 
-/// A counted estimate: into the node's usage metrics, enriched, and settled.
+/// A counted estimate: into the node's usage metrics, enriched, and settled (the estimator
+/// thread settled it already; one counted here, without that thread, settles now).
 fn settle_estimate(ctl: &mut Control, mut record: UsageRecord, series: SeriesKey) -> UsageRecord {
     ctl.metrics.shards[ctl.shard].record_usage(series, &record.usage, record.cost_micro_usd, true);
     ctl.enricher.apply(&mut record);

@@ -5,6 +5,8 @@
 //! every `replicas.scrape_interval_ms` (replicas) and every second (GPUs): read, publish into the
 //! [`ReplicaBoard`] / [`GpuBoard`] that `/metrics`, `/readyz` and future routing read lock-free,
 //! and write the pinned `tg_replica` / `tg_gpu` maps when the kernel counters are active.
+//! Every 50 ms it also watches the ledger writer, which runs in the idle CPU class, and moves
+//! it back to the normal one when a busy node starves it (`ledger/priority.rs`).
 //! Never on the request path; failures are logged once per change (failing, recovered), counted,
 //! and never stop the agent.
 
@@ -193,6 +195,7 @@ pub fn run(
     cfg: Arc<Config>,
     counters: Option<CounterWriter>,
     gpu: Option<Box<dyn GpuSource>>,
+    mut watchdog: crate::ledger::priority::Watchdog,
 ) {
     let metrics = &shared.metrics;
     let mut snap = shared.snapshot.load_full();
@@ -248,6 +251,12 @@ pub fn run(
                 next_sched = (next_sched + SCHED_INTERVAL).max(Instant::now());
             }
         }
+        // The ledger writer runs in the idle CPU class; this thread, at the normal policy,
+        // moves it back when a busy node starves it (`ledger/priority.rs`).
+        watchdog.look(
+            metrics.globals.ledger_queue.load(Ordering::Relaxed),
+            cfg.ledger.flush_interval,
+        );
         let mut wake = now + Duration::from_secs(3600);
         if sched.is_some() {
             wake = wake.min(next_sched);

@@ -169,6 +169,20 @@ pub fn all(data_dir: &Path) -> Vec<Row> {
         .unwrap_or_default()
 }
 
+/// Every row once at least `n` rows match `count`, waiting up to [`WAIT`] for the commits (a
+/// caller that knows how many responses it received asks for that many rows, then asserts on
+/// what it gets: fewer after the wait fails there, with the rows in hand).
+pub fn at_least(data_dir: &Path, n: usize, count: impl Fn(&Row) -> bool) -> Vec<Row> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let rows = all(data_dir);
+        if rows.iter().filter(|r| count(r)).count() >= n || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Which of `ids` (request ids of responses a client received) have no ledger row.
 pub fn ids_without_rows<'a>(data_dir: &Path, ids: &'a [String]) -> Vec<&'a String> {
     let rows = all(data_dir);

@@ -39,6 +39,28 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The scheduling policy (`SCHED_OTHER` 0, `SCHED_IDLE` 5, ...) of `pid`'s thread named `comm`
+/// (as the kernel truncates it to 15 bytes), from field 41 of its `stat`.
+pub fn thread_policy(pid: u32, comm: &str) -> Option<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .find_map(|t| {
+            let dir = t.ok()?.path();
+            let name = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if name.trim_end() != comm {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // Fields after the parenthesised name start at field 3 (state).
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(41 - 3)?
+                .parse()
+                .ok()
+        })
+}
+
 /// Where the binaries are: `TOLLGATE_BIN_DIR`, else the profile directory that holds this test
 /// binary (`target/debug/deps/e2e-*` → `target/debug`).
 pub fn bin_dir() -> PathBuf {
