@@ -20,26 +20,61 @@ use crate::http::idle::{first_of, Deadline};
 use crate::http::iovec::BytesVec;
 use crate::kernel::ConnAttribution;
 
+/// Every open connection's task holds one, idle ones included, so it is kept small: 120
+/// bytes. The peer's address is not kept (monoio's stream reads it back on the rare request
+/// that needs it), and the kernel's facts are one pointer, `None` for most connections.
 pub struct ClientConn {
     pub stream: TcpStream,
     pub buf: BytesMut,
-    pub peer: SocketAddr,
-    /// pid, uid, comm, cgroup and original destination of a local client, from the kernel's
-    /// attribution map at accept; `None` for remote clients or without the kernel side.
-    /// Shared by reference with the records of this connection's requests.
-    pub attribution: Option<Arc<ConnAttribution>>,
-    /// The client's cgroup (path, container, pod), resolved once per connection.
+    /// What the kernel knows about a local client, looked up once at accept; `None` for remote
+    /// clients or without the kernel side.
+    pub kernel: Option<Box<KernelClient>>,
+}
+
+/// The kernel's facts about the process behind a local client's connection.
+pub struct KernelClient {
+    /// pid, uid, comm, cgroup id and original destination, from the attribution map. Shared
+    /// by reference with the records of this connection's requests.
+    pub attribution: Arc<ConnAttribution>,
+    /// The client's cgroup (path, container, pod).
     pub cgroup: Option<Arc<crate::kernel::cgroup::CgroupInfo>>,
-    /// What the attribution rules say about this client, resolved once per connection before
-    /// any request is admitted (so limits per team hold for unlabelled clients). Boxed: most
-    /// connections have none, and every idle connection would carry its 144 bytes.
-    pub kernel_identity: Option<Box<crate::identity::Identity>>,
+    /// What the attribution rules say about this client, resolved before any request is
+    /// admitted (so limits per team hold for unlabelled clients). Boxed: most have none.
+    pub identity: Option<Box<crate::identity::Identity>>,
 }
 
 impl ClientConn {
+    /// The kernel's attribution of this connection (local clients with the kernel side on).
+    pub fn attribution(&self) -> Option<&Arc<ConnAttribution>> {
+        self.kernel.as_ref().map(|k| &k.attribution)
+    }
+
+    /// The client's cgroup, when the kernel attributed the connection and it resolved.
+    pub fn cgroup(&self) -> Option<&crate::kernel::cgroup::CgroupInfo> {
+        self.kernel.as_ref().and_then(|k| k.cgroup.as_deref())
+    }
+
+    /// The identity the attribution rules give this client, if one matched.
+    pub fn kernel_identity(&self) -> Option<&crate::identity::Identity> {
+        self.kernel.as_ref().and_then(|k| k.identity.as_deref())
+    }
+
     /// Where the client meant to connect, when the kernel redirected it to the agent.
     pub fn original_dst(&self) -> Option<SocketAddr> {
-        self.attribution.as_ref().and_then(|a| a.original_dst)
+        self.attribution().and_then(|a| a.original_dst)
+    }
+
+    /// The client's address, IPv4-mapped IPv6 as IPv4; `None` when the socket can no longer
+    /// say (the client is gone). A `getpeername` on the first call per connection: only key
+    /// IP allow-lists and the batch runner's loopback check ask.
+    pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
+        let ip = self.stream.peer_addr().ok()?.ip();
+        Some(match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        })
     }
 }
 
@@ -101,15 +136,12 @@ pub fn take_spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Self {
+    pub fn new(stream: TcpStream) -> Self {
         Self {
             stream,
             // Allocated by the first read: a connection that never sends holds no buffer.
             buf: BytesMut::new(),
-            peer,
-            attribution: None,
-            cgroup: None,
-            kernel_identity: None,
+            kernel: None,
         }
     }
 

@@ -207,7 +207,7 @@ pub async fn handle(w: &Worker, client: &mut ClientConn, req: Request, started: 
     }
     let mut s = Settling {
         w,
-        conn: client.attribution.clone(),
+        conn: client.attribution().cloned(),
         ctx: RequestCtx::new(w.next_request_id(), started, api, req),
         settled: false,
     };
@@ -318,7 +318,7 @@ pub async fn fail(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx, e: 
     if e.side() != crate::error::Side::Client {
         tracing::warn!(id = %ctx.id, error = %e, "request failed");
     }
-    settle::seal(w, ctx, client.attribution.as_ref());
+    settle::seal(w, ctx, client.attribution());
     let keep = ctx.client_keep_alive;
     if client
         .respond_error(e, ctx.api.wire(), keep, Some(&ctx.id))

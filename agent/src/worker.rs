@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::abort::AbortSignal;
 use crate::api::{Api, Wire};
-use crate::client::ClientConn;
+use crate::client::{ClientConn, KernelClient};
 use crate::config::{Config, IoDriver};
 use crate::http::idle::IdleClock;
 use crate::ledger::journal::Journal;
@@ -304,7 +304,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
                 }
                 let panicked = w.clone();
                 monoio::spawn(CatchPanic {
-                    task: serve_conn(w.clone(), ClientConn::new(stream, peer)),
+                    task: serve_conn(w.clone(), ClientConn::new(stream), peer),
                     on_panic: move || {
                         let g = &panicked.shared.metrics.globals;
                         g.task_panics.fetch_add(1, Ordering::Relaxed);
@@ -377,7 +377,7 @@ async fn answer_body_error(
             );
             ctx.client_keep_alive = false;
             pipeline::fail(w, client, &mut ctx, &e).await;
-            settle::run(w, &mut ctx, client.attribution.as_ref());
+            settle::run(w, &mut ctx, client.attribution());
         }
         None => {
             let _ = client.respond_error(&e, Wire::OpenAi, false, None).await;
@@ -388,28 +388,30 @@ async fn answer_body_error(
 /// The client's cgroup and what the attribution rules make of it, once per connection. A
 /// cgroup seen before is a cache hit; a new one walks the cgroup tree once (on this worker:
 /// admission needs the answer before the first request).
-fn resolve_kernel_identity(w: &Worker, client: &mut ClientConn) {
-    let Some(conn) = client.attribution.clone() else {
-        return;
-    };
-    client.cgroup = w
+fn kernel_client(w: &Worker, attribution: Arc<crate::kernel::ConnAttribution>) -> KernelClient {
+    let cgroup = w
         .shared
         .cgroups
         .as_ref()
-        .and_then(|r| r.resolve(conn.cgroup_id));
-    let cg = client.cgroup.as_deref();
+        .and_then(|r| r.resolve(attribution.cgroup_id));
+    let cg = cgroup.as_deref();
     let facts = crate::config::KernelFacts {
         cgroup_path: cg.map(|c| c.path.as_str()),
-        comm: Some(conn.comm.as_str()),
+        comm: Some(attribution.comm.as_str()),
         container_id: cg.and_then(|c| c.identity.container_id.as_deref()),
         pod_uid: cg.and_then(|c| c.identity.pod_uid.as_deref()),
     };
     let snap = w.shared.snapshot.load();
-    client.kernel_identity = snap
+    let identity = snap
         .cfg
         .attribution
         .rule_for(&facts)
         .map(|rule| Box::new(rule.fills.clone()));
+    KernelClient {
+        attribution,
+        cgroup,
+        identity,
+    }
 }
 
 /// Phase 1, accept, continues here: one task per client connection, serving its requests in
@@ -421,16 +423,22 @@ fn resolve_kernel_identity(w: &Worker, client: &mut ClientConn) {
 /// (168 bytes); the block uses the captured connection in place. The task's state is what an
 /// idle connection costs (`idle_task_state_stays_small` below).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-fn serve_conn(w: Rc<Worker>, mut client: ClientConn) -> impl std::future::Future<Output = ()> {
+fn serve_conn(
+    w: Rc<Worker>,
+    mut client: ClientConn,
+    peer: std::net::SocketAddr,
+) -> impl std::future::Future<Output = ()> {
     // Counted in here (before the next accept checks the cap) and out on drop, so a connection
     // that ends in a panic is not counted forever. Made here, not in the block: the block captures it in place of the worker (a guard made
     // inside would be a second slot in every connection's task).
     let w = OpenConnection::new(w);
+    // Before the block: the peer's address is not kept in every connection's task.
+    if let Some(reader) = &w.shared.attribution {
+        client.kernel = reader
+            .lookup(peer)
+            .map(|a| Box::new(kernel_client(&w, Arc::new(a))));
+    }
     async move {
-        if let Some(reader) = &w.shared.attribution {
-            client.attribution = reader.lookup(client.peer).map(Arc::new);
-            resolve_kernel_identity(&w, &mut client);
-        }
         let deadline = w.idle.deadline();
         // A connection that has not carried a request yet is owed one answer even when the worker
         // stops: its client connected to send a request and, not having sent one, cannot tell a
@@ -664,7 +672,7 @@ async fn refuse(w: Rc<Worker>, stream: monoio::net::TcpStream) {
         crate::error::ErrorKind::Overloaded { retry_after_s: 1 },
         "the gateway holds too many connections right now; retry shortly",
     );
-    let mut client = ClientConn::new(stream, std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+    let mut client = ClientConn::new(stream);
     let _ = monoio::time::timeout(
         Duration::from_secs(1),
         client.respond_error(&e, Wire::OpenAi, false, None),
@@ -686,19 +694,22 @@ mod tests {
     }
 
     /// The size of the future a function returns, without calling it.
-    fn future_size<A, B, R>(_f: fn(A, B) -> R) -> usize {
+    fn future_size<A, B, C, R>(_f: fn(A, B, C) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
     /// Every idle keep-alive connection holds its task, whose state is this future. monoio's
-    /// task adds 56 bytes (header, stage tag, trailer, the panic hook), so up to 328 bytes the
-    /// task sits in jemalloc's 384-byte class. It was 832 bytes (a request result, closures and
-    /// a second copy of the connection), then 416 (the 512-byte class), then 320: the idle
-    /// wait's future, the first read's result and the worker guard trimmed.
+    /// task adds 56 bytes (header, stage tag, trailer, the panic hook), so up to 264 bytes the
+    /// task sits in jemalloc's 320-byte class. It was 832 bytes (a request result, closures and
+    /// a second copy of the connection), then 416 (the 512-byte class), then 320 (384), then
+    /// 264: the peer's address left the connection, the kernel's facts became one pointer,
+    /// and the idle wait stopped keeping a second reference to its deadline.
     #[test]
     fn idle_task_state_stays_small() {
         let size = future_size(serve_conn);
-        assert!(size <= 328, "serve_conn's state grew to {size} bytes");
+        assert!(size <= 264, "serve_conn's state grew to {size} bytes");
+        let conn = std::mem::size_of::<ClientConn>();
+        assert!(conn <= 120, "ClientConn grew to {conn} bytes");
     }
 
     /// A task that panics ends alone: the runtime keeps running the tasks next to it.

@@ -30,32 +30,44 @@ pub struct Deadline {
     clock: Rc<IdleClock>,
 }
 
+/// One connection's share of the clock, 32 bytes (48 with its `Rc` counts, jemalloc's 48-byte
+/// class; it was 80 with `Option<Instant>` fields). Times are nanoseconds since the clock's
+/// epoch ([`Tick`]).
 #[derive(Default)]
 struct Ticket {
-    /// When the current wait ends; `None`: no wait is armed.
-    at: Cell<Option<Instant>>,
-    /// The earliest time an entry for this ticket is queued for; `None`: none is queued.
-    queued: Cell<Option<Instant>>,
-    /// The armed wait's deadline passed.
-    fired: Cell<bool>,
+    /// The wait: [`DISARMED`], [`FIRED`] (its deadline passed), or when it ends.
+    at: Cell<Tick>,
+    /// The earliest time an entry for this ticket is queued for; [`NONE_QUEUED`]: none is.
+    queued: Cell<Tick>,
     waker: Cell<Option<Waker>>,
 }
+
+/// Nanoseconds since the clock's epoch, plus one (584 years before it wraps).
+type Tick = u64;
+const DISARMED: Tick = 0;
+const FIRED: Tick = Tick::MAX;
+const NONE_QUEUED: Tick = 0;
 
 impl Ticket {
     /// The armed wait's deadline passed (or the worker is stopping): end it.
     fn fire(&self) {
-        self.queued.set(None);
-        self.at.set(None);
-        self.fired.set(true);
+        self.queued.set(NONE_QUEUED);
+        self.at.set(FIRED);
         if let Some(w) = self.waker.take() {
             w.wake();
         }
+    }
+
+    /// The time the armed wait ends, if one is armed.
+    fn armed(&self) -> Option<Tick> {
+        let at = self.at.get();
+        (at != DISARMED && at != FIRED).then_some(at)
     }
 }
 
 /// A heap entry, ordered by time only.
 struct Due {
-    at: Instant,
+    at: Tick,
     ticket: Weak<Ticket>,
 }
 
@@ -77,8 +89,9 @@ impl Ord for Due {
 }
 
 /// A worker's clock for idle deadlines; [`IdleClock::run`] is its sweeper task.
-#[derive(Default)]
 pub struct IdleClock {
+    /// Where its [`Tick`]s count from.
+    epoch: Instant,
     due: RefCell<BinaryHeap<Reverse<Due>>>,
     /// Deadlines alive (connections open): the heap is compacted when its stale entries
     /// outnumber them.
@@ -91,9 +104,29 @@ pub struct IdleClock {
 }
 
 /// Deadlines this close to now fire in the same sweep (fewer wake-ups, none late).
-const SLACK: Duration = Duration::from_millis(1);
+const SLACK: Tick = Duration::from_millis(1).as_nanos() as Tick;
+
+impl Default for IdleClock {
+    fn default() -> Self {
+        IdleClock {
+            epoch: Instant::now(),
+            due: RefCell::default(),
+            live: Cell::default(),
+            sweeper: Cell::default(),
+            closing: Cell::default(),
+        }
+    }
+}
 
 impl IdleClock {
+    fn tick(&self, t: Instant) -> Tick {
+        (t.saturating_duration_since(self.epoch).as_nanos() as Tick).saturating_add(1)
+    }
+
+    fn instant(&self, t: Tick) -> Instant {
+        self.epoch + Duration::from_nanos(t.saturating_sub(1))
+    }
+
     /// A deadline for one connection, disarmed.
     pub fn deadline(self: &Rc<Self>) -> Deadline {
         self.live.set(self.live.get() + 1);
@@ -103,8 +136,8 @@ impl IdleClock {
         }
     }
 
-    fn queue(&self, at: Instant, ticket: &Rc<Ticket>) {
-        ticket.queued.set(Some(at));
+    fn queue(&self, at: Tick, ticket: &Rc<Ticket>) {
+        ticket.queued.set(at);
         let mut due = self.due.borrow_mut();
         self.compact(&mut due);
         let earliest = due.peek().map(|Reverse(d)| d.at);
@@ -132,11 +165,7 @@ impl IdleClock {
         if due.len() < 2 * self.live.get() + 64 {
             return;
         }
-        due.retain(|Reverse(d)| {
-            d.ticket
-                .upgrade()
-                .is_some_and(|t| t.queued.get() == Some(d.at))
-        });
+        due.retain(|Reverse(d)| d.ticket.upgrade().is_some_and(|t| t.queued.get() == d.at));
         if due.capacity() > 4 * due.len() + 256 {
             due.shrink_to(2 * due.len() + 64);
         }
@@ -150,8 +179,8 @@ impl IdleClock {
         let due = std::mem::take(&mut *self.due.borrow_mut());
         for Reverse(d) in due {
             if let Some(t) = d.ticket.upgrade() {
-                t.queued.set(None);
-                if t.at.get().is_some() {
+                t.queued.set(NONE_QUEUED);
+                if t.armed().is_some() {
                     t.fire();
                 }
             }
@@ -166,24 +195,25 @@ impl IdleClock {
 
     /// Fires what is due at `now`; returns when the next entry is due.
     fn sweep(&self, now: Instant) -> Option<Instant> {
+        let now = self.tick(now);
         let mut due = self.due.borrow_mut();
         while let Some(Reverse(d)) = due.peek() {
             if d.at > now + SLACK {
-                return Some(d.at);
+                return Some(self.instant(d.at));
             }
             let Some(Reverse(d)) = due.pop() else { break };
             let Some(t) = d.ticket.upgrade() else {
                 continue;
             };
             // An older duplicate of a re-queued ticket: the newer entry speaks for it.
-            if t.queued.get() != Some(d.at) {
+            if t.queued.get() != d.at {
                 continue;
             }
-            match t.at.get() {
-                None => t.queued.set(None),
+            match t.armed() {
+                None => t.queued.set(NONE_QUEUED),
                 Some(at) if at <= now + SLACK => t.fire(),
                 Some(later) => {
-                    t.queued.set(Some(later));
+                    t.queued.set(later);
                     due.push(Reverse(Due {
                         at: later,
                         ticket: d.ticket,
@@ -228,19 +258,18 @@ impl Deadline {
             t.fire();
             return;
         }
-        let at = now + timeout;
-        t.fired.set(false);
-        t.at.set(Some(at));
+        let at = self.clock.tick(now + timeout);
+        t.at.set(at);
         // An entry at or before `at` is already queued: the sweeper re-queues it then.
-        if t.queued.get().is_none_or(|q| q > at) {
+        let queued = t.queued.get();
+        if queued == NONE_QUEUED || queued > at {
             self.clock.queue(at, t);
         }
     }
 
     /// Ends the armed wait early (its operation finished first).
     pub fn disarm(&self) {
-        self.ticket.at.set(None);
-        self.ticket.fired.set(false);
+        self.ticket.at.set(DISARMED);
         self.ticket.waker.set(None);
     }
 
@@ -284,7 +313,7 @@ pub struct Expired<'a>(&'a Ticket);
 impl Future for Expired<'_> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0.fired.get() {
+        if self.0.at.get() == FIRED {
             return Poll::Ready(());
         }
         self.0.waker.set(Some(cx.waker().clone()));
@@ -320,6 +349,14 @@ mod tests {
             .build()
             .expect("a runtime")
             .block_on(f)
+    }
+
+    /// Every open connection holds a ticket (its `Rc` adds 16 bytes): 32 bytes keeps it in
+    /// jemalloc's 48-byte class. A heap entry is 16.
+    #[test]
+    fn a_ticket_and_a_heap_entry_stay_small() {
+        assert!(std::mem::size_of::<Ticket>() <= 32);
+        assert_eq!(std::mem::size_of::<Due>(), 16);
     }
 
     /// A clock with its sweeper running on the current runtime.

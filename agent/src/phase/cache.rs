@@ -288,7 +288,7 @@ async fn serve(
     ctx.response_started = true;
     ctx.first_byte_at = Some(Instant::now());
     // Journalled before the last byte, like every response.
-    settle::seal(w, ctx, client.attribution.as_ref());
+    settle::seal(w, ctx, client.attribution());
     let mut parts = BytesVec::with_capacity(2);
     parts.push(Bytes::from(head));
     parts.push(e.body.clone());

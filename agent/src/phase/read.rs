@@ -242,17 +242,16 @@ pub fn idle_wait<'a>(
 ) -> impl std::future::Future<Output = io::Result<()>> + 'a {
     IdleWait {
         readable: conn.stream.readable(false),
-        expired: deadline.expired(),
         deadline,
     }
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`idle_wait`].
+    /// The future of [`idle_wait`]. The deadline's [`Deadline::expired`] is made at each poll
+    /// (it holds nothing but a reference), not kept: 8 bytes less in every idle task.
     struct IdleWait<'a, R> {
         #[pin]
         readable: R,
-        expired: crate::http::idle::Expired<'a>,
         deadline: &'a Deadline,
     }
 }
@@ -268,7 +267,7 @@ impl<R: std::future::Future<Output = io::Result<()>>> std::future::Future for Id
         let this = self.project();
         let out = match this.readable.poll(cx) {
             Poll::Ready(readable) => readable,
-            Poll::Pending => match std::pin::Pin::new(this.expired).poll(cx) {
+            Poll::Pending => match std::pin::pin!(this.deadline.expired()).poll(cx) {
                 Poll::Ready(()) => Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout")),
                 Poll::Pending => return Poll::Pending,
             },

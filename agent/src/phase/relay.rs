@@ -546,7 +546,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         Some((outcome, kind, msg)) => {
             ctx.outcome = outcome;
             ctx.client_keep_alive = false;
-            let attribution = down.client.attribution.clone();
+            let attribution = down.client.attribution().cloned();
             if down.pending_head.take().is_some() && down.gone_at.is_none() {
                 // Nothing reached the client yet: a precise error instead of a cut connection.
                 let e = GateError::new(kind, msg);
@@ -571,7 +571,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         }
         None => {
             if down.gone_at.is_none() {
-                settle::seal(w, ctx, down.client.attribution.clone().as_ref());
+                settle::seal(w, ctx, down.client.attribution().cloned().as_ref());
             }
             if let Some(mut c) = capture.take() {
                 c.keep(&parts);

@@ -61,7 +61,7 @@ pub async fn run(
             }
         }
     }
-    if let Some(k) = &client.kernel_identity {
+    if let Some(k) = client.kernel_identity() {
         ctx.identity.fill_missing_from(k);
     }
     for field in &policy.require_headers {
@@ -105,7 +105,7 @@ pub(crate) fn facts<'a>(
     ctx: &'a RequestCtx,
     key: Option<&'a KeyEntry>,
 ) -> Facts<'a> {
-    let cg = client.cgroup.as_deref();
+    let cg = client.cgroup();
     Facts {
         identity: &ctx.identity,
         key: key.map(|k| k.id.as_str()),
