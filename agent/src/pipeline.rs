@@ -7,7 +7,8 @@
 //!     → guard_model → forward → relay → settle
 //! ```
 //! `admit` decides who may spend (keys, model access, loop guard, rate limits, budgets) and
-//! reserves what the request may use; the ledger writer settles it to the actual usage.
+//! reserves what the request may use; settle (or the estimator thread, for an estimate)
+//! replaces that by the actual usage.
 //! `cache` answers a repeated request from the exact cache, or a close paraphrase from the
 //! semantic cache (relay stores fresh answers). `guard` and `guard_model` run before every
 //! attempt, since a retry may go to a provider other guardrails cover; `relay` scans the

@@ -1,7 +1,8 @@
 //! A request's reservation: what admission took from each budget and token limit, given back
-//! and replaced by the actual use when the request's usage is final. That happens on the
-//! control thread (the ledger writer), where estimated usage is final too, so settling costs
-//! the workers nothing. Dropping a `Hold` that was never settled releases it (a request that
+//! and replaced by the actual use when the request's usage is final: on the request's worker
+//! when the provider reported it (the counters' cache lines stay there), on the estimator
+//! thread once an estimate is counted. Never on the ledger writer, which runs in the idle CPU
+//! class and may wait up to a second on a busy node. Dropping a `Hold` that was never settled releases it (a request that
 //! failed before its record was written reserved nothing for good).
 
 use std::sync::Arc;

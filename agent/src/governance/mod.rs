@@ -466,7 +466,7 @@ impl Governor {
 /// Replaces a finished request's reservations by its final usage, raises the budget alerts
 /// that crossed, and tells the loop guard the session's tokens. Runs where the usage became
 /// final: on the request's worker (provider usage; the counters' cache lines stay there), or on
-/// the control thread after an estimate. A record settles once; later calls do nothing.
+/// the estimator thread after an estimate. A record settles once; later calls do nothing.
 pub fn settle_record(record: &mut crate::ledger::UsageRecord, governor: &Governor) {
     if record.hold.is_empty() {
         return;
