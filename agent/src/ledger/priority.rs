@@ -147,10 +147,17 @@ impl Watchdog {
             now - *self.queued_since.get_or_insert(now)
         } else {
             // It drained its channel at `stamp` with a commit due within `flush_interval`.
+            // With records queued for it, it should have woken for them (workers send every
+            // few milliseconds), however long the flush interval; without, it owes only the
+            // commit at its deadline.
             self.queued_since = None;
             let since = c.epoch + Duration::from_micros(stamp);
-            now.saturating_duration_since(since)
-                .saturating_sub(flush_interval)
+            let drained_ago = now.saturating_duration_since(since);
+            if queued > 0 {
+                drained_ago
+            } else {
+                drained_ago.saturating_sub(flush_interval)
+            }
         };
         if behind <= BEHIND {
             return false;
@@ -267,13 +274,31 @@ mod tests {
         to_writer.send(true).unwrap();
         done.recv().unwrap();
         assert_eq!(policy_of(tid), libc::SCHED_IDLE);
-        // Drained just now with a commit due: not behind.
+        // Drained just now with a commit due: not behind, records queued or not.
         assert!(!dog.look(0, flush));
-        // Drained long ago with a commit due (a stale stamp): behind.
-        let stale = (Instant::now() - class.epoch).saturating_sub(BEHIND + flush * 2);
-        class
-            .caught_up
-            .store(stale.as_micros() as u64, Ordering::Relaxed);
+        assert!(!dog.look(5, flush));
+        // Drained over a second ago, a long flush interval still running, records queued for
+        // it: it should have woken for them, so it is behind.
+        let long_flush = Duration::from_secs(60);
+        let stamp_ago = |ago: Duration| {
+            let at = (Instant::now() - class.epoch).saturating_sub(ago);
+            class
+                .caught_up
+                .store(at.as_micros() as u64, Ordering::Relaxed);
+        };
+        stamp_ago(BEHIND + Duration::from_millis(100));
+        assert!(
+            !dog.look(0, long_flush),
+            "nothing queued: only the commit is owed"
+        );
+        assert!(dog.look(5, long_flush));
+        assert_eq!(policy_of(tid), libc::SCHED_OTHER);
+        to_writer.send(true).unwrap();
+        done.recv().unwrap();
+        assert_eq!(policy_of(tid), libc::SCHED_IDLE);
+        // Drained long ago with a commit due and nothing queued: behind once the commit is
+        // over a second late.
+        stamp_ago(BEHIND + flush * 2);
         assert!(dog.look(0, flush));
         assert_eq!(policy_of(tid), libc::SCHED_OTHER);
         // Stopping leaves it normal, and the watchdog has nothing more to do.
