@@ -68,13 +68,7 @@ impl ClientConn {
     /// say (the client is gone). A `getpeername` on the first call per connection: only key
     /// IP allow-lists and the batch runner's loopback check ask.
     pub fn peer_ip(&self) -> Option<std::net::IpAddr> {
-        let ip = self.stream.peer_addr().ok()?.ip();
-        Some(match ip {
-            std::net::IpAddr::V6(v6) => v6
-                .to_ipv4_mapped()
-                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-            v4 => v4,
-        })
+        Some(self.stream.peer_addr().ok()?.ip().to_canonical())
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Running {
     control: std::thread::JoinHandle<()>,
     /// Tells the ledger writer to commit and exit once the workers are gone.
     writer_tx: std::sync::mpsc::Sender<ledger::writer::ToWriter>,
+    /// The writer's CPU class: back to normal when the stop begins (`ledger/priority.rs`).
+    writer_class: Arc<ledger::priority::WriterClass>,
     dns: std::thread::JoinHandle<()>,
     /// Replica scrapes and GPU samples.
     telemetry: std::thread::JoinHandle<()>,
@@ -140,6 +142,9 @@ impl Running {
         // From here `/readyz` answers 503 "stopping" (on the admin port, which stays up while
         // the workers drain, so probes and scrapers see the drain rather than a refused port).
         self.shared.shutting_down.store(true, Ordering::Release);
+        // Its watchdog ends with the telemetry thread, while the writer still takes the
+        // drained workers' records: it leaves the idle class now.
+        self.writer_class.normal();
         if let Some(w) = self.watcher {
             let _ = w.join();
         }
@@ -437,10 +442,11 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
 
     let tel_shared = shared.clone();
     let tel_cfg = cfg.clone();
+    let watchdog_class = writer_class.clone();
     let telemetry = std::thread::Builder::new()
         .name("tollgate-telemetry".into())
         .spawn(move || {
-            let watchdog = ledger::priority::Watchdog::new(writer_class);
+            let watchdog = ledger::priority::Watchdog::new(watchdog_class);
             telemetry_thread::run(tel_shared, tel_cfg, counters, gpu, watchdog)
         })?;
 
@@ -451,6 +457,7 @@ pub fn start(cfg: Config, source: Option<ConfigSource>) -> anyhow::Result<Runnin
         workers,
         control,
         writer_tx,
+        writer_class,
         dns,
         telemetry,
         batch,

@@ -205,10 +205,7 @@ impl KeyEntry {
     }
 
     pub fn ip_allowed(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = ip.to_canonical();
         self.spec.allowed_ips.is_empty() || self.spec.allowed_ips.iter().any(|n| n.contains(&ip))
     }
 

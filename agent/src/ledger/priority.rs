@@ -93,17 +93,19 @@ impl WriterClass {
         }
     }
 
-    /// On the writer when stopping: the last commit should not wait for idle time.
+    /// Normal policy from now on, called from any thread: the agent is stopping, the watchdog
+    /// stops with the telemetry thread, and the last records and commit should not wait for
+    /// idle time. (The writer calls it too when told to stop.)
     pub fn normal(&self) {
         self.adaptive.store(false, Ordering::Relaxed);
-        if self.idle.load(Ordering::Relaxed) && set_policy(0, libc::SCHED_OTHER).is_ok() {
+        let tid = self.tid.load(Ordering::Relaxed);
+        // tid 0 would be the calling thread: a writer not started yet is not idle either.
+        if tid != 0
+            && self.idle.load(Ordering::Relaxed)
+            && set_policy(tid, libc::SCHED_OTHER).is_ok()
+        {
             self.idle.store(false, Ordering::Relaxed);
         }
-    }
-
-    /// Whether the writer is in the background class now.
-    pub fn is_idle(&self) -> bool {
-        self.idle.load(Ordering::Relaxed)
     }
 }
 
@@ -300,6 +302,16 @@ mod tests {
         // over a second late.
         stamp_ago(BEHIND + flush * 2);
         assert!(dog.look(0, flush));
+        assert_eq!(policy_of(tid), libc::SCHED_OTHER);
+        // The agent's stop, from another thread, moves it to normal for good: a later drain
+        // does not return it to the background.
+        to_writer.send(true).unwrap();
+        done.recv().unwrap();
+        assert_eq!(policy_of(tid), libc::SCHED_IDLE);
+        class.normal();
+        assert_eq!(policy_of(tid), libc::SCHED_OTHER);
+        to_writer.send(true).unwrap();
+        done.recv().unwrap();
         assert_eq!(policy_of(tid), libc::SCHED_OTHER);
         // Stopping leaves it normal, and the watchdog has nothing more to do.
         drop(to_writer);
