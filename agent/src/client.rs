@@ -119,11 +119,20 @@ pub async fn read_more_by<R: AsyncReadRent>(
     }
 }
 
-/// Moves `buf` out as its spare capacity (at least 4 KiB, growing by 16 KiB), for a read that
-/// appends; `spare.into_inner()` puts it back.
+/// What a client read buffer grows by: 14 KiB, jemalloc's largest small size class. 16 KiB
+/// is its smallest large class, where every buffer is an extent of its own, and the
+/// allocator's metadata for an extent (kept for reuse, never returned) stayed resident after
+/// a wave of connections: 5,000 idle keep-alive connections, each of whose first read holds a
+/// buffer for up to a second, took 0.64–0.68 KB each from a fresh process with 16 KiB and
+/// 0.58–0.60 with 14 KiB, and kept 1.0–1.2 MiB against 0.7 after they closed
+/// (`benches/results/2026-12-03-idle-buffer-class.md`). Small classes share slabs.
+pub const READ_BUFFER_BYTES: usize = 14 * 1024;
+
+/// Moves `buf` out as its spare capacity (at least 4 KiB, growing by [`READ_BUFFER_BYTES`]),
+/// for a read that appends; `spare.into_inner()` puts it back.
 pub fn take_spare(buf: &mut BytesMut) -> SliceMut<BytesMut> {
     if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(16 * 1024);
+        buf.reserve(READ_BUFFER_BYTES);
     }
     let (len, cap) = (buf.len(), buf.capacity());
     std::mem::take(buf).slice_mut(len..cap)
@@ -199,6 +208,27 @@ impl ClientConn {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A connection's first buffer is exactly one small-class allocation, and a buffer with
+    /// less than 4 KiB to spare gets a new one of the same size once its requests are gone.
+    #[test]
+    fn read_buffers_stay_in_the_small_size_class() {
+        let mut buf = BytesMut::new();
+        let mut spare = take_spare(&mut buf);
+        assert_eq!(spare.bytes_total(), READ_BUFFER_BYTES);
+        buf = spare.into_inner();
+        buf.extend_from_slice(&[b'x'; READ_BUFFER_BYTES - 100]);
+        drop(buf.split_to(READ_BUFFER_BYTES - 100).freeze());
+        let mut spare = take_spare(&mut buf);
+        assert_eq!(spare.bytes_total(), READ_BUFFER_BYTES);
+        // The size classes of the jemalloc this binary links: the largest small (slab) class.
+        // SAFETY: NUL-terminated names; `arenas.nbins` is an unsigned, a bin's size a size_t.
+        let bins: u32 = unsafe { tikv_jemalloc_ctl::raw::read(b"arenas.nbins\0") }.unwrap();
+        let name = format!("arenas.bin.{}.size\0", bins - 1);
+        let largest_small: usize =
+            unsafe { tikv_jemalloc_ctl::raw::read(name.as_bytes()) }.unwrap();
+        assert!(READ_BUFFER_BYTES <= largest_small, "{largest_small}");
+    }
 
     /// A provider read bounded by the upstream clock: a silent peer times out when the
     /// deadline passes (not before, and the read in flight is dropped cleanly), and on a fresh
