@@ -288,7 +288,12 @@ async fn proxy(w: &Worker, client: &mut ClientConn, ctx: &mut RequestCtx) -> Res
                     .flatten();
                 // Nothing of this response has reached the client: when another target may
                 // serve, it is dropped unread (its connection closes) and the request goes on.
-                if route::after_attempt(&snap, &w.route, ctx, status, retry_after) {
+                // The head's arrival, read by `forward::run`, on the wall clock.
+                let at = w
+                    .wall
+                    .ms_at(ctx.upstream_head_at.unwrap_or_else(Instant::now));
+                if route::after_attempt(&snap, &w.route, ctx, status, retry_after, at.max(0) as u64)
+                {
                     tracing::debug!(id = %ctx.id, status, "trying another target");
                     continue;
                 }

@@ -72,6 +72,8 @@ pub struct Worker {
     /// The deadlines of reads from providers (`client::read_more_by`): the same clock, but
     /// never closed, since a stop lets responses in flight finish within the grace.
     pub upstream_clock: Rc<IdleClock>,
+    /// Wall-clock times of instants this worker read (records' `ts_ms`).
+    pub wall: crate::clock::WallAnchor,
     /// Cancellers of finished first reads, reused (`read::first_read`): a new one costs two
     /// allocations and a hash-set setup per request.
     pub cancellers: RefCell<Vec<monoio::io::Canceller>>,
@@ -280,6 +282,7 @@ async fn serve(seed: WorkerSeed, driver: &'static str) -> std::io::Result<()> {
         abort: AbortSignal::default(),
         idle: Rc::default(),
         upstream_clock: Rc::default(),
+        wall: crate::clock::WallAnchor::default(),
         cancellers: RefCell::default(),
         route: crate::phase::route::RouteLocal::new(route_seed(seed.index), replicas),
     });

@@ -150,7 +150,8 @@ impl Hold {
                 }
             }
         }
-        let now = now_ns();
+        // Read when a rate is charged, not for every hold (most hold no rate).
+        let mut now = None;
         for r in self.rates.drain(..) {
             let used = match r.kind {
                 RateKind::Requests => continue,
@@ -161,7 +162,8 @@ impl Hold {
             if used < r.reserved {
                 r.gcra.refund(r.reserved - used);
             } else if used > r.reserved {
-                r.gcra.charge(used - r.reserved, now);
+                r.gcra
+                    .charge(used - r.reserved, *now.get_or_insert_with(now_ns));
             }
         }
         alerts

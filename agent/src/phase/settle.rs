@@ -17,8 +17,9 @@
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
+use crate::clock::WallAnchor;
 use crate::kernel::ConnAttribution;
 use crate::ledger::writer::LedgerMsg;
 use crate::ledger::UsageRecord;
@@ -36,7 +37,7 @@ pub struct Sealed {
 
 /// Builds the record and journals it. Call right before the response's final write.
 pub fn seal(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
-    let msg = build(ctx, conn, Instant::now());
+    let msg = build(ctx, conn, Instant::now(), &w.wall);
     w.ledger.journal(&msg);
     let outcome = record_of(&msg).outcome.clone();
     ctx.sealed = Some(Sealed { msg, outcome });
@@ -46,7 +47,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
     let end = ctx.last_byte_at.unwrap_or_else(Instant::now);
     let (mut msg, journalled) = match ctx.sealed.take() {
         Some(s) => (s.msg, Some(s.outcome)),
-        None => (build(ctx, conn, end), None),
+        None => (build(ctx, conn, end, &w.wall), None),
     };
     let latency = end.duration_since(ctx.started);
     let record = record_mut(&mut msg);
@@ -103,14 +104,6 @@ fn outcome_label(ctx: &RequestCtx) -> Cow<'static, str> {
     Cow::Borrowed(ctx.error_code.unwrap_or_else(|| ctx.outcome.label()))
 }
 
-/// Wall-clock start of a request that has run for `latency`.
-fn start_ms(latency: std::time::Duration) -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-        - latency.as_millis() as i64
-}
-
 fn record_of(msg: &LedgerMsg) -> &UsageRecord {
     match msg {
         LedgerMsg::Record(r) => r,
@@ -135,7 +128,12 @@ fn final_record(msg: &mut LedgerMsg) -> Option<&mut UsageRecord> {
 
 /// The ledger message for the request as it stands at `end`. Moves the identity, prompt spans
 /// and retained response out of `ctx` (nothing reads them after this).
-fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant) -> LedgerMsg {
+fn build(
+    ctx: &mut RequestCtx,
+    conn: Option<&Arc<ConnAttribution>>,
+    end: Instant,
+    wall: &WallAnchor,
+) -> LedgerMsg {
     let snap = ctx.snap.clone();
     let cfg = &snap.cfg;
     let latency = end.duration_since(ctx.started);
@@ -163,7 +161,8 @@ fn build(ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>, end: Instant
                 .map(|s| s.len() as u64)
                 .sum(),
             id: ctx.id.clone(),
-            ts_ms: start_ms(latency),
+            // The request's wall-clock start, from the worker's anchor (no clock read).
+            ts_ms: wall.ms_at(ctx.started),
             latency_us: latency.as_micros() as u64,
             ttft_us: ctx
                 .first_byte_at

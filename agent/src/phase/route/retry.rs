@@ -18,7 +18,8 @@ use super::{pick, RouteLocal};
 /// Longest `Retry-After` honoured (a provider asking for more is held off this long).
 const MAX_HOLD_OFF_MS: u64 = 10 * 60 * 1000;
 
-/// A provider answered with `status` (its `Retry-After`, if any, in ms). Returns whether the
+/// A provider answered with `status` (its `Retry-After`, if any, in ms) at `now` (ms since
+/// the Unix epoch; the caller has the head's arrival time already). Returns whether the
 /// request was routed to another target; if so the caller drops this response unread.
 pub fn after_attempt(
     snap: &Snapshot,
@@ -26,9 +27,9 @@ pub fn after_attempt(
     ctx: &mut RequestCtx,
     status: u16,
     retry_after_ms: Option<u64>,
+    now: u64,
 ) -> bool {
     let failed = status == 429 || status >= 500;
-    let now = now_ms().max(0) as u64;
     record(snap, ctx, failed, retry_after_ms, now);
     if !policy(snap, ctx).is_some_and(|p| p.retries_status(status)) {
         return false;
