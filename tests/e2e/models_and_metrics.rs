@@ -65,14 +65,20 @@ fn the_ledger_writer_runs_in_the_background_cpu_class() {
     // SAFETY: no arguments.
     let root = unsafe { libc::geteuid() } == 0;
     let deadline = Instant::now() + Duration::from_secs(10);
+    let of = |comm| crate::harness::procs::thread_policy(pid, comm);
+    // The writer enters its class, then starts the sampler.
     let policy = loop {
-        let p = crate::harness::procs::thread_policy(pid, "tollgate-contro");
-        if p == Some(5) || Instant::now() > deadline {
+        let p = of("tollgate-contro");
+        if (p == Some(5) && of("tollgate-accura").is_some()) || Instant::now() > deadline {
             break p;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(policy, Some(if root { 5 } else { 0 }), "root: {root}");
+    // Threads take their creator's class: the estimator, which settles budget holds, is
+    // started in the normal one; the optional accuracy sampler goes idle with the writer.
+    assert_eq!(of("tollgate-estima"), Some(0));
+    assert_eq!(of("tollgate-accura"), policy);
     // And it commits: a request's row reaches the ledger.
     let r = post_json(
         stack.agent.addr,

@@ -29,6 +29,7 @@ pub mod local;
 pub mod priority;
 pub mod query;
 pub mod rollup;
+mod segments;
 pub mod ship;
 pub mod table;
 pub mod writer;
@@ -382,13 +383,29 @@ fn insert_new(conn: &mut Connection, records: &[&UsageRecord]) -> rusqlite::Resu
     Ok(true)
 }
 
+/// Statements between two yields of the CPU: 64 rows, ~0.1 ms of the writer's time.
+///
+/// The writer runs in the idle CPU class, yet the kernel's fair scheduler (EEVDF) still picks
+/// it now and then while a worker is runnable: when the writer has waited long enough to be
+/// owed time, the worker, which got all the time, is briefly not eligible. A task picked that
+/// way runs until the next scheduler tick (4 ms at 250 Hz) unless it gives the CPU up; a
+/// worker is not woken meanwhile (it is runnable, not waiting), so nothing preempts the
+/// writer. `perf sched` at 16 connections counted 46 such takeovers in 3 s, up to 4.0 ms each,
+/// every request in flight on the worker waiting for it. A yield every ~0.1 ms hands the CPU
+/// back to a runnable worker at once; with no one waiting it returns at once (one syscall per
+/// 64 rows). `benches/results/2026-12-03-writer-yield.md`.
+const STATEMENTS_PER_YIELD: usize = 4;
+
 /// Runs `stmt` (a [`ROWS_PER_STATEMENT`]-row insert) over every full chunk; false as soon as
-/// one inserts fewer rows than it carried.
+/// one inserts fewer rows than it carried. Yields the CPU every [`STATEMENTS_PER_YIELD`].
 fn insert_chunks<'r>(
     stmt: &mut impl bind::RowStatement<'r>,
     chunks: &mut std::slice::ChunksExact<'_, &'r UsageRecord>,
 ) -> rusqlite::Result<bool> {
-    for chunk in chunks {
+    for (n, chunk) in chunks.enumerate() {
+        if n % STATEMENTS_PER_YIELD == STATEMENTS_PER_YIELD - 1 {
+            std::thread::yield_now();
+        }
         stmt.clear();
         for (row, r) in chunk.iter().enumerate() {
             bind::bind_row(stmt, 1 + row * COLUMN_COUNT, r)?;

@@ -93,22 +93,32 @@ pub fn run(parts: Parts) {
         otlp,
         class,
     } = parts;
+    // A new thread takes its creator's CPU class. The estimator settles the budget holds of
+    // estimated responses, which admission reads: it starts before the writer enters the idle
+    // class, and stays in the normal one.
+    let estimator = Estimator::start(
+        own,
+        metrics.clone(),
+        governor.clone(),
+        crate::worker::STACK_BYTES,
+    )
+    .map_err(|e| tracing::warn!(error = %e, "no estimator thread; estimating on the writer"))
+    .ok();
     class.enter();
+    // The accuracy sampler is an optional measurement whose full queue drops a sample: it
+    // takes the idle class with it.
+    let sampler = conn
+        .path()
+        .map(std::path::PathBuf::from)
+        .and_then(|db| super::accuracy::Sampler::start(db, metrics.clone()).ok());
     let mut ctl = Control {
         shard: metrics.shards.len() - 1,
         metrics: metrics.clone(),
         enricher,
-        governor: governor.clone(),
+        governor,
         otlp,
-        sampler: conn
-            .path()
-            .map(std::path::PathBuf::from)
-            .and_then(|db| super::accuracy::Sampler::start(db, metrics.clone()).ok()),
-        estimator: Estimator::start(own, metrics.clone(), governor, crate::worker::STACK_BYTES)
-            .map_err(
-                |e| tracing::warn!(error = %e, "no estimator thread; estimating on the writer"),
-            )
-            .ok(),
+        sampler,
+        estimator,
         outstanding: 0,
         handed: 0,
         returned: 0,
