@@ -5,8 +5,8 @@
 //! its 256 pages. On ext4 that fault (`page_mkwrite`) joins the file system's journal, and it
 //! waits whenever a journal commit is under way, which the ledger's own `fsync`s start. The
 //! worker took one such fault every ~15 requests and stalled whenever one waited: in
-//! alternating 5 s windows at 16 connections, the slowest request of a window took 13–42 ms
-//! with the journal on and 8–16 ms with it off (`benches/results/2026-12-03-journal-spare.md`).
+//! alternating 5 s windows at 16 connections, the slowest request of a window took 6–42 ms
+//! (19.5 on average) with the journal on and 8–16 ms (10.5) with it off (`benches/results/2026-12-03-journal-spare.md`).
 //!
 //! So one background thread (`tollgate-journal`) makes each worker's next segment while the
 //! current one fills, and faults all its pages in (`MADV_POPULATE_WRITE`); rotating is then a
