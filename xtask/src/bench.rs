@@ -99,7 +99,8 @@ pub struct Args {
     #[arg(long)]
     guardrails: bool,
     /// Measure only Tollgate against nginx: nginx, Tollgate and Tollgate with governance in
-    /// alternating windows at 1, 16 and 64 connections (`bench/against_nginx.rs`).
+    /// alternating windows at 1, 16 and 64 connections, 2,000 req/s open loop and a stream at one
+    /// connection (`bench/against_nginx.rs`).
     #[arg(long)]
     against_nginx: bool,
     /// The agent binary to measure instead of target/release/tollgate (which is then not

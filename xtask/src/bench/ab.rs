@@ -20,8 +20,12 @@ pub struct Side<'a> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Means {
     pub rps: f64,
+    /// To the last byte; for a streaming point, to the first body byte (TTFT), which is what
+    /// a proxy adds to a stream.
     pub p50: f64,
     pub p99: f64,
+    /// That p50 in each round's window, in round order (`None` where nothing succeeded).
+    pub p50_by_round: Vec<Option<f64>>,
     /// `None` when no window could read the server's CPU.
     pub cpu_us: Option<f64>,
     /// The CPU per request of each round's window, in round order (`None` where unread).
@@ -40,7 +44,11 @@ pub fn compare(
     connections: usize,
     what: &str,
 ) -> anyhow::Result<String> {
-    let (table, means) = windows(&[a, b], rounds, connections)?;
+    let point = Point {
+        pacing: Pacing::Closed(connections),
+        stream: false,
+    };
+    let (table, means) = windows(&[a, b], rounds, point)?;
     let mut out = table;
     if let (Some(x), Some(y)) = (means[0].cpu_us, means[1].cpu_us) {
         let _ = writeln!(
@@ -88,10 +96,20 @@ fn percent(from: f64, to: f64) -> String {
 /// `other`'s CPU per request minus `base`'s, round by round (drift between rounds cancels),
 /// as a mean with its standard error; `None` with fewer than two rounds read.
 pub fn per_round_difference(base: &Means, other: &Means) -> Option<(f64, f64)> {
+    paired_difference(&base.cpu_by_round, &other.cpu_by_round)
+}
+
+/// `other`'s p50 minus `base`'s, round by round: with the same upstream behind both, the
+/// difference of what each adds to it. Mean and standard error, as [`per_round_difference`].
+pub fn per_round_p50_difference(base: &Means, other: &Means) -> Option<(f64, f64)> {
+    paired_difference(&base.p50_by_round, &other.p50_by_round)
+}
+
+/// `other[i] - base[i]` over the rounds both read, as a mean with its standard error.
+fn paired_difference(base: &[Option<f64>], other: &[Option<f64>]) -> Option<(f64, f64)> {
     let diffs: Vec<f64> = base
-        .cpu_by_round
         .iter()
-        .zip(&other.cpu_by_round)
+        .zip(other)
         .filter_map(|(x, y)| Some((*y)? - (*x)?))
         .collect();
     mean_and_standard_error(&diffs)
@@ -108,32 +126,40 @@ fn mean_and_standard_error(xs: &[f64]) -> Option<(f64, f64)> {
     Some((mean, (var / n).sqrt()))
 }
 
-/// Runs `rounds` rounds over `sides` at `connections` and returns the per-window table with
-/// each side's means, in the order of `sides`.
+/// The latency a point is judged by: to the last byte, or for a stream to the first body byte.
+fn headline(point: Point, r: &PointResult) -> Option<super::measure::Timing> {
+    if point.stream {
+        r.ttft
+    } else {
+        r.latency
+    }
+}
+
+/// Runs `rounds` rounds over `sides` at `point` and returns the per-window table with each
+/// side's means, in the order of `sides`.
 pub fn windows(
     sides: &[&Side<'_>],
     rounds: usize,
-    connections: usize,
+    point: Point,
 ) -> anyhow::Result<(String, Vec<Means>)> {
-    let point = Point {
-        pacing: Pacing::Closed(connections),
-        stream: false,
-    };
     let mut rows: Vec<(usize, PointResult)> = Vec::new();
-    let mut by_round = vec![Vec::with_capacity(rounds); sides.len()];
+    let mut cpu_by_round = vec![Vec::with_capacity(rounds); sides.len()];
+    let mut p50_by_round = vec![Vec::with_capacity(rounds); sides.len()];
     for round in 0..rounds {
         for i in round_order(sides.len(), round) {
             let side = sides[i];
             let r = side.load.measure(&side.target, point, side.pid)?;
-            by_round[i].push(r.server_cpu_us);
+            cpu_by_round[i].push(r.server_cpu_us);
+            p50_by_round[i].push(headline(point, &r).map(|t| t.p50));
             rows.push((i, r));
         }
     }
-    let mut out = String::from(
-        "| window | rps | p50 µs | p99 µs | agent CPU µs/req | failed |\n|---|---|---|---|---|---|\n",
+    let latency = if point.stream { "TTFT " } else { "" };
+    let mut out = format!(
+        "| window | rps | {latency}p50 µs | {latency}p99 µs | agent CPU µs/req | failed |\n|---|---|---|---|---|---|\n",
     );
     for (i, r) in &rows {
-        let t = r.latency.unwrap_or_default();
+        let t = headline(point, r).unwrap_or_default();
         let _ = writeln!(
             out,
             "| {} | {:.0} | {:.0} | {:.0} | {} | {} |",
@@ -160,7 +186,7 @@ pub fn windows(
                 .collect();
             let latency = |f: fn(&super::measure::Timing) -> f64| {
                 mine.iter()
-                    .filter_map(|r| r.latency.as_ref().map(f))
+                    .filter_map(|r| headline(point, r).as_ref().map(f))
                     .sum::<f64>()
                     / n
             };
@@ -169,7 +195,8 @@ pub fn windows(
                 p50: latency(|t| t.p50),
                 p99: latency(|t| t.p99),
                 cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
-                cpu_by_round: std::mem::take(&mut by_round[i]),
+                cpu_by_round: std::mem::take(&mut cpu_by_round[i]),
+                p50_by_round: std::mem::take(&mut p50_by_round[i]),
                 ledger_us: (!ledger.is_empty())
                     .then(|| ledger.iter().sum::<f64>() / ledger.len() as f64),
             }
@@ -197,6 +224,41 @@ mod tests {
         assert_eq!(super::percent(33.4, 35.7), "+6.9 %");
         assert_eq!(super::percent(100.0, 90.0), "-10.0 %");
         assert_eq!(super::percent(0.0, 5.0), "-");
+    }
+
+    #[test]
+    fn a_stream_is_judged_by_its_first_byte_and_p50s_pair_by_round() {
+        use super::super::measure::{Pacing, Point, PointResult, Timing};
+        let at = |p50| Timing {
+            p50,
+            ..Timing::default()
+        };
+        let r = PointResult {
+            latency: Some(at(900.0)),
+            ttft: Some(at(150.0)),
+            ..PointResult::default()
+        };
+        let point = |stream| Point {
+            pacing: Pacing::Closed(1),
+            stream,
+        };
+        assert_eq!(super::headline(point(true), &r).map(|t| t.p50), Some(150.0));
+        assert_eq!(
+            super::headline(point(false), &r).map(|t| t.p50),
+            Some(900.0)
+        );
+        let base = super::Means {
+            p50_by_round: vec![Some(100.0), Some(120.0), None],
+            ..super::Means::default()
+        };
+        let other = super::Means {
+            p50_by_round: vec![Some(110.0), Some(126.0), Some(999.0)],
+            ..super::Means::default()
+        };
+        // The third round is unread on one side: only the first two pair up (+10, +6).
+        let (mean, se) = super::per_round_p50_difference(&base, &other).unwrap_or_default();
+        assert_eq!(mean, 8.0);
+        assert!((se - 2.0).abs() < 1e-12, "{se}");
     }
 
     #[test]

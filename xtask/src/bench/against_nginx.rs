@@ -7,9 +7,12 @@
 //! `proxy_buffering off`), Tollgate on io_uring with metering and the ledger (`auth: open`),
 //! and the same with governance on (a key, team rate limits, a budget with reservation); with
 //! `--baseline`, a fourth side runs that binary open (e.g. the plain release build against
-//! `--agent target/pgo/tollgate`). Each connection count gets `ROUNDS` rounds, the sides
-//! forward then reversed. Reported: every window, and per side the means with each Tollgate
-//! side's ratio to nginx.
+//! `--agent target/pgo/tollgate`). Each point gets `ROUNDS` rounds, the sides forward then
+//! reversed: closed loop at 1, 16 and 64 connections, open loop at 2,000 req/s, and a stream
+//! at one connection (judged by its time to first byte). Reported: every window, and per side
+//! the means with each Tollgate side's ratio to nginx and its per-round differences from
+//! nginx's CPU and p50 (the same simulator behind both, so the p50 difference is the
+//! difference of what each adds).
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -17,11 +20,28 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::ab::{self, Means, Side};
-use super::measure::Load;
+use super::measure::{Load, Pacing, Point};
 use super::{agent, governance, nginx, Layout, MODEL};
 
 const ROUNDS: usize = 4;
-const CONNECTIONS: [usize; 3] = [1, 16, 64];
+
+/// The points, in the order they run: the issue's closed-loop, open-loop and streaming figures.
+fn points() -> [Point; 5] {
+    let plain = |pacing| Point {
+        pacing,
+        stream: false,
+    };
+    [
+        plain(Pacing::Closed(1)),
+        plain(Pacing::Closed(16)),
+        plain(Pacing::Closed(64)),
+        plain(Pacing::Open(2000)),
+        Point {
+            pacing: Pacing::Closed(1),
+            stream: true,
+        },
+    ]
+}
 
 pub fn run(
     layout: &Layout,
@@ -78,20 +98,22 @@ pub fn run(
     }
     let refs: Vec<&Side<'_>> = sides.iter().collect();
     let mut summary = String::from(
-        "| connections | side | req/s | p50 µs | p99 µs | CPU µs/req | of which ledger writer | req/s ÷ nginx | CPU ÷ nginx | CPU without the ledger ÷ nginx | CPU − nginx per round µs (± s.e.) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| point | side | req/s | p50 µs | p99 µs | CPU µs/req | of which ledger writer | req/s ÷ nginx | CPU ÷ nginx | CPU without the ledger ÷ nginx | CPU − nginx per round µs (± s.e.) | p50 − nginx per round µs (± s.e.) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
-    for connections in CONNECTIONS {
-        eprintln!("bench: against nginx at {connections} connections");
-        let (table, means) = ab::windows(&refs, ROUNDS, connections)?;
-        let _ = write!(windows, "\n### {connections} connections\n\n{table}");
+    for point in points() {
+        let label = point.label();
+        eprintln!("bench: against nginx at {label}");
+        let (table, means) = ab::windows(&refs, ROUNDS, point)?;
+        let _ = write!(windows, "\n### {label}\n\n{table}");
         for (i, (side, m)) in sides.iter().zip(&means).enumerate() {
             // nginx's own row has no difference from itself.
-            let paired = (i > 0)
-                .then(|| ab::per_round_difference(&means[0], m))
-                .flatten();
-            summary.push_str(&summary_row(connections, side.name, m, &means[0], paired));
+            let paired = (i > 0).then(|| Paired {
+                cpu: ab::per_round_difference(&means[0], m),
+                p50: ab::per_round_p50_difference(&means[0], m),
+            });
+            summary.push_str(&summary_row(&label, side.name, m, &means[0], paired));
         }
     }
     governed.stop()?;
@@ -102,19 +124,28 @@ pub fn run(
     proxy.stop()?;
     sim.stop()?;
     Ok(format!(
-        "nginx {}; {ROUNDS} rounds per connection count, sides forward then reversed; \
-         closed loop, 2 KB chat body.\n\n{summary}\n## Windows\n{windows}",
+        "nginx {}; {ROUNDS} rounds per point, sides forward then reversed; 2 KB chat body; \
+         `c=N`: closed loop with N connections, `N/s`: open loop, latency from the intended send \
+         time; `stream`: p50 and p99 are the time to the first body byte.\n\n{summary}\n\
+         ## Windows\n{windows}",
         found.version
     ))
 }
 
-/// One side's row; `paired` is its per-round CPU difference from nginx (mean, standard error).
+/// A side's per-round differences from nginx (mean, standard error), where read.
+#[derive(Debug, Clone, Copy, Default)]
+struct Paired {
+    cpu: Option<(f64, f64)>,
+    p50: Option<(f64, f64)>,
+}
+
+/// One side's row; `paired` is its per-round differences from nginx (none for nginx's row).
 fn summary_row(
-    connections: usize,
+    point: &str,
     name: &str,
     m: &Means,
     nginx: &Means,
-    paired: Option<(f64, f64)>,
+    paired: Option<Paired>,
 ) -> String {
     let cpu = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.1}"));
     let ratio = |a: Option<f64>| match (a, nginx.cpu_us) {
@@ -129,14 +160,19 @@ fn summary_row(
     } else {
         "-".into()
     };
-    let paired = paired.map_or("-".into(), |(mean, se)| format!("{mean:+.1} (± {se:.1})"));
+    let difference = |d: Option<(f64, f64)>| {
+        d.map_or("-".into(), |(mean, se)| format!("{mean:+.1} (± {se:.1})"))
+    };
+    let paired = paired.unwrap_or_default();
     format!(
-        "| {connections} | {name} | {:.0} | {:.0} | {:.0} | {} | {} | {rps_ratio} | {cpu_ratio} | {without_ledger} | {paired} |\n",
+        "| {point} | {name} | {:.0} | {:.0} | {:.0} | {} | {} | {rps_ratio} | {cpu_ratio} | {without_ledger} | {} | {} |\n",
         m.rps,
         m.p50,
         m.p99,
         cpu(m.cpu_us),
         cpu(m.ledger_us),
+        difference(paired.cpu),
+        difference(paired.p50),
     )
 }
 
@@ -158,7 +194,11 @@ mod tests {
             ledger_us: Some(3.0),
             ..Means::default()
         };
-        let row = summary_row(64, "tollgate", &tollgate, &nginx, Some((5.0, 1.0)));
+        let paired = Paired {
+            cpu: Some((5.0, 1.0)),
+            p50: Some((-12.25, 3.0)),
+        };
+        let row = summary_row("c=64", "tollgate", &tollgate, &nginx, Some(paired));
         let cells: Vec<&str> = row
             .trim()
             .trim_matches('|')
@@ -168,7 +208,7 @@ mod tests {
         assert_eq!(
             cells,
             [
-                "64",
+                "c=64",
                 "tollgate",
                 "36000",
                 "0",
@@ -178,7 +218,8 @@ mod tests {
                 "0.90",
                 "1.25",
                 "1.10",
-                "+5.0 (± 1.0)"
+                "+5.0 (± 1.0)",
+                "-12.2 (± 3.0)"
             ]
         );
         // Unread ledger figures leave the cells empty rather than guessing.
@@ -186,7 +227,10 @@ mod tests {
             ledger_us: None,
             ..tollgate
         };
-        let row = summary_row(64, "tollgate", &unread, &nginx, None);
-        assert!(row.contains("| 25.0 | - | 0.90 | 1.25 | - | - |"), "{row}");
+        let row = summary_row("c=64", "tollgate", &unread, &nginx, None);
+        assert!(
+            row.contains("| 25.0 | - | 0.90 | 1.25 | - | - | - |"),
+            "{row}"
+        );
     }
 }
