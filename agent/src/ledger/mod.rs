@@ -318,10 +318,14 @@ fn insert_one(
 /// Inserts `records` in one transaction; `replace`: a record whose id is already in the ledger
 /// replaces that row (else the row already there is kept).
 fn insert(conn: &mut Connection, records: &[UsageRecord], replace: bool) -> rusqlite::Result<()> {
-    let records = distinct(records, replace);
-    if insert_new(conn, &records)? {
+    // Ids are unique as the workers make them. A batch that repeats one (journal replay, a
+    // record sent twice) has a statement insert fewer rows than it carried, so the fast path
+    // rolls back and the rows go one by one below, each id once: no set of ids on the way in.
+    let all: Vec<&UsageRecord> = records.iter().collect();
+    if insert_new(conn, &all)? {
         return Ok(());
     }
+    let records = distinct(records, replace);
     let tx = conn.transaction()?;
     let mut rollups = rollup::Pending::default();
     {
@@ -599,6 +603,38 @@ mod tests {
                 .query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
                 .unwrap();
             assert_eq!(requests, size as i64, "replace: {replace}");
+        }
+    }
+
+    /// An id twice in one batch: the writer's copy keeps the later record, replay's the
+    /// earlier, and the rollups count it once. The fast path's statements see the repeat and
+    /// the batch goes row by row.
+    #[test]
+    fn an_id_twice_in_one_batch_is_one_row_with_the_right_copy() {
+        for size in [40, bind::IN_PLACE_MIN_ROWS as u64 + 40] {
+            let mut batch: Vec<UsageRecord> = (0..size).map(|i| varied(i, "new")).collect();
+            let mut again = varied(3, "again");
+            again.latency_us = 999_999;
+            batch.insert(30, again.clone());
+            for replace in [true, false] {
+                let mut c = open_in_memory().unwrap();
+                if replace {
+                    insert_batch(&mut c, &batch).unwrap();
+                } else {
+                    insert_batch_keep_existing(&mut c, &batch).unwrap();
+                }
+                let want: Vec<Row> = (0..size)
+                    .map(|i| match i {
+                        3 if replace => expected(&again),
+                        _ => expected(&varied(i, "new")),
+                    })
+                    .collect();
+                assert_eq!(stored(&c), want, "size {size}, replace: {replace}");
+                let requests: i64 = c
+                    .query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(requests, size as i64, "size {size}, replace: {replace}");
+            }
         }
     }
 
