@@ -589,20 +589,13 @@ mod tests {
             let mut c = open_in_memory().unwrap();
             let old = varied(20, "old");
             insert_batch(&mut c, std::slice::from_ref(&old)).unwrap();
-            if replace {
-                insert_batch(&mut c, &batch).unwrap();
-            } else {
-                insert_batch_keep_existing(&mut c, &batch).unwrap();
-            }
+            insert_as(&mut c, &batch, replace);
             let want: Vec<Row> = batch
                 .iter()
                 .map(|r| expected(if r.id == old.id && !replace { &old } else { r }))
                 .collect();
             assert_eq!(stored(&c), want, "replace: {replace}");
-            let requests: i64 = c
-                .query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
-                .unwrap();
-            assert_eq!(requests, size as i64, "replace: {replace}");
+            assert_eq!(rollup_requests(&c), size as i64, "replace: {replace}");
         }
     }
 
@@ -618,11 +611,7 @@ mod tests {
             batch.insert(30, again.clone());
             for replace in [true, false] {
                 let mut c = open_in_memory().unwrap();
-                if replace {
-                    insert_batch(&mut c, &batch).unwrap();
-                } else {
-                    insert_batch_keep_existing(&mut c, &batch).unwrap();
-                }
+                insert_as(&mut c, &batch, replace);
                 let want: Vec<Row> = (0..size)
                     .map(|i| match i {
                         3 if replace => expected(&again),
@@ -630,12 +619,28 @@ mod tests {
                     })
                     .collect();
                 assert_eq!(stored(&c), want, "size {size}, replace: {replace}");
-                let requests: i64 = c
-                    .query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
-                    .unwrap();
-                assert_eq!(requests, size as i64, "size {size}, replace: {replace}");
+                assert_eq!(
+                    rollup_requests(&c),
+                    size as i64,
+                    "size {size}, replace: {replace}"
+                );
             }
         }
+    }
+
+    /// The writer's insert (`replace`) or replay's.
+    fn insert_as(c: &mut Connection, batch: &[UsageRecord], replace: bool) {
+        if replace {
+            insert_batch(c, batch).unwrap();
+        } else {
+            insert_batch_keep_existing(c, batch).unwrap();
+        }
+    }
+
+    /// Requests the day rollup counts.
+    fn rollup_requests(c: &Connection) -> i64 {
+        c.query_row("SELECT SUM(requests) FROM rollup_day", [], |r| r.get(0))
+            .unwrap()
     }
 
     /// The kernel columns through the multi-row statement: strings borrowed from the records
