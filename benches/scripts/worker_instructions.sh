@@ -12,7 +12,8 @@
 # GOVERNED=1 runs the epoll driver: valgrind 3.19 holds its thread lock across a blocking
 # `io_uring_enter`, so once an io_uring worker waits, the main thread's start-up (the admin
 # listener, which creates the key) crawls for minutes. Compare it with DRIVER=epoll.
-# usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] benches/scripts/worker_instructions.sh [TOLLGATE]
+# PROMPT_BYTES=2048 sends the bench's 2 KB prompts (default: the generator's short one).
+# usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] [PROMPT_BYTES=N] benches/scripts/worker_instructions.sh [TOLLGATE]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -20,6 +21,8 @@ bin=$(realpath "${1:-$root/target/release/tollgate}")
 load=$root/target/release/tollgate-load
 work=$(mktemp -d)
 driver=${DRIVER:-io_uring}
+prompt=()
+[ -z "${PROMPT_BYTES:-}" ] || prompt=(--prompt-bytes "$PROMPT_BYTES")
 [ -z "${GOVERNED:-}" ] || driver=epoll
 echo "callgrind files in $work (kept with KEEP=1)"
 trap 'kill $sim $vg 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
@@ -72,10 +75,10 @@ if [ -n "${GOVERNED:-}" ]; then
   [ -n "${key:-}" ] || { cat "$work/keys.err"; exit 1; }
   header=(--header "Authorization: Bearer $key")
 fi
-"$load" --target 127.0.0.1:18181 --connections 4 --duration 5 "${header[@]}" >/dev/null 2>&1
+"$load" --target 127.0.0.1:18181 --connections 4 --duration 5 "${header[@]}" "${prompt[@]}" >/dev/null 2>&1
 sleep 3
 callgrind_control -z "$vg" >/dev/null
-requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 "${header[@]}" 2>/dev/null |
+requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 "${header[@]}" "${prompt[@]}" 2>/dev/null |
   python3 -c 'import json, sys
 d = json.load(sys.stdin)
 errors = d["errors"]
