@@ -47,11 +47,7 @@ for _ in $(seq 60); do curl -s -m 1 -o /dev/null 127.0.0.1:18191/ && break; slee
 sleep 1
 callgrind_control -z "$vg" >/dev/null
 requests=$("$load" --target 127.0.0.1:18191 --connections 4 --duration 10 "${prompt[@]}" 2>/dev/null |
-  python3 -c 'import json, sys
-d = json.load(sys.stdin)
-e = d["errors"]
-failed = e["status"] + e["io"] + e["connect"]
-sys.exit(f"{failed} requests failed: {e}") if failed else print(d["requests"])')
+  python3 "$root/benches/scripts/load_requests.py")
 sleep 1
 callgrind_control -d "$vg" >/dev/null
 sleep 2

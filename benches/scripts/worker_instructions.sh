@@ -79,12 +79,7 @@ fi
 sleep 3
 callgrind_control -z "$vg" >/dev/null
 requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 "${header[@]}" "${prompt[@]}" 2>/dev/null |
-  python3 -c 'import json, sys
-d = json.load(sys.stdin)
-errors = d["errors"]
-failed = errors["status"] + errors["io"] + errors["connect"]
-# Failed requests take a shorter path: counting them would understate the work per request.
-sys.exit(f"{failed} requests failed: {errors}") if failed else print(d["requests"])')
+  python3 "$root/benches/scripts/load_requests.py")
 sleep 1
 callgrind_control -d "$vg" >/dev/null
 sleep 1
