@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Agent CPU per request, split by thread name: runs `tollgate-load` against ADDR for 5 s and
-prints, for each thread of PID that ran, user and kernel µs per request and voluntary and
-involuntary context switches per request (the per-thread figures in ARCHITECTURE.md, e.g.
-the accuracy sampler's). Build first: `cargo build --release -p tollgate-benches --bin
-tollgate-load`.
+prints, for each thread of PID that ran, user and kernel µs per request, voluntary and
+involuntary context switches per request and minor page faults per request (the per-thread
+figures in ARCHITECTURE.md, e.g. the accuracy sampler's). Build first: `cargo build --release
+-p tollgate-benches --bin tollgate-load`.
 
 usage: thread_cpu.py PID ADDR [CONNECTIONS [tollgate-load args...]]   (default 64 connections)
 """
@@ -18,7 +18,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 def snapshot(pid):
-    """thread name -> [user ticks, system ticks, voluntary, involuntary switches]"""
+    """thread name -> [user ticks, system ticks, voluntary, involuntary switches, minor faults]"""
     out = {}
     for t in os.listdir(f"/proc/{pid}/task"):
         try:
@@ -29,8 +29,8 @@ def snapshot(pid):
             continue  # the thread ended
         vol = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
         nonvol = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-        sums = out.setdefault(comm, [0, 0, 0, 0])
-        for i, v in enumerate((int(fields[11]), int(fields[12]), vol, nonvol)):
+        sums = out.setdefault(comm, [0, 0, 0, 0, 0])
+        for i, v in enumerate((int(fields[11]), int(fields[12]), vol, nonvol, int(fields[7]))):
             sums[i] += v
     return out
 
@@ -49,12 +49,12 @@ def main():
     n = result["requests"]
     print(f"{round(result['rps'])} req/s, p50 {result['latency_us']['p50']} us")
     for name in sorted(after):
-        d = [after[name][i] - before.get(name, [0] * 4)[i] for i in range(4)]
+        d = [after[name][i] - before.get(name, [0] * 5)[i] for i in range(5)]
         if not any(d):
             continue
         print(
             f"{name:20s} user {d[0] / TICK / n * 1e6:6.2f} sys {d[1] / TICK / n * 1e6:6.2f} us/req"
-            f"  vcs {d[2] / n:.3f} nvcs {d[3] / n:.3f} /req"
+            f"  vcs {d[2] / n:.3f} nvcs {d[3] / n:.3f} minflt {d[4] / n:.4f} /req"
         )
 
 
