@@ -422,6 +422,8 @@ pub(crate) fn build(layout: &Layout, agent: bool) -> anyhow::Result<Result<(), S
             "tollgate-agentic",
             "--bin",
             "tollgate-fairness",
+            "--bin",
+            "tollgate-relay-floor",
         ])
         .status()
         .context("running cargo build")?;

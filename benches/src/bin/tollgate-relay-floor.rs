@@ -272,7 +272,12 @@ impl Relay {
 fn main() -> Result<()> {
     let args = Args::parse();
     let listener = TcpListener::bind(&args.listen).context("binding")?;
-    println!("relay floor ({:?}) listening on {}", args.mode, args.listen);
+    // The bound address (the port may have been 0): `cargo xtask bench` reads it from here.
+    println!(
+        "tollgate-relay-floor ({:?}) listening on {}",
+        args.mode,
+        listener.local_addr()?
+    );
     run(listener, args.upstream, args.mode)
 }
 

@@ -33,6 +33,9 @@ pub struct Means {
     /// Of the CPU per request, the part tollgate's ledger writer spent (SQLite commits,
     /// enrichment, rollups: work a plain proxy does not do); `None` when unread, 0 for nginx.
     pub ledger_us: Option<f64>,
+    /// The CPU per request in user space and in the kernel (tick-based, like `ledger_us`);
+    /// `None` when unread.
+    pub user_kernel_us: Option<(f64, f64)>,
 }
 
 /// Measures `a` and `b` for `rounds` ABBA rounds at `connections` closed-loop connections and
@@ -184,6 +187,10 @@ pub fn windows(
                 .iter()
                 .filter_map(|r| r.cpu_split_us.map(|(_, _, ledger)| ledger))
                 .collect();
+            let split: Vec<(f64, f64)> = mine
+                .iter()
+                .filter_map(|r| r.cpu_split_us.map(|(user, kernel, _)| (user, kernel)))
+                .collect();
             let latency = |f: fn(&super::measure::Timing) -> f64| {
                 mine.iter()
                     .filter_map(|r| headline(point, r).as_ref().map(f))
@@ -199,6 +206,13 @@ pub fn windows(
                 p50_by_round: std::mem::take(&mut p50_by_round[i]),
                 ledger_us: (!ledger.is_empty())
                     .then(|| ledger.iter().sum::<f64>() / ledger.len() as f64),
+                user_kernel_us: (!split.is_empty()).then(|| {
+                    let k = split.len() as f64;
+                    let (u, s) = split
+                        .iter()
+                        .fold((0.0, 0.0), |(u, s), (a, b)| (u + a, s + b));
+                    (u / k, s / k)
+                }),
             }
         })
         .collect();

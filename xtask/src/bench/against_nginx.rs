@@ -13,6 +13,11 @@
 //! the means with each Tollgate side's ratio to nginx and its per-round differences from
 //! nginx's CPU and p50 (the same simulator behind both, so the p50 difference is the
 //! difference of what each adds).
+//!
+//! One more side shows what is physical: `tollgate-relay-floor`, a bare io_uring byte relay
+//! with no HTTP in it, the kernel's least for one proxied request. Every side's CPU is split
+//! into user space and kernel, so the report shows where Tollgate's difference from nginx lies
+//! (ARCHITECTURE.md, "The kernel's floor").
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -21,6 +26,7 @@ use anyhow::Context;
 
 use super::ab::{self, Means, Side};
 use super::measure::{Load, Pacing, Point};
+use super::process::Server;
 use super::{agent, governance, nginx, Layout, MODEL};
 
 const ROUNDS: usize = 4;
@@ -54,6 +60,12 @@ pub fn run(
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     let sim = super::zero_delay_sim(layout, &work)?;
     let proxy = nginx::start(&found, &work.join("nginx"), sim.addr)?;
+    let floor = {
+        let mut cmd = std::process::Command::new(layout.bin("tollgate-relay-floor"));
+        cmd.args(["--listen", "127.0.0.1:0", "--mode", "single", "--upstream"])
+            .arg(sim.addr.to_string());
+        Server::start_announced("tollgate-relay-floor", cmd, &work)?
+    };
     let start_open = |binary: &Path, dir: &str| {
         agent::start(binary, &work.join(dir), "io_uring", sim.addr, MODEL, false)
     };
@@ -79,6 +91,12 @@ pub fn run(
             pid: open.pid(),
         },
     ];
+    sides.push(Side {
+        name: "kernel floor",
+        load,
+        target: floor.addr.to_string(),
+        pid: floor.pid(),
+    });
     if let Some(b) = &base {
         sides.push(Side {
             name: "baseline",
@@ -98,8 +116,8 @@ pub fn run(
     }
     let refs: Vec<&Side<'_>> = sides.iter().collect();
     let mut summary = String::from(
-        "| point | side | req/s | p50 µs | p99 µs | CPU µs/req | of which ledger writer | req/s ÷ nginx | CPU ÷ nginx | CPU without the ledger ÷ nginx | CPU − nginx per round µs (± s.e.) | p50 − nginx per round µs (± s.e.) |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| point | side | req/s | p50 µs | p99 µs | CPU µs/req | user / kernel | of which ledger writer | req/s ÷ nginx | CPU ÷ nginx | CPU without the ledger ÷ nginx | CPU − nginx per round µs (± s.e.) | p50 − nginx per round µs (± s.e.) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
     for point in points() {
@@ -117,6 +135,7 @@ pub fn run(
         }
     }
     governed.stop()?;
+    floor.stop()?;
     if let Some(b) = base {
         b.stop()?;
     }
@@ -164,8 +183,11 @@ fn summary_row(
         d.map_or("-".into(), |(mean, se)| format!("{mean:+.1} (± {se:.1})"))
     };
     let paired = paired.unwrap_or_default();
+    let split = m
+        .user_kernel_us
+        .map_or("-".into(), |(u, k)| format!("{u:.1} / {k:.1}"));
     format!(
-        "| {point} | {name} | {:.0} | {:.0} | {:.0} | {} | {} | {rps_ratio} | {cpu_ratio} | {without_ledger} | {} | {} |\n",
+        "| {point} | {name} | {:.0} | {:.0} | {:.0} | {} | {split} | {} | {rps_ratio} | {cpu_ratio} | {without_ledger} | {} | {} |\n",
         m.rps,
         m.p50,
         m.p99,
@@ -192,6 +214,7 @@ mod tests {
             rps: 36_000.0,
             cpu_us: Some(25.0),
             ledger_us: Some(3.0),
+            user_kernel_us: Some((7.25, 17.5)),
             ..Means::default()
         };
         let paired = Paired {
@@ -214,6 +237,7 @@ mod tests {
                 "0",
                 "0",
                 "25.0",
+                "7.2 / 17.5",
                 "3.0",
                 "0.90",
                 "1.25",
@@ -225,11 +249,12 @@ mod tests {
         // Unread ledger figures leave the cells empty rather than guessing.
         let unread = Means {
             ledger_us: None,
+            user_kernel_us: None,
             ..tollgate
         };
         let row = summary_row("c=64", "tollgate", &unread, &nginx, None);
         assert!(
-            row.contains("| 25.0 | - | 0.90 | 1.25 | - | - | - |"),
+            row.contains("| 25.0 | - | - | 0.90 | 1.25 | - | - | - |"),
             "{row}"
         );
     }
