@@ -626,6 +626,7 @@ impl Metrics {
         }
         self.render_replicas(&mut out);
         self.render_gpus(&mut out);
+        render_heap(&mut out, crate::alloc::heap_stats());
         out
     }
 
@@ -718,9 +719,50 @@ impl Metrics {
     }
 }
 
+/// The agent's heap (`alloc::heap_stats`), one gauge per kind; nothing when unread.
+fn render_heap(out: &mut String, heap: Option<crate::alloc::HeapStats>) {
+    let Some(heap) = heap else { return };
+    out.push_str(
+        "# HELP tollgate_heap_bytes The agent's heap (jemalloc): allocated, in active pages, the allocator's metadata, resident, mapped, and retained (address space whose pages went back).\n# TYPE tollgate_heap_bytes gauge\n",
+    );
+    for (kind, bytes) in heap.kinds() {
+        let _ = writeln!(out, "tollgate_heap_bytes{{kind=\"{kind}\"}} {bytes}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_heap_is_one_gauge_per_kind_and_nothing_when_unread() {
+        let heap = crate::alloc::HeapStats {
+            allocated: 1,
+            active: 2,
+            metadata: 3,
+            resident: 4,
+            mapped: 5,
+            retained: 6,
+        };
+        let mut out = String::new();
+        render_heap(&mut out, Some(heap));
+        let gauges: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            gauges,
+            [
+                "tollgate_heap_bytes{kind=\"allocated\"} 1",
+                "tollgate_heap_bytes{kind=\"active\"} 2",
+                "tollgate_heap_bytes{kind=\"metadata\"} 3",
+                "tollgate_heap_bytes{kind=\"resident\"} 4",
+                "tollgate_heap_bytes{kind=\"mapped\"} 5",
+                "tollgate_heap_bytes{kind=\"retained\"} 6",
+            ]
+        );
+        assert!(out.contains("# TYPE tollgate_heap_bytes gauge\n"), "{out}");
+        let mut none = String::new();
+        render_heap(&mut none, None);
+        assert!(none.is_empty());
+    }
 
     #[test]
     fn merges_shards_and_renders() {
