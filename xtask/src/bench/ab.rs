@@ -182,15 +182,13 @@ pub fn windows(
                 .map(|(_, r)| r)
                 .collect();
             let n = mine.len().max(1) as f64;
-            let cpu: Vec<f64> = mine.iter().filter_map(|r| r.server_cpu_us).collect();
-            let ledger: Vec<f64> = mine
-                .iter()
-                .filter_map(|r| r.cpu_split_us.map(|(_, _, ledger)| ledger))
-                .collect();
-            let split: Vec<(f64, f64)> = mine
-                .iter()
-                .filter_map(|r| r.cpu_split_us.map(|(user, kernel, _)| (user, kernel)))
-                .collect();
+            // The mean of a figure over the windows that read it; `None` when none did.
+            let mean_of = |f: &dyn Fn(&PointResult) -> Option<f64>| {
+                let read: Vec<f64> = mine.iter().filter_map(|r| f(r)).collect();
+                (!read.is_empty()).then(|| read.iter().sum::<f64>() / read.len() as f64)
+            };
+            let split =
+                |i: usize| move |r: &PointResult| r.cpu_split_us.map(|s| [s.0, s.1, s.2][i]);
             let latency = |f: fn(&super::measure::Timing) -> f64| {
                 mine.iter()
                     .filter_map(|r| headline(point, r).as_ref().map(f))
@@ -201,18 +199,11 @@ pub fn windows(
                 rps: mine.iter().map(|r| r.rps).sum::<f64>() / n,
                 p50: latency(|t| t.p50),
                 p99: latency(|t| t.p99),
-                cpu_us: (!cpu.is_empty()).then(|| cpu.iter().sum::<f64>() / cpu.len() as f64),
+                cpu_us: mean_of(&|r| r.server_cpu_us),
                 cpu_by_round: std::mem::take(&mut cpu_by_round[i]),
                 p50_by_round: std::mem::take(&mut p50_by_round[i]),
-                ledger_us: (!ledger.is_empty())
-                    .then(|| ledger.iter().sum::<f64>() / ledger.len() as f64),
-                user_kernel_us: (!split.is_empty()).then(|| {
-                    let k = split.len() as f64;
-                    let (u, s) = split
-                        .iter()
-                        .fold((0.0, 0.0), |(u, s), (a, b)| (u + a, s + b));
-                    (u / k, s / k)
-                }),
+                ledger_us: mean_of(&split(2)),
+                user_kernel_us: mean_of(&split(0)).zip(mean_of(&split(1))),
             }
         })
         .collect();
