@@ -459,14 +459,21 @@ fn serve_conn(
                 // The read's result is matched in a statement of its own: a match scrutinee
                 // lives to the end of the match, so awaiting the idle wait in an arm kept it
                 // (16 bytes) in every idle connection's task.
-                let quiet = match boxed(|| read::first_read(&mut client, &deadline, &w)).await {
-                    Ok(FirstRead::Ready) => false,
-                    Ok(FirstRead::Quiet) => true,
-                    Ok(FirstRead::Closed) => break,
-                    // Cut short by the stop, a fresh connection still waits for its request
-                    // (below, under the head's deadline and the shutdown grace).
-                    Err(_) if served || !stopping(&w) => break,
-                    Err(_) => false,
+                // A fresh connection, and every connection of a crowded worker, skips the read
+                // with a buffer and waits for its bytes in the small wait, as nginx does: a wave
+                // of connections holds no read buffers, at one more readiness wait per request.
+                let quiet = if !served
+                    || w.connections.get() > w.boot.limits.buffered_wait_connections_per_worker
+                {
+                    read::arm_idle_wait(&mut client, &deadline, &w);
+                    true
+                } else {
+                    match boxed(|| read::first_read(&mut client, &deadline, &w)).await {
+                        Ok(FirstRead::Ready) => false,
+                        Ok(FirstRead::Quiet) => true,
+                        Ok(FirstRead::Closed) => break,
+                        Err(_) => break,
+                    }
                 };
                 if quiet
                     && read::idle_wait(&client, &deadline).await.is_err()

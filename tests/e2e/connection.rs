@@ -161,3 +161,88 @@ fn a_quiet_keep_alive_connection_serves_on_then_idles_out() {
         quiet.elapsed()
     );
 }
+
+/// One gauge of the agent's `/metrics`, by its whole series name.
+fn gauge(stack: &Stack, series: &str) -> i64 {
+    let metrics = stack.agent.metrics();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+/// The agent's allocated heap (`tollgate_heap_bytes{kind="allocated"}`).
+fn heap_allocated(stack: &Stack) -> i64 {
+    gauge(stack, "tollgate_heap_bytes{kind=\"allocated\"}")
+}
+
+/// Opens `n` connections and waits until the agent has accepted them all.
+fn connect_all(stack: &Stack, n: i64) -> Vec<Client> {
+    let clients: Vec<Client> = (0..n).map(|_| Client::connect(stack.agent.addr)).collect();
+    let open = std::time::Instant::now();
+    while gauge(stack, "tollgate_connections_open") < n {
+        assert!(
+            open.elapsed() < std::time::Duration::from_secs(5),
+            "not all accepted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    clients
+}
+
+/// Connections in the two tests below. Waits with a 14 KiB read buffer each would hold 5.7 MB
+/// of the agent's heap; without, the connections hold their tasks (~0.5 KB each). The heap
+/// gauge moves by a few hundred KB on its own, so the bound is 4 KiB a connection.
+const WAITING: i64 = 400;
+
+/// A fresh connection waits for its first request without a read buffer (a buffer is taken
+/// once bytes are there to read), and one that never sends is closed at the idle timeout.
+#[test]
+fn a_fresh_connection_holds_no_read_buffer_until_it_sends() {
+    let stack = Stack::custom(crate::harness::Sim::start(&[]), |c| {
+        c.workers = 1;
+        c.idle_timeout_ms = 2_000;
+    });
+    let start = heap_allocated(&stack);
+    let mut clients = connect_all(&stack, WAITING);
+    let fresh = heap_allocated(&stack) - start;
+    assert!(
+        fresh < WAITING * 4096,
+        "{WAITING} fresh connections took {fresh} bytes"
+    );
+    let r = clients[0].request("GET", "/healthz", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let silent = &mut clients[1];
+    silent.set_read_timeout(std::time::Duration::from_secs(30));
+    assert!(
+        silent.closed_by_peer(),
+        "the agent closes an idle connection"
+    );
+}
+
+/// While a worker holds more than `buffered_wait_connections_per_worker` connections, each
+/// one's wait for its next request holds no read buffer either, and still serves the request.
+#[test]
+fn a_crowded_worker_waits_for_requests_without_read_buffers() {
+    let stack = Stack::custom(crate::harness::Sim::start(&[]), |c| {
+        c.workers = 1;
+        c.extra_limits = vec![("buffered_wait_connections_per_worker".into(), "8".into())];
+    });
+    let start = heap_allocated(&stack);
+    let mut clients = connect_all(&stack, WAITING);
+    // Each answer is written, and the wait for the next request starts: without a buffer, where
+    // an uncrowded worker would keep one for a second.
+    for c in &mut clients {
+        let r = c.request("GET", "/healthz", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let served = heap_allocated(&stack) - start;
+    assert!(
+        served < WAITING * 4096,
+        "{WAITING} served connections took {served} bytes"
+    );
+    for c in clients.iter_mut().step_by(50) {
+        let r = c.request("GET", "/healthz", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+}

@@ -300,6 +300,9 @@ pub struct LimitsFile {
     pub max_connections_per_worker: Option<usize>,
     /// Most request-body bytes one worker buffers at once across its connections.
     pub max_buffered_bytes_per_worker: Option<u64>,
+    /// Connections a worker may hold and still wait for each one's next request with a read
+    /// (and its buffer) posted; above it, every wait holds no buffer.
+    pub buffered_wait_connections_per_worker: Option<usize>,
     /// How long an idle keep-alive client connection is kept.
     pub idle_timeout_ms: Option<u64>,
 }

@@ -92,6 +92,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     pub max_connections_per_worker: usize,
     pub max_buffered_bytes_per_worker: u64,
+    /// Above this many connections, a worker waits for every next request without a read
+    /// buffer (`phase/read.rs`, `arm_idle_wait`).
+    pub buffered_wait_connections_per_worker: usize,
 }
 
 /// How Tollgate talks to providers.
@@ -485,6 +488,9 @@ impl Validator<'_> {
             max_buffered_bytes_per_worker: l
                 .max_buffered_bytes_per_worker
                 .unwrap_or((128 * 1024 * 1024).max(l.max_body_bytes.unwrap_or(32 * 1024 * 1024))),
+            buffered_wait_connections_per_worker: l
+                .buffered_wait_connections_per_worker
+                .unwrap_or(crate::phase::read::BUFFERED_WAIT_CONNECTIONS),
         };
         if limits.max_json_depth == 0 || limits.max_json_depth > 1024 {
             self.problem("limits.max_json_depth", "must be between 1 and 1024");

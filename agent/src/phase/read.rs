@@ -231,6 +231,27 @@ pub async fn first_read(
     }
 }
 
+/// Connections a worker may hold and still wait for each one's next request with a read in
+/// flight ([`first_read`]); the default of `limits.buffered_wait_connections_per_worker`.
+/// Above it every wait is [`idle_wait`], without a buffer: the read saves a readiness wait
+/// per request, but holds 14 KiB for up to [`KEEP_BUFFER`], and a wave of thousands of
+/// connections that each sent a request held them all at once (a 70 MiB peak at 5,000, whose
+/// allocator bookkeeping stayed after they closed). So at most this many buffers (14 MiB)
+/// wait at once by default.
+pub const BUFFERED_WAIT_CONNECTIONS: usize = 1024;
+
+/// Readies a wait for the next request in [`idle_wait`], without a read buffer: gives back
+/// what is left of the last request's (the buffer is empty) and arms `deadline` for the idle
+/// timeout. A connection that never sends then costs only its task; a buffer is taken once
+/// bytes are there to read (`read_request`).
+pub fn arm_idle_wait(conn: &mut ClientConn, deadline: &Deadline, w: &crate::worker::Worker) {
+    if conn.buf.capacity() > 0 {
+        w.released(conn.buf.capacity());
+        conn.buf = BytesMut::new();
+    }
+    deadline.arm(w.shared.snapshot.load().cfg.limits.idle_timeout);
+}
+
 /// Waits, without a buffer, until the connection is readable (a request or the client's
 /// close: the request's own read, under the head's deadline, tells which), or the deadline
 /// [`first_read`] armed passes. This is what a long-idle connection task awaits, so it is kept

@@ -247,6 +247,10 @@ fn keep_restart_only(new: &mut Config, file: &Config, running: &Config) -> Vec<&
         "limits.max_buffered_bytes_per_worker"
     );
     keep!(
+        limits.buffered_wait_connections_per_worker,
+        "limits.buffered_wait_connections_per_worker"
+    );
+    keep!(
         upstream.pool_max_idle,
         "upstream.pool_max_idle_per_provider"
     );
