@@ -12,15 +12,36 @@
 /// Default deepest nesting accepted in a request body (serde_json's own recursion limit).
 pub const DEFAULT_MAX_DEPTH: usize = 128;
 
+/// Whether `bytes` hold at most `max` opening brackets (`[` or `{`, in strings or not). Counted
+/// in 255-byte blocks with one byte counter per lane, which the compiler turns into wide
+/// compares and adds. Against stepping from match to match with `memchr2_iter` (every key and
+/// message of a chat body is a match), `json_depth_guard`: 136 → 39–47 ns for a 1 KB body,
+/// 265 → 164–184 ns for 4 KB; level at 64 KB and on a 4.7 MB embeddings response, where the
+/// bound fails early and the full scan runs. Not inlined: inlined, it slowed that scan by 30 %.
+#[inline(never)]
+fn opens_at_most(bytes: &[u8], max: usize) -> bool {
+    let mut opens = 0usize;
+    for chunk in bytes.chunks(16 * 255) {
+        for block in chunk.chunks(255) {
+            // `[` (0x5b) and `{` (0x7b) are the only bytes that are `{` with bit 5 set.
+            let n = block
+                .iter()
+                .fold(0u8, |n, &b| n + u8::from(b | 0x20 == b'{'));
+            opens += usize::from(n);
+        }
+        if opens > max {
+            return false;
+        }
+    }
+    true
+}
+
 /// Returns the byte offset of the first `[` or `{` that opens a container deeper than `max`,
 /// or `None` when the nesting stays within it. Brackets inside strings do not count. The input
 /// need not be valid JSON (an unterminated string simply ends the scan).
 pub fn depth_exceeds(bytes: &[u8], max: usize) -> Option<usize> {
     // A cheap bound first: fewer opening brackets than the limit cannot nest deeper than it.
-    let opens = memchr::memchr2_iter(b'[', b'{', bytes)
-        .take(max + 1)
-        .count();
-    if opens <= max {
+    if opens_at_most(bytes, max) {
         return None;
     }
     let mut depth = 0usize;
@@ -141,6 +162,61 @@ mod tests {
         // Siblings do not add up.
         let flat = format!("[{}]", "[],".repeat(1000) + "[]");
         assert_eq!(depth_exceeds(flat.as_bytes(), 2), None);
+    }
+
+    /// `depth_exceeds` as a byte-at-a-time state machine, without the bound or `memchr`.
+    fn depth_exceeds_byte_by_byte(bytes: &[u8], max: usize) -> Option<usize> {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for (i, &b) in bytes.iter().enumerate() {
+            if in_string {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > max {
+                        return Some(i);
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    proptest::proptest! {
+        /// Across the bound's 255-byte blocks and 4,080-byte chunks, with brackets from 1 % of
+        /// the bytes to all of them (so their count falls on either side of the limit), of
+        /// both kinds or of one.
+        #[test]
+        fn depth_reads_as_a_byte_by_byte_scan(
+            picks in proptest::collection::vec(0usize..1000, 0..9_000),
+            structural in 12usize..1000,
+            one_kind: bool,
+            max in 0usize..300,
+        ) {
+            const ALPHABET: &[u8; 12] = b"[{[{]}]}\\\"\"a";
+            let bytes: Vec<u8> = picks
+                .iter()
+                .map(|&p| match p {
+                    _ if p >= structural => b'a',
+                    _ if one_kind => b"[]"[p % 2],
+                    _ => ALPHABET[p % 12],
+                })
+                .collect();
+            proptest::prop_assert_eq!(
+                depth_exceeds(&bytes, max),
+                depth_exceeds_byte_by_byte(&bytes, max)
+            );
+        }
     }
 
     #[test]
