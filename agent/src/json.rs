@@ -211,16 +211,12 @@ mod tests {
                 }
                 continue;
             }
-            match b {
-                b'"' => in_string = true,
-                b'[' | b'{' => {
-                    depth += 1;
-                    if depth > max {
-                        return Some(i);
-                    }
-                }
-                b']' | b'}' => depth = depth.saturating_sub(1),
-                _ => {}
+            in_string = b == b'"';
+            let opens = matches!(b, b'[' | b'{');
+            let closes = matches!(b, b']' | b'}');
+            depth = (depth + usize::from(opens)).saturating_sub(usize::from(closes));
+            if opens && depth > max {
+                return Some(i);
             }
         }
         None
