@@ -282,6 +282,10 @@ pub struct SpillSettings {
 enum Job {
     Put(Box<Record>, Duration),
     Remove(Key),
+    /// A damaged entry a read found: removed, and counted as an error if it was still there.
+    /// Counted here, not by the read: two reads of the file before the writer gets to it (an
+    /// exact lookup, then the semantic one) are one damaged entry.
+    Discard(Key),
     Stop,
 }
 
@@ -355,8 +359,7 @@ impl Spill {
         let record = match decode(data) {
             Ok(r) if r.key == *key => r,
             Ok(_) | Err(_) => {
-                self.stats.errors.fetch_add(1, Relaxed);
-                let _ = self.tx.try_send(Job::Remove(*key));
+                let _ = self.tx.try_send(Job::Discard(*key));
                 return None;
             }
         };
@@ -401,6 +404,12 @@ impl Writer {
                     self.write(&r);
                 }
                 Ok(Job::Remove(key)) => self.remove(&key),
+                Ok(Job::Discard(key)) => {
+                    self.forget(&key);
+                    if std::fs::remove_file(path_of(&self.dir, &key)).is_ok() {
+                        self.stats.errors.fetch_add(1, Relaxed);
+                    }
+                }
                 Ok(Job::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -666,13 +675,18 @@ mod tests {
             std::fs::write(&p, b).unwrap();
         };
         damage(2, |len| len - 1);
+        let s = Spill::start(settings(dir.as_path(), 1 << 20, None)).unwrap();
         assert!(load(&s, &[2; 32], ttl).is_none());
+        // Read again, before or after the writer removed it: still one damaged entry.
+        assert!(load(&s, &[2; 32], ttl).is_none());
+        s.stop();
         assert_eq!(s.stats.errors.load(Relaxed), 1);
+        assert!(!path_of(dir.as_path(), &[2; 32]).exists());
         damage(1, |_| 0);
         let s = Spill::start(settings(dir.as_path(), 1 << 20, None)).unwrap();
         s.stop();
         assert!(!path_of(dir.as_path(), &[1; 32]).exists());
-        assert_eq!(s.stats.entries.load(Relaxed), 4);
+        assert_eq!(s.stats.entries.load(Relaxed), 3);
         // A smaller bound at start keeps the newest that fit.
         let s = Spill::start(settings(dir.as_path(), 250, None)).unwrap();
         s.stop();
