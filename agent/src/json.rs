@@ -223,7 +223,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// Across the bound's 255-byte blocks and 4,080-byte chunks, with brackets from 1 % of
+        /// Across the bound's 32-byte steps and its 8,160-byte blocks of them, with brackets from 1 % of
         /// the bytes to all of them (so their count falls on either side of the limit), of
         /// both kinds or of one.
         #[test]

@@ -471,8 +471,7 @@ fn serve_conn(
                     match boxed(|| read::first_read(&mut client, &deadline, &w)).await {
                         Ok(FirstRead::Ready) => false,
                         Ok(FirstRead::Quiet) => true,
-                        Ok(FirstRead::Closed) => break,
-                        Err(_) => break,
+                        Ok(FirstRead::Closed) | Err(_) => break,
                     }
                 };
                 if quiet

@@ -403,10 +403,11 @@ impl Writer {
                     self.ttl = ttl;
                     self.write(&r);
                 }
-                Ok(Job::Remove(key)) => self.remove(&key),
+                Ok(Job::Remove(key)) => {
+                    self.remove(&key);
+                }
                 Ok(Job::Discard(key)) => {
-                    self.forget(&key);
-                    if std::fs::remove_file(path_of(&self.dir, &key)).is_ok() {
+                    if self.remove(&key) {
                         self.stats.errors.fetch_add(1, Relaxed);
                     }
                 }
@@ -527,9 +528,10 @@ impl Writer {
         }
     }
 
-    fn remove(&mut self, key: &Key) {
+    /// Forgets `key` and removes its file; whether there was one to remove.
+    fn remove(&mut self, key: &Key) -> bool {
         self.forget(key);
-        let _ = std::fs::remove_file(path_of(&self.dir, key));
+        std::fs::remove_file(path_of(&self.dir, key)).is_ok()
     }
 
     /// Oldest first until under the bound.

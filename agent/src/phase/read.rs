@@ -220,8 +220,7 @@ pub async fn first_read(
         Ok(0) => return Ok(FirstRead::Closed),
         Ok(_) => return Ok(FirstRead::Ready),
     }
-    w.released(conn.buf.capacity());
-    conn.buf = BytesMut::new();
+    give_back_buffer(conn, w);
     match idle_timeout.checked_sub(started.elapsed()) {
         Some(rest) if !rest.is_zero() => {
             deadline.arm(rest);
@@ -245,11 +244,16 @@ pub const BUFFERED_WAIT_CONNECTIONS: usize = 1024;
 /// timeout. A connection that never sends then costs only its task; a buffer is taken once
 /// bytes are there to read (`read_request`).
 pub fn arm_idle_wait(conn: &mut ClientConn, deadline: &Deadline, w: &crate::worker::Worker) {
+    give_back_buffer(conn, w);
+    deadline.arm(w.shared.snapshot.load().cfg.limits.idle_timeout);
+}
+
+/// Drops the connection's (empty) read buffer, telling the worker how many bytes went back.
+fn give_back_buffer(conn: &mut ClientConn, w: &crate::worker::Worker) {
     if conn.buf.capacity() > 0 {
         w.released(conn.buf.capacity());
         conn.buf = BytesMut::new();
     }
-    deadline.arm(w.shared.snapshot.load().cfg.limits.idle_timeout);
 }
 
 /// Waits, without a buffer, until the connection is readable (a request or the client's
