@@ -36,6 +36,11 @@ pub struct Means {
     /// The CPU per request in user space and in the kernel (tick-based, like `ledger_us`);
     /// `None` when unread.
     pub user_kernel_us: Option<(f64, f64)>,
+    /// System calls, context switches (the server tree's, `perf stat`) and TCP segments (the
+    /// host's) per request; `None` when unread (no `perf`, or no window read them).
+    pub syscalls_per_req: Option<f64>,
+    pub cswitches_per_req: Option<f64>,
+    pub segments_per_req: Option<f64>,
 }
 
 /// Measures `a` and `b` for `rounds` ABBA rounds at `connections` closed-loop connections and
@@ -204,6 +209,9 @@ pub fn windows(
                 p50_by_round: std::mem::take(&mut p50_by_round[i]),
                 ledger_us: mean_of(&split(2)),
                 user_kernel_us: mean_of(&split(0)).zip(mean_of(&split(1))),
+                syscalls_per_req: mean_of(&|r| r.syscalls_per_req),
+                cswitches_per_req: mean_of(&|r| r.cswitches_per_req),
+                segments_per_req: mean_of(&|r| r.segments_per_req),
             }
         })
         .collect();

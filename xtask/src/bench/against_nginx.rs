@@ -120,6 +120,7 @@ pub fn run(
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
+    let mut per_request = String::from(PER_REQUEST_HEADER);
     for point in points() {
         let label = point.label();
         eprintln!("bench: against nginx at {label}");
@@ -132,6 +133,7 @@ pub fn run(
                 p50: ab::per_round_p50_difference(&means[0], m),
             });
             summary.push_str(&summary_row(&label, side.name, m, &means[0], paired));
+            per_request.push_str(&per_request_row(&label, side.name, m));
         }
     }
     governed.stop()?;
@@ -146,9 +148,34 @@ pub fn run(
         "nginx {}; {ROUNDS} rounds per point, sides forward then reversed; 2 KB chat body; \
          `c=N`: closed loop with N connections, `N/s`: open loop, latency from the intended send \
          time; `stream`: p50 and p99 are the time to the first body byte.\n\n{summary}\n\
-         ## Windows\n{windows}",
+         ## Per request, side by side\n\n\
+         What each side costs the machine per request, the means of its windows: CPU in user \
+         space and in the kernel (tick-based), the part of it Tollgate's ledger writer spent \
+         (SQLite: the row nginx with `access_log off` does not write), system calls and context \
+         switches of the side's process tree (`perf stat` tracepoints; `-` without `perf`), and \
+         TCP segments on the host (client, proxy and upstream together). The kernel floor is a \
+         bare io_uring byte relay: what any proxy's hop costs the kernel at least.\n\n\
+         {per_request}\n## Windows\n{windows}",
         found.version
     ))
+}
+
+const PER_REQUEST_HEADER: &str = "| point | side | user µs | kernel µs | of which ledger writer µs | syscalls | context switches | TCP segments |\n\
+     |---|---|---|---|---|---|---|---|\n";
+
+/// One side's row of the side-by-side table: what a request costs it, per request.
+fn per_request_row(point: &str, name: &str, m: &Means) -> String {
+    let num = |v: Option<f64>, places: usize| v.map_or("-".into(), |v| format!("{v:.places$}"));
+    let (user, kernel) = m.user_kernel_us.unzip();
+    format!(
+        "| {point} | {name} | {} | {} | {} | {} | {} | {} |\n",
+        num(user, 1),
+        num(kernel, 1),
+        num(m.ledger_us, 1),
+        num(m.syscalls_per_req, 2),
+        num(m.cswitches_per_req, 2),
+        num(m.segments_per_req, 1),
+    )
 }
 
 /// A side's per-round differences from nginx (mean, standard error), where read.
@@ -256,6 +283,34 @@ mod tests {
         assert!(
             row.contains("| 25.0 | - | - | 0.90 | 1.25 | - | - | - |"),
             "{row}"
+        );
+    }
+
+    #[test]
+    fn the_side_by_side_row_shows_syscalls_switches_and_segments_and_dashes_what_is_unread() {
+        let m = Means {
+            user_kernel_us: Some((7.25, 17.5)),
+            ledger_us: Some(2.75),
+            syscalls_per_req: Some(0.823),
+            cswitches_per_req: Some(0.0789),
+            segments_per_req: Some(4.04),
+            ..Means::default()
+        };
+        let row = per_request_row("c=16", "tollgate", &m);
+        assert_eq!(
+            row,
+            "| c=16 | tollgate | 7.2 | 17.5 | 2.8 | 0.82 | 0.08 | 4.0 |\n"
+        );
+        // nginx without perf: no split, no counts.
+        let bare = per_request_row("c=1", "nginx", &Means::default());
+        assert_eq!(bare, "| c=1 | nginx | - | - | - | - | - | - |\n");
+        assert_eq!(
+            PER_REQUEST_HEADER
+                .lines()
+                .next()
+                .map(|l| l.matches('|').count()),
+            row.lines().next().map(|l| l.matches('|').count()),
+            "the header and the rows have as many cells"
         );
     }
 }
