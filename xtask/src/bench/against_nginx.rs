@@ -27,6 +27,7 @@ use anyhow::Context;
 use super::ab::{self, Means, Side};
 use super::measure::{Load, Pacing, Point};
 use super::process::Server;
+use super::report::{PerRequest, PER_REQUEST_HEADER};
 use super::{agent, governance, nginx, Layout, MODEL};
 
 const ROUNDS: usize = 4;
@@ -120,7 +121,7 @@ pub fn run(
          |---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut windows = String::new();
-    let mut per_request = String::from(PER_REQUEST_HEADER);
+    let mut side_by_side = String::from(PER_REQUEST_HEADER);
     for point in points() {
         let label = point.label();
         eprintln!("bench: against nginx at {label}");
@@ -133,7 +134,7 @@ pub fn run(
                 p50: ab::per_round_p50_difference(&means[0], m),
             });
             summary.push_str(&summary_row(&label, side.name, m, &means[0], paired));
-            per_request.push_str(&per_request_row(&label, side.name, m));
+            side_by_side.push_str(&per_request(m).row(&label, side.name));
         }
     }
     governed.stop()?;
@@ -155,27 +156,22 @@ pub fn run(
          switches of the side's process tree (`perf stat` tracepoints; `-` without `perf`), and \
          TCP segments on the host (client, proxy and upstream together). The kernel floor is a \
          bare io_uring byte relay: what any proxy's hop costs the kernel at least.\n\n\
-         {per_request}\n## Windows\n{windows}",
+         {side_by_side}\n## Windows\n{windows}",
         found.version
     ))
 }
 
-const PER_REQUEST_HEADER: &str = "| point | side | user µs | kernel µs | of which ledger writer µs | syscalls | context switches | TCP segments |\n\
-     |---|---|---|---|---|---|---|---|\n";
-
-/// One side's row of the side-by-side table: what a request costs it, per request.
-fn per_request_row(point: &str, name: &str, m: &Means) -> String {
-    let num = |v: Option<f64>, places: usize| v.map_or("-".into(), |v| format!("{v:.places$}"));
-    let (user, kernel) = m.user_kernel_us.unzip();
-    format!(
-        "| {point} | {name} | {} | {} | {} | {} | {} | {} |\n",
-        num(user, 1),
-        num(kernel, 1),
-        num(m.ledger_us, 1),
-        num(m.syscalls_per_req, 2),
-        num(m.cswitches_per_req, 2),
-        num(m.segments_per_req, 1),
-    )
+/// A side's means as a row of the side-by-side table.
+fn per_request(m: &Means) -> PerRequest {
+    let (user_us, kernel_us) = m.user_kernel_us.unzip();
+    PerRequest {
+        user_us,
+        kernel_us,
+        ledger_us: m.ledger_us,
+        syscalls: m.syscalls_per_req,
+        switches: m.cswitches_per_req,
+        segments: m.segments_per_req,
+    }
 }
 
 /// A side's per-round differences from nginx (mean, standard error), where read.
@@ -296,13 +292,13 @@ mod tests {
             segments_per_req: Some(4.04),
             ..Means::default()
         };
-        let row = per_request_row("c=16", "tollgate", &m);
+        let row = per_request(&m).row("c=16", "tollgate");
         assert_eq!(
             row,
             "| c=16 | tollgate | 7.2 | 17.5 | 2.8 | 0.82 | 0.08 | 4.0 |\n"
         );
         // nginx without perf: no split, no counts.
-        let bare = per_request_row("c=1", "nginx", &Means::default());
+        let bare = per_request(&Means::default()).row("c=1", "nginx");
         assert_eq!(bare, "| c=1 | nginx | - | - | - | - | - | - |\n");
         assert_eq!(
             PER_REQUEST_HEADER

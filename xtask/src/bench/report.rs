@@ -256,12 +256,7 @@ fn render_syscalls(md: &mut String, paths: &[PathRun], points: &[Point]) {
          `perf stat` tracepoints. Segments: TCP segments sent on the host per request (client, \
          server and upstream together: 2 direct, 4 through any proxy at best).\n"
     );
-    let _ = writeln!(
-        md,
-        "| point | path | user µs/req | kernel µs/req | of which ledger µs/req | syscalls/req | context switches/req | TCP segments/req |"
-    );
-    let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
-    let num = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.2}"));
+    md.push_str(PER_REQUEST_HEADER);
     for &point in points {
         for path in paths {
             let Ok(measured) = &path.outcome else {
@@ -270,25 +265,56 @@ fn render_syscalls(md: &mut String, paths: &[PathRun], points: &[Point]) {
             let Some(r) = measured.at(point) else {
                 continue;
             };
-            let (user, kernel, ledger) = match r.cpu_split_us {
-                Some((u, k, l)) => (Some(u), Some(k), Some(l)),
-                None => (None, None, None),
-            };
-            let _ = writeln!(
-                md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
-                point.label(),
-                path.name,
-                num(user),
-                num(kernel),
-                num(ledger),
-                num(r.syscalls_per_req),
-                num(r.cswitches_per_req),
-                num(r.segments_per_req),
-            );
+            md.push_str(&PerRequest::of(r).row(&point.label(), &path.name));
         }
     }
     md.push('\n');
+}
+
+/// What a request costs one side, in the side-by-side tables of `cargo xtask bench` and
+/// `--against-nginx`: CPU in user space and in the kernel, the ledger writer's part of both (µs),
+/// syscalls, context switches and TCP segments; `None` where unread.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PerRequest {
+    pub user_us: Option<f64>,
+    pub kernel_us: Option<f64>,
+    pub ledger_us: Option<f64>,
+    pub syscalls: Option<f64>,
+    pub switches: Option<f64>,
+    pub segments: Option<f64>,
+}
+
+/// The side-by-side table's header, for [`PerRequest::row`].
+pub const PER_REQUEST_HEADER: &str = "| point | side | user µs | kernel µs | of which ledger writer µs | syscalls | context switches | TCP segments |\n\
+     |---|---|---:|---:|---:|---:|---:|---:|\n";
+
+impl PerRequest {
+    /// One window's figures.
+    pub fn of(r: &PointResult) -> PerRequest {
+        let split = |i: usize| r.cpu_split_us.map(|s| [s.0, s.1, s.2][i]);
+        PerRequest {
+            user_us: split(0),
+            kernel_us: split(1),
+            ledger_us: split(2),
+            syscalls: r.syscalls_per_req,
+            switches: r.cswitches_per_req,
+            segments: r.segments_per_req,
+        }
+    }
+
+    /// The table row for `side` at `point`; `-` for what is unread.
+    pub fn row(&self, point: &str, side: &str) -> String {
+        let num = |v: Option<f64>, places: usize| v.map_or("-".into(), |v| format!("{v:.places$}"));
+        format!(
+            "| {point} | {side} | {} | {} | {} | {} | {} | {} |\n",
+            num(self.user_us, 1),
+            num(self.kernel_us, 1),
+            num(self.ledger_us, 1),
+            num(self.syscalls, 2),
+            num(self.switches, 2),
+            num(self.segments, 1),
+        )
+    }
 }
 
 fn render_streaming(md: &mut String, paths: &[PathRun], points: &[Point]) {
@@ -505,6 +531,21 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| c=64 | direct | not run |"), "{md}");
+    }
+
+    #[test]
+    fn a_window_reads_into_the_side_by_side_row_column_by_column() {
+        let r = PointResult {
+            cpu_split_us: Some((6.25, 17.5, 2.5)),
+            syscalls_per_req: Some(0.75),
+            cswitches_per_req: Some(0.25),
+            segments_per_req: Some(4.0),
+            ..PointResult::default()
+        };
+        assert_eq!(
+            PerRequest::of(&r).row("c=16", "tollgate"),
+            "| c=16 | tollgate | 6.2 | 17.5 | 2.5 | 0.75 | 0.25 | 4.0 |\n"
+        );
     }
 
     #[test]
