@@ -3,7 +3,7 @@
 # where CPU time on a shared VM moves by 20 % between runs (the "instructions" figures in
 # ARCHITECTURE.md). Runs TOLLGATE (default: target/release/tollgate) under callgrind with one
 # io_uring worker in front of a zero-delay simulator, warms it for 5 s, zeroes the counters,
-# sends 10 s of load on 4 connections, dumps, and prints the worker thread's instructions per
+# sends 10 s of load on 4 connections (CONNECTIONS), dumps, and prints the worker thread's instructions per
 # request with its main phases (the figures ARCHITECTURE.md and README.md cite). Needs
 # valgrind; build first:
 #   cargo build --release -p tollgate -p tollgate-sim -p tollgate-benches --bin tollgate-load
@@ -13,7 +13,9 @@
 # `io_uring_enter`, so once an io_uring worker waits, the main thread's start-up (the admin
 # listener, which creates the key) crawls for minutes. Compare it with DRIVER=epoll.
 # PROMPT_BYTES=2048 sends the bench's 2 KB prompts (default: the generator's short one).
-# usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] [PROMPT_BYTES=N] benches/scripts/worker_instructions.sh [TOLLGATE]
+# CONNECTIONS=N loads it on N connections instead of 4. CACHE_SIM=1 adds callgrind's cache
+# simulation (I1/D1 misses in the kept files: e.g. 4 against 64 connections).
+# usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] [PROMPT_BYTES=N] [CONNECTIONS=N] [CACHE_SIM=1] benches/scripts/worker_instructions.sh [TOLLGATE]
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -59,7 +61,7 @@ EOF
 else
   echo "auth: { mode: open }" >>"$work/cfg.yaml"
 fi
-valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/cg.%p" \
+valgrind --tool=callgrind --separate-threads=yes ${CACHE_SIM:+--cache-sim=yes} --callgrind-out-file="$work/cg.%p" \
   "$bin" serve --config "$work/cfg.yaml" >"$work/agent.log" 2>&1 &
 vg=$!
 for _ in $(seq 120); do curl -s -m 1 127.0.0.1:18181/healthz >/dev/null && break; sleep 1; done
@@ -75,10 +77,10 @@ if [ -n "${GOVERNED:-}" ]; then
   [ -n "${key:-}" ] || { cat "$work/keys.err"; exit 1; }
   header=(--header "Authorization: Bearer $key")
 fi
-"$load" --target 127.0.0.1:18181 --connections 4 --duration 5 "${header[@]}" "${prompt[@]}" >/dev/null 2>&1
+"$load" --target 127.0.0.1:18181 --connections "${CONNECTIONS:-4}" --duration 5 "${header[@]}" "${prompt[@]}" >/dev/null 2>&1
 sleep 3
 callgrind_control -z "$vg" >/dev/null
-requests=$("$load" --target 127.0.0.1:18181 --connections 4 --duration 10 "${header[@]}" "${prompt[@]}" 2>/dev/null |
+requests=$("$load" --target 127.0.0.1:18181 --connections "${CONNECTIONS:-4}" --duration 10 "${header[@]}" "${prompt[@]}" 2>/dev/null |
   python3 "$root/benches/scripts/load_requests.py")
 sleep 1
 callgrind_control -d "$vg" >/dev/null
