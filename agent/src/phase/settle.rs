@@ -64,13 +64,16 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
         *s = series;
     }
     let shard = &w.shared.metrics.shards[w.index];
-    shard.record_request(series, latency, ctx.first_byte_at.map(|t| t - ctx.started));
-    if let Some(r) = final_record(&mut msg) {
-        if let Some(u) = &ctx.usage {
-            shard.record_usage(series, u, r.cost_micro_usd, false);
+    let ttft = ctx.first_byte_at.map(|t| t - ctx.started);
+    match final_record(&mut msg) {
+        Some(r) => {
+            let usage = ctx.usage.as_ref().map(|u| (u, r.cost_micro_usd));
+            shard.record_answered(series, latency, ttft, usage);
+            // The usage is final: settle the reservations here, where admission took them.
+            crate::governance::settle_record(r, &w.shared.governor);
         }
-        // The usage is final: settle the reservations here, where admission took them.
-        crate::governance::settle_record(r, &w.shared.governor);
+        // The estimate's usage is counted when the estimator has it.
+        None => shard.record_request(series, latency, ttft),
     }
     enqueue(w, msg, journal, &ctx.id);
 }

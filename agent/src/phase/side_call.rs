@@ -149,8 +149,7 @@ pub fn record(w: &Worker, ctx: &RequestCtx, call: Call<'_>) {
         status: crate::telemetry::metrics::status_series(200),
     };
     let shard = &w.shared.metrics.shards[w.index];
-    shard.record_request(series, latency, None);
-    shard.record_usage(series, &usage, rec.cost_micro_usd, false);
+    shard.record_answered(series, latency, None, Some((&usage, rec.cost_micro_usd)));
     crate::governance::settle_record(&mut rec, &w.shared.governor);
     crate::phase::settle::enqueue(w, LedgerMsg::Record(Box::new(rec)), true, &ctx.id);
 }
