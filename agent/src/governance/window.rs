@@ -45,18 +45,36 @@ impl Window {
             // 1970-01-01 was a Thursday; ISO weeks start on Monday, 3 days earlier.
             Window::Week => fixed(ms, 7 * DAY_MS, -3 * DAY_MS),
             Window::Month => {
-                let days = ms.div_euclid(DAY_MS);
-                let (y, m, _) = civil_from_days(days);
-                let start = days_from_civil(y, m, 1) * DAY_MS;
-                let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                let end = days_from_civil(ny, nm, 1) * DAY_MS;
-                Span {
-                    index: (y * 12 + i64::from(m) - 1) as u64,
-                    start_ms: start,
-                    end_ms: end,
+                // The calendar arithmetic (~190 instructions, callgrind) runs once a month per
+                // thread: admission asks for the current month on every request, once per budget.
+                thread_local! {
+                    static LAST_MONTH: std::cell::Cell<Option<Span>> =
+                        const { std::cell::Cell::new(None) };
                 }
+                LAST_MONTH.with(|last| match last.get() {
+                    Some(s) if (s.start_ms..s.end_ms).contains(&ms) => s,
+                    _ => {
+                        let s = month(ms);
+                        last.set(Some(s));
+                        s
+                    }
+                })
             }
         }
+    }
+}
+
+/// The calendar month containing `ms`.
+fn month(ms: i64) -> Span {
+    let days = ms.div_euclid(DAY_MS);
+    let (y, m, _) = civil_from_days(days);
+    let start = days_from_civil(y, m, 1) * DAY_MS;
+    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let end = days_from_civil(ny, nm, 1) * DAY_MS;
+    Span {
+        index: (y * 12 + i64::from(m) - 1) as u64,
+        start_ms: start,
+        end_ms: end,
     }
 }
 
@@ -149,6 +167,26 @@ mod tests {
         }
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(rfc3339(ms(2026, 12, 1, 5)), "2026-12-01T05:00:00Z");
+    }
+
+    proptest::proptest! {
+        /// The month remembered from the last call answers as the arithmetic does, whatever
+        /// order the instants come in (back and forth across boundaries included).
+        #[test]
+        fn a_remembered_month_is_the_computed_one(
+            instants in proptest::collection::vec(-50 * DAY_MS..20_000 * DAY_MS, 1..40),
+            edges in proptest::collection::vec(0usize..40, 0..10),
+        ) {
+            let mut all = instants.clone();
+            // Instants on and just before month boundaries.
+            for i in edges {
+                let m = month(instants[i % instants.len()]);
+                all.extend([m.start_ms, m.start_ms - 1, m.end_ms, m.end_ms - 1]);
+            }
+            for t in all {
+                proptest::prop_assert_eq!(Window::Month.at(t), month(t), "{}", t);
+            }
+        }
     }
 
     #[test]
