@@ -186,6 +186,11 @@ impl RequestHead {
     }
 
     /// All headers in order, as (name, value).
+    /// How many header lines the head has.
+    pub fn header_count(&self) -> usize {
+        self.headers.len()
+    }
+
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.headers
             .iter()

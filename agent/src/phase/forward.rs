@@ -93,12 +93,17 @@ const OWN_HEADERS: usize = 7;
 /// Refuses a request that would reach the provider with more header lines than it accepts
 /// (it would answer 431, often with an empty body).
 fn check_header_count(ctx: &RequestCtx, provider: &Provider) -> Result<(), GateError> {
+    let limit = provider.max_request_headers;
+    // Fewer lines than the limit in all: no need to ask which of them go on (~350
+    // instructions a request, callgrind).
+    if ctx.head.header_count() + OWN_HEADERS <= limit {
+        return Ok(());
+    }
     let client = ctx
         .head
         .headers()
         .filter(|(n, _)| forwarded(provider, n))
         .count();
-    let limit = provider.max_request_headers;
     if client + OWN_HEADERS > limit {
         return Err(GateError::new(
             ErrorKind::TooManyHeaders {
