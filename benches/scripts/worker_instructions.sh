@@ -3,8 +3,9 @@
 # where CPU time on a shared VM moves by 20 % between runs (the "instructions" figures in
 # ARCHITECTURE.md). Runs TOLLGATE (default: target/release/tollgate) under callgrind with one
 # io_uring worker in front of a zero-delay simulator, warms it for 5 s, zeroes the counters,
-# sends 10 s of load on 4 connections (CONNECTIONS), dumps, and prints the worker thread's instructions per
-# request with its main phases (the figures ARCHITECTURE.md and README.md cite). Needs
+# sends 10 s of load on 4 connections (CONNECTIONS), dumps, and prints the worker thread's
+# instructions per request with its main phases (the figures ARCHITECTURE.md and README.md
+# cite). Needs
 # valgrind; build first:
 #   cargo build --release -p tollgate -p tollgate-sim -p tollgate-benches --bin tollgate-load
 # With GOVERNED=1 the agent runs governance as `cargo xtask bench --governance` does (a key
@@ -14,7 +15,8 @@
 # listener, which creates the key) crawls for minutes. Compare it with DRIVER=epoll.
 # PROMPT_BYTES=2048 sends the bench's 2 KB prompts (default: the generator's short one).
 # CONNECTIONS=N loads it on N connections instead of 4. CACHE_SIM=1 adds callgrind's cache
-# simulation (I1/D1 misses in the kept files: e.g. 4 against 64 connections).
+# simulation and prints the worker's I1 and D1 misses per request (e.g. 4 against 64
+# connections).
 # usage: [GOVERNED=1] [DRIVER=epoll] [KEEP=1] [PROMPT_BYTES=N] [CONNECTIONS=N] [CACHE_SIM=1] benches/scripts/worker_instructions.sh [TOLLGATE]
 set -euo pipefail
 
@@ -98,7 +100,11 @@ for f in "$work"/cg."$vg".*-*; do
   calls=$(grep -oE '=> .*LedgerLocal::journal \(([0-9,]+)x\)' <<<"$report" | grep -oE '[0-9,]+x' | tr -d ',x' | head -1 || true)
   calls=${calls:-$requests}
   echo "worker: $((total / calls)) instructions per request ($calls requests; the generator counted $requests)"
+  if [ -n "${CACHE_SIM:-}" ]; then
+    # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
+    awk -v n="$calls" '/^summary:/ {printf "  misses per request: I1 %.0f, D1 read %.1f, D1 write %.1f\n", $5 / n, $6 / n, $7 / n; exit}' "$f"
+  fi
   # Where they go (inclusive, per request): the usage read, inspection, journal, ...
-  grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt|phase::admit::auth::authenticate|phase::admit::limits::render_quota)[^ ]* \[' <<<"$report" |
+  grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt|phase::admit::auth::authenticate|phase::admit::limits::render_quota|phase::admit::limits::rate_limits|phase::admit::budgets::attempt|phase::relay::response_head|phase::settle::run)[^ ]* \[' <<<"$report" |
     awk -v n="$calls" '{c=$1; gsub(",", "", c); sub(/.*tollgate::/, "tollgate::"); sub(/ .*/, ""); printf "  %7.0f  %s\n", c / n, $0}' || true
 done

@@ -185,12 +185,12 @@ impl RequestHead {
         self.header(name).and_then(|v| std::str::from_utf8(v).ok())
     }
 
-    /// All headers in order, as (name, value).
     /// How many header lines the head has.
     pub fn header_count(&self) -> usize {
         self.headers.len()
     }
 
+    /// All headers in order, as (name, value).
     pub fn headers(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.headers
             .iter()
