@@ -43,10 +43,14 @@ fn records_survive_sigkill_before_commit() {
         ),
     ];
     let mut expected = Vec::new();
+    let mut plain_ids = Vec::new();
     for (path, body) in &bodies {
         let r = post_json(stack.agent.addr, path, body);
         assert_eq!(r.status, 200, "{}", r.text());
         expected.push(r.request_id().to_string());
+        if !body["stream"].as_bool().unwrap_or(false) {
+            plain_ids.push(r.json()["id"].as_str().expect("response id").to_string());
+        }
     }
 
     // Settle journals each record right after its response; wait (bounded) until all three are.
@@ -61,6 +65,16 @@ fn records_survive_sigkill_before_commit() {
         }
         assert!(Instant::now() < deadline, "records not journalled: {all}");
         std::thread::sleep(Duration::from_millis(20));
+    }
+    // One request at a time: each plain response was journalled with its body, its usage read
+    // only after the client had it (`settle::seal_unread`), so replay reads the usage below.
+    let all: String = journals(&stack.agent.data_dir)
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
+    assert_eq!(plain_ids.len(), 2);
+    for id in &plain_ids {
+        assert!(all.contains(id.as_str()), "body of {id} not journalled");
     }
     // The writer is holding them: nothing is in SQLite yet.
     let before = ledger::all(&stack.agent.data_dir);

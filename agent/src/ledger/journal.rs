@@ -91,6 +91,31 @@ struct Entry<'a> {
     upstream_version: Option<Cow<'a, str>>,
     #[serde(default)]
     prompt_bytes: u64,
+    #[serde(default, borrow)]
+    unread: Option<UnreadEntry<'a>>,
+}
+
+/// A plain response journalled before its usage was read (settle reads it after the response's
+/// last byte, off the client's wait): replay reads the usage from these bytes as the worker
+/// would have, and prices it.
+#[derive(Serialize, Deserialize)]
+struct UnreadEntry<'a> {
+    /// The API the provider answered in (`Api::label`).
+    #[serde(borrow)]
+    api: Cow<'a, str>,
+    #[serde(borrow, with = "serde_bytes")]
+    body: Cow<'a, [u8]>,
+    /// Input, cached input, cache write and output, USD per million tokens.
+    price: Option<[f64; 4]>,
+}
+
+/// What [`Journal::append`] journals besides the record: nothing, the byte-based usage of a
+/// record still to be estimated, or the body of a response whose usage is still to be read.
+#[derive(Clone, Copy)]
+pub enum Pending<'a> {
+    None,
+    Estimate(Usage),
+    Unread { api: Api, body: &'a [u8] },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -113,7 +138,11 @@ fn owned(s: Option<Cow<'_, str>>) -> Option<String> {
 }
 
 impl<'a> Entry<'a> {
-    fn of(r: &'a UsageRecord, approx: Option<Usage>) -> Entry<'a> {
+    fn of(r: &'a UsageRecord, pending: Pending<'a>) -> Entry<'a> {
+        let approx = match pending {
+            Pending::Estimate(a) => Some(a),
+            _ => None,
+        };
         let (u, estimated) = match approx {
             Some(a) => (a, true),
             None => (r.usage, r.estimated),
@@ -161,10 +190,23 @@ impl<'a> Entry<'a> {
             saved_tokens: r.saved_tokens,
             upstream_version: borrowed(&r.upstream_version),
             prompt_bytes: r.prompt_bytes,
+            unread: match pending {
+                Pending::Unread { api, body } => Some(UnreadEntry {
+                    api: Cow::Borrowed(api.label()),
+                    body: Cow::Borrowed(body),
+                    price: r
+                        .price
+                        .map(|p| [p.input, p.cached_input, p.cache_write, p.output]),
+                }),
+                _ => None,
+            },
         }
     }
 
-    fn into_record(self) -> UsageRecord {
+    fn into_record(mut self) -> UsageRecord {
+        if let Some(unread) = self.unread.take() {
+            self.read(unread);
+        }
         let api = Api::ALL
             .iter()
             .map(|a| a.label())
@@ -219,6 +261,42 @@ impl<'a> Entry<'a> {
             // Spans are sent for live records only; a replayed one has no trace context.
             trace_parent: None,
         }
+    }
+
+    /// Fills in the usage of a response journalled unread: the provider's, read as settle reads
+    /// it, else (no usage in the body) the byte-based approximation an estimate is journalled
+    /// with, flagged `estimated`.
+    fn read(&mut self, unread: UnreadEntry<'_>) {
+        let api = Api::ALL
+            .iter()
+            .copied()
+            .find(|a| a.label() == unread.api)
+            .unwrap_or(Api::ChatCompletions);
+        let (usage, version) = crate::metering::usage::plain_response_facts(api, &unread.body);
+        let u = usage.unwrap_or(Usage {
+            input_tokens: self.prompt_bytes / 4,
+            output_tokens: (unread.body.len() / 4) as u64,
+            ..Usage::default()
+        });
+        self.estimated = usage.is_none();
+        self.upstream_version = version.map(Cow::Owned);
+        self.input_tokens = u.input_tokens;
+        self.cached_tokens = u.cached_tokens;
+        self.cache_write_tokens = u.cache_write_tokens;
+        self.output_tokens = u.output_tokens;
+        self.reasoning_tokens = u.reasoning_tokens;
+        self.cost_micro_usd =
+            unread
+                .price
+                .map_or(0, |[input, cached_input, cache_write, output]| {
+                    crate::metering::prices::Price {
+                        input,
+                        cached_input,
+                        cache_write,
+                        output,
+                    }
+                    .micro_usd(&u)
+                });
     }
 }
 
@@ -296,13 +374,13 @@ impl Journal {
         Ok(())
     }
 
-    /// Appends one record. `approx` is the byte-based usage for records still to be estimated.
-    pub fn append(&mut self, r: &UsageRecord, approx: Option<Usage>) -> std::io::Result<()> {
+    /// Appends one record, with what it still waits for (`pending`).
+    pub fn append(&mut self, r: &UsageRecord, pending: Pending<'_>) -> std::io::Result<()> {
         self.line.clear();
         self.line.extend_from_slice(&[0; FRAME_HEAD]);
         let line = std::mem::take(&mut self.line);
         self.line =
-            postcard::to_extend(&Entry::of(r, approx), line).map_err(std::io::Error::other)?;
+            postcard::to_extend(&Entry::of(r, pending), line).map_err(std::io::Error::other)?;
         let len = (self.line.len() - FRAME_HEAD) as u32;
         let crc = crc32fast::hash(&self.line[FRAME_HEAD..]);
         self.line[..4].copy_from_slice(&len.to_le_bytes());
@@ -424,11 +502,11 @@ mod tests {
             })),
             ..UsageRecord::default()
         };
-        j.append(&r, None).unwrap();
+        j.append(&r, Pending::None).unwrap();
         r.id = "b".into();
         j.append(
             &r,
-            Some(Usage {
+            Pending::Estimate(Usage {
                 input_tokens: 10,
                 output_tokens: 20,
                 ..Usage::default()
@@ -437,7 +515,7 @@ mod tests {
         .unwrap();
         // A record torn by a crash mid-copy: its length is there, its bytes only in part.
         r.id = "c".into();
-        j.append(&r, None).unwrap();
+        j.append(&r, Pending::None).unwrap();
         let end = j.at;
         let last = end - j.line.len();
         j.map[last + FRAME_HEAD + 4..end].fill(0);
@@ -472,6 +550,88 @@ mod tests {
             "journals are removed"
         );
         assert_eq!(replay(&data, &mut conn).unwrap(), 0);
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// A plain response journalled before its usage was read replays with the usage the worker
+    /// would have read from its body, priced at the journalled price; a body without usage
+    /// replays as the byte-based approximation, flagged estimated.
+    #[test]
+    fn a_response_journalled_unread_replays_with_the_usage_of_its_body() {
+        let data =
+            std::env::temp_dir().join(format!("tollgate-journal-unread-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let mut conn = crate::ledger::open(&data).unwrap();
+        let mut j = Journal::open(&data, 0, 9).unwrap();
+        let mut r = UsageRecord {
+            id: "read".into(),
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            prompt_bytes: 400,
+            price: Some(crate::metering::prices::Price {
+                input: 2.0,
+                cached_input: 1.0,
+                cache_write: 2.0,
+                output: 8.0,
+            }),
+            ..UsageRecord::default()
+        };
+        let body = br#"{"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500},"system_fingerprint":"fp_1"}"#;
+        j.append(
+            &r,
+            Pending::Unread {
+                api: Api::ChatCompletions,
+                body,
+            },
+        )
+        .unwrap();
+        r.id = "none".into();
+        let bare =
+            br#"{"id":"c","model":"m","choices":[{"message":{"content":"0123456789abcdef"}}]}"#;
+        j.append(
+            &r,
+            Pending::Unread {
+                api: Api::ChatCompletions,
+                body: bare,
+            },
+        )
+        .unwrap();
+        drop(j);
+
+        assert_eq!(replay(&data, &mut conn).unwrap(), 2);
+        type Row = (String, i64, i64, i64, i64, Option<String>);
+        let rows: Vec<Row> = conn
+            .prepare("SELECT id, input_tokens, output_tokens, estimated, cost_micro_usd, upstream_version FROM usage ORDER BY id")
+            .unwrap()
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let approx_out = (bare.len() / 4) as i64;
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "none".into(),
+                    100,
+                    approx_out,
+                    1,
+                    200 + approx_out * 8,
+                    None
+                ),
+                (
+                    "read".into(),
+                    1000,
+                    500,
+                    0,
+                    2000 + 4000,
+                    Some("m@fp_1".into())
+                ),
+            ]
+        );
         let _ = std::fs::remove_dir_all(&data);
     }
 
@@ -513,7 +673,7 @@ mod tests {
         let mut n = 0;
         let retired = loop {
             r.id = format!("r{n}");
-            j.append(&r, None).unwrap();
+            j.append(&r, Pending::None).unwrap();
             n += 1;
             if let Some(p) = j.take_retired() {
                 break p;
@@ -558,13 +718,13 @@ mod tests {
             ..UsageRecord::default()
         };
         r.id = "warm".into();
-        j.append(&r, None).unwrap();
+        j.append(&r, Pending::None).unwrap();
         let mut rotations = 0;
         let mut n = 0u64;
         let before = thread_faults();
         while rotations < 2 {
             r.id = format!("r{n:08}");
-            j.append(&r, None).unwrap();
+            j.append(&r, Pending::None).unwrap();
             n += 1;
             if j.take_retired().is_some() {
                 rotations += 1;

@@ -11,8 +11,10 @@ use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
-use super::journal::Journal;
+use super::journal::{Journal, Pending};
 use super::writer::{LedgerMsg, ToWriter};
+use super::UsageRecord;
+use crate::api::Api;
 use crate::metering::Usage;
 
 /// Most records held by a worker before they are sent.
@@ -45,12 +47,26 @@ impl LedgerLocal {
     /// A failed write loses crash safety for this record only: the next record tries again (a
     /// full disk may clear), and the failure is logged once per streak, not per record.
     pub fn journal(&self, msg: &LedgerMsg) {
+        match msg {
+            LedgerMsg::Record(r) | LedgerMsg::Sampled { record: r, .. } => {
+                self.append(r, Pending::None)
+            }
+            LedgerMsg::Estimate { record, input, .. } => {
+                self.append(record, Pending::Estimate(approximate(input)))
+            }
+        }
+    }
+
+    /// Journals a record whose usage is still to be read from `body`, the response of `api`
+    /// (`settle::seal_unread`).
+    pub fn journal_unread(&self, record: &UsageRecord, api: Api, body: &[u8]) {
+        self.append(record, Pending::Unread { api, body });
+    }
+
+    fn append(&self, record: &UsageRecord, pending: Pending<'_>) {
         let mut slot = self.journal.borrow_mut();
         let Some(j) = slot.as_mut() else { return };
-        let written = match msg {
-            LedgerMsg::Record(r) | LedgerMsg::Sampled { record: r, .. } => j.append(r, None),
-            LedgerMsg::Estimate { record, input, .. } => j.append(record, Some(approximate(input))),
-        };
+        let written = j.append(record, pending);
         match written.map(|()| j.take_retired()) {
             Ok(retired) => {
                 if self.failing.replace(false) {

@@ -21,7 +21,7 @@ use crate::http::head::{reason, ClientBody, HeadWriter};
 use crate::http::iovec::BytesVec;
 use crate::http::response::{ResponseFraming, ResponseHead};
 use crate::metering::sse::{frame_data, FrameSplitter};
-use crate::metering::usage::{plain_response_facts, upstream_version, FrameUsage};
+use crate::metering::usage::{upstream_version, FrameUsage};
 use crate::metering::UsageAccumulator;
 use crate::phase::forward::Forwarded;
 use crate::phase::response_text::ResponseText;
@@ -478,18 +478,20 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
     }
 
     // Usage: the provider's numbers when complete, else what was seen (settle estimates the rest).
+    // A plain body's usage is read below: after its last byte when the journal can carry it.
+    let mut unread: Option<Bytes> = None;
     if sse {
         if acc.is_complete() {
             ctx.usage = acc.finish();
         } else {
             ctx.partial_usage = acc.finish();
         }
+        settle::keep_payload_for_sampling(w, ctx);
     } else if (200..300).contains(&ctx.status) {
-        let body: Bytes = match ctx.response_payload.as_slice() {
+        unread = Some(match ctx.response_payload.as_slice() {
             [one] => one.clone(),
             many => Bytes::from(many.concat()),
-        };
-        (ctx.usage, ctx.upstream_version) = plain_response_facts(ctx.upstream_api, &body);
+        });
     }
     if hold_body && retained_bytes == usize::MAX {
         failure.get_or_insert((
@@ -531,12 +533,6 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
             ctx.guard.count(&snap, &f.class, f.action, f.rule, true);
         }
     }
-    if ctx.usage.is_some() {
-        ctx.sample_accuracy = !ctx.response_payload.is_empty() && w.samples_accuracy();
-        if !ctx.sample_accuracy {
-            ctx.response_payload.clear();
-        }
-    }
     if let Some(body) = substitute {
         parts.clear();
         parts.push(body);
@@ -544,6 +540,9 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
 
     match failure {
         Some((outcome, kind, msg)) => {
+            if let Some(body) = unread.take() {
+                settle::read_plain(w, ctx, &body);
+            }
             ctx.outcome = outcome;
             ctx.client_keep_alive = false;
             let attribution = down.client.attribution().cloned();
@@ -571,15 +570,37 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         }
         None => {
             if down.gone_at.is_none() {
-                settle::seal(w, ctx, down.client.attribution().cloned().as_ref());
+                let attribution = down.client.attribution().cloned();
+                match unread.take() {
+                    // Read after the send only when that delays no other request: with
+                    // others in flight the read costs them what it saves this one, and the
+                    // journalled body is ~500 instructions more.
+                    Some(body) if body.len() <= settle::UNREAD_MAX && w.alone() => {
+                        settle::seal_unread(w, ctx, attribution.as_ref(), body)
+                    }
+                    body => {
+                        if let Some(body) = body {
+                            settle::read_plain(w, ctx, &body);
+                        }
+                        settle::seal(w, ctx, attribution.as_ref());
+                    }
+                }
             }
-            if let Some(mut c) = capture.take() {
+            if let Some(c) = &mut capture {
                 c.keep(&parts);
+            }
+            down.send(&mut parts, true).await;
+            ctx.last_byte_at = Some(Instant::now());
+            // The client has the whole response: now its usage is read.
+            match unread.take() {
+                Some(body) => settle::read_plain(w, ctx, &body),
+                None => settle::read_unread(w, ctx),
+            }
+            if let Some(c) = capture.take() {
                 if reader.is_done() && blocked_at.is_none() {
                     c.store(w, ctx);
                 }
             }
-            down.send(&mut parts, true).await;
             if down.gone_at.is_some() {
                 ctx.outcome = Outcome::ClientDisconnected;
                 ctx.client_keep_alive = false;
@@ -593,7 +614,7 @@ pub async fn run(w: &Worker, ctx: &mut RequestCtx, client: &mut ClientConn, fwd:
         ctx.client_keep_alive = false;
     }
     let now = Instant::now();
-    ctx.last_byte_at = Some(now);
+    ctx.last_byte_at.get_or_insert(now);
 
     if reader.is_done() && head.keep_alive && ctx.outcome != Outcome::UpstreamReset {
         w.pool.borrow_mut().put(conn, now);

@@ -10,7 +10,8 @@
 //! is written (relay and `pipeline::fail` call it); [`run`] then only refreshes the timing and
 //! outcome and queues it, journalling again only if the outcome changed (replay keeps the last
 //! line per request id). Requests that end without a final write (the client went away) are
-//! journalled here.
+//! journalled here. A plain response's usage is read after its last byte ([`seal_unread`]
+//! journals the body instead, for replay to read), so the client does not wait on it.
 //! Reads: the whole `ctx` and the connection's attribution. Writes: `ctx.sealed`; metrics and
 //! the ledger channel.
 
@@ -18,6 +19,8 @@ use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::clock::WallAnchor;
 use crate::kernel::ConnAttribution;
@@ -30,23 +33,109 @@ use crate::worker::Worker;
 
 /// A record built (and journalled) before the response's last byte.
 pub struct Sealed {
-    msg: LedgerMsg,
+    msg: SealedMsg,
     /// The outcome that was journalled.
     outcome: Cow<'static, str>,
 }
+
+enum SealedMsg {
+    Ready(LedgerMsg),
+    /// Journalled with the response's body, its usage still to be read ([`seal_unread`]).
+    Unread {
+        record: Box<UsageRecord>,
+        /// Taken when the usage is read.
+        body: Option<Bytes>,
+    },
+}
+
+/// Largest plain response body [`seal_unread`] journals; a larger one's usage is read before
+/// its last byte, as before (an embeddings response runs to megabytes).
+pub const UNREAD_MAX: usize = 16 << 10;
 
 /// Builds the record and journals it. Call right before the response's final write.
 pub fn seal(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
     let msg = build(ctx, conn, Instant::now(), &w.wall);
     w.ledger.journal(&msg);
     let outcome = record_of(&msg).outcome.clone();
-    ctx.sealed = Some(Sealed { msg, outcome });
+    ctx.sealed = Some(Sealed {
+        msg: SealedMsg::Ready(msg),
+        outcome,
+    });
+}
+
+/// Like [`seal`] for a complete plain 2xx response whose usage has not been read: the record
+/// is journalled with the body (at most [`UNREAD_MAX`] bytes), which replay reads the usage
+/// from, so reading it (~7,400 instructions, the validation of the whole body) waits until
+/// the client has its last byte ([`read_unread`]).
+pub fn seal_unread(
+    w: &Worker,
+    ctx: &mut RequestCtx,
+    conn: Option<&Arc<ConnAttribution>>,
+    body: Bytes,
+) {
+    let record = record(ctx, conn, Instant::now(), &w.wall);
+    w.ledger.journal_unread(&record, ctx.upstream_api, &body);
+    ctx.sealed = Some(Sealed {
+        outcome: record.outcome.clone(),
+        msg: SealedMsg::Unread {
+            record: Box::new(record),
+            body: Some(body),
+        },
+    });
+}
+
+/// Reads the usage of a response sealed unread, once; nothing for any other request.
+pub fn read_unread(w: &Worker, ctx: &mut RequestCtx) {
+    let body = match &mut ctx.sealed {
+        Some(Sealed {
+            msg: SealedMsg::Unread { body, .. },
+            ..
+        }) => body.take(),
+        _ => None,
+    };
+    if let Some(body) = body {
+        read_plain(w, ctx, &body);
+    }
+}
+
+/// The usage (and model version) of a complete plain 2xx response body.
+pub fn read_plain(w: &Worker, ctx: &mut RequestCtx, body: &[u8]) {
+    (ctx.usage, ctx.upstream_version) =
+        crate::metering::usage::plain_response_facts(ctx.upstream_api, body);
+    keep_payload_for_sampling(w, ctx);
+}
+
+/// With the provider's usage in hand, the retained response is dropped, unless this request
+/// is one the estimator is measured on (`ledger.accuracy_sample_every`).
+pub fn keep_payload_for_sampling(w: &Worker, ctx: &mut RequestCtx) {
+    if ctx.usage.is_some() {
+        ctx.sample_accuracy = !ctx.response_payload.is_empty() && w.samples_accuracy();
+        if !ctx.sample_accuracy {
+            ctx.response_payload.clear();
+        }
+    }
 }
 
 pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>) {
     let end = ctx.last_byte_at.unwrap_or_else(Instant::now);
+    read_unread(w, ctx);
     let (mut msg, journalled) = match ctx.sealed.take() {
-        Some(s) => (s.msg, Some(s.outcome)),
+        Some(Sealed {
+            msg: SealedMsg::Ready(msg),
+            outcome,
+        }) => (msg, Some(outcome)),
+        Some(Sealed {
+            msg: SealedMsg::Unread { mut record, .. },
+            outcome,
+        }) => {
+            record.usage = ctx.usage.unwrap_or_default();
+            record.cost_micro_usd = match (&ctx.usage, record.price) {
+                (Some(u), Some(p)) => p.micro_usd(u),
+                _ => 0,
+            };
+            record.upstream_version = ctx.upstream_version.take();
+            (message(ctx, record), Some(outcome))
+        }
         None => (build(ctx, conn, end, &w.wall), None),
     };
     let latency = end.duration_since(ctx.started);
@@ -137,6 +226,18 @@ fn build(
     end: Instant,
     wall: &WallAnchor,
 ) -> LedgerMsg {
+    let record = Box::new(record(ctx, conn, end, wall));
+    message(ctx, record)
+}
+
+/// The request's ledger row as it stands at `end`. Moves the identity, hold and route trail
+/// out of `ctx`.
+fn record(
+    ctx: &mut RequestCtx,
+    conn: Option<&Arc<ConnAttribution>>,
+    end: Instant,
+    wall: &WallAnchor,
+) -> UsageRecord {
     let snap = ctx.snap.clone();
     let cfg = &snap.cfg;
     let latency = end.duration_since(ctx.started);
@@ -150,59 +251,66 @@ fn build(
             .price
             .or_else(|| cfg.prices.lookup(&[ctx.inspection.model.as_str()])),
     };
-    let record =
-        UsageRecord {
-            trace_parent: ctx
-                .head
-                .header("traceparent")
-                .and_then(crate::telemetry::otlp::parse_traceparent),
-            upstream_version: ctx.upstream_version.take(),
-            prompt_bytes: ctx
-                .inspection
-                .prompt_spans
-                .iter()
-                .map(|s| s.len() as u64)
-                .sum(),
-            id: ctx.id.clone(),
-            // The request's wall-clock start, from the worker's anchor (no clock read).
-            ts_ms: wall.ms_at(ctx.started),
-            latency_us: latency.as_micros() as u64,
-            ttft_us: ctx
-                .first_byte_at
-                .map(|t| t.duration_since(ctx.started).as_micros() as u64),
-            status: ctx.status,
-            outcome: outcome_label(ctx),
-            api: ctx.api.label(),
-            identity: std::mem::take(&mut ctx.identity),
-            requested_model: ctx.inspection.original_model.clone().or_else(|| {
-                (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone())
-            }),
-            served_model: target.map(|t| t.upstream_model(cfg, &ctx.inspection.model).to_string()),
-            provider: target.map(|t| cfg.providers[t.provider].name.clone()),
-            usage: ctx.usage.unwrap_or_default(),
-            estimated: false,
-            conn: conn.cloned(),
-            cgroup: None,
-            key_id: ctx.key.as_ref().map(|k| k.id.clone()),
-            cost_micro_usd: match (&ctx.usage, price) {
-                (Some(u), Some(p)) => p.micro_usd(u),
-                _ => 0,
-            },
-            price,
-            hold: std::mem::take(&mut ctx.hold),
-            route: (!ctx.route.trail.is_empty()).then(|| std::mem::take(&mut ctx.route.trail)),
-            attempts: if ctx.upstream_head_at.is_some() || ctx.route.attempts > 1 {
-                ctx.route.attempts.max(1)
-            } else {
-                0
-            },
-            score: ctx.route.score,
-            prefix_bytes: ctx.route.prefix_bytes,
-            guard: ctx.guard.summary(),
-            cache: ctx.cache.label(),
-            saved_micro_usd: ctx.cache.saved_micro_usd,
-            saved_tokens: ctx.cache.saved_tokens,
-        };
+    UsageRecord {
+        trace_parent: ctx
+            .head
+            .header("traceparent")
+            .and_then(crate::telemetry::otlp::parse_traceparent),
+        upstream_version: ctx.upstream_version.take(),
+        prompt_bytes: ctx
+            .inspection
+            .prompt_spans
+            .iter()
+            .map(|s| s.len() as u64)
+            .sum(),
+        id: ctx.id.clone(),
+        // The request's wall-clock start, from the worker's anchor (no clock read).
+        ts_ms: wall.ms_at(ctx.started),
+        latency_us: latency.as_micros() as u64,
+        ttft_us: ctx
+            .first_byte_at
+            .map(|t| t.duration_since(ctx.started).as_micros() as u64),
+        status: ctx.status,
+        outcome: outcome_label(ctx),
+        api: ctx.api.label(),
+        identity: std::mem::take(&mut ctx.identity),
+        requested_model: ctx
+            .inspection
+            .original_model
+            .clone()
+            .or_else(|| (!ctx.inspection.model.is_empty()).then(|| ctx.inspection.model.clone())),
+        served_model: target.map(|t| t.upstream_model(cfg, &ctx.inspection.model).to_string()),
+        provider: target.map(|t| cfg.providers[t.provider].name.clone()),
+        usage: ctx.usage.unwrap_or_default(),
+        estimated: false,
+        conn: conn.cloned(),
+        cgroup: None,
+        key_id: ctx.key.as_ref().map(|k| k.id.clone()),
+        cost_micro_usd: match (&ctx.usage, price) {
+            (Some(u), Some(p)) => p.micro_usd(u),
+            _ => 0,
+        },
+        price,
+        hold: std::mem::take(&mut ctx.hold),
+        route: (!ctx.route.trail.is_empty()).then(|| std::mem::take(&mut ctx.route.trail)),
+        attempts: if ctx.upstream_head_at.is_some() || ctx.route.attempts > 1 {
+            ctx.route.attempts.max(1)
+        } else {
+            0
+        },
+        score: ctx.route.score,
+        prefix_bytes: ctx.route.prefix_bytes,
+        guard: ctx.guard.summary(),
+        cache: ctx.cache.label(),
+        saved_micro_usd: ctx.cache.saved_micro_usd,
+        saved_tokens: ctx.cache.saved_tokens,
+    }
+}
+
+/// The message `record` goes to the ledger in: estimated first when the provider reported no
+/// usage, sampled for the estimator's accuracy, or as it is. Moves the prompt spans and the
+/// retained response out of `ctx`.
+fn message(ctx: &mut RequestCtx, record: Box<UsageRecord>) -> LedgerMsg {
     // Bill generated tokens whenever the provider produced a response body we relayed,
     // including streams cut short by the client or the provider.
     // (A response a guardrail blocked mid-stream counts too: the provider generated it.)
@@ -211,17 +319,17 @@ fn build(
     if needs_estimate {
         let partial = ctx.partial_usage;
         LedgerMsg::Estimate {
-            record: Box::new(record),
+            record,
             input: estimate_input(ctx, partial),
             series: series(ctx),
         }
     } else if ctx.sample_accuracy && ctx.usage.is_some() {
         LedgerMsg::Sampled {
-            record: Box::new(record),
+            record,
             input: estimate_input(ctx, None),
         }
     } else {
-        LedgerMsg::Record(Box::new(record))
+        LedgerMsg::Record(record)
     }
 }
 
