@@ -13,8 +13,10 @@
 //! after its next successful commit, when every record in it is in SQLite. (A `write` per record
 //! measured ~2.5 µs of CPU per request; JSON lines instead of postcard ~2 µs more.) Records
 //! that still needed a tokenizer estimate are journalled with a byte-based approximation and
-//! flagged `estimated`, since the response payload is not journalled. Segments of the older
-//! JSON-lines format (`.log`) are still replayed.
+//! flagged `estimated`, since a stream's payload is not journalled. A plain response sealed
+//! before its usage was read (`settle::seal_unread`) is journalled with its body and price, and
+//! replay reads the usage from the body. Segments of the older JSON-lines format (`.log`) are
+//! still replayed.
 //! Hot path: one serialisation into a reused buffer (borrowing the record) and one copy into
 //! the mapping per request.
 
