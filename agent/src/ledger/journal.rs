@@ -343,6 +343,8 @@ impl Journal {
     pub fn open(data_dir: &Path, worker: usize, boot: u64) -> std::io::Result<Journal> {
         let dir = dir(data_dir);
         std::fs::create_dir_all(&dir)?;
+        // Its segments may hold response bodies: closed to other users, like the cache spill.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let prefix = format!("w{worker}-{boot:x}");
         let Segment { map, path } = segments::make(&dir, &prefix, 0)?;
         let next = segments::request(&dir, &prefix, 1);
@@ -599,6 +601,16 @@ mod tests {
             },
         )
         .unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(
+                mode(&dir(&data)),
+                0o700,
+                "the journal holds response bodies"
+            );
+            assert_eq!(mode(j.current()), 0o600);
+        }
         drop(j);
 
         assert_eq!(replay(&data, &mut conn).unwrap(), 2);

@@ -15,6 +15,7 @@
 
 use std::fs::OpenOptions;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::OnceLock;
@@ -81,6 +82,8 @@ pub(super) fn make(dir: &Path, prefix: &str, seq: u32) -> io::Result<Segment> {
         // earlier attempt (a full disk) left behind.
         .create(true)
         .truncate(true)
+        // Records may carry a response body (`settle::seal_unread`): the agent's user only.
+        .mode(0o600)
         .open(&path)?;
     file.set_len(SEGMENT_BYTES as u64)?;
     // SAFETY: the file was just created (or truncated) for this worker's journal and is mapped
