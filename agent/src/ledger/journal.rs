@@ -481,12 +481,18 @@ pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Resu
 mod tests {
     use super::*;
 
+    /// An empty data directory for one test, its ledger open.
+    fn fresh(tag: &str) -> (PathBuf, rusqlite::Connection) {
+        let data =
+            std::env::temp_dir().join(format!("tollgate-journal-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let conn = crate::ledger::open(&data).unwrap();
+        (data, conn)
+    }
+
     #[test]
     fn journalled_records_are_replayed_once() {
-        let data =
-            std::env::temp_dir().join(format!("tollgate-journal-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut conn = crate::ledger::open(&data).unwrap();
+        let (data, mut conn) = fresh("test");
         let mut j = Journal::open(&data, 0, 7).unwrap();
         let mut r = UsageRecord {
             id: "a".into(),
@@ -562,10 +568,7 @@ mod tests {
     /// replays as the byte-based approximation, flagged estimated.
     #[test]
     fn a_response_journalled_unread_replays_with_the_usage_of_its_body() {
-        let data =
-            std::env::temp_dir().join(format!("tollgate-journal-unread-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut conn = crate::ledger::open(&data).unwrap();
+        let (data, mut conn) = fresh("unread");
         let mut j = Journal::open(&data, 0, 9).unwrap();
         let mut r = UsageRecord {
             id: "read".into(),
@@ -651,10 +654,7 @@ mod tests {
 
     #[test]
     fn json_segments_of_an_older_agent_replay() {
-        let data =
-            std::env::temp_dir().join(format!("tollgate-journal-json-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut conn = crate::ledger::open(&data).unwrap();
+        let (data, mut conn) = fresh("json");
         std::fs::create_dir_all(dir(&data)).unwrap();
         let mut old = br#"{"id":"old","ts_ms":1,"latency_us":2,"ttft_us":null,"status":200,"outcome":"ok","api":"chat","identity":{"team":"ml","project":null,"user":null,"session":null,"workflow":null,"cost_center":null},"requested_model":"smol","served_model":"smol","provider":"local","input_tokens":4,"cached_tokens":0,"cache_write_tokens":0,"output_tokens":6,"reasoning_tokens":0,"estimated":false}
 {"id":"tor"#.to_vec();
@@ -672,10 +672,7 @@ mod tests {
 
     #[test]
     fn a_full_segment_is_retired_and_both_replay() {
-        let data =
-            std::env::temp_dir().join(format!("tollgate-journal-rotate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&data);
-        let mut conn = crate::ledger::open(&data).unwrap();
+        let (data, mut conn) = fresh("rotate");
         let mut j = Journal::open(&data, 1, 9).unwrap();
         let first = j.current().to_path_buf();
         let mut r = UsageRecord {
