@@ -323,6 +323,28 @@ fn frames(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// Zero bytes that stand in for the fields an older agent's records lack (see [`decode`]): more
+/// than have been added since the `.bin` format began.
+const ADDED_FIELDS: usize = 32;
+
+/// One `.bin` record. postcard has no field names and does not fill in a missing trailing
+/// field, so a record written by an agent from before a field was added would not read as is.
+/// Every field added since is trailing and `default`, and postcard writes each such default (a
+/// varint 0, `None`, `false`) as one zero byte: padded with zeros, the older record reads as it
+/// would have (postcard ignores bytes after the value). Without this, an upgrade after a crash
+/// would drop the journalled records of the version before.
+fn decode(bytes: &[u8]) -> Option<UsageRecord> {
+    if let Ok(entry) = postcard::from_bytes::<Entry>(bytes) {
+        return Some(entry.into_record());
+    }
+    let mut padded = Vec::with_capacity(bytes.len() + ADDED_FIELDS);
+    padded.extend_from_slice(bytes);
+    padded.resize(bytes.len() + ADDED_FIELDS, 0);
+    postcard::from_bytes::<Entry>(&padded)
+        .ok()
+        .map(Entry::into_record)
+}
+
 /// A worker's journal. One per worker thread.
 pub struct Journal {
     dir: PathBuf,
@@ -440,30 +462,26 @@ pub fn replay(data_dir: &Path, conn: &mut rusqlite::Connection) -> std::io::Resu
     let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for f in &files {
         let bytes = std::fs::read(f)?;
-        let entries: Vec<Entry<'_>> = if f.extension().is_some_and(|x| x == "log") {
+        let read: Vec<UsageRecord> = if f.extension().is_some_and(|x| x == "log") {
             // Written by an agent before 2026-12 (JSON lines). The zero-filled tail is unused
             // space; a torn last line fails to parse and is skipped.
             let used = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
             bytes[..used]
                 .split(|b| *b == b'\n')
                 .filter_map(|line| serde_json::from_slice::<Entry>(line).ok())
+                .map(Entry::into_record)
                 .collect()
         } else {
             // A torn record (the crash hit mid-copy) ends the segment: its request never
             // finished settling.
-            frames(&bytes)
-                .filter_map(|b| postcard::from_bytes::<Entry>(b).ok())
-                .collect()
+            frames(&bytes).filter_map(decode).collect()
         };
-        for entry in entries {
-            {
-                let record = entry.into_record();
-                match index.get(&record.id) {
-                    Some(&i) => records[i] = record,
-                    None => {
-                        index.insert(record.id.clone(), records.len());
-                        records.push(record);
-                    }
+        for record in read {
+            match index.get(&record.id) {
+                Some(&i) => records[i] = record,
+                None => {
+                    index.insert(record.id.clone(), records.len());
+                    records.push(record);
                 }
             }
         }
@@ -649,6 +667,54 @@ mod tests {
                 ),
             ]
         );
+        let _ = std::fs::remove_dir_all(&data);
+    }
+
+    /// Records of an agent from before the last fields were added (the same bytes without their
+    /// trailing zero bytes) read with those fields at their defaults, alone and through replay.
+    #[test]
+    fn records_of_an_agent_before_the_newest_fields_replay() {
+        let r = UsageRecord {
+            id: "older".into(),
+            status: 200,
+            outcome: "ok".into(),
+            api: "chat",
+            usage: Usage {
+                input_tokens: 7,
+                output_tokens: 2,
+                ..Usage::default()
+            },
+            ..UsageRecord::default()
+        };
+        let bytes = postcard::to_allocvec(&Entry::of(&r, Pending::None)).unwrap();
+        // conn, key_id, ..., prompt_bytes, unread: all at their defaults, one zero byte each.
+        for missing in [1, 2, 14] {
+            let older = &bytes[..bytes.len() - missing];
+            assert!(postcard::from_bytes::<Entry>(older).is_err(), "{missing}");
+            let read = decode(older).unwrap_or_else(|| panic!("{missing} fields missing"));
+            assert_eq!(
+                (read.id.as_str(), read.usage, read.prompt_bytes),
+                ("older", r.usage, 0)
+            );
+        }
+        let (data, mut conn) = fresh("older");
+        std::fs::create_dir_all(dir(&data)).unwrap();
+        let older = &bytes[..bytes.len() - 1];
+        let mut segment = Vec::new();
+        segment.extend_from_slice(&(older.len() as u32).to_le_bytes());
+        segment.extend_from_slice(&crc32fast::hash(older).to_le_bytes());
+        segment.extend_from_slice(older);
+        segment.resize(4096, 0);
+        std::fs::write(dir(&data).join("w0-1-000000.bin"), &segment).unwrap();
+        assert_eq!(replay(&data, &mut conn).unwrap(), 1);
+        let tokens: i64 = conn
+            .query_row(
+                "SELECT output_tokens FROM usage WHERE id = 'older'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(tokens, 2);
         let _ = std::fs::remove_dir_all(&data);
     }
 
