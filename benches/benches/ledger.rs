@@ -1,6 +1,8 @@
 //! The ledger writer's per-request work, off the network: one commit of a full batch (2,048
 //! records, the `ledger.batch_max` default) into a WAL ledger on disk, and the rollups' in-memory
-//! sums alone. Records are shaped like the end-to-end bench's (`cargo xtask bench`): the
+//! sums alone; and on the worker's side, one journal append (`journal_append`): the record alone,
+//! and with the simulator's 517-byte answer journalled for its usage to be read after the send
+//! (`settle::seal_unread`). Records are shaped like the end-to-end bench's (`cargo xtask bench`): the
 //! worker's id format, one model, no identity or key; `teams` adds 5 teams × 10 keys × 20
 //! sessions. The records are built outside the timed part. Divide by 2,048 for µs per row.
 //! Run: `cargo bench -p tollgate-benches --bench ledger`.
@@ -73,6 +75,38 @@ fn commit(c: &mut Criterion) {
     g.finish();
 }
 
+/// The simulator's answer to the bench's chat request, as the worker journals it unread.
+const ANSWER: &[u8] = br#"{"id":"chatcmpl-tg-1234","object":"chat.completion","created":1764806400,"model":"smol","choices":[{"index":0,"message":{"role":"assistant","content":"lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi ut aliquip ex ea commodo consequat duis aute irure dolor in reprehenderit"},"logprobs":null,"finish_reason":"length"}],"usage":{"prompt_tokens":412,"completion_tokens":16,"total_tokens":428,"prompt_tokens_details":{"cached_tokens":0}},"system_fingerprint":"fp_smol"}"#;
+
+fn journal_append(c: &mut Criterion) {
+    use tollgate::ledger::journal::{Journal, Pending};
+    let mut g = c.benchmark_group("journal_append");
+    let record = record(7, false, now_ms());
+    for (name, pending) in [
+        ("record", Pending::None),
+        (
+            "record_and_answer",
+            Pending::Unread {
+                api: tollgate::api::Api::ChatCompletions,
+                body: ANSWER,
+            },
+        ),
+    ] {
+        let dir = common::TempDir::new("journal");
+        let mut journal = Journal::open(dir.path(), 0, 1).expect("a journal");
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                journal.append(&record, pending).expect("append");
+                // The writer deletes retired segments once committed; here nothing commits.
+                if let Some(old) = journal.take_retired() {
+                    let _ = std::fs::remove_file(old);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
 fn rollup_sums(c: &mut Criterion) {
     let mut g = c.benchmark_group("rollup_sums_2048");
     for teams in [false, true] {
@@ -93,6 +127,6 @@ fn rollup_sums(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
-    targets = commit, rollup_sums
+    targets = commit, rollup_sums, journal_append
 }
 criterion_main!(benches);
