@@ -67,6 +67,11 @@ impl Api {
         }
     }
 
+    /// The API whose [`Api::label`] this is.
+    pub fn from_label(label: &str) -> Option<Api> {
+        Api::ALL.into_iter().find(|a| a.label() == label)
+    }
+
     /// Whether streams of this API support `stream_options.include_usage`.
     pub fn supports_include_usage(self) -> bool {
         matches!(self, Api::ChatCompletions | Api::Completions)

@@ -83,18 +83,18 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Whether this response (with provider usage) is also estimated, to measure the
-    /// estimator: one in `ledger.accuracy_sample_every`, and at most
-    /// [`ACCURACY_SAMPLES_PER_SECOND`] per worker. Every sample costs a tokenizer pass on the
-    /// sampler's thread, and on a small node that thread competes with the workers for a core:
-    /// at 37k requests/s one in 100 took 5 % of the agent's CPU. `accuracy_sample_every: 1`
-    /// asks for every response and is not capped.
     /// Whether the request asking is the only one this worker is handling: work put after its
     /// response then delays no other request.
     pub fn alone(&self) -> bool {
         self.in_flight.get() <= 1
     }
 
+    /// Whether this response (with provider usage) is also estimated, to measure the
+    /// estimator: one in `ledger.accuracy_sample_every`, and at most
+    /// [`ACCURACY_SAMPLES_PER_SECOND`] per worker. Every sample costs a tokenizer pass on the
+    /// sampler's thread, and on a small node that thread competes with the workers for a core:
+    /// at 37k requests/s one in 100 took 5 % of the agent's CPU. `accuracy_sample_every: 1`
+    /// asks for every response and is not capped.
     pub fn samples_accuracy(&self) -> bool {
         let every = self.boot.ledger.accuracy_sample_every;
         if every == 0 {

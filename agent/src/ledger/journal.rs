@@ -32,6 +32,7 @@ use super::UsageRecord;
 use crate::api::Api;
 use crate::identity::Identity;
 use crate::kernel::ConnAttribution;
+use crate::metering::prices::Price;
 use crate::metering::Usage;
 
 /// The journal directory inside a data directory.
@@ -107,8 +108,8 @@ struct UnreadEntry<'a> {
     api: Cow<'a, str>,
     #[serde(borrow, with = "serde_bytes")]
     body: Cow<'a, [u8]>,
-    /// Input, cached input, cache write and output, USD per million tokens.
-    price: Option<[f64; 4]>,
+    /// The price in force when the record was sealed.
+    price: Option<Price>,
 }
 
 /// What [`Journal::append`] journals besides the record: nothing, the byte-based usage of a
@@ -196,9 +197,7 @@ impl<'a> Entry<'a> {
                 Pending::Unread { api, body } => Some(UnreadEntry {
                     api: Cow::Borrowed(api.label()),
                     body: Cow::Borrowed(body),
-                    price: r
-                        .price
-                        .map(|p| [p.input, p.cached_input, p.cache_write, p.output]),
+                    price: r.price,
                 }),
                 _ => None,
             },
@@ -209,11 +208,7 @@ impl<'a> Entry<'a> {
         if let Some(unread) = self.unread.take() {
             self.read(unread);
         }
-        let api = Api::ALL
-            .iter()
-            .map(|a| a.label())
-            .find(|l| *l == self.api)
-            .unwrap_or("unknown");
+        let api = Api::from_label(&self.api).map_or("unknown", Api::label);
         UsageRecord {
             id: self.id.into_owned(),
             ts_ms: self.ts_ms,
@@ -269,11 +264,7 @@ impl<'a> Entry<'a> {
     /// it, else (no usage in the body) the byte-based approximation an estimate is journalled
     /// with, flagged `estimated`.
     fn read(&mut self, unread: UnreadEntry<'_>) {
-        let api = Api::ALL
-            .iter()
-            .copied()
-            .find(|a| a.label() == unread.api)
-            .unwrap_or(Api::ChatCompletions);
+        let api = Api::from_label(&unread.api).unwrap_or(Api::ChatCompletions);
         let (usage, version) = crate::metering::usage::plain_response_facts(api, &unread.body);
         let u = usage.unwrap_or(Usage {
             input_tokens: self.prompt_bytes / 4,
@@ -287,18 +278,7 @@ impl<'a> Entry<'a> {
         self.cache_write_tokens = u.cache_write_tokens;
         self.output_tokens = u.output_tokens;
         self.reasoning_tokens = u.reasoning_tokens;
-        self.cost_micro_usd =
-            unread
-                .price
-                .map_or(0, |[input, cached_input, cache_write, output]| {
-                    crate::metering::prices::Price {
-                        input,
-                        cached_input,
-                        cache_write,
-                        output,
-                    }
-                    .micro_usd(&u)
-                });
+        self.cost_micro_usd = unread.price.map_or(0, |p| p.micro_usd(&u));
     }
 }
 
@@ -594,7 +574,7 @@ mod tests {
             outcome: "ok".into(),
             api: "chat",
             prompt_bytes: 400,
-            price: Some(crate::metering::prices::Price {
+            price: Some(Price {
                 input: 2.0,
                 cached_input: 1.0,
                 cache_write: 2.0,

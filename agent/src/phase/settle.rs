@@ -129,10 +129,7 @@ pub fn run(w: &Worker, ctx: &mut RequestCtx, conn: Option<&Arc<ConnAttribution>>
             outcome,
         }) => {
             record.usage = ctx.usage.unwrap_or_default();
-            record.cost_micro_usd = match (&ctx.usage, record.price) {
-                (Some(u), Some(p)) => p.micro_usd(u),
-                _ => 0,
-            };
+            record.cost_micro_usd = cost(ctx.usage.as_ref(), record.price);
             record.upstream_version = ctx.upstream_version.take();
             (message(ctx, record), Some(outcome))
         }
@@ -286,10 +283,7 @@ fn record(
         conn: conn.cloned(),
         cgroup: None,
         key_id: ctx.key.as_ref().map(|k| k.id.clone()),
-        cost_micro_usd: match (&ctx.usage, price) {
-            (Some(u), Some(p)) => p.micro_usd(u),
-            _ => 0,
-        },
+        cost_micro_usd: cost(ctx.usage.as_ref(), price),
         price,
         hold: std::mem::take(&mut ctx.hold),
         route: (!ctx.route.trail.is_empty()).then(|| std::mem::take(&mut ctx.route.trail)),
@@ -304,6 +298,17 @@ fn record(
         cache: ctx.cache.label(),
         saved_micro_usd: ctx.cache.saved_micro_usd,
         saved_tokens: ctx.cache.saved_tokens,
+    }
+}
+
+/// What `usage` costs at `price`; nothing without either.
+fn cost(
+    usage: Option<&crate::metering::Usage>,
+    price: Option<crate::metering::prices::Price>,
+) -> u64 {
+    match (usage, price) {
+        (Some(u), Some(p)) => p.micro_usd(u),
+        _ => 0,
     }
 }
 
