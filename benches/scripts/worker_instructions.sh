@@ -88,17 +88,23 @@ sleep 1
 callgrind_control -d "$vg" >/dev/null
 sleep 1
 # The worker's thread is the one running `worker::run`. Its requests are counted by callgrind
-# itself (calls of the journal write, one per request) rather than by the load generator, whose
-# window does not line up exactly with the zeroing and the dump. Other threads are not reported:
-# valgrind runs one thread at a time, so the ledger writer and the sampler lag the requests and
-# their instructions cannot be put per request.
+# itself rather than by the load generator, whose window does not line up exactly with the
+# zeroing and the dump: every plain request has its usage read exactly once, before the send or
+# (the worker being alone) after it, so the calls of `plain_response_facts` from all of its call
+# sites are the requests. (Counting the journal appends instead missed the records journalled
+# with their body unread, ~8 % of them at 4 connections, and overstated every figure.) Other
+# threads are not reported: valgrind runs one thread at a time, so the ledger writer and the
+# sampler lag the requests and their instructions cannot be put per request.
 for f in "$work"/cg."$vg".*-*; do
   report=$(callgrind_annotate --inclusive=yes "$f" 2>/dev/null)
   grep -q 'tollgate::worker::run' <<<"$report" || continue
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$f")
-  # (A profile-guided build may inline the journal write: then the generator's count is used.)
-  calls=$(grep -oE '=> .*LedgerLocal::journal \(([0-9,]+)x\)' <<<"$report" | grep -oE '[0-9,]+x' | tr -d ',x' | head -1 || true)
-  calls=${calls:-$requests}
+  # (A profile-guided build may inline the read: then the generator's count is used.)
+  calls=$(callgrind_annotate --tree=caller --threshold=100 "$f" 2>/dev/null | awk '
+    /^ *$/ { n = 0; next }
+    /^ *[0-9,]+ .*< / { if (match($0, /\(([0-9,]+)x\)/)) { c = substr($0, RSTART + 1, RLENGTH - 3); gsub(",", "", c); n += c } }
+    /\* .*tollgate::metering::usage::plain_response_facts \[/ { print n; exit }') || true  # awk's early exit: SIGPIPE
+  [ -n "$calls" ] && [ "$calls" != 0 ] || calls=$requests
   echo "worker: $((total / calls)) instructions per request ($calls requests; the generator counted $requests)"
   if [ -n "${CACHE_SIM:-}" ]; then
     # events: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw
@@ -106,5 +112,5 @@ for f in "$work"/cg."$vg".*-*; do
   fi
   # Where they go (inclusive, per request): the usage read, inspection, journal, ...
   grep -E '^ *[0-9,]+ .*tollgate::(metering::usage::plain_response_facts|phase::inspect::run|ledger::local::LedgerLocal::journal|phase::settle::seal|phase::relay::run|phase::forward::attempt|phase::admit::auth::authenticate|phase::admit::limits::render_quota|phase::admit::limits::rate_limits|phase::admit::budgets::attempt|phase::relay::response_head|phase::settle::run)[^ ]* \[' <<<"$report" |
-    awk -v n="$calls" '{c=$1; gsub(",", "", c); sub(/.*tollgate::/, "tollgate::"); sub(/ .*/, ""); printf "  %7.0f  %s\n", c / n, $0}' || true
+    awk -v n="$calls" '{c=$1; gsub(",", "", c); sub(/.*tollgate::/, "tollgate::"); sub(/ .*/, ""); if (!seen[$0]++) printf "  %7.0f  %s\n", c / n, $0}' || true
 done
